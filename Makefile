@@ -1,0 +1,54 @@
+# parkwatch developer entry points. Every target installs what it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.parkwatch-installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-fast lint bench lock clean
+
+help:
+	@echo "make demo   - broker + cloud + one edge daemon on this box; predictions arrive in the cloud store"
+	@echo "make test   - the whole test suite (real broker, real RTSP, real ONNX Runtime, real browser)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - every benchmark under bench/, each printing its ratio"
+	@echo "make venv   - .venv with all extras, pinned by constraints.txt"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "parkwatch needs Python >= 3.11 ($(PYTHON) is older)"; exit 1; }
+	@[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV) || \
+	  { echo "cannot create a venv: run 'sudo apt-get install -y python3-venv'"; exit 1; }
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[edge,cloud,dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@provisioning/system-deps.sh broker
+	$(VENV)/bin/parkwatch cloud demo
+
+test: $(STAMP)
+	@provisioning/system-deps.sh broker camera browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	@provisioning/system-deps.sh broker camera browser
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shared edge cloud tests bench
+	$(VENV)/bin/ruff format --check shared edge cloud tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	@provisioning/system-deps.sh broker camera
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+lock: $(STAMP)
+	@{ head -n 2 constraints.txt; $(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

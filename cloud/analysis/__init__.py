@@ -1,0 +1,1 @@
+"""Device health, drift and performance analysis."""

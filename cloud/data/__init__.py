@@ -1,0 +1,1 @@
+"""Data-lake ingestion: validation, quarantine, de-duplication, split, dataset versions."""

@@ -1,0 +1,1 @@
+"""Test-split metrics, reports and the promotion gate."""

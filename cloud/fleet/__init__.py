@@ -1,0 +1,1 @@
+"""Fleet ingest: lossless, idempotent storage of what devices stream."""

@@ -1,0 +1,1 @@
+"""Alerts, rules and the actions they trigger (notify, roll back, retrain)."""

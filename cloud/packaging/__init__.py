@@ -1,0 +1,1 @@
+"""ONNX export with parity check, metadata, golden samples, model card, lineage, tarball."""

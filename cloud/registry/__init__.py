@@ -1,0 +1,1 @@
+"""The registry: datasets, runs, model versions, stages, approvals, and the audit log."""

@@ -1,0 +1,1 @@
+"""The release channel: a TUF repository served over MQTT, rollouts and rollback."""

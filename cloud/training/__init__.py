@@ -1,0 +1,1 @@
+"""Transfer learning on EfficientNet-Lite0 with a hyperparameter search."""

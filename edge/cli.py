@@ -1,0 +1,53 @@
+"""``parkwatch edge …``. Only light imports at module level: this runs on the box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge.config import DEFAULT_PATH
+from shared.clitools import config_option, emit, handle_errors, json_option
+
+
+@click.group()
+def edge() -> None:
+    """The daemon on a camera box."""
+
+
+@edge.group()
+def config() -> None:
+    """Inspect the edge config."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH)
+@json_option
+@handle_errors
+def config_check(path: Path, as_json: bool) -> None:
+    """Validate PATH; exit 2 naming the key if it is wrong."""
+    from edge.config import load
+
+    cfg = load(path)
+    summary: dict[str, Any] = {
+        "ok": True,
+        "file": str(path),
+        "device": cfg.device.id,
+        "site": cfg.device.site,
+        "group": cfg.device.group,
+        "cameras": [c.id for c in cfg.cameras],
+    }
+    emit(summary, as_json, lambda s: f"{path}: ok (device {s['device']} at site {s['site']}, "
+         f"{len(s['cameras'])} camera(s))")
+
+
+@edge.command()
+@config_option(DEFAULT_PATH)
+@handle_errors
+def run(config_path: Path) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from edge.config import load
+    from edge.daemon import run_daemon
+
+    run_daemon(load(config_path))

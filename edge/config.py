@@ -1,0 +1,125 @@
+"""The edge config tree, loaded from ``/etc/parkwatch/edge.toml`` (or ``--config``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.updater.config import UpdaterConfig
+from shared.config import MqttConfig, SecretRef, Section, load_config
+from shared.protocol.topics import check_segment
+
+DEFAULT_PATH = Path("/etc/parkwatch/edge.toml")
+
+
+class DeviceSection(Section):
+    id: str
+    site: str
+    group: str = "production"
+
+    @field_validator("id", "site", "group")
+    @classmethod
+    def _segment(cls, v: str) -> str:
+        return check_segment(v, "id")
+
+
+class CameraConfig(Section):
+    id: str
+    kind: Literal["rtsp", "mjpeg", "usb", "file", "folder"]
+    url: str = Field(description="rtsp:// or http:// URL, /dev/videoN or index, file or folder path")
+    fps: float | None = Field(2.0, gt=0, description="cap on frames classified per second; none = no cap")
+    loop: bool = Field(True, description="file/folder: start again at the end")
+    enabled: bool = True
+    stall_after_s: float = Field(10.0, gt=0)
+    reconnect_initial_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _segment(cls, v: str) -> str:
+        return check_segment(v, "camera id")
+
+
+class IntegrityConfig(Section):
+    """Thresholds on an 8-bit grey thumbnail; docs/technician.md explains each flag."""
+
+    black_max_mean: float = Field(16.0, ge=0, le=255)
+    overexposed_min_mean: float = Field(240.0, ge=0, le=255)
+    frozen_max_diff: float = Field(0.5, ge=0, description="mean abs difference between frames")
+    frozen_min_frames: int = Field(10, ge=2)
+    blur_min_laplacian_var: float = Field(15.0, ge=0)
+    covered_max_std: float = Field(6.0, ge=0)
+    tamper_min_change: float = Field(60.0, ge=0, description="sudden mean abs change vs reference")
+
+
+class InferenceConfig(Section):
+    threads: int = Field(2, ge=1, le=64)
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    confidence_threshold: float = Field(0.6, ge=0, le=1)
+    max_batch: int = Field(8, ge=1, le=256)
+    motion_gating: bool = False
+    motion_threshold: float = Field(2.0, ge=0)
+
+
+class ModelSection(Section):
+    initial: Path | None = Field(None, description="model package dir or .onnx used before any update")
+
+
+class OutboxConfig(Section):
+    path: Path | None = Field(None, description="default: <state_dir>/outbox.db")
+    max_rows: int = Field(1_000_000, ge=100)
+    batch_size: int = Field(200, ge=1, le=10_000)
+    flush_interval_s: float = Field(0.5, gt=0)
+
+
+class TelemetryConfig(Section):
+    interval_s: float = Field(10.0, gt=0)
+
+
+class StatusPageConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretRef | None = None
+
+
+class SnapshotConfig(Section):
+    enabled: bool = False
+    max_confidence: float = Field(0.75, ge=0, le=1)
+    keep_days: float = Field(14.0, gt=0)
+    max_count: int = Field(2000, ge=1)
+    upload_allowed: bool = Field(False, description="may frames leave the box (GDPR: people in view)")
+
+
+class EdgeConfig(Section):
+    device: DeviceSection
+    state_dir: Path = Path("/var/lib/parkwatch")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    status_page: StatusPageConfig = Field(default_factory=StatusPageConfig)
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    updater: UpdaterConfig = Field(default_factory=UpdaterConfig)
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> EdgeConfig:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} appears twice in [[cameras]]")
+            seen.add(cam.id)
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.state_dir / "outbox.db"
+
+
+def load(path: str | Path = DEFAULT_PATH) -> EdgeConfig:
+    return load_config(EdgeConfig, path)

@@ -1,0 +1,78 @@
+"""``decode(topic, payload)``: the one place incoming bytes become trusted objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.protocol.errors import InvalidPayload, MalformedPayload, PayloadTooLarge, UnsupportedSchema
+from shared.protocol.messages import (
+    SCHEMA_VERSION,
+    Alert,
+    DeviceStatus,
+    Message,
+    ModelState,
+    PredictionBatch,
+    ReleaseNotice,
+    Telemetry,
+    UpdateRequest,
+    UpdateResponse,
+)
+from shared.protocol.topics import Kind, ParsedTopic, parse_topic
+
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+
+MODEL_FOR_KIND: dict[Kind, type[Message]] = {
+    Kind.STATUS: DeviceStatus,
+    Kind.TELEMETRY: Telemetry,
+    Kind.PREDICTIONS: PredictionBatch,
+    Kind.MODEL_STATE: ModelState,
+    Kind.UPDATE_REQUEST: UpdateRequest,
+    Kind.UPDATE_RESPONSE: UpdateResponse,
+    Kind.RELEASE: ReleaseNotice,
+    Kind.ALERT: Alert,
+}
+
+
+def encode(msg: Message) -> bytes:
+    return json.dumps(msg.to_wire(), separators=(",", ":")).encode("utf-8")
+
+
+def decode(
+    topic: str, payload: bytes | bytearray | str, max_bytes: int = DEFAULT_MAX_PAYLOAD
+) -> tuple[ParsedTopic, Message]:
+    """Validate a received message; raises a :class:`ProtocolError` subclass on anything wrong.
+
+    Device-scoped payloads must name the same site/device as their topic, so a device cannot
+    speak for another one even where the broker ACL is missing.
+    """
+    parsed = parse_topic(topic)
+    raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"{topic}: payload of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        obj: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedPayload(f"{topic}: payload is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"{topic}: payload must be a JSON object")
+    version = obj.get("schema")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported (this build speaks 1)")
+    model = MODEL_FOR_KIND[parsed.kind]
+    try:
+        msg = model.model_validate(obj)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidPayload(f"{topic}: {where}: {first['msg']}") from e
+    if parsed.device is not None:
+        site = getattr(msg, "site", parsed.site)
+        device = getattr(msg, "device", parsed.device)
+        if (site, device) != (parsed.site, parsed.device):
+            raise InvalidPayload(f"{topic}: payload names {site}/{device}, topic another device")
+    if parsed.group is not None and getattr(msg, "group", parsed.group) != parsed.group:
+        raise InvalidPayload(f"{topic}: payload names another group")
+    return parsed, msg

@@ -1,0 +1,176 @@
+"""Pydantic models for every v1 payload.
+
+Every payload carries ``schema`` (the protocol version) so a receiver can refuse what it does
+not understand instead of misreading it. Models ignore no field silently: unknown keys are an
+error (``extra="forbid"``), because a sender that adds a field must bump the schema.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+Label = str
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def now() -> float:
+    return time.time()
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schema")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+class DeviceStatus(Message):
+    """Retained per device; the MQTT last-will publishes the ``offline`` form."""
+
+    device: str
+    site: str
+    state: Literal["online", "offline"]
+    ts: float = Field(default_factory=now)
+    group: str | None = None
+    software: str | None = None
+    model_version: str | None = None
+    reason: str | None = None  # "last-will", "shutdown", ...
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=0, description="per-device, strictly increasing, never reused")
+    ts: float
+    camera: str
+    label: Label = Field(description="predicted label, or 'abstain' below the threshold")
+    confidence: Confidence
+    probs: dict[Label, Confidence] = Field(default_factory=dict)
+    model_version: str
+    abstain: bool = False
+    flags: list[str] = Field(default_factory=list, description="frame-integrity flags")
+    latency_ms: float | None = Field(None, ge=0)
+    frame_ts: float | None = None
+    snapshot: str | None = Field(None, description="id of a kept low-confidence snapshot")
+
+
+class PredictionBatch(Message):
+    device: str
+    site: str
+    predictions: list[Prediction] = Field(min_length=1, max_length=10_000)
+    sent_ts: float = Field(default_factory=now)
+    evicted_total: int = Field(0, ge=0, description="outbox rows ever evicted by the bound")
+
+    @field_validator("predictions")
+    @classmethod
+    def _increasing(cls, v: list[Prediction]) -> list[Prediction]:
+        for a, b in zip(v, v[1:], strict=False):
+            if b.seq <= a.seq:
+                raise ValueError("prediction seq numbers must be strictly increasing in a batch")
+        return v
+
+
+class CameraTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["streaming", "stalled", "reconnecting", "offline"]
+    fps: float = Field(0.0, ge=0)
+    frames: int = Field(0, ge=0)
+    dropped: int = Field(0, ge=0)
+    reconnects: int = Field(0, ge=0)
+    last_frame_ts: float | None = None
+    error: str | None = None
+    integrity: dict[str, int] = Field(default_factory=dict)
+
+
+class Telemetry(Message):
+    device: str
+    site: str
+    ts: float = Field(default_factory=now)
+    seq: int = Field(0, ge=0)
+    cpu_percent: float = Field(ge=0)
+    cpu_per_core: list[float] = Field(default_factory=list)
+    load_avg: list[float] = Field(default_factory=list)
+    memory_percent: float = Field(ge=0, le=100)
+    memory_used_mb: float = Field(0, ge=0)
+    disk_percent: float = Field(ge=0, le=100)
+    disk_free_mb: float = Field(0, ge=0)
+    temperatures: dict[str, float] | None = Field(
+        None, description="sensor -> °C; None when the host has no sensors"
+    )
+    uptime_process_s: float = Field(ge=0)
+    uptime_system_s: float = Field(ge=0)
+    latency_ms: dict[str, float] = Field(default_factory=dict, description="p50/p95/p99")
+    inference_fps: float = Field(0.0, ge=0)
+    inference_errors: int = Field(0, ge=0)
+    abstain_rate: float | None = Field(None, ge=0, le=1)
+    cameras: dict[str, CameraTelemetry] = Field(default_factory=dict)
+    outbox_backlog: int = Field(0, ge=0)
+    outbox_evicted: int = Field(0, ge=0)
+    outbox_errors: int = Field(0, ge=0)
+    model_version: str | None = None
+    invalid_messages: dict[str, int] = Field(default_factory=dict)
+
+
+ModelStateName = Literal["downloading", "verifying", "self-testing", "active", "failed", "idle"]
+
+
+class ModelState(Message):
+    """Retained per device: where its model update stands."""
+
+    device: str
+    site: str
+    group: str | None = None
+    state: ModelStateName
+    version: str | None = Field(None, description="the version this state is about")
+    active_version: str | None = Field(None, description="the version classifying frames now")
+    previous_version: str | None = None
+    reason: str | None = None
+    progress: float | None = Field(None, ge=0, le=1)
+    ts: float = Field(default_factory=now)
+
+
+class ReleaseNotice(Message):
+    """Retained per group: 'new TUF metadata exists, refresh'. Carries no authority itself."""
+
+    group: str
+    version: str | None = None
+    timestamp_version: int | None = Field(None, ge=0)
+    ts: float = Field(default_factory=now)
+
+
+class Alert(Message):
+    id: str
+    site: str
+    device: str | None = None
+    rule: str
+    severity: Literal["info", "warning", "critical"]
+    state: Literal["open", "acknowledged", "resolved"]
+    message: str
+    ts: float = Field(default_factory=now)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateRequest(Message):
+    """Edge → cloud: 'send me this TUF path from this offset'. Reply goes to the MQTT 5
+    response topic with the same correlation data."""
+
+    path: str = Field(min_length=1, max_length=512)
+    offset: int = Field(0, ge=0)
+    length: int = Field(256 * 1024, ge=1, le=1024 * 1024)
+
+
+class UpdateResponse(Message):
+    path: str
+    status: Literal["ok", "not_found", "error"]
+    offset: int = Field(0, ge=0)
+    total: int | None = Field(None, ge=0)
+    data: str = Field("", description="base64 of the chunk")
+    error: str | None = None

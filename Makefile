@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parkwatch-installed
 PYTEST_ARGS ?=
+BENCHES ?= bench/ingest.py bench/train.py bench/edge_throughput.py bench/rollout.py bench/dashboard.py
 
 .PHONY: help venv demo test test-fast lint bench lock clean
 
@@ -44,7 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@provisioning/system-deps.sh broker camera
-	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+	@set -e; for b in $(BENCHES); do echo "== $$b"; PYTHONPATH=. $(PY) $$b; done
 
 lock: $(STAMP)
 	@{ head -n 2 constraints.txt; $(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new

@@ -1,14 +1,29 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.config import Section
 
 
 class FleetConfig(Section):
+    """Fleet ingest. Defaults suit one ingest worker beside a Mosquitto on the same host."""
+
     share_group: str = Field("parkwatch-ingest", description="MQTT shared-subscription group")
     client_id: str = Field("parkwatch-cloud-ingest", description="persistent session id; unique per worker")
-    batch_max: int = Field(500, ge=1)
-    batch_interval_s: float = Field(0.2, gt=0)
+    session_expiry_s: int = Field(
+        14 * 24 * 3600, ge=60, description="how long the broker keeps our queue while ingest is away"
+    )
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="unacknowledged messages the broker may have in flight to us"
+    )
+    batch_max: int = Field(500, ge=1, description="messages per SQLite transaction at most")
+    batch_interval_s: float = Field(0.2, gt=0, description="longest wait before a partial batch is written")
+    queue_max: int = Field(20_000, ge=100, description="decoded messages waiting for the writer")
     retention_days: float = Field(90.0, gt=0)
+    retention_interval_s: float = Field(3600.0, gt=0, description="how often old rows are pruned")
     heartbeat_timeout_s: float = Field(60.0, gt=0)
+    snapshots_dir: Path | None = Field(
+        None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"
+    )

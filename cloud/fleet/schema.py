@@ -1,0 +1,186 @@
+"""Fleet database tables. One SQLite file (``cfg.fleet_db``, WAL) for everything the fleet sends,
+what the analysis concludes about it, feedback labels and alerts.
+
+Keys carry the guarantees: ``predictions`` is keyed by (device, seq), so a redelivered batch is
+stored once; ``telemetry`` by (device, ts); status and model-state history by (device, ts, state).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from cloud.fleet.errors import FleetError
+
+BUSY_TIMEOUT_S = 10.0
+
+DDL = """
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    grp TEXT,
+    status TEXT,
+    status_ts REAL,
+    status_reason TEXT,
+    software TEXT,
+    model_version TEXT,
+    first_seen REAL,
+    last_seen REAL,
+    last_msg_ts REAL,
+    max_seq INTEGER,
+    evicted_total INTEGER NOT NULL DEFAULT 0,
+    predictions_total INTEGER NOT NULL DEFAULT 0,
+    update_state TEXT,
+    update_version TEXT,
+    active_version TEXT,
+    previous_version TEXT,
+    update_reason TEXT,
+    update_progress REAL,
+    update_ts REAL,
+    health TEXT,
+    health_reasons TEXT,
+    health_ts REAL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    ts REAL NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    probs TEXT,
+    model_version TEXT NOT NULL,
+    abstain INTEGER NOT NULL,
+    flags TEXT,
+    latency_ms REAL,
+    frame_ts REAL,
+    snapshot TEXT,
+    received_ts REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
+CREATE INDEX IF NOT EXISTS predictions_model_ts ON predictions(model_version, ts);
+CREATE INDEX IF NOT EXISTS predictions_snapshot ON predictions(snapshot) WHERE snapshot IS NOT NULL;
+CREATE TABLE IF NOT EXISTS telemetry (
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,
+    site TEXT NOT NULL,
+    seq INTEGER,
+    cpu_percent REAL,
+    memory_percent REAL,
+    disk_percent REAL,
+    temp_max REAL,
+    latency_p50 REAL,
+    latency_p95 REAL,
+    latency_p99 REAL,
+    inference_fps REAL,
+    inference_errors INTEGER,
+    abstain_rate REAL,
+    outbox_backlog INTEGER,
+    outbox_evicted INTEGER,
+    model_version TEXT,
+    body TEXT NOT NULL,
+    received_ts REAL NOT NULL,
+    PRIMARY KEY (device, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS telemetry_ts ON telemetry(ts);
+CREATE TABLE IF NOT EXISTS status_events (
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    received_ts REAL NOT NULL,
+    PRIMARY KEY (device, ts, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS model_states (
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    version TEXT,
+    active_version TEXT,
+    reason TEXT,
+    received_ts REAL NOT NULL,
+    PRIMARY KEY (device, ts, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    site TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    detected_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gaps_device ON gaps(device, first_seq);
+CREATE TABLE IF NOT EXISTS feedback (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    snapshot TEXT,
+    label TEXT NOT NULL,
+    predicted TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    pred_ts REAL NOT NULL,
+    actor TEXT NOT NULL,
+    comment TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback(model_version, pred_ts);
+CREATE TABLE IF NOT EXISTS drift (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    window_start REAL NOT NULL,
+    window_end REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    psi REAL,
+    js REAL,
+    ks REAL,
+    ks_p REAL,
+    wasserstein REAL,
+    abstain_rate REAL,
+    flag_rate REAL,
+    est_accuracy REAL,
+    accuracy REAL,
+    n_labels INTEGER,
+    recall_gap REAL,
+    drifted INTEGER NOT NULL,
+    reasons TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS drift_model_site ON drift(model_version, site, ts);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Database:
+    """Open the fleet file in WAL mode so the dashboard reads while ingest writes.
+
+    ``synchronous=FULL`` makes a commit durable before ingest acknowledges the messages to the
+    broker: an acknowledged message is on disk, an unacknowledged one is resent by the broker.
+    Batching keeps the fsync per transaction cheap.
+    """
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.executescript(DDL)
+    except (OSError, sqlite3.Error) as e:
+        raise FleetError(
+            f"cannot open fleet database {p}: {e}; check data_dir in the cloud config and its permissions"
+        ) from e
+    return db

@@ -1,0 +1,231 @@
+"""Read side of the fleet database, shared by the CLI, the analysis job and the dashboard.
+
+Every method returns plain dicts/lists (JSON-ready), so the dashboard and ``--json`` print the
+same thing. Writes from ingest go through :mod:`cloud.fleet.writer`; the few writes here
+(health, feedback, drift results, retention) are small and come from the analysis or a person.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud.fleet.errors import BadRequest, FleetError, NotFound
+from cloud.fleet.schema import connect
+
+LABELS = ("cat", "dog", "neither")
+
+_JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body"}
+
+
+def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (name, *_), v in zip(cur_desc, values, strict=True):
+        if name in _JSON_COLS and isinstance(v, str):
+            v = json.loads(v)
+        out[name] = v
+    return out
+
+
+def prediction_id(device: str, seq: int) -> str:
+    return f"{device}:{seq}"
+
+
+def parse_prediction_id(pid: str) -> tuple[str, int]:
+    """``device:seq``; the device alphabet has no ':' so the split is unambiguous."""
+    device, sep, seq = pid.rpartition(":")
+    if not sep or not device or not seq.isdigit():
+        raise BadRequest(f"prediction id {pid!r} must look like DEVICE:SEQ (e.g. cam-box-1:1042)")
+    return device, int(seq)
+
+
+class FleetStore:
+    """One connection per instance, guarded by a lock; open one per thread that needs it."""
+
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.db = connect(self.path, synchronous=synchronous)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> FleetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.db.conn.execute(sql, params)
+            return [_row(cur.description, r) for r in cur.fetchall()]
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
+        with self._lock, self.db.conn:
+            return self.db.conn.execute(sql, params).rowcount
+
+    # devices -------------------------------------------------------------------------------
+    def devices(self, site: str | None = None) -> list[dict[str, Any]]:
+        """Every device with status, last seen, model version, update state and health."""
+        if site:
+            return self.query("SELECT * FROM devices WHERE site=? ORDER BY site, device", (site,))
+        return self.query("SELECT * FROM devices ORDER BY site, device")
+
+    def device(self, device: str) -> dict[str, Any]:
+        rows = self.query("SELECT * FROM devices WHERE device=?", (device,))
+        if not rows:
+            raise NotFound(f"device {device!r} has never reported; check the name with `parkwatch cloud health`")
+        return rows[0]
+
+    def set_health(self, device: str, state: str, reasons: list[str], ts: float) -> None:
+        self.execute(
+            "UPDATE devices SET health=?, health_reasons=?, health_ts=? WHERE device=?",
+            (state, json.dumps(reasons), ts, device),
+        )
+
+    def status_events(self, device: str, limit: int = 100) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT * FROM status_events WHERE device=? ORDER BY ts DESC LIMIT ?", (device, limit)
+        )
+
+    def model_states(self, device: str, limit: int = 100) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM model_states WHERE device=? ORDER BY ts DESC LIMIT ?", (device, limit))
+
+    # telemetry -----------------------------------------------------------------------------
+    def telemetry(self, device: str, since: float | None = None, until: float | None = None,
+                  limit: int = 10_000, full: bool = False) -> list[dict[str, Any]]:
+        """Telemetry rows of one device in time order; ``full`` adds the whole message (``body``)."""
+        cols = "*" if full else (
+            "device, ts, site, cpu_percent, memory_percent, disk_percent, temp_max, latency_p50, "
+            "latency_p95, latency_p99, inference_fps, inference_errors, abstain_rate, outbox_backlog, "
+            "outbox_evicted, model_version"
+        )
+        rows = self.query(
+            f"SELECT {cols} FROM telemetry WHERE device=? AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
+            (device, since if since is not None else 0.0, until if until is not None else 1e18, limit),
+        )
+        rows.reverse()
+        return rows
+
+    def latest_telemetry(self, device: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM telemetry WHERE device=? ORDER BY ts DESC LIMIT 1", (device,))
+        return rows[0] if rows else None
+
+    # predictions ---------------------------------------------------------------------------
+    def predictions(self, device: str | None = None, site: str | None = None,
+                    model_version: str | None = None, since: float | None = None,
+                    until: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Newest first. Each row carries ``id`` (``device:seq``), the id labels and lineage use."""
+        where, params = ["ts>=?", "ts<=?"], [since or 0.0, until if until is not None else 1e18]
+        for col, val in (("device", device), ("site", site), ("model_version", model_version)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        rows = self.query(
+            f"SELECT * FROM predictions WHERE {' AND '.join(where)} ORDER BY ts DESC LIMIT ?",
+            [*params, limit],
+        )
+        for r in rows:
+            r["id"] = prediction_id(r["device"], r["seq"])
+        return rows
+
+    def prediction(self, pid: str) -> dict[str, Any]:
+        device, seq = parse_prediction_id(pid)
+        rows = self.query("SELECT * FROM predictions WHERE device=? AND seq=?", (device, seq))
+        if not rows:
+            raise NotFound(f"prediction {pid} is not in the fleet store (expired by retention, or never received)")
+        rows[0]["id"] = pid
+        return rows[0]
+
+    def prediction_by_snapshot(self, snapshot: str) -> dict[str, Any]:
+        rows = self.query("SELECT * FROM predictions WHERE snapshot=? LIMIT 1", (snapshot,))
+        if not rows:
+            raise NotFound(f"no prediction carries snapshot {snapshot!r}")
+        rows[0]["id"] = prediction_id(rows[0]["device"], rows[0]["seq"])
+        return rows[0]
+
+    def prediction_count(self, device: str | None = None) -> int:
+        if device:
+            return int(self.db.conn.execute("SELECT count(*) FROM predictions WHERE device=?", (device,))
+                       .fetchone()[0])
+        return int(self.db.conn.execute("SELECT count(*) FROM predictions").fetchone()[0])
+
+    def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Seq ranges still missing, with the cause ingest inferred; a row that turns up later removes them."""
+        sql = "SELECT *, last_seq-first_seq+1 AS missing FROM gaps"
+        if device:
+            return self.query(sql + " WHERE device=? ORDER BY first_seq", (device,))
+        return self.query(sql + " ORDER BY device, first_seq")
+
+    def counters(self) -> dict[str, int]:
+        return {r["name"]: r["value"] for r in self.query("SELECT name, value FROM counters")}
+
+    # feedback ------------------------------------------------------------------------------
+    def add_feedback(self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None) -> dict[str, Any]:
+        """Ground truth for one prediction; a later label for the same prediction replaces it."""
+        if label not in LABELS:
+            raise BadRequest(f"label {label!r} is not one of {', '.join(LABELS)}")
+        if not actor:
+            raise BadRequest("a label needs an actor (who says so)")
+        row = {
+            "device": pred["device"], "seq": pred["seq"], "site": pred["site"], "snapshot": pred.get("snapshot"),
+            "label": label, "predicted": pred["label"], "model_version": pred["model_version"],
+            "pred_ts": pred["ts"], "actor": actor, "comment": comment, "ts": time.time(),
+        }
+        with self._lock:
+            self.db["feedback"].upsert(row, pk=("device", "seq"))  # type: ignore[union-attr]
+        row["prediction_id"] = prediction_id(pred["device"], pred["seq"])
+        return row
+
+    def feedback(self, model_version: str | None = None, since: float | None = None,
+                 until: float | None = None, site: str | None = None) -> list[dict[str, Any]]:
+        where, params = ["pred_ts>=?", "pred_ts<=?"], [since or 0.0, until if until is not None else 1e18]
+        for col, val in (("model_version", model_version), ("site", site)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        return self.query(f"SELECT * FROM feedback WHERE {' AND '.join(where)} ORDER BY pred_ts", params)
+
+    # drift results -------------------------------------------------------------------------
+    def add_drift(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        enc = [{k: (json.dumps(v) if k in ("reasons", "details") else v) for k, v in r.items()} for r in rows]
+        with self._lock:
+            self.db["drift"].insert_all(enc)  # type: ignore[union-attr]
+
+    def drift_results(self, model_version: str | None = None, site: str | None = None,
+                      device: str | None = None, run_id: str | None = None,
+                      limit: int = 500) -> list[dict[str, Any]]:
+        """Drift figures per model/site (``device`` = '' for the site as a whole) per analysis run."""
+        where, params = ["1=1"], []
+        for col, val in (("model_version", model_version), ("site", site), ("device", device), ("run_id", run_id)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        return self.query(
+            f"SELECT * FROM drift WHERE {' AND '.join(where)} ORDER BY ts DESC, id LIMIT ?", [*params, limit]
+        )
+
+    # retention -----------------------------------------------------------------------------
+    def prune(self, before_ts: float) -> dict[str, int]:
+        """Delete rows older than ``before_ts``; labelled predictions are kept for accuracy history."""
+        out = {}
+        try:
+            with self._lock, self.db.conn:
+                c = self.db.conn
+                out["predictions"] = c.execute(
+                    "DELETE FROM predictions WHERE ts<? AND NOT EXISTS (SELECT 1 FROM feedback f "
+                    "WHERE f.device=predictions.device AND f.seq=predictions.seq)", (before_ts,)).rowcount
+                out["telemetry"] = c.execute("DELETE FROM telemetry WHERE ts<?", (before_ts,)).rowcount
+                out["status_events"] = c.execute("DELETE FROM status_events WHERE ts<?", (before_ts,)).rowcount
+                out["model_states"] = c.execute("DELETE FROM model_states WHERE ts<?", (before_ts,)).rowcount
+                out["drift"] = c.execute("DELETE FROM drift WHERE ts<?", (before_ts,)).rowcount
+                out["gaps"] = c.execute("DELETE FROM gaps WHERE detected_ts<?", (before_ts,)).rowcount
+        except Exception as e:  # sqlite3.Error, wrapped at the boundary
+            raise FleetError(f"retention prune failed on {self.path}: {e}") from e
+        return out

@@ -1,0 +1,251 @@
+"""The ingest write path: one SQLite transaction per batch of decoded messages.
+
+Why one transaction for many messages: the broker's acknowledgement is sent only after the
+commit, so the commit is the durability point, and an fsync per batch instead of per message is
+what makes ingest keep up with the broker.
+
+Gap detection lives here because it must see exactly the rows that were new: a prediction whose
+seq jumps past ``max_seq + 1`` opens a gap; a late row (an outbox resending its backlog, a
+redelivery after restart) that falls inside a recorded gap shrinks or splits it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import sqlite_utils
+
+from cloud.fleet.errors import FleetError
+from shared.protocol import (
+    DeviceStatus,
+    Message,
+    ModelState,
+    ParsedTopic,
+    PredictionBatch,
+    Telemetry,
+)
+
+FIRST_SEQ = 1  # edge/outbox.py numbers predictions from 1
+
+CAUSE_LOST = "lost in transit"
+CAUSE_EVICTED = "evicted on the device (outbox bound)"
+CAUSE_BEFORE = "before first contact"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: ParsedTopic
+    msg: Message
+    received_ts: float
+
+
+@dataclass
+class WriteResult:
+    messages: int = 0
+    predictions_stored: int = 0
+    duplicates: int = 0
+    telemetry_stored: int = 0
+    gaps_opened: list[tuple[str, int, int]] = field(default_factory=list)
+    seqs_recovered: int = 0
+
+
+def _pred_rows(b: PredictionBatch, received: float) -> list[tuple[object, ...]]:
+    return [
+        (
+            b.device, p.seq, b.site, p.camera, p.ts, p.label, p.confidence,
+            json.dumps(p.probs, separators=(",", ":")) if p.probs else None,
+            p.model_version, int(p.abstain),
+            json.dumps(p.flags, separators=(",", ":")) if p.flags else None,
+            p.latency_ms, p.frame_ts, p.snapshot, received,
+        )
+        for p in b.predictions
+    ]
+
+
+_INSERT_PRED = (
+    "INSERT OR IGNORE INTO predictions(device, seq, site, camera, ts, label, confidence, probs, "
+    "model_version, abstain, flags, latency_ms, frame_ts, snapshot, received_ts) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+_TOUCH_DEVICE = (
+    "INSERT INTO devices(device, site, first_seen, last_seen, last_msg_ts) VALUES (?,?,?,?,?) "
+    "ON CONFLICT(device) DO UPDATE SET site=excluded.site, "
+    "last_seen=max(coalesce(last_seen, 0), excluded.last_seen), "
+    "last_msg_ts=max(coalesce(last_msg_ts, 0), excluded.last_msg_ts)"
+)
+
+
+def _temp_max(t: Telemetry) -> float | None:
+    return max(t.temperatures.values()) if t.temperatures else None
+
+
+class BatchWriter:
+    """Owns one connection (``synchronous=FULL``); used by the single ingest writer thread."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+
+    def write(self, items: list[Incoming]) -> WriteResult:
+        res = WriteResult(messages=len(items))
+        if not items:
+            return res
+        try:
+            with self.conn:
+                self._write(items, res)
+        except sqlite3.Error as e:
+            raise FleetError(f"fleet database write failed ({e}); nothing of this batch was acknowledged, "
+                             "the broker will resend it") from e
+        return res
+
+    def _write(self, items: list[Incoming], res: WriteResult) -> None:
+        c = self.conn
+        batches: dict[str, list[tuple[PredictionBatch, float]]] = defaultdict(list)
+        for it in items:
+            m = it.msg
+            site = it.topic.site or ""
+            device = it.topic.device or ""
+            ts = float(getattr(m, "ts", 0.0) or 0.0)
+            if isinstance(m, PredictionBatch):
+                ts = max(p.ts for p in m.predictions)
+                batches[device].append((m, it.received_ts))
+            c.execute(_TOUCH_DEVICE, (device, site, it.received_ts, it.received_ts, ts))
+            if isinstance(m, Telemetry):
+                res.telemetry_stored += self._telemetry(m, it.received_ts)
+            elif isinstance(m, DeviceStatus):
+                self._status(m, it.received_ts)
+            elif isinstance(m, ModelState):
+                self._model_state(m, it.received_ts)
+        for device, blist in batches.items():
+            self._predictions(device, blist, res)
+
+    def _predictions(self, device: str, blist: list[tuple[PredictionBatch, float]], res: WriteResult) -> None:
+        c = self.conn
+        row = c.execute("SELECT max_seq, evicted_total FROM devices WHERE device=?", (device,)).fetchone()
+        max_seq: int | None = row[0]
+        evicted: int = row[1] or 0
+        seen_new_evictions = max(b.evicted_total for b, _ in blist) > evicted
+        site = blist[0][0].site
+        late: list[int] = []
+        stored = 0
+        for b, received in sorted(blist, key=lambda x: x[0].predictions[0].seq):
+            cur = c.executemany(_INSERT_PRED, _pred_rows(b, received))
+            stored += max(cur.rowcount, 0)
+            for p in b.predictions:
+                if max_seq is None:
+                    if p.seq > FIRST_SEQ:
+                        self._open_gap(device, site, FIRST_SEQ, p.seq - 1,
+                                       CAUSE_EVICTED if b.evicted_total else CAUSE_BEFORE, received, res)
+                    max_seq = p.seq
+                elif p.seq > max_seq:
+                    if p.seq > max_seq + 1:
+                        cause = CAUSE_EVICTED if seen_new_evictions else CAUSE_LOST
+                        self._open_gap(device, site, max_seq + 1, p.seq - 1, cause, received, res)
+                    max_seq = p.seq
+                else:
+                    late.append(p.seq)
+        n = sum(len(b.predictions) for b, _ in blist)
+        res.predictions_stored += stored
+        res.duplicates += n - stored
+        if late:
+            res.seqs_recovered += self._fill(device, late)
+        c.execute(
+            "UPDATE devices SET max_seq=?, evicted_total=max(evicted_total, ?), "
+            "predictions_total=predictions_total+?, model_version=coalesce(?, model_version) WHERE device=?",
+            (max_seq, max(b.evicted_total for b, _ in blist), stored,
+             blist[-1][0].predictions[-1].model_version, device),
+        )
+
+    def _open_gap(self, device: str, site: str, first: int, last: int, cause: str, ts: float,
+                  res: WriteResult) -> None:
+        self.conn.execute(
+            "INSERT INTO gaps(device, site, first_seq, last_seq, cause, detected_ts) VALUES (?,?,?,?,?,?)",
+            (device, site, first, last, cause, ts),
+        )
+        res.gaps_opened.append((device, first, last))
+
+    def _fill(self, device: str, seqs: list[int]) -> int:
+        """Shrink or split recorded gaps that late rows fall into; returns how many seqs came back."""
+        c = self.conn
+        recovered = 0
+        for seq in sorted(set(seqs)):
+            g = c.execute(
+                "SELECT id, site, first_seq, last_seq, cause, detected_ts FROM gaps "
+                "WHERE device=? AND first_seq<=? AND last_seq>=?",
+                (device, seq, seq),
+            ).fetchone()
+            if g is None:
+                continue  # a duplicate, not a late row
+            gid, site, first, last, cause, detected = g
+            recovered += 1
+            if first == last:
+                c.execute("DELETE FROM gaps WHERE id=?", (gid,))
+            elif seq == first:
+                c.execute("UPDATE gaps SET first_seq=? WHERE id=?", (seq + 1, gid))
+            elif seq == last:
+                c.execute("UPDATE gaps SET last_seq=? WHERE id=?", (seq - 1, gid))
+            else:
+                c.execute("UPDATE gaps SET last_seq=? WHERE id=?", (seq - 1, gid))
+                c.execute(
+                    "INSERT INTO gaps(device, site, first_seq, last_seq, cause, detected_ts) VALUES (?,?,?,?,?,?)",
+                    (device, site, seq + 1, last, cause, detected),
+                )
+        return recovered
+
+    def _telemetry(self, t: Telemetry, received: float) -> int:
+        lat = t.latency_ms
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO telemetry(device, ts, site, seq, cpu_percent, memory_percent, disk_percent, "
+            "temp_max, latency_p50, latency_p95, latency_p99, inference_fps, inference_errors, abstain_rate, "
+            "outbox_backlog, outbox_evicted, model_version, body, received_ts) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                t.device, t.ts, t.site, t.seq, t.cpu_percent, t.memory_percent, t.disk_percent, _temp_max(t),
+                lat.get("p50"), lat.get("p95"), lat.get("p99"), t.inference_fps, t.inference_errors,
+                t.abstain_rate, t.outbox_backlog, t.outbox_evicted, t.model_version,
+                json.dumps(t.to_wire(), separators=(",", ":")), received,
+            ),
+        )
+        if t.model_version:
+            self.conn.execute("UPDATE devices SET model_version=? WHERE device=?", (t.model_version, t.device))
+        return max(cur.rowcount, 0)
+
+    def _status(self, s: DeviceStatus, received: float) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO status_events(device, ts, state, reason, received_ts) VALUES (?,?,?,?,?)",
+            (s.device, s.ts, s.state, s.reason, received),
+        )
+        # A retained status replayed after a restart must not overwrite a newer one.
+        self.conn.execute(
+            "UPDATE devices SET status=?, status_ts=?, status_reason=?, grp=coalesce(?, grp), "
+            "software=coalesce(?, software), model_version=coalesce(?, model_version) "
+            "WHERE device=? AND (status_ts IS NULL OR status_ts<=?)",
+            (s.state, s.ts, s.reason, s.group, s.software, s.model_version, s.device, s.ts),
+        )
+
+    def _model_state(self, m: ModelState, received: float) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO model_states(device, ts, state, version, active_version, reason, received_ts) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (m.device, m.ts, m.state, m.version, m.active_version, m.reason, received),
+        )
+        self.conn.execute(
+            "UPDATE devices SET update_state=?, update_version=?, active_version=coalesce(?, active_version), "
+            "previous_version=coalesce(?, previous_version), update_reason=?, update_progress=?, update_ts=?, "
+            "grp=coalesce(?, grp), model_version=coalesce(?, model_version) "
+            "WHERE device=? AND (update_ts IS NULL OR update_ts<=?)",
+            (m.state, m.version, m.active_version, m.previous_version, m.reason, m.progress, m.ts,
+             m.group, m.active_version, m.device, m.ts),
+        )
+
+    def add_counters(self, counts: dict[str, int]) -> None:
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+                [(k, v) for k, v in counts.items() if v],
+            )

@@ -1,0 +1,93 @@
+"""What ``parkwatch cloud serve`` runs: the cloud's long-lived components, started in order.
+
+Each component is a class constructed as ``Component(cfg)`` with ``start()`` and ``stop()``;
+it owns its own MQTT client and store handles, so one failing does not wedge the others and
+each can be tested alone. Components are named by import path so that ``serve`` imports only
+what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Protocol
+
+from cloud.config import CloudConfig
+
+log = logging.getLogger("parkwatch.cloud.server")
+
+# Order matters: storage-facing ingest first so nothing published later is missed,
+# the release channel next, then analysis and the dashboard that read what ingest wrote.
+COMPONENTS: dict[str, str] = {
+    "fleet-ingest": "cloud.fleet.service:FleetIngest",
+    "release": "cloud.release.service:ReleaseService",
+    "analysis": "cloud.analysis.scheduler:AnalysisScheduler",
+    "dashboard": "cloud.dashboard.service:DashboardServer",
+}
+
+
+class Component(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def load_component(path: str) -> type[Component]:
+    module_name, attr = path.split(":")
+    cls: type[Component] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+class CloudServer:
+    def __init__(self, cfg: CloudConfig, only: list[str] | None = None) -> None:
+        unknown = set(only or []) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown component(s) {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
+        self.cfg = cfg
+        self.names = [n for n in COMPONENTS if only is None or n in only]
+        self.components: dict[str, Component] = {}
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in self.names:
+                comp = load_component(COMPONENTS[name])(self.cfg)  # type: ignore[call-arg]
+                comp.start()
+                self.components[name] = comp
+                log.info("started %s", name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name, comp in reversed(list(self.components.items())):
+            try:
+                comp.stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        self.components.clear()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: shutting down", signum)
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            self.stop()
+
+    def __enter__(self) -> CloudServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

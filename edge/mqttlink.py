@@ -1,0 +1,218 @@
+"""The daemon's one MQTT connection, shared by the publisher, telemetry and the updater.
+
+Why one client: the broker ACL and the last-will are per connection, and a box should show up
+as one session. The wrapper adds what paho leaves to the caller:
+
+* ``subscribe(filter, callback)`` is remembered and replayed on every (re)connect, so the
+  updater subscribes once and keeps receiving across broker restarts;
+* ``publish`` returns paho's ``MQTTMessageInfo`` and reports PUBACKs to listeners by ``mid``
+  (``on_ack``), which is what lets the outbox delete a row only after the broker holds it;
+* the retained ``status`` topic says ``online`` on connect; the last-will says ``offline``.
+
+paho resends unacknowledged QoS-1 messages itself after a reconnect (same ``mid``), and the
+session is persistent (``clean_start`` false), so an in-flight batch is neither lost nor
+re-numbered while the process lives; after a restart the outbox resends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from shared.config import MqttConfig
+from shared.protocol import DeviceStatus, Kind, Topics, encode
+
+log = logging.getLogger("parkwatch.edge.mqtt")
+
+MessageCallback = Callable[[mqtt.MQTTMessage], None]
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class MqttLink:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        site: str,
+        device: str,
+        group: str | None = None,
+        software: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.device = device
+        self.group = group
+        self.software = software
+        self.model_version: str | None = None
+        self.status_topic = Topics.device(site, device, Kind.STATUS)
+        self.client_id = cfg.client_id or f"parkwatch-edge-{site}-{device}"
+        self._subs: dict[str, tuple[int, MessageCallback]] = {}
+        self._ack_listeners: list[Callable[[int], None]] = []
+        self._conn_listeners: list[Callable[[bool], None]] = []
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.connects = 0
+        self.disconnects = 0
+        self.last_error: str | None = None
+        self.last_change_ts: float | None = None
+        self._started = False
+
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        c.max_inflight_messages_set(100)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.password.resolve("mqtt.password") if cfg.password else None)
+        if cfg.tls is not None:
+            c.tls_set(
+                ca_certs=str(cfg.tls.ca_file),
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if cfg.tls.insecure_skip_hostname_check:
+                c.tls_insecure_set(True)
+        will = DeviceStatus(
+            device=device, site=site, state="offline", group=group, software=software, reason="last-will"
+        )
+        c.will_set(self.status_topic, encode(will), qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self.client = c
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(
+            self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        self._started = True
+
+    def stop(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
+        """Say ``offline`` (retained) if connected, then disconnect cleanly (no last-will)."""
+        if not self._started:
+            return
+        if self.connected:
+            try:
+                info = self.client.publish(self.status_topic, self._status_payload("offline", reason), 1, True)
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as e:
+                log.warning("could not publish offline status: %s", e)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._started = False
+        self._connected.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- the API the publisher and the updater use ------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``callback``; replayed after every reconnect."""
+        with self._lock:
+            self._subs[topic_filter] = (qos, callback)
+        self.client.message_callback_add(topic_filter, self._guard(topic_filter, callback))
+        if self.connected:
+            self.client.subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subs.pop(topic_filter, None)
+        self.client.message_callback_remove(topic_filter)
+        if self.connected:
+            self.client.unsubscribe(topic_filter)
+
+    def on_ack(self, listener: Callable[[int], None]) -> None:
+        """``listener(mid)`` runs on paho's thread when the broker acknowledged message ``mid``."""
+        self._ack_listeners.append(listener)
+
+    def on_connection_change(self, listener: Callable[[bool], None]) -> None:
+        self._conn_listeners.append(listener)
+
+    def publish_status(self) -> None:
+        self.publish(self.status_topic, self._status_payload("online", None), 1, True)
+
+    # -- paho callbacks -------------------------------------------------------------------------
+    def _status_payload(self, state: str, reason: str | None) -> bytes:
+        return encode(
+            DeviceStatus(
+                device=self.device,
+                site=self.site,
+                state=state,  # type: ignore[arg-type]
+                group=self.group,
+                software=self.software,
+                model_version=self.model_version,
+                reason=reason,
+            )
+        )
+
+    def _guard(self, topic_filter: str, cb: MessageCallback) -> Callable[[Any, Any, mqtt.MQTTMessage], None]:
+        def wrapped(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                cb(msg)
+            except Exception:  # a subscriber's bug must not kill paho's network thread
+                log.exception("handler for %s failed on %s", topic_filter, msg.topic)
+
+        return wrapped
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+        if rc.is_failure:
+            self.last_error = f"broker refused the connection: {rc}"
+            log.warning("%s (check [mqtt] username/password and the broker ACL)", self.last_error)
+            return
+        self.connects += 1
+        self.last_error = None
+        self.last_change_ts = time.time()
+        log.info("connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
+        client.publish(self.status_topic, self._status_payload("online", None), 1, True)
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, (qos, _cb) in subs:
+            client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+        for listener in self._conn_listeners:
+            listener(True)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            self.disconnects += 1
+            self.last_change_ts = time.time()
+            if rc.is_failure:
+                self.last_error = f"connection lost: {rc}"
+                log.warning("%s; paho reconnects with backoff, predictions wait in the outbox", self.last_error)
+        for listener in self._conn_listeners:
+            listener(False)
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _props: Any = None) -> None:
+        if rc is not None and getattr(rc, "is_failure", False):
+            log.warning("broker refused message %d: %s", mid, rc)
+            return
+        for listener in self._ack_listeners:
+            listener(mid)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        log.debug("unrouted message on %s", msg.topic)

@@ -1,0 +1,162 @@
+"""Moves predictions from the outbox to the broker in QoS-1 batches; deletes on PUBACK only.
+
+Why batches: one MQTT message per prediction costs a round trip each; a :class:`PredictionBatch`
+of up to ``[outbox] batch_size`` rows costs one. Rows are read in seq order after the highest
+seq already handed to paho, so nothing is sent twice by this process; paho itself resends an
+unacknowledged batch after a reconnect, and after a restart the outbox still holds every row
+that was not acknowledged, so the cloud sees each seq at least once and de-duplicates by seq.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from edge.errors import OutboxError
+from edge.mqttlink import MqttLink
+from edge.outbox import Outbox
+from shared.protocol import Kind, Prediction, PredictionBatch, Topics, encode
+
+log = logging.getLogger("parkwatch.edge.publisher")
+
+RESEND_AFTER_S = 120.0
+
+
+@dataclass
+class _InFlight:
+    first: int
+    last: int
+    sent_mono: float
+    frame_ts: list[float]
+
+
+class Publisher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink,
+        batch_size: int = 200,
+        flush_interval_s: float = 0.5,
+        max_inflight_batches: int = 20,
+    ) -> None:
+        self.outbox = outbox
+        self.link = link
+        self.topic = Topics.device(link.site, link.device, Kind.PREDICTIONS)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_inflight = max_inflight_batches
+        self._inflight: dict[int, _InFlight] = {}
+        self._sent_upto = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.batches_sent = 0
+        self.batches_acked = 0
+        self.errors = 0
+        # wall-clock seconds from frame capture to the broker's PUBACK, most recent first
+        self.ack_latency_s: deque[float] = deque(maxlen=2048)
+        link.on_ack(self._on_ack)
+        link.on_connection_change(self._on_conn)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """New rows are in the outbox: send them now rather than at the next flush tick."""
+        self._wake.set()
+
+    def stop(self, drain_timeout_s: float = 3.0) -> None:
+        """Try to get what is pending acknowledged, then stop; whatever is left stays in the outbox."""
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline and self.link.connected:
+            with self._lock:
+                idle = not self._inflight and self._sent_upto >= self.outbox.last_seq
+            if idle:
+                break
+            self._wake.set()
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(5)
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return sum(f.last - f.first + 1 for f in self._inflight.values())
+
+    # -- internals --------------------------------------------------------------------------------
+    def _on_conn(self, up: bool) -> None:
+        if up:
+            self._wake.set()
+
+    def _on_ack(self, mid: int) -> None:
+        with self._lock:
+            f = self._inflight.pop(mid, None)
+        if f is None:
+            return
+        try:
+            self.outbox.ack(f.first, f.last)
+        except OutboxError:
+            self.errors += 1  # rows stay and are resent later: a duplicate, never a loss
+        self.batches_acked += 1
+        now = time.time()
+        self.ack_latency_s.extend(now - t for t in f.frame_ts)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self._pump()
+            except Exception:
+                self.errors += 1
+                log.exception("publisher step failed; retrying in %.1f s", self.flush_interval_s)
+                time.sleep(self.flush_interval_s)
+
+    def _pump(self) -> None:
+        if not self.link.connected:
+            return
+        self._resend_stuck()
+        while not self._stop.is_set() and self.link.connected:
+            with self._lock:
+                if len(self._inflight) >= self.max_inflight:
+                    return
+                after = self._sent_upto
+            rows = self.outbox.pending(after, self.batch_size)
+            if not rows:
+                return
+            preds = [Prediction.model_validate(body) for _, body in rows]
+            batch = PredictionBatch(
+                device=self.link.device,
+                site=self.link.site,
+                predictions=preds,
+                evicted_total=self.outbox.evicted_total,
+            )
+            with self._lock:  # an ack cannot be handled before its mid is recorded
+                info = self.link.publish(self.topic, encode(batch), qos=1)
+                self._inflight[info.mid] = _InFlight(
+                    rows[0][0], rows[-1][0], time.monotonic(), [p.frame_ts or p.ts for p in preds]
+                )
+                self._sent_upto = rows[-1][0]
+            self.batches_sent += 1
+
+    def _resend_stuck(self) -> None:
+        """A batch paho never got acknowledged (broker dropped it): rewind so it is sent again."""
+        now = time.monotonic()
+        with self._lock:
+            stuck = [m for m, f in self._inflight.items() if now - f.sent_mono > RESEND_AFTER_S]
+            if not stuck:
+                return
+            first = min(self._inflight[m].first for m in stuck)
+            for m in stuck:
+                del self._inflight[m]
+            self._sent_upto = min(self._sent_upto, first - 1)
+        log.warning("%d batch(es) unacknowledged for %.0f s; sending again from seq %d",
+                    len(stuck), RESEND_AFTER_S, first)

@@ -1,0 +1,230 @@
+"""The model package format, shared by the cloud (which writes it) and the edge (which runs it).
+
+A package is a directory (shipped also as a tarball)::
+
+    model.onnx        probabilities out (softmax inside the graph), dynamic batch,
+                      metadata_props: parkwatch.labels, parkwatch.preprocess, parkwatch.model_version
+    manifest.json     {"format": 1, "model_version": ..., "files": {relpath: {"sha256", "size"}}}
+    golden/golden.json + golden/*.jpg   samples with expected probabilities for the on-device self-test
+    model_card.md, lineage.json, evaluation.json, evaluation.html
+
+The ONNX metadata alone is enough to run the model, so any ONNX Runtime user can; the rest is
+for people and for verification. Everything here is pure (no file I/O) except the small
+``read_*`` helpers at the bottom, so verification can be tested without a disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import ParkwatchError
+
+FORMAT_VERSION = 1
+META_LABELS = "parkwatch.labels"
+META_PREPROCESS = "parkwatch.preprocess"
+META_VERSION = "parkwatch.model_version"
+REQUIRED_META = (META_LABELS, META_PREPROCESS, META_VERSION)
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "golden/golden.json"
+LINEAGE_FILE = "lineage.json"
+CARD_FILE = "model_card.md"
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_HTML = "evaluation.html"
+
+ABSTAIN = "abstain"
+
+
+class PackageError(ParkwatchError):
+    """A model package or ONNX file is unusable; the message says which part and why."""
+
+
+class MissingMetadata(PackageError):
+    pass
+
+
+class DigestMismatch(PackageError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessSpec(_Strict):
+    """Exactly how pixels become the model input; training and edge both obey it.
+
+    Steps, in order: BGR decode → colour order → resize (``shorter_side`` to ``resize_to`` keeping
+    aspect, or ``stretch`` to ``input_size``) → crop (``center`` to ``input_size`` or ``none``) →
+    float32 ``x * scale`` → ``(x - mean) / std`` per channel → ``layout``.
+    """
+
+    input_size: tuple[int, int] = Field((224, 224), description="height, width")
+    resize: Literal["shorter_side", "stretch"] = "shorter_side"
+    resize_to: int = Field(256, ge=1, description="shorter side after resize (shorter_side only)")
+    crop: Literal["center", "none"] = "center"
+    interpolation: Literal["area", "linear", "cubic"] = "linear"
+    colour: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+
+class ModelMetadata(_Strict):
+    labels: tuple[str, ...] = Field(min_length=2)
+    preprocess: PreprocessSpec
+    model_version: str = Field(min_length=1)
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` strings written into the ONNX file."""
+        return {
+            META_LABELS: json.dumps(list(self.labels)),
+            META_PREPROCESS: self.preprocess.model_dump_json(),
+            META_VERSION: self.model_version,
+        }
+
+
+def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMetadata:
+    """Validate ONNX ``metadata_props``; refuses a model that cannot say how to feed it."""
+    missing = [k for k in REQUIRED_META if k not in props]
+    if missing:
+        raise MissingMetadata(
+            f"{source}: ONNX metadata lacks {', '.join(missing)}; only models packaged by "
+            "'parkwatch cloud train' (or with those metadata_props) can run on the edge"
+        )
+    try:
+        labels = json.loads(props[META_LABELS])
+        preprocess = json.loads(props[META_PREPROCESS])
+        if ABSTAIN in labels:
+            raise ValueError(f"'{ABSTAIN}' is reserved and cannot be a label")
+        return ModelMetadata(labels=labels, preprocess=preprocess, model_version=props[META_VERSION])
+    except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as e:
+        raise MissingMetadata(f"{source}: invalid parkwatch metadata: {e}") from e
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Manifest(_Strict):
+    format: Literal[1] = FORMAT_VERSION
+    model_version: str
+    files: dict[str, FileEntry]
+
+    @field_validator("files")
+    @classmethod
+    def _safe_paths(cls, v: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for rel in v:
+            p = Path(rel)
+            if p.is_absolute() or ".." in p.parts or rel != p.as_posix():
+                raise ValueError(f"unsafe path in manifest: {rel!r}")
+        if MODEL_FILE not in v:
+            raise ValueError(f"manifest does not list {MODEL_FILE}")
+        return v
+
+
+class GoldenSample(_Strict):
+    file: str
+    probs: tuple[float, ...]
+    label: str | None = None
+
+
+class GoldenSet(_Strict):
+    tolerance: float = Field(1e-3, gt=0)
+    samples: tuple[GoldenSample, ...] = Field(min_length=1)
+
+
+def check_digests(manifest: Manifest, actual: Mapping[str, FileEntry]) -> None:
+    """Pure check that files on hand match the manifest exactly (no missing, none extra)."""
+    missing = sorted(set(manifest.files) - set(actual))
+    extra = sorted(set(actual) - set(manifest.files))
+    if missing:
+        raise DigestMismatch(f"package is missing {', '.join(missing)}")
+    if extra:
+        raise DigestMismatch(f"package has files the manifest does not list: {', '.join(extra)}")
+    bad = [rel for rel, e in manifest.files.items() if actual[rel] != e]
+    if bad:
+        raise DigestMismatch(f"digest or size mismatch for {', '.join(sorted(bad))}")
+
+
+def compare_golden(expected: tuple[float, ...], got: list[float], tolerance: float) -> float:
+    """Largest absolute difference; raises if beyond ``tolerance``."""
+    if len(expected) != len(got):
+        raise PackageError(f"golden sample has {len(expected)} outputs, model gave {len(got)}")
+    diff = max(abs(a - b) for a, b in zip(expected, got, strict=True))
+    if diff > tolerance:
+        raise PackageError(f"golden sample differs by {diff:.2e} (tolerance {tolerance:.1e})")
+    return diff
+
+
+# ---- small I/O helpers -------------------------------------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def scan_files(root: Path) -> dict[str, FileEntry]:
+    """Digest every regular file under ``root`` except the manifest itself."""
+    out: dict[str, FileEntry] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            raise PackageError(f"{p}: symlinks are not allowed in a model package")
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            if rel != MANIFEST_FILE:
+                out[rel] = FileEntry(sha256=sha256_file(p), size=p.stat().st_size)
+    return out
+
+
+def build_manifest(root: Path, model_version: str) -> Manifest:
+    return Manifest(model_version=model_version, files=scan_files(root))
+
+
+def read_manifest(root: Path) -> Manifest:
+    try:
+        return Manifest.model_validate_json((root / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError as e:
+        raise PackageError(f"{root}: no {MANIFEST_FILE}; not a parkwatch model package") from e
+    except ValidationError as e:
+        raise PackageError(f"{root}/{MANIFEST_FILE}: invalid manifest: {e.errors()[0]['msg']}") from e
+
+
+def verify_package(root: Path) -> Manifest:
+    """Check every file of a package directory against its manifest."""
+    manifest = read_manifest(root)
+    check_digests(manifest, scan_files(root))
+    return manifest
+
+
+def read_golden(root: Path) -> GoldenSet:
+    try:
+        return GoldenSet.model_validate_json((root / GOLDEN_FILE).read_bytes())
+    except FileNotFoundError as e:
+        raise PackageError(f"{root}: no {GOLDEN_FILE}; the package cannot be self-tested") from e
+    except ValidationError as e:
+        raise PackageError(f"{root}/{GOLDEN_FILE}: invalid: {e.errors()[0]['msg']}") from e
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,88 @@
+"""Config trees: examples validate; bad files name file, key and problem; secrets never inline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloud.config import CloudConfig
+from edge.config import EdgeConfig
+from shared.config import SecretRef, load_config
+from shared.errors import ConfigError, SecretError
+
+REPO = Path(__file__).resolve().parent.parent
+PARKWATCH = [str(Path(sys.executable).parent / "parkwatch")]
+
+
+def test_shipped_examples_are_valid() -> None:
+    load_config(CloudConfig, REPO / "provisioning" / "cloud.example.toml")
+    load_config(EdgeConfig, REPO / "provisioning" / "edge.example.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[device]\nid = "a"\nsite = "b"\n[mqtt]\nprot = 1883\n', "mqtt.prot", "unknown key"),
+        ('[device]\nid = "a"\n', "device.site", "required key is missing"),
+        ('[device]\nid = "a"\nsite = "b"\n[mqtt]\nport = 70000\n', "mqtt.port", "less than or equal"),
+        ('[device]\nid = "a b"\nsite = "b"\n', "device.id", "letters, digits"),
+        ('[device]\nid = "a"\nsite = "b"\n[[cameras]]\nid = "c"\nkind = "vhs"\nurl = "x"\n',
+         "cameras[0].kind", "Input should be"),
+        ('[device\nid = "a"', "<syntax>", "invalid TOML"),
+        ('[device]\nid = "a"\nsite = "b"\n[mqtt]\npassword = "hunter2"\n', "mqtt.password", "valid dictionary"),
+    ],
+)
+def test_bad_edge_config_names_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(EdgeConfig, path)
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert info.value.path == str(path)
+
+
+def test_duplicate_camera_ids_refused(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    cam = '[[cameras]]\nid = "c1"\nkind = "folder"\nurl = "/x"\n'
+    path.write_text('[device]\nid = "a"\nsite = "b"\n' + cam + cam)
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config(EdgeConfig, path)
+
+
+def test_secret_from_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n")
+    ref = SecretRef(env="PW_TEST_VAR", file=secret_file)
+    monkeypatch.delenv("PW_TEST_VAR", raising=False)
+    assert ref.resolve() == "from-file"
+    monkeypatch.setenv("PW_TEST_VAR", "from-env")
+    assert ref.resolve() == "from-env"
+    with pytest.raises(SecretError, match="cannot read secret file"):
+        SecretRef(file=tmp_path / "missing").resolve("mqtt.password")
+    monkeypatch.delenv("PW_TEST_VAR")
+    with pytest.raises(SecretError, match="PW_TEST_VAR is not set"):
+        SecretRef(env="PW_TEST_VAR").resolve()
+    with pytest.raises(ValueError, match="environment variable"):
+        SecretRef()
+
+
+@pytest.mark.parametrize("side", ["edge", "cloud"])
+def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
+    bad = tmp_path / f"{side}.toml"
+    bad.write_text("[mqtt]\nhots = 'x'\n" if side == "cloud" else '[device]\nid="a"\nsite="b"\n[mqtt]\nhots=1\n')
+    res = subprocess.run([*PARKWATCH, side, "config", "check", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert str(bad) in res.stderr and "mqtt.hots" in res.stderr and "unknown key" in res.stderr
+    res = subprocess.run([*PARKWATCH, side, "config", "check", "--json", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert '"key": "mqtt.hots"' in res.stdout
+    good = REPO / "provisioning" / f"{side}.example.toml"
+    res = subprocess.run([*PARKWATCH, side, "config", "check", "--json", str(good)], capture_output=True, text=True,
+                         env={**os.environ})
+    assert res.returncode == 0, res.stderr
+    assert '"ok": true' in res.stdout

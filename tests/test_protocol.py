@@ -1,0 +1,122 @@
+"""Wire protocol v1: topics round-trip, every payload validates, bad input raises typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.protocol import (
+    Alert,
+    DeviceStatus,
+    InvalidPayload,
+    Kind,
+    MalformedPayload,
+    ModelState,
+    PayloadTooLarge,
+    Prediction,
+    PredictionBatch,
+    ReleaseNotice,
+    Telemetry,
+    Topics,
+    UnknownTopic,
+    UnsupportedSchema,
+    UpdateRequest,
+    UpdateResponse,
+    decode,
+    encode,
+    parse_topic,
+)
+from shared.protocol.counter import RejectCounter
+
+
+def _batch(device: str = "box1", site: str = "bcn") -> PredictionBatch:
+    return PredictionBatch(
+        device=device,
+        site=site,
+        predictions=[
+            Prediction(seq=i, ts=1.0 + i, camera="gate", label="dog", confidence=0.9,
+                       probs={"cat": 0.1, "dog": 0.9}, model_version="m1")
+            for i in (7, 8, 9)
+        ],
+    )
+
+
+EXAMPLES = [
+    (Topics.device("bcn", "box1", Kind.STATUS), DeviceStatus(device="box1", site="bcn", state="online")),
+    (Topics.device("bcn", "box1", Kind.TELEMETRY), Telemetry(
+        device="box1", site="bcn", cpu_percent=12.5, memory_percent=40, disk_percent=10,
+        uptime_process_s=5, uptime_system_s=100, temperatures=None)),
+    (Topics.device("bcn", "box1", Kind.PREDICTIONS), _batch()),
+    (Topics.device("bcn", "box1", Kind.MODEL_STATE), ModelState(device="box1", site="bcn", state="active",
+                                                                 version="m1")),
+    (Topics.device("bcn", "box1", Kind.UPDATE_REQUEST), UpdateRequest(path="metadata/timestamp.json")),
+    (Topics.device("bcn", "box1", Kind.UPDATE_RESPONSE), UpdateResponse(path="x", status="not_found")),
+    (Topics.release("production"), ReleaseNotice(group="production", version="m2")),
+    (Topics.alerts("bcn"), Alert(id="a1", site="bcn", rule="offline", severity="warning", state="open",
+                                 message="box1 is offline")),
+]
+
+
+@pytest.mark.parametrize(("topic", "msg"), EXAMPLES, ids=[type(m).__name__ for _, m in EXAMPLES])
+def test_every_message_round_trips(topic: str, msg: object) -> None:
+    parsed, back = decode(topic, encode(msg))  # type: ignore[arg-type]
+    assert back == msg
+    assert json.loads(encode(msg))["schema"] == 1  # type: ignore[arg-type]
+    assert parsed.kind == parse_topic(topic).kind
+
+
+def test_topic_parsing() -> None:
+    p = parse_topic("parkwatch/v1/dev/bcn/box1/model/state")
+    assert (p.kind, p.site, p.device) == (Kind.MODEL_STATE, "bcn", "box1")
+    assert parse_topic("parkwatch/v1/release/staging").group == "staging"
+    for bad in ["other/v1/dev/a/b/status", "parkwatch/v1/dev/a/b/nope", "parkwatch/v1/dev/a/status",
+                "parkwatch/v1/release/a/b", "parkwatch/v2/dev/a/b/status", "parkwatch/v1/dev/+/b/status"]:
+        with pytest.raises(UnknownTopic):
+            parse_topic(bad)
+    with pytest.raises(ValueError, match="letters, digits"):
+        Topics.device("bad site", "x", Kind.STATUS)
+
+
+def test_bad_payloads_raise_typed_errors() -> None:
+    topic = Topics.device("bcn", "box1", Kind.PREDICTIONS)
+    good = json.loads(encode(_batch()))
+    with pytest.raises(MalformedPayload):
+        decode(topic, b"\xff\xfe not json")
+    with pytest.raises(MalformedPayload):
+        decode(topic, b"[1, 2]")
+    with pytest.raises(UnsupportedSchema):
+        decode(topic, json.dumps({**good, "schema": 2}))
+    with pytest.raises(UnsupportedSchema):
+        decode(topic, json.dumps({k: v for k, v in good.items() if k != "schema"}))
+    with pytest.raises(PayloadTooLarge):
+        decode(topic, b"{" + b" " * 5000 + b"}", max_bytes=4096)
+    with pytest.raises(InvalidPayload, match="confidence"):
+        bad = json.loads(json.dumps(good))
+        bad["predictions"][0]["confidence"] = 1.5
+        decode(topic, json.dumps(bad))
+    with pytest.raises(InvalidPayload, match="strictly increasing"):
+        bad = json.loads(json.dumps(good))
+        bad["predictions"][1]["seq"] = 7
+        decode(topic, json.dumps(bad))
+    with pytest.raises(InvalidPayload, match="unexpected|Extra"):
+        decode(topic, json.dumps({**good, "surprise": 1}))
+
+
+def test_a_device_cannot_speak_for_another() -> None:
+    with pytest.raises(InvalidPayload, match="another device"):
+        decode(Topics.device("bcn", "box2", Kind.PREDICTIONS), encode(_batch(device="box1")))
+    with pytest.raises(InvalidPayload, match="another group"):
+        decode(Topics.release("staging"), encode(ReleaseNotice(group="production")))
+
+
+def test_reject_counter_counts_by_kind_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    counter = RejectCounter()
+    for payload in (b"nope", b"nope", b'{"schema": 9}'):
+        try:
+            decode(Topics.device("bcn", "box1", Kind.STATUS), payload)
+        except (MalformedPayload, UnsupportedSchema) as e:
+            counter.reject(e)
+    assert counter.snapshot() == {"malformed": 2, "unsupported_schema": 1}
+    assert counter.total == 3
+    assert sum("dropping invalid message" in r.message for r in caplog.records) == 2

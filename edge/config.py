@@ -72,6 +72,12 @@ class OutboxConfig(Section):
     max_rows: int = Field(1_000_000, ge=100)
     batch_size: int = Field(200, ge=1, le=10_000)
     flush_interval_s: float = Field(0.5, gt=0)
+    max_db_mb: float | None = Field(
+        None, gt=0, description="cap on the database size; beyond it writes fail as 'full' (counted)"
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: a power cut loses nothing committed; normal: faster, may lose the last ms"
+    )
 
 
 class TelemetryConfig(Section):

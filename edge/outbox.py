@@ -67,7 +67,7 @@ class Outbox:
             row = self._conn.execute("SELECT MAX(seq) FROM predictions").fetchone()
             self._last_seq = max(self._meta("last_seq"), int(row[0] or 0))
             self._evicted = self._meta("evicted_total")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             raise OutboxError(
                 f"cannot open the outbox {self.path}: {e}; check the folder exists, is writable by "
                 "the parkwatch user and the disk is not full"
@@ -139,7 +139,8 @@ class Outbox:
                         self._set_meta("evicted_total", self._evicted + evicted)
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    if self._conn.in_transaction:  # SQLITE_FULL has already rolled back
+                        self._conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise self._fail(e, f"writing {len(rows)} prediction(s)") from e

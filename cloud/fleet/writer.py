@@ -90,13 +90,18 @@ class BatchWriter:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
 
-    def write(self, items: list[Incoming]) -> WriteResult:
+    def write(self, items: list[Incoming], counters: dict[str, int] | None = None) -> WriteResult:
+        """Store ``items`` and add ``counters`` in one transaction (all or nothing)."""
         res = WriteResult(messages=len(items))
-        if not items:
-            return res
         try:
             with self.conn:
-                self._write(items, res)
+                if items:
+                    self._write(items, res)
+                deltas = dict(counters or {})
+                deltas["stored.predictions"] = res.predictions_stored
+                deltas["duplicates.predictions"] = res.duplicates
+                deltas["gaps.recovered_seqs"] = res.seqs_recovered
+                self._add_counters(deltas)
         except sqlite3.Error as e:
             raise FleetError(f"fleet database write failed ({e}); nothing of this batch was acknowledged, "
                              "the broker will resend it") from e
@@ -215,16 +220,18 @@ class BatchWriter:
         return max(cur.rowcount, 0)
 
     def _status(self, s: DeviceStatus, received: float) -> None:
+        # Arrival order decides: status comes on one non-shared subscription, in order, and a
+        # retained replay is by definition the newest. The payload's ts cannot decide, because a
+        # last-will is composed at connect time, so it is always older than the "online" it follows.
+        ts = received if s.reason == "last-will" else s.ts
         self.conn.execute(
             "INSERT OR IGNORE INTO status_events(device, ts, state, reason, received_ts) VALUES (?,?,?,?,?)",
-            (s.device, s.ts, s.state, s.reason, received),
+            (s.device, ts, s.state, s.reason, received),
         )
-        # A retained status replayed after a restart must not overwrite a newer one.
         self.conn.execute(
             "UPDATE devices SET status=?, status_ts=?, status_reason=?, grp=coalesce(?, grp), "
-            "software=coalesce(?, software), model_version=coalesce(?, model_version) "
-            "WHERE device=? AND (status_ts IS NULL OR status_ts<=?)",
-            (s.state, s.ts, s.reason, s.group, s.software, s.model_version, s.device, s.ts),
+            "software=coalesce(?, software), model_version=coalesce(?, model_version) WHERE device=?",
+            (s.state, ts, s.reason, s.group, s.software, s.model_version, s.device),
         )
 
     def _model_state(self, m: ModelState, received: float) -> None:
@@ -242,8 +249,8 @@ class BatchWriter:
              m.group, m.active_version, m.device, m.ts),
         )
 
-    def add_counters(self, counts: dict[str, int]) -> None:
-        with self.conn:
+    def _add_counters(self, counts: dict[str, int]) -> None:
+        if any(counts.values()):
             self.conn.executemany(
                 "INSERT INTO counters(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",

@@ -34,9 +34,15 @@ def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                (example,),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
             )
     except Exception as e:  # the exporter raises many unrelated types
         raise PackagingError(f"ONNX export failed: {e}") from e
@@ -64,8 +70,10 @@ def ort_session(path: Path, threads: int = 0) -> object:
 
 
 def run_onnx(session: object, batch: npt.NDArray[np.float32], chunk: int = 32) -> npt.NDArray[np.float32]:
-    outs = [session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + chunk]})[0]  # type: ignore[attr-defined]
-            for i in range(0, len(batch), chunk)]
+    outs = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + chunk]})[0]  # type: ignore[attr-defined]
+        for i in range(0, len(batch), chunk)
+    ]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -76,13 +84,16 @@ def run_torch(model: nn.Module, batch: npt.NDArray[np.float32], chunk: int = 32)
     return np.concatenate(outs).astype(np.float32)
 
 
-def parity(model: nn.Module, onnx_path: Path, batch: npt.NDArray[np.float32],
-           tolerance: float = PARITY_TOLERANCE) -> float:
+def parity(
+    model: nn.Module, onnx_path: Path, batch: npt.NDArray[np.float32], tolerance: float = PARITY_TOLERANCE
+) -> float:
     """Max abs difference between torch and ONNX Runtime probabilities on ``batch``; raises above tolerance."""
     want = run_torch(model, batch)
     got = run_onnx(ort_session(onnx_path), batch)
     diff = float(np.max(np.abs(want - got)))
     if not diff <= tolerance:
-        raise ParityError(f"ONNX output differs from torch by {diff:.2e} (> {tolerance:.0e}); "
-                          "the export is wrong, do not ship it")
+        raise ParityError(
+            f"ONNX output differs from torch by {diff:.2e} (> {tolerance:.0e}); "
+            "the export is wrong, do not ship it"
+        )
     return diff

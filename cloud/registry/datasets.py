@@ -59,33 +59,64 @@ def now() -> str:
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
     db["datasets"].create(
-        {"id": str, "source": str, "labels": str, "counts": str, "n_files": int, "duplicates": int,
-         "quarantined": int, "manifest_path": str, "params": str, "created_at": str,
-         "last_ingested_at": str},
-        pk="id", if_not_exists=True,
+        {
+            "id": str,
+            "source": str,
+            "labels": str,
+            "counts": str,
+            "n_files": int,
+            "duplicates": int,
+            "quarantined": int,
+            "manifest_path": str,
+            "params": str,
+            "created_at": str,
+            "last_ingested_at": str,
+        },
+        pk="id",
+        if_not_exists=True,
     )
     db["dataset_files"].create(
-        {"dataset_id": str, "sha256": str, "label": str, "split": str, "path": str, "width": int,
-         "height": int, "bytes": int},
-        pk=("dataset_id", "sha256"), foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True,
+        {
+            "dataset_id": str,
+            "sha256": str,
+            "label": str,
+            "split": str,
+            "path": str,
+            "width": int,
+            "height": int,
+            "bytes": int,
+        },
+        pk=("dataset_id", "sha256"),
+        foreign_keys=[("dataset_id", "datasets", "id")],
+        if_not_exists=True,
     )
     db["dataset_duplicates"].create(
         {"dataset_id": str, "sha256": str, "path": str, "kept_path": str},
-        pk=("dataset_id", "path"), foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True,
+        pk=("dataset_id", "path"),
+        foreign_keys=[("dataset_id", "datasets", "id")],
+        if_not_exists=True,
     )
     db["dataset_quarantine"].create(
         {"dataset_id": str, "path": str, "label": str, "reason": str, "detail": str},
-        pk=("dataset_id", "path"), foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True,
+        pk=("dataset_id", "path"),
+        foreign_keys=[("dataset_id", "datasets", "id")],
+        if_not_exists=True,
     )
     db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_files_split ON dataset_files(dataset_id, split)")
 
 
 def _row_to_dataset(row: dict[str, Any]) -> DatasetRecord:
     return DatasetRecord(
-        id=row["id"], source=row["source"], labels=json.loads(row["labels"]),
-        counts=json.loads(row["counts"]), n_files=row["n_files"], duplicates=row["duplicates"],
-        quarantined=row["quarantined"], manifest_path=row["manifest_path"],
-        params=json.loads(row["params"] or "{}"), created_at=row["created_at"],
+        id=row["id"],
+        source=row["source"],
+        labels=json.loads(row["labels"]),
+        counts=json.loads(row["counts"]),
+        n_files=row["n_files"],
+        duplicates=row["duplicates"],
+        quarantined=row["quarantined"],
+        manifest_path=row["manifest_path"],
+        params=json.loads(row["params"] or "{}"),
+        created_at=row["created_at"],
         last_ingested_at=row["last_ingested_at"],
     )
 
@@ -113,16 +144,28 @@ class DatasetTables:
                 "INSERT OR REPLACE INTO datasets (id, source, labels, counts, n_files, duplicates, "
                 "quarantined, manifest_path, params, created_at, last_ingested_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.source, json.dumps(record.labels), json.dumps(record.counts),
-                 record.n_files, record.duplicates, record.quarantined, record.manifest_path,
-                 json.dumps(record.params, sort_keys=True), created, stamp),
+                (
+                    record.id,
+                    record.source,
+                    json.dumps(record.labels),
+                    json.dumps(record.counts),
+                    record.n_files,
+                    record.duplicates,
+                    record.quarantined,
+                    record.manifest_path,
+                    json.dumps(record.params, sort_keys=True),
+                    created,
+                    stamp,
+                ),
             )
             if not existing:
                 conn.executemany(
                     "INSERT INTO dataset_files (dataset_id, sha256, label, split, path, width, height, bytes)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    ((record.id, f.sha256, f.label, f.split, f.path, f.width, f.height, f.bytes)
-                     for f in files),
+                    (
+                        (record.id, f.sha256, f.label, f.split, f.path, f.width, f.height, f.bytes)
+                        for f in files
+                    ),
                 )
             conn.execute("DELETE FROM dataset_duplicates WHERE dataset_id = ?", (record.id,))
             conn.executemany(
@@ -146,12 +189,16 @@ class DatasetTables:
 
     def resolve_dataset_id(self, dataset_id: str) -> str:
         if len(dataset_id) < 6:
-            raise NotFoundError(f"dataset id {dataset_id!r} is too short: give at least 6 characters "
-                                "(see `parkwatch cloud datasets list`)")
+            raise NotFoundError(
+                f"dataset id {dataset_id!r} is too short: give at least 6 characters "
+                "(see `parkwatch cloud datasets list`)"
+            )
         rows = [r["id"] for r in self.db["datasets"].rows_where("id LIKE ?", [dataset_id + "%"], limit=2)]
         if not rows:
-            raise NotFoundError(f"no dataset {dataset_id!r} in the registry: run `parkwatch cloud ingest "
-                                "SOURCE` first, or see `parkwatch cloud datasets list`")
+            raise NotFoundError(
+                f"no dataset {dataset_id!r} in the registry: run `parkwatch cloud ingest "
+                "SOURCE` first, or see `parkwatch cloud datasets list`"
+            )
         if len(rows) > 1:
             raise NotFoundError(f"dataset prefix {dataset_id!r} is ambiguous: give more characters")
         return str(rows[0])
@@ -166,15 +213,21 @@ class DatasetTables:
         if split is not None:
             where += " AND split = ?"
             args.append(split)
-        return [DatasetFile(**{k: r[k] for k in DatasetFile.model_fields})
-                for r in self.db["dataset_files"].rows_where(where, args, order_by="sha256")]
+        return [
+            DatasetFile(**{k: r[k] for k in DatasetFile.model_fields})
+            for r in self.db["dataset_files"].rows_where(where, args, order_by="sha256")
+        ]
 
     def dataset_duplicates(self, dataset_id: str) -> list[DuplicateFile]:
         full = self.resolve_dataset_id(dataset_id)
-        return [DuplicateFile(sha256=r["sha256"], path=r["path"], kept_path=r["kept_path"])
-                for r in self.db["dataset_duplicates"].rows_where("dataset_id = ?", [full], order_by="path")]
+        return [
+            DuplicateFile(sha256=r["sha256"], path=r["path"], kept_path=r["kept_path"])
+            for r in self.db["dataset_duplicates"].rows_where("dataset_id = ?", [full], order_by="path")
+        ]
 
     def dataset_quarantine(self, dataset_id: str) -> list[QuarantinedFile]:
         full = self.resolve_dataset_id(dataset_id)
-        return [QuarantinedFile(path=r["path"], label=r["label"], reason=r["reason"], detail=r["detail"])
-                for r in self.db["dataset_quarantine"].rows_where("dataset_id = ?", [full], order_by="path")]
+        return [
+            QuarantinedFile(path=r["path"], label=r["label"], reason=r["reason"], detail=r["detail"])
+            for r in self.db["dataset_quarantine"].rows_where("dataset_id = ?", [full], order_by="path")
+        ]

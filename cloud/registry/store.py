@@ -14,8 +14,8 @@ from typing import Any
 import sqlite_utils
 
 from cloud.registry import datasets as _datasets
-from cloud.registry.audit import AuditLog
 from cloud.registry import models as _models
+from cloud.registry.audit import AuditLog
 from cloud.registry.errors import RegistryError
 
 BUSY_TIMEOUT_MS = 10_000
@@ -37,8 +37,9 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA synchronous = NORMAL")
     except (OSError, sqlite3.Error) as e:
-        raise RegistryError(f"cannot open registry database {p}: {e}; check the path and permissions "
-                            "(cloud config data_dir)") from e
+        raise RegistryError(
+            f"cannot open registry database {p}: {e}; check the path and permissions (cloud config data_dir)"
+        ) from e
     return db
 
 

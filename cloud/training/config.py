@@ -8,17 +8,25 @@ from shared.config import Section
 
 
 class SearchSpace(Section):
-    lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
-    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4])
-    epochs: list[int] = Field(default_factory=lambda: [30])
+    """Values tried for the head. Every key is a list; grid search takes their product."""
+
+    lr: list[float] = Field(default_factory=lambda: [1e-3, 3e-3])
+    weight_decay: list[float] = Field(default_factory=lambda: [1e-4, 1e-2])
+    epochs: list[int] = Field(default_factory=lambda: [15])
     label_smoothing: list[float] = Field(default_factory=lambda: [0.0, 0.1])
+    hidden: list[int] = Field(default_factory=lambda: [0], description="0 = linear head")
+    dropout: list[float] = Field(default_factory=lambda: [0.2])
 
 
 class TrainConfig(Section):
     seed: int = 1234
     search: Literal["grid", "random"] = "grid"
-    trials: int = Field(6, ge=1)
+    trials: int | None = Field(None, ge=1, description="random: number of draws; grid: cap (None = all)")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     batch_size: int = Field(32, ge=1)
     augment_copies: int = Field(2, ge=0, description="augmented feature copies per train image")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    finetune_epochs: int = Field(
+        0, ge=0, description="end-to-end fine-tune epochs after the head (slow on CPU)"
+    )
     space: SearchSpace = Field(default_factory=SearchSpace)

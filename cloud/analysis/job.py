@@ -1,0 +1,78 @@
+"""The analysis job: health, drift, performance, report, alerts. Run by the scheduler and by
+``parkwatch cloud analyze``; both call :func:`run_analysis` with explicit stores."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from cloud.analysis import baseline as baselines
+from cloud.analysis import drift, health, report
+from cloud.fleet.store import FleetStore
+from cloud.governance.alerts import AlertStore
+from cloud.governance.engine import Governor
+from cloud.governance.notify import AlertPublisher
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
+
+
+def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatch-analysis") -> Governor:
+    """A governor wired to the fleet's alert store, the registry's audit log and the broker."""
+    from cloud.registry.audit import AuditLog
+
+    publisher = AlertPublisher(cfg.mqtt, cfg.governance.publish_client_id) if publish else None
+    return Governor(cfg, AlertStore(cfg.fleet_db), AuditLog(cfg.registry_db), publisher, actor=actor)
+
+
+def run_health(cfg: CloudConfig, fleet: FleetStore, governor: Governor | None,
+               now: float | None = None) -> list[health.DeviceHealth]:
+    now = time.time() if now is None else now
+    results = health.check_fleet(fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now)
+    if governor is not None:
+        governor.apply([f for h in results for f in h.findings], "health")
+    return results
+
+
+def accuracy_over_time(fleet: FleetStore, bucket_s: float = 86400) -> dict[str, list[dict[str, Any]]]:
+    buckets: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for f in fleet.feedback():
+        if f["predicted"] == "abstain":
+            continue
+        b = buckets[f["model_version"]][int(f["pred_ts"] // bucket_s)]
+        b[0] += int(f["predicted"] == f["label"])
+        b[1] += 1
+    return {mv: [{"ts": k * bucket_s, "accuracy": ok / n, "n": n} for k, (ok, n) in sorted(bs.items())]
+            for mv, bs in buckets.items()}
+
+
+def run_analysis(cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None,
+                 baseline_of: Callable[[str], baselines.Baseline | None] | None = None,
+                 write_report: bool = True) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    resolve = baseline_of or cache(lambda v: baselines.resolve(cfg.registry_db, v))
+    health_results = run_health(cfg, fleet, governor, now)
+    rows, findings, covered = drift.analyze(fleet, cfg.analysis, now, run_id, resolve)
+    fleet.add_drift(rows)
+    alerts: dict[str, list[dict[str, Any]]] = {"opened": [], "refreshed": [], "resolved": []}
+    if governor is not None:
+        alerts = governor.apply(findings, "drift", covered=lambda a: (a["site"], a["subject"]) in covered)
+    rep: dict[str, Any] = {
+        "run_id": run_id, "ts": now, "window_s": cfg.analysis.window_s,
+        "totals": {"predictions": sum(r["n"] for r in rows if not r["device"]), "devices": len(health_results)},
+        "health": [h.to_dict() for h in health_results],
+        "drift": rows,
+        "findings": [{"rule": f.rule, "site": f.site, "device": f.device, "subject": f.subject, "message": f.message}
+                     for f in findings],
+        "alerts": {k: [{"id": a["id"], "rule": a["rule"], "severity": a["severity"], "message": a["message"],
+                        "state": a["state"], "actions": a["actions"]} for a in v] for k, v in alerts.items()},
+        "accuracy_over_time": accuracy_over_time(fleet),
+        "thresholds": cfg.analysis.model_dump(),
+    }
+    if write_report:
+        report.write(rep, cfg.reports_dir)
+    return rep

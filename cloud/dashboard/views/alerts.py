@@ -1,0 +1,58 @@
+"""Alerts: open, acknowledged, resolved; acknowledge with a comment (through the AlertStore)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cloud.dashboard.deps import Services
+from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.web import audit, form, redirect, render, require, services
+
+router = APIRouter()
+STATES = ("open", "acknowledged", "resolved")
+
+
+def _plain(a: Any) -> dict[str, Any]:
+    if isinstance(a, dict):
+        return a
+    if hasattr(a, "model_dump"):
+        d: dict[str, Any] = a.model_dump()
+        return d
+    return dict(vars(a))
+
+
+def list_alerts(svc: Services, state: str | None, device: str | None = None) -> list[dict[str, Any]]:
+    store = svc.get_alerts()
+    return [_plain(a) for a in store.list(state=state or None, device=device, limit=500)]
+
+
+@router.get("/alerts")
+def alerts_page(request: Request, state: str = "open") -> Response:
+    require(request)
+    svc = services(request)
+    state = state if state in (*STATES, "all") else "open"
+    try:
+        alerts, error = list_alerts(svc, None if state == "all" else state), None
+        counts = {s: len(list_alerts(svc, s)) for s in STATES}
+    except ServiceUnavailable as e:
+        alerts, error, counts = [], str(e), {}
+    template = "alerts_live.html.j2" if request.headers.get("hx-request") == "true" else "alerts.html.j2"
+    return render(request, template, title="Alerts", alerts=alerts, state=state, states=STATES,
+                  counts=counts, error=error)
+
+
+@router.post("/alerts/{alert_id}/ack")
+async def ack(request: Request, alert_id: str) -> Response:
+    u = require(request, "ack_alert")
+    f = await form(request)
+    comment = f.get("comment", "").strip()
+    if not comment:
+        return redirect("/alerts", request, "Say what you did or will do in the comment.")
+    a = services(request).get_alerts().ack(alert_id, actor=u.name, comment=comment)
+    # AlertStore keeps who/when in its own events; the audit log gets it too, chained.
+    audit(request, "alert-ack", f"alert:{alert_id}", {"rule": a["rule"], "site": a["site"],
+                                                      "device": a.get("device"), "comment": comment})
+    return redirect("/alerts", request, f"Alert {alert_id} acknowledged.")

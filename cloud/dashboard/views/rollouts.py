@@ -1,0 +1,63 @@
+"""Rollouts per device group: target version, devices per state, progress; start and roll back.
+
+Starting and rolling back call ``cloud.release.rollout`` — the functions behind
+``parkwatch cloud rollout`` and ``rollback`` — so a rollout from here obeys the same approval
+rules and lands in the same audit log.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cloud.dashboard import adapters
+from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.web import form, redirect, render, require, services
+
+router = APIRouter()
+
+
+def _view(request: Request, template: str) -> Response:
+    svc = services(request)
+    try:
+        groups, error = adapters.rollout_status(svc), None
+    except ServiceUnavailable as e:
+        groups, error = [], str(e)
+    for g in groups:
+        total = int(g.get("total") or sum((g.get("states") or {}).values()) or 0)
+        done = int(g.get("done") or (g.get("states") or {}).get("active", 0) or 0)
+        g["total_n"], g["done_n"] = total, done
+        g["pct"] = 100.0 * done / total if total else 0.0
+    versions = [m.version for m in svc.get_registry().list_models() if m.stage in ("staging", "production")]
+    return render(request, template, title="Rollouts", groups=groups, error=error, versions=versions)
+
+
+@router.get("/rollouts")
+def rollouts_page(request: Request) -> Response:
+    require(request)
+    partial = request.headers.get("hx-request") == "true"
+    return _view(request, "rollouts_live.html.j2" if partial else "rollouts.html.j2")
+
+
+@router.post("/rollouts/start")
+async def start(request: Request) -> Response:
+    u = require(request, "rollout")
+    f = await form(request)
+    version, group = f.get("version", "").strip(), f.get("group", "").strip()
+    if not version or not group:
+        return redirect("/rollouts", request, "Choose a version and a device group.")
+    adapters.start_rollout(services(request), version=version, group=group, actor=u.name,
+                           reason=f.get("reason", "").strip() or "started from the dashboard")
+    return redirect("/rollouts", request, f"Rollout of {version} to group {group} started.")
+
+
+@router.post("/rollouts/rollback")
+async def rollback(request: Request) -> Response:
+    u = require(request, "rollout")
+    f = await form(request)
+    group = f.get("group", "").strip()
+    reason = f.get("reason", "").strip()
+    if not group or not reason:
+        return redirect("/rollouts", request, "A rollback needs a group and a reason.")
+    adapters.rollback(services(request), group=group, actor=u.name, reason=reason)
+    return redirect("/rollouts", request, f"Group {group} is rolling back.")

@@ -1,0 +1,21 @@
+"""The promotion gate: pure comparison of metrics against the cloud config's ``[gate]`` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloud.evaluation.config import GateConfig
+
+
+def check_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    failures: list[str] = []
+    if metrics["accuracy"] < gate.min_accuracy:
+        failures.append(f"accuracy {metrics['accuracy']:.4f} < {gate.min_accuracy}")
+    for label, pc in metrics["per_class"].items():
+        if pc["recall"] < gate.min_recall_per_class:
+            failures.append(f"recall of {label} {pc['recall']:.4f} < {gate.min_recall_per_class}")
+    if metrics["recall_gap"] > gate.max_recall_gap:
+        failures.append(f"recall gap {metrics['recall_gap']:.4f} > {gate.max_recall_gap}")
+    if metrics["ece"] > gate.max_ece:
+        failures.append(f"ECE {metrics['ece']:.4f} > {gate.max_ece}")
+    return {"passed": not failures, "failures": failures, "thresholds": gate.model_dump()}

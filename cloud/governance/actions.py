@@ -1,0 +1,176 @@
+"""The actions a rule may take besides notifying: roll a group back, start a retraining run.
+
+Both call the owning domain's own service function (the same one its CLI command uses), so an
+automatic action obeys every rule a person would: a rollback goes through the release channel's
+signed metadata; a retraining run registers a *candidate* that waits for QA approval like any
+other and is never promoted here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud.governance.errors import ActionUnavailable
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
+
+log = logging.getLogger("parkwatch.cloud.governance")
+
+ROLLBACK_FN = "cloud.release.rollout:rollback"
+
+
+def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
+    """Which device groups an alert is about: configured, or those of the alerted devices."""
+    if cfg.governance.rollback_group:
+        return [cfg.governance.rollback_group]
+    from cloud.fleet.store import FleetStore
+
+    with FleetStore(cfg.fleet_db) as fs:
+        devices = fs.devices(site=alert["site"])
+    model = alert["details"].get("model_version")
+    groups = sorted({d["grp"] for d in devices if d["grp"]
+                     and (alert["device"] is None or d["device"] == alert["device"])
+                     and (model is None or d["model_version"] == model)})
+    return groups
+
+
+def _rollback_fn(cfg: CloudConfig) -> Any:
+    """The secure-delivery helper's rollback: ``cloud.release.rollout.rollback(cfg, group=, actor=, reason=)``
+    or, failing that, ``cloud.release.service.ReleaseChannel(cfg).rollback(group, actor, reason, automatic=True)``."""
+    try:
+        from cloud.release import rollout as release_rollout
+
+        fn = getattr(release_rollout, "rollback", None)
+        if fn is not None:
+            return lambda g, actor, reason: fn(cfg, group=g, actor=actor, reason=reason)
+    except ImportError:
+        pass
+    try:
+        from cloud.release.service import ReleaseChannel
+    except ImportError as e:
+        raise ActionUnavailable(f"rollback needs {ROLLBACK_FN} or cloud.release.service.ReleaseChannel "
+                                f"(secure delivery), which is not installed: {e}") from e
+    channel = ReleaseChannel(cfg)
+    return lambda g, actor, reason: channel.rollback(g, actor, reason, automatic=True)
+
+
+def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, Any]:
+    """Roll the alerted devices' group(s) back to their previous version through the release channel."""
+    groups = rollback_groups(cfg, alert)
+    if not groups:
+        raise ActionUnavailable(f"alert {alert['id']}: no device group known for site {alert['site']}; set "
+                                "governance.rollback_group or let devices report their group")
+    fn = _rollback_fn(cfg)
+    reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"
+    results = []
+    for g in groups:
+        r = fn(g, actor, reason)
+        results.append(r.to_dict() if hasattr(r, "to_dict") else r)
+    return {"action": "rollback", "groups": groups, "results": results}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(str(v))
+
+
+def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Pure: a config dict (no None values) as TOML; enough for our config tree."""
+    lines, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            tables.append((k, v))
+        else:
+            lines.append(f"{json.dumps(str(k))} = {_toml_value(v)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tables:
+        name = f"{prefix}.{json.dumps(str(k))}" if prefix else json.dumps(str(k))
+        out += f"\n[{name}]\n" + dump_toml(v, name)
+    return out
+
+
+def _strip_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _strip_none(v) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [_strip_none(x) for x in d]
+    return d
+
+
+def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str]]:
+    """Labelled snapshots whose image reached the cloud (``<snapshots_dir>/<id>.*``), as (file, label)."""
+    from cloud.fleet.store import FleetStore
+
+    snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
+    out = []
+    with FleetStore(cfg.fleet_db) as fs:
+        for fb in fs.feedback():
+            if fb["label"] not in labels or not fb["snapshot"]:
+                continue
+            found = sorted(snap_dir.glob(f"{fb['snapshot']}.*")) if snap_dir.is_dir() else []
+            if found:
+                out.append((found[0], fb["label"]))
+    return out
+
+
+def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = False) -> dict[str, Any]:
+    """Start ``parkwatch cloud train`` on the newest dataset plus the feedback-labelled frames.
+
+    When labelled frames exist, a new dataset version is ingested first: the newest version's
+    files and the frames, linked into one lake folder, so the split rule keeps every old file on
+    its side. Training runs as its own process (minutes to hours); its log and exit status sit
+    in ``<data_dir>/retrain/<stamp>/``.
+    """
+    from cloud.registry.store import Registry
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{alert['id']}"
+    work = cfg.data_dir / "retrain" / stamp
+    work.mkdir(parents=True, exist_ok=True)
+    with Registry(cfg.registry_db) as reg:
+        datasets = reg.list_datasets()
+        if not datasets:
+            raise ActionUnavailable("retraining needs a dataset version: run `parkwatch cloud ingest LAKE` first")
+        base = datasets[0]
+        frames = feedback_frames(cfg, base.labels)
+        dataset_id = base.id
+        if frames:
+            from cloud.data.ingest import ingest
+
+            lake = work / "lake"
+            for f in reg.dataset_files(base.id):
+                dst = lake / f.label / f"{f.sha256[:16]}{Path(f.path).suffix}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(Path(base.source) / f.path, dst)
+            for src, label in frames:
+                dst = lake / label / f"feedback-{src.name}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            dataset_id = ingest(lake, reg, cfg.datasets_dir, cfg.ingest, show_progress=False).dataset_version
+    conf = work / "cloud.toml"
+    conf.write_text(dump_toml(_strip_none(cfg.model_dump(mode="json"))))
+    cmd = [*cfg.governance.retrain_command, "--dataset", dataset_id, "--json", "--config", str(conf)]
+    log_path = work / "train.log"
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    result: dict[str, Any] = {"action": "retrain", "dataset": dataset_id, "base_dataset": base.id,
+                              "feedback_frames": len(frames), "command": cmd, "pid": proc.pid,
+                              "log": str(log_path), "note": "the new version is registered as a candidate "
+                              "and waits for approval; nothing is promoted automatically"}
+    if wait:
+        result["returncode"] = proc.wait()
+    return result

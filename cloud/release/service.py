@@ -1,0 +1,439 @@
+"""The release channel's service layer (``ReleaseChannel``) and its ``cloud serve`` component.
+
+``ReleaseChannel`` is what the CLI and the dashboard call: keys, publish, approve, reject,
+rollout, rollback, status. Each action checks the registry rules, signs with the right key,
+records the outcome and appends to the audit log, in that order, so a refused action leaves
+no trace but its error.
+
+``ReleaseService`` is the long-lived component: it answers update requests over MQTT, keeps
+snapshot/timestamp fresh, keeps retained release notices in step with the signed rollout
+metadata, records every device's model/state, and rolls a group back on its own when the
+watch rules in watch.py say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from cloud.config import CloudConfig
+from cloud.registry import approvals
+from cloud.registry.audit import AuditLog
+from cloud.registry.store import Registry
+from cloud.release import brokerauth
+from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
+from cloud.release.keys import ROLES, KeyStore, load_key
+from cloud.release.package import shippable_file
+from cloud.release.repo import TufRepository
+from cloud.release.responder import Responder
+from cloud.release.store import DeviceStates, RolloutTable
+from cloud.release.watch import HealthSample, judge, progress
+from shared.protocol import ModelState, ProtocolError, ReleaseNotice, Telemetry, Topics, decode, encode
+from shared.protocol.topics import check_segment
+
+log = logging.getLogger("parkwatch.cloud.release")
+
+
+def release_db(cfg: CloudConfig) -> Path:
+    return cfg.data_dir / "release.db"
+
+
+def key_store(cfg: CloudConfig) -> KeyStore:
+    return KeyStore(cfg.keys_dir, cfg.release.approver_keys_dir)
+
+
+def notice_payload(group: str, version: str | None, timestamp_version: int | None) -> bytes:
+    return encode(ReleaseNotice(group=group, version=version, timestamp_version=timestamp_version))
+
+
+def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], timeout: float = 5.0) -> bool:
+    """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
+    from cloud.fleet.mqttclient import make_client
+
+    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
+    except OSError as e:
+        log.warning("broker %s:%d unreachable (%s); devices pick the release up at their next check",
+                    cfg.mqtt.host, cfg.mqtt.port, e)
+        return False
+    client.loop_start()
+    try:
+        infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        return all(i.is_published() for i in infos)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class ReleaseChannel:
+    """Service layer. Construct with a config; registry/audit may be shared with the caller."""
+
+    def __init__(self, cfg: CloudConfig, registry: Registry | None = None, audit: AuditLog | None = None,
+                 notify: Any | None = None) -> None:
+        self.cfg = cfg
+        self.registry = registry or Registry(cfg.registry_db)
+        self.audit = audit or AuditLog(self.registry.db)
+        self.keys = key_store(cfg)
+        self.repo = TufRepository(cfg.repo_dir, self.keys, cfg.release)
+        self.rollouts = RolloutTable(self.registry)
+        self._states: DeviceStates | None = None
+        # notify(group, version, timestamp_version) -> bool; default: a short-lived MQTT client
+        self._notify = notify
+
+    @property
+    def states(self) -> DeviceStates:
+        if self._states is None:
+            self._states = DeviceStates(release_db(self.cfg))
+        return self._states
+
+    def stage_for_group(self, group: str) -> str:
+        return "staging" if group in self.cfg.release.staging_groups else "production"
+
+    # ---- keys ---------------------------------------------------------------------------------
+    def keys_init(self, actor: str) -> dict[str, Any]:
+        """Create missing keys (as many per role as its threshold) and version 1 of the repository."""
+        c = self.cfg.release
+        wanted = {"root": c.root_threshold, "approver": c.targets_threshold, "pipeline": c.pipeline_threshold,
+                  "rollout": c.rollout_threshold, "snapshot": 1, "timestamp": 1}
+        created: list[str] = []
+        for role in ROLES:
+            have = len(self.keys.paths(role))
+            if have < wanted[role]:
+                created += [str(k.path) for k in self.keys.generate(role, wanted[role] - have)]
+        status = self.repo.init()
+        self.audit.append(actor, "keys-init", "release:repository",
+                          {"created": created, "root_version": status["root_version"]})
+        return {"created": created, "keys_dir": str(self.keys.keys_dir),
+                "approver_keys_dir": str(self.keys.approver_keys_dir),
+                "trusted_root": str(self.repo.metadata_dir / "root.json"), **status}
+
+    def keys_list(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for role in ROLES:
+            out[role] = [{"path": str(p), "keyid": load_key(p).keyid} for p in self.keys.paths(role)]
+        return out
+
+    def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:
+        if not reason.strip():
+            raise ReleaseError("give a reason for the rotation (--reason)")
+        result = self.repo.rotate(role)
+        self.audit.append(actor, "keys-rotate", f"release:key:{role}", {**result, "reason": reason})
+        self._notify_all()
+        return result
+
+    # ---- builds and approvals -----------------------------------------------------------------
+    def publish_build(self, version: str, actor: str = "pipeline") -> dict[str, Any]:
+        """Pipeline key: make a registered package available as ``builds/V.tar``."""
+        model = self.registry.get_model(version)
+        src = Path(model.tarball) if model.tarball and Path(model.tarball).is_file() else Path(model.package_dir)
+        tf = self.repo.add_build(version, shippable_file(src, self.cfg.data_dir / "tmp"))
+        self.audit.append(actor, "publish-build", f"model:{version}",
+                          {"sha256": tf.hashes["sha256"], "length": tf.length, "source": str(src)})
+        return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
+
+    def _signer(self, actor: str) -> approvals.ApprovalSigner:
+        def sign(version: str, stages: list[str]) -> None:
+            if version not in self.repo.builds():
+                self.publish_build(version, actor="pipeline")
+            self.repo.set_approval(version, stages)
+
+        return sign
+
+    def approve(self, version: str, stage: str, actor: str, reason: str, force: bool = False) -> dict[str, Any]:
+        d = approvals.approve(self.registry, self.audit, version, stage, actor, reason, force,
+                              signer=self._signer(actor),
+                              require_staging=self.cfg.release.require_staging_before_production)
+        return d.to_dict()
+
+    def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
+        groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
+        signer = self._signer(actor) if self.repo.exists() and version in self.repo.approvals() else None
+        d = approvals.reject(self.registry, self.audit, version, actor, reason, signer=signer,
+                             deployed_groups=groups)
+        return d.to_dict()
+
+    # ---- rollout and rollback ----------------------------------------------------------------
+    def rollout(self, version: str, group: str, actor: str, reason: str = "") -> dict[str, Any]:
+        stage = self.stage_for_group(group)
+        if stage not in approvals.approved_stages(self.registry, version):
+            raise RolloutError(
+                f"model {version} is not approved for {stage} (group {group} runs {stage} models): "
+                f"run 'parkwatch cloud approve {version} --stage {stage} --as NAME --reason TEXT' first"
+            )
+        previous = self.repo.groups().get(group)
+        if previous == version:
+            raise RolloutError(f"group {group} already runs {version}")
+        self.repo.set_group(group, version, stage)
+        r = self.rollouts.start(version, group, stage, previous, "rollout", actor, reason)
+        self.audit.append(actor, "rollout", f"group:{group}",
+                          {"version": version, "previous": previous, "stage": stage, "reason": reason,
+                           "rollout_id": r.id})
+        notified = self._notify_group(group, version)
+        return {**r.to_dict(), "notified": notified}
+
+    def rollback(self, group: str, actor: str, reason: str, automatic: bool = False) -> dict[str, Any]:
+        if not reason.strip():
+            raise RolloutError("give a reason for the rollback (--reason)")
+        latest = self.rollouts.latest(group)
+        if latest is None or latest.previous_version is None:
+            raise RolloutError(f"group {group} has no earlier version to roll back to")
+        target = latest.previous_version
+        stage = self.stage_for_group(group)
+        if stage not in approvals.approved_stages(self.registry, target):
+            raise RolloutError(f"the earlier version {target} is no longer approved for {stage}; "
+                               "roll out another approved version instead")
+        self.repo.set_group(group, target, stage)
+        self.rollouts.set_status(latest.id, "rolled_back", reason)
+        r = self.rollouts.start(target, group, stage, latest.version,
+                                "auto-rollback" if automatic else "rollback", actor, reason)
+        self.audit.append(actor, "auto-rollback" if automatic else "rollback", f"group:{group}",
+                          {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id})
+        notified = self._notify_group(group, target)
+        return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
+
+    def _notify_group(self, group: str, version: str | None) -> bool:
+        ts_version = self.repo.timestamp().signed.version
+        if self._notify is not None:
+            return bool(self._notify(group, version, ts_version))
+        return publish_once(self.cfg, [(Topics.release(group), notice_payload(group, version, ts_version), True)])
+
+    def _notify_all(self) -> None:
+        for group, version in self.repo.groups().items():
+            self._notify_group(group, version)
+
+    # ---- broker credentials -------------------------------------------------------------------
+    def broker_dir(self) -> Path:
+        return self.cfg.release.broker_dir or self.cfg.data_dir / "broker"
+
+    def provision_device(self, site: str, device: str, group: str, secret_out: Path, actor: str) -> dict[str, Any]:
+        """New MQTT credential for a box: password to ``secret_out`` (0600), hash to the broker files."""
+        for value, what in ((site, "site"), (device, "device"), (group, "group")):
+            try:
+                check_segment(value, what)
+            except ValueError as e:
+                raise ProvisioningError(str(e)) from e
+        taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
+        if taken or device == self.cfg.release.cloud_username:
+            raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
+        password = brokerauth.new_password()
+        brokerauth.write_secret(secret_out, password)
+        self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
+        files = self.render_broker()
+        self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
+        return {"site": site, "device": device, "group": group, "username": device,
+                "secret_file": str(secret_out), **files}
+
+    def cloud_account(self, secret_out: Path, actor: str) -> dict[str, Any]:
+        password = brokerauth.new_password()
+        brokerauth.write_secret(secret_out, password)
+        user = self.cfg.release.cloud_username
+        self.states.set_account(user, brokerauth.hash_password(password))
+        self.audit.append(actor, "cloud-account", f"account:{user}", {})
+        files = self.render_broker()
+        return {"username": user, "secret_file": str(secret_out), **files}
+
+    def revoke_device(self, site: str, device: str, actor: str, reason: str) -> dict[str, Any]:
+        if not self.states.revoke_device(site, device):
+            raise ProvisioningError(f"no provisioned device {site}/{device}")
+        files = self.render_broker()
+        self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
+        return {"site": site, "device": device, "revoked": True, **files}
+
+    def render_broker(self) -> dict[str, str]:
+        accounts = [brokerauth.DeviceAccount(d["site"], d["device"], d["grp"], d["username"], d["pw_hash"])
+                    for d in self.states.provisioned()]
+        cloud = self.states.account(self.cfg.release.cloud_username)
+        if cloud is None:
+            return {}
+        return brokerauth.write_broker_files(self.broker_dir(), accounts, cloud)
+
+    # ---- status -------------------------------------------------------------------------------
+    def members(self, group: str) -> list[str]:
+        keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
+        keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
+        return sorted(keys)
+
+    def status(self, group: str | None = None) -> dict[str, Any]:
+        assignments = self.repo.groups() if self.repo.exists() else {}
+        states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
+        groups = sorted({*assignments, *(s["grp"] for s in states.values() if s["grp"]),
+                         *(d["grp"] for d in self.states.provisioned())})
+        if group is not None:
+            groups = [group]
+        out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}
+        for g in groups:
+            target = assignments.get(g)
+            members = self.members(g)
+            prog = progress(target or "", members, states)
+            latest = self.rollouts.latest(g)
+            out["groups"][g] = {
+                "target_version": target, "devices": prog.total, "active": prog.active,
+                "by_version": prog.by_version, "by_state": prog.by_state, "failed": prog.failed,
+                "rollout": latest.to_dict() if latest else None,
+                "device_states": [states[k] for k in members if k in states],
+            }
+        return out
+
+
+class ReleaseService:
+    """``cloud serve`` component: responder, freshness, notices, device states, auto-rollback."""
+
+    def __init__(self, cfg: CloudConfig) -> None:
+        self.cfg = cfg
+        self.client: mqtt.Client | None = None
+        self.channel: ReleaseChannel | None = None
+        self.responder = Responder(cfg.repo_dir, cfg.release.chunk_bytes, cfg.release.responder_workers)
+        self._db_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._published: dict[str, tuple[str | None, int]] = {}
+        self._health: dict[str, deque[HealthSample]] = {}
+        self.rollbacks: list[dict[str, Any]] = []
+        self.errors = 0
+
+    def start(self) -> None:
+        from cloud.fleet.mqttclient import make_client
+
+        self.channel = ReleaseChannel(self.cfg, notify=self._notify)
+        if not self.channel.repo.exists():
+            log.warning("no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing "
+                        "until then", self.cfg.repo_dir)
+        c = make_client(self.cfg.mqtt, self.cfg.mqtt.client_id or "parkwatch-cloud-release")
+        c.max_inflight_messages_set(200)
+        c.on_connect = self._on_connect
+        c.on_disconnect = lambda *_a: self._connected.clear()
+        c.message_callback_add(Topics.ALL_MODEL_STATE, self._on_state)
+        c.message_callback_add(Topics.ALL_TELEMETRY, self._on_telemetry)
+        self.responder.attach(c)
+        self.client = c
+        c.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=self.cfg.mqtt.keepalive)
+        c.loop_start()
+        self._thread = threading.Thread(target=self._run, name="release-service", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(10)
+        self.responder.stop()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self.channel is not None:
+            self.channel.registry.close()
+            if self.channel._states is not None:
+                self.channel._states.close()
+
+    # ---- MQTT ---------------------------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        if rc.is_failure:
+            log.error("broker refused the release service: %s (check [mqtt] credentials and the ACL)", rc)
+            return
+        for topic in (*self.responder.subscriptions(), Topics.ALL_MODEL_STATE, Topics.ALL_TELEMETRY):
+            client.subscribe(topic, qos=1)
+        self._published.clear()  # re-assert retained notices after a broker restart
+        self._connected.set()
+        self._wake.set()
+
+    def _notify(self, group: str, version: str | None, ts_version: int) -> bool:
+        if self.client is None or not self._connected.is_set():
+            return False
+        self.client.publish(Topics.release(group), notice_payload(group, version, ts_version), qos=1, retain=True)
+        self._published[group] = (version, ts_version)
+        return True
+
+    def _on_state(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            _, m = decode(msg.topic, msg.payload)
+        except ProtocolError as e:
+            log.debug("bad model state: %s", e)
+            return
+        assert isinstance(m, ModelState)
+        with self._db_lock:
+            assert self.channel is not None
+            self.channel.states.record(m)
+        self._wake.set()
+
+    def _on_telemetry(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            _, t = decode(msg.topic, msg.payload)
+        except ProtocolError:
+            return
+        assert isinstance(t, Telemetry)
+        sample = HealthSample(f"{t.site}/{t.device}", t.ts, t.model_version, t.inference_errors,
+                              t.latency_ms.get("p99"), t.abstain_rate)
+        self._health.setdefault(sample.device, deque(maxlen=500)).append(sample)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.release.refresh_check_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                with self._db_lock:
+                    self.tick()
+            except Exception:
+                self.errors += 1
+                log.exception("release service tick failed")
+
+    def tick(self, now: float | None = None) -> None:
+        """Refresh expiring metadata, sync notices, judge rollouts. Public for tests and drills."""
+        ch = self.channel
+        assert ch is not None
+        if not ch.repo.exists():
+            return
+        ch.repo.refresh()
+        ts_version = ch.repo.timestamp().signed.version
+        for group, version in ch.repo.groups().items():
+            if self._published.get(group, (None, -1))[0] != version:
+                self._notify(group, version, ts_version)
+        self._judge(now or time.time())
+
+    def _judge(self, now: float) -> None:
+        ch = self.channel
+        assert ch is not None
+        states = {f"{s['site']}/{s['device']}": s for s in ch.states.states()}
+        for group in ch.repo.groups():
+            r = ch.rollouts.latest(group)
+            if r is None or r.status not in ("in_progress", "succeeded"):
+                continue
+            members = ch.members(group)
+            prog = progress(r.version, members, states)
+            samples = [s for m in members for s in self._health.get(m, ())]
+            verdict = judge(r.version, r.started_ts, now, prog, samples, self.cfg.release)
+            if (prog.total, prog.active) != (r.devices_total, r.devices_active):
+                ch.rollouts.set_counts(r.id, prog.total, prog.active)
+            if verdict.action == "succeeded" and r.status == "in_progress":
+                ch.rollouts.set_status(r.id, "succeeded", f"{prog.active}/{prog.total} active",
+                                       prog.total, prog.active)
+                ch.audit.append("release-service", "rollout-succeeded", f"group:{group}",
+                                {"version": r.version, "devices": prog.total, "rollout_id": r.id})
+            elif verdict.action == "rollback" and self.cfg.release.auto_rollback:
+                if r.previous_version is None:
+                    ch.rollouts.set_status(r.id, "failed", verdict.reason)
+                    ch.audit.append("release-service", "rollout-failed", f"group:{group}",
+                                    {"version": r.version, "reason": verdict.reason})
+                    continue
+                log.warning("rolling group %s back from %s: %s", group, r.version, verdict.reason)
+                try:
+                    self.rollbacks.append(ch.rollback(group, "auto-rollback", verdict.reason or "", automatic=True))
+                except ReleaseError as e:
+                    ch.rollouts.set_status(r.id, "failed", f"{verdict.reason}; rollback impossible: {e}")
+                    log.error("automatic rollback of %s failed: %s", group, e)

@@ -1,0 +1,76 @@
+"""Training the classification head on cached features: one trial = one call, a few seconds on CPU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from cloud.training.backbone import make_head
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    lr: float
+    weight_decay: float
+    epochs: int
+    label_smoothing: float
+    hidden: int = 0
+    dropout: float = 0.0
+    batch_size: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def class_weights(y: I64, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights so the minority label's recall is not sacrificed (recall-gap gate)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = counts.sum() / (n_classes * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def train_head(x: F32, y: I64, params: HeadParams, seed: int, n_classes: int) -> nn.Module:
+    """AdamW with cosine decay on (features, label) rows; deterministic for a seed on CPU."""
+    torch.manual_seed(seed)
+    head = make_head(params.hidden, params.dropout, n_classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / params.batch_size)
+    total = max(1, params.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, n_classes), label_smoothing=params.label_smoothing)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    for _ in range(params.epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(order), params.batch_size):
+            idx = order[i : i + params.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(head(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+    head.eval()
+    return head
+
+
+def predict_proba(head: nn.Module, x: F32) -> F32:
+    head.eval()
+    with torch.inference_mode():
+        return torch.softmax(head(torch.from_numpy(x)), dim=1).numpy().astype(np.float32)
+
+
+def log_loss(probs: F32, y: I64) -> float:
+    p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.mean(np.log(p)))

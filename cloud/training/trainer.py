@@ -1,0 +1,330 @@
+"""``parkwatch cloud train``: features → search → retrain best → test → package → register.
+
+Nothing is registered until the package is complete and scored; an interrupted or failed run
+is recorded as such (with every finished trial), and its half-built package folder is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cloud.config import CloudConfig
+from cloud.evaluation.runner import evaluate_onnx
+from cloud.packaging.lineage import base_lineage
+from cloud.packaging.package import PackageSpec, build_package
+from cloud.registry.models import ModelRecord, TrialRecord
+from cloud.registry.store import Registry
+from cloud.training import search
+from cloud.training.backbone import PREPROCESS, Classifier, load_backbone
+from cloud.training.data import Item, RunData, load_run_data
+from cloud.training.errors import TrainingInterrupted
+from cloud.training.features import FeatureStore, pick_device
+from cloud.training.head import HeadParams, log_loss, predict_proba, train_head
+from shared.modelpkg import ModelMetadata
+
+GOLDEN_PER_LABEL = 4
+PARITY_IMAGES = 16
+
+
+@dataclass
+class TrainOptions:
+    dataset_id: str
+    search: str | None = None
+    trials: int | None = None
+    seed: int | None = None
+    show_progress: bool = True
+    version: str | None = None
+
+
+@dataclass
+class TrainResult:
+    model_version: str
+    run_id: str
+    package: Path
+    tarball: Path
+    metrics: dict[str, Any]
+    gate: dict[str, Any]
+    best_params: dict[str, Any]
+    trials: list[dict[str, Any]]
+    timings: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "run_id": self.run_id,
+            "package": str(self.package),
+            "tarball": str(self.tarball),
+            "metrics": self.metrics,
+            "gate": self.gate,
+            "gate_passed": self.gate["passed"],
+            "best_params": self.best_params,
+            "trials": self.trials,
+            "timings_s": self.timings,
+        }
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        file=sys.stderr,
+        disable=not enabled or None,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd stop, kill) takes the same clean path as Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def new_version(dataset_id: str) -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{dataset_id[:8]}"
+
+
+def _xy(feats: np.ndarray, items: list[Item], labels: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+    x = feats[:, :views].reshape(-1, feats.shape[-1])
+    y = np.repeat(np.array([labels.index(i.label) for i in items], dtype=np.int64), views)
+    return x, y
+
+
+def golden_items(test: list[Item], labels: list[str]) -> list[tuple[Path, str]]:
+    """A spread of test images per label (first by content hash): stable across reruns."""
+    out: list[tuple[Path, str]] = []
+    for lab in labels:
+        pool = [i for i in test if i.label == lab]
+        step = max(1, len(pool) // GOLDEN_PER_LABEL)
+        out += [(i.path, lab) for i in pool[::step][:GOLDEN_PER_LABEL]]
+    return out
+
+
+def run_search(
+    data: RunData,
+    store: FeatureStore,
+    cfg: CloudConfig,
+    opts: TrainOptions,
+    reg: Registry,
+    run_id: str,
+    seed: int,
+) -> tuple[HeadParams, list[dict[str, Any]], np.ndarray]:
+    views = 1 + cfg.train.augment_copies
+    train = data.train
+    with _bar(
+        len(store.missing([(i.sha256, i.path) for i in train], views)), "features", opts.show_progress
+    ) as bar:
+        store.compute(store.missing([(i.sha256, i.path) for i in train], views), bar.update)
+    feats = store.matrix([(i.sha256, i.path) for i in train], views)
+    index = {i.sha256: k for k, i in enumerate(train)}
+    fit_f = feats[[index[i.sha256] for i in data.fit]]
+    val_f = feats[[index[i.sha256] for i in data.val]]
+    x_fit, y_fit = _xy(fit_f, data.fit, data.labels, views)
+    x_val, y_val = _xy(val_f, data.val, data.labels, 1)
+    cands = search.candidates(
+        cfg.train.space,
+        opts.search or cfg.train.search,
+        opts.trials if opts.trials is not None else cfg.train.trials,
+        seed,
+    )
+    trials: list[dict[str, Any]] = []
+    scores: list[tuple[float, float]] = []
+    from tqdm import tqdm
+
+    for k, cand in enumerate(
+        tqdm(
+            cands,
+            desc="search",
+            unit="trial",
+            file=sys.stderr,
+            disable=not opts.show_progress or None,
+            leave=False,
+        )
+    ):
+        params = search.to_params(cand, cfg.train.batch_size)
+        t0 = time.monotonic()
+        head = train_head(x_fit, y_fit, params, seed, len(data.labels))
+        probs = predict_proba(head, x_val)
+        acc = float((probs.argmax(1) == y_val).mean())
+        loss = log_loss(probs, y_val)
+        dur = time.monotonic() - t0
+        metrics = {"val_accuracy": acc, "val_loss": loss, "n_fit": len(x_fit), "n_val": len(x_val)}
+        reg.record_trial(
+            TrialRecord(
+                run_id=run_id, index=k, params=params.to_dict(), metrics=metrics, duration_s=round(dur, 3)
+            )
+        )
+        trials.append(
+            {"index": k, "params": params.to_dict(), "metrics": metrics, "duration_s": round(dur, 3)}
+        )
+        scores.append((acc, loss))
+    best = search.to_params(cands[search.best_index(scores)], cfg.train.batch_size)
+    return best, trials, feats
+
+
+def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
+    seed = cfg.train.seed if opts.seed is None else opts.seed
+    threads = cfg.train.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_run_data(reg, opts.dataset_id, cfg.train.val_fraction)
+    run_id = f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    version = opts.version or new_version(data.dataset.id)
+    method = opts.search or cfg.train.search
+    run_cfg = {
+        "train": cfg.train.model_dump(mode="json"),
+        "search": method,
+        "trials": opts.trials,
+        "device": str(pick_device()),
+        "threads": threads,
+        "model_version": version,
+    }
+    reg.start_run(run_id, data.dataset.id, method, seed, run_cfg)
+    timings: dict[str, float] = {}
+    t_start = time.monotonic()
+    try:
+        with _sigterm_as_interrupt():
+            store = FeatureStore(cfg.data_dir / "feature-cache", PREPROCESS, seed, cfg.train.batch_size)
+            t0 = time.monotonic()
+            best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed)
+            timings["features_and_search"] = round(time.monotonic() - t0, 2)
+            t0 = time.monotonic()
+            views = 1 + cfg.train.augment_copies
+            x_all, y_all = _xy(feats, data.train, data.labels, views)
+            head = train_head(x_all, y_all, best, seed, len(data.labels))
+            timings["final_fit"] = round(time.monotonic() - t0, 2)
+            model = Classifier(load_backbone(), head).eval()
+            t0 = time.monotonic()
+            built = _package(cfg, data, model, version, seed, best, trials, run_id, opts)
+            timings["export_evaluate_package"] = round(time.monotonic() - t0, 2)
+    except KeyboardInterrupt as e:
+        reg.finish_run(run_id, "interrupted", error="interrupted (Ctrl-C or SIGTERM)")
+        raise TrainingInterrupted(
+            f"run {run_id} interrupted: nothing was registered; finished trials are kept in the registry"
+        ) from e
+    except Exception as e:
+        reg.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    metrics, gate = built.lineage["metrics"], built.lineage["gate"]
+    record = ModelRecord(
+        version=version,
+        gate_passed=bool(gate["passed"]),
+        gate=gate,
+        metrics=metrics,
+        lineage=built.lineage,
+        package_dir=str(built.directory),
+        tarball=str(built.tarball),
+        tarball_sha256=built.tarball_sha256,
+        dataset_id=data.dataset.id,
+        run_id=run_id,
+    )
+    reg.register_model(record)
+    reg.finish_run(run_id, "completed", best_params=best.to_dict(), model_version=version)
+    reg.audit.append(
+        "train",
+        "model.registered",
+        version,
+        {
+            "stage": "candidate",
+            "gate_passed": gate["passed"],
+            "dataset": data.dataset.id,
+            "run": run_id,
+            "accuracy": metrics["accuracy"],
+            "tarball_sha256": built.tarball_sha256,
+        },
+    )
+    timings["total"] = round(time.monotonic() - t_start, 2)
+    return TrainResult(
+        version, run_id, built.directory, built.tarball, metrics, gate, best.to_dict(), trials, timings
+    )
+
+
+def _package(
+    cfg: CloudConfig,
+    data: RunData,
+    model: Classifier,
+    version: str,
+    seed: int,
+    best: HeadParams,
+    trials: list[dict[str, Any]],
+    run_id: str,
+    opts: TrainOptions,
+) -> Any:
+    test_items = [(i.path, i.label) for i in data.test]
+    golden = golden_items(data.test, data.labels)
+    parity = [p for p, _ in test_items[:: max(1, len(test_items) // PARITY_IMAGES)]][:PARITY_IMAGES]
+    lineage = {
+        **base_lineage(),
+        "dataset_version": data.dataset.id,
+        "dataset_counts": data.dataset.counts,
+        "run_id": run_id,
+        "parameters": {
+            "head": best.to_dict(),
+            "seed": seed,
+            "augment_copies": cfg.train.augment_copies,
+            "val_fraction": cfg.train.val_fraction,
+            "search": opts.search or cfg.train.search,
+            "trials": len(trials),
+            "base_model": "efficientnet-lite0 (frozen, ImageNet-1k)",
+            "preprocess": PREPROCESS.model_dump(mode="json"),
+        },
+        "search": {"best_val_accuracy": max(t["metrics"]["val_accuracy"] for t in trials)},
+    }
+
+    def evaluate(onnx_path: Path) -> tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]]:
+        with _bar(len(test_items), "test", opts.show_progress) as bar:
+            ev = evaluate_onnx(
+                onnx_path,
+                test_items,
+                cfg.gate,
+                {"dataset_version": data.dataset.id, "run_id": run_id, "split": "test"},
+                bar.update,
+            )
+        return (
+            ev.metrics,
+            ev.gate,
+            ev.html,
+            {"dataset_version": data.dataset.id, "split": "test", "predictions": ev.predictions},
+        )
+
+    spec = PackageSpec(
+        metadata=ModelMetadata(labels=tuple(data.labels), preprocess=PREPROCESS, model_version=version),
+        model=model,
+        golden=golden,
+        parity_images=parity,
+        lineage=lineage,
+        description=(
+            f"EfficientNet-Lite0 (ImageNet-pretrained, frozen) with a trained head for "
+            f"{', '.join(data.labels)}; trained by run {run_id} on dataset {data.dataset.id[:16]}."
+        ),
+        evaluate=evaluate,
+    )
+    return build_package(spec, cfg.models_dir)

@@ -1,0 +1,237 @@
+"""One reader thread per camera: latest-frame policy, fps cap, reconnect with backoff, state.
+
+Why a thread per camera: OpenCV and sockets block, and a camera that hangs must never delay
+the others or the inference loop. The inference loop only ever calls :meth:`Camera.take`,
+which never blocks.
+
+States (published in telemetry and shown on the status page):
+
+* ``streaming`` – frames arrive;
+* ``stalled`` – connected, but no frame for ``stall_after_s`` (the reader is still waiting);
+* ``reconnecting`` – the source failed; retrying with exponential backoff
+  (``reconnect_initial_s`` doubling up to ``reconnect_max_s``);
+* ``offline`` – disabled, a file/folder that ended without ``loop``, or failing for so long
+  that the backoff reached its maximum (still retrying, at the slowest pace).
+
+Live sources (RTSP, MJPEG, USB) are read as fast as they deliver; a frame replaced before the
+inference loop took it is *dropped* and counted. Files and folders are read on demand instead,
+so every frame of a clip is classified and none is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.config import CameraConfig
+from edge.errors import CameraError
+from edge.sources import FrameSource, make_source
+from shared.protocol import CameraTelemetry
+
+log = logging.getLogger("parkwatch.edge.cameras")
+
+U8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    image: U8
+    ts: float  # wall clock at capture
+    mono: float  # monotonic clock at capture
+    index: int
+
+
+def backoff_delay(failures: int, initial: float, maximum: float, jitter: float = 0.1) -> float:
+    """``initial * 2**(failures-1)`` capped at ``maximum``, ±``jitter`` so a site's cameras spread out."""
+    base = min(maximum, initial * (2 ** max(failures - 1, 0)))
+    return float(base * (1 + random.uniform(-jitter, jitter)))
+
+
+class Camera:
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        wake: threading.Event | None = None,
+        source_factory: Callable[[CameraConfig, float], FrameSource] = make_source,
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.wake = wake or threading.Event()
+        self._factory = source_factory
+        self._lock = threading.Lock()
+        self._consumed = threading.Condition(self._lock)
+        self._latest: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_due = 0.0
+        self._period = 1.0 / cfg.fps if cfg.fps else 0.0
+        self._state = "offline" if not cfg.enabled else "reconnecting"
+        self._connected = False
+        self._read_started: float | None = None
+        self.failures = 0
+        self.frames = 0
+        self.taken = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.last_frame_ts: float | None = None
+        self.last_error: str | None = None
+        self.last_error_ts: float | None = None
+        self._fps_ema = 0.0
+        self._last_mono: float | None = None
+        self._ended = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.cfg.enabled:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            self._consumed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("camera %s: reader still blocked in its source after %.0f s", self.id, timeout)
+
+    # -- consumer side ---------------------------------------------------------------------------
+    def take(self, now_mono: float | None = None) -> Frame | None:
+        """The newest frame if one is waiting and the fps cap allows it now; never blocks."""
+        now = time.monotonic() if now_mono is None else now_mono
+        with self._lock:
+            if self._latest is None or now < self._next_due:
+                return None
+            frame, self._latest = self._latest, None
+            self._next_due = max(self._next_due + self._period, now) if self._period else now
+            self.taken += 1
+            self._consumed.notify_all()
+            return frame
+
+    def due_in(self, now_mono: float) -> float | None:
+        """Seconds until :meth:`take` could return a frame, or None if no frame is waiting."""
+        with self._lock:
+            if self._latest is None:
+                return None
+            return max(0.0, self._next_due - now_mono)
+
+    @property
+    def state(self) -> str:
+        if not self.cfg.enabled or self._ended:
+            return "offline"
+        with self._lock:
+            state = self._state
+            started = self._read_started
+        if state == "streaming" and started is not None:
+            if time.monotonic() - started > self.cfg.stall_after_s:
+                return "stalled"
+        return state
+
+    def telemetry(self, integrity: dict[str, int] | None = None) -> CameraTelemetry:
+        fps = self._fps_ema
+        if self._last_mono is not None and time.monotonic() - self._last_mono > 5:
+            fps = 0.0
+        return CameraTelemetry(
+            state=self.state,  # type: ignore[arg-type]
+            fps=round(fps, 2),
+            frames=self.frames,
+            dropped=self.dropped,
+            reconnects=self.reconnects,
+            last_frame_ts=self.last_frame_ts,
+            error=self.last_error,
+            integrity=integrity or {},
+        )
+
+    # -- reader thread ---------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        with self._lock:
+            if state != self._state:
+                log.info("camera %s: %s -> %s", self.id, self._state, state)
+            self._state = state
+
+    def _error(self, msg: str) -> None:
+        if msg != self.last_error:
+            log.warning("%s", msg)
+        self.last_error = msg
+        self.last_error_ts = time.time()
+
+    def _run(self) -> None:
+        timeout = max(self.cfg.stall_after_s * 1.5, 2.0)
+        while not self._stop.is_set():
+            source = self._factory(self.cfg, timeout)
+            try:
+                source.open()
+                if self._connected is False and self.frames:
+                    self.reconnects += 1
+                self._connected = True
+                self.failures = 0
+                self._set_state("streaming")
+                self._pump(source)
+                if self._ended:
+                    return
+            except CameraError as e:
+                self._error(str(e))
+            except Exception as e:  # OpenCV raising on a corrupt stream must not kill the reader
+                self._error(f"camera {self.id}: {type(e).__name__}: {e}")
+            finally:
+                self._read_started = None
+                try:
+                    source.close()
+                except Exception:
+                    pass
+            if self._stop.is_set():
+                return
+            self._connected = False
+            self.failures += 1
+            delay = backoff_delay(self.failures, self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
+            at_max = self.cfg.reconnect_initial_s * (2 ** (self.failures - 1)) >= self.cfg.reconnect_max_s
+            self._set_state("offline" if at_max else "reconnecting")
+            self._stop.wait(delay)
+
+    def _pump(self, source: FrameSource) -> None:
+        while not self._stop.is_set():
+            if not source.live:
+                # On demand: read the next frame only once the last one was taken and the fps cap
+                # allows another, so its timestamp is when it was read, not when it was queued.
+                with self._lock:
+                    while not self._stop.is_set():
+                        wait = 0.5 if self._latest is not None else self._next_due - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._consumed.wait(min(wait, 0.5))
+                if self._stop.is_set():
+                    return
+            self._read_started = time.monotonic()
+            img = source.read()
+            self._read_started = None
+            if img is None:  # end of file or folder
+                if self.cfg.loop:
+                    source.close()
+                    source.open()
+                    continue
+                self._ended = True
+                self._error(f"camera {self.id}: reached the end of {self.cfg.url} (loop = false)")
+                return
+            now_mono = time.monotonic()
+            frame = Frame(self.id, img, time.time(), now_mono, self.frames)
+            with self._lock:
+                if self._latest is not None:
+                    self.dropped += 1
+                self._latest = frame
+                self._state = "streaming"
+            self.frames += 1
+            self.last_frame_ts = frame.ts
+            if self._last_mono is not None:
+                dt = max(now_mono - self._last_mono, 1e-6)
+                self._fps_ema = 0.9 * self._fps_ema + 0.1 * (1.0 / dt) if self._fps_ema else 1.0 / dt
+            self._last_mono = now_mono
+            self.wake.set()

@@ -1,0 +1,43 @@
+"""Recent errors and warnings kept in memory for the status page ("what went wrong lately")."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float
+    source: str
+    message: str
+    count: int = 1
+
+
+class RecentErrors:
+    """A bounded list where a repeat of the previous message from a source bumps its count."""
+
+    def __init__(self, maxlen: int = 50) -> None:
+        self._items: deque[Event] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self, source: str, message: str) -> None:
+        with self._lock:
+            self.total += 1
+            for i in range(len(self._items) - 1, -1, -1):
+                e = self._items[i]
+                if e.source == source:
+                    if e.message == message:
+                        del self._items[i]
+                        self._items.append(Event(time.time(), source, message, e.count + 1))
+                        return
+                    break
+            self._items.append(Event(time.time(), source, message))
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(e) for e in reversed(self._items)]

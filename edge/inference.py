@@ -1,0 +1,235 @@
+"""The inference loop: take due frames from every camera, check them, classify them as one
+batch, and commit the predictions to the outbox before anything else sees them.
+
+Why one loop for all cameras: ONNX Runtime already uses the configured threads inside one
+``run``; a batch across cameras amortises the call overhead, and one loop keeps the CPU budget
+predictable on a small box. The loop never waits on a camera (``Camera.take`` never blocks),
+so a dead camera cannot slow the others.
+
+Stopping finishes the batch in hand (it is committed to the outbox) and then returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.cameras import Camera, Frame
+from edge.config import InferenceConfig, IntegrityConfig
+from edge.errors import OutboxError
+from edge.events import RecentErrors
+from edge.integrity import IntegrityChecker
+from edge.model import LoadedModel, ModelSlot
+from edge.outbox import Outbox
+from edge.snapshots import SnapshotStore
+from shared.modelpkg import ABSTAIN
+
+log = logging.getLogger("parkwatch.edge.inference")
+
+
+@dataclass
+class CameraView:
+    """What the status page shows for one camera: the frame last classified and its result."""
+
+    frame: Frame
+    prediction: dict[str, Any] | None
+    flags: list[str]
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        cameras: list[Camera],
+        slot: ModelSlot,
+        outbox: Outbox,
+        cfg: InferenceConfig,
+        integrity: IntegrityConfig,
+        wake: threading.Event,
+        errors: RecentErrors,
+        snapshots: SnapshotStore | None = None,
+        on_commit: Any = None,
+    ) -> None:
+        self.cameras = cameras
+        self.slot = slot
+        self.outbox = outbox
+        self.cfg = cfg
+        self.wake = wake
+        self.errors = errors
+        self.snapshots = snapshots
+        self.on_commit = on_commit
+        self.checkers = {c.id: IntegrityChecker(integrity) for c in cameras}
+        self.views: dict[str, CameraView] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+        self.latency_ms: deque[float] = deque(maxlen=2000)
+        self._done_ts: deque[float] = deque(maxlen=2000)
+        self.classified = 0
+        self.abstained = 0
+        self.skipped_static = 0
+        self.skipped_no_model = 0
+        self.inference_errors = 0
+        self.lost_predictions = 0
+        self.batches = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rr = 0
+        self.heartbeat = time.monotonic()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _collect(self) -> tuple[list[Frame], float]:
+        now = time.monotonic()
+        frames: list[Frame] = []
+        wait = 0.25
+        n = len(self.cameras)
+        for i in range(n):
+            cam = self.cameras[(self._rr + i) % n]
+            f = cam.take(now)
+            if f is not None:
+                frames.append(f)
+                if len(frames) >= self.cfg.max_batch:
+                    break
+            else:
+                due = cam.due_in(now)
+                if due is not None:
+                    wait = min(wait, due)
+        self._rr = (self._rr + 1) % max(n, 1)
+        return frames, wait
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            frames, wait = self._collect()
+            if not frames:
+                self.wake.wait(wait)
+                self.wake.clear()
+                continue
+            try:
+                self.process(frames)
+            except Exception as e:  # a bug here must show on the status page, not kill the loop
+                self.inference_errors += 1
+                self.errors.add("inference", f"{type(e).__name__}: {e}")
+                log.exception("inference step failed")
+                time.sleep(0.1)
+
+    # -- one batch --------------------------------------------------------------------------------
+    def process(self, frames: list[Frame]) -> list[dict[str, Any]]:
+        run: list[tuple[Frame, list[str], Any]] = []
+        for f in frames:
+            checker = self.checkers.setdefault(f.camera, IntegrityChecker(next(iter(self.checkers.values())).cfg))
+            check, thumb = checker.check(f.image)
+            if (
+                self.cfg.motion_gating
+                and check.motion is not None
+                and check.motion < self.cfg.motion_threshold
+                and f.camera in self.views
+            ):
+                self.skipped_static += 1
+                old = self.views[f.camera]
+                self.views[f.camera] = CameraView(f, old.prediction, check.flags)
+                continue
+            run.append((f, check.flags, thumb))
+        if not run:
+            return []
+        model = self.slot.current  # one model for the whole batch, even if a swap lands now
+        if model is None:
+            self.skipped_no_model += len(run)
+            for f, flags, _ in run:
+                self.views[f.camera] = CameraView(f, None, flags)
+            return []
+        try:
+            probs = model.classify([f.image for f, _, _ in run])
+        except Exception as e:
+            self.inference_errors += 1
+            self.errors.add("inference", f"model {model.version}: {type(e).__name__}: {e}")
+            log.warning("inference failed on model %s: %s", model.version, e)
+            return []
+        done = time.time()
+        preds = self._predictions(model, run, probs, done)
+        try:
+            seqs = self.outbox.append(preds)
+        except OutboxError as e:
+            self.lost_predictions += len(preds)
+            self.errors.add("outbox", str(e))
+            seqs = []
+        for pred, seq in zip(preds, seqs, strict=False):
+            pred["seq"] = seq
+        for (f, flags, thumb), pred in zip(run, preds, strict=True):
+            self.checkers[f.camera].classified(thumb)
+            self.views[f.camera] = CameraView(f, pred, flags)
+            self.recent.appendleft(pred)
+            self.latency_ms.append(pred["latency_ms"])
+            self._done_ts.append(time.monotonic())
+        self.classified += len(preds)
+        self.batches += 1
+        if seqs and self.on_commit is not None:
+            self.on_commit()
+        return preds
+
+    def _predictions(
+        self, model: LoadedModel, run: list[tuple[Frame, list[str], Any]], probs: np.ndarray, done: float
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        labels = model.labels
+        for (f, flags, _), row in zip(run, probs, strict=True):
+            idx = int(np.argmax(row))
+            conf = float(min(max(row[idx], 0.0), 1.0))
+            abstain = conf < self.cfg.confidence_threshold
+            if abstain:
+                self.abstained += 1
+            snap = None
+            if self.snapshots is not None and self.snapshots.wants(conf):
+                snap = self.snapshots.save(f.camera, f.image, f.ts)
+            out.append(
+                {
+                    "ts": done,
+                    "camera": f.camera,
+                    "label": ABSTAIN if abstain else labels[idx],
+                    "confidence": round(conf, 6),
+                    "probs": {lab: round(float(min(max(p, 0.0), 1.0)), 6) for lab, p in zip(labels, row, strict=True)},
+                    "model_version": model.version,
+                    "abstain": abstain,
+                    "flags": list(flags),
+                    "latency_ms": round(max(done - f.ts, 0.0) * 1000, 3),
+                    "frame_ts": f.ts,
+                    "snapshot": snap,
+                }
+            )
+        return out
+
+    # -- numbers for telemetry and the status page ----------------------------------------------
+    def latency_percentiles(self) -> dict[str, float]:
+        if not self.latency_ms:
+            return {}
+        arr = np.fromiter(self.latency_ms, dtype=np.float64)
+        p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+        return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+    def fps(self, window_s: float = 10.0) -> float:
+        now = time.monotonic()
+        recent = [t for t in self._done_ts if now - t <= window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], 1e-6)
+        return round(len(recent) / span, 2)
+
+    def abstain_rate(self) -> float | None:
+        return round(self.abstained / self.classified, 4) if self.classified else None

@@ -1,0 +1,93 @@
+"""Frame integrity: is this camera showing the park, or black, glare, a frozen or moved image?
+
+Pure computation on a small grey thumbnail (no I/O), one :class:`IntegrityChecker` per camera
+because frozen and tampered need history. The flags ride on each prediction (so the cloud can
+discount them) and are counted per camera in telemetry. ``docs/technician.md`` explains each
+flag and what to do about it; the thresholds live in ``[integrity]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.config import IntegrityConfig
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+THUMB = (160, 120)  # width, height: enough for blur, cheap for everything else
+FLAGS = ("black", "overexposed", "covered", "blurred", "frozen", "tampered")
+REFERENCE_ALPHA = 0.02
+
+
+def thumbnail(img_bgr: U8) -> F32:
+    grey = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY) if img_bgr.ndim == 3 else img_bgr
+    small = cv2.resize(grey, THUMB, interpolation=cv2.INTER_AREA)
+    return np.asarray(small, dtype=np.float32)
+
+
+@dataclass
+class FrameCheck:
+    flags: list[str]
+    mean: float
+    std: float
+    sharpness: float
+    change: float | None  # mean abs difference to the previous frame
+    motion: float | None  # mean abs difference to the last classified frame
+
+
+@dataclass
+class IntegrityChecker:
+    cfg: IntegrityConfig
+    counts: Counter[str] = field(default_factory=Counter)
+    _prev: F32 | None = None
+    _reference: F32 | None = None
+    _last_classified: F32 | None = None
+    _still_frames: int = 0
+
+    def check(self, img_bgr: U8) -> tuple[FrameCheck, F32]:
+        t = thumbnail(img_bgr)
+        mean = float(t.mean())
+        std = float(t.std())
+        sharp = float(cv2.Laplacian(t, cv2.CV_32F).var())
+        flags: list[str] = []
+        if mean <= self.cfg.black_max_mean:
+            flags.append("black")
+        elif mean >= self.cfg.overexposed_min_mean:
+            flags.append("overexposed")
+        elif std <= self.cfg.covered_max_std:
+            flags.append("covered")
+        elif sharp < self.cfg.blur_min_laplacian_var:
+            flags.append("blurred")
+        change = None
+        if self._prev is not None:
+            change = float(np.abs(t - self._prev).mean())
+            self._still_frames = self._still_frames + 1 if change <= self.cfg.frozen_max_diff else 0
+            if self._still_frames + 1 >= self.cfg.frozen_min_frames:
+                flags.append("frozen")
+        if self._reference is None:
+            self._reference = t.copy()
+        else:
+            # Tampering = the view differs a lot from what this camera usually sees, *and* the new
+            # view is steady (a moved or sprayed camera), not just a busy scene.
+            away = float(np.abs(t - self._reference).mean())
+            if away >= self.cfg.tamper_min_change and change is not None and change < self.cfg.tamper_min_change / 4:
+                flags.append("tampered")
+            cv2.accumulateWeighted(t, self._reference, REFERENCE_ALPHA)
+        motion = float(np.abs(t - self._last_classified).mean()) if self._last_classified is not None else None
+        self._prev = t
+        self.counts.update(flags)
+        self.counts["frames"] += 1
+        return FrameCheck(flags, mean, std, sharp, change, motion), t
+
+    def classified(self, thumb: F32) -> None:
+        """Remember what the model last saw, for motion gating."""
+        self._last_classified = thumb
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)

@@ -1,0 +1,1 @@
+"""The box's local status page for technicians (server-rendered; no front-end build step)."""

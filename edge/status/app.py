@@ -1,0 +1,169 @@
+"""FastAPI app factory for the local status page.
+
+``create_app(source, token)`` takes its dependencies: ``source`` is anything with
+``snapshot() -> dict`` and ``camera_view(id) -> CameraView | None`` (the :class:`Daemon`,
+or a stand-in built from real parts in tests), ``token`` the shared secret.
+
+Routes: ``/`` (HTML), ``/api/status`` (JSON), ``/cameras/{id}/frame.jpg`` (latest classified
+frame with the prediction drawn on it), ``/metrics`` (Prometheus text), ``/healthz`` (open:
+load balancers and ``systemctl`` probes need no secret; it reveals only ok/not ok).
+Everything else needs the token: ``Authorization: Bearer …``, the ``parkwatch_token`` cookie,
+or ``?token=…`` once (which sets the cookie, so a technician pastes one link).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from edge.status.metrics import render_metrics
+
+COOKIE = "parkwatch_token"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class StatusSource(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def camera_view(self, camera_id: str) -> Any: ...
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    d = max(time.time() - ts, 0)
+    if d < 90:
+        return f"{d:.0f} s ago"
+    if d < 5400:
+        return f"{d / 60:.0f} min ago"
+    return f"{d / 3600:.1f} h ago"
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def draw_prediction(image: np.ndarray, pred: dict[str, Any] | None, flags: list[str]) -> bytes:
+    """JPEG of ``image`` with label, confidence and integrity flags written on a dark band."""
+    img = image.copy()
+    h, w = img.shape[:2]
+    scale = max(w / 640, 0.5)
+    band = int(36 * scale)
+    cv2.rectangle(img, (0, 0), (w, band), (0, 0, 0), -1)
+    if pred is None:
+        text, colour = "no prediction (no model?)", (200, 200, 200)
+    else:
+        text = f"{pred['label']} {pred['confidence'] * 100:.0f}%"
+        colour = (0, 200, 255) if pred.get("abstain") else (80, 220, 80)
+    if flags:
+        text += "  [" + ", ".join(flags) + "]"
+        colour = (0, 140, 255)
+    cv2.putText(img, text, (int(8 * scale), int(band * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour,
+                max(int(2 * scale), 1), cv2.LINE_AA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return buf.tobytes() if ok else b""
+
+
+def create_app(source: StatusSource, token: str) -> FastAPI:
+    if not token:
+        raise ValueError("the status page needs a non-empty token")
+    app = FastAPI(title="parkwatch edge status", docs_url=None, redoc_url=None, openapi_url=None)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["ago"] = _ago
+    env.filters["clock"] = _clock
+    template = env.get_template("index.html")
+
+    def presented(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return request.query_params.get("token") or request.cookies.get(COOKIE)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Response:
+        if request.url.path == "/healthz":
+            return await call_next(request)
+        got = presented(request)
+        if got is None or not hmac.compare_digest(got.encode(), token.encode()):
+            msg = ("missing or wrong token: open /?token=<token> once, or send 'Authorization: Bearer "
+                   "<token>'; the token is in the file named by [status_page] token "
+                   "(by default /etc/parkwatch/status-token)")
+            if "text/html" in request.headers.get("accept", ""):
+                body = f"<!doctype html><title>parkwatch: token needed</title><h1>Token needed</h1><p>{msg}</p>"
+                return HTMLResponse(body, status_code=401)
+            return JSONResponse({"ok": False, "error": msg}, status_code=401)
+        wants_html = "text/html" in request.headers.get("accept", "")
+        if "token" in request.query_params and request.method == "GET" and wants_html:
+            # Move the token from the URL (history, logs) into an HttpOnly cookie.
+            url = request.url.remove_query_params("token")
+            resp = RedirectResponse(url.path + (f"?{url.query}" if url.query else ""), status_code=303)
+            resp.set_cookie(COOKIE, got, httponly=True, samesite="strict")
+            return resp
+        response: Response = await call_next(request)
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        snap = source.snapshot()
+        ok = bool(snap.get("healthy"))
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        snap = source.snapshot()
+        return HTMLResponse(template.render(s=snap, verdict=verdict(snap), now=time.time()))
+
+    @app.get("/api/status")
+    def api_status() -> JSONResponse:
+        snap = source.snapshot()
+        snap["verdict"] = verdict(snap)
+        return JSONResponse(snap)
+
+    @app.get("/cameras/{camera_id}/frame.jpg")
+    def frame(camera_id: str) -> Response:
+        view = source.camera_view(camera_id)
+        if view is None:
+            return PlainTextResponse(f"no frame from camera {camera_id} yet", status_code=404)
+        jpg = draw_prediction(view.frame.image, view.prediction, view.flags)
+        return Response(jpg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(source.snapshot()), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def verdict(snap: dict[str, Any]) -> dict[str, Any]:
+    """The one line a person reads first: all good, or the most urgent problems in plain words."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not snap.get("healthy"):
+        problems.append("the inference loop is not running: restart the service (see docs/technician.md)")
+    if snap.get("model") is None:
+        problems.append("no model is loaded: predictions cannot be made")
+    if not snap["broker"]["connected"]:
+        warnings.append("not connected to the cloud broker: predictions are kept in the outbox")
+    for cam in snap.get("cameras", []):
+        if cam["state"] in ("offline", "reconnecting"):
+            problems.append(f"camera {cam['id']} is {cam['state']}")
+        elif cam["state"] == "stalled":
+            warnings.append(f"camera {cam['id']} is stalled (no frames)")
+        for f in cam.get("flags") or []:
+            warnings.append(f"camera {cam['id']}: {f}")
+    ob = snap["outbox"]
+    if ob["write_errors"]:
+        problems.append(f"outbox write errors: {ob['write_errors']} ({ob.get('last_error') or ''})")
+    if ob["evicted_total"]:
+        warnings.append(f"{ob['evicted_total']} prediction(s) evicted by the outbox bound")
+    level = "bad" if problems else "warn" if warnings else "ok"
+    return {"level": level, "problems": problems, "warnings": warnings,
+            "text": "All good" if level == "ok" else (problems + warnings)[0]}

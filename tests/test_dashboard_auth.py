@@ -1,0 +1,155 @@
+"""Sign-in, sessions, CSRF and roles through the real dashboard app over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud.dashboard.deps import users_db_path
+from cloud.dashboard.errors import UserError
+from cloud.dashboard.security import COOKIE, Session, sign, unsign
+from cloud.dashboard.users import UserStore, allowed
+from cloud.registry.audit import AuditLog
+from tests.dashutil import client_for, csrf_of, make_cfg, password_for, seed_users, sign_in
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
+    c = make_cfg(tmp_path)
+    seed_users(c)
+    return c
+
+
+def test_pages_need_sign_in(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    for path in ("/", "/models", "/rollouts", "/alerts", "/labelling", "/quality", "/lineage", "/audit"):
+        r = c.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
+
+
+def test_sign_in_wrong_password_then_right(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    token = csrf_of(c.get("/login").text)
+    r = c.post("/login", data={"username": "viewer", "password": "nope-nope-nope", "csrf_token": token})
+    assert r.status_code == 401 and "wrong" in r.text
+    r = c.post("/login", data={"username": "ghost", "password": "whatever-long", "csrf_token": token})
+    assert r.status_code == 401
+    sign_in(c, "viewer")
+    r = c.get("/audit")
+    assert r.status_code == 200 and "viewer" in r.text and "Sign out" in r.text
+
+
+def test_login_form_without_csrf_is_refused(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    c.get("/login")
+    r = c.post("/login", data={"username": "admin", "password": password_for("admin")})
+    assert r.status_code == 403 and "security token" in r.text
+
+
+def test_session_rotates_token_and_forged_cookie_is_ignored(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    before = csrf_of(c.get("/login").text)
+    after = sign_in(c, "engineer")
+    assert before != after
+    forged = sign(Session(user="admin", epoch=1), b"some-other-secret-0000000000")
+    c2 = client_for(cfg)
+    c2.cookies.set(COOKIE, forged)
+    assert c2.get("/audit", follow_redirects=False).status_code == 303
+
+
+def test_password_change_ends_sessions(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    assert c.get("/audit").status_code == 200
+    store = UserStore(users_db_path(cfg))
+    store.set_password("viewer", "a-brand-new-password")
+    assert c.get("/audit", follow_redirects=False).status_code == 303
+
+
+def test_logout_needs_csrf_and_works(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    token = sign_in(c, "viewer")
+    assert c.post("/logout").status_code == 403
+    r = c.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    assert c.get("/audit", follow_redirects=False).status_code == 303
+
+
+def test_next_parameter_cannot_leave_the_site(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    token = csrf_of(c.get("/login").text)
+    r = c.post("/login", data={"username": "viewer", "password": password_for("viewer"), "csrf_token": token,
+                               "next": "//evil.example/x"}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+
+
+def test_session_expiry_and_tamper() -> None:
+    s = Session(user="a", epoch=1, issued=time.time() - 100)
+    tok = sign(s, b"k" * 32)
+    assert unsign(tok, b"k" * 32, max_age_s=1000) is not None
+    assert unsign(tok, b"k" * 32, max_age_s=10) is None
+    body, mac = tok.split(".")
+    assert unsign(body[:-2] + "xx." + mac, b"k" * 32, 1000) is None
+
+
+def test_roles_permissions() -> None:
+    assert allowed("approver", "approve") and allowed("admin", "approve")
+    assert not allowed("engineer", "approve") and not allowed("viewer", "approve")
+    assert allowed("engineer", "rollout") and not allowed("approver", "rollout")
+    assert not allowed("viewer", "ack_alert") and not allowed("viewer", "label")
+    assert not allowed("nobody", "view")
+
+
+def test_user_store_rules(tmp_path: Path) -> None:
+    store = UserStore(tmp_path / "u.db")
+    with pytest.raises(UserError, match="at least"):
+        store.add("alice", "viewer", "short")
+    with pytest.raises(UserError, match="unknown role"):
+        store.add("alice", "king", "long-enough-password")
+    with pytest.raises(UserError, match="lower-case"):
+        store.add("Alice!", "viewer", "long-enough-password")
+    u = store.add("alice", "viewer", "long-enough-password")
+    with pytest.raises(UserError, match="exists"):
+        store.add("alice", "viewer", "long-enough-password")
+    assert store.authenticate("alice", "long-enough-password") == store.get("alice")
+    assert store.authenticate("alice", "wrong-password!") is None
+    stored = store.db.execute("SELECT pw_hash FROM users").fetchone()[0]
+    assert stored.startswith("$argon2id$") and "long-enough" not in stored
+    assert store.set_role("alice", "admin").session_epoch == u.session_epoch + 1
+
+
+def test_users_cli_and_demo_user(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cloud.cli import cloud
+    from cloud.cli.dashboard import ensure_demo_user
+
+    cfg_file = tmp_path / "cloud.toml"
+    cfg_file.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    run = CliRunner()
+    r = run.invoke(cloud, ["users", "add", "bob", "--role", "engineer", "--password", "bob-password-1",
+                           "--config", str(cfg_file), "--json"])
+    assert r.exit_code == 0, r.output
+    r = run.invoke(cloud, ["users", "add", "bob", "--role", "engineer", "--password", "bob-password-1",
+                           "--config", str(cfg_file)])
+    assert r.exit_code == 1 and "exists already" in r.output
+    r = run.invoke(cloud, ["users", "passwd", "bob", "--generate", "--role", "approver", "--config",
+                           str(cfg_file), "--json"])
+    assert r.exit_code == 0 and '"approver"' in r.output and '"password"' in r.output
+    r = run.invoke(cloud, ["users", "list", "--config", str(cfg_file), "--json"])
+    assert '"bob"' in r.output
+    r = run.invoke(cloud, ["users", "remove", "bob", "--config", str(cfg_file)])
+    assert r.exit_code == 0
+    r = run.invoke(cloud, ["users", "remove", "bob", "--config", str(cfg_file)])
+    assert r.exit_code == 1 and "no user" in r.output
+    from cloud.config import load
+
+    cfg = load(cfg_file)
+    name, pw = ensure_demo_user(cfg)
+    c = client_for(cfg)
+    sign_in(c, name, pw)
+    assert c.get("/models").status_code == 200
+    actions = [e.action for e in AuditLog(cfg.registry_db).entries()]
+    assert actions.count("user.add") == 2 and "user.remove" in actions and "user.passwd" in actions

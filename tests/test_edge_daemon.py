@@ -1,0 +1,197 @@
+"""The daemon in-process against the real Mosquitto: predictions, telemetry, status, model swap."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.daemon import Daemon
+from edge.model import load_model
+from shared.broker import EmbeddedBroker
+from shared.protocol import DeviceStatus, ModelState, PredictionBatch, Telemetry, decode
+from shared.protocol.topics import ROOT
+from tests.edge_fixtures import edge_config, make_tiny_onnx, make_tiny_package
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+class Collector:
+    """A cloud-side subscriber: decodes every message with the shared protocol."""
+
+    def __init__(self, broker: EmbeddedBroker, client_id: str = "test-cloud", clean: bool = True) -> None:
+        self.messages: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=mqtt.MQTTv5)
+        c.on_connect = lambda cl, *_: (cl.subscribe(f"{ROOT}/dev/#", qos=1), self.ready.set())
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", broker.port, clean_start=clean)
+        c.loop_start()
+        self.client = c
+        assert self.ready.wait(10)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        _, obj = decode(msg.topic, msg.payload)
+        with self.lock:
+            self.messages.append((msg.topic, obj))
+
+    def of(self, kind: type) -> list[Any]:
+        with self.lock:
+            return [m for _, m in self.messages if isinstance(m, kind)]
+
+    def seqs(self) -> list[int]:
+        return [p.seq for b in self.of(PredictionBatch) for p in b.predictions]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def collector(broker: EmbeddedBroker) -> Iterator[Collector]:
+    c = Collector(broker)
+    yield c
+    c.close()
+
+
+def folder_cam(pets_sample: Path, fps: float = 10, cam_id: str = "c1") -> dict[str, Any]:
+    return {"id": cam_id, "kind": "folder", "url": str(pets_sample), "fps": fps}
+
+
+def test_predictions_telemetry_status_flow(tmp_path: Path, broker: EmbeddedBroker, collector: Collector,
+                                           pets_sample: Path) -> None:
+    pkg = make_tiny_package(tmp_path / "pkg", version="v1")
+    cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 10), folder_cam(pets_sample, 5, "c2")], pkg)
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: len(collector.seqs()) >= 20, 15)
+        assert wait_for(lambda: collector.of(Telemetry), 10)
+        batch = collector.of(PredictionBatch)[0]
+        assert (batch.site, batch.device) == ("bcn", "box1")
+        p = batch.predictions[0]
+        assert p.model_version == "v1" and p.camera in ("c1", "c2")
+        assert set(p.probs) == {"cat", "dog"}
+        assert (p.label == "abstain") == p.abstain == (p.confidence < 0.6)
+        tel = collector.of(Telemetry)[-1]
+        assert tel.cameras["c1"].state == "streaming"
+        assert tel.model_version == "v1" and tel.cpu_per_core and tel.uptime_system_s > 0
+        assert set(tel.latency_ms) == {"p50", "p95", "p99"}
+        status = collector.of(DeviceStatus)
+        assert status and status[0].state == "online"
+        states = collector.of(ModelState)
+        assert states and states[-1].state == "active" and states[-1].active_version == "v1"
+    # graceful stop: everything acknowledged, offline published (not the last-will)
+    seqs = collector.seqs()
+    assert wait_for(lambda: collector.of(DeviceStatus)[-1].state == "offline", 5)
+    assert collector.of(DeviceStatus)[-1].reason == "shutdown"
+    assert seqs == sorted(set(seqs)) and seqs[0] == 1 and seqs[-1] == len(seqs)
+    from edge.outbox import Outbox
+
+    ob = Outbox(cfg.outbox_path)
+    assert ob.backlog == 0 and ob.last_seq == seqs[-1]
+
+
+def test_offline_broker_keeps_predictions_until_it_returns(tmp_path: Path, pets_sample: Path) -> None:
+    broker = EmbeddedBroker(tmp_path / "b")
+    cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 20)], make_tiny_package(tmp_path / "p"))
+    with Daemon(cfg) as d:  # the broker is not running yet
+        assert wait_for(lambda: d.outbox is not None and d.outbox.backlog >= 20, 10)
+        assert not d.mqtt.connected
+        broker.start()
+        try:
+            col = Collector(broker)
+            assert wait_for(lambda: d.mqtt.connected, 15)
+            assert wait_for(lambda: d.outbox is not None and d.outbox.backlog < 20, 15)
+            assert wait_for(lambda: len(col.seqs()) >= 20, 10)
+            assert col.seqs()[:5] == [1, 2, 3, 4, 5]
+            col.close()
+        finally:
+            d.stop()
+            broker.stop()
+
+
+def test_model_swap_lands_between_batches_and_bad_model_is_refused(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
+    cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 20)], make_tiny_package(tmp_path / "a", "a"))
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: len(collector.seqs()) >= 5, 10)
+        from edge.errors import ModelMetadataError
+
+        with pytest.raises(ModelMetadataError):
+            d.load_model(make_tiny_onnx(tmp_path / "nometa.onnx", with_metadata=False))
+        assert d.model_slot.current is not None and d.model_slot.current.version == "a"  # untouched
+        new = load_model(make_tiny_package(tmp_path / "b", "b", seed=5), cfg.inference)
+        old = d.model_slot.swap(new)
+        assert old is not None and old.version == "a"
+        d.report_model_state(ModelState(device="box1", site="bcn", state="active", version="b",
+                                        active_version="b", previous_version="a"))
+        n = len(collector.seqs())
+        assert wait_for(lambda: len(collector.seqs()) >= n + 10, 10)
+        versions = [p.model_version for b in collector.of(PredictionBatch) for p in b.predictions]
+        first_b = versions.index("b")
+        assert set(versions[:first_b]) == {"a"} and set(versions[first_b:]) == {"b"}
+        assert wait_for(lambda: collector.of(ModelState)[-1].active_version == "b", 5)
+        assert d.snapshot()["previous_model"] == "a"
+
+
+def test_initial_model_without_metadata_keeps_daemon_up(tmp_path: Path, broker: EmbeddedBroker,
+                                                        collector: Collector, pets_sample: Path) -> None:
+    bad = make_tiny_onnx(tmp_path / "bad.onnx", with_metadata=False)
+    cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 20)], bad)
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: collector.of(ModelState), 10)
+        st = collector.of(ModelState)[-1]
+        assert st.state == "failed" and "parkwatch.labels" in (st.reason or "")
+        assert wait_for(lambda: d.engine is not None and d.engine.skipped_no_model > 0, 5)
+        assert d.healthy() and d.outbox is not None and d.outbox.backlog == 0
+        assert any("initial model refused" in e["message"] for e in d.snapshot()["errors"])
+
+
+def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
+    # No broker for the device (port 1), so the outbox only fills; SQLite's size cap makes it "full".
+    cfg = edge_config(tmp_path, None, [folder_cam(pets_sample, None)], make_tiny_package(tmp_path / "p"),
+                      outbox={"max_db_mb": 0.08})
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: d.outbox is not None and d.outbox.write_errors > 0, 30)
+        assert d.healthy()
+        snap = d.snapshot()
+        assert snap["inference"]["lost_predictions"] > 0
+        assert "full" in (snap["outbox"]["last_error"] or "")
+        tel = d.build_telemetry()
+        assert tel.outbox_errors > 0
+        n = d.outbox.backlog
+        assert n > 0
+    # what was committed before the disk filled is intact
+    from edge.outbox import Outbox
+
+    assert Outbox(cfg.outbox_path).backlog == n
+
+
+def test_motion_gating_skips_an_unchanged_scene(tmp_path: Path, broker: EmbeddedBroker, pets_sample: Path) -> None:
+    still = tmp_path / "still"
+    still.mkdir()
+    src = sorted((pets_sample / "cat").glob("*.jpg"))[0]
+    (still / "a.jpg").write_bytes(src.read_bytes())
+    cfg = edge_config(tmp_path, broker, [{"id": "s", "kind": "folder", "url": str(still), "fps": 20}],
+                      make_tiny_package(tmp_path / "p"), inference={"motion_gating": True})
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: d.engine is not None and d.engine.skipped_static >= 10, 10)
+        assert d.engine.classified == 1
+        assert json.dumps(d.snapshot(), default=str)

@@ -1,0 +1,79 @@
+"""The outbox against real SQLite files: numbering, acknowledgement, bound, full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge.errors import OutboxFullError
+from edge.outbox import Outbox
+
+
+def pred(i: int, camera: str = "c1") -> dict[str, object]:
+    return {"ts": 1000.0 + i, "camera": camera, "label": "cat", "confidence": 0.9, "model_version": "m1"}
+
+
+def test_seq_strictly_increases_and_survives_reopen(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    assert ob.append([pred(1), pred(2)]) == [1, 2]
+    assert ob.append([pred(3)]) == [3]
+    assert ob.ack(1, 3) == 3
+    assert ob.backlog == 0
+    ob.close()
+    # Everything acknowledged and deleted: numbering must still not restart at 1.
+    ob2 = Outbox(tmp_path / "o.db")
+    assert ob2.append([pred(4)]) == [4]
+    assert ob2.last_seq == 4
+    assert [s for s, _ in ob2.pending()] == [4]
+    assert ob2.pending()[0][1]["seq"] == 4
+    ob2.close()
+
+
+def test_wal_mode_and_pending_order(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    ob.append([pred(i) for i in range(10)])
+    mode = sqlite3.connect(tmp_path / "o.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    rows = ob.pending(after_seq=3, limit=4)
+    assert [s for s, _ in rows] == [4, 5, 6, 7]
+    ob.ack(4, 5)
+    assert [s for s, _ in ob.pending(limit=100)] == [1, 2, 3, 6, 7, 8, 9, 10]
+    assert ob.backlog == 8
+
+
+def test_bound_evicts_oldest_and_counts(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_rows=100)
+    ob.append([pred(i) for i in range(80)])
+    ob.append([pred(i) for i in range(50)])
+    assert ob.backlog == 100
+    assert ob.evicted_total == 30
+    assert ob.pending(limit=1)[0][0] == 31  # the 30 oldest went
+    ob.close()
+    assert Outbox(tmp_path / "o.db", max_rows=100).evicted_total == 30  # persisted
+
+
+def test_full_database_is_a_clear_counted_error_and_keeps_what_was_committed(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_db_mb=0.1)  # SQLite's own size cap: a real SQLITE_FULL
+    committed: list[int] = []
+    with pytest.raises(OutboxFullError, match="full"):
+        for i in range(10_000):
+            big = dict(pred(i), probs={"cat": 0.5, "dog": 0.5}, flags=["x" * 200])
+            committed += ob.append([big])
+    assert ob.write_errors == 1
+    assert ob.last_error and "max_db_mb" in ob.last_error
+    assert committed and ob.backlog == len(committed)
+    assert [s for s, _ in ob.pending(limit=100_000)] == committed
+    # No seq was consumed by the failed write; acknowledging frees room and writing resumes.
+    ob.ack(committed[0], committed[-1])
+    assert ob.append([pred(1)]) == [committed[-1] + 1]
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from edge.errors import OutboxError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutboxError, match="cannot open the outbox"):
+        Outbox(blocker / "sub" / "o.db")

@@ -1,0 +1,84 @@
+"""Ground-truth feedback through real HTTP (the router in a FastAPI app) and the CLI; lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from cloud.fleet.http import feedback_router
+from cloud.fleet.service import FleetIngest
+from cloud.fleet.store import FleetStore
+from cloud.registry.audit import AuditLog
+from cloud.registry.store import Registry
+from shared.broker import EmbeddedBroker
+from shared.cli import main
+from tests.fleetutil import cloud_cfg, wait_for
+from tests.simdevice import SimDevice
+from tests.test_analysis_drift import register_model
+from tests.test_governance_alerts import _write_cfg
+
+
+def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    cfg = cloud_cfg(tmp_path, broker)
+    register_model(cfg)
+    ing = FleetIngest(cfg)
+    ing.start()
+    dev = SimDevice("127.0.0.1", broker.port, site="park1", device="box1", seed=7).connect()
+    try:
+        preds = dev.predict(200, degraded=0.5)
+        dev.flush()
+        store = FleetStore(cfg.fleet_db)
+        wait_for(lambda: store.prediction_count() == 200, what="stored")
+    finally:
+        dev.disconnect()
+        ing.stop()
+    snap = next(p for p in preds if p.snapshot)
+    app = FastAPI()
+    # Registry's connection may be used from the server's worker threads (AuditLog(path)'s may not).
+    app.include_router(feedback_router(store, audit=Registry(cfg.registry_db).audit))
+    http = TestClient(app)
+    r = http.post("/api/feedback", json={"prediction_id": "box1:3", "label": "neither", "actor": "ana"})
+    assert r.status_code == 201, r.text
+    assert r.json()["predicted"] == preds[2].label and r.json()["label"] == "neither"
+    r = http.post("/api/feedback", json={"snapshot": snap.snapshot, "label": "cat", "actor": "ana"})
+    assert r.status_code == 201 and r.json()["prediction_id"] == f"box1:{snap.seq}"
+    assert http.post("/api/feedback", json={"prediction_id": "box1:99999", "label": "cat", "actor": "a"}
+                     ).status_code == 404
+    assert http.post("/api/feedback", json={"prediction_id": "box1:1", "label": "horse", "actor": "a"}
+                     ).status_code == 422
+    assert http.post("/api/feedback", json={"prediction_id": "box1:1", "snapshot": "x", "label": "cat",
+                                            "actor": "a"}).status_code == 422
+    assert http.post("/api/feedback", json={"prediction_id": "nocolon", "label": "cat", "actor": "a"}
+                     ).status_code == 422
+
+    env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
+    r = CliRunner().invoke(main, ["cloud", "label", "box1:5", "--as", "dog", "--actor", "ben", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["actor"] == "ben"
+    r = CliRunner().invoke(main, ["cloud", "label", "box1:5", "--snapshot", "s", "--as", "dog", "--actor", "b"],
+                           env=env)
+    assert r.exit_code == 1 and "exactly one" in r.output
+    fb = {f["seq"]: f["label"] for f in store.feedback()}
+    assert fb == {3: "neither", snap.seq: "cat", 5: "dog"}
+    assert [e.action for e in AuditLog(cfg.registry_db).entries()][-3:] == ["feedback.label"] * 3
+
+    r = CliRunner().invoke(main, ["cloud", "lineage", "box1:5", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    lin = json.loads(r.output)
+    assert lin["prediction"]["device"] == "box1" and lin["prediction"]["camera"] == "cam1"
+    assert lin["model_version"] == "m1" and lin["model"]["gate_passed"] is True
+    assert lin["feedback"]["label"] == "dog"
+    r = CliRunner().invoke(main, ["cloud", "lineage", "nope-version"], env=env)
+    assert r.exit_code == 1 and "nope-version" in r.output
+
+    r = CliRunner().invoke(main, ["cloud", "health", "--check", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    [d] = json.loads(r.output)
+    assert d["device"] == "box1" and d["health"] == "offline"  # it said goodbye
+    r = CliRunner().invoke(main, ["cloud", "analyze", "--json", "--no-alerts"], env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["totals"]["predictions"] == 200

@@ -1,0 +1,52 @@
+"""The edge updater against the real broker, the real ReleaseService and real TUF metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.updater.updater import active_package
+from shared.broker import EmbeddedBroker
+from tests.fixtures_models import baseline_package  # noqa: F401
+from tests.release_support import Classifier, Setup, wait_for
+
+
+@pytest.fixture
+def setup(tmp_path: Path, broker: EmbeddedBroker, baseline_package: Path) -> Iterator[Setup]:  # noqa: F811
+    s = Setup(tmp_path, broker, baseline_package)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_good_model_is_verified_self_tested_and_swapped_while_classifying(setup: Setup) -> None:
+    assert setup.updater.check_once() == "current"  # group points at 1.0.0, which runs already
+    with Classifier(setup.host.model_slot, setup.v1 / "golden" / "00-cat.jpg") as clf:
+        setup.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
+        before = clf.count
+        assert setup.updater.check_once() == "active"
+        during = clf.count
+        wait_for(lambda: clf.count > during + 3, 10, "classification after the swap")
+    assert during > before  # frames kept being classified while the update ran
+    assert not clf.errors
+    assert clf.versions == {"1.0.0", "2.0.0"}
+    slot = setup.host.model_slot
+    assert slot.current.version == "2.0.0" and slot.previous.version == "1.0.0"
+    names = [s.state for s in setup.host.states]
+    assert names[-4:] == ["downloading", "verifying", "self-testing", "active"]
+    assert active_package(setup.ecfg) == setup.ecfg.state_dir / "updater" / "models" / "2.0.0"
+    # the cloud saw the retained state
+    wait_for(lambda: setup.ch.status("staging")["groups"]["staging"]["active"] == 1, 10, "cloud status")
+
+
+def test_rollback_reinstalls_the_previous_version(setup: Setup) -> None:
+    setup.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
+    assert setup.updater.check_once() == "active"
+    result = setup.ch.rollback("staging", "eng-bob", "customer complaint")
+    assert result["version"] == "1.0.0" and result["rolled_back"] == "2.0.0"
+    assert setup.updater.check_once() == "active"
+    assert setup.host.model_slot.current.version == "1.0.0"
+    assert setup.host.model_slot.previous.version == "2.0.0"

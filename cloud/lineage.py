@@ -34,12 +34,22 @@ def model_lineage(cfg: CloudConfig, version: str, with_files: bool = True) -> di
     with Registry(cfg.registry_db) as reg:
         m = reg.get_model(version)
         metrics = {k: v for k, v in m.metrics.items() if k != "baseline"}
-        out["model"] = {"version": m.version, "stage": m.stage, "gate_passed": m.gate_passed, "gate": m.gate,
-                        "metrics": metrics, "package_dir": m.package_dir, "tarball_sha256": m.tarball_sha256,
-                        "created_at": m.created_at}
+        out["model"] = {
+            "version": m.version,
+            "stage": m.stage,
+            "gate_passed": m.gate_passed,
+            "gate": m.gate,
+            "metrics": metrics,
+            "package_dir": m.package_dir,
+            "tarball_sha256": m.tarball_sha256,
+            "created_at": m.created_at,
+        }
         lin = m.lineage or {}
-        out["code"] = {k: lin.get(k) for k in ("code_commit", "commit", "dirty", "code_dirty", "packages",
-                                               "package_versions") if k in lin}
+        out["code"] = {
+            k: lin.get(k)
+            for k in ("code_commit", "commit", "dirty", "code_dirty", "packages", "package_versions")
+            if k in lin
+        }
         out["parameters"] = lin.get("parameters")
         out["lineage"] = lin
         if m.run_id:
@@ -68,7 +78,9 @@ def model_lineage(cfg: CloudConfig, version: str, with_files: bool = True) -> di
         try:
             from cloud.release.store import RolloutTable
 
-            out["rollouts"] = [r.to_dict() for r in RolloutTable(reg).history(limit=1000) if r.version == version]
+            out["rollouts"] = [
+                r.to_dict() for r in RolloutTable(reg).history(limit=1000) if r.version == version
+            ]
         except (ImportError, ParkwatchError) as e:
             out["missing"].append(f"rollouts: {e}")
         try:
@@ -87,13 +99,34 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
                 dev = fs.device(p["device"])
             except ParkwatchError:
                 dev = {}
-            fb = [f for f in fs.feedback(model_version=p["model_version"])
-                  if f["device"] == p["device"] and f["seq"] == p["seq"]]
-        out = {"prediction": {k: p[k] for k in ("id", "device", "seq", "site", "camera", "ts", "label", "confidence",
-                                                "probs", "abstain", "flags", "snapshot", "model_version",
-                                                "received_ts")},
-               "device": {k: dev.get(k) for k in ("device", "site", "grp", "software", "model_version")},
-               "feedback": fb[0] if fb else None}
+            fb = [
+                f
+                for f in fs.feedback(model_version=p["model_version"])
+                if f["device"] == p["device"] and f["seq"] == p["seq"]
+            ]
+        out = {
+            "prediction": {
+                k: p[k]
+                for k in (
+                    "id",
+                    "device",
+                    "seq",
+                    "site",
+                    "camera",
+                    "ts",
+                    "label",
+                    "confidence",
+                    "probs",
+                    "abstain",
+                    "flags",
+                    "snapshot",
+                    "model_version",
+                    "received_ts",
+                )
+            },
+            "device": {k: dev.get(k) for k in ("device", "site", "grp", "software", "model_version")},
+            "feedback": fb[0] if fb else None,
+        }
         out.update(model_lineage(cfg, p["model_version"], with_files))
         return out
     return model_lineage(cfg, ref, with_files)

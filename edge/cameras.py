@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from edge.config import CameraConfig
 from edge.errors import CameraError
-from edge.sources import FrameSource, make_source
+from edge.sources import FrameSource, make_source, redact_url
 from shared.protocol import CameraTelemetry
 
 log = logging.getLogger("parkwatch.edge.cameras")
@@ -219,7 +219,7 @@ class Camera:
                     source.open()
                     continue
                 self._ended = True
-                self._error(f"camera {self.id}: reached the end of {self.cfg.url} (loop = false)")
+                self._error(f"camera {self.id}: reached the end of {redact_url(self.cfg.url)} (loop = false)")
                 return
             now_mono = time.monotonic()
             frame = Frame(self.id, img, time.time(), now_mono, self.frames)

@@ -43,6 +43,7 @@ from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier, watchdog_interval_s
 from edge.snapshots import SnapshotStore
+from edge.sources import redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
 from shared.protocol import Kind, ModelState, Telemetry, Topics, encode
@@ -98,7 +99,10 @@ class Daemon:
             cfg.outbox_path, cfg.outbox.max_rows, cfg.outbox.max_db_mb, cfg.outbox.synchronous.upper()
         )
         self.host = HostSampler(cfg.state_dir)
-        if cfg.model.initial is not None:
+        updated = self._updater_active_package()
+        if updated is not None and self._load_initial(updated, "TUF-verified earlier (activated by the updater)"):
+            pass
+        elif cfg.model.initial is not None:
             self._load_initial(cfg.model.initial)
         snapshots = SnapshotStore(cfg.snapshots, cfg.state_dir / "snapshots") if cfg.snapshots.enabled else None
         self.publisher = Publisher(
@@ -176,18 +180,31 @@ class Daemon:
         return self._telemetry_thread is not None and self._telemetry_thread.is_alive()
 
     # -- model --------------------------------------------------------------------------------------
-    def _load_initial(self, path: Path) -> None:
+    def _updater_active_package(self) -> Path | None:
+        """The package the updater activated last (it outlives restarts), if updates are on."""
+        if not (self.cfg.updater.enabled and self.cfg.updater.trusted_root):
+            return None
         try:
-            model = load_model(path, self.cfg.inference)
+            from edge.updater.updater import active_package
+
+            return active_package(self.cfg)
+        except Exception as e:
+            log.warning("cannot read the updater's state (%s); using [model] initial", e)
+            return None
+
+    def _load_initial(self, path: Path, verification: str | None = None) -> bool:
+        try:
+            model = load_model(path, self.cfg.inference, verification=verification)
         except ModelError as e:
             msg = f"initial model refused: {e}"
             self.errors.add("model", msg)
             log.error("%s; the daemon runs without a model until a valid one is installed", msg)
             self.model_state = self._model_state("failed", reason=str(e))
-            return
+            return False
         self.model_slot.swap(model)
         self.mqtt.model_version = model.version
         self.model_state = self._model_state("active", version=model.version)
+        return True
 
     def _model_state(self, state: str, **kw: Any) -> ModelState:
         cur, prev = self.model_slot.current, self.model_slot.previous
@@ -323,7 +340,7 @@ class Daemon:
             view = e.views.get(c.id) if e else None
             tel = c.telemetry(e.checkers[c.id].snapshot() if e and c.id in e.checkers else {})
             cams.append({
-                "id": c.id, "kind": c.cfg.kind, "url": _redact(c.cfg.url), "fps_cap": c.cfg.fps,
+                "id": c.id, "kind": c.cfg.kind, "url": redact_url(c.cfg.url), "fps_cap": c.cfg.fps,
                 **tel.model_dump(), "taken": c.taken, "last_error_ts": c.last_error_ts,
                 "prediction": view.prediction if view else None,
                 "flags": view.flags if view else [],
@@ -368,16 +385,6 @@ class Daemon:
 
     def camera_view(self, camera_id: str) -> Any:
         return self.engine.views.get(camera_id) if self.engine else None
-
-
-def _redact(url: str) -> str:
-    """Camera URLs often embed a password (rtsp://user:pass@...): never show it."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 def _configure_logging() -> None:

@@ -5,11 +5,16 @@ of up to ``[outbox] batch_size`` rows costs one. Rows are read in seq order afte
 seq already handed to paho, so nothing is sent twice by this process; paho itself resends an
 unacknowledged batch after a reconnect, and after a restart the outbox still holds every row
 that was not acknowledged, so the cloud sees each seq at least once and de-duplicates by seq.
+
+PUBACKs are only queued on paho's network thread and handled on the publisher's own thread:
+paho calls ``on_publish`` holding its outgoing-message lock, so taking any lock there that a
+thread calling ``publish`` may hold deadlocks both (seen under a burst after a reconnect).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -50,7 +55,8 @@ class Publisher:
         self.max_inflight = max_inflight_batches
         self._inflight: dict[int, _InFlight] = {}
         self._sent_upto = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _inflight/_sent_upto for readers on other threads
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,24 +102,34 @@ class Publisher:
             self._wake.set()
 
     def _on_ack(self, mid: int) -> None:
-        with self._lock:
-            f = self._inflight.pop(mid, None)
-        if f is None:
-            return
-        try:
-            self.outbox.ack(f.first, f.last)
-        except OutboxError:
-            self.errors += 1  # rows stay and are resent later: a duplicate, never a loss
-        self.batches_acked += 1
-        now = time.time()
-        self.ack_latency_s.extend(now - t for t in f.frame_ts)
+        # paho's thread, paho's lock held: only hand over, never block here
+        self._acks.put(mid)
         self._wake.set()
+
+    def _handle_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                f = self._inflight.pop(mid, None)
+            if f is None:
+                continue  # status, telemetry or model-state messages share the client
+            try:
+                self.outbox.ack(f.first, f.last)
+            except OutboxError:
+                self.errors += 1  # rows stay and are resent later: a duplicate, never a loss
+            self.batches_acked += 1
+            now = time.time()
+            self.ack_latency_s.extend(now - t for t in f.frame_ts)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             try:
+                self._handle_acks()
                 self._pump()
             except Exception:
                 self.errors += 1
@@ -139,8 +155,9 @@ class Publisher:
                 predictions=preds,
                 evicted_total=self.outbox.evicted_total,
             )
-            with self._lock:  # an ack cannot be handled before its mid is recorded
-                info = self.link.publish(self.topic, encode(batch), qos=1)
+            # Acks are handled on this thread, so one cannot overtake the record below.
+            info = self.link.publish(self.topic, encode(batch), qos=1)
+            with self._lock:
                 self._inflight[info.mid] = _InFlight(
                     rows[0][0], rows[-1][0], time.monotonic(), [p.frame_ts or p.ts for p in preds]
                 )

@@ -27,6 +27,16 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 
+def redact_url(url: str) -> str:
+    """Camera URLs often embed a password (rtsp://user:pass@host/...): never log or show it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
 class FrameSource(ABC):
     #: a live source produces frames whether or not we read them (stale ones are dropped);
     #: a non-live one (file, folder) gives the next frame only when asked.
@@ -75,7 +85,7 @@ class CvSource(FrameSource):
                 "mjpeg": "check the URL in a browser",
                 "folder": "",
             }[self.cfg.kind]
-            raise CameraError(f"camera {self.cfg.id}: cannot open {self.cfg.url}: {hint}")
+            raise CameraError(f"camera {self.cfg.id}: cannot open {redact_url(self.cfg.url)}: {hint}")
         if self.cfg.kind == "usb":
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         self.cap = cap
@@ -127,7 +137,7 @@ class FolderSource(FrameSource):
             self.bad_files += 1
             tried += 1
             if tried >= len(self.files):
-                raise CameraError(f"camera {self.cfg.id}: no file in {self.cfg.url} decodes as an image")
+                raise CameraError(f"camera {self.cfg.id}: no file in {redact_url(self.cfg.url)} decodes as an image")
         return None
 
     def close(self) -> None:
@@ -155,7 +165,7 @@ class MjpegSource(FrameSource):
     def open(self) -> None:
         u = urllib.parse.urlsplit(self.cfg.url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise CameraError(f"camera {self.cfg.id}: {self.cfg.url} is not an http(s) URL")
+            raise CameraError(f"camera {self.cfg.id}: {redact_url(self.cfg.url)} is not an http(s) URL")
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         conn = cls(u.hostname, u.port, timeout=self.timeout_s)
         headers = {}
@@ -175,7 +185,7 @@ class MjpegSource(FrameSource):
             raise CameraError(f"camera {self.cfg.id}: cannot connect to {u.hostname}:{u.port}: {e}") from e
         if resp.status != 200:
             conn.close()
-            raise CameraError(f"camera {self.cfg.id}: HTTP {resp.status} {resp.reason} from {self.cfg.url}")
+            raise CameraError(f"camera {self.cfg.id}: HTTP {resp.status} {resp.reason} from {redact_url(self.cfg.url)}")
         self.conn, self.resp, self.buf = conn, resp, bytearray()
 
     def read(self) -> U8 | None:
@@ -196,19 +206,19 @@ class MjpegSource(FrameSource):
                     self._bad_run += 1
                     if self._bad_run >= 20:
                         raise CameraError(
-                            f"camera {self.cfg.id}: {self.cfg.url} sends data that does not decode as JPEG"
+                            f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends data that does not decode as JPEG"
                         )
                     continue
             elif len(self.buf) > 2:
                 del self.buf[:-2]
             if len(self.buf) > self.MAX_FRAME_BYTES:
-                raise CameraError(f"camera {self.cfg.id}: {self.cfg.url} sends no JPEG frames (garbage?)")
+                raise CameraError(f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends no JPEG frames (garbage?)")
             try:
                 chunk = self.resp.read1(65536)
             except OSError as e:
                 raise CameraError(f"camera {self.cfg.id}: read failed: {e}") from e
             if not chunk:
-                raise CameraError(f"camera {self.cfg.id}: {self.cfg.url} closed the stream")
+                raise CameraError(f"camera {self.cfg.id}: {redact_url(self.cfg.url)} closed the stream")
             self.buf += chunk
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ import pytest
 from shared.broker import EmbeddedBroker, mosquitto_binary
 from shared.paths import DATASETS_ENV, sample_lake
 
+pytest_plugins = ["tests.fixtures_models"]
+
 
 @pytest.fixture(scope="session")
 def _mosquitto_installed() -> None:

@@ -22,15 +22,15 @@ from cloud.config import CloudConfig
 from cloud.registry.models import ModelRecord
 from cloud.registry.store import Registry
 from cloud.release.config import ReleaseConfig
+from cloud.release.service import ReleaseService
 from edge.config import DeviceSection, EdgeConfig, InferenceConfig
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
 from edge.preprocess import load_image
-from cloud.release.service import ReleaseService
 from edge.updater.config import UpdaterConfig
 from edge.updater.updater import ModelUpdater
 from shared.config import MqttConfig, SecretRef
-from shared.modelpkg import GOLDEN_FILE, MANIFEST_FILE, MODEL_FILE, META_VERSION, build_manifest
+from shared.modelpkg import GOLDEN_FILE, MANIFEST_FILE, META_VERSION, MODEL_FILE, build_manifest
 from shared.protocol import Kind, ModelState, Topics, encode
 
 
@@ -55,15 +55,28 @@ def make_version(base: Path, dest_root: Path, version: str, break_golden: bool =
 
 def register(cfg: CloudConfig, package: Path, version: str, gate_passed: bool = True) -> None:
     with Registry(cfg.registry_db) as reg:
-        reg.register_model(ModelRecord(version=version, gate_passed=gate_passed, package_dir=str(package),
-                                       tarball="", tarball_sha256="",
-                                       gate={"failures": [] if gate_passed else ["accuracy below 0.9"]}))
+        reg.register_model(
+            ModelRecord(
+                version=version,
+                gate_passed=gate_passed,
+                package_dir=str(package),
+                tarball="",
+                tarball_sha256="",
+                gate={"failures": [] if gate_passed else ["accuracy below 0.9"]},
+            )
+        )
 
 
-def mqtt_cfg(port: int, username: str | None = None, password_file: Path | None = None,
-             client_id: str | None = None) -> MqttConfig:
-    return MqttConfig(host="127.0.0.1", port=port, username=username, client_id=client_id,
-                      password=SecretRef(file=password_file) if password_file else None)
+def mqtt_cfg(
+    port: int, username: str | None = None, password_file: Path | None = None, client_id: str | None = None
+) -> MqttConfig:
+    return MqttConfig(
+        host="127.0.0.1",
+        port=port,
+        username=username,
+        client_id=client_id,
+        password=SecretRef(file=password_file) if password_file else None,
+    )
 
 
 def cloud_config(data_dir: Path, mqtt: MqttConfig, **release: Any) -> CloudConfig:
@@ -92,12 +105,29 @@ def write_cloud_toml(cfg: CloudConfig, path: Path) -> Path:
     return path
 
 
-def edge_config(state_dir: Path, mqtt: MqttConfig, trusted_root: Path, device: str, site: str = "park1",
-                group: str = "staging", **updater: Any) -> EdgeConfig:
-    upd = {"trusted_root": trusted_root, "check_interval_s": 3600, "request_timeout_s": 3.0,
-           "warmup_runs": 1, **updater}
-    return EdgeConfig(device=DeviceSection(id=device, site=site, group=group), state_dir=state_dir, mqtt=mqtt,
-                      inference=InferenceConfig(threads=1), updater=UpdaterConfig(**upd))
+def edge_config(
+    state_dir: Path,
+    mqtt: MqttConfig,
+    trusted_root: Path,
+    device: str,
+    site: str = "park1",
+    group: str = "staging",
+    **updater: Any,
+) -> EdgeConfig:
+    upd = {
+        "trusted_root": trusted_root,
+        "check_interval_s": 3600,
+        "request_timeout_s": 3.0,
+        "warmup_runs": 1,
+        **updater,
+    }
+    return EdgeConfig(
+        device=DeviceSection(id=device, site=site, group=group),
+        state_dir=state_dir,
+        mqtt=mqtt,
+        inference=InferenceConfig(threads=1),
+        updater=UpdaterConfig(**upd),
+    )
 
 
 class EdgeHost:

@@ -32,9 +32,17 @@ ABSTAIN_BELOW = 0.6
 
 
 class SimDevice:
-    def __init__(self, host: str, port: int, site: str = "park1", device: str = "box1",
-                 group: str = "production", model_version: str = "m1", seed: int = 0,
-                 cameras: tuple[str, ...] = ("cam1",)) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        site: str = "park1",
+        device: str = "box1",
+        group: str = "production",
+        model_version: str = "m1",
+        seed: int = 0,
+        cameras: tuple[str, ...] = ("cam1",),
+    ) -> None:
         self.host, self.port = host, port
         self.site, self.device, self.group = site, device, group
         self.model_version = model_version
@@ -44,8 +52,11 @@ class SimDevice:
         self.evicted_total = 0
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"sim-{site}-{device}", protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"sim-{site}-{device}",
+            protocol=mqtt.MQTTv5,
+        )
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         offline = DeviceStatus(device=device, site=site, state="offline", group=group, reason="last-will")
@@ -102,23 +113,43 @@ class SimDevice:
                 raise RuntimeError(f"{self.device}: broker did not acknowledge a publish within {timeout} s")
 
     def status(self, state: str, reason: str | None = None) -> None:
-        self.publish(Kind.STATUS, DeviceStatus(device=self.device, site=self.site, state=state,  # type: ignore[arg-type]
-                                               group=self.group, software="sim", reason=reason,
-                                               model_version=self.model_version), retain=True)
+        self.publish(
+            Kind.STATUS,
+            DeviceStatus(
+                device=self.device,
+                site=self.site,
+                state=state,  # type: ignore[arg-type]
+                group=self.group,
+                software="sim",
+                reason=reason,
+                model_version=self.model_version,
+            ),
+            retain=True,
+        )
 
     def model_state(self, state: str = "active", version: str | None = None) -> None:
         v = version or self.model_version
-        self.publish(Kind.MODEL_STATE, ModelState(device=self.device, site=self.site, group=self.group,
-                                                  state=state, version=v, active_version=v),  # type: ignore[arg-type]
-                     retain=True)
+        self.publish(
+            Kind.MODEL_STATE,
+            ModelState(
+                device=self.device, site=self.site, group=self.group, state=state, version=v, active_version=v
+            ),  # type: ignore[arg-type]
+            retain=True,
+        )
 
     def telemetry(self, **overrides: Any) -> Telemetry:
         base: dict[str, Any] = dict(
-            device=self.device, site=self.site, cpu_percent=20 + self.rng.random() * 5,
-            memory_percent=40.0, disk_percent=30.0, temperatures={"cpu": 50 + self.rng.random()},
-            uptime_process_s=100.0, uptime_system_s=1000.0,
+            device=self.device,
+            site=self.site,
+            cpu_percent=20 + self.rng.random() * 5,
+            memory_percent=40.0,
+            disk_percent=30.0,
+            temperatures={"cpu": 50 + self.rng.random()},
+            uptime_process_s=100.0,
+            uptime_system_s=1000.0,
             latency_ms={"p50": 14 + self.rng.random(), "p95": 20 + self.rng.random(), "p99": 25.0},
-            inference_fps=5.0, model_version=self.model_version,
+            inference_fps=5.0,
+            model_version=self.model_version,
             cameras={c: {"state": "streaming", "fps": 5.0} for c in self.cameras},
         )
         base.update(overrides)
@@ -126,8 +157,14 @@ class SimDevice:
         self.publish(Kind.TELEMETRY, t)
         return t
 
-    def make_predictions(self, n: int, cat_share: float = 0.5, degraded: float = 0.0,
-                         ts: float | None = None, spacing_s: float = 0.01) -> list[Prediction]:
+    def make_predictions(
+        self,
+        n: int,
+        cat_share: float = 0.5,
+        degraded: float = 0.0,
+        ts: float | None = None,
+        spacing_s: float = 0.01,
+    ) -> list[Prediction]:
         """``n`` predictions; ``degraded`` is the share of blurred frames with low confidence."""
         out = []
         t0 = ts if ts is not None else time.time() - n * spacing_s
@@ -138,20 +175,32 @@ class SimDevice:
             label = "cat" if self.rng.random() < cat_share else "dog"
             other = "dog" if label == "cat" else "cat"
             abstain = conf < ABSTAIN_BELOW
-            out.append(Prediction(
-                seq=self.seq, ts=t0 + i * spacing_s, camera=self.cameras[i % len(self.cameras)],
-                label="abstain" if abstain else label, confidence=round(conf, 4),
-                probs={label: round(conf, 4), other: round(1 - conf, 4)}, model_version=self.model_version,
-                abstain=abstain, flags=["blurred"] if bad else [], latency_ms=15.0,
-                snapshot=f"{self.device}-snap-{self.seq}" if abstain else None,
-            ))
+            out.append(
+                Prediction(
+                    seq=self.seq,
+                    ts=t0 + i * spacing_s,
+                    camera=self.cameras[i % len(self.cameras)],
+                    label="abstain" if abstain else label,
+                    confidence=round(conf, 4),
+                    probs={label: round(conf, 4), other: round(1 - conf, 4)},
+                    model_version=self.model_version,
+                    abstain=abstain,
+                    flags=["blurred"] if bad else [],
+                    latency_ms=15.0,
+                    snapshot=f"{self.device}-snap-{self.seq}" if abstain else None,
+                )
+            )
         return out
 
     def send(self, preds: list[Prediction], batch_size: int = 50) -> None:
         for i in range(0, len(preds), batch_size):
-            chunk = preds[i:i + batch_size]
-            self.publish(Kind.PREDICTIONS, PredictionBatch(device=self.device, site=self.site, predictions=chunk,
-                                                           evicted_total=self.evicted_total))
+            chunk = preds[i : i + batch_size]
+            self.publish(
+                Kind.PREDICTIONS,
+                PredictionBatch(
+                    device=self.device, site=self.site, predictions=chunk, evicted_total=self.evicted_total
+                ),
+            )
 
     def predict(self, n: int, batch_size: int = 50, **kw: Any) -> list[Prediction]:
         preds = self.make_predictions(n, **kw)

@@ -25,8 +25,11 @@ class Client:
         self.connect_rc: Any = None
         self._connected = threading.Event()
         self._subbed = threading.Event()
-        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                        client_id=f"t-{user}-{time.time_ns()}")
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            protocol=mqtt.MQTTv5,
+            client_id=f"t-{user}-{time.time_ns()}",
+        )
         if user:
             c.username_pw_set(user, password)
         c.on_connect = self._on_connect
@@ -72,8 +75,11 @@ def acl_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, dict[str, str]]
     assert oct((secrets / "box1.secret").stat().st_mode & 0o777) == "0o600"
     # 'user root': the test's temp folder is private to root, so the broker must not drop to the
     # mosquitto user here; in production the files are group-readable by mosquitto instead.
-    b = EmbeddedBroker(tmp_path / "broker", allow_anonymous=False,
-                       extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n")
+    b = EmbeddedBroker(
+        tmp_path / "broker",
+        allow_anonymous=False,
+        extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n",
+    )
     b.start()
     try:
         yield b, pw
@@ -86,7 +92,9 @@ def test_password_hash_matches_mosquitto_format() -> None:
     assert h.startswith("$7$101$") and check_password("s3cret", h) and not check_password("other", h)
 
 
-def test_device_is_confined_to_its_own_topics_and_group(acl_broker: tuple[EmbeddedBroker, dict[str, str]]) -> None:
+def test_device_is_confined_to_its_own_topics_and_group(
+    acl_broker: tuple[EmbeddedBroker, dict[str, str]],
+) -> None:
     broker, pw = acl_broker
     cloud = Client(broker.port, "parkwatch-cloud", pw["cloud"])
     box1 = Client(broker.port, "box1", pw["box1"])
@@ -134,8 +142,9 @@ def test_wrong_password_and_anonymous_are_refused(acl_broker: tuple[EmbeddedBrok
         anon.close()
 
 
-def test_revoked_device_can_no_longer_connect(tmp_path: Path,
-                                              acl_broker: tuple[EmbeddedBroker, dict[str, str]]) -> None:
+def test_revoked_device_can_no_longer_connect(
+    tmp_path: Path, acl_broker: tuple[EmbeddedBroker, dict[str, str]]
+) -> None:
     broker, pw = acl_broker
     ch = ReleaseChannel(cloud_config(tmp_path / "cloud", mqtt_cfg(broker.port)))
     ch.revoke_device("park1", "box2", "ops", "box stolen")
@@ -147,3 +156,15 @@ def test_revoked_device_can_no_longer_connect(tmp_path: Path,
         c.close()
     audit = [e.action for e in ch.audit.entries()]
     assert "device-revoke" in audit
+
+
+def test_shipped_acl_example_is_what_render_writes() -> None:
+    from cloud.release.brokerauth import DeviceAccount, render_acl
+
+    example = Path(__file__).resolve().parent.parent / "provisioning" / "mosquitto" / "acl.example"
+
+    def rules(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+    rendered = render_acl([DeviceAccount("park1", "box1", "staging", "box1", "x")], "parkwatch-cloud")
+    assert rules(example.read_text()) == rules(rendered)

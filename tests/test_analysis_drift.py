@@ -13,9 +13,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.analysis import stats
-from cloud.analysis.baseline import from_samples
+from cloud.analysis.baseline import resolve
 from cloud.analysis.job import open_governor, run_analysis
 from cloud.analysis.scheduler import AnalysisScheduler
+from cloud.evaluation.metrics import evaluate
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
@@ -28,14 +29,28 @@ from tests.simdevice import SimDevice
 
 
 def register_model(cfg: Any, version: str = "m1") -> None:
-    """A real registry entry whose test-set baseline is what an unshifted simulated camera produces."""
+    """A real registry entry whose test-set baseline comes from the build pipeline's own
+    ``cloud.evaluation.metrics.evaluate`` on what an unshifted simulated camera produces."""
     sim = SimDevice("127.0.0.1", 1, device="baseline", model_version=version, seed=99)
     preds = sim.make_predictions(2000)
-    base = from_samples(version, [p.label for p in preds], [p.confidence for p in preds], accuracy=0.97)
+    labels = ["cat", "dog"]
+    probs = np.array([[p.probs.get("cat", 0.0), p.probs.get("dog", 0.0)] for p in preds], dtype=np.float32)
+    # The simulated model is right 97 % of the time.
+    y = np.array([labels.index(max(p.probs, key=p.probs.get)) for p in preds])  # type: ignore[arg-type]
+    wrong = np.random.default_rng(0).random(len(y)) < 0.03
+    y[wrong] = 1 - y[wrong]
+    metrics = evaluate(y, probs, labels)
     with Registry(cfg.registry_db) as reg:
-        reg.register_model(ModelRecord(version=version, gate_passed=True,
-                                       metrics={"accuracy": 0.97, "baseline": base.to_dict()},
-                                       package_dir="", tarball="", tarball_sha256=""))
+        reg.register_model(
+            ModelRecord(
+                version=version,
+                gate_passed=True,
+                metrics=metrics,
+                package_dir="",
+                tarball="",
+                tarball_sha256="",
+            )
+        )
 
 
 class AlertListener:
@@ -57,8 +72,12 @@ class AlertListener:
 
 @pytest.fixture
 def env(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untyped-def]
-    cfg = cloud_cfg(tmp_path, broker, analysis={"interval_s": 2.0, "health_interval_s": 0.5, "window_s": 3600},
-                    fleet={"heartbeat_timeout_s": 2.0})
+    cfg = cloud_cfg(
+        tmp_path,
+        broker,
+        analysis={"interval_s": 2.0, "health_interval_s": 0.5, "window_s": 3600},
+        fleet={"heartbeat_timeout_s": 2.0},
+    )
     register_model(cfg)
     ing = FleetIngest(cfg)
     ing.start()
@@ -69,12 +88,16 @@ def env(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untyped-def]
 
 def drift_alerts(cfg: Any, site: str) -> list[dict[str, Any]]:
     with AlertStore(cfg.fleet_db) as st:
-        return [a for a in st.list(site=site) if a["rule"] in ("class_mix_drift", "confidence_drift",
-                                                                "abstain_rate", "integrity_rate")]
+        return [
+            a
+            for a in st.list(site=site)
+            if a["rule"] in ("class_mix_drift", "confidence_drift", "abstain_rate", "integrity_rate")
+        ]
 
 
 def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_raises_none(
-        env: Any, broker: EmbeddedBroker) -> None:
+    env: Any, broker: EmbeddedBroker
+) -> None:
     cfg = env
     listener = AlertListener(broker.port)
     shifted = SimDevice("127.0.0.1", broker.port, site="north", device="cam-n1", seed=1).connect()
@@ -100,8 +123,10 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         rows = {(r["site"], r["device"]): r for r in store.drift_results(model_version="m1")}
         assert rows[("north", "")]["psi"] > cfg.analysis.psi_threshold
         assert rows[("south", "")]["psi"] < 0.05 and rows[("south", "")]["drifted"] == 0
-        wait_for(lambda: any(m["rule"] == "class_mix_drift" and m["site"] == "north" for m in listener.msgs),
-                 what="alert published on MQTT")
+        wait_for(
+            lambda: any(m["rule"] == "class_mix_drift" and m["site"] == "north" for m in listener.msgs),
+            what="alert published on MQTT",
+        )
         rep = json.loads((cfg.reports_dir / "analysis-latest.json").read_text())
         assert any(f["rule"] == "class_mix_drift" for f in rep["findings"])
         html = (cfg.reports_dir / "analysis-latest.html").read_text()
@@ -113,7 +138,9 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         steady.disconnect()
 
 
-def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(env: Any, broker: EmbeddedBroker) -> None:
+def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
+    env: Any, broker: EmbeddedBroker
+) -> None:
     cfg = env
     dev = SimDevice("127.0.0.1", broker.port, site="east", device="cam-e1", seed=3).connect()
     try:
@@ -176,8 +203,10 @@ def test_last_will_marks_a_dead_device_offline(env: Any, broker: EmbeddedBroker)
     dev.telemetry()
     dev.flush()
     store = FleetStore(cfg.fleet_db)
-    wait_for(lambda: [d for d in store.devices() if d["device"] == "cam-w2" and d["status"] == "online"],
-             what="online")
+    wait_for(
+        lambda: [d for d in store.devices() if d["device"] == "cam-w2" and d["status"] == "online"],
+        what="online",
+    )
     dev.kill()
     wait_for(lambda: store.device("cam-w2")["status"] == "offline", timeout=60, what="last-will stored")
     assert store.device("cam-w2")["status_reason"] == "last-will"
@@ -219,3 +248,17 @@ def test_statistics_match_textbook_values() -> None:
     assert p_same > 0.05 and d_same < 0.05
     assert p_shift < 1e-6 and d_shift == pytest.approx(0.25, abs=0.03)
     assert stats.robust_z([10, 11, 9, 10, 10, 11, 9], 30) > 10
+
+
+def test_baseline_is_read_from_the_registry_in_the_evaluation_format(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    cfg = cloud_cfg(tmp_path, broker)
+    register_model(cfg, "m9")
+    b = resolve(cfg.registry_db, "m9", abstain_threshold=0.6)
+    assert b is not None and b.source == "registry:metrics.baseline"
+    assert set(b.class_mix) == {"cat", "dog"} and abs(b.class_mix["cat"] - 0.5) < 0.05
+    assert len(b.edges) == 21 and b.edges[0] == 0.0 and b.edges[-1] == 1.0
+    assert b.accuracy is not None and abs(b.accuracy - 0.97) < 0.02
+    assert 0.0 <= b.abstain_rate < 0.01  # the simulated camera almost never falls below 0.6
+    assert resolve(cfg.registry_db, "not-registered") is None

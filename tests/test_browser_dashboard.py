@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,9 +25,12 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def fleet_cfg(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untyped-def]
-    cfg = make_cfg(tmp_path, mqtt={"host": "127.0.0.1", "port": broker.port},
-                   fleet={"heartbeat_timeout_s": 3.0, "client_id": f"ingest-{tmp_path.name}"[:60]},
-                   dashboard={"refresh_s": 1.0, "snapshot_sites": ["park1"]})
+    cfg = make_cfg(
+        tmp_path,
+        mqtt={"host": "127.0.0.1", "port": broker.port},
+        fleet={"heartbeat_timeout_s": 3.0, "client_id": f"ingest-{tmp_path.name}"[:60]},
+        dashboard={"refresh_s": 1.0, "snapshot_sites": ["park1"]},
+    )
     seed_users(cfg)
     return cfg
 
@@ -126,8 +128,11 @@ def test_device_turns_offline_within_heartbeat_timeout(chromium, fleet_cfg, brok
 def test_acknowledge_an_alert(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     seed_fleet(fleet_cfg, devices=2, hours=1, hot=(0,))
     alerts = AlertStore(fleet_cfg.fleet_db)
-    a, _ = alerts.raise_finding(Finding("overheating", "park1", "box0000 at 85 °C (limit 80 °C)", device="box0000"),
-                                "critical", "analysis")
+    a, _ = alerts.raise_finding(
+        Finding("overheating", "park1", "box0000 at 85 °C (limit 80 °C)", device="box0000"),
+        "critical",
+        "analysis",
+    )
     with live_dashboard(fleet_cfg) as base, page_for(chromium) as page:
         sign_in(page, base, "engineer")
         page.goto(base + "/alerts")
@@ -171,8 +176,16 @@ def test_role_checks_in_the_browser(chromium, fleet_cfg) -> None:  # type: ignor
     from cloud.registry.models import ModelRecord
 
     with Registry(fleet_cfg.registry_db) as reg:
-        reg.register_model(ModelRecord(version="v9", gate_passed=True, package_dir="", tarball="",
-                                       tarball_sha256="", metrics={"accuracy": 0.97}))
+        reg.register_model(
+            ModelRecord(
+                version="v9",
+                gate_passed=True,
+                package_dir="",
+                tarball="",
+                tarball_sha256="",
+                metrics={"accuracy": 0.97},
+            )
+        )
     with live_dashboard(fleet_cfg) as base:
         for role in ("viewer", "engineer"):
             with page_for(chromium) as page:
@@ -182,8 +195,10 @@ def test_role_checks_in_the_browser(chromium, fleet_cfg) -> None:  # type: ignor
                 assert "Only approvers decide" in page.inner_text("main")
                 # even a hand-made request with this session's valid token is refused by role
                 token = page.get_attribute('meta[name="csrf-token"]', "content")
-                r = page.request.post(base + "/models/v9/decide", form={
-                    "decision": "approve", "stage": "staging", "reason": "sneaky", "csrf_token": token})
+                r = page.request.post(
+                    base + "/models/v9/decide",
+                    form={"decision": "approve", "stage": "staging", "reason": "sneaky", "csrf_token": token},
+                )
                 assert r.status == 403 and "may not approve" in r.text()
         with page_for(chromium) as page:
             sign_in(page, base, "approver")
@@ -219,7 +234,3 @@ def test_tablet_layout_and_keyboard(chromium, fleet_cfg) -> None:  # type: ignor
         page.keyboard.press("Enter")
         page.wait_for_selector("h1:has-text('Device')")
         shot(page, "11-tablet-device")
-
-
-def _unused(*_a: Any) -> None:  # keeps the fixture import visible to linters
-    return None

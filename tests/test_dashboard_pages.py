@@ -28,9 +28,15 @@ def test_empty_pages_say_what_to_do(tmp_path: Path) -> None:
     seed_users(cfg)
     c = client_for(cfg)
     sign_in(c, "viewer")
-    expect = {"/": "No device has reported yet", "/models": "Train one with", "/alerts": "No open alerts",
-              "/labelling": "No site allows snapshots", "/quality": "No drift analysis yet",
-              "/audit": "No audit entries", "/lineage": "No predictions stored yet"}
+    expect = {
+        "/": "No device has reported yet",
+        "/models": "Train one with",
+        "/alerts": "No open alerts",
+        "/labelling": "No site allows snapshots",
+        "/quality": "No drift analysis yet",
+        "/audit": "No audit entries",
+        "/lineage": "No predictions stored yet",
+    }
     for path, text in expect.items():
         r = c.get(path)
         assert r.status_code == 200, (path, r.text[:500])
@@ -55,7 +61,7 @@ def test_fleet_page_shows_liveness_health_and_filters(cfg) -> None:  # type: ign
     assert r.text.count('data-device="') == 2
     r = c.get("/", params={"sort": "temp", "desc": "true"})
     first = r.text.index('data-device="')
-    assert r.text[first:first + 30].startswith('data-device="box0002"')
+    assert r.text[first : first + 30].startswith('data-device="box0002"')
     # the live region is refreshed by htmx with just the partial
     r = c.get("/", headers={"HX-Request": "true"})
     assert r.text.lstrip().startswith('<div id="fleet-live"') and "<html" not in r.text
@@ -75,9 +81,18 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
 
 def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg) -> None:  # type: ignore[no-untyped-def]
     alerts = AlertStore(cfg.fleet_db)
-    a, _ = alerts.raise_finding(Finding(rule="overheating", site="park1",
-                                        device="box0002", subject="device:box0002",
-                                        message="box0002 at 85 °C", details={}), "critical", "analysis")
+    a, _ = alerts.raise_finding(
+        Finding(
+            rule="overheating",
+            site="park1",
+            device="box0002",
+            subject="device:box0002",
+            message="box0002 at 85 °C",
+            details={},
+        ),
+        "critical",
+        "analysis",
+    )
     c = client_for(cfg)
     token = sign_in(c, "viewer")
     r = c.get("/alerts")
@@ -114,10 +129,12 @@ def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Pat
     assert r.status_code == 200 and "Labelled box0000:1 as cat" in r.text
     assert 'data-snapshot="box0000-snap-1"' not in r.text
     fb = FleetStore(cfg.fleet_db).feedback()
-    assert [(f["device"], f["seq"], f["label"], f["actor"]) for f in fb] == [("box0000", 1, "cat", "engineer")]
+    assert [(f["device"], f["seq"], f["label"], f["actor"]) for f in fb] == [
+        ("box0000", 1, "cat", "engineer")
+    ]
     r = c.get("/quality")
     assert 'id="labels-total">1 labelled frame' in r.text
-    assert AuditLog(cfg.registry_db).entries(subject="box0000:1")[0].actor == "engineer"
+    assert AuditLog(cfg.registry_db).entries(subject="prediction:box0000:1")[0].actor == "engineer"
     bad = c.post("/labelling/box0000-snap-6", data={"label": "horse", "csrf_token": token})
     assert bad.status_code == 400 and "not one of" in bad.text
 
@@ -130,13 +147,36 @@ def test_viewer_cannot_label(cfg) -> None:  # type: ignore[no-untyped-def]
 
 def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-def]
     with Registry(cfg.registry_db) as reg:
-        reg.register_model(ModelRecord(version="v1", gate_passed=True, package_dir="", tarball="",
-                                       tarball_sha256="", metrics={"accuracy": 0.97, "ece": 0.02}))
-        reg.register_model(ModelRecord(version="v2", gate_passed=False, package_dir="", tarball="",
-                                       tarball_sha256="", gate={"failures": ["accuracy 0.80 < 0.90"]}))
+        reg.register_model(
+            ModelRecord(
+                version="v1",
+                gate_passed=True,
+                package_dir="",
+                tarball="",
+                tarball_sha256="",
+                metrics={"accuracy": 0.97, "ece": 0.02},
+            )
+        )
+        reg.register_model(
+            ModelRecord(
+                version="v2",
+                gate_passed=False,
+                package_dir="",
+                tarball="",
+                tarball_sha256="",
+                gate={"failures": ["accuracy 0.80 < 0.90"]},
+            )
+        )
     AuditLog(cfg.registry_db).append("pipeline", "register", "model:v1", {})
+    report = cfg.reports_dir / "v1" / "abcdef0123456789" / "evaluation.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html><body>confusion matrix here</body></html>")
     c = client_for(cfg)
     sign_in(c, "viewer")
+    page = c.get("/models/v1").text
+    assert "re-evaluation on dataset abcdef0123456789" in page and "pipeline: register" in page
+    assert "confusion matrix here" in c.get("/models/v1/report/0").text
+    assert c.get("/models/v1/report/1").status_code == 404
     r = c.get("/models")
     assert 'data-version="v1"' in r.text and "accuracy 0.970" in r.text and "✖ failed" in r.text
     r = c.get("/models/v2")
@@ -155,3 +195,39 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     sign_in(r, "viewer")
     page = r.get("/audit").text
     assert "Chain BROKEN at entry 1" in page
+
+
+def test_lineage_from_prediction_and_model(cfg) -> None:  # type: ignore[no-untyped-def]
+    with Registry(cfg.registry_db) as reg:
+        reg.register_model(
+            ModelRecord(
+                version="m1",
+                gate_passed=True,
+                package_dir="",
+                tarball="",
+                tarball_sha256="",
+                lineage={"code_commit": "abc123"},
+            )
+        )
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    r = c.get("/lineage", params={"q": "box0000"})
+    assert 'href="/lineage?q=box0000%3A20"' in r.text  # recent predictions of a device to start from
+    r = c.get("/lineage", params={"q": "box0000:2"})
+    assert 'id="lineage-result"' in r.text and "abc123" in r.text and "park1" in r.text
+    r = c.get("/lineage", params={"q": "m1"})
+    assert "abc123" in r.text
+    r = c.get("/lineage", params={"q": "box0000:99999"})
+    assert "not in the fleet store" in r.text
+
+
+def test_feedback_api_needs_role_and_token(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    token = sign_in(c, "viewer")
+    body = {"prediction_id": "box0000:3", "label": "dog"}
+    assert c.post("/api/feedback", json=body, headers={"X-CSRF-Token": token}).status_code == 403
+    c2 = client_for(cfg)
+    token = sign_in(c2, "engineer")
+    assert c2.post("/api/feedback", json=body).status_code == 403  # no token
+    r = c2.post("/api/feedback", json=body, headers={"X-CSRF-Token": token})
+    assert r.status_code == 201 and r.json()["actor"] == "engineer"

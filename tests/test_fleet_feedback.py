@@ -46,21 +46,40 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     assert r.json()["predicted"] == preds[2].label and r.json()["label"] == "neither"
     r = http.post("/api/feedback", json={"snapshot": snap.snapshot, "label": "cat", "actor": "ana"})
     assert r.status_code == 201 and r.json()["prediction_id"] == f"box1:{snap.seq}"
-    assert http.post("/api/feedback", json={"prediction_id": "box1:99999", "label": "cat", "actor": "a"}
-                     ).status_code == 404
-    assert http.post("/api/feedback", json={"prediction_id": "box1:1", "label": "horse", "actor": "a"}
-                     ).status_code == 422
-    assert http.post("/api/feedback", json={"prediction_id": "box1:1", "snapshot": "x", "label": "cat",
-                                            "actor": "a"}).status_code == 422
-    assert http.post("/api/feedback", json={"prediction_id": "nocolon", "label": "cat", "actor": "a"}
-                     ).status_code == 422
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "box1:99999", "label": "cat", "actor": "a"}
+        ).status_code
+        == 404
+    )
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "box1:1", "label": "horse", "actor": "a"}
+        ).status_code
+        == 422
+    )
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "box1:1", "snapshot": "x", "label": "cat", "actor": "a"}
+        ).status_code
+        == 422
+    )
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "nocolon", "label": "cat", "actor": "a"}
+        ).status_code
+        == 422
+    )
 
     env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
-    r = CliRunner().invoke(main, ["cloud", "label", "box1:5", "--as", "dog", "--actor", "ben", "--json"], env=env)
+    r = CliRunner().invoke(
+        main, ["cloud", "label", "box1:5", "--as", "dog", "--actor", "ben", "--json"], env=env
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["actor"] == "ben"
-    r = CliRunner().invoke(main, ["cloud", "label", "box1:5", "--snapshot", "s", "--as", "dog", "--actor", "b"],
-                           env=env)
+    r = CliRunner().invoke(
+        main, ["cloud", "label", "box1:5", "--snapshot", "s", "--as", "dog", "--actor", "b"], env=env
+    )
     assert r.exit_code == 1 and "exactly one" in r.output
     fb = {f["seq"]: f["label"] for f in store.feedback()}
     assert fb == {3: "neither", snap.seq: "cat", 5: "dog"}

@@ -56,7 +56,8 @@ def test_stores_all_kinds_and_a_duplicate_once(cfg, broker: EmbeddedBroker) -> N
 
 
 def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arrive(
-        cfg, broker: EmbeddedBroker) -> None:  # type: ignore[no-untyped-def]
+    cfg, broker: EmbeddedBroker
+) -> None:  # type: ignore[no-untyped-def]
     ing = started(cfg)
     dev = SimDevice("127.0.0.1", broker.port, device="box2").connect()
     try:
@@ -68,7 +69,8 @@ def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arri
         wait_for(lambda: store.prediction_count() == 200, what="200 stored")
         gaps = store.gaps("box2")
         assert [(g["first_seq"], g["last_seq"], g["missing"], g["cause"]) for g in gaps] == [
-            (101, 120, 20, CAUSE_LOST)]
+            (101, 120, 20, CAUSE_LOST)
+        ]
         # Part of the backlog turns up late (an outbox resending): the gap shrinks and splits.
         dev.send([lost[0], lost[5]], batch_size=10)
         dev.flush()
@@ -94,15 +96,18 @@ def test_bad_payloads_are_counted_and_never_crash_ingest(tmp_path: Path, broker:
         dev.publish_raw(t, b'{"schema": 99, "device": "box3"}')
         dev.publish_raw(t, b'{"schema": 1, "device": "box3", "site": "park1", "predictions": []}')
         dev.publish_raw(t, b'{"schema": 1, "x": "' + b"a" * 5000 + b'"}')
-        dev.publish_raw(Topics.device("park1", "other", Kind.PREDICTIONS),
-                        dev.client and _batch_json(dev))  # names box3 on another device's topic
+        dev.publish_raw(
+            Topics.device("park1", "other", Kind.PREDICTIONS), dev.client and _batch_json(dev)
+        )  # names box3 on another device's topic
         dev.publish_raw("parkwatch/v1/dev/park1/box3/nonsense", b"{}")
         dev.predict(10)
         dev.flush()
         store = FleetStore(cfg.fleet_db)
         wait_for(lambda: store.prediction_count() == 10, what="valid batch stored after bad ones")
-        wait_for(lambda: sum(v for k, v in store.counters().items() if k.startswith("rejected.")) >= 6,
-                 what="rejects persisted")
+        wait_for(
+            lambda: sum(v for k, v in store.counters().items() if k.startswith("rejected.")) >= 6,
+            what="rejects persisted",
+        )
         rej = ing.stats()["rejected"]
         assert rej == {"malformed": 2, "unsupported_schema": 1, "invalid": 2, "too_large": 1}
         assert ing.connected

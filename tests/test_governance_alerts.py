@@ -6,7 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -24,9 +24,9 @@ from tests.test_analysis_drift import AlertListener
 
 
 class Hook(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Hook.received.append((dict(self.headers), body))
         self.send_response(204)
@@ -46,16 +46,25 @@ def webhook():  # type: ignore[no-untyped-def]
     srv.shutdown()
 
 
-def test_alert_lifecycle_webhook_mqtt_and_audit(tmp_path: Path, broker: EmbeddedBroker, webhook: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alert_lifecycle_webhook_mqtt_and_audit(
+    tmp_path: Path, broker: EmbeddedBroker, webhook: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PW_HOOK_SECRET", "s3cret")
-    cfg = cloud_cfg(tmp_path, broker, governance={
-        "webhook_url": webhook, "webhook_secret": {"env": "PW_HOOK_SECRET"},
-        "rules": {"overheating": {"actions": ["notify", "rollback"]}}})
+    cfg = cloud_cfg(
+        tmp_path,
+        broker,
+        governance={
+            "webhook_url": webhook,
+            "webhook_secret": {"env": "PW_HOOK_SECRET"},
+            "rules": {"overheating": {"actions": ["notify", "rollback"]}},
+        },
+    )
     listener = AlertListener(broker.port)
     gov = open_governor(cfg)
     try:
-        hot = Finding("overheating", "park1", "box1: 91 °C > 80 °C", device="box1", details={"temperature_c": 91})
+        hot = Finding(
+            "overheating", "park1", "box1: 91 °C > 80 °C", device="box1", details={"temperature_c": 91}
+        )
         out = gov.apply([hot], "health")
         [a] = out["opened"]
         assert a["severity"] == "critical" and a["state"] == "open"
@@ -71,24 +80,39 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(tmp_path: Path, broker: Embedded
         assert acts["rollback"]["ok"] is False and acts["rollback"]["error"]
 
         env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
-        r = CliRunner().invoke(main, ["cloud", "alerts", "ack", a["id"], "--actor", "olga", "--comment",
-                                      "fan replaced", "--json"], env=env)
+        r = CliRunner().invoke(
+            main,
+            ["cloud", "alerts", "ack", a["id"], "--actor", "olga", "--comment", "fan replaced", "--json"],
+            env=env,
+        )
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["acked_by"] == "olga"
         r = CliRunner().invoke(main, ["cloud", "alerts", "ack", a["id"], "--actor", "olga"], env=env)
         assert r.exit_code == 1 and "already acknowledged" in r.output
-        r = CliRunner().invoke(main, ["cloud", "alerts", "list", "--state", "acknowledged", "--json"], env=env)
+        r = CliRunner().invoke(
+            main, ["cloud", "alerts", "list", "--state", "acknowledged", "--json"], env=env
+        )
         assert [x["id"] for x in json.loads(r.output)] == [a["id"]]
         # Condition gone at the next check: the governor resolves it itself.
         assert gov.apply([], "health")["resolved"][0]["resolved_by"] == "parkwatch-analysis"
         with pytest.raises(AlertStateError):
             AlertStore(cfg.fleet_db).resolve(a["id"], "olga")
-        wait_for(lambda: [m["state"] for m in listener.msgs if m["id"] == a["id"]] ==
-                 ["open", "acknowledged", "resolved"], what="three transitions on MQTT")
+        wait_for(
+            lambda: (
+                [m["state"] for m in listener.msgs if m["id"] == a["id"]]
+                == ["open", "acknowledged", "resolved"]
+            ),
+            what="three transitions on MQTT",
+        )
         log = AuditLog(cfg.registry_db)
         actions = [e.action for e in log.entries(subject=f"alert:{a['id']}")]
-        assert actions == ["alert.open", "alert.action.notify", "alert.action.rollback", "alert.acknowledge",
-                           "alert.resolve"]
+        assert actions == [
+            "alert.open",
+            "alert.action.notify",
+            "alert.action.rollback",
+            "alert.acknowledge",
+            "alert.resolve",
+        ]
         assert log.verify().ok
         events = AlertStore(cfg.fleet_db).events(a["id"])
         assert [(e["actor"], e["event"]) for e in events][3] == ("olga", "ack")
@@ -97,8 +121,9 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(tmp_path: Path, broker: Embedded
         gov.publisher.close()  # type: ignore[union-attr]
 
 
-def test_disabled_rule_raises_nothing_and_unknown_rule_is_a_config_error(tmp_path: Path,
-                                                                         broker: EmbeddedBroker) -> None:
+def test_disabled_rule_raises_nothing_and_unknown_rule_is_a_config_error(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"telemetry_anomaly": {"enabled": False}}})
     gov = open_governor(cfg, publish=False)
     out = gov.apply([Finding("telemetry_anomaly", "p", "x", device="d", subject="cpu_percent")], "health")

@@ -36,7 +36,8 @@ N = 20
 
 @pytest.mark.slow
 def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
-    tmp_path: Path, baseline_package: Path  # noqa: F811
+    tmp_path: Path,
+    baseline_package: Path,  # noqa: F811
 ) -> None:
     secrets = tmp_path / "secrets"
     port_cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(1))  # provisioning needs no broker
@@ -46,16 +47,21 @@ def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
         prov.provision_device("park1", f"box{i:02d}", "staging", secrets / f"box{i:02d}.secret", "ops")
     files = prov.render_broker()
     prov.registry.close()
-    broker = EmbeddedBroker(tmp_path / "broker", allow_anonymous=False,
-                            extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n")
+    broker = EmbeddedBroker(
+        tmp_path / "broker",
+        allow_anonymous=False,
+        extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n",
+    )
     broker.start()
     hosts: list[EdgeHost] = []
     services: list[UpdaterService] = []
     svc = None
     try:
-        cfg = cloud_config(tmp_path / "cloud",
-                           mqtt_cfg(broker.port, "parkwatch-cloud", secrets / "cloud.secret", "release-svc"),
-                           chunk_bytes=1024 * 1024)
+        cfg = cloud_config(
+            tmp_path / "cloud",
+            mqtt_cfg(broker.port, "parkwatch-cloud", secrets / "cloud.secret", "release-svc"),
+            chunk_bytes=1024 * 1024,
+        )
         svc = ReleaseService(cfg)
         svc.start()
         assert svc.wait_connected(), "the cloud account was refused by the broker"
@@ -73,20 +79,32 @@ def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
         running = initial_model(v1)
         for i in range(N):
             name = f"box{i:02d}"
-            ecfg = edge_config(tmp_path / "edge" / name, mqtt_cfg(broker.port, name, secrets / f"{name}.secret"),
-                               root, name, chunk_bytes=1024 * 1024, request_timeout_s=20.0)
+            ecfg = edge_config(
+                tmp_path / "edge" / name,
+                mqtt_cfg(broker.port, name, secrets / f"{name}.secret"),
+                root,
+                name,
+                chunk_bytes=1024 * 1024,
+                request_timeout_s=20.0,
+            )
             host = EdgeHost(ecfg, running).start()
             hosts.append(host)
             up = start_updater(host)
             assert isinstance(up, UpdaterService)
             services.append(up)
-        wait_for(lambda: all(h.states and h.states[-1].state == "active" for h in hosts), 60,
-                 "every box to confirm 1.0.0")
+        wait_for(
+            lambda: all(h.states and h.states[-1].state == "active" for h in hosts),
+            60,
+            "every box to confirm 1.0.0",
+        )
 
         t0 = time.monotonic()
         ch.rollout("2.0.0", "staging", "eng", "better model")
-        wait_for(lambda: all(h.model_slot.current.version == "2.0.0" for h in hosts), 600,
-                 "2.0.0 active on all 20 boxes")
+        wait_for(
+            lambda: all(h.model_slot.current.version == "2.0.0" for h in hosts),
+            600,
+            "2.0.0 active on all 20 boxes",
+        )
         elapsed = time.monotonic() - t0
         assert all(h.model_slot.previous.version == "1.0.0" for h in hosts)
 
@@ -100,7 +118,7 @@ def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
         st = wait_for(lambda: (s := status())["active"] == N and s, 30, "rollout status 20/20")
         assert st["devices"] == N and st["target_version"] == "2.0.0"
         assert st["by_version"] == {"2.0.0": N}
-        wait_for(lambda: ch.rollouts.latest("staging").status == "succeeded", 30, "rollout marked succeeded")
+        wait_for(lambda: ch.latest_rollout("staging").status == "succeeded", 30, "rollout marked succeeded")
         human = CliRunner().invoke(cloud, ["rollout", "status", "--config", str(toml)])
         assert "20/20 active" in human.output
         print(f"\n20 boxes updated in {elapsed:.1f} s")

@@ -142,8 +142,12 @@ def test_unapproved_version_is_refused_even_with_valid_rollout_key(setup: Setup)
     from tuf.api.metadata import TargetFile
 
     def point(t):  # type: ignore[no-untyped-def]
-        t.targets[group_path("staging")] = TargetFile(build.length, build.hashes, group_path("staging"),
-                                                      {"parkwatch": {"version": "3.0.0", "group": "staging"}})
+        t.targets[group_path("staging")] = TargetFile(
+            build.length,
+            build.hashes,
+            group_path("staging"),
+            {"parkwatch": {"version": "3.0.0", "group": "staging"}},
+        )
 
     setup.ch.repo._update_targets(ROLLOUT, point)
     refused(setup, "no approver signature")

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tuf.api.metadata import Metadata
 
+from cloud.release.repo import ROLLOUT
 from edge.updater.updater import active_package
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
@@ -50,3 +52,26 @@ def test_rollback_reinstalls_the_previous_version(setup: Setup) -> None:
     assert setup.updater.check_once() == "active"
     assert setup.host.model_slot.current.version == "1.0.0"
     assert setup.host.model_slot.previous.version == "2.0.0"
+
+
+def test_boxes_follow_key_rotation_and_refuse_the_retired_key(setup: Setup) -> None:
+    assert setup.updater.check_once() == "current"
+    old_rollout = setup.ch.keys.load("rollout")[0]
+    for role in ("root", "timestamp", "rollout", "approver"):
+        setup.ch.keys_rotate(role, "sec-officer", "yearly rotation")
+    assert setup.ch.repo.root().signed.version == 4  # root, timestamp and approver changed root.json
+    setup.ch.rollout("2.0.0", "staging", "eng-bob", "after rotation")
+    assert setup.updater.check_once() == "active"  # the box walked 1 -> 4.root.json by itself
+    assert setup.host.model_slot.current.version == "2.0.0"
+    # the retired rollout key is worthless now: metadata signed with it is refused
+    setup.ch.rollback("staging", "eng-bob", "test")
+    snap = setup.ch.repo.snapshot().signed.meta[f"{ROLLOUT}.json"].version
+    path = setup.ch.repo.metadata_dir / f"{snap}.{ROLLOUT}.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signatures.clear()
+    md.sign(old_rollout.signer)
+    path.write_bytes(md.to_bytes())
+    assert setup.updater.check_once() == "failed"
+    assert "untrusted signature" in (setup.host.states[-1].reason or "")
+    assert setup.host.model_slot.current.version == "2.0.0"
+    assert (setup.ch.keys.keys_dir / "retired" / old_rollout.path.name).exists()

@@ -12,7 +12,9 @@ from tests.release_support import Setup, wait_for
 
 
 def test_download_interrupted_by_broker_restart_resumes_and_completes(
-    tmp_path: Path, broker: EmbeddedBroker, baseline_package: Path  # noqa: F811
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    baseline_package: Path,  # noqa: F811
 ) -> None:
     s = Setup(tmp_path, broker, baseline_package, chunk_bytes=64 * 1024, request_timeout_s=2.0)
     try:

@@ -18,6 +18,9 @@ class AnalysisConfig(Section):
     # confidence distribution
     ks_pvalue: float = Field(0.01, gt=0, lt=1)
     ks_min_statistic: float = Field(0.1, gt=0, le=1, description="effect size a KS result must also reach")
+    abstain_threshold: float = Field(
+        0.6, gt=0, lt=1, description="the edge's confidence_threshold; gives a baseline its abstain rate"
+    )
     abstain_rate_increase: float = Field(0.10, gt=0, le=1, description="over the baseline's abstain rate")
     integrity_rate_max: float = Field(0.10, gt=0, le=1, description="share of frames with integrity flags")
     # performance

@@ -65,7 +65,9 @@ def performance(feedback: list[dict[str, Any]], classes: list[str]) -> dict[str,
     return out
 
 
-def figures(c: Cohort, base: Baseline | None, fb: list[dict[str, Any]], acfg: AnalysisConfig) -> dict[str, Any]:
+def figures(
+    c: Cohort, base: Baseline | None, fb: list[dict[str, Any]], acfg: AnalysisConfig
+) -> dict[str, Any]:
     n = len(c.labels)
     conf = np.asarray(c.conf, dtype=float)
     classes = base.labels if base else sorted({lab for lab in c.labels if lab != "abstain"})
@@ -75,20 +77,35 @@ def figures(c: Cohort, base: Baseline | None, fb: list[dict[str, Any]], acfg: An
             mix_counts[lab] += 1
     edges = base.edges if base else DEFAULT_EDGES
     out: dict[str, Any] = {
-        "model_version": c.model_version, "site": c.site, "device": c.device, "n": n,
+        "model_version": c.model_version,
+        "site": c.site,
+        "device": c.device,
+        "n": n,
         "class_mix": {k: v / max(sum(mix_counts.values()), 1) for k, v in sorted(mix_counts.items())},
         "abstain_rate": sum(c.abstain) / n if n else None,
         "flag_rate": sum(c.flagged) / n if n else None,
         "est_accuracy": cbpe_accuracy(conf) if n else None,
         "confidence_hist": {"edges": list(edges), "counts": histogram(conf, edges).tolist()},
         "baseline": base.to_dict() if base else None,
-        "psi": None, "js": None, "ks": None, "ks_p": None, "wasserstein": None,
+        "psi": None,
+        "js": None,
+        "ks": None,
+        "ks_p": None,
+        "wasserstein": None,
         "est_accuracy_note": "estimate from confidence (CBPE-style), not measured",
-        "verdict": [], "enough_samples": n >= acfg.min_samples,
+        "verdict": [],
+        "enough_samples": n >= acfg.min_samples,
     }
     perf = performance(fb, [k for k in classes if k != "neither"])
-    out.update({"accuracy": perf["accuracy"], "n_labels": perf["n_labels"], "precision": perf["precision"],
-                "recall": perf["recall"], "recall_gap": perf["recall_gap"]})
+    out.update(
+        {
+            "accuracy": perf["accuracy"],
+            "n_labels": perf["n_labels"],
+            "precision": perf["precision"],
+            "recall": perf["recall"],
+            "recall_gap": perf["recall_gap"],
+        }
+    )
     if base is None or n == 0:
         return out
     cats = sorted(set(base.class_mix) | set(mix_counts))
@@ -101,23 +118,47 @@ def figures(c: Cohort, base: Baseline | None, fb: list[dict[str, Any]], acfg: An
     v: list[tuple[str, str]] = out["verdict"]
     if n >= acfg.min_samples:
         if out["psi"] >= acfg.psi_threshold or out["js"] >= acfg.js_threshold:
-            v.append(("class_mix_drift", f"class mix {_mix(out['class_mix'])} vs baseline {_mix(base.class_mix)} "
-                      f"(PSI {out['psi']:.3f}, JS {out['js']:.3f})"))
+            v.append(
+                (
+                    "class_mix_drift",
+                    f"class mix {_mix(out['class_mix'])} vs baseline {_mix(base.class_mix)} "
+                    f"(PSI {out['psi']:.3f}, JS {out['js']:.3f})",
+                )
+            )
         if out["ks_p"] < acfg.ks_pvalue and out["ks"] >= acfg.ks_min_statistic:
-            v.append(("confidence_drift", f"confidence distribution shifted (K-S {out['ks']:.3f}, "
-                      f"p={out['ks_p']:.2g}, Wasserstein {out['wasserstein']:.3f})"))
+            v.append(
+                (
+                    "confidence_drift",
+                    f"confidence distribution shifted (K-S {out['ks']:.3f}, "
+                    f"p={out['ks_p']:.2g}, Wasserstein {out['wasserstein']:.3f})",
+                )
+            )
         if out["abstain_rate"] - base.abstain_rate > acfg.abstain_rate_increase:
-            v.append(("abstain_rate", f"abstains on {out['abstain_rate']:.0%} of frames "
-                      f"(baseline {base.abstain_rate:.0%})"))
+            v.append(
+                (
+                    "abstain_rate",
+                    f"abstains on {out['abstain_rate']:.0%} of frames (baseline {base.abstain_rate:.0%})",
+                )
+            )
         if out["flag_rate"] > acfg.integrity_rate_max:
             v.append(("integrity_rate", f"{out['flag_rate']:.0%} of frames carry integrity flags"))
         if ref_acc is not None and ref_acc - out["est_accuracy"] > acfg.est_accuracy_drop:
-            v.append(("estimated_accuracy_drop", f"estimated accuracy {out['est_accuracy']:.1%} vs baseline "
-                      f"{ref_acc:.1%} (an estimate from confidence, not a measurement)"))
+            v.append(
+                (
+                    "estimated_accuracy_drop",
+                    f"estimated accuracy {out['est_accuracy']:.1%} vs baseline "
+                    f"{ref_acc:.1%} (an estimate from confidence, not a measurement)",
+                )
+            )
     if perf["n_labels"] >= acfg.min_labels:
         if ref_acc is not None and ref_acc - perf["accuracy"] > acfg.accuracy_drop:
-            v.append(("accuracy_drop", f"accuracy {perf['accuracy']:.1%} on {perf['n_labels']} labelled frames vs "
-                      f"baseline {ref_acc:.1%}"))
+            v.append(
+                (
+                    "accuracy_drop",
+                    f"accuracy {perf['accuracy']:.1%} on {perf['n_labels']} labelled frames vs "
+                    f"baseline {ref_acc:.1%}",
+                )
+            )
         if perf["recall_gap"] is not None and perf["recall_gap"] > acfg.recall_gap_max:
             rec = ", ".join(f"{k} {r:.0%}" for k, r in perf["recall"].items() if r is not None)
             v.append(("recall_gap", f"recall gap {perf['recall_gap']:.0%} ({rec})"))
@@ -134,16 +175,22 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def analyze(store: FleetStore, acfg: AnalysisConfig, now: float, run_id: str,
-            baseline_of: Callable[[str], Baseline | None]) -> tuple[list[dict[str, Any]], list[Finding],
-                                                                    set[tuple[str, str]]]:
+def analyze(
+    store: FleetStore,
+    acfg: AnalysisConfig,
+    now: float,
+    run_id: str,
+    baseline_of: Callable[[str], Baseline | None],
+) -> tuple[list[dict[str, Any]], list[Finding], set[tuple[str, str]]]:
     """Figures for every (model, site) and (model, site, device) cohort in the window, the findings,
     and the (site, model) cohorts that had enough data for a verdict (their old alerts may clear)."""
     since = now - acfg.window_s
     cohorts: dict[tuple[str, str, str], Cohort] = {}
     cur = store.db.conn.execute(
         "SELECT model_version, site, device, label, confidence, abstain, flags FROM predictions "
-        "WHERE ts>=? AND ts<=?", (since, now))
+        "WHERE ts>=? AND ts<=?",
+        (since, now),
+    )
     for mv, site, dev, label, conf, ab, flags in cur:
         for key in ((mv, site, ""), (mv, site, dev)):
             c = cohorts.get(key)
@@ -159,7 +206,11 @@ def analyze(store: FleetStore, acfg: AnalysisConfig, now: float, run_id: str,
     site_rules: dict[tuple[str, str], set[str]] = {}
     for key in sorted(cohorts, key=lambda k: (k[0], k[1], k[2] != "", k[2])):
         mv, site, dev = key
-        fb = [f for f in feedback if f["model_version"] == mv and f["site"] == site and (not dev or f["device"] == dev)]
+        fb = [
+            f
+            for f in feedback
+            if f["model_version"] == mv and f["site"] == site and (not dev or f["device"] == dev)
+        ]
         fig = figures(cohorts[key], baselines[mv], fb, acfg)
         rules = [r for r, _ in fig["verdict"]]
         if not dev:
@@ -170,16 +221,52 @@ def analyze(store: FleetStore, acfg: AnalysisConfig, now: float, run_id: str,
             if dev and rule in site_rules.get((mv, site), set()):
                 continue  # the site-level alert already covers this device
             where = f"{site}/{dev}" if dev else f"site {site}"
-            findings.append(Finding(rule, site, f"model {mv} at {where}: {msg}", device=dev or None, subject=mv,
-                                    details={"model_version": mv, "run_id": run_id, "n": fig["n"],
-                                             **{k: _clean(fig[k]) for k in ("psi", "js", "ks", "ks_p",
-                                                                             "abstain_rate", "accuracy")}}))
-        results.append({
-            "run_id": run_id, "ts": now, "window_start": since, "window_end": now, "model_version": mv,
-            "site": site, "device": dev, "n": fig["n"],
-            **{k: _clean(fig[k]) for k in ("psi", "js", "ks", "ks_p", "wasserstein", "abstain_rate", "flag_rate",
-                                           "est_accuracy", "accuracy", "n_labels", "recall_gap")},
-            "drifted": int(bool(rules)), "reasons": [m for _, m in fig["verdict"]],
-            "details": json.loads(json.dumps(fig, default=_clean)),
-        })
+            findings.append(
+                Finding(
+                    rule,
+                    site,
+                    f"model {mv} at {where}: {msg}",
+                    device=dev or None,
+                    subject=mv,
+                    details={
+                        "model_version": mv,
+                        "run_id": run_id,
+                        "n": fig["n"],
+                        **{
+                            k: _clean(fig[k]) for k in ("psi", "js", "ks", "ks_p", "abstain_rate", "accuracy")
+                        },
+                    },
+                )
+            )
+        results.append(
+            {
+                "run_id": run_id,
+                "ts": now,
+                "window_start": since,
+                "window_end": now,
+                "model_version": mv,
+                "site": site,
+                "device": dev,
+                "n": fig["n"],
+                **{
+                    k: _clean(fig[k])
+                    for k in (
+                        "psi",
+                        "js",
+                        "ks",
+                        "ks_p",
+                        "wasserstein",
+                        "abstain_rate",
+                        "flag_rate",
+                        "est_accuracy",
+                        "accuracy",
+                        "n_labels",
+                        "recall_gap",
+                    )
+                },
+                "drifted": int(bool(rules)),
+                "reasons": [m for _, m in fig["verdict"]],
+                "details": json.loads(json.dumps(fig, default=_clean)),
+            }
+        )
     return results, findings, covered

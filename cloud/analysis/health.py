@@ -29,8 +29,13 @@ class DeviceHealth:
     findings: list[Finding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "site": self.site, "state": self.state, "reasons": self.reasons,
-                "alerts": [f.rule for f in self.findings]}
+        return {
+            "device": self.device,
+            "site": self.site,
+            "state": self.state,
+            "reasons": self.reasons,
+            "alerts": [f.rule for f in self.findings],
+        }
 
 
 def _body(row: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +43,14 @@ def _body(row: dict[str, Any]) -> dict[str, Any]:
     return b if isinstance(b, dict) else json.loads(b) if isinstance(b, str) else {}
 
 
-def evaluate(device: dict[str, Any], telemetry: list[dict[str, Any]], gaps: list[dict[str, Any]], now: float,
-             acfg: AnalysisConfig, heartbeat_timeout_s: float) -> DeviceHealth:
+def evaluate(
+    device: dict[str, Any],
+    telemetry: list[dict[str, Any]],
+    gaps: list[dict[str, Any]],
+    now: float,
+    acfg: AnalysisConfig,
+    heartbeat_timeout_s: float,
+) -> DeviceHealth:
     dev, site = device["device"], device["site"]
     found: list[Finding] = []
 
@@ -50,23 +61,43 @@ def evaluate(device: dict[str, Any], telemetry: list[dict[str, Any]], gaps: list
     offline = False
     if device.get("status") == "offline":
         offline = True
-        add("device_offline", f"{dev} reported offline ({device.get('status_reason') or 'no reason'})",
-            reason=device.get("status_reason"), since=device.get("status_ts"))
+        add(
+            "device_offline",
+            f"{dev} reported offline ({device.get('status_reason') or 'no reason'})",
+            reason=device.get("status_reason"),
+            since=device.get("status_ts"),
+        )
     elif silent_for > heartbeat_timeout_s:
         offline = True
-        add("device_offline", f"{dev} silent for {silent_for:.0f} s (heartbeat timeout {heartbeat_timeout_s:.0f} s)",
-            silent_s=round(silent_for, 1), last_seen=device.get("last_seen"))
+        add(
+            "device_offline",
+            f"{dev} silent for {silent_for:.0f} s (heartbeat timeout {heartbeat_timeout_s:.0f} s)",
+            silent_s=round(silent_for, 1),
+            last_seen=device.get("last_seen"),
+        )
     if gaps:
         missing = sum(g["missing"] for g in gaps)
-        add("ingest_gap", f"{dev}: {missing} prediction(s) missing in {len(gaps)} gap(s)",
-            missing=missing, gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in gaps[:20]])
+        add(
+            "ingest_gap",
+            f"{dev}: {missing} prediction(s) missing in {len(gaps)} gap(s)",
+            missing=missing,
+            gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in gaps[:20]],
+        )
     if not offline and telemetry:
         _telemetry_checks(dev, telemetry, acfg, add)
     state = "ok"
     for f in found:
-        s = "offline" if f.rule == "device_offline" else (
-            "critical" if RULES[f.rule].severity == "critical" else
-            "degraded" if RULES[f.rule].severity == "warning" else "ok")
+        s = (
+            "offline"
+            if f.rule == "device_offline"
+            else (
+                "critical"
+                if RULES[f.rule].severity == "critical"
+                else "degraded"
+                if RULES[f.rule].severity == "warning"
+                else "ok"
+            )
+        )
         if STATE_ORDER.index(s) > STATE_ORDER.index(state):
             state = s
     return DeviceHealth(dev, site, state, [f.message for f in found], found)
@@ -75,47 +106,85 @@ def evaluate(device: dict[str, Any], telemetry: list[dict[str, Any]], gaps: list
 def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisConfig, add: Any) -> None:
     last = telemetry[-1]
     if last.get("temp_max") is not None and last["temp_max"] > acfg.max_temperature_c:
-        add("overheating", f"{dev}: {last['temp_max']:.0f} °C > {acfg.max_temperature_c:.0f} °C",
-            temperature_c=last["temp_max"])
-    recent = telemetry[-acfg.saturation_samples:]
-    if len(recent) >= acfg.saturation_samples and all((r.get("cpu_percent") or 0) > acfg.max_cpu_percent
-                                                      for r in recent):
-        add("cpu_saturation", f"{dev}: CPU above {acfg.max_cpu_percent:.0f} % for {len(recent)} samples",
-            cpu_percent=last["cpu_percent"])
+        add(
+            "overheating",
+            f"{dev}: {last['temp_max']:.0f} °C > {acfg.max_temperature_c:.0f} °C",
+            temperature_c=last["temp_max"],
+        )
+    recent = telemetry[-acfg.saturation_samples :]
+    if len(recent) >= acfg.saturation_samples and all(
+        (r.get("cpu_percent") or 0) > acfg.max_cpu_percent for r in recent
+    ):
+        add(
+            "cpu_saturation",
+            f"{dev}: CPU above {acfg.max_cpu_percent:.0f} % for {len(recent)} samples",
+            cpu_percent=last["cpu_percent"],
+        )
     if (last.get("memory_percent") or 0) > acfg.max_memory_percent:
-        add("memory_high", f"{dev}: memory {last['memory_percent']:.0f} % > {acfg.max_memory_percent:.0f} %",
-            memory_percent=last["memory_percent"])
+        add(
+            "memory_high",
+            f"{dev}: memory {last['memory_percent']:.0f} % > {acfg.max_memory_percent:.0f} %",
+            memory_percent=last["memory_percent"],
+        )
     if (last.get("disk_percent") or 0) > acfg.max_disk_percent:
-        add("disk_high", f"{dev}: disk {last['disk_percent']:.0f} % > {acfg.max_disk_percent:.0f} %",
-            disk_percent=last["disk_percent"])
+        add(
+            "disk_high",
+            f"{dev}: disk {last['disk_percent']:.0f} % > {acfg.max_disk_percent:.0f} %",
+            disk_percent=last["disk_percent"],
+        )
     body = _body(last)
     prev_cams = _body(telemetry[-2]).get("cameras", {}) if len(telemetry) > 1 else {}
     for cam, c in (body.get("cameras") or {}).items():
         state = c.get("state")
         if state in ("offline", "reconnecting", "stalled"):
-            add("camera_down", f"{dev}/{cam}: camera {state}" + (f" ({c['error']})" if c.get("error") else ""),
-                subject=cam, camera=cam, state=state)
+            add(
+                "camera_down",
+                f"{dev}/{cam}: camera {state}" + (f" ({c['error']})" if c.get("error") else ""),
+                subject=cam,
+                camera=cam,
+                state=state,
+            )
         elif c.get("last_frame_ts") and body.get("ts", 0) - c["last_frame_ts"] > acfg.camera_stall_s:
-            add("camera_down", f"{dev}/{cam}: no frame for {body['ts'] - c['last_frame_ts']:.0f} s",
-                subject=cam, camera=cam, state="stalled")
+            add(
+                "camera_down",
+                f"{dev}/{cam}: no frame for {body['ts'] - c['last_frame_ts']:.0f} s",
+                subject=cam,
+                camera=cam,
+                state="stalled",
+            )
         p = prev_cams.get(cam) or {}
         frames = (c.get("frames") or 0) - (p.get("frames") or 0)
         flagged = {k: v - (p.get("integrity") or {}).get(k, 0) for k, v in (c.get("integrity") or {}).items()}
         flagged = {k: v for k, v in flagged.items() if v > 0}
         if frames > 0 and sum(flagged.values()) / frames > acfg.integrity_rate_max:
-            add("frame_integrity", f"{dev}/{cam}: {sum(flagged.values())}/{frames} frames flagged "
-                f"({', '.join(sorted(flagged))})", subject=cam, camera=cam, flags=flagged, frames=frames)
-    history = telemetry[-(acfg.anomaly_history + 1):-1]
+            add(
+                "frame_integrity",
+                f"{dev}/{cam}: {sum(flagged.values())}/{frames} frames flagged "
+                f"({', '.join(sorted(flagged))})",
+                subject=cam,
+                camera=cam,
+                flags=flagged,
+                frames=frames,
+            )
+    history = telemetry[-(acfg.anomaly_history + 1) : -1]
     for m in ANOMALY_METRICS:
         if last.get(m) is None or len(history) < 10:
             continue
-        z = robust_z([r.get(m) for r in history], float(last[m]))
+        z = robust_z([float(r[m]) for r in history if r.get(m) is not None], float(last[m]))
         if abs(z) > acfg.anomaly_z:
-            add("telemetry_anomaly", f"{dev}: {m} = {last[m]:.1f} is {z:+.1f} robust SDs from its recent median",
-                subject=m, metric=m, value=last[m], z=round(z, 2))
+            add(
+                "telemetry_anomaly",
+                f"{dev}: {m} = {last[m]:.1f} is {z:+.1f} robust SDs from its recent median",
+                subject=m,
+                metric=m,
+                value=last[m],
+                z=round(z, 2),
+            )
 
 
-def check_fleet(store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float) -> list[DeviceHealth]:
+def check_fleet(
+    store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float
+) -> list[DeviceHealth]:
     out = []
     for d in store.devices():
         tel = store.telemetry(d["device"], limit=acfg.anomaly_history + 1, full=True)

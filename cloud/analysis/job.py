@@ -28,8 +28,9 @@ def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatc
     return Governor(cfg, AlertStore(cfg.fleet_db), AuditLog(cfg.registry_db), publisher, actor=actor)
 
 
-def run_health(cfg: CloudConfig, fleet: FleetStore, governor: Governor | None,
-               now: float | None = None) -> list[health.DeviceHealth]:
+def run_health(
+    cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None
+) -> list[health.DeviceHealth]:
     now = time.time() if now is None else now
     results = health.check_fleet(fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now)
     if governor is not None:
@@ -45,16 +46,25 @@ def accuracy_over_time(fleet: FleetStore, bucket_s: float = 86400) -> dict[str, 
         b = buckets[f["model_version"]][int(f["pred_ts"] // bucket_s)]
         b[0] += int(f["predicted"] == f["label"])
         b[1] += 1
-    return {mv: [{"ts": k * bucket_s, "accuracy": ok / n, "n": n} for k, (ok, n) in sorted(bs.items())]
-            for mv, bs in buckets.items()}
+    return {
+        mv: [{"ts": k * bucket_s, "accuracy": ok / n, "n": n} for k, (ok, n) in sorted(bs.items())]
+        for mv, bs in buckets.items()
+    }
 
 
-def run_analysis(cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None,
-                 baseline_of: Callable[[str], baselines.Baseline | None] | None = None,
-                 write_report: bool = True) -> dict[str, Any]:
+def run_analysis(
+    cfg: CloudConfig,
+    fleet: FleetStore,
+    governor: Governor | None,
+    now: float | None = None,
+    baseline_of: Callable[[str], baselines.Baseline | None] | None = None,
+    write_report: bool = True,
+) -> dict[str, Any]:
     now = time.time() if now is None else now
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    resolve = baseline_of or cache(lambda v: baselines.resolve(cfg.registry_db, v))
+    resolve = baseline_of or cache(
+        lambda v: baselines.resolve(cfg.registry_db, v, cfg.analysis.abstain_threshold)
+    )
     health_results = run_health(cfg, fleet, governor, now)
     rows, findings, covered = drift.analyze(fleet, cfg.analysis, now, run_id, resolve)
     fleet.add_drift(rows)
@@ -62,14 +72,33 @@ def run_analysis(cfg: CloudConfig, fleet: FleetStore, governor: Governor | None,
     if governor is not None:
         alerts = governor.apply(findings, "drift", covered=lambda a: (a["site"], a["subject"]) in covered)
     rep: dict[str, Any] = {
-        "run_id": run_id, "ts": now, "window_s": cfg.analysis.window_s,
-        "totals": {"predictions": sum(r["n"] for r in rows if not r["device"]), "devices": len(health_results)},
+        "run_id": run_id,
+        "ts": now,
+        "window_s": cfg.analysis.window_s,
+        "totals": {
+            "predictions": sum(r["n"] for r in rows if not r["device"]),
+            "devices": len(health_results),
+        },
         "health": [h.to_dict() for h in health_results],
         "drift": rows,
-        "findings": [{"rule": f.rule, "site": f.site, "device": f.device, "subject": f.subject, "message": f.message}
-                     for f in findings],
-        "alerts": {k: [{"id": a["id"], "rule": a["rule"], "severity": a["severity"], "message": a["message"],
-                        "state": a["state"], "actions": a["actions"]} for a in v] for k, v in alerts.items()},
+        "findings": [
+            {"rule": f.rule, "site": f.site, "device": f.device, "subject": f.subject, "message": f.message}
+            for f in findings
+        ],
+        "alerts": {
+            k: [
+                {
+                    "id": a["id"],
+                    "rule": a["rule"],
+                    "severity": a["severity"],
+                    "message": a["message"],
+                    "state": a["state"],
+                    "actions": a["actions"],
+                }
+                for a in v
+            ]
+            for k, v in alerts.items()
+        },
         "accuracy_over_time": accuracy_over_time(fleet),
         "thresholds": cfg.analysis.model_dump(),
     }

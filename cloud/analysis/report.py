@@ -21,51 +21,81 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report["ts"]))
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>parkwatch analysis {escape(report['run_id'])}"
-           "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.bad{background:#fdd}.ok{background:#dfd}"
-           ".note{color:#666;font-size:12px}</style></head><body>",
-           f"<h1>Fleet analysis {escape(report['run_id'])}</h1>",
-           f"<p>{when}; window {report['window_s'] / 3600:.1f} h; {report['totals']['predictions']} predictions, "
-           f"{report['totals']['devices']} devices, {len(report['alerts']['opened'])} new alert(s).</p>",
-           "<h2>Device health</h2><table><tr><th>device</th><th>site</th><th>state</th><th>reasons</th></tr>"]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>parkwatch analysis "
+        f"{escape(report['run_id'])}"
+        "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.bad{background:#fdd}.ok{background:#dfd}"
+        ".note{color:#666;font-size:12px}</style></head><body>",
+        f"<h1>Fleet analysis {escape(report['run_id'])}</h1>",
+        f"<p>{when}; window {report['window_s'] / 3600:.1f} h; {report['totals']['predictions']} "
+        "predictions, "
+        f"{report['totals']['devices']} devices, {len(report['alerts']['opened'])} new alert(s).</p>",
+        "<h2>Device health</h2><table><tr><th>device</th><th>site</th><th>state</th><th>reasons</th></tr>",
+    ]
     for h in report["health"]:
         cls = "ok" if h["state"] == "ok" else "bad"
-        out.append(f"<tr class='{cls}'><td>{escape(h['device'])}</td><td>{escape(h['site'])}</td><td>{h['state']}</td>"
-                   f"<td>{escape('; '.join(h['reasons']))}</td></tr>")
+        out.append(
+            f"<tr class='{cls}'><td>{escape(h['device'])}</td><td>{escape(h['site'])}</td>"
+            f"<td>{h['state']}</td>"
+            f"<td>{escape('; '.join(h['reasons']))}</td></tr>"
+        )
     out.append("</table><h2>Drift and performance (site level)</h2>")
-    out.append("<p class='note'>Estimated accuracy is computed from confidence (CBPE-style) and is an estimate, "
-               "not a measurement; measured accuracy needs operator labels.</p>")
+    out.append(
+        "<p class='note'>Estimated accuracy is computed from confidence (CBPE-style) and is an estimate, "
+        "not a measurement; measured accuracy needs operator labels.</p>"
+    )
     for d in report["drift"]:
         if d["device"]:
             continue
         det = d["details"]
         base = det.get("baseline")
-        out.append(f"<h3>model {escape(d['model_version'])} at {escape(d['site'])} "
-                   f"<span class='{'bad' if d['drifted'] else 'ok'}'>{'DRIFT' if d['drifted'] else 'no drift'}</span></h3>")
-        out.append("<table><tr><th>n</th><th>PSI</th><th>JS</th><th>K-S</th><th>K-S p</th><th>Wasserstein</th>"
-                   "<th>abstain</th><th>flagged</th><th>est. accuracy</th><th>accuracy (labels)</th><th>recall gap</th></tr>"
-                   f"<tr><td>{d['n']}</td><td>{_fmt(d['psi'])}</td><td>{_fmt(d['js'])}</td><td>{_fmt(d['ks'])}</td>"
-                   f"<td>{_fmt(d['ks_p'])}</td><td>{_fmt(d['wasserstein'])}</td><td>{_fmt(d['abstain_rate'], True)}</td>"
-                   f"<td>{_fmt(d['flag_rate'], True)}</td><td>{_fmt(d['est_accuracy'], True)} (estimate)</td>"
-                   f"<td>{_fmt(d['accuracy'], True)} (n={d['n_labels']})</td><td>{_fmt(d['recall_gap'], True)}</td></tr></table>")
+        out.append(
+            f"<h3>model {escape(d['model_version'])} at {escape(d['site'])} "
+            f"<span class='{'bad' if d['drifted'] else 'ok'}'>"
+            f"{'DRIFT' if d['drifted'] else 'no drift'}</span></h3>"
+        )
+        out.append(
+            "<table><tr><th>n</th><th>PSI</th><th>JS</th><th>K-S</th><th>K-S p</th><th>Wasserstein</th>"
+            "<th>abstain</th><th>flagged</th><th>est. accuracy</th><th>accuracy "
+            "(labels)</th><th>recall gap</th></tr>"
+            f"<tr><td>{d['n']}</td><td>{_fmt(d['psi'])}</td><td>{_fmt(d['js'])}</td><td>{_fmt(d['ks'])}</td>"
+            f"<td>{_fmt(d['ks_p'])}</td><td>{_fmt(d['wasserstein'])}</td>"
+            f"<td>{_fmt(d['abstain_rate'], True)}</td>"
+            f"<td>{_fmt(d['flag_rate'], True)}</td><td>{_fmt(d['est_accuracy'], True)} (estimate)</td>"
+            f"<td>{_fmt(d['accuracy'], True)} "
+            f"(n={d['n_labels']})</td><td>{_fmt(d['recall_gap'], True)}</td></tr></table>"
+        )
         if d["reasons"]:
             out.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in d["reasons"]) + "</ul>")
         if base is None:
-            out.append("<p class='note'>No test-set baseline for this model version: figures only, no drift verdict.</p>")
+            out.append(
+                "<p class='note'>No test-set baseline for this model version: figures only, no "
+                "drift verdict.</p>"
+            )
             continue
         out.append(svg.bars({"baseline": base["class_mix"], "live": det["class_mix"]}, "predicted class mix"))
-        out.append(svg.histograms(base["confidence_hist"]["edges"], {"baseline": base["confidence_hist"]["counts"],
-                                                                     "live": det["confidence_hist"]["counts"]},
-                                  "confidence"))
+        out.append(
+            svg.histograms(
+                base["confidence_hist"]["edges"],
+                {"baseline": base["confidence_hist"]["counts"], "live": det["confidence_hist"]["counts"]},
+                "confidence",
+            )
+        )
     acc = report.get("accuracy_over_time") or {}
     if acc:
         out.append("<h2>Labelled accuracy over time</h2>")
         for mv, pts in acc.items():
             out.append(svg.line([(p["ts"], p["accuracy"]) for p in pts], f"model {mv}: accuracy per day"))
-    out.append("<h2>Alerts opened by this run</h2><ul>" + "".join(
-        f"<li>[{escape(a['severity'])}] {escape(a['rule'])}: {escape(a['message'])} ({escape(a['id'])})</li>"
-        for a in report["alerts"]["opened"]) + "</ul></body></html>")
+    out.append(
+        "<h2>Alerts opened by this run</h2><ul>"
+        + "".join(
+            f"<li>[{escape(a['severity'])}] {escape(a['rule'])}: {escape(a['message'])} "
+            f"({escape(a['id'])})</li>"
+            for a in report["alerts"]["opened"]
+        )
+        + "</ul></body></html>"
+    )
     return "\n".join(out)
 
 

@@ -64,7 +64,9 @@ def kolmogorov_sf(lam: float) -> float:
     return float(min(1.0, max(0.0, s)))
 
 
-def ks_against_hist(values: np.ndarray, base_counts: np.ndarray, edges: Sequence[float]) -> tuple[float, float]:
+def ks_against_hist(
+    values: np.ndarray, base_counts: np.ndarray, edges: Sequence[float]
+) -> tuple[float, float]:
     """KS statistic and p-value of ``values`` against a baseline histogram."""
     n = len(values)
     m = float(base_counts.sum())

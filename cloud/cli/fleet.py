@@ -20,14 +20,18 @@ def _ago(ts: float | None) -> str:
 
 
 def _human_report(r: dict[str, Any]) -> str:
-    lines = [f"analysis {r['run_id']}: {r['totals']['predictions']} predictions, {r['totals']['devices']} devices"]
+    lines = [
+        f"analysis {r['run_id']}: {r['totals']['predictions']} predictions, {r['totals']['devices']} devices"
+    ]
     for d in r["drift"]:
         if d["device"]:
             continue
         figs = ", ".join(f"{k} {d[k]:.3f}" for k in ("psi", "js", "ks") if d[k] is not None)
         est = f"{d['est_accuracy']:.1%} (estimate)" if d["est_accuracy"] is not None else "–"
-        lines.append(f"  {d['model_version']} @ {d['site']}: n={d['n']} {figs}; est. accuracy {est}; "
-                     f"{'DRIFT' if d['drifted'] else 'ok'}")
+        lines.append(
+            f"  {d['model_version']} @ {d['site']}: n={d['n']} {figs}; est. accuracy {est}; "
+            f"{'DRIFT' if d['drifted'] else 'ok'}"
+        )
         lines += [f"      {x}" for x in d["reasons"]]
     lines.append(f"alerts opened: {len(r['alerts']['opened'])}, resolved: {len(r['alerts']['resolved'])}")
     lines += [f"  [{a['severity']}] {a['id']} {a['rule']}: {a['message']}" for a in r["alerts"]["opened"]]
@@ -64,15 +68,27 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
 @click.command()
 @click.argument("prediction_id", required=False)
 @click.option("--snapshot", help="Label the prediction that kept this snapshot.")
-@click.option("--as", "label", type=click.Choice(["cat", "dog", "neither"]), required=True,
-              help="What the frame really shows.")
+@click.option(
+    "--as",
+    "label",
+    type=click.Choice(["cat", "dog", "neither"]),
+    required=True,
+    help="What the frame really shows.",
+)
 @click.option("--actor", required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
 @click.option("--comment", default=None)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def label(prediction_id: str | None, snapshot: str | None, label: str, actor: str, comment: str | None,
-          config_path: Path, as_json: bool) -> None:
+def label(
+    prediction_id: str | None,
+    snapshot: str | None,
+    label: str,
+    actor: str,
+    comment: str | None,
+    config_path: Path,
+    as_json: bool,
+) -> None:
     """Record ground truth for PREDICTION_ID (DEVICE:SEQ) or --snapshot ID."""
     from cloud.config import load
     from cloud.fleet.feedback import label_prediction
@@ -81,20 +97,35 @@ def label(prediction_id: str | None, snapshot: str | None, label: str, actor: st
 
     cfg = load(config_path)
     with FleetStore(cfg.fleet_db) as fs:
-        row = label_prediction(fs, label, actor, prediction_id=prediction_id, snapshot=snapshot, comment=comment,
-                               audit=AuditLog(cfg.registry_db))
-    emit(row, as_json, lambda r: f"{r['prediction_id']}: predicted {r['predicted']}, labelled {r['label']} "
-                                 f"by {r['actor']}")
+        row = label_prediction(
+            fs,
+            label,
+            actor,
+            prediction_id=prediction_id,
+            snapshot=snapshot,
+            comment=comment,
+            audit=AuditLog(cfg.registry_db),
+        )
+    emit(
+        row,
+        as_json,
+        lambda r: f"{r['prediction_id']}: predicted {r['predicted']}, labelled {r['label']} by {r['actor']}",
+    )
 
 
 def _human_lineage(r: dict[str, Any]) -> str:
     lines = []
     if "prediction" in r:
         p = r["prediction"]
-        lines.append(f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}")
+        lines.append(
+            f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
+        )
     m = r.get("model", {})
-    lines.append(f"model {r['model_version']}: stage {m.get('stage')}, gate {'passed' if m.get('gate_passed') else 'failed'}")
+    lines.append(
+        f"model {r['model_version']}: stage {m.get('stage')}, gate "
+        f"{'passed' if m.get('gate_passed') else 'failed'}"
+    )
     run = r.get("training_run")
     if run:
         lines.append(f"  training run {run['id']} ({run['status']}), best params {run.get('best_params')}")
@@ -135,7 +166,9 @@ def alerts() -> None:
 def _human_alerts(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no alerts"
-    return "\n".join(f"{a['id']}  {a['state']:<12} {a['severity']:<8} {a['rule']:<22} {a['message']}" for a in rows)
+    return "\n".join(
+        f"{a['id']}  {a['state']:<12} {a['severity']:<8} {a['rule']:<22} {a['message']}" for a in rows
+    )
 
 
 @alerts.command("list")
@@ -146,8 +179,9 @@ def _human_alerts(rows: list[dict[str, Any]]) -> str:
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def alerts_list(state: str | None, site: str | None, rule: str | None, limit: int, config_path: Path,
-                as_json: bool) -> None:
+def alerts_list(
+    state: str | None, site: str | None, rule: str | None, limit: int, config_path: Path, as_json: bool
+) -> None:
     """Alerts, newest first."""
     from cloud.config import load
     from cloud.governance.alerts import AlertStore
@@ -157,8 +191,9 @@ def alerts_list(state: str | None, site: str | None, rule: str | None, limit: in
         emit(st.list(state=state, site=site, rule=rule, limit=limit), as_json, _human_alerts)
 
 
-def _transition(which: str, alert_id: str, actor: str, comment: str | None, config_path: Path,
-                as_json: bool) -> None:
+def _transition(
+    which: str, alert_id: str, actor: str, comment: str | None, config_path: Path, as_json: bool
+) -> None:
     from cloud.config import load
     from cloud.governance.alerts import AlertStore
     from cloud.governance.engine import ack_alert, resolve_alert
@@ -223,7 +258,17 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             emit(d, as_json)
             return
         rows = fs.devices()
-    emit(rows, as_json, lambda rs: "\n".join(
-        f"{d['device']:<20} {d['site']:<12} {(d['health'] or 'unchecked'):<9} seen {_ago(d['last_seen']):<12} "
-        f"model {d['model_version'] or '-'} update {d['update_state'] or '-'}  {'; '.join(d['health_reasons'] or [])}"
-        for d in rs) or "no devices have reported yet")
+    emit(
+        rows,
+        as_json,
+        lambda rs: (
+            "\n".join(
+                f"{d['device']:<20} {d['site']:<12} {(d['health'] or 'unchecked'):<9} seen "
+                f"{_ago(d['last_seen']):<12} "
+                f"model {d['model_version'] or '-'} update {d['update_state'] or '-'}  "
+                f"{'; '.join(d['health_reasons'] or [])}"
+                for d in rs
+            )
+            or "no devices have reported yet"
+        ),
+    )

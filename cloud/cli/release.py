@@ -40,10 +40,16 @@ def keys() -> None:
 def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
     """Create the ed25519 keys (files 0600) and version 1 of the TUF repository."""
     out = _channel(config_path).keys_init(_actor(actor))
-    emit(out, as_json, lambda o: (
-        f"created {len(o['created'])} key file(s) in {o['keys_dir']} (approver keys in {o['approver_keys_dir']})\n"
-        f"TUF repository {o['repo']} at root version {o['root_version']}\n"
-        f"install {o['trusted_root']} on every box as updater.trusted_root"))
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"created {len(o['created'])} key file(s) in {o['keys_dir']} "
+            f"(approver keys in {o['approver_keys_dir']})\n"
+            f"TUF repository {o['repo']} at root version {o['root_version']}\n"
+            f"install {o['trusted_root']} on every box as updater.trusted_root"
+        ),
+    )
 
 
 @keys.command("list")
@@ -53,12 +59,20 @@ def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
 def keys_list(config_path: Path, as_json: bool) -> None:
     """Key files per role with their key ids."""
     out = _channel(config_path).keys_list()
-    emit(out, as_json, lambda o: "\n".join(
-        f"{role:10} {k['keyid'][:16]}  {k['path']}" for role, ks in o.items() for k in ks) or "no keys")
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            "\n".join(f"{role:10} {k['keyid'][:16]}  {k['path']}" for role, ks in o.items() for k in ks)
+            or "no keys"
+        ),
+    )
 
 
 @keys.command("rotate")
-@click.argument("role", type=click.Choice(["root", "approver", "pipeline", "rollout", "snapshot", "timestamp"]))
+@click.argument(
+    "role", type=click.Choice(["root", "approver", "pipeline", "rollout", "snapshot", "timestamp"])
+)
 @click.option("--as", "actor", help="Who does this (audit log).")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @config_option(DEFAULT_PATH)
@@ -99,8 +113,9 @@ def _decision_text(d: dict[str, Any]) -> str:
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def approve(version: str, stage: str, actor: str, reason: str, force: bool, config_path: Path,
-            as_json: bool) -> None:
+def approve(
+    version: str, stage: str, actor: str, reason: str, force: bool, config_path: Path, as_json: bool
+) -> None:
     """Approve VERSION for a stage and sign it with the approver key."""
     out = _channel(config_path).approve(version, stage, actor, reason, force)
     emit(out, as_json, _decision_text)
@@ -124,8 +139,10 @@ def _status_text(o: dict[str, Any]) -> str:
     lines = []
     for g, s in o["groups"].items():
         r = s["rollout"] or {}
-        lines.append(f"{g}: target {s['target_version'] or '-'}  {s['active']}/{s['devices']} active"
-                     f"  rollout {r.get('status', '-')}  versions {s['by_version']}  states {s['by_state']}")
+        lines.append(
+            f"{g}: target {s['target_version'] or '-'}  {s['active']}/{s['devices']} active"
+            f"  rollout {r.get('status', '-')}  versions {s['by_version']}  states {s['by_state']}"
+        )
         for f in s["failed"]:
             lines.append(f"    failed {f['device']}: {f['reason']}")
     return "\n".join(lines) or "no groups yet"
@@ -139,8 +156,9 @@ def _status_text(o: dict[str, Any]) -> str:
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def rollout(version: str, group: str | None, actor: str | None, reason: str, config_path: Path,
-            as_json: bool) -> None:
+def rollout(
+    version: str, group: str | None, actor: str | None, reason: str, config_path: Path, as_json: bool
+) -> None:
     """Roll VERSION out to --group G, or 'rollout status' for where every group stands."""
     ch = _channel(config_path)
     if version == "status":
@@ -149,8 +167,14 @@ def rollout(version: str, group: str | None, actor: str | None, reason: str, con
     if not group:
         raise click.UsageError("--group is required: which device group gets this version?")
     out = ch.rollout(version, group, _actor(actor), reason)
-    emit(out, as_json, lambda o: f"group {o['group']}: {o['previous_version'] or 'nothing'} -> {o['version']} "
-                                 f"(rollout {o['id']}; devices {'notified' if o['notified'] else 'check at their next interval'})")
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"group {o['group']}: {o['previous_version'] or 'nothing'} -> {o['version']} "
+            f"(rollout {o['id']}; devices {'notified' if o['notified'] else 'check at their next interval'})"
+        ),
+    )
 
 
 @click.command()
@@ -163,7 +187,11 @@ def rollout(version: str, group: str | None, actor: str | None, reason: str, con
 def rollback(group: str, actor: str | None, reason: str, config_path: Path, as_json: bool) -> None:
     """Point --group back at the version it ran before its latest rollout."""
     out = _channel(config_path).rollback(group, _actor(actor), reason)
-    emit(out, as_json, lambda o: f"group {o['group']}: {o['rolled_back']} -> {o['version']} (rollback {o['id']})")
+    emit(
+        out,
+        as_json,
+        lambda o: f"group {o['group']}: {o['rolled_back']} -> {o['version']} (rollback {o['id']})",
+    )
 
 
 # ---- audit ---------------------------------------------------------------------------------------
@@ -181,7 +209,12 @@ def audit_verify(config_path: Path, as_json: bool) -> None:
     from shared.clitools import fail
 
     check = _channel(config_path).audit.verify()
-    out = {"ok": check.ok, "entries": check.entries, "first_bad_id": check.first_bad_id, "reason": check.reason}
+    out = {
+        "ok": check.ok,
+        "entries": check.entries,
+        "first_bad_id": check.first_bad_id,
+        "reason": check.reason,
+    }
     if not check.ok:
         fail(f"audit log broken at entry {check.first_bad_id}: {check.reason}", 1, as_json, **out)
     emit(out, as_json, lambda o: f"audit log ok: {o['entries']} entries, chain intact")
@@ -196,8 +229,13 @@ def audit_verify(config_path: Path, as_json: bool) -> None:
 def audit_list(subject: str | None, limit: int, config_path: Path, as_json: bool) -> None:
     """Newest entries first."""
     entries = [e.to_dict() for e in _channel(config_path).audit.entries(subject, limit, newest_first=True)]
-    emit(entries, as_json, lambda es: "\n".join(
-        f"{e['id']:5} {e['actor']:12} {e['action']:18} {e['subject']:24} {e['details']}" for e in es))
+    emit(
+        entries,
+        as_json,
+        lambda es: "\n".join(
+            f"{e['id']:5} {e['actor']:12} {e['action']:18} {e['subject']:24} {e['details']}" for e in es
+        ),
+    )
 
 
 # ---- devices -------------------------------------------------------------------------------------
@@ -210,18 +248,29 @@ def devices() -> None:
 @click.argument("device")
 @click.option("--site", required=True)
 @click.option("--group", default="production", show_default=True)
-@click.option("--secret-out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Where to write the device's password (0600); copy it to the box.")
+@click.option(
+    "--secret-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the device's password (0600); copy it to the box.",
+)
 @click.option("--as", "actor", help="Who does this (audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def devices_add(device: str, site: str, group: str, secret_out: Path, actor: str | None, config_path: Path,
-                as_json: bool) -> None:
+def devices_add(
+    device: str, site: str, group: str, secret_out: Path, actor: str | None, config_path: Path, as_json: bool
+) -> None:
     """Provision DEVICE: a random password, its hash in the broker files, ACL for its topics."""
     out = _channel(config_path).provision_device(site, device, group, secret_out, _actor(actor))
-    emit(out, as_json, lambda o: f"{o['site']}/{o['device']} (group {o['group']}): password in {o['secret_file']}; "
-                                 f"broker files {o.get('passwd', '(need a cloud account first)')}; reload mosquitto")
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"{o['site']}/{o['device']} (group {o['group']}): password in {o['secret_file']}; "
+            f"broker files {o.get('passwd', '(need a cloud account first)')}; reload mosquitto"
+        ),
+    )
 
 
 @devices.command("cloud-account")
@@ -244,8 +293,9 @@ def devices_cloud(secret_out: Path, actor: str | None, config_path: Path, as_jso
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def devices_revoke(device: str, site: str, reason: str, actor: str | None, config_path: Path,
-                   as_json: bool) -> None:
+def devices_revoke(
+    device: str, site: str, reason: str, actor: str | None, config_path: Path, as_json: bool
+) -> None:
     """Remove DEVICE's credential from the broker files (reload mosquitto afterwards)."""
     out = _channel(config_path).revoke_device(site, device, _actor(actor), reason)
     emit(out, as_json, lambda o: f"{o['site']}/{o['device']} revoked")
@@ -258,9 +308,15 @@ def devices_revoke(device: str, site: str, reason: str, actor: str | None, confi
 @handle_errors
 def devices_list(group: str | None, config_path: Path, as_json: bool) -> None:
     """Provisioned devices (no secrets)."""
-    rows = [{k: v for k, v in d.items() if k != "pw_hash"} for d in _channel(config_path).states.provisioned(group)]
-    emit(rows, as_json, lambda rs: "\n".join(f"{r['site']}/{r['device']}  group {r['grp']}" for r in rs)
-         or "no devices")
+    rows = [
+        {k: v for k, v in d.items() if k != "pw_hash"}
+        for d in _channel(config_path).states.provisioned(group)
+    ]
+    emit(
+        rows,
+        as_json,
+        lambda rs: "\n".join(f"{r['site']}/{r['device']}  group {r['grp']}" for r in rs) or "no devices",
+    )
 
 
 @devices.command("render")

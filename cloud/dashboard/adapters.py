@@ -26,11 +26,14 @@ def release_channel(svc: Services) -> Any:
             mod = svc.module("cloud.release.service", "the release channel")
             ch = mod.ReleaseChannel(svc.cfg, registry=svc.get_registry(), audit=svc.get_audit())
             svc.extras["release_channel"] = ch
+            svc._owned["release_channel"] = True
         return ch
 
 
 # --- approvals ------------------------------------------------------------------------------
-def approve(svc: Services, *, version: str, stage: str, actor: str, reason: str, force: bool) -> dict[str, Any]:
+def approve(
+    svc: Services, *, version: str, stage: str, actor: str, reason: str, force: bool
+) -> dict[str, Any]:
     result: dict[str, Any] = release_channel(svc).approve(version, stage, actor, reason, force)
     return result
 
@@ -48,22 +51,21 @@ def stage_history(svc: Services, version: str) -> tuple[list[dict[str, Any]], st
     return [d.to_dict() for d in mod.history(svc.get_registry(), version)], None
 
 
-def report_file(svc: Services, model: Any) -> Path | None:
-    """The evaluation report HTML of a version, wherever the pipeline wrote it."""
-    candidates: list[Path] = []
-    for src in (model.metrics or {}, model.lineage or {}):
-        for key in ("report_html", "report"):
-            v = src.get(key)
-            if isinstance(v, str) and v.endswith(".html"):
-                candidates.append(Path(v))
-    if model.package_dir:
-        pkg = Path(model.package_dir)
-        candidates += [pkg / "report.html", pkg / "evaluation.html", pkg / "evaluation" / "report.html"]
-    candidates += [svc.cfg.reports_dir / f"{model.version}.html", svc.cfg.reports_dir / model.version / "report.html"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return None
+def report_files(svc: Services, model: Any) -> list[tuple[str, Path]]:
+    """Evaluation reports of a version: the one sealed in its package, then re-evaluations
+    (``parkwatch cloud evaluate``, under ``reports/<version>/<dataset>/``), newest first."""
+    from shared.modelpkg import EVALUATION_HTML
+
+    found: list[tuple[str, Path]] = []
+    if model.package_dir and (Path(model.package_dir) / EVALUATION_HTML).is_file():
+        found.append(("at packaging (test split)", Path(model.package_dir) / EVALUATION_HTML))
+    again = sorted(
+        (svc.cfg.reports_dir / model.version).glob(f"*/{EVALUATION_HTML}"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    found += [(f"re-evaluation on dataset {p.parent.name}", p) for p in again]
+    return found
 
 
 # --- rollouts -------------------------------------------------------------------------------
@@ -71,10 +73,18 @@ def rollout_status(svc: Services) -> list[dict[str, Any]]:
     status = release_channel(svc).status()
     out = []
     for name, g in sorted(status.get("groups", {}).items()):
-        out.append({"group": name, "target": g.get("target_version"), "total": g.get("devices", 0),
-                    "done": g.get("active", 0), "states": g.get("by_state", {}),
-                    "versions": g.get("by_version", {}), "failed": g.get("failed", []),
-                    "rollout": g.get("rollout")})
+        out.append(
+            {
+                "group": name,
+                "target": g.get("target_version"),
+                "total": g.get("devices", 0),
+                "done": g.get("active", 0),
+                "states": g.get("by_state", {}),
+                "versions": g.get("by_version", {}),
+                "failed": g.get("failed", []),
+                "rollout": g.get("rollout"),
+            }
+        )
     return out
 
 

@@ -22,7 +22,7 @@ from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import AuthError, CsrfError, Forbidden, ServiceUnavailable
 from cloud.dashboard.security import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, csrf_ok, sign, unsign
 from cloud.dashboard.users import UserStore
-from cloud.dashboard.web import make_templates, render, session
+from cloud.dashboard.web import make_templates, render, require, session
 from cloud.registry.audit import AuditLog
 from shared.errors import ParkwatchError
 
@@ -42,8 +42,11 @@ def session_secret(cfg: CloudConfig) -> bytes:
     if len(value) < 16:
         from shared.errors import ConfigError
 
-        raise ConfigError("<secret>", "dashboard.session_secret",
-                          "the session secret needs at least 16 characters (e.g. `openssl rand -hex 32`)")
+        raise ConfigError(
+            "<secret>",
+            "dashboard.session_secret",
+            "the session secret needs at least 16 characters (e.g. `openssl rand -hex 32`)",
+        )
     return value.encode("utf-8")
 
 
@@ -57,8 +60,9 @@ async def csrf_guard(request: Request) -> None:
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             token = str((await request.form()).get(CSRF_FIELD) or "")
     if not csrf_ok(session(request), token):
-        raise CsrfError("this form is missing its security token or the token is stale; "
-                        "reload the page and submit again")
+        raise CsrfError(
+            "this form is missing its security token or the token is stale; reload the page and submit again"
+        )
 
 
 def create_app(
@@ -74,10 +78,22 @@ def create_app(
 ) -> FastAPI:
     from cloud.dashboard.views import ROUTERS
 
-    svc = Services(cfg, users=users, audit=audit, registry=registry, fleet=fleet, alerts=alerts,
-                   extras=dict(extras or {}))
-    app = FastAPI(title="parkwatch dashboard", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(csrf_guard)])
+    svc = Services(
+        cfg,
+        users=users,
+        audit=audit,
+        registry=registry,
+        fleet=fleet,
+        alerts=alerts,
+        extras=dict(extras or {}),
+    )
+    app = FastAPI(
+        title="parkwatch dashboard",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(csrf_guard)],
+    )
     app.state.services = svc
     app.state.templates = make_templates()
     key = secret if secret is not None else session_secret(cfg)
@@ -100,8 +116,15 @@ def create_app(
                 request.state.user = found
         response = await call_next(request)
         if request.state.session_dirty:
-            response.set_cookie(COOKIE, sign(request.state.session, key), max_age=max_age, httponly=True,
-                                samesite="lax", secure=cfg.dashboard.secure_cookies, path="/")
+            response.set_cookie(
+                COOKIE,
+                sign(request.state.session, key),
+                max_age=max_age,
+                httponly=True,
+                samesite="lax",
+                secure=cfg.dashboard.secure_cookies,
+                path="/",
+            )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
@@ -137,10 +160,29 @@ def create_app(
         if not hasattr(request.state, "session"):
             return HTMLResponse(str(exc.detail), status_code=exc.status_code)
         title = "Not found" if exc.status_code == 404 else "Error"
-        return render(request, "error.html.j2", status_code=exc.status_code, title=title,
-                      message=str(exc.detail))
+        return render(
+            request, "error.html.j2", status_code=exc.status_code, title=title, message=str(exc.detail)
+        )
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    _mount_feedback_api(app, svc)
     return app
+
+
+def _mount_feedback_api(app: FastAPI, svc: Services) -> None:
+    """``POST /api/feedback`` (fleet domain's router) behind sign-in, the label role and CSRF."""
+    from cloud.fleet.http import feedback_router
+
+    def may_label(request: Request) -> None:
+        require(request, "label")
+
+    def actor_of(request: Request) -> str | None:
+        u = request.state.user
+        return u.name if u is not None else None
+
+    app.include_router(
+        feedback_router(svc.get_fleet, audit=svc.get_audit(), actor_of=actor_of),
+        dependencies=[Depends(may_label)],
+    )

@@ -51,6 +51,7 @@ class Services:
     alerts: Any | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _owned: dict[str, bool] = field(default_factory=dict)
 
     def _lazy(self, attr: str, make: Callable[[], Any]) -> Any:
         with self._lock:
@@ -96,6 +97,31 @@ class Services:
             return mod.AlertStore(self.cfg.fleet_db)
 
         return self._lazy("alerts", make)
+
+    def get_alert_publisher(self) -> Any:
+        """Publishes alert state changes on MQTT, as the CLI does (never blocks a page for long)."""
+
+        def make() -> Any:
+            from cloud.governance.notify import AlertPublisher
+
+            return AlertPublisher(
+                self.cfg.mqtt, f"{self.cfg.governance.publish_client_id}-dashboard", timeout_s=3.0
+            )
+
+        with self._lock:
+            if "alert_publisher" not in self.extras:
+                self.extras["alert_publisher"] = make()
+            return self.extras["alert_publisher"]
+
+    def close(self) -> None:
+        """Close what this object opened (connections passed in by a caller are left to it)."""
+        pub = self.extras.pop("alert_publisher", None)
+        if pub is not None:
+            pub.close()
+        ch = self.extras.get("release_channel")
+        states = getattr(ch, "_states", None) if ch is not None else None
+        if states is not None and self._owned.get("release_channel"):
+            states.close()
 
     def module(self, name: str, what: str) -> Any:
         """A service module by import path, or ServiceUnavailable naming what is missing."""

@@ -55,8 +55,13 @@ def unsign(token: str, secret: bytes, max_age_s: float, now: float | None = None
         if not hmac.compare_digest(expected, _unb64(mac)):
             return None
         d = json.loads(_unb64(body))
-        s = Session(user=d.get("u"), epoch=int(d.get("e", 0)), issued=float(d["i"]), csrf=str(d["c"]),
-                    flash=d.get("f"))
+        s = Session(
+            user=d.get("u"),
+            epoch=int(d.get("e", 0)),
+            issued=float(d["i"]),
+            csrf=str(d["c"]),
+            flash=d.get("f"),
+        )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
     now = time.time() if now is None else now

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 from argon2 import PasswordHasher
@@ -98,24 +99,40 @@ class UserStore:
             conn = sqlite3.connect(str(self.path), timeout=10, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
             self.db.enable_wal()
-            self.db["users"].create(
-                {"name": str, "role": str, "pw_hash": str, "session_epoch": int, "created_at": float,
-                 "last_login": float},
-                pk="name", not_null={"role", "pw_hash", "session_epoch", "created_at"}, if_not_exists=True,
+            self.t = self.db.table("users")
+            self.db.table("users").create(
+                {
+                    "name": str,
+                    "role": str,
+                    "pw_hash": str,
+                    "session_epoch": int,
+                    "created_at": float,
+                    "last_login": float,
+                },
+                pk="name",
+                not_null={"role", "pw_hash", "session_epoch", "created_at"},
+                if_not_exists=True,
             )
         except (OSError, sqlite3.Error) as e:
-            raise UserError(f"cannot open the users database {self.path}: {e}; check [dashboard] "
-                            "users_db and the folder's permissions") from e
+            raise UserError(
+                f"cannot open the users database {self.path}: {e}; check [dashboard] "
+                "users_db and the folder's permissions"
+            ) from e
 
-    def _row(self, name: str) -> dict[str, object] | None:
-        rows = list(self.db["users"].rows_where("name = ?", [name]))
+    def _row(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.t.rows_where("name = ?", [name]))
         return rows[0] if rows else None
 
     @staticmethod
-    def _user(r: dict[str, object]) -> User:
+    def _user(r: dict[str, Any]) -> User:
         ll = r.get("last_login")
-        return User(str(r["name"]), Role(str(r["role"])), int(r["session_epoch"]),  # type: ignore[call-overload]
-                    float(r["created_at"]), float(ll) if ll is not None else None)  # type: ignore[arg-type]
+        return User(
+            str(r["name"]),
+            Role(str(r["role"])),
+            int(r["session_epoch"]),
+            float(r["created_at"]),
+            float(ll) if ll is not None else None,
+        )
 
     def add(self, name: str, role: Role | str, password: str) -> User:
         check_name(name)
@@ -123,8 +140,16 @@ class UserStore:
         check_password(password)
         if self._row(name) is not None:
             raise UserError(f"user {name!r} exists already; use `users passwd` to change the password")
-        self.db["users"].insert({"name": name, "role": role.value, "pw_hash": _HASHER.hash(password),
-                                 "session_epoch": 1, "created_at": time.time(), "last_login": None})
+        self.t.insert(
+            {
+                "name": name,
+                "role": role.value,
+                "pw_hash": _HASHER.hash(password),
+                "session_epoch": 1,
+                "created_at": time.time(),
+                "last_login": None,
+            }
+        )
         return self.get(name)
 
     def get(self, name: str) -> User:
@@ -138,24 +163,22 @@ class UserStore:
         return self._user(r) if r else None
 
     def list(self) -> list[User]:
-        return [self._user(r) for r in self.db["users"].rows_where(order_by="name")]
+        return [self._user(r) for r in self.t.rows_where(order_by="name")]
 
     def set_password(self, name: str, password: str) -> User:
         check_password(password)
         user = self.get(name)
-        self.db["users"].update(name, {"pw_hash": _HASHER.hash(password),
-                                       "session_epoch": user.session_epoch + 1})
+        self.t.update(name, {"pw_hash": _HASHER.hash(password), "session_epoch": user.session_epoch + 1})
         return self.get(name)
 
     def set_role(self, name: str, role: Role | str) -> User:
         user = self.get(name)
-        self.db["users"].update(name, {"role": parse_role(str(role)).value,
-                                       "session_epoch": user.session_epoch + 1})
+        self.t.update(name, {"role": parse_role(str(role)).value, "session_epoch": user.session_epoch + 1})
         return self.get(name)
 
     def remove(self, name: str) -> None:
         self.get(name)
-        self.db["users"].delete(name)
+        self.t.delete(name)
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if the password matches, else None (same cost either way)."""
@@ -167,10 +190,10 @@ class UserStore:
             return None
         if r is None:
             return None
-        updates: dict[str, object] = {"last_login": time.time()}
+        updates: dict[str, Any] = {"last_login": time.time()}
         if _HASHER.check_needs_rehash(stored):
             updates["pw_hash"] = _HASHER.hash(password)
-        self.db["users"].update(name, updates)
+        self.t.update(name, updates)
         return self.get(name)
 
     def close(self) -> None:

@@ -56,9 +56,14 @@ def _pct(v: Any, digits: int = 1) -> str:
 
 def make_templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(TEMPLATES_DIR))
-    t.env.filters.update(when=_when, ago=_ago, num=_num, pct=_pct,
-                         tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
-                         urlq=lambda v: quote(str(v), safe=""))
+    t.env.filters.update(
+        when=_when,
+        ago=_ago,
+        num=_num,
+        pct=_pct,
+        tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
+        urlq=lambda v: quote(str(v), safe=""),
+    )
     t.env.autoescape = True
     return t
 
@@ -85,8 +90,10 @@ def require(request: Request, action: str = "view") -> User:
         raise AuthError("sign in to continue")
     if not allowed(u.role, action):
         roles = ", ".join(sorted(r.value for r in PERMISSIONS.get(action, frozenset())))
-        raise Forbidden(f"your role ({u.role.value}) may not {action.replace('_', ' ')}; "
-                        f"this needs one of: {roles}. Ask an admin if you should.")
+        raise Forbidden(
+            f"your role ({u.role.value}) may not {action.replace('_', ' ')}; "
+            f"this needs one of: {roles}. Ask an admin if you should."
+        )
     return u
 
 

@@ -14,6 +14,11 @@ W = H = 320
 PAD = 40
 
 
+def _svg_open(label: str) -> str:
+    ns = "http://www.w3.org/2000/svg"
+    return f'<svg xmlns="{ns}" width="{W}" height="{H}" role="img" aria-label="{_esc(label)}">'
+
+
 def _esc(v: Any) -> str:
     return html.escape(str(v))
 
@@ -21,7 +26,7 @@ def _esc(v: Any) -> str:
 def _axes(title: str, xlabel: str, ylabel: str) -> list[str]:
     x0, y0, x1, y1 = PAD, H - PAD, W - 10, 20
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" aria-label="{_esc(title)}">',
+        _svg_open(title),
         f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="13">{_esc(title)}</text>',
         f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#333"/>',
         f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#333"/>',
@@ -49,7 +54,7 @@ def confusion_svg(cm: list[list[int]], labels: list[str]) -> str:
     cell = (W - 2 * PAD) / n
     peak = max(max(row) for row in cm) or 1
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" aria-label="confusion matrix">',
+        _svg_open("confusion matrix"),
         f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="13">Confusion matrix (rows: true)</text>',
     ]
     for i in range(n):
@@ -129,7 +134,8 @@ def render_html(version: str, metrics: dict[str, Any], gate: dict[str, Any], con
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}.plots{{display:flex;flex-wrap:wrap;gap:16px}}
 .failed{{color:#c0392b}}.passed{{color:#229954}}</style></head><body>
 <h1>Model {_esc(version)}: test-split evaluation</h1>
-<p>Accuracy <b>{metrics["accuracy"]:.4f}</b> on {metrics["n"]} images; ROC AUC {auc if auc is None else f"{auc:.4f}"};
+<p>Accuracy <b>{metrics["accuracy"]:.4f}</b> on {metrics["n"]} images;
+ROC AUC {auc if auc is None else f"{auc:.4f}"};
 ECE {metrics["ece"]:.4f}; recall gap {metrics["recall_gap"]:.4f}.</p>
 <p>Promotion gate: <b class="{"passed" if gate["passed"] else "failed"}">{verdict}</b></p><ul>{failures}</ul>
 <table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>

@@ -8,16 +8,31 @@ from cloud.fleet.errors import BadRequest
 from cloud.fleet.store import FleetStore
 
 
-def label_prediction(store: FleetStore, label: str, actor: str, prediction_id: str | None = None,
-                     snapshot: str | None = None, comment: str | None = None,
-                     audit: Any | None = None) -> dict[str, Any]:
+def label_prediction(
+    store: FleetStore,
+    label: str,
+    actor: str,
+    prediction_id: str | None = None,
+    snapshot: str | None = None,
+    comment: str | None = None,
+    audit: Any | None = None,
+) -> dict[str, Any]:
     """Record what a frame really showed; exactly one of ``prediction_id`` and ``snapshot``."""
     if (prediction_id is None) == (snapshot is None):
         raise BadRequest("name exactly one of a prediction id (DEVICE:SEQ) or --snapshot ID")
     pred = store.prediction(prediction_id) if prediction_id else store.prediction_by_snapshot(snapshot or "")
     row = store.add_feedback(pred, label, actor, comment)
     if audit is not None:
-        audit.append(actor, "feedback.label", f"prediction:{row['prediction_id']}",
-                     {"label": label, "predicted": row["predicted"], "model_version": row["model_version"],
-                      "snapshot": row["snapshot"], "comment": comment})
+        audit.append(
+            actor,
+            "feedback.label",
+            f"prediction:{row['prediction_id']}",
+            {
+                "label": label,
+                "predicted": row["predicted"],
+                "model_version": row["model_version"],
+                "snapshot": row["snapshot"],
+                "comment": comment,
+            },
+        )
     return row

@@ -33,8 +33,11 @@ class FeedbackIn(BaseModel):
         return self
 
 
-def feedback_router(store: FleetStore | Callable[[], FleetStore], audit: Any | None = None,
-                    actor_of: Callable[[Request], str | None] | None = None) -> APIRouter:
+def feedback_router(
+    store: FleetStore | Callable[[], FleetStore],
+    audit: Any | None = None,
+    actor_of: Callable[[Request], str | None] | None = None,
+) -> APIRouter:
     router = APIRouter()
 
     def get_store() -> FleetStore:
@@ -44,10 +47,17 @@ def feedback_router(store: FleetStore | Callable[[], FleetStore], audit: Any | N
     def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
         actor = (actor_of(request) if actor_of else None) or body.actor
         if not actor:
-            raise HTTPException(422, "say who labels: send \"actor\" or log in")
+            raise HTTPException(422, 'say who labels: send "actor" or log in')
         try:
-            return label_prediction(get_store(), body.label, actor, prediction_id=body.prediction_id,
-                                    snapshot=body.snapshot, comment=body.comment, audit=audit)
+            return label_prediction(
+                get_store(),
+                body.label,
+                actor,
+                prediction_id=body.prediction_id,
+                snapshot=body.snapshot,
+                comment=body.comment,
+                audit=audit,
+            )
         except NotFound as e:
             raise HTTPException(404, str(e)) from e
         except BadRequest as e:

@@ -83,8 +83,9 @@ class FleetIngest:
         # Open (and create) the database before taking messages, so a bad path fails fast.
         db = connect(self.cfg.fleet_db, synchronous="FULL")
         self._stop.clear()
-        self._thread = threading.Thread(target=self._writer_loop, args=(db,), name="fleet-ingest-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._writer_loop, args=(db,), name="fleet-ingest-writer", daemon=True
+        )
         self._thread.start()
         c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
         c.on_connect = self._on_connect
@@ -95,18 +96,25 @@ class FleetIngest:
         props.ReceiveMaximum = self.fcfg.receive_maximum
         self._client = c
         try:
-            c.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=self.cfg.mqtt.keepalive,
-                            clean_start=False, properties=props)
+            c.connect_async(
+                self.cfg.mqtt.host,
+                self.cfg.mqtt.port,
+                keepalive=self.cfg.mqtt.keepalive,
+                clean_start=False,
+                properties=props,
+            )
         except (OSError, ValueError) as e:
             self.stop()
-            raise FleetError(f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {e}") from e
+            raise FleetError(
+                f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {e}"
+            ) from e
         c.loop_start()
 
     def stop(self) -> None:
         """Stop taking messages, write and acknowledge what is queued, then disconnect."""
         c = self._client
         if c is not None:
-            c.on_message = lambda *a: None  # type: ignore[assignment,misc]
+            c.on_message = lambda *a: None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -150,7 +158,9 @@ class FleetIngest:
         self._connected.set()
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
         self._connected.clear()
         if not self._stop.is_set():
             log.warning("ingest lost the broker (%s); paho reconnects, the broker keeps our queue", rc)

@@ -78,7 +78,9 @@ class FleetStore:
     def device(self, device: str) -> dict[str, Any]:
         rows = self.query("SELECT * FROM devices WHERE device=?", (device,))
         if not rows:
-            raise NotFound(f"device {device!r} has never reported; check the name with `parkwatch cloud health`")
+            raise NotFound(
+                f"device {device!r} has never reported; check the name with `parkwatch cloud health`"
+            )
         return rows[0]
 
     def set_health(self, device: str, state: str, reasons: list[str], ts: float) -> None:
@@ -93,16 +95,28 @@ class FleetStore:
         )
 
     def model_states(self, device: str, limit: int = 100) -> list[dict[str, Any]]:
-        return self.query("SELECT * FROM model_states WHERE device=? ORDER BY ts DESC LIMIT ?", (device, limit))
+        return self.query(
+            "SELECT * FROM model_states WHERE device=? ORDER BY ts DESC LIMIT ?", (device, limit)
+        )
 
     # telemetry -----------------------------------------------------------------------------
-    def telemetry(self, device: str, since: float | None = None, until: float | None = None,
-                  limit: int = 10_000, full: bool = False) -> list[dict[str, Any]]:
+    def telemetry(
+        self,
+        device: str,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 10_000,
+        full: bool = False,
+    ) -> list[dict[str, Any]]:
         """Telemetry rows of one device in time order; ``full`` adds the whole message (``body``)."""
-        cols = "*" if full else (
-            "device, ts, site, cpu_percent, memory_percent, disk_percent, temp_max, latency_p50, "
-            "latency_p95, latency_p99, inference_fps, inference_errors, abstain_rate, outbox_backlog, "
-            "outbox_evicted, model_version"
+        cols = (
+            "*"
+            if full
+            else (
+                "device, ts, site, cpu_percent, memory_percent, disk_percent, temp_max, latency_p50, "
+                "latency_p95, latency_p99, inference_fps, inference_errors, abstain_rate, outbox_backlog, "
+                "outbox_evicted, model_version"
+            )
         )
         rows = self.query(
             f"SELECT {cols} FROM telemetry WHERE device=? AND ts>=? AND ts<=? ORDER BY ts DESC LIMIT ?",
@@ -116,11 +130,18 @@ class FleetStore:
         return rows[0] if rows else None
 
     # predictions ---------------------------------------------------------------------------
-    def predictions(self, device: str | None = None, site: str | None = None,
-                    model_version: str | None = None, since: float | None = None,
-                    until: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def predictions(
+        self,
+        device: str | None = None,
+        site: str | None = None,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
         """Newest first. Each row carries ``id`` (``device:seq``), the id labels and lineage use."""
-        where, params = ["ts>=?", "ts<=?"], [since or 0.0, until if until is not None else 1e18]
+        where: list[str] = ["ts>=?", "ts<=?"]
+        params: list[Any] = [since or 0.0, until if until is not None else 1e18]
         for col, val in (("device", device), ("site", site), ("model_version", model_version)):
             if val is not None:
                 where.append(f"{col}=?")
@@ -137,7 +158,9 @@ class FleetStore:
         device, seq = parse_prediction_id(pid)
         rows = self.query("SELECT * FROM predictions WHERE device=? AND seq=?", (device, seq))
         if not rows:
-            raise NotFound(f"prediction {pid} is not in the fleet store (expired by retention, or never received)")
+            raise NotFound(
+                f"prediction {pid} is not in the fleet store (expired by retention, or never received)"
+            )
         rows[0]["id"] = pid
         return rows[0]
 
@@ -150,12 +173,16 @@ class FleetStore:
 
     def prediction_count(self, device: str | None = None) -> int:
         if device:
-            return int(self.db.conn.execute("SELECT count(*) FROM predictions WHERE device=?", (device,))
-                       .fetchone()[0])
+            return int(
+                self.db.conn.execute("SELECT count(*) FROM predictions WHERE device=?", (device,)).fetchone()[
+                    0
+                ]
+            )
         return int(self.db.conn.execute("SELECT count(*) FROM predictions").fetchone()[0])
 
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
-        """Seq ranges still missing, with the cause ingest inferred; a row that turns up later removes them."""
+        """Seq ranges still missing, with the cause ingest inferred; a row that turns up later "
+        "removes them."""
         sql = "SELECT *, last_seq-first_seq+1 AS missing FROM gaps"
         if device:
             return self.query(sql + " WHERE device=? ORDER BY first_seq", (device,))
@@ -165,25 +192,41 @@ class FleetStore:
         return {r["name"]: r["value"] for r in self.query("SELECT name, value FROM counters")}
 
     # feedback ------------------------------------------------------------------------------
-    def add_feedback(self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None) -> dict[str, Any]:
+    def add_feedback(
+        self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None
+    ) -> dict[str, Any]:
         """Ground truth for one prediction; a later label for the same prediction replaces it."""
         if label not in LABELS:
             raise BadRequest(f"label {label!r} is not one of {', '.join(LABELS)}")
         if not actor:
             raise BadRequest("a label needs an actor (who says so)")
         row = {
-            "device": pred["device"], "seq": pred["seq"], "site": pred["site"], "snapshot": pred.get("snapshot"),
-            "label": label, "predicted": pred["label"], "model_version": pred["model_version"],
-            "pred_ts": pred["ts"], "actor": actor, "comment": comment, "ts": time.time(),
+            "device": pred["device"],
+            "seq": pred["seq"],
+            "site": pred["site"],
+            "snapshot": pred.get("snapshot"),
+            "label": label,
+            "predicted": pred["label"],
+            "model_version": pred["model_version"],
+            "pred_ts": pred["ts"],
+            "actor": actor,
+            "comment": comment,
+            "ts": time.time(),
         }
         with self._lock:
             self.db["feedback"].upsert(row, pk=("device", "seq"))  # type: ignore[union-attr]
         row["prediction_id"] = prediction_id(pred["device"], pred["seq"])
         return row
 
-    def feedback(self, model_version: str | None = None, since: float | None = None,
-                 until: float | None = None, site: str | None = None) -> list[dict[str, Any]]:
-        where, params = ["pred_ts>=?", "pred_ts<=?"], [since or 0.0, until if until is not None else 1e18]
+    def feedback(
+        self,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        site: str | None = None,
+    ) -> list[dict[str, Any]]:
+        where: list[str] = ["pred_ts>=?", "pred_ts<=?"]
+        params: list[Any] = [since or 0.0, until if until is not None else 1e18]
         for col, val in (("model_version", model_version), ("site", site)):
             if val is not None:
                 where.append(f"{col}=?")
@@ -198,12 +241,23 @@ class FleetStore:
         with self._lock:
             self.db["drift"].insert_all(enc)  # type: ignore[union-attr]
 
-    def drift_results(self, model_version: str | None = None, site: str | None = None,
-                      device: str | None = None, run_id: str | None = None,
-                      limit: int = 500) -> list[dict[str, Any]]:
+    def drift_results(
+        self,
+        model_version: str | None = None,
+        site: str | None = None,
+        device: str | None = None,
+        run_id: str | None = None,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
         """Drift figures per model/site (``device`` = '' for the site as a whole) per analysis run."""
-        where, params = ["1=1"], []
-        for col, val in (("model_version", model_version), ("site", site), ("device", device), ("run_id", run_id)):
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
+        for col, val in (
+            ("model_version", model_version),
+            ("site", site),
+            ("device", device),
+            ("run_id", run_id),
+        ):
             if val is not None:
                 where.append(f"{col}=?")
                 params.append(val)
@@ -220,9 +274,13 @@ class FleetStore:
                 c = self.db.conn
                 out["predictions"] = c.execute(
                     "DELETE FROM predictions WHERE ts<? AND NOT EXISTS (SELECT 1 FROM feedback f "
-                    "WHERE f.device=predictions.device AND f.seq=predictions.seq)", (before_ts,)).rowcount
+                    "WHERE f.device=predictions.device AND f.seq=predictions.seq)",
+                    (before_ts,),
+                ).rowcount
                 out["telemetry"] = c.execute("DELETE FROM telemetry WHERE ts<?", (before_ts,)).rowcount
-                out["status_events"] = c.execute("DELETE FROM status_events WHERE ts<?", (before_ts,)).rowcount
+                out["status_events"] = c.execute(
+                    "DELETE FROM status_events WHERE ts<?", (before_ts,)
+                ).rowcount
                 out["model_states"] = c.execute("DELETE FROM model_states WHERE ts<?", (before_ts,)).rowcount
                 out["drift"] = c.execute("DELETE FROM drift WHERE ts<?", (before_ts,)).rowcount
                 out["gaps"] = c.execute("DELETE FROM gaps WHERE detected_ts<?", (before_ts,)).rowcount

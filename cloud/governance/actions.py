@@ -36,17 +36,24 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
     with FleetStore(cfg.fleet_db) as fs:
         devices = fs.devices(site=alert["site"])
     model = alert["details"].get("model_version")
-    groups = sorted({d["grp"] for d in devices if d["grp"]
-                     and (alert["device"] is None or d["device"] == alert["device"])
-                     and (model is None or d["model_version"] == model)})
+    groups = sorted(
+        {
+            d["grp"]
+            for d in devices
+            if d["grp"]
+            and (alert["device"] is None or d["device"] == alert["device"])
+            and (model is None or d["model_version"] == model)
+        }
+    )
     return groups
 
 
 def _rollback_fn(cfg: CloudConfig) -> Any:
-    """The secure-delivery helper's rollback: ``cloud.release.rollout.rollback(cfg, group=, actor=, reason=)``
-    or, failing that, ``cloud.release.service.ReleaseChannel(cfg).rollback(group, actor, reason, automatic=True)``."""
+    """The secure-delivery helper's rollback, whichever form exists:
+    ``cloud.release.rollout.rollback(cfg, group=, actor=, reason=)`` or
+    ``cloud.release.service.ReleaseChannel(cfg).rollback(group, actor, reason, automatic=True)``."""
     try:
-        from cloud.release import rollout as release_rollout
+        from cloud.release import rollout as release_rollout  # type: ignore[attr-defined,unused-ignore]
 
         fn = getattr(release_rollout, "rollback", None)
         if fn is not None:
@@ -56,8 +63,10 @@ def _rollback_fn(cfg: CloudConfig) -> Any:
     try:
         from cloud.release.service import ReleaseChannel
     except ImportError as e:
-        raise ActionUnavailable(f"rollback needs {ROLLBACK_FN} or cloud.release.service.ReleaseChannel "
-                                f"(secure delivery), which is not installed: {e}") from e
+        raise ActionUnavailable(
+            f"rollback needs {ROLLBACK_FN} or cloud.release.service.ReleaseChannel "
+            f"(secure delivery), which is not installed: {e}"
+        ) from e
     channel = ReleaseChannel(cfg)
     return lambda g, actor, reason: channel.rollback(g, actor, reason, automatic=True)
 
@@ -66,8 +75,10 @@ def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, A
     """Roll the alerted devices' group(s) back to their previous version through the release channel."""
     groups = rollback_groups(cfg, alert)
     if not groups:
-        raise ActionUnavailable(f"alert {alert['id']}: no device group known for site {alert['site']}; set "
-                                "governance.rollback_group or let devices report their group")
+        raise ActionUnavailable(
+            f"alert {alert['id']}: no device group known for site {alert['site']}; set "
+            "governance.rollback_group or let devices report their group"
+        )
     fn = _rollback_fn(cfg)
     reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"
     results = []
@@ -144,7 +155,9 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
     with Registry(cfg.registry_db) as reg:
         datasets = reg.list_datasets()
         if not datasets:
-            raise ActionUnavailable("retraining needs a dataset version: run `parkwatch cloud ingest LAKE` first")
+            raise ActionUnavailable(
+                "retraining needs a dataset version: run `parkwatch cloud ingest LAKE` first"
+            )
         base = datasets[0]
         frames = feedback_frames(cfg, base.labels)
         dataset_id = base.id
@@ -167,10 +180,17 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
     log_path = work / "train.log"
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    result: dict[str, Any] = {"action": "retrain", "dataset": dataset_id, "base_dataset": base.id,
-                              "feedback_frames": len(frames), "command": cmd, "pid": proc.pid,
-                              "log": str(log_path), "note": "the new version is registered as a candidate "
-                              "and waits for approval; nothing is promoted automatically"}
+    result: dict[str, Any] = {
+        "action": "retrain",
+        "dataset": dataset_id,
+        "base_dataset": base.id,
+        "feedback_frames": len(frames),
+        "command": cmd,
+        "pid": proc.pid,
+        "log": str(log_path),
+        "note": "the new version is registered as a candidate "
+        "and waits for approval; nothing is promoted automatically",
+    }
     if wait:
         result["returncode"] = proc.wait()
     return result

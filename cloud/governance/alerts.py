@@ -7,6 +7,7 @@ of opening a duplicate; once resolved, a recurrence opens a new alert.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -68,9 +69,17 @@ def to_message(row: dict[str, Any]) -> Alert:
     details.update({"key": row["key"], "count": row["count"], "opened_ts": row["opened_ts"]})
     if row["actions"]:
         details["actions"] = row["actions"]
-    return Alert(id=row["id"], site=row["site"], device=row["device"], rule=row["rule"],
-                 severity=row["severity"], state=row["state"], message=row["message"],
-                 ts=row["updated_ts"], details=details)
+    return Alert(
+        id=row["id"],
+        site=row["site"],
+        device=row["device"],
+        rule=row["rule"],
+        severity=row["severity"],
+        state=row["state"],
+        message=row["message"],
+        ts=row["updated_ts"],
+        details=details,
+    )
 
 
 class AlertStore:
@@ -96,8 +105,10 @@ class AlertStore:
             return [_decode(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
 
     def _event(self, alert_id: str, actor: str, event: str, comment: str | None, ts: float) -> None:
-        self.db.conn.execute("INSERT INTO alert_events(alert_id, ts, actor, event, comment) VALUES (?,?,?,?,?)",
-                             (alert_id, ts, actor, event, comment))
+        self.db.conn.execute(
+            "INSERT INTO alert_events(alert_id, ts, actor, event, comment) VALUES (?,?,?,?,?)",
+            (alert_id, ts, actor, event, comment),
+        )
 
     # reads ---------------------------------------------------------------------------------
     def get(self, alert_id: str) -> dict[str, Any]:
@@ -106,10 +117,18 @@ class AlertStore:
             raise AlertNotFound(f"no alert {alert_id!r}; list them with `parkwatch cloud alerts list`")
         return rows[0]
 
-    def list(self, state: str | None = None, site: str | None = None, rule: str | None = None,
-             device: str | None = None, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+    def list(
+        self,
+        state: str | None = None,
+        site: str | None = None,
+        rule: str | None = None,
+        device: str | None = None,
+        active_only: bool = False,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
         """Newest first. ``active_only`` = open or acknowledged."""
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if state is not None:
             if state not in STATES:
                 raise GovernanceError(f"alert state {state!r} is not one of {', '.join(STATES)}")
@@ -121,13 +140,16 @@ class AlertStore:
             if val is not None:
                 where.append(f"{col}=?")
                 params.append(val)
-        return self._rows(f"SELECT * FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_ts DESC LIMIT ?",
-                          [*params, limit])
+        return self._rows(
+            f"SELECT * FROM alerts WHERE {' AND '.join(where)} ORDER BY opened_ts DESC LIMIT ?",
+            [*params, limit],
+        )
 
-    def events(self, alert_id: str) -> list[dict[str, Any]]:
+    def events(self, alert_id: str) -> builtins.list[dict[str, Any]]:
         with self._lock:
             cur = self.db.conn.execute(
-                "SELECT ts, actor, event, comment FROM alert_events WHERE alert_id=? ORDER BY id", (alert_id,))
+                "SELECT ts, actor, event, comment FROM alert_events WHERE alert_id=? ORDER BY id", (alert_id,)
+            )
             return [dict(zip(("ts", "actor", "event", "comment"), r, strict=True)) for r in cur.fetchall()]
 
     def active_by_key(self, rules: set[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -142,18 +164,35 @@ class AlertStore:
             with self._lock, self.db.conn:
                 row = self.db.conn.execute(
                     "SELECT id FROM alerts WHERE key=? AND state!='resolved' ORDER BY opened_ts DESC LIMIT 1",
-                    (f.key,)).fetchone()
+                    (f.key,),
+                ).fetchone()
                 if row:
                     self.db.conn.execute(
                         "UPDATE alerts SET message=?, details=?, last_seen_ts=?, count=count+1 WHERE id=?",
-                        (f.message, json.dumps(f.details, default=str), now, row[0]))
+                        (f.message, json.dumps(f.details, default=str), now, row[0]),
+                    )
                     return self.get(row[0]), False
                 alert_id = uuid.uuid4().hex[:12]
                 self.db.conn.execute(
-                    "INSERT INTO alerts(id, key, rule, site, device, subject, severity, state, message, details, "
+                    "INSERT INTO alerts(id, key, rule, site, device, subject, severity, state, "
+                    "message, details, "
                     "opened_ts, updated_ts, last_seen_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (alert_id, f.key, f.rule, f.site, f.device, f.subject, severity, "open", f.message,
-                     json.dumps(f.details, default=str), now, now, now))
+                    (
+                        alert_id,
+                        f.key,
+                        f.rule,
+                        f.site,
+                        f.device,
+                        f.subject,
+                        severity,
+                        "open",
+                        f.message,
+                        json.dumps(f.details, default=str),
+                        now,
+                        now,
+                        now,
+                    ),
+                )
                 self._event(alert_id, actor, "open", f.message, now)
         except sqlite3.Error as e:
             raise GovernanceError(f"cannot store alert in {self.path}: {e}") from e
@@ -164,8 +203,10 @@ class AlertStore:
             raise GovernanceError("say who you are (--actor NAME): every alert change is attributed")
         cur = self.get(alert_id)
         if cur["state"] == "resolved":
-            raise AlertStateError(f"alert {alert_id} is already resolved (by {cur['resolved_by']}); "
-                                  "a recurrence opens a new alert")
+            raise AlertStateError(
+                f"alert {alert_id} is already resolved (by {cur['resolved_by']}); "
+                "a recurrence opens a new alert"
+            )
         if to == "acknowledged" and cur["state"] == "acknowledged":
             raise AlertStateError(f"alert {alert_id} was already acknowledged by {cur['acked_by']}")
         now = time.time()
@@ -173,8 +214,10 @@ class AlertStore:
         comment_col = "ack_comment" if to == "acknowledged" else "resolve_comment"
         with self._lock, self.db.conn:
             self.db.conn.execute(
-                f"UPDATE alerts SET state=?, updated_ts=?, {col}_by=?, {col}_ts=?, {comment_col}=? WHERE id=?",
-                (to, now, actor, now, comment, alert_id))
+                f"UPDATE alerts SET state=?, updated_ts=?, {col}_by=?, {col}_ts=?, {comment_col}=? "
+                "WHERE id=?",
+                (to, now, actor, now, comment, alert_id),
+            )
             self._event(alert_id, actor, "ack" if to == "acknowledged" else "resolve", comment, now)
         return self.get(alert_id)
 
@@ -188,6 +231,14 @@ class AlertStore:
         with self._lock, self.db.conn:
             row = self.db.conn.execute("SELECT actions FROM alerts WHERE id=?", (alert_id,)).fetchone()
             actions = [*json.loads(row[0]), action] if row else [action]
-            self.db.conn.execute("UPDATE alerts SET actions=? WHERE id=?", (json.dumps(actions, default=str), alert_id))
-            self._event(alert_id, actor, f"action:{action.get('action')}", json.dumps(action, default=str), time.time())
+            self.db.conn.execute(
+                "UPDATE alerts SET actions=? WHERE id=?", (json.dumps(actions, default=str), alert_id)
+            )
+            self._event(
+                alert_id,
+                actor,
+                f"action:{action.get('action')}",
+                json.dumps(action, default=str),
+                time.time(),
+            )
         return self.get(alert_id)

@@ -28,16 +28,34 @@ log = logging.getLogger("parkwatch.cloud.governance")
 SYSTEM_ACTOR = "parkwatch-analysis"
 
 
-def _audit(audit: AuditLog | None, actor: str, action: str, alert: dict[str, Any], extra: dict[str, Any]) -> None:
+def _audit(
+    audit: AuditLog | None, actor: str, action: str, alert: dict[str, Any], extra: dict[str, Any]
+) -> None:
     if audit is None:
         return
-    audit.append(actor, action, f"alert:{alert['id']}",
-                 {"rule": alert["rule"], "site": alert["site"], "device": alert["device"],
-                  "severity": alert["severity"], "state": alert["state"], **extra})
+    audit.append(
+        actor,
+        action,
+        f"alert:{alert['id']}",
+        {
+            "rule": alert["rule"],
+            "site": alert["site"],
+            "device": alert["device"],
+            "severity": alert["severity"],
+            "state": alert["state"],
+            **extra,
+        },
+    )
 
 
-def ack_alert(store: AlertStore, alert_id: str, actor: str, comment: str | None = None,
-              audit: AuditLog | None = None, publisher: AlertPublisher | None = None) -> dict[str, Any]:
+def ack_alert(
+    store: AlertStore,
+    alert_id: str,
+    actor: str,
+    comment: str | None = None,
+    audit: AuditLog | None = None,
+    publisher: AlertPublisher | None = None,
+) -> dict[str, Any]:
     a = store.ack(alert_id, actor, comment)
     _audit(audit, actor, "alert.acknowledge", a, {"comment": comment})
     if publisher is not None:
@@ -45,8 +63,14 @@ def ack_alert(store: AlertStore, alert_id: str, actor: str, comment: str | None 
     return a
 
 
-def resolve_alert(store: AlertStore, alert_id: str, actor: str, comment: str | None = None,
-                  audit: AuditLog | None = None, publisher: AlertPublisher | None = None) -> dict[str, Any]:
+def resolve_alert(
+    store: AlertStore,
+    alert_id: str,
+    actor: str,
+    comment: str | None = None,
+    audit: AuditLog | None = None,
+    publisher: AlertPublisher | None = None,
+) -> dict[str, Any]:
     a = store.resolve(alert_id, actor, comment)
     _audit(audit, actor, "alert.resolve", a, {"comment": comment})
     if publisher is not None:
@@ -55,8 +79,14 @@ def resolve_alert(store: AlertStore, alert_id: str, actor: str, comment: str | N
 
 
 class Governor:
-    def __init__(self, cfg: CloudConfig, alerts: AlertStore, audit: AuditLog | None = None,
-                 publisher: AlertPublisher | None = None, actor: str = SYSTEM_ACTOR) -> None:
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        alerts: AlertStore,
+        audit: AuditLog | None = None,
+        publisher: AlertPublisher | None = None,
+        actor: str = SYSTEM_ACTOR,
+    ) -> None:
         self.cfg = cfg
         self.gcfg = cfg.governance
         self.alerts = alerts
@@ -64,8 +94,12 @@ class Governor:
         self.publisher = publisher
         self.actor = actor
 
-    def apply(self, findings: list[Finding], scope: Scope,
-              covered: Callable[[dict[str, Any]], bool] = lambda a: True) -> dict[str, list[dict[str, Any]]]:
+    def apply(
+        self,
+        findings: list[Finding],
+        scope: Scope,
+        covered: Callable[[dict[str, Any]], bool] = lambda a: True,
+    ) -> dict[str, list[dict[str, Any]]]:
         """Raise/refresh alerts for ``findings``; resolve active ``scope`` alerts that ``covered`` says
         were re-examined and are no longer found."""
         out: dict[str, list[dict[str, Any]]] = {"opened": [], "refreshed": [], "resolved": []}
@@ -105,17 +139,27 @@ class Governor:
             if action == "notify":
                 if not self.gcfg.webhook_url:
                     return alert  # MQTT publication already happened; nothing more to do
-                secret = self.gcfg.webhook_secret.resolve("governance.webhook_secret") if self.gcfg.webhook_secret else None
-                result = {"action": "notify", "webhook": post_webhook(self.gcfg.webhook_url, alert, secret,
-                                                                      self.gcfg.webhook_timeout_s)}
+                secret = (
+                    self.gcfg.webhook_secret.resolve("governance.webhook_secret")
+                    if self.gcfg.webhook_secret
+                    else None
+                )
+                result = {
+                    "action": "notify",
+                    "webhook": post_webhook(
+                        self.gcfg.webhook_url, alert, secret, self.gcfg.webhook_timeout_s
+                    ),
+                }
                 result["ok"] = result["webhook"]["ok"]
             elif action == "rollback":
                 result = {**actions.rollback(self.cfg, alert, self.actor), "ok": True}
             elif action == "retrain":
                 last = self._last_retrain_ts()
                 if last is not None and started - last < self.gcfg.retrain_cooldown_s:
-                    raise ActionUnavailable(f"a retraining run started {int(started - last)} s ago; the cooldown "
-                                            f"is {int(self.gcfg.retrain_cooldown_s)} s (governance.retrain_cooldown_s)")
+                    raise ActionUnavailable(
+                        f"a retraining run started {int(started - last)} s ago; the cooldown "
+                        f"is {int(self.gcfg.retrain_cooldown_s)} s (governance.retrain_cooldown_s)"
+                    )
                 result = {**actions.retrain(self.cfg, alert, self.actor), "ok": True}
             else:
                 raise ActionUnavailable(f"unknown action {action!r}")

@@ -52,8 +52,12 @@ class AlertPublisher:
             try:
                 c = self._ensure()
                 if not self._connected.wait(self.timeout_s):
-                    log.warning("alert %s not published: broker %s:%d unreachable", alert["id"], self.cfg.host,
-                                self.cfg.port)
+                    log.warning(
+                        "alert %s not published: broker %s:%d unreachable",
+                        alert["id"],
+                        self.cfg.host,
+                        self.cfg.port,
+                    )
                     return False
                 info = c.publish(Topics.alerts(alert["site"]), encode(to_message(alert)), qos=1)
                 info.wait_for_publish(self.timeout_s)

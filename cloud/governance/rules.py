@@ -22,24 +22,44 @@ class Rule:
     summary: str
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("device_offline", "health", "warning", "the device said offline or has been silent past the heartbeat"),
-    Rule("overheating", "health", "critical", "a temperature sensor is above the limit"),
-    Rule("cpu_saturation", "health", "warning", "CPU above the limit for several samples"),
-    Rule("memory_high", "health", "warning", "memory use above the limit"),
-    Rule("disk_high", "health", "warning", "disk use above the limit"),
-    Rule("camera_down", "health", "warning", "a camera is offline, reconnecting or stalled"),
-    Rule("frame_integrity", "health", "warning", "a camera's frames are flagged frozen, covered, blank or blurred"),
-    Rule("telemetry_anomaly", "health", "info", "a telemetry figure is far from its own recent history"),
-    Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
-    Rule("class_mix_drift", "drift", "warning", "the predicted cat/dog mix moved away from the test-set baseline"),
-    Rule("confidence_drift", "drift", "warning", "the confidence distribution moved away from the baseline"),
-    Rule("abstain_rate", "drift", "warning", "the model abstains much more often than on the test set"),
-    Rule("integrity_rate", "drift", "warning", "many frames carry integrity flags"),
-    Rule("estimated_accuracy_drop", "drift", "warning", "accuracy estimated from confidence (CBPE) fell"),
-    Rule("accuracy_drop", "drift", "critical", "accuracy on operator labels fell below the baseline"),
-    Rule("recall_gap", "drift", "warning", "the model finds one class much more readily than the other"),
-)}
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        Rule(
+            "device_offline",
+            "health",
+            "warning",
+            "the device said offline or has been silent past the heartbeat",
+        ),
+        Rule("overheating", "health", "critical", "a temperature sensor is above the limit"),
+        Rule("cpu_saturation", "health", "warning", "CPU above the limit for several samples"),
+        Rule("memory_high", "health", "warning", "memory use above the limit"),
+        Rule("disk_high", "health", "warning", "disk use above the limit"),
+        Rule("camera_down", "health", "warning", "a camera is offline, reconnecting or stalled"),
+        Rule(
+            "frame_integrity",
+            "health",
+            "warning",
+            "a camera's frames are flagged frozen, covered, blank or blurred",
+        ),
+        Rule("telemetry_anomaly", "health", "info", "a telemetry figure is far from its own recent history"),
+        Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
+        Rule(
+            "class_mix_drift",
+            "drift",
+            "warning",
+            "the predicted cat/dog mix moved away from the test-set baseline",
+        ),
+        Rule(
+            "confidence_drift", "drift", "warning", "the confidence distribution moved away from the baseline"
+        ),
+        Rule("abstain_rate", "drift", "warning", "the model abstains much more often than on the test set"),
+        Rule("integrity_rate", "drift", "warning", "many frames carry integrity flags"),
+        Rule("estimated_accuracy_drop", "drift", "warning", "accuracy estimated from confidence (CBPE) fell"),
+        Rule("accuracy_drop", "drift", "critical", "accuracy on operator labels fell below the baseline"),
+        Rule("recall_gap", "drift", "warning", "the model finds one class much more readily than the other"),
+    )
+}
 
 
 @dataclass(frozen=True)

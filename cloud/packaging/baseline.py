@@ -71,5 +71,5 @@ def build_baseline(
 
 
 def build_baseline_package(out_dir: Path, version: str = BASELINE_VERSION) -> Path:
-    """Build the baseline package into ``out_dir/<version>`` (plus ``<version>.tar.gz``); returns the folder."""
+    """Build ``out_dir/<version>/`` (and ``<version>.tar.gz`` beside it); returns the folder."""
     return build_baseline(out_dir, version).directory

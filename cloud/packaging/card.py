@@ -33,7 +33,8 @@ def model_card(
         "## Inputs and outputs",
         f"- Input `input`: float32 batch, layout {meta.preprocess.layout}, "
         f"{meta.preprocess.input_size[0]}x{meta.preprocess.input_size[1]}, colour {meta.preprocess.colour}.",
-        f"- Preprocessing (also in ONNX metadata `parkwatch.preprocess`): `{meta.preprocess.model_dump_json()}`",
+        "- Preprocessing (also in ONNX metadata `parkwatch.preprocess`): "
+        f"`{meta.preprocess.model_dump_json()}`",
         f"- Output `probabilities`: softmax over labels {json.dumps(list(meta.labels))}.",
         "",
         "## Data",

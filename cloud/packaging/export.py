@@ -36,7 +36,7 @@ def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: 
             torch.onnx.export(
                 model,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -87,7 +87,7 @@ def run_torch(model: nn.Module, batch: npt.NDArray[np.float32], chunk: int = 32)
 def parity(
     model: nn.Module, onnx_path: Path, batch: npt.NDArray[np.float32], tolerance: float = PARITY_TOLERANCE
 ) -> float:
-    """Max abs difference between torch and ONNX Runtime probabilities on ``batch``; raises above tolerance."""
+    """Max abs difference of torch and ONNX Runtime probabilities on ``batch``; raises above tolerance."""
     want = run_torch(model, batch)
     got = run_onnx(ort_session(onnx_path), batch)
     diff = float(np.max(np.abs(want - got)))

@@ -80,9 +80,12 @@ def _small_jpeg(src: Path) -> bytes:
     img = load_image(src)
     h, w = img.shape[:2]
     scale = GOLDEN_SHORT_SIDE / min(h, w)
-    if scale < 1:
-        img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    small = (
+        img
+        if scale >= 1
+        else cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    )
+    ok, enc = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise PackagingError(f"cannot re-encode golden sample {src}")
     return bytes(enc.tobytes())

@@ -58,19 +58,43 @@ class Decision:
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    db[HISTORY].create(
-        {"id": int, "version": str, "decision": str, "from_stage": str, "to_stage": str, "actor": str,
-         "reason": str, "forced": int, "ts": float},
-        pk="id", if_not_exists=True,
+    db.table(HISTORY).create(
+        {
+            "id": int,
+            "version": str,
+            "decision": str,
+            "from_stage": str,
+            "to_stage": str,
+            "actor": str,
+            "reason": str,
+            "forced": int,
+            "ts": float,
+        },
+        pk="id",
+        if_not_exists=True,
     )
-    db[ROLLOUTS].create(
-        {"id": int, "version": str, "grp": str, "stage": str, "previous_version": str, "kind": str,
-         "actor": str, "reason": str, "status": str, "status_reason": str, "started_ts": float,
-         "finished_ts": float, "devices_total": int, "devices_active": int},
-        pk="id", if_not_exists=True,
+    db.table(ROLLOUTS).create(
+        {
+            "id": int,
+            "version": str,
+            "grp": str,
+            "stage": str,
+            "previous_version": str,
+            "kind": str,
+            "actor": str,
+            "reason": str,
+            "status": str,
+            "status_reason": str,
+            "started_ts": float,
+            "finished_ts": float,
+            "devices_total": int,
+            "devices_active": int,
+        },
+        pk="id",
+        if_not_exists=True,
     )
-    db[HISTORY].create_index(["version"], if_not_exists=True)
-    db[ROLLOUTS].create_index(["grp"], if_not_exists=True)
+    db.table(HISTORY).create_index(["version"], if_not_exists=True)
+    db.table(ROLLOUTS).create_index(["grp"], if_not_exists=True)
 
 
 def _check_words(actor: str, reason: str) -> None:
@@ -90,8 +114,18 @@ def staging_succeeded(registry: Registry, version: str) -> bool:
     return row is not None
 
 
-def _record(registry: Registry, audit: AuditLog, version: str, decision: str, from_stage: str,
-            to_stage: str, actor: str, reason: str, forced: bool, extra: dict[str, Any]) -> Decision:
+def _record(
+    registry: Registry,
+    audit: AuditLog,
+    version: str,
+    decision: str,
+    from_stage: str,
+    to_stage: str,
+    actor: str,
+    reason: str,
+    forced: bool,
+    extra: dict[str, Any],
+) -> Decision:
     ts = time.time()
     with transaction(registry.db) as conn:
         cur = conn.execute(
@@ -100,14 +134,27 @@ def _record(registry: Registry, audit: AuditLog, version: str, decision: str, fr
             (version, decision, from_stage, to_stage, actor, reason, int(forced), ts),
         )
         row_id = int(cur.lastrowid or 0)
-    audit.append(actor, decision, f"model:{version}",
-                 {"from": from_stage, "to": to_stage, "reason": reason, "forced": forced, **extra})
+    audit.append(
+        actor,
+        decision,
+        f"model:{version}",
+        {"from": from_stage, "to": to_stage, "reason": reason, "forced": forced, **extra},
+    )
     return Decision(row_id, version, decision, from_stage, to_stage, actor, reason, forced, ts)
 
 
-def approve(registry: Registry, audit: AuditLog, version: str, stage: str, actor: str, reason: str,
-            force: bool = False, *, signer: ApprovalSigner | None = None,
-            require_staging: bool = True) -> Decision:
+def approve(
+    registry: Registry,
+    audit: AuditLog,
+    version: str,
+    stage: str,
+    actor: str,
+    reason: str,
+    force: bool = False,
+    *,
+    signer: ApprovalSigner | None = None,
+    require_staging: bool = True,
+) -> Decision:
     """Approve ``version`` for ``stage``; raises :class:`ApprovalError`/:class:`StageError` if not allowed."""
     _check_words(actor, reason)
     if stage not in APPROVABLE:
@@ -132,12 +179,30 @@ def approve(registry: Registry, audit: AuditLog, version: str, stage: str, actor
     if signer is not None:
         signer(version, stages)
     registry.set_stage(version, stage)
-    return _record(registry, audit, version, "approve", model.stage, stage, actor, reason, forced,
-                   {"signed_stages": stages, "signed": signer is not None})
+    return _record(
+        registry,
+        audit,
+        version,
+        "approve",
+        model.stage,
+        stage,
+        actor,
+        reason,
+        forced,
+        {"signed_stages": stages, "signed": signer is not None},
+    )
 
 
-def reject(registry: Registry, audit: AuditLog, version: str, actor: str, reason: str, *,
-           signer: ApprovalSigner | None = None, deployed_groups: list[str] | None = None) -> Decision:
+def reject(
+    registry: Registry,
+    audit: AuditLog,
+    version: str,
+    actor: str,
+    reason: str,
+    *,
+    signer: ApprovalSigner | None = None,
+    deployed_groups: list[str] | None = None,
+) -> Decision:
     """Reject ``version``: it leaves every stage and its approver signature is withdrawn."""
     _check_words(actor, reason)
     ensure_schema(registry.db)
@@ -150,17 +215,36 @@ def reject(registry: Registry, audit: AuditLog, version: str, actor: str, reason
     if signer is not None:
         signer(version, [])
     registry.set_stage(version, "rejected")
-    return _record(registry, audit, version, "reject", model.stage, "rejected", actor, reason, False,
-                   {"signed": signer is not None})
+    return _record(
+        registry,
+        audit,
+        version,
+        "reject",
+        model.stage,
+        "rejected",
+        actor,
+        reason,
+        False,
+        {"signed": signer is not None},
+    )
 
 
 def history(registry: Registry, version: str | None = None) -> list[Decision]:
     ensure_schema(registry.db)
     where, args = ("version = ?", [version]) if version else (None, [])
     return [
-        Decision(r["id"], r["version"], r["decision"], r["from_stage"], r["to_stage"], r["actor"],
-                 r["reason"], bool(r["forced"]), r["ts"])
-        for r in registry.db[HISTORY].rows_where(where, args, order_by="id")
+        Decision(
+            r["id"],
+            r["version"],
+            r["decision"],
+            r["from_stage"],
+            r["to_stage"],
+            r["actor"],
+            r["reason"],
+            bool(r["forced"]),
+            r["ts"],
+        )
+        for r in registry.db.table(HISTORY).rows_where(where, args, order_by="id")
     ]
 
 

@@ -58,7 +58,7 @@ def now() -> str:
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    db["datasets"].create(
+    db.table("datasets").create(
         {
             "id": str,
             "source": str,
@@ -75,7 +75,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )
-    db["dataset_files"].create(
+    db.table("dataset_files").create(
         {
             "dataset_id": str,
             "sha256": str,
@@ -90,13 +90,13 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         foreign_keys=[("dataset_id", "datasets", "id")],
         if_not_exists=True,
     )
-    db["dataset_duplicates"].create(
+    db.table("dataset_duplicates").create(
         {"dataset_id": str, "sha256": str, "path": str, "kept_path": str},
         pk=("dataset_id", "path"),
         foreign_keys=[("dataset_id", "datasets", "id")],
         if_not_exists=True,
     )
-    db["dataset_quarantine"].create(
+    db.table("dataset_quarantine").create(
         {"dataset_id": str, "path": str, "label": str, "reason": str, "detail": str},
         pk=("dataset_id", "path"),
         foreign_keys=[("dataset_id", "datasets", "id")],

@@ -65,7 +65,7 @@ class ModelRecord(BaseModel):
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
-    db["experiment_runs"].create(
+    db.table("experiment_runs").create(
         {
             "id": str,
             "dataset_id": str,
@@ -82,7 +82,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )
-    db["trials"].create(
+    db.table("trials").create(
         {
             "run_id": str,
             "idx": int,
@@ -96,7 +96,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         foreign_keys=[("run_id", "experiment_runs", "id")],
         if_not_exists=True,
     )
-    db["model_versions"].create(
+    db.table("model_versions").create(
         {
             "version": str,
             "stage": str,

@@ -10,6 +10,7 @@ format ``mosquitto_passwd`` writes). Rendering is pure; ``write_broker_files`` d
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -94,7 +95,9 @@ def render_acl(devices: Iterable[DeviceAccount], cloud_user: str) -> str:
     return "\n".join(lines)
 
 
-def write_broker_files(folder: Path, devices: list[DeviceAccount], cloud: tuple[str, str] | None) -> dict[str, str]:
+def write_broker_files(
+    folder: Path, devices: list[DeviceAccount], cloud: tuple[str, str] | None
+) -> dict[str, str]:
     """Write ``passwd`` (0600) and ``acl`` (0644) atomically; reload Mosquitto afterwards (SIGHUP)."""
     if cloud is None:
         raise ProvisioningError("no cloud account yet: run 'parkwatch cloud devices cloud-account' first")
@@ -111,10 +114,9 @@ def _give_to_broker_group(path: Path, group: str = "mosquitto") -> None:
     """Mosquitto drops to its own user: let its group read the hashes, nobody else."""
     import grp
 
-    try:
+    # not root, or no such group: the operator sets ownership (docs/release-channel.md)
+    with contextlib.suppress(KeyError, PermissionError):
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    except (KeyError, PermissionError):
-        pass  # not root, or no such group: the operator sets ownership (docs/release-channel.md)
 
 
 def write_secret(path: Path, password: str) -> Path:

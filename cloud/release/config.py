@@ -39,7 +39,9 @@ class ReleaseConfig(Section):
     max_inference_errors: int = Field(10, ge=0)
     auto_rollback: bool = True
     broker_dir: Path | None = Field(
-        None, description="where 'devices' writes the Mosquitto password and ACL files "
-        "(default: <data_dir>/broker)"
+        None,
+        description="where 'devices' writes the Mosquitto password and ACL files "
+        "(default: <data_dir>/broker)",
     )
     cloud_username: str = Field("parkwatch-cloud", description="the cloud's own broker account")
+    client_id: str = Field("parkwatch-cloud-release", description="MQTT client id of the release service")

@@ -41,7 +41,7 @@ class RoleKey:
 
     @property
     def public(self) -> SSlibKey:
-        return self.signer.public_key  # type: ignore[return-value]
+        return self.signer.public_key
 
     @property
     def keyid(self) -> str:
@@ -80,8 +80,10 @@ def load_key(path: Path) -> RoleKey:
         _check_mode(path)
         data = path.read_bytes()
     except FileNotFoundError as e:
-        raise KeyError_(f"signing key {path} not found; run 'parkwatch cloud keys init' or point "
-                        "release.keys_dir / release.approver_keys_dir at the key folder") from e
+        raise KeyError_(
+            f"signing key {path} not found; run 'parkwatch cloud keys init' or point "
+            "release.keys_dir / release.approver_keys_dir at the key folder"
+        ) from e
     except OSError as e:
         raise KeyError_(f"cannot read signing key {path}: {e.strerror}") from e
     try:
@@ -116,8 +118,10 @@ class KeyStore:
     def load(self, role: str) -> list[RoleKey]:
         keys = [load_key(p) for p in self.paths(role)]
         if not keys:
-            raise KeyError_(f"no {role} key in {self.folder(role)}; run 'parkwatch cloud keys init' "
-                            f"(or mount the {role} key folder)")
+            raise KeyError_(
+                f"no {role} key in {self.folder(role)}; run 'parkwatch cloud keys init' "
+                f"(or mount the {role} key folder)"
+            )
         return keys
 
     def generate(self, role: str, count: int = 1) -> list[RoleKey]:

@@ -20,7 +20,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,8 +53,14 @@ TOP = "targets"
 CUSTOM = "parkwatch"
 STAGES = ("staging", "production")
 # Which key role signs which metadata role.
-SIGNER_ROLE = {"root": "root", TOP: "approver", PIPELINE: "pipeline", ROLLOUT: "rollout",
-               "snapshot": "snapshot", "timestamp": "timestamp"}
+SIGNER_ROLE = {
+    "root": "root",
+    TOP: "approver",
+    PIPELINE: "pipeline",
+    ROLLOUT: "rollout",
+    "snapshot": "snapshot",
+    "timestamp": "timestamp",
+}
 _SERIALIZER = JSONSerializer(compact=False)
 
 
@@ -98,16 +104,16 @@ class TufRepository:
 
     def _require(self) -> None:
         if not self.exists():
-            raise RepositoryError(
-                f"no TUF repository in {self.dir}; run 'parkwatch cloud keys init' first"
-            )
+            raise RepositoryError(f"no TUF repository in {self.dir}; run 'parkwatch cloud keys init' first")
 
     def _read(self, name: str) -> Metadata[Any]:
         path = self.metadata_dir / name
         try:
             return Metadata.from_bytes(path.read_bytes())
         except FileNotFoundError as e:
-            raise RepositoryError(f"{path} is missing; the repository is damaged (restore it from backup)") from e
+            raise RepositoryError(
+                f"{path} is missing; the repository is damaged (restore it from backup)"
+            ) from e
         except Exception as e:  # tuf raises several deserialisation errors
             raise RepositoryError(f"{path} is not valid TUF metadata: {e}") from e
 
@@ -139,7 +145,9 @@ class TufRepository:
         return self.blobs_dir / sha256
 
     def builds(self) -> dict[str, TargetFile]:
-        return {t.unrecognized_fields[CUSTOM]["version"]: t for t in self.role(PIPELINE).signed.targets.values()}
+        return {
+            t.unrecognized_fields[CUSTOM]["version"]: t for t in self.role(PIPELINE).signed.targets.values()
+        }
 
     def approvals(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -189,7 +197,7 @@ class TufRepository:
         return keys
 
     @staticmethod
-    def _sign(md: Metadata[Any], signers: list[Signer]) -> None:
+    def _sign(md: Metadata[Any], signers: Sequence[Signer]) -> None:
         md.signatures.clear()
         for s in signers:
             md.sign(s, append=True)
@@ -222,14 +230,17 @@ class TufRepository:
                 root.roles[role].threshold = threshold
             top = Targets(expires=_expiry(c.targets_expiry_s))
             top.delegations = Delegations(keys={}, roles={})
-            for name, paths, threshold in ((PIPELINE, ["builds/*"], c.pipeline_threshold),
-                                           (ROLLOUT, ["groups/*/*"], c.rollout_threshold)):
-                role = DelegatedRole(name, [], threshold, terminating=True, paths=paths)
-                top.delegations.roles = {**(top.delegations.roles or {}), name: role}
+            for name, paths, threshold in (
+                (PIPELINE, ["builds/*"], c.pipeline_threshold),
+                (ROLLOUT, ["groups/*/*"], c.rollout_threshold),
+            ):
+                delegated = DelegatedRole(name, [], threshold, terminating=True, paths=paths)
+                top.delegations.roles = {**(top.delegations.roles or {}), name: delegated}
                 for k in keys[SIGNER_ROLE[name]]:
                     top.add_key(k.public, name)
             mds: dict[str, Metadata[Any]] = {
-                "root": Metadata(root), TOP: Metadata(top),
+                "root": Metadata(root),
+                TOP: Metadata(top),
                 PIPELINE: Metadata(Targets(expires=_expiry(c.pipeline_expiry_s))),
                 ROLLOUT: Metadata(Targets(expires=_expiry(c.rollout_expiry_s))),
             }
@@ -282,8 +293,11 @@ class TufRepository:
             return md
 
     def _role_expiry(self, role: str) -> float:
-        return {TOP: self.cfg.targets_expiry_s, PIPELINE: self.cfg.pipeline_expiry_s,
-                ROLLOUT: self.cfg.rollout_expiry_s}[role]
+        return {
+            TOP: self.cfg.targets_expiry_s,
+            PIPELINE: self.cfg.pipeline_expiry_s,
+            ROLLOUT: self.cfg.rollout_expiry_s,
+        }[role]
 
     def add_blob(self, file: Path) -> TargetFile:
         sha, size = sha256_of(file)
@@ -324,8 +338,9 @@ class TufRepository:
         if build is None:
             raise RepositoryError(f"version {version} has no published build; publish it before approving")
         path = approved_path(version)
-        tf = TargetFile(build.length, build.hashes, path,
-                        {CUSTOM: {"version": version, "stages": sorted(set(stages))}})
+        tf = TargetFile(
+            build.length, build.hashes, path, {CUSTOM: {"version": version, "stages": sorted(set(stages))}}
+        )
 
         def mutate(t: Targets) -> None:
             if stages:
@@ -418,6 +433,7 @@ class TufRepository:
         if key_role == "approver":
             self._update_targets(TOP, lambda t: None)
         elif key_role in (PIPELINE, ROLLOUT):
+
             def swap(t: Targets) -> None:
                 for k in old:
                     t.revoke_key(k.keyid, key_role)
@@ -428,8 +444,12 @@ class TufRepository:
             self._update_targets(key_role, lambda t: None)
         else:
             self.refresh(force=True)
-        return {"role": key_role, "retired": [str(k.path) for k in old], "new": [str(k.path) for k in new],
-                "root_version": self.root().signed.version}
+        return {
+            "role": key_role,
+            "retired": [str(k.path) for k in old],
+            "new": [str(k.path) for k in new],
+            "root_version": self.root().signed.version,
+        }
 
 
 __all__ = ["TufRepository", "TufRepositoryError", "approved_path", "build_path", "group_path"]

@@ -51,16 +51,26 @@ def answer(repo_dir: Path, req: UpdateRequest, max_chunk: int) -> UpdateResponse
         with file.open("rb") as fh:
             total = fh.seek(0, 2)
             if req.offset > total:
-                return UpdateResponse(path=req.path, status="error", offset=req.offset, total=total,
-                                      error=f"offset {req.offset} is beyond the end ({total})")
+                return UpdateResponse(
+                    path=req.path,
+                    status="error",
+                    offset=req.offset,
+                    total=total,
+                    error=f"offset {req.offset} is beyond the end ({total})",
+                )
             fh.seek(req.offset)
             data = fh.read(min(req.length, max_chunk))
     except FileNotFoundError:
         return UpdateResponse(path=req.path, status="not_found", offset=req.offset)
     except OSError as e:
         return UpdateResponse(path=req.path, status="error", offset=req.offset, error=str(e.strerror))
-    return UpdateResponse(path=req.path, status="ok", offset=req.offset, total=total,
-                          data=base64.b64encode(data).decode("ascii"))
+    return UpdateResponse(
+        path=req.path,
+        status="ok",
+        offset=req.offset,
+        total=total,
+        data=base64.b64encode(data).decode("ascii"),
+    )
 
 
 class Responder:

@@ -13,18 +13,20 @@ watch rules in watch.py say so.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
 from cloud.config import CloudConfig
 from cloud.registry import approvals
-from cloud.registry.audit import AuditLog
+from cloud.registry.audit import AuditEntry, AuditLog
 from cloud.registry.store import Registry
 from cloud.release import brokerauth
 from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
@@ -32,7 +34,7 @@ from cloud.release.keys import ROLES, KeyStore, load_key
 from cloud.release.package import shippable_file
 from cloud.release.repo import TufRepository
 from cloud.release.responder import Responder
-from cloud.release.store import DeviceStates, RolloutTable
+from cloud.release.store import DeviceStates, Rollout, RolloutTable
 from cloud.release.watch import HealthSample, judge, progress
 from shared.protocol import ModelState, ProtocolError, ReleaseNotice, Telemetry, Topics, decode, encode
 from shared.protocol.topics import check_segment
@@ -60,8 +62,12 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
     except OSError as e:
-        log.warning("broker %s:%d unreachable (%s); devices pick the release up at their next check",
-                    cfg.mqtt.host, cfg.mqtt.port, e)
+        log.warning(
+            "broker %s:%d unreachable (%s); devices pick the release up at their next check",
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+            e,
+        )
         return False
     client.loop_start()
     try:
@@ -74,12 +80,36 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
         client.loop_stop()
 
 
-class ReleaseChannel:
-    """Service layer. Construct with a config; registry/audit may be shared with the caller."""
+F = TypeVar("F", bound=Callable[..., Any])
 
-    def __init__(self, cfg: CloudConfig, registry: Registry | None = None, audit: AuditLog | None = None,
-                 notify: Any | None = None) -> None:
+
+def _serialised(f: F) -> F:
+    """One SQLite connection serves every caller thread (dashboard, service loop): one at a time."""
+
+    @functools.wraps(f)
+    def wrapper(self: ReleaseChannel, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return f(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ReleaseChannel:
+    """Service layer. Construct with a config; registry/audit may be shared with the caller.
+
+    Thread-safe: every public method holds ``lock`` (re-entrant), so the dashboard's worker
+    threads and the service loop can share one instance.
+    """
+
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        registry: Registry | None = None,
+        audit: AuditLog | None = None,
+        notify: Any | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.lock = threading.RLock()
         self.registry = registry or Registry(cfg.registry_db)
         self.audit = audit or AuditLog(self.registry.db)
         self.keys = key_store(cfg)
@@ -99,29 +129,46 @@ class ReleaseChannel:
         return "staging" if group in self.cfg.release.staging_groups else "production"
 
     # ---- keys ---------------------------------------------------------------------------------
+    @_serialised
     def keys_init(self, actor: str) -> dict[str, Any]:
         """Create missing keys (as many per role as its threshold) and version 1 of the repository."""
         c = self.cfg.release
-        wanted = {"root": c.root_threshold, "approver": c.targets_threshold, "pipeline": c.pipeline_threshold,
-                  "rollout": c.rollout_threshold, "snapshot": 1, "timestamp": 1}
+        wanted = {
+            "root": c.root_threshold,
+            "approver": c.targets_threshold,
+            "pipeline": c.pipeline_threshold,
+            "rollout": c.rollout_threshold,
+            "snapshot": 1,
+            "timestamp": 1,
+        }
         created: list[str] = []
         for role in ROLES:
             have = len(self.keys.paths(role))
             if have < wanted[role]:
                 created += [str(k.path) for k in self.keys.generate(role, wanted[role] - have)]
         status = self.repo.init()
-        self.audit.append(actor, "keys-init", "release:repository",
-                          {"created": created, "root_version": status["root_version"]})
-        return {"created": created, "keys_dir": str(self.keys.keys_dir),
-                "approver_keys_dir": str(self.keys.approver_keys_dir),
-                "trusted_root": str(self.repo.metadata_dir / "root.json"), **status}
+        self.audit.append(
+            actor,
+            "keys-init",
+            "release:repository",
+            {"created": created, "root_version": status["root_version"]},
+        )
+        return {
+            "created": created,
+            "keys_dir": str(self.keys.keys_dir),
+            "approver_keys_dir": str(self.keys.approver_keys_dir),
+            "trusted_root": str(self.repo.metadata_dir / "root.json"),
+            **status,
+        }
 
+    @_serialised
     def keys_list(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for role in ROLES:
             out[role] = [{"path": str(p), "keyid": load_key(p).keyid} for p in self.keys.paths(role)]
         return out
 
+    @_serialised
     def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:
         if not reason.strip():
             raise ReleaseError("give a reason for the rotation (--reason)")
@@ -131,13 +178,22 @@ class ReleaseChannel:
         return result
 
     # ---- builds and approvals -----------------------------------------------------------------
+    @_serialised
     def publish_build(self, version: str, actor: str = "pipeline") -> dict[str, Any]:
         """Pipeline key: make a registered package available as ``builds/V.tar``."""
         model = self.registry.get_model(version)
-        src = Path(model.tarball) if model.tarball and Path(model.tarball).is_file() else Path(model.package_dir)
+        src = (
+            Path(model.tarball)
+            if model.tarball and Path(model.tarball).is_file()
+            else Path(model.package_dir)
+        )
         tf = self.repo.add_build(version, shippable_file(src, self.cfg.data_dir / "tmp"))
-        self.audit.append(actor, "publish-build", f"model:{version}",
-                          {"sha256": tf.hashes["sha256"], "length": tf.length, "source": str(src)})
+        self.audit.append(
+            actor,
+            "publish-build",
+            f"model:{version}",
+            {"sha256": tf.hashes["sha256"], "length": tf.length, "source": str(src)},
+        )
         return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
 
     def _signer(self, actor: str) -> approvals.ApprovalSigner:
@@ -148,20 +204,34 @@ class ReleaseChannel:
 
         return sign
 
-    def approve(self, version: str, stage: str, actor: str, reason: str, force: bool = False) -> dict[str, Any]:
-        d = approvals.approve(self.registry, self.audit, version, stage, actor, reason, force,
-                              signer=self._signer(actor),
-                              require_staging=self.cfg.release.require_staging_before_production)
+    @_serialised
+    def approve(
+        self, version: str, stage: str, actor: str, reason: str, force: bool = False
+    ) -> dict[str, Any]:
+        d = approvals.approve(
+            self.registry,
+            self.audit,
+            version,
+            stage,
+            actor,
+            reason,
+            force,
+            signer=self._signer(actor),
+            require_staging=self.cfg.release.require_staging_before_production,
+        )
         return d.to_dict()
 
+    @_serialised
     def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
         groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
         signer = self._signer(actor) if self.repo.exists() and version in self.repo.approvals() else None
-        d = approvals.reject(self.registry, self.audit, version, actor, reason, signer=signer,
-                             deployed_groups=groups)
+        d = approvals.reject(
+            self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
+        )
         return d.to_dict()
 
     # ---- rollout and rollback ----------------------------------------------------------------
+    @_serialised
     def rollout(self, version: str, group: str, actor: str, reason: str = "") -> dict[str, Any]:
         stage = self.stage_for_group(group)
         if stage not in approvals.approved_stages(self.registry, version):
@@ -174,12 +244,16 @@ class ReleaseChannel:
             raise RolloutError(f"group {group} already runs {version}")
         self.repo.set_group(group, version, stage)
         r = self.rollouts.start(version, group, stage, previous, "rollout", actor, reason)
-        self.audit.append(actor, "rollout", f"group:{group}",
-                          {"version": version, "previous": previous, "stage": stage, "reason": reason,
-                           "rollout_id": r.id})
+        self.audit.append(
+            actor,
+            "rollout",
+            f"group:{group}",
+            {"version": version, "previous": previous, "stage": stage, "reason": reason, "rollout_id": r.id},
+        )
         notified = self._notify_group(group, version)
         return {**r.to_dict(), "notified": notified}
 
+    @_serialised
     def rollback(self, group: str, actor: str, reason: str, automatic: bool = False) -> dict[str, Any]:
         if not reason.strip():
             raise RolloutError("give a reason for the rollback (--reason)")
@@ -189,14 +263,21 @@ class ReleaseChannel:
         target = latest.previous_version
         stage = self.stage_for_group(group)
         if stage not in approvals.approved_stages(self.registry, target):
-            raise RolloutError(f"the earlier version {target} is no longer approved for {stage}; "
-                               "roll out another approved version instead")
+            raise RolloutError(
+                f"the earlier version {target} is no longer approved for {stage}; "
+                "roll out another approved version instead"
+            )
         self.repo.set_group(group, target, stage)
         self.rollouts.set_status(latest.id, "rolled_back", reason)
-        r = self.rollouts.start(target, group, stage, latest.version,
-                                "auto-rollback" if automatic else "rollback", actor, reason)
-        self.audit.append(actor, "auto-rollback" if automatic else "rollback", f"group:{group}",
-                          {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id})
+        r = self.rollouts.start(
+            target, group, stage, latest.version, "auto-rollback" if automatic else "rollback", actor, reason
+        )
+        self.audit.append(
+            actor,
+            "auto-rollback" if automatic else "rollback",
+            f"group:{group}",
+            {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id},
+        )
         notified = self._notify_group(group, target)
         return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
 
@@ -204,7 +285,9 @@ class ReleaseChannel:
         ts_version = self.repo.timestamp().signed.version
         if self._notify is not None:
             return bool(self._notify(group, version, ts_version))
-        return publish_once(self.cfg, [(Topics.release(group), notice_payload(group, version, ts_version), True)])
+        return publish_once(
+            self.cfg, [(Topics.release(group), notice_payload(group, version, ts_version), True)]
+        )
 
     def _notify_all(self) -> None:
         for group, version in self.repo.groups().items():
@@ -214,7 +297,10 @@ class ReleaseChannel:
     def broker_dir(self) -> Path:
         return self.cfg.release.broker_dir or self.cfg.data_dir / "broker"
 
-    def provision_device(self, site: str, device: str, group: str, secret_out: Path, actor: str) -> dict[str, Any]:
+    @_serialised
+    def provision_device(
+        self, site: str, device: str, group: str, secret_out: Path, actor: str
+    ) -> dict[str, Any]:
         """New MQTT credential for a box: password to ``secret_out`` (0600), hash to the broker files."""
         for value, what in ((site, "site"), (device, "device"), (group, "group")):
             try:
@@ -229,9 +315,16 @@ class ReleaseChannel:
         self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
         files = self.render_broker()
         self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
-        return {"site": site, "device": device, "group": group, "username": device,
-                "secret_file": str(secret_out), **files}
+        return {
+            "site": site,
+            "device": device,
+            "group": group,
+            "username": device,
+            "secret_file": str(secret_out),
+            **files,
+        }
 
+    @_serialised
     def cloud_account(self, secret_out: Path, actor: str) -> dict[str, Any]:
         password = brokerauth.new_password()
         brokerauth.write_secret(secret_out, password)
@@ -241,6 +334,7 @@ class ReleaseChannel:
         files = self.render_broker()
         return {"username": user, "secret_file": str(secret_out), **files}
 
+    @_serialised
     def revoke_device(self, site: str, device: str, actor: str, reason: str) -> dict[str, Any]:
         if not self.states.revoke_device(site, device):
             raise ProvisioningError(f"no provisioned device {site}/{device}")
@@ -248,25 +342,43 @@ class ReleaseChannel:
         self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
         return {"site": site, "device": device, "revoked": True, **files}
 
+    @_serialised
     def render_broker(self) -> dict[str, str]:
-        accounts = [brokerauth.DeviceAccount(d["site"], d["device"], d["grp"], d["username"], d["pw_hash"])
-                    for d in self.states.provisioned()]
+        accounts = [
+            brokerauth.DeviceAccount(d["site"], d["device"], d["grp"], d["username"], d["pw_hash"])
+            for d in self.states.provisioned()
+        ]
         cloud = self.states.account(self.cfg.release.cloud_username)
         if cloud is None:
             return {}
         return brokerauth.write_broker_files(self.broker_dir(), accounts, cloud)
 
     # ---- status -------------------------------------------------------------------------------
+    @_serialised
+    def latest_rollout(self, group: str) -> Rollout | None:
+        return self.rollouts.latest(group)
+
+    @_serialised
+    def audit_entries(self, subject: str | None = None, limit: int | None = None) -> list[AuditEntry]:
+        return self.audit.entries(subject, limit)
+
+    @_serialised
     def members(self, group: str) -> list[str]:
         keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
         keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
         return sorted(keys)
 
+    @_serialised
     def status(self, group: str | None = None) -> dict[str, Any]:
         assignments = self.repo.groups() if self.repo.exists() else {}
         states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
-        groups = sorted({*assignments, *(s["grp"] for s in states.values() if s["grp"]),
-                         *(d["grp"] for d in self.states.provisioned())})
+        groups = sorted(
+            {
+                *assignments,
+                *(s["grp"] for s in states.values() if s["grp"]),
+                *(d["grp"] for d in self.states.provisioned()),
+            }
+        )
         if group is not None:
             groups = [group]
         out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}
@@ -276,8 +388,12 @@ class ReleaseChannel:
             prog = progress(target or "", members, states)
             latest = self.rollouts.latest(g)
             out["groups"][g] = {
-                "target_version": target, "devices": prog.total, "active": prog.active,
-                "by_version": prog.by_version, "by_state": prog.by_state, "failed": prog.failed,
+                "target_version": target,
+                "devices": prog.total,
+                "active": prog.active,
+                "by_version": prog.by_version,
+                "by_state": prog.by_state,
+                "failed": prog.failed,
                 "rollout": latest.to_dict() if latest else None,
                 "device_states": [states[k] for k in members if k in states],
             }
@@ -292,7 +408,6 @@ class ReleaseService:
         self.client: mqtt.Client | None = None
         self.channel: ReleaseChannel | None = None
         self.responder = Responder(cfg.repo_dir, cfg.release.chunk_bytes, cfg.release.responder_workers)
-        self._db_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -307,9 +422,11 @@ class ReleaseService:
 
         self.channel = ReleaseChannel(self.cfg, notify=self._notify)
         if not self.channel.repo.exists():
-            log.warning("no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing "
-                        "until then", self.cfg.repo_dir)
-        c = make_client(self.cfg.mqtt, self.cfg.mqtt.client_id or "parkwatch-cloud-release")
+            log.warning(
+                "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
+                self.cfg.repo_dir,
+            )
+        c = make_client(self.cfg.mqtt, self.cfg.release.client_id)
         c.max_inflight_messages_set(200)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._connected.clear()
@@ -353,7 +470,9 @@ class ReleaseService:
     def _notify(self, group: str, version: str | None, ts_version: int) -> bool:
         if self.client is None or not self._connected.is_set():
             return False
-        self.client.publish(Topics.release(group), notice_payload(group, version, ts_version), qos=1, retain=True)
+        self.client.publish(
+            Topics.release(group), notice_payload(group, version, ts_version), qos=1, retain=True
+        )
         self._published[group] = (version, ts_version)
         return True
 
@@ -364,8 +483,8 @@ class ReleaseService:
             log.debug("bad model state: %s", e)
             return
         assert isinstance(m, ModelState)
-        with self._db_lock:
-            assert self.channel is not None
+        assert self.channel is not None
+        with self.channel.lock:
             self.channel.states.record(m)
         self._wake.set()
 
@@ -375,8 +494,14 @@ class ReleaseService:
         except ProtocolError:
             return
         assert isinstance(t, Telemetry)
-        sample = HealthSample(f"{t.site}/{t.device}", t.ts, t.model_version, t.inference_errors,
-                              t.latency_ms.get("p99"), t.abstain_rate)
+        sample = HealthSample(
+            f"{t.site}/{t.device}",
+            t.ts,
+            t.model_version,
+            t.inference_errors,
+            t.latency_ms.get("p99"),
+            t.abstain_rate,
+        )
         self._health.setdefault(sample.device, deque(maxlen=500)).append(sample)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -387,7 +512,8 @@ class ReleaseService:
             if self._stop.is_set():
                 break
             try:
-                with self._db_lock:
+                assert self.channel is not None
+                with self.channel.lock:
                     self.tick()
             except Exception:
                 self.errors += 1
@@ -421,19 +547,30 @@ class ReleaseService:
             if (prog.total, prog.active) != (r.devices_total, r.devices_active):
                 ch.rollouts.set_counts(r.id, prog.total, prog.active)
             if verdict.action == "succeeded" and r.status == "in_progress":
-                ch.rollouts.set_status(r.id, "succeeded", f"{prog.active}/{prog.total} active",
-                                       prog.total, prog.active)
-                ch.audit.append("release-service", "rollout-succeeded", f"group:{group}",
-                                {"version": r.version, "devices": prog.total, "rollout_id": r.id})
+                ch.rollouts.set_status(
+                    r.id, "succeeded", f"{prog.active}/{prog.total} active", prog.total, prog.active
+                )
+                ch.audit.append(
+                    "release-service",
+                    "rollout-succeeded",
+                    f"group:{group}",
+                    {"version": r.version, "devices": prog.total, "rollout_id": r.id},
+                )
             elif verdict.action == "rollback" and self.cfg.release.auto_rollback:
                 if r.previous_version is None:
                     ch.rollouts.set_status(r.id, "failed", verdict.reason)
-                    ch.audit.append("release-service", "rollout-failed", f"group:{group}",
-                                    {"version": r.version, "reason": verdict.reason})
+                    ch.audit.append(
+                        "release-service",
+                        "rollout-failed",
+                        f"group:{group}",
+                        {"version": r.version, "reason": verdict.reason},
+                    )
                     continue
                 log.warning("rolling group %s back from %s: %s", group, r.version, verdict.reason)
                 try:
-                    self.rollbacks.append(ch.rollback(group, "auto-rollback", verdict.reason or "", automatic=True))
+                    self.rollbacks.append(
+                        ch.rollback(group, "auto-rollback", verdict.reason or "", automatic=True)
+                    )
                 except ReleaseError as e:
                     ch.rollouts.set_status(r.id, "failed", f"{verdict.reason}; rollback impossible: {e}")
                     log.error("automatic rollback of %s failed: %s", group, e)

@@ -43,9 +43,22 @@ class Rollout:
 
 
 def _rollout(r: dict[str, Any]) -> Rollout:
-    return Rollout(r["id"], r["version"], r["grp"], r["stage"], r["previous_version"], r["kind"], r["actor"],
-                   r["reason"], r["status"], r["status_reason"], r["started_ts"], r["finished_ts"],
-                   r["devices_total"] or 0, r["devices_active"] or 0)
+    return Rollout(
+        r["id"],
+        r["version"],
+        r["grp"],
+        r["stage"],
+        r["previous_version"],
+        r["kind"],
+        r["actor"],
+        r["reason"],
+        r["status"],
+        r["status_reason"],
+        r["started_ts"],
+        r["finished_ts"],
+        r["devices_total"] or 0,
+        r["devices_active"] or 0,
+    )
 
 
 class RolloutTable:
@@ -53,44 +66,56 @@ class RolloutTable:
         self.db = registry.db
         ensure_schema(self.db)
 
-    def start(self, version: str, group: str, stage: str, previous: str | None, kind: str, actor: str,
-              reason: str) -> Rollout:
+    def start(
+        self, version: str, group: str, stage: str, previous: str | None, kind: str, actor: str, reason: str
+    ) -> Rollout:
         with transaction(self.db) as conn:
             conn.execute(
                 f"UPDATE {ROLLOUTS} SET status = 'superseded', finished_ts = ? "
-                "WHERE grp = ? AND status = 'in_progress'", (time.time(), group))
+                "WHERE grp = ? AND status = 'in_progress'",
+                (time.time(), group),
+            )
             cur = conn.execute(
-                f"INSERT INTO {ROLLOUTS} (version, grp, stage, previous_version, kind, actor, reason, status, "
-                "started_ts, devices_total, devices_active) VALUES (?, ?, ?, ?, ?, ?, ?, 'in_progress', ?, 0, 0)",
+                f"INSERT INTO {ROLLOUTS} (version, grp, stage, previous_version, kind, actor, reason, "
+                "status, started_ts, devices_total, devices_active) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'in_progress', ?, 0, 0)",
                 (version, group, stage, previous, kind, actor, reason, time.time()),
             )
             rid = int(cur.lastrowid or 0)
         return self.get(rid)
 
     def get(self, rid: int) -> Rollout:
-        return _rollout(next(iter(self.db[ROLLOUTS].rows_where("id = ?", [rid]))))
+        return _rollout(next(iter(self.db.table(ROLLOUTS).rows_where("id = ?", [rid]))))
 
     def latest(self, group: str) -> Rollout | None:
-        rows = list(self.db[ROLLOUTS].rows_where("grp = ?", [group], order_by="id desc", limit=1))
+        rows = list(self.db.table(ROLLOUTS).rows_where("grp = ?", [group], order_by="id desc", limit=1))
         return _rollout(rows[0]) if rows else None
 
     def history(self, group: str | None = None, limit: int = 50) -> list[Rollout]:
         where, args = ("grp = ?", [group]) if group else (None, [])
-        return [_rollout(r) for r in self.db[ROLLOUTS].rows_where(where, args, order_by="id desc", limit=limit)]
+        rows = self.db.table(ROLLOUTS).rows_where(where, args, order_by="id desc", limit=limit)
+        return [_rollout(r) for r in rows]
 
     def watched(self, since_ts: float) -> list[Rollout]:
         """The newest rollout per group if it started after ``since_ts`` and was not rolled back."""
         out = []
         for r in self.db.execute(
             f"SELECT * FROM {ROLLOUTS} r WHERE id = (SELECT MAX(id) FROM {ROLLOUTS} WHERE grp = r.grp) "
-            "AND started_ts >= ? AND status IN ('in_progress', 'succeeded')", [since_ts]
+            "AND started_ts >= ? AND status IN ('in_progress', 'succeeded')",
+            [since_ts],
         ).fetchall():
             cols = [d[0] for d in self.db.execute(f"SELECT * FROM {ROLLOUTS} LIMIT 0").description]
             out.append(_rollout(dict(zip(cols, r, strict=True))))
         return out
 
-    def set_status(self, rid: int, status: str, reason: str | None = None, total: int | None = None,
-                   active: int | None = None) -> None:
+    def set_status(
+        self,
+        rid: int,
+        status: str,
+        reason: str | None = None,
+        total: int | None = None,
+        active: int | None = None,
+    ) -> None:
         with transaction(self.db) as conn:
             conn.execute(
                 f"UPDATE {ROLLOUTS} SET status = ?, status_reason = COALESCE(?, status_reason), "
@@ -102,8 +127,10 @@ class RolloutTable:
 
     def set_counts(self, rid: int, total: int, active: int) -> None:
         with transaction(self.db) as conn:
-            conn.execute(f"UPDATE {ROLLOUTS} SET devices_total = ?, devices_active = ? WHERE id = ?",
-                         (total, active, rid))
+            conn.execute(
+                f"UPDATE {ROLLOUTS} SET devices_total = ?, devices_active = ? WHERE id = ?",
+                (total, active, rid),
+            )
 
 
 class DeviceStates:
@@ -111,61 +138,105 @@ class DeviceStates:
 
     def __init__(self, path: Path) -> None:
         self.db: sqlite_utils.Database = open_db(path)
-        self.db["device_models"].create(
-            {"site": str, "device": str, "grp": str, "state": str, "version": str, "active_version": str,
-             "previous_version": str, "reason": str, "progress": float, "ts": float, "received_ts": float},
-            pk=("site", "device"), if_not_exists=True,
+        self.db.table("device_models").create(
+            {
+                "site": str,
+                "device": str,
+                "grp": str,
+                "state": str,
+                "version": str,
+                "active_version": str,
+                "previous_version": str,
+                "reason": str,
+                "progress": float,
+                "ts": float,
+                "received_ts": float,
+            },
+            pk=("site", "device"),
+            if_not_exists=True,
         )
-        self.db["devices"].create(
-            {"site": str, "device": str, "grp": str, "username": str, "pw_hash": str, "created_ts": float,
-             "revoked": int},
-            pk=("site", "device"), if_not_exists=True,
+        self.db.table("devices").create(
+            {
+                "site": str,
+                "device": str,
+                "grp": str,
+                "username": str,
+                "pw_hash": str,
+                "created_ts": float,
+                "revoked": int,
+            },
+            pk=("site", "device"),
+            if_not_exists=True,
         )
-        self.db["accounts"].create({"username": str, "pw_hash": str, "created_ts": float},
-                                   pk="username", if_not_exists=True)
-        self.db["devices"].create_index(["username"], unique=True, if_not_exists=True)
+        self.db.table("accounts").create(
+            {"username": str, "pw_hash": str, "created_ts": float}, pk="username", if_not_exists=True
+        )
+        self.db.table("devices").create_index(["username"], unique=True, if_not_exists=True)
 
     def record(self, m: ModelState) -> None:
         """Keep the newest report per device (an older, late-delivered one never overwrites it)."""
         with transaction(self.db) as conn:
             conn.execute(
-                "INSERT INTO device_models (site, device, grp, state, version, active_version, previous_version, "
-                "reason, progress, ts, received_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO device_models (site, device, grp, state, version, active_version, "
+                "previous_version, reason, progress, ts, received_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(site, device) DO UPDATE SET grp=excluded.grp, state=excluded.state, "
                 "version=excluded.version, active_version=excluded.active_version, "
                 "previous_version=excluded.previous_version, reason=excluded.reason, "
                 "progress=excluded.progress, ts=excluded.ts, received_ts=excluded.received_ts "
                 "WHERE excluded.ts >= device_models.ts",
-                (m.site, m.device, m.group, m.state, m.version, m.active_version, m.previous_version,
-                 m.reason, m.progress, m.ts, time.time()),
+                (
+                    m.site,
+                    m.device,
+                    m.group,
+                    m.state,
+                    m.version,
+                    m.active_version,
+                    m.previous_version,
+                    m.reason,
+                    m.progress,
+                    m.ts,
+                    time.time(),
+                ),
             )
 
     def states(self, group: str | None = None) -> list[dict[str, Any]]:
         where, args = ("grp = ?", [group]) if group else (None, [])
-        return list(self.db["device_models"].rows_where(where, args, order_by="site, device"))
+        return list(self.db.table("device_models").rows_where(where, args, order_by="site, device"))
 
     def provisioned(self, group: str | None = None) -> list[dict[str, Any]]:
         where = "revoked = 0" + (" AND grp = ?" if group else "")
-        return list(self.db["devices"].rows_where(where, [group] if group else [], order_by="site, device"))
+        args = [group] if group else []
+        return list(self.db.table("devices").rows_where(where, args, order_by="site, device"))
 
     def add_device(self, site: str, device: str, group: str, username: str, pw_hash: str) -> None:
-        self.db["devices"].upsert(
-            {"site": site, "device": device, "grp": group, "username": username, "pw_hash": pw_hash,
-             "created_ts": time.time(), "revoked": 0}, pk=("site", "device"))
+        self.db.table("devices").upsert(
+            {
+                "site": site,
+                "device": device,
+                "grp": group,
+                "username": username,
+                "pw_hash": pw_hash,
+                "created_ts": time.time(),
+                "revoked": 0,
+            },
+            pk=("site", "device"),
+        )
 
     def set_account(self, username: str, pw_hash: str) -> None:
-        self.db["accounts"].upsert({"username": username, "pw_hash": pw_hash, "created_ts": time.time()},
-                                   pk="username")
+        self.db.table("accounts").upsert(
+            {"username": username, "pw_hash": pw_hash, "created_ts": time.time()}, pk="username"
+        )
 
     def account(self, username: str) -> tuple[str, str] | None:
-        rows = list(self.db["accounts"].rows_where("username = ?", [username]))
+        rows = list(self.db.table("accounts").rows_where("username = ?", [username]))
         return (rows[0]["username"], rows[0]["pw_hash"]) if rows else None
 
     def revoke_device(self, site: str, device: str) -> bool:
-        rows = list(self.db["devices"].rows_where("site = ? AND device = ?", [site, device]))
+        rows = list(self.db.table("devices").rows_where("site = ? AND device = ?", [site, device]))
         if not rows:
             return False
-        self.db["devices"].update((site, device), {"revoked": 1})
+        self.db.table("devices").update((site, device), {"revoked": 1})
         return True
 
     def close(self) -> None:

@@ -67,8 +67,9 @@ def progress(version: str, members: Iterable[str], states: Mapping[str, Mapping[
     return Progress(total, active, failed, by_state, by_version)
 
 
-def health_breach(version: str, started_ts: float, samples: Iterable[HealthSample],
-                  cfg: ReleaseConfig) -> str | None:
+def health_breach(
+    version: str, started_ts: float, samples: Iterable[HealthSample], cfg: ReleaseConfig
+) -> str | None:
     before: dict[str, HealthSample] = {}
     first_new: dict[str, HealthSample] = {}
     last_new: dict[str, HealthSample] = {}
@@ -87,20 +88,30 @@ def health_breach(version: str, started_ts: float, samples: Iterable[HealthSampl
             return f"{dev}: {grown} inference errors on {version} (limit {cfg.max_inference_errors})"
     p99s = [s.p99_ms for s in last_new.values() if s.p99_ms is not None]
     if p99s and statistics.median(p99s) > cfg.max_latency_p99_ms:
-        return (f"median p99 latency {statistics.median(p99s):.0f} ms on {version} exceeds "
-                f"{cfg.max_latency_p99_ms:.0f} ms")
+        return (
+            f"median p99 latency {statistics.median(p99s):.0f} ms on {version} exceeds "
+            f"{cfg.max_latency_p99_ms:.0f} ms"
+        )
     now_rates = [s.abstain_rate for s in last_new.values() if s.abstain_rate is not None]
     base_rates = [s.abstain_rate for s in before.values() if s.abstain_rate is not None]
     if now_rates and base_rates:
         jump = statistics.fmean(now_rates) - statistics.fmean(base_rates)
         if jump > cfg.max_abstain_rate_jump:
-            return (f"abstain rate rose by {jump:.2f} on {version} (from {statistics.fmean(base_rates):.2f}; "
-                    f"limit {cfg.max_abstain_rate_jump:.2f})")
+            return (
+                f"abstain rate rose by {jump:.2f} on {version} (from {statistics.fmean(base_rates):.2f}; "
+                f"limit {cfg.max_abstain_rate_jump:.2f})"
+            )
     return None
 
 
-def judge(version: str, started_ts: float, now: float, prog: Progress, samples: Iterable[HealthSample],
-          cfg: ReleaseConfig) -> Verdict:
+def judge(
+    version: str,
+    started_ts: float,
+    now: float,
+    prog: Progress,
+    samples: Iterable[HealthSample],
+    cfg: ReleaseConfig,
+) -> Verdict:
     in_window = now - started_ts <= cfg.watch_window_s
     self_test = [f for f in prog.failed if str(f.get("reason") or "").startswith("self-testing")]
     if in_window and len(self_test) >= cfg.max_self_test_failures:

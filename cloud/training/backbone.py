@@ -87,8 +87,8 @@ class GroupedImageNetHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         logits = self.fc(feats)
-        cat = torch.logsumexp(logits.index_select(1, self.cat_idx), dim=1)  # type: ignore[arg-type]
-        dog = torch.logsumexp(logits.index_select(1, self.dog_idx), dim=1)  # type: ignore[arg-type]
+        cat = torch.logsumexp(logits.index_select(1, self.cat_idx), dim=1)
+        dog = torch.logsumexp(logits.index_select(1, self.dog_idx), dim=1)
         return torch.stack([cat, dog], dim=1)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -26,7 +27,5 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1)
     augment_copies: int = Field(2, ge=0, description="augmented feature copies per train image")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
-    finetune_epochs: int = Field(
-        0, ge=0, description="end-to-end fine-tune epochs after the head (slow on CPU)"
-    )
+    feature_cache_dir: Path | None = Field(None, description="default: <data_dir>/feature-cache")
     space: SearchSpace = Field(default_factory=SearchSpace)

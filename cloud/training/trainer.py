@@ -118,13 +118,19 @@ def _xy(feats: np.ndarray, items: list[Item], labels: list[str], views: int) -> 
     return x, y
 
 
-def golden_items(test: list[Item], labels: list[str]) -> list[tuple[Path, str]]:
-    """A spread of test images per label (first by content hash): stable across reruns."""
+def golden_items(test: list[Item], train: list[Item], labels: list[str]) -> list[tuple[Path, str]]:
+    """A spread of test images per label (by content hash), topped up from train on tiny datasets.
+
+    Golden samples check that a device reproduces the model's outputs, not its accuracy, so a
+    training image is an acceptable filler when the test split is too small.
+    """
     out: list[tuple[Path, str]] = []
     for lab in labels:
         pool = [i for i in test if i.label == lab]
         step = max(1, len(pool) // GOLDEN_PER_LABEL)
-        out += [(i.path, lab) for i in pool[::step][:GOLDEN_PER_LABEL]]
+        picked = pool[::step][:GOLDEN_PER_LABEL]
+        picked += [i for i in train if i.label == lab][: GOLDEN_PER_LABEL - len(picked)]
+        out += [(i.path, lab) for i in picked]
     return out
 
 
@@ -212,7 +218,12 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     t_start = time.monotonic()
     try:
         with _sigterm_as_interrupt():
-            store = FeatureStore(cfg.data_dir / "feature-cache", PREPROCESS, seed, cfg.train.batch_size)
+            store = FeatureStore(
+                cfg.train.feature_cache_dir or cfg.data_dir / "feature-cache",
+                PREPROCESS,
+                seed,
+                cfg.train.batch_size,
+            )
             t0 = time.monotonic()
             best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed)
             timings["features_and_search"] = round(time.monotonic() - t0, 2)
@@ -279,7 +290,7 @@ def _package(
     opts: TrainOptions,
 ) -> Any:
     test_items = [(i.path, i.label) for i in data.test]
-    golden = golden_items(data.test, data.labels)
+    golden = golden_items(data.test, data.train, data.labels)
     parity = [p for p, _ in test_items[:: max(1, len(test_items) // PARITY_IMAGES)]][:PARITY_IMAGES]
     lineage = {
         **base_lineage(),

@@ -16,8 +16,9 @@ class UpdaterConfig(Section):
         None, description="TUF root.json installed by provisioning; None disables updates"
     )
     required_stage: Literal["staging", "production"] | None = Field(
-        None, description="approval stage this box needs; default: staging for group 'staging', "
-        "production for every other group"
+        None,
+        description="approval stage this box needs; default: staging for group 'staging', "
+        "production for every other group",
     )
     check_interval_s: float = Field(300.0, gt=0)
     chunk_bytes: int = Field(256 * 1024, ge=4096, le=1024 * 1024)

@@ -34,7 +34,7 @@ class MqttFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(BASE):
             raise DownloadError(f"{url} is not an update-channel URL")
-        path = url[len(BASE):]
+        path = url[len(BASE) :]
         offset = 0
         while True:
             chunk = self._request(path, offset)
@@ -90,8 +90,9 @@ def download_resumable(
                 chunk = channel.request(path, offset, min(chunk_bytes, max_length - offset), timeout_s)
             except TransportError as e:
                 if time.monotonic() > deadline:
-                    raise UpdateError("downloading", f"gave up after {deadline_s:.0f} s: {e}",
-                                      transient=True) from e
+                    raise UpdateError(
+                        "downloading", f"gave up after {deadline_s:.0f} s: {e}", transient=True
+                    ) from e
                 sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -101,8 +102,9 @@ def download_resumable(
             if chunk.status != "ok":
                 raise UpdateError("downloading", f"responder error: {chunk.error}", transient=True)
             if chunk.offset != offset:
-                raise UpdateError("downloading", f"asked for offset {offset}, got {chunk.offset}",
-                                  transient=True)
+                raise UpdateError(
+                    "downloading", f"asked for offset {offset}, got {chunk.offset}", transient=True
+                )
             data = chunk.data[: max_length - offset]
             fh.write(data)
             fh.flush()

@@ -60,15 +60,17 @@ def choose(group_info: Any, approved_info: Any, build_info: Any, stage: str) -> 
     stages = approved_info.unrecognized_fields.get(CUSTOM, {}).get("stages", [])
     if stage not in stages:
         raise UpdateError(
-            "verifying", f"version {version} is approved for {', '.join(stages) or 'nothing'}, "
-            f"this box needs {stage}"
+            "verifying",
+            f"version {version} is approved for {', '.join(stages) or 'nothing'}, this box needs {stage}",
         )
     if build_info is None:
         raise UpdateError("verifying", f"version {version} was not signed by the build pipeline")
     for name, info in (("approved", approved_info), ("build", build_info)):
         if info.length != group_info.length or info.hashes != group_info.hashes:
-            raise UpdateError("verifying", f"rollout entry for {version} does not match the {name} entry "
-                                           "(different package bytes)")
+            raise UpdateError(
+                "verifying",
+                f"rollout entry for {version} does not match the {name} entry (different package bytes)",
+            )
     sha = group_info.hashes.get("sha256")
     if not sha:
         raise UpdateError("verifying", "target has no sha256 hash")

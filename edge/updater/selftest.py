@@ -33,8 +33,9 @@ def load_candidate(pkg_dir: Path, inference: InferenceConfig, expected_version: 
     except ModelError as e:
         raise UpdateError("self-testing", f"candidate does not load: {e}") from e
     if model.version != expected_version:
-        raise UpdateError("verifying", f"package says version {model.version}, the signed release "
-                                       f"says {expected_version}")
+        raise UpdateError(
+            "verifying", f"package says version {model.version}, the signed release says {expected_version}"
+        )
     return model
 
 

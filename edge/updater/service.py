@@ -7,6 +7,7 @@ box installs is decided by TUF metadata.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -71,10 +72,8 @@ class UpdaterService:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
-        try:
+        with contextlib.suppress(Exception):
             self.link.unsubscribe(self.release_topic)
-        except Exception:
-            pass
         if self._thread.is_alive():
             self._thread.join(timeout)
         self.updater.channel.close()

@@ -71,8 +71,9 @@ class ModelUpdater:
         for d in (self.tuf_dir, self.cache_dir, self.models_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.channel = UpdateChannel(link or host.mqtt, self.device.site, self.device.id)
-        self.fetcher = MqttFetcher(self.channel, self.ucfg.chunk_bytes, self.ucfg.request_timeout_s,
-                                   self.ucfg.request_retries)
+        self.fetcher = MqttFetcher(
+            self.channel, self.ucfg.chunk_bytes, self.ucfg.request_timeout_s, self.ucfg.request_retries
+        )
         self.stage = policy.required_stage(self.device.group, self.ucfg.required_stage)
         self._lock = threading.Lock()
         self.state = self._load_state()
@@ -107,13 +108,19 @@ class ModelUpdater:
         return str(prev.version) if prev is not None else None
 
     # ---- reporting ----------------------------------------------------------------------------
-    def report(self, state: str, version: str | None, reason: str | None = None,
-               progress: float | None = None) -> None:
+    def report(
+        self, state: str, version: str | None, reason: str | None = None, progress: float | None = None
+    ) -> None:
         msg = ModelState(
-            device=self.device.id, site=self.device.site, group=self.device.group,
-            state=state,  # type: ignore[arg-type]
-            version=version, active_version=self.active_version,
-            previous_version=self.previous_version, reason=reason, progress=progress,
+            device=self.device.id,
+            site=self.device.site,
+            group=self.device.group,
+            state=state,
+            version=version,
+            active_version=self.active_version,
+            previous_version=self.previous_version,
+            reason=reason,
+            progress=progress,
         )
         self.last_state = msg
         try:
@@ -130,10 +137,19 @@ class ModelUpdater:
             try:
                 bootstrap = Path(self.ucfg.trusted_root).read_bytes()
             except OSError as e:
-                raise UpdateError("verifying", f"cannot read trusted root {self.ucfg.trusted_root}: "
-                                               f"{e.strerror}; reinstall it with provisioning") from e
-        return Updater(str(self.tuf_dir), METADATA_URL, str(self.cache_dir), TARGETS_URL,
-                       fetcher=self.fetcher, bootstrap=bootstrap)
+                raise UpdateError(
+                    "verifying",
+                    f"cannot read trusted root {self.ucfg.trusted_root}: "
+                    f"{e.strerror}; reinstall it with provisioning",
+                ) from e
+        return Updater(
+            str(self.tuf_dir),
+            METADATA_URL,
+            str(self.cache_dir),
+            TARGETS_URL,
+            fetcher=self.fetcher,
+            bootstrap=bootstrap,
+        )
 
     def check_once(self) -> str:
         """One full check; returns the final state name ('active', 'failed', 'idle', 'current')."""
@@ -165,8 +181,11 @@ class ModelUpdater:
         version = policy.version_of(group_info)
         self._target_version = version
         if version == self.active_version:
-            if self.last_state is None or self.last_state.state != "active" \
-                    or self.last_state.version != version:
+            if (
+                self.last_state is None
+                or self.last_state.state != "active"
+                or self.last_state.version != version
+            ):
                 self.report("active", version)
             return "current"
         choice = policy.choose(
@@ -201,9 +220,14 @@ class ModelUpdater:
                     self.report("downloading", choice.version, progress=min(done / choice.length, 1.0))
 
             download_resumable(
-                self.channel, f"targets/groups/{self.device.group}/{choice.sha256}.model.tar", part,
-                choice.length, self.ucfg.chunk_bytes, self.ucfg.request_timeout_s,
-                self.ucfg.download_deadline_s, progress,
+                self.channel,
+                f"targets/groups/{self.device.group}/{choice.sha256}.model.tar",
+                part,
+                choice.length,
+                self.ucfg.chunk_bytes,
+                self.ucfg.request_timeout_s,
+                self.ucfg.download_deadline_s,
+                progress,
             )
             self.report("verifying", choice.version)
             try:
@@ -211,8 +235,9 @@ class ModelUpdater:
                     choice.target.verify_length_and_hashes(fh)
             except LengthOrHashMismatchError as e:
                 part.unlink(missing_ok=True)  # never resume onto bytes that proved wrong
-                raise UpdateError("verifying", f"hash or length mismatch (tampered or truncated): {e}",
-                                  transient=True) from e
+                raise UpdateError(
+                    "verifying", f"hash or length mismatch (tampered or truncated): {e}", transient=True
+                ) from e
             part.replace(target)
         else:
             self.report("verifying", choice.version)
@@ -262,12 +287,21 @@ class ModelUpdater:
         self.report("self-testing", choice.version)
         candidate = load_candidate(pkg_dir, self.cfg.inference, choice.version)
         result = run_self_test(candidate, pkg_dir, self.ucfg.self_test_tolerance, self.ucfg.warmup_runs)
-        log.info("self-test of %s passed: %d samples, max diff %.2e, warm-up %.1f ms",
-                 choice.version, result.samples, result.max_diff, result.warmup_ms)
+        log.info(
+            "self-test of %s passed: %d samples, max diff %.2e, warm-up %.1f ms",
+            choice.version,
+            result.samples,
+            result.max_diff,
+            result.warmup_ms,
+        )
         self.host.model_slot.swap(candidate)
         self.state["previous"] = self.state.get("active")
-        self.state["active"] = {"version": choice.version, "dir": str(pkg_dir), "sha256": choice.sha256,
-                                "ts": time.time()}
+        self.state["active"] = {
+            "version": choice.version,
+            "dir": str(pkg_dir),
+            "sha256": choice.sha256,
+            "ts": time.time(),
+        }
         self.state.get("failed", {}).pop(choice.sha256, None)
         self._save_state()
         self.report("active", choice.version)

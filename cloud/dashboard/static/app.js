@@ -6,7 +6,20 @@
     year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
   });
+  var hm = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  var md = new Intl.DateTimeFormat(undefined, { month: "2-digit", day: "2-digit" });
+  function localAxes(root) {
+    var nodes = (root || document).querySelectorAll("svg text[data-ts]");
+    for (var i = 0; i < nodes.length; i++) {
+      var d = new Date(1000 * Number(nodes[i].getAttribute("data-ts")));
+      var span = Number(nodes[i].getAttribute("data-span"));
+      nodes[i].textContent = span <= 2 * 86400 ? hm.format(d) : md.format(d);
+    }
+    var notes = (root || document).querySelectorAll(".axis-zone");
+    for (var j = 0; j < notes.length; j++) { notes[j].textContent = "axis times in your zone"; }
+  }
   function localTimes(root) {
+    localAxes(root);
     var nodes = (root || document).querySelectorAll("time[datetime]:not([data-local])");
     for (var i = 0; i < nodes.length; i++) {
       var d = new Date(nodes[i].getAttribute("datetime"));

@@ -18,6 +18,14 @@ from cloud.dashboard.views import (
 )
 
 ROUTERS: list[APIRouter] = [
-    auth.router, fleet.router, devices.router, rollouts.router, models.router, quality.router,
-    alerts.router, labelling.router, lineage.router, audit.router,
+    auth.router,
+    fleet.router,
+    devices.router,
+    rollouts.router,
+    models.router,
+    quality.router,
+    alerts.router,
+    labelling.router,
+    lineage.router,
+    audit.router,
 ]

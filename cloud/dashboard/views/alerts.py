@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import ServiceUnavailable
-from cloud.dashboard.web import audit, form, redirect, render, require, services
+from cloud.dashboard.web import form, redirect, render, require, services
 
 router = APIRouter()
 STATES = ("open", "acknowledged", "resolved")
@@ -40,8 +40,16 @@ def alerts_page(request: Request, state: str = "open") -> Response:
     except ServiceUnavailable as e:
         alerts, error, counts = [], str(e), {}
     template = "alerts_live.html.j2" if request.headers.get("hx-request") == "true" else "alerts.html.j2"
-    return render(request, template, title="Alerts", alerts=alerts, state=state, states=STATES,
-                  counts=counts, error=error)
+    return render(
+        request,
+        template,
+        title="Alerts",
+        alerts=alerts,
+        state=state,
+        states=STATES,
+        counts=counts,
+        error=error,
+    )
 
 
 @router.post("/alerts/{alert_id}/ack")
@@ -51,8 +59,17 @@ async def ack(request: Request, alert_id: str) -> Response:
     comment = f.get("comment", "").strip()
     if not comment:
         return redirect("/alerts", request, "Say what you did or will do in the comment.")
-    a = services(request).get_alerts().ack(alert_id, actor=u.name, comment=comment)
-    # AlertStore keeps who/when in its own events; the audit log gets it too, chained.
-    audit(request, "alert-ack", f"alert:{alert_id}", {"rule": a["rule"], "site": a["site"],
-                                                      "device": a.get("device"), "comment": comment})
+    svc = services(request)
+    # The governance service layer (as `parkwatch cloud alerts ack`): the state change, an audit
+    # entry under the signed-in user, and the new state published on MQTT.
+    from cloud.governance.engine import ack_alert
+
+    ack_alert(
+        svc.get_alerts(),
+        alert_id,
+        u.name,
+        comment,
+        audit=svc.get_audit(),
+        publisher=svc.get_alert_publisher(),
+    )
     return redirect("/alerts", request, f"Alert {alert_id} acknowledged.")

@@ -17,6 +17,14 @@ def audit_page(request: Request, subject: str | None = None, page: int = 1) -> R
     size = services(request).cfg.dashboard.page_size
     check = log.verify()
     entries = log.entries(subject=subject or None, newest_first=True, limit=size * page + 1)
-    shown = entries[size * (page - 1): size * page]
-    return render(request, "audit.html.j2", title="Audit log", check=check, entries=shown,
-                  subject=subject or "", page=page, more=len(entries) > size * page)
+    shown = entries[size * (page - 1) : size * page]
+    return render(
+        request,
+        "audit.html.j2",
+        title="Audit log",
+        check=check,
+        entries=shown,
+        subject=subject or "",
+        page=page,
+        more=len(entries) > size * page,
+    )

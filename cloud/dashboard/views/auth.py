@@ -28,8 +28,14 @@ async def login(request: Request) -> Response:
     found = services(request).get_users().authenticate(name, password) if name and password else None
     if found is None:
         log.warning("failed sign-in for %r from %s", name, request.client.host if request.client else "?")
-        return render(request, "login.html.j2", status_code=401, next=nxt, username=name,
-                      error="User name or password is wrong.")
+        return render(
+            request,
+            "login.html.j2",
+            status_code=401,
+            next=nxt,
+            username=name,
+            error="User name or password is wrong.",
+        )
     # Fresh session and token: a token seen before sign-in is worthless after it.
     request.state.session = Session(user=found.name, epoch=found.session_epoch)
     request.state.session_dirty = True

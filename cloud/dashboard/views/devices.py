@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,29 +17,77 @@ from cloud.dashboard.web import render, require, services
 router = APIRouter()
 
 WINDOWS = {"1h": 3600.0, "6h": 6 * 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+MAX_POINTS = 720
+
+_SERIES_SQL = (
+    "SELECT min(ts) AS ts, avg(cpu_percent) AS cpu_percent, max(temp_max) AS temp_max, "
+    "avg(memory_percent) AS memory_percent, avg(latency_p50) AS latency_p50, "
+    "max(latency_p99) AS latency_p99, "
+    "avg(inference_fps) AS inference_fps, count(*) AS samples "
+    "FROM telemetry WHERE device = ? AND ts >= ? GROUP BY CAST(ts / ? AS INTEGER) ORDER BY 1"
+)
+# One aggregate only, so SQLite takes the bare column from the bucket's newest row.
+_CAMERAS_SQL = (
+    "SELECT max(ts) AS ts, json_extract(body, '$.cameras') AS cams "
+    "FROM telemetry WHERE device = ? AND ts >= ? GROUP BY CAST(ts / ? AS INTEGER) ORDER BY 1"
+)
 
 
-def device_charts(rows: list[dict[str, Any]], cfg_analysis: Any) -> list[Any]:
+def telemetry_series(store: Any, device: str, since: float, span_s: float) -> list[dict[str, Any]]:
+    """At most ~MAX_POINTS buckets over the window, whatever the telemetry rate: averages for
+    load figures, maxima for temperature and p99 (a spike must survive), and each bucket's newest
+    per-camera figures. A week at a 10 s interval is 60,480 rows; the chart needs 720."""
+    bucket = max(span_s / MAX_POINTS, 1.0)
+    rows: list[dict[str, Any]] = store.query(_SERIES_SQL, (device, since, bucket))
+    cams = store.query(_CAMERAS_SQL, (device, since, bucket))
+    for r, c in zip(rows, cams, strict=False):
+        r["cameras"] = json.loads(c["cams"]) if c.get("cams") else {}
+    return rows
+
+
+def device_charts(rows: list[dict[str, Any]], cfg_analysis: Any) -> list[tuple[str, Any]]:
     def s(label: str, col: str) -> Series:
         return Series(label, [(r["ts"], r[col]) for r in rows if r.get(col) is not None])
 
     fps: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        body = r.get("body") if isinstance(r.get("body"), dict) else {}
-        for cam, c in (body.get("cameras") or {}).items():
+        for cam, c in (r.get("cameras") or {}).items():
             fps.setdefault(cam, []).append((r["ts"], float(c.get("fps", 0.0))))
-    return [
-        line_chart([s("CPU", "cpu_percent")], title="CPU", unit="%", y_min=0, y_max=100,
-                   thresholds=[("limit", cfg_analysis.max_cpu_percent)]),
-        line_chart([s("hottest sensor", "temp_max")], title="Temperature", unit="°C",
-                   thresholds=[("limit", cfg_analysis.max_temperature_c)]),
-        line_chart([s("memory", "memory_percent")], title="Memory", unit="%", y_min=0, y_max=100,
-                   thresholds=[("limit", cfg_analysis.max_memory_percent)]),
-        line_chart([s("p50", "latency_p50"), s("p99", "latency_p99")], title="Inference latency", unit="ms",
-                   y_min=0),
-        line_chart([Series(cam, pts) for cam, pts in sorted(fps.items())] or [s("all cameras", "inference_fps")],
-                   title="Frames per second per camera", unit="fps", y_min=0),
+    charts = [
+        line_chart(
+            [s("CPU", "cpu_percent")],
+            title="CPU",
+            unit="%",
+            y_min=0,
+            y_max=100,
+            thresholds=[("limit", cfg_analysis.max_cpu_percent)],
+        ),
+        line_chart(
+            [s("hottest sensor", "temp_max")],
+            title="Temperature",
+            unit="°C",
+            thresholds=[("limit", cfg_analysis.max_temperature_c)],
+        ),
+        line_chart(
+            [s("memory", "memory_percent")],
+            title="Memory",
+            unit="%",
+            y_min=0,
+            y_max=100,
+            thresholds=[("limit", cfg_analysis.max_memory_percent)],
+        ),
+        line_chart(
+            [s("p50", "latency_p50"), s("p99", "latency_p99")], title="Inference latency", unit="ms", y_min=0
+        ),
+        line_chart(
+            [Series(cam, pts) for cam, pts in sorted(fps.items())] or [s("all cameras", "inference_fps")],
+            title="Frames per second per camera",
+            unit="fps",
+            y_min=0,
+        ),
     ]
+    titles = ("CPU", "Temperature", "Memory", "Inference latency p50 / p99", "Frames per second per camera")
+    return list(zip(titles, charts, strict=True))
 
 
 @router.get("/devices/{device}")
@@ -51,18 +100,28 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
     span = WINDOWS.get(window, WINDOWS["6h"])
     dev["live"], dev["live_why"] = liveness(dev, now, svc.cfg.fleet.heartbeat_timeout_s)
     dev["health_cls"] = health_class(dev.get("health"))
-    rows = store.telemetry(device, since=now - span, full=True, limit=20_000)
-    latest = rows[-1] if rows else store.latest_telemetry(device)
+    rows = telemetry_series(store, device, now - span, span)
+    latest = store.latest_telemetry(device)
     try:
         alerts = _alerts_for(svc, device)
         alerts_error = None
     except ServiceUnavailable as e:
         alerts, alerts_error = [], str(e)
     return render(
-        request, "device.html.j2", title=f"Device {device}", d=dev, window=window, windows=list(WINDOWS),
-        charts=device_charts(rows, svc.cfg.analysis), n_points=len(rows), latest=latest,
-        model_states=store.model_states(device, limit=50), status_events=store.status_events(device, limit=20),
-        gaps=store.gaps(device), alerts=alerts, alerts_error=alerts_error,
+        request,
+        "device.html.j2",
+        title=f"Device {device}",
+        d=dev,
+        window=window,
+        windows=list(WINDOWS),
+        charts=device_charts(rows, svc.cfg.analysis),
+        n_points=sum(r["samples"] for r in rows),
+        latest=latest,
+        model_states=store.model_states(device, limit=50),
+        status_events=store.status_events(device, limit=20),
+        gaps=store.gaps(device),
+        alerts=alerts,
+        alerts_error=alerts_error,
     )
 
 

@@ -49,8 +49,9 @@ def _camera_states(latest: dict[str, Any] | None) -> dict[str, str]:
     return {name: str(c.get("state", "?")) for name, c in (cams or {}).items()}
 
 
-def fleet_rows(request: Request, site: str, status: str, health: str, q: str, sort: str, desc: bool,
-               page: int) -> dict[str, Any]:
+def fleet_rows(
+    request: Request, site: str, status: str, health: str, q: str, sort: str, desc: bool, page: int
+) -> dict[str, Any]:
     svc = services(request)
     store = svc.get_fleet()
     now = time.time()
@@ -65,14 +66,19 @@ def fleet_rows(request: Request, site: str, status: str, health: str, q: str, so
         "online": sum(d["live"] == "online" for d in devices),
         "offline": sum(d["live"] == "offline" for d in devices),
         "unhealthy": sum(d["health_cls"] in ("warn", "bad") for d in devices),
-        "updating": sum((d.get("update_state") or "") in ("downloading", "verifying", "self-testing")
-                        for d in devices),
+        "updating": sum(
+            (d.get("update_state") or "") in ("downloading", "verifying", "self-testing") for d in devices
+        ),
         "failed": sum((d.get("update_state") or "") == "failed" for d in devices),
     }
-    shown = [d for d in devices
-             if (not site or d["site"] == site) and (not status or d["live"] == status)
-             and (not health or (d.get("health") or "unknown") == health)
-             and (not q or q.lower() in f"{d['device']} {d['site']} {d.get('model_version') or ''}".lower())]
+    shown = [
+        d
+        for d in devices
+        if (not site or d["site"] == site)
+        and (not status or d["live"] == status)
+        and (not health or (d.get("health") or "unknown") == health)
+        and (not q or q.lower() in f"{d['device']} {d['site']} {d.get('model_version') or ''}".lower())
+    ]
     healths = sorted({d.get("health") or "unknown" for d in devices})
     size = svc.cfg.dashboard.page_size
     pages = max(1, (len(shown) + size - 1) // size)
@@ -80,7 +86,7 @@ def fleet_rows(request: Request, site: str, status: str, health: str, q: str, so
     # Sorting by live figures needs them for every row; the rest sorts on stored columns first
     # so the per-device telemetry queries run for one page only.
     live_sort = sort in ("cpu", "temp", "backlog")
-    rows = shown if live_sort else _sorted(shown, sort, desc)[size * (page - 1): size * page]
+    rows = shown if live_sort else _sorted(shown, sort, desc)[size * (page - 1) : size * page]
     for d in rows:
         latest = store.latest_telemetry(d["device"])
         d["cpu"] = latest.get("cpu_percent") if latest else None
@@ -88,14 +94,25 @@ def fleet_rows(request: Request, site: str, status: str, health: str, q: str, so
         d["backlog"] = latest.get("outbox_backlog") if latest else None
         d["cameras"] = _camera_states(latest)
     if live_sort:
-        rows = _sorted(rows, sort, desc)[size * (page - 1): size * page]
+        rows = _sorted(rows, sort, desc)[size * (page - 1) : size * page]
     for d in rows:
         trend = store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
         d["cpu_spark"] = sparkline([t["cpu_percent"] for t in trend], label=f"CPU % last hour, {d['device']}")
-        d["temp_spark"] = sparkline([t["temp_max"] for t in trend], label=f"temperature last hour, {d['device']}",
-                                    y_min=20.0, y_max=90.0)
-    return {"rows": rows, "counts": counts, "sites": sites, "healths": healths, "pages": pages,
-            "page": page, "total": len(shown)}
+        d["temp_spark"] = sparkline(
+            [t["temp_max"] for t in trend],
+            label=f"temperature last hour, {d['device']}",
+            y_min=20.0,
+            y_max=90.0,
+        )
+    return {
+        "rows": rows,
+        "counts": counts,
+        "sites": sites,
+        "healths": healths,
+        "pages": pages,
+        "page": page,
+        "total": len(shown),
+    }
 
 
 def _sorted(rows: list[dict[str, Any]], sort: str, desc: bool) -> list[dict[str, Any]]:
@@ -110,8 +127,16 @@ def _sorted(rows: list[dict[str, Any]], sort: str, desc: bool) -> list[dict[str,
 
 
 @router.get("/")
-def fleet_page(request: Request, site: str = "", status: str = "", health: str = "", q: str = "",
-               sort: str = "site", desc: bool = False, page: int = 1) -> Response:
+def fleet_page(
+    request: Request,
+    site: str = "",
+    status: str = "",
+    health: str = "",
+    q: str = "",
+    sort: str = "site",
+    desc: bool = False,
+    page: int = 1,
+) -> Response:
     require(request)
     data = fleet_rows(request, site, status, health, q, sort, desc, page)
     params = {"site": site, "status": status, "health": health, "q": q, "sort": sort, "desc": desc}

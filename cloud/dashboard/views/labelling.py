@@ -3,7 +3,8 @@
 Privacy (GDPR; CCTV frames can show people): a snapshot is shown only if its site is listed in
 ``[dashboard] snapshot_sites`` — the cloud half of a double opt-in whose box half is the edge's
 ``[snapshots] upload_allowed`` — and only for ``snapshot_keep_days``. Labels go into the fleet
-feedback table through ``FleetStore.add_feedback``, the same path as ``parkwatch cloud label``.
+feedback table through ``cloud.fleet.feedback.label_prediction``, the same function as
+``parkwatch cloud label`` and ``POST /api/feedback``.
 """
 
 from __future__ import annotations
@@ -16,20 +17,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard.deps import Services
-from cloud.dashboard.web import audit, form, redirect, render, require, services
+from cloud.dashboard.snapshots import snapshots_dir, visible
+from cloud.dashboard.web import form, redirect, render, require, services
 
 router = APIRouter()
 LABELS = ("cat", "dog", "neither")
-
-
-def snapshots_dir(svc: Services) -> Path:
-    return svc.cfg.fleet.snapshots_dir or svc.cfg.data_dir / "snapshots"
-
-
-def visible(svc: Services, pred: dict[str, Any], now: float) -> bool:
-    """Pure policy: may this snapshot be shown (site opted in, not past retention)?"""
-    return (pred.get("site") in svc.cfg.dashboard.snapshot_sites
-            and now - float(pred["ts"]) <= svc.cfg.dashboard.snapshot_keep_days * 86400)
 
 
 def unlabelled(svc: Services, limit: int) -> list[dict[str, Any]]:
@@ -38,11 +30,16 @@ def unlabelled(svc: Services, limit: int) -> list[dict[str, Any]]:
         return []
     since = time.time() - svc.cfg.dashboard.snapshot_keep_days * 86400
     marks = ",".join("?" for _ in sites)
-    return list(svc.get_fleet().query(
-        "SELECT p.device, p.seq, p.site, p.camera, p.ts, p.label, p.confidence, p.model_version, p.snapshot "
-        "FROM predictions p LEFT JOIN feedback f ON f.device = p.device AND f.seq = p.seq "
-        f"WHERE p.snapshot IS NOT NULL AND f.device IS NULL AND p.ts >= ? AND p.site IN ({marks}) "
-        "ORDER BY p.ts DESC LIMIT ?", [since, *sites, limit]))
+    return list(
+        svc.get_fleet().query(
+            "SELECT p.device, p.seq, p.site, p.camera, p.ts, p.label, p.confidence, p.model_version, "
+            "p.snapshot "
+            "FROM predictions p LEFT JOIN feedback f ON f.device = p.device AND f.seq = p.seq "
+            f"WHERE p.snapshot IS NOT NULL AND f.device IS NULL AND p.ts >= ? AND p.site IN ({marks}) "
+            "ORDER BY p.ts DESC LIMIT ?",
+            [since, *sites, limit],
+        )
+    )
 
 
 @router.get("/labelling")
@@ -51,14 +48,21 @@ def labelling_page(request: Request) -> Response:
     svc = services(request)
     items = unlabelled(svc, svc.cfg.dashboard.page_size)
     for it in items:
-        it["has_image"] = (snapshots_dir(svc) / f"{it['snapshot']}.jpg").is_file()
-    return render(request, "labelling.html.j2", title="Labelling", items=items, labels=LABELS,
-                  sites=svc.cfg.dashboard.snapshot_sites, keep_days=svc.cfg.dashboard.snapshot_keep_days)
+        it["has_image"] = (snapshots_dir(svc.cfg) / f"{it['snapshot']}.jpg").is_file()
+    return render(
+        request,
+        "labelling.html.j2",
+        title="Labelling",
+        items=items,
+        labels=LABELS,
+        sites=svc.cfg.dashboard.snapshot_sites,
+        keep_days=svc.cfg.dashboard.snapshot_keep_days,
+    )
 
 
 def _pred_for(svc: Services, snapshot: str) -> dict[str, Any]:
     pred: dict[str, Any] = svc.get_fleet().prediction_by_snapshot(snapshot)
-    if not visible(svc, pred, time.time()):
+    if not visible(svc.cfg, pred, time.time()):
         # Same answer as "absent": whether a hidden snapshot exists is itself not shown.
         raise HTTPException(404, f"snapshot {snapshot} is not available for labelling")
     return pred
@@ -69,7 +73,7 @@ def snapshot_image(request: Request, snapshot: str) -> Response:
     require(request)
     svc = services(request)
     _pred_for(svc, snapshot)
-    path = snapshots_dir(svc) / f"{Path(snapshot).name}.jpg"
+    path = snapshots_dir(svc.cfg) / f"{Path(snapshot).name}.jpg"
     if not path.is_file():
         raise HTTPException(404, f"the image of snapshot {snapshot} has not arrived or was purged")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
@@ -82,7 +86,14 @@ async def label(request: Request, snapshot: str) -> Response:
     value = f.get("label", "")
     svc = services(request)
     pred = _pred_for(svc, snapshot)
-    row = svc.get_fleet().add_feedback(pred, value, actor=u.name, comment=f.get("comment") or None)
-    audit(request, "label", row["prediction_id"], {"label": value, "predicted": pred["label"],
-                                                   "snapshot": snapshot, "model_version": pred["model_version"]})
+    from cloud.fleet.feedback import label_prediction
+
+    row = label_prediction(
+        svc.get_fleet(),
+        value,
+        u.name,
+        snapshot=pred["snapshot"],
+        comment=f.get("comment") or None,
+        audit=svc.get_audit(),
+    )
     return redirect("/labelling", request, f"Labelled {row['prediction_id']} as {value}.")

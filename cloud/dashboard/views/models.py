@@ -7,10 +7,9 @@ enforced once. The dashboard only adds the signed-in user's name and role check.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard import adapters
@@ -35,8 +34,7 @@ def models_page(request: Request, stage: str = "") -> Response:
     require(request)
     reg = services(request).get_registry()
     models = reg.list_models(stage=stage or None)
-    return render(request, "models.html.j2", title="Models", models=models, stage=stage,
-                  headline=headline)
+    return render(request, "models.html.j2", title="Models", models=models, stage=stage, headline=headline)
 
 
 @router.get("/models/{version}")
@@ -45,22 +43,30 @@ def model_page(request: Request, version: str) -> Response:
     svc = services(request)
     m = svc.get_registry().get_model(version)
     history, history_error = adapters.stage_history(svc, version)
-    report = adapters.report_file(svc, m)
-    return render(request, "model.html.j2", title=f"Model {version}", m=m, history=history,
-                  history_error=history_error, report=report, headline=headline(m.metrics),
-                  audit=svc.get_audit().entries(subject=version, newest_first=True, limit=50))
+    reports = adapters.report_files(svc, m)
+    return render(
+        request,
+        "model.html.j2",
+        title=f"Model {version}",
+        m=m,
+        history=history,
+        history_error=history_error,
+        reports=[label for label, _ in reports],
+        headline=headline(m.metrics),
+        audit=svc.get_audit().entries(subject=f"model:{version}", newest_first=True, limit=50),
+    )
 
 
-@router.get("/models/{version}/report")
-def model_report(request: Request, version: str) -> Response:
+@router.get("/models/{version}/report/{n}")
+def model_report(request: Request, version: str, n: int) -> Response:
     require(request)
     svc = services(request)
-    m = svc.get_registry().get_model(version)
-    path = adapters.report_file(svc, m)
-    if path is None:
-        return render(request, "error.html.j2", status_code=404, title="No report",
-                      message=f"model {version} has no evaluation report; run `parkwatch cloud evaluate {version}`")
-    return FileResponse(Path(path), media_type="text/html" if str(path).endswith(".html") else None)
+    reports = adapters.report_files(svc, svc.get_registry().get_model(version))
+    if not 0 <= n < len(reports):
+        raise HTTPException(
+            404, f"model {version} has no report #{n}; run `parkwatch cloud evaluate {version}`"
+        )
+    return FileResponse(reports[n][1], media_type="text/html")
 
 
 @router.post("/models/{version}/decide")

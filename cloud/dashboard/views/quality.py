@@ -50,12 +50,27 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
         observed = _mix(det, "class_mix")
         baseline = _mix(det.get("baseline") or {}, "class_mix")
         cats = sorted(set(observed or {}) | set(baseline or {}))
-        mix_chart = bar_chart([g for g in (("baseline", baseline), ("observed", observed)) if g[1]],
-                              title=f"class mix {key[0]} at {key[1]}", categories=cats) if cats else None
-        trend = line_chart([Series("PSI", [(h["ts"], h["psi"]) for h in history[key] if h.get("psi") is not None]),
-                            Series("JS distance", [(h["ts"], h["js"]) for h in history[key] if h.get("js") is not None])],
-                           title=f"drift over time {key[0]} at {key[1]}", y_min=0,
-                           thresholds=[("PSI limit", a.psi_threshold), ("JS limit", a.js_threshold)])
+        mix_groups: list[tuple[str, dict[str, float]]] = [
+            (name, mix) for name, mix in (("baseline", baseline), ("observed", observed)) if mix
+        ]
+        mix_chart = (
+            bar_chart(
+                mix_groups,
+                title=f"class mix {key[0]} at {key[1]}",
+                categories=cats,
+            )
+            if cats
+            else None
+        )
+        trend = line_chart(
+            [
+                Series("PSI", [(h["ts"], h["psi"]) for h in history[key] if h.get("psi") is not None]),
+                Series("JS distance", [(h["ts"], h["js"]) for h in history[key] if h.get("js") is not None]),
+            ],
+            title=f"drift over time {key[0]} at {key[1]}",
+            y_min=0,
+            thresholds=[("PSI limit", a.psi_threshold), ("JS limit", a.js_threshold)],
+        )
         panels.append({"model": key[0], "site": key[1], "r": r, "mix_chart": mix_chart, "trend": trend})
     from cloud.analysis.drift import performance
     from cloud.analysis.job import accuracy_over_time
@@ -69,14 +84,34 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
     for mv, rows in sorted(per_model.items()):
         classes = sorted({r["label"] for r in rows} | {r["predicted"] for r in rows} - {"abstain", "neither"})
         s = performance(rows, classes)
-        s.update(model=mv, n=len(rows), neither=sum(r["label"] == "neither" for r in rows),
-                 abstained=sum(r["predicted"] == "abstain" for r in rows))
-        s["chart"] = line_chart([Series("labelled accuracy", [(b["ts"], b["accuracy"] * 100)
-                                                              for b in over_time.get(mv, [])])],
-                                title=f"accuracy from labels, {mv}", unit="%", y_min=0, y_max=100)
+        s.update(
+            model=mv,
+            n=len(rows),
+            neither=sum(r["label"] == "neither" for r in rows),
+            abstained=sum(r["predicted"] == "abstain" for r in rows),
+        )
+        s["chart"] = line_chart(
+            [Series("labelled accuracy", [(b["ts"], b["accuracy"] * 100) for b in over_time.get(mv, [])])],
+            title=f"accuracy from labels, {mv}",
+            unit="%",
+            y_min=0,
+            y_max=100,
+        )
         recall = {k: v for k, v in s["recall"].items() if v is not None}
-        s["recall_chart"] = bar_chart([("recall", recall)], title=f"recall per class, {mv}",
-                                      categories=list(recall)) if recall else None
+        s["recall_chart"] = (
+            bar_chart([("recall", recall)], title=f"recall per class, {mv}", categories=list(recall))
+            if recall
+            else None
+        )
         feedback.append(s)
-    return render(request, "quality.html.j2", title="Drift & quality", panels=panels, feedback=feedback,
-                  thresholds=a, model=model, site=site, labels_total=len(fb_rows))
+    return render(
+        request,
+        "quality.html.j2",
+        title="Drift & quality",
+        panels=panels,
+        feedback=feedback,
+        thresholds=a,
+        model=model,
+        site=site,
+        labels_total=len(fb_rows),
+    )

@@ -24,8 +24,8 @@ def _view(request: Request, template: str) -> Response:
     except ServiceUnavailable as e:
         groups, error = [], str(e)
     for g in groups:
-        total = int(g.get("total") or sum((g.get("states") or {}).values()) or 0)
-        done = int(g.get("done") or (g.get("states") or {}).get("active", 0) or 0)
+        # "done" means active on the group's target version, as the release channel counts it.
+        total, done = int(g.get("total") or 0), int(g.get("done") or 0)
         g["total_n"], g["done_n"] = total, done
         g["pct"] = 100.0 * done / total if total else 0.0
     versions = [m.version for m in svc.get_registry().list_models() if m.stage in ("staging", "production")]
@@ -46,8 +46,13 @@ async def start(request: Request) -> Response:
     version, group = f.get("version", "").strip(), f.get("group", "").strip()
     if not version or not group:
         return redirect("/rollouts", request, "Choose a version and a device group.")
-    adapters.start_rollout(services(request), version=version, group=group, actor=u.name,
-                           reason=f.get("reason", "").strip() or "started from the dashboard")
+    adapters.start_rollout(
+        services(request),
+        version=version,
+        group=group,
+        actor=u.name,
+        reason=f.get("reason", "").strip() or "started from the dashboard",
+    )
     return redirect("/rollouts", request, f"Rollout of {version} to group {group} started.")
 
 

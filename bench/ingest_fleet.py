@@ -1,0 +1,221 @@
+"""Issue 6 benchmark: fleet ingest throughput against the broker's own delivery rate.
+
+N simulated devices publish batched predictions (QoS 1) over a real Mosquitto started with
+the shipped config. Phase 1 measures how fast the broker delivers that traffic to a subscriber
+that discards it; phase 2 how fast ``FleetIngest`` stores it durably (committed with
+synchronous=FULL, then acknowledged). Prints both rates and their ratio; target >= 0.8.
+
+    .venv/bin/python bench/ingest_fleet.py [--devices 10] [--batches 100] [--batch-size 50] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from cloud.config import CloudConfig  # noqa: E402
+from cloud.fleet.service import FleetIngest  # noqa: E402
+from shared.broker import EmbeddedBroker  # noqa: E402
+from shared.protocol import Kind, PredictionBatch, Topics, encode  # noqa: E402
+from tests.simdevice import SimDevice  # noqa: E402
+
+TARGET = 0.8
+
+
+def _publisher(port: int, devices: int, batches: int, batch_size: int, tag: str) -> None:
+    """Child-process side: the devices live in their own process, as they would on their own boxes."""
+    traffic = []
+    for i in range(devices):
+        d = SimDevice("127.0.0.1", port, site="bench", device=f"{tag}-{i}", seed=i)
+        msgs = [
+            encode(PredictionBatch(device=d.device, site=d.site, predictions=d.make_predictions(batch_size)))
+            for _ in range(batches)
+        ]
+        traffic.append((d.connect(status=False), msgs))
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    def run(d: SimDevice, msgs: list[bytes]) -> None:
+        topic = d.topic(Kind.PREDICTIONS)
+        for m in msgs:
+            d.publish_raw(topic, m)
+        d.flush(timeout=600)
+
+    threads = [threading.Thread(target=run, args=t) for t in traffic]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("done", flush=True)
+    sys.stdin.readline()
+
+
+class Publishers:
+    def __init__(self, port: int, devices: int, batches: int, batch_size: int, tag: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--publisher",
+                str(port),
+                str(devices),
+                str(batches),
+                str(batch_size),
+                tag,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("publisher process failed to start")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdout.readline()
+        self.proc.stdin.write("bye\n")
+        self.proc.stdin.flush()
+        self.proc.wait(60)
+
+
+def broker_rate(b: EmbeddedBroker, devices: int, batches: int, batch_size: int) -> float:
+    total = devices * batches
+    got = 0
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_msg(c: Any, u: Any, m: Any) -> None:
+        nonlocal got
+        got += 1
+        if got == total:
+            done.set()
+
+    sub = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="bench-discard", protocol=mqtt.MQTTv5
+    )
+    sub.on_connect = lambda c, u, f, rc, p=None: (c.subscribe(Topics.ALL_PREDICTIONS, qos=1), ready.set())
+    sub.on_message = on_msg
+    sub.connect("127.0.0.1", b.port)
+    sub.loop_start()
+    ready.wait(10)
+    time.sleep(0.3)
+    pubs = Publishers(b.port, devices, batches, batch_size, "sub")
+    t0 = time.perf_counter()
+    pubs.go()
+    done.wait(600)
+    dt = time.perf_counter() - t0
+    pubs.close()
+    sub.disconnect()
+    sub.loop_stop()
+    if got != total:
+        raise SystemExit(f"discarding subscriber got {got} of {total} messages")
+    return total * batch_size / dt
+
+
+def ingest_rate(
+    b: EmbeddedBroker, work: Path, devices: int, batches: int, batch_size: int, fleet: dict[str, Any]
+) -> tuple[float, dict[str, Any]]:
+    cfg = CloudConfig.model_validate(
+        {
+            "data_dir": str(work / "cloud"),
+            "mqtt": {"port": b.port},
+            "fleet": {"client_id": "bench-ingest", **fleet},
+        }
+    )
+    ing = FleetIngest(cfg)
+    ing.start()
+    ing.wait_connected(10)
+    time.sleep(0.3)
+    total = devices * batches * batch_size
+    pubs = Publishers(b.port, devices, batches, batch_size, "ing")
+    t0 = time.perf_counter()
+    pubs.go()
+    conn = sqlite3.connect(cfg.fleet_db)
+    deadline = time.monotonic() + 600
+    n = 0
+    while time.monotonic() < deadline:
+        n = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        if n >= total:
+            break
+        time.sleep(0.02)
+    dt = time.perf_counter() - t0
+    stats = ing.stats()
+    pubs.close()
+    ing.stop()
+    if n != total:
+        raise SystemExit(f"ingest stored {n} of {total} predictions")
+    return total / dt, stats
+
+
+def run(
+    devices: int = 10, batches: int = 100, batch_size: int = 50, batch_max: int | None = None
+) -> dict[str, Any]:
+    fleet = {"batch_max": batch_max} if batch_max else {}
+    with tempfile.TemporaryDirectory(prefix="pw-bench-ingest-") as tmp:
+        work = Path(tmp)
+        with EmbeddedBroker(work / "broker") as b:
+            sub = broker_rate(b, devices, batches, batch_size)
+            ing, stats = ingest_rate(b, work, devices, batches, batch_size, fleet)
+    return {
+        "bench": "ingest_fleet",
+        "devices": devices,
+        "batches_per_device": batches,
+        "batch_size": batch_size,
+        "predictions": devices * batches * batch_size,
+        "broker_delivery_pred_per_s": round(sub, 1),
+        "ingest_stored_pred_per_s": round(ing, 1),
+        "ratio": round(ing / sub, 3),
+        "target": TARGET,
+        "ok": ing / sub >= TARGET,
+        "ingest_batches": stats["batches"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--publisher"]:
+        port, devices, batches, batch_size = (int(x) for x in args[1:5])
+        _publisher(port, devices, batches, batch_size, args[5])
+        return {}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--batches", type=int, default=100, help="batches per device")
+    ap.add_argument("--batch-size", type=int, default=50, help="predictions per batch")
+    ap.add_argument(
+        "--batch-max", type=int, default=None, help="fleet.batch_max for ingest (default: config)"
+    )
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(args)
+    r = run(a.devices, a.batches, a.batch_size, a.batch_max)
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"{r['predictions']} predictions from {r['devices']} devices in batches of {r['batch_size']}")
+        print(f"broker -> discarding subscriber: {r['broker_delivery_pred_per_s']:>10.0f} predictions/s")
+        print(f"broker -> FleetIngest (durable): {r['ingest_stored_pred_per_s']:>10.0f} predictions/s")
+        print(f"ratio {r['ratio']:.2f} (target >= {TARGET}) {'OK' if r['ok'] else 'BELOW TARGET'}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Snapshot images in the cloud: where they are, who may see them, and how long they stay.
+
+Frames can show people (CCTV in the EU), so the cloud keeps them only ``snapshot_keep_days`` and
+shows them only for sites listed in ``[dashboard] snapshot_sites``. ``purge_expired`` runs inside
+``DashboardServer`` (at start and hourly) and deletes image files past that age.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud.config import CloudConfig
+
+log = logging.getLogger("parkwatch.dashboard.snapshots")
+
+
+def snapshots_dir(cfg: CloudConfig) -> Path:
+    return cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
+
+
+def visible(cfg: CloudConfig, pred: dict[str, Any], now: float) -> bool:
+    """Pure policy: may this prediction's snapshot be shown (site opted in, not past retention)?"""
+    return (
+        pred.get("site") in cfg.dashboard.snapshot_sites
+        and now - float(pred["ts"]) <= cfg.dashboard.snapshot_keep_days * 86400
+    )
+
+
+def purge_expired(folder: Path, keep_days: float, now: float | None = None) -> int:
+    """Delete ``*.jpg`` in ``folder`` older than ``keep_days`` (by file time); returns how many."""
+    if not folder.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - keep_days * 86400
+    removed = 0
+    for path in folder.glob("*.jpg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("cannot delete expired snapshot %s: %s", path, e)
+    if removed:
+        log.info("deleted %d snapshot(s) older than %.0f days from %s", removed, keep_days, folder)
+    return removed

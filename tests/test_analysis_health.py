@@ -1,0 +1,101 @@
+"""Health rules on their own (pure ``evaluate``); the broker path is in test_analysis_drift.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloud.analysis.config import AnalysisConfig
+from cloud.analysis.health import evaluate
+
+NOW = 1_800_000_000.0
+ACFG = AnalysisConfig()
+
+
+def dev(**kw: Any) -> dict[str, Any]:
+    return {"device": "b1", "site": "p", "status": "online", "last_seen": NOW - 5, **kw}
+
+
+def tel(n: int = 20, **last: Any) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        cams = {
+            "cam1": {
+                "state": "streaming",
+                "frames": 100 * i,
+                "integrity": {"frozen": 0},
+                "last_frame_ts": NOW - (n - i) * 10,
+            }
+        }
+        rows.append(
+            {
+                "ts": NOW - (n - i) * 10,
+                "cpu_percent": 30.0 + (i % 3),
+                "temp_max": 50.0 + (i % 2),
+                "memory_percent": 40.0,
+                "disk_percent": 30.0,
+                "latency_p95": 20.0 + (i % 2) * 0.5,
+                "inference_fps": 5.0,
+                "body": {"ts": NOW - (n - i) * 10, "cameras": cams},
+            }
+        )
+    body_last = last.pop("body", None)
+    rows[-1].update(last)
+    if body_last:
+        rows[-1]["body"] = body_last
+    return rows
+
+
+def rules(h: Any) -> list[str]:
+    return sorted(f.rule for f in h.findings)
+
+
+def test_a_quiet_device_is_ok() -> None:
+    h = evaluate(dev(), tel(), [], NOW, ACFG, 60)
+    assert h.state == "ok" and h.reasons == []
+
+
+def test_overheating_is_critical_and_cpu_needs_consecutive_samples() -> None:
+    t = tel(temp_max=85.0)
+    assert evaluate(dev(), t, [], NOW, ACFG, 60).state == "critical"
+    t = tel()
+    t[-1]["cpu_percent"] = 99.0
+    t[-2]["cpu_percent"] = 99.0
+    assert "cpu_saturation" not in rules(evaluate(dev(), t, [], NOW, ACFG, 60))
+    t[-3]["cpu_percent"] = 99.0
+    assert "cpu_saturation" in rules(evaluate(dev(), t, [], NOW, ACFG, 60))
+
+
+def test_camera_stalled_and_frames_flagged() -> None:
+    t = tel()
+    prev = t[-2]["body"]["cameras"]["cam1"]
+    t[-1]["body"] = {
+        "ts": NOW,
+        "cameras": {
+            "cam1": {
+                "state": "streaming",
+                "frames": prev["frames"] + 100,
+                "integrity": {"frozen": 40, "covered": 5},
+                "last_frame_ts": NOW - 120,
+            }
+        },
+    }
+    h = evaluate(dev(), t, [], NOW, ACFG, 60)
+    assert rules(h) == ["camera_down", "frame_integrity"]
+    assert h.state == "degraded" and any("45/100 frames flagged" in r for r in h.reasons)
+
+
+def test_robust_z_flags_a_latency_jump_but_not_noise() -> None:
+    assert "telemetry_anomaly" not in rules(evaluate(dev(), tel(latency_p95=21.0), [], NOW, ACFG, 60))
+    h = evaluate(dev(), tel(latency_p95=80.0), [], NOW, ACFG, 60)
+    [f] = h.findings
+    assert f.rule == "telemetry_anomaly" and f.subject == "latency_p95" and f.details["z"] > ACFG.anomaly_z
+
+
+def test_offline_by_last_will_or_silence_and_gaps_are_reported() -> None:
+    h = evaluate(dev(status="offline", status_reason="last-will"), tel(temp_max=99.0), [], NOW, ACFG, 60)
+    assert h.state == "offline" and rules(h) == ["device_offline"]  # stale telemetry is not judged
+    h = evaluate(dev(last_seen=NOW - 61), tel(), [], NOW, ACFG, 60)
+    assert h.state == "offline" and "silent for 61 s" in h.reasons[0]
+    gaps = [{"first_seq": 5, "last_seq": 9, "missing": 5, "cause": "lost in transit"}]
+    h = evaluate(dev(), tel(), gaps, NOW, ACFG, 60)
+    assert h.state == "degraded" and rules(h) == ["ingest_gap"] and "5 prediction(s) missing" in h.reasons[0]

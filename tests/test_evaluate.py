@@ -1,0 +1,72 @@
+"""Test-step metrics, the promotion gate and the HTML report (pure functions, known answers)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from cloud.evaluation.config import GateConfig
+from cloud.evaluation.gate import check_gate
+from cloud.evaluation.metrics import auc, ece, evaluate, roc_curve
+from cloud.evaluation.report import render_html
+
+LABELS = ["cat", "dog"]
+
+
+def test_metrics_on_a_hand_checked_example() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    p_dog = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.9, 0.7, 0.6, 0.4, 0.95])
+    probs = np.stack([1 - p_dog, p_dog], axis=1)
+    m = evaluate(y, probs, LABELS)
+    assert m["confusion_matrix"] == [[3, 1], [1, 5]]
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["per_class"]["cat"] == pytest.approx(
+        {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
+    )
+    assert m["per_class"]["dog"]["recall"] == pytest.approx(5 / 6)
+    assert m["recall_gap"] == pytest.approx(5 / 6 - 0.75)
+    # AUC by counting: pairs (dog, cat) where the dog scores higher, over 6*4 pairs.
+    pairs = sum((d > c) + 0.5 * (d == c) for d in p_dog[y == 1] for c in p_dog[y == 0])
+    assert m["roc_auc"] == pytest.approx(pairs / 24)
+    assert m["baseline"]["prediction_mix"] == {"cat": 0.4, "dog": 0.6}
+    assert sum(m["baseline"]["confidence_hist"]["counts"]) == 10
+
+
+def test_roc_of_a_perfect_and_a_useless_scorer() -> None:
+    y = np.array([True, True, False, False])
+    assert auc(*roc_curve(y, np.array([0.9, 0.8, 0.2, 0.1]))) == pytest.approx(1.0)
+    assert auc(*roc_curve(y, np.array([0.5, 0.5, 0.5, 0.5]))) == pytest.approx(0.5)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident() -> None:
+    conf = np.full(10, 0.75)
+    correct = np.array([True] * 7 + [False] * 3)
+    value, bins = ece(conf, correct)
+    assert value == pytest.approx(0.05) and bins[0]["n"] == 10
+    value, _ = ece(np.full(10, 0.99), np.array([True] * 5 + [False] * 5))
+    assert value == pytest.approx(0.49)
+
+
+def test_gate_lists_every_failure() -> None:
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.1, 0.9]])
+    m = evaluate(y, probs, LABELS)
+    g = check_gate(m, GateConfig())
+    assert not g["passed"]
+    assert any("accuracy" in f for f in g["failures"]) and any("recall of cat" in f for f in g["failures"])
+    assert any("recall gap" in f for f in g["failures"])
+    assert check_gate(
+        m, GateConfig(min_accuracy=0.7, min_recall_per_class=0.5, max_recall_gap=0.6, max_ece=1.0)
+    )["passed"]
+
+
+def test_html_report_has_three_inline_svg_plots() -> None:
+    y = np.array([0, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
+    m = evaluate(y, probs, LABELS)
+    page = render_html("v<1>", m, check_gate(m, GateConfig()), {"dataset_version": "abc"})
+    assert len(re.findall(r"<svg ", page)) == 3
+    assert "Confusion matrix" in page and "ROC curve" in page and "Reliability" in page
+    assert "v&lt;1&gt;" in page and "<script" not in page

@@ -1,0 +1,148 @@
+"""Alert actions against the real neighbours: the release channel's rollback and a real training run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud.analysis.job import open_governor
+from cloud.fleet.feedback import label_prediction
+from cloud.fleet.service import FleetIngest
+from cloud.fleet.store import FleetStore
+from cloud.governance.alerts import AlertStore
+from cloud.governance.rules import Finding
+from cloud.registry.store import Registry
+from shared.broker import EmbeddedBroker
+from tests.fleetutil import cloud_cfg, wait_for
+from tests.simdevice import SimDevice
+
+
+def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
+    ing = FleetIngest(cfg)
+    ing.start()
+    dev = SimDevice("127.0.0.1", broker.port, site="park1", device="box1", group="production").connect()
+    try:
+        dev.predict(5)
+        dev.flush()
+        store = FleetStore(cfg.fleet_db)
+        wait_for(lambda: store.prediction_count() == 5, what="stored")
+        wait_for(lambda: store.device("box1")["grp"] == "production", what="group known from status")
+    finally:
+        dev.disconnect()
+        ing.stop()
+    gov = open_governor(cfg, publish=False)
+    f = Finding(
+        "accuracy_drop",
+        "park1",
+        "accuracy 80% vs baseline 97%",
+        subject="m1",
+        details={"model_version": "m1"},
+    )
+    [a] = gov.apply([f], "drift")["opened"]
+    [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+    # Nothing was ever rolled out to this group, so the release channel itself refuses, with its reason.
+    assert act["action"] == "rollback" and act["ok"] is False
+    assert "production" in act["error"] and "roll back" in act["error"]
+    entries = [e.action for e in Registry(cfg.registry_db).audit.entries(subject=f"alert:{a['id']}")]
+    assert entries == ["alert.open", "alert.action.rollback"]
+
+
+def _lake(src: Path, dst: Path, per_label: int, skip: int = 0) -> list[Path]:
+    out = []
+    for label in ("cat", "dog"):
+        (dst / label).mkdir(parents=True, exist_ok=True)
+        for p in sorted((src / label).glob("*.jpg"))[skip : skip + per_label]:
+            (dst / label / p.name).symlink_to(p)
+            out.append(p)
+    return out
+
+
+@pytest.mark.slow
+def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_frames(
+    tmp_path: Path, broker: EmbeddedBroker, pets_sample: Path
+) -> None:
+    cfg = cloud_cfg(
+        tmp_path,
+        broker,
+        governance={
+            "rules": {"accuracy_drop": {"actions": ["retrain"]}},
+            "retrain_command": [
+                str(Path(shutil.which("parkwatch") or ".venv/bin/parkwatch").resolve()),
+                "cloud",
+                "train",
+                "--no-progress",
+            ],
+        },
+        train={
+            "trials": 1,
+            "augment_copies": 0,
+            "space": {"lr": [0.01], "weight_decay": [0.0], "epochs": [10], "label_smoothing": [0.0]},
+        },
+    )
+    from cloud.data.ingest import ingest
+
+    _lake(pets_sample, tmp_path / "lake", per_label=25)
+    with Registry(cfg.registry_db) as reg:
+        base = ingest(
+            tmp_path / "lake", reg, cfg.datasets_dir, cfg.ingest, show_progress=False
+        ).dataset_version
+    # Six snapshots reached the cloud and were labelled by an operator.
+    snap_dir = cfg.data_dir / "snapshots"
+    snap_dir.mkdir(parents=True)
+    ing = FleetIngest(cfg)
+    ing.start()
+    dev = SimDevice("127.0.0.1", broker.port, device="box1").connect()
+    try:
+        preds = dev.make_predictions(6)
+        extra = {
+            "cat": sorted((pets_sample / "cat").glob("*.jpg"))[100:103],
+            "dog": sorted((pets_sample / "dog").glob("*.jpg"))[100:103],
+        }
+        truth = []
+        for p, (label, img) in zip(preds, [(lab, f) for lab, fs in extra.items() for f in fs], strict=True):
+            p.snapshot = f"box1-snap-{p.seq}"
+            shutil.copyfile(img, snap_dir / f"{p.snapshot}.jpg")
+            truth.append((p.snapshot, label))
+        dev.send(preds)
+        dev.flush()
+        store = FleetStore(cfg.fleet_db)
+        wait_for(lambda: store.prediction_count() == 6, what="stored")
+    finally:
+        dev.disconnect()
+        ing.stop()
+    for snap, label in truth:
+        label_prediction(store, label, "qa", snapshot=snap)
+
+    gov = open_governor(cfg, publish=False)
+    f = Finding("accuracy_drop", "park1", "accuracy 80% vs baseline 97%", subject="m1")
+    [a] = gov.apply([f], "drift")["opened"]
+    [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+    assert act["ok"] is True, act
+    assert act["base_dataset"] == base and act["dataset"] != base and act["feedback_frames"] == 6
+
+    def registered() -> list[str]:
+        with Registry(cfg.registry_db) as reg:
+            return [m.version for m in reg.list_models() if m.dataset_id == act["dataset"]]
+
+    deadline = time.monotonic() + 900
+    while not registered() and time.monotonic() < deadline:
+        time.sleep(2)
+    log = Path(act["log"]).read_text()
+    assert registered(), f"no model registered; training log:\n{log[-3000:]}"
+    with Registry(cfg.registry_db) as reg:
+        m = reg.get_model(registered()[0])
+        files = reg.dataset_files(act["dataset"])
+        base_files = reg.dataset_files(base)
+    assert m.stage == "candidate"  # never promoted automatically
+    assert sum("feedback-" in f.path for f in files) == 6 and len(files) == len(base_files) + 6
+    # The split rule keeps every old file on its side.
+    old_side = {f.sha256: f.split for f in base_files}
+    assert all(old_side[f.sha256] == f.split for f in files if f.sha256 in old_side)
+    # A second alert inside the cooldown does not start another run.
+    [b] = gov.apply([Finding("accuracy_drop", "park2", "again", subject="m1")], "drift")["opened"]
+    [act2] = AlertStore(cfg.fleet_db).get(b["id"])["actions"]
+    assert act2["ok"] is False and "cooldown" in act2["error"]

@@ -1,0 +1,81 @@
+"""The secure-delivery commands end to end through the CLI (no broker: notices are best effort)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cloud.cli import cloud
+from shared.broker import free_port
+from tests.fixtures_models import baseline_package  # noqa: F401
+from tests.release_support import cloud_config, make_version, mqtt_cfg, register, write_cloud_toml
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cloud, list(args))
+    return res.exit_code, res.output
+
+
+def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package: Path) -> None:  # noqa: F811
+    cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))  # nothing listens: notices are skipped
+    toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
+    code, out = run("keys", "init", "--as", "ops", "--config", toml)
+    assert code == 0 and "root.json on every box" in out
+    code, out = run("keys", "init", "--config", toml)
+    assert code == 1 and "refusing to overwrite" in out
+    code, out = run("keys", "list", "--json", "--config", toml)
+    assert code == 0 and set(json.loads(out)) == {
+        "root",
+        "approver",
+        "pipeline",
+        "rollout",
+        "snapshot",
+        "timestamp",
+    }
+    for v in ("1.0.0", "2.0.0"):
+        register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
+        assert (
+            run("approve", v, "--stage", "staging", "--as", "qa", "--reason", "ok", "--config", toml)[0] == 0
+        )
+    code, out = run("rollout", "1.0.0", "--config", toml)
+    assert code != 0 and "--group is required" in out
+    code, out = run("rollout", "3.0.0", "--group", "staging", "--config", toml)
+    assert code == 1 and "no model version" in out
+    code, out = run("rollout", "1.0.0", "--group", "production", "--config", toml)
+    assert code == 1 and "not approved for production" in out
+    code, out = run("rollout", "1.0.0", "--group", "staging", "--json", "--config", toml)
+    assert code == 0 and json.loads(out)["notified"] is False
+    assert run("rollout", "2.0.0", "--group", "staging", "--config", toml)[0] == 0
+    code, out = run("rollback", "--group", "staging", "--reason", "bad", "--json", "--config", toml)
+    assert code == 0 and json.loads(out)["version"] == "1.0.0"
+    code, out = run("keys", "status", "--json", "--config", toml)
+    assert code == 0 and json.loads(out)["groups"] == {"staging": "1.0.0"}
+    code, out = run("devices", "cloud-account", "--secret-out", str(tmp_path / "c.secret"), "--config", toml)
+    assert code == 0
+    code, out = run(
+        "devices",
+        "add",
+        "box1",
+        "--site",
+        "park1",
+        "--group",
+        "staging",
+        "--secret-out",
+        str(tmp_path / "b.secret"),
+        "--json",
+        "--config",
+        toml,
+    )
+    assert code == 0 and Path(json.loads(out)["acl"]).read_text().count("user box1") == 1
+    code, out = run(
+        "devices", "add", "bad/id", "--site", "park1", "--secret-out", str(tmp_path / "x"), "--config", toml
+    )
+    assert code == 1 and "must be 1-64 characters" in out
+    code, out = run("devices", "list", "--json", "--config", toml)
+    assert code == 0 and [d["device"] for d in json.loads(out)] == ["box1"] and "pw_hash" not in out
+    code, out = run("rollout", "status", "--config", toml)
+    assert code == 0 and "staging: target 1.0.0  0/1 active" in out
+    code, out = run("audit", "list", "--subject", "group:staging", "--json", "--config", toml)
+    assert [e["action"] for e in json.loads(out)] == ["rollback", "rollout", "rollout"]

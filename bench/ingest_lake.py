@@ -77,8 +77,12 @@ def main() -> int:
     raw = raw_rate(paths, args.workers)
     ing = ingest_rate(args.lake, len(paths), args.workers)
     r: dict[str, Any] = {
-        "files": len(paths), "workers": args.workers, "raw_read_hash_files_per_s": round(raw, 1),
-        "ingest_files_per_s": round(ing, 1), "ratio": round(ing / raw, 3), "target": TARGET,
+        "files": len(paths),
+        "workers": args.workers,
+        "raw_read_hash_files_per_s": round(raw, 1),
+        "ingest_files_per_s": round(ing, 1),
+        "ratio": round(ing / raw, 3),
+        "target": TARGET,
         "ok": ing / raw >= TARGET,
     }
     if args.json:

@@ -38,8 +38,11 @@ def config_check(path: Path, as_json: bool) -> None:
         "group": cfg.device.group,
         "cameras": [c.id for c in cfg.cameras],
     }
-    emit(summary, as_json, lambda s: f"{path}: ok (device {s['device']} at site {s['site']}, "
-         f"{len(s['cameras'])} camera(s))")
+    emit(
+        summary,
+        as_json,
+        lambda s: f"{path}: ok (device {s['device']} at site {s['site']}, {len(s['cameras'])} camera(s))",
+    )
 
 
 @edge.command()

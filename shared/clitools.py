@@ -60,8 +60,14 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except ConfigError as e:
-            fail(f"config {e.path}: key {e.key}: {e.problem}", EXIT_CONFIG, as_json,
-                 file=e.path, key=e.key, problem=e.problem)
+            fail(
+                f"config {e.path}: key {e.key}: {e.problem}",
+                EXIT_CONFIG,
+                as_json,
+                file=e.path,
+                key=e.key,
+                problem=e.problem,
+            )
         except ParkwatchError as e:
             fail(str(e), EXIT_ERROR, as_json, kind=type(e).__name__)
 

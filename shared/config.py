@@ -90,8 +90,9 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         raw = p.read_bytes()
     except FileNotFoundError as e:
-        raise ConfigError(str(p), "<file>", "no such file; pass --config PATH or create it "
-                          "from provisioning/*.example.toml") from e
+        raise ConfigError(
+            str(p), "<file>", "no such file; pass --config PATH or create it from provisioning/*.example.toml"
+        ) from e
     except OSError as e:
         raise ConfigError(str(p), "<file>", f"cannot read: {e.strerror}") from e
     try:
@@ -112,9 +113,7 @@ def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
     except ValidationError as e:
         errors = e.errors()
         first = errors[0]
-        problems = "; ".join(
-            f"{_dotted(err['loc'])}: {_explain(err)}" for err in errors[1:]
-        )
+        problems = "; ".join(f"{_dotted(err['loc'])}: {_explain(err)}" for err in errors[1:])
         msg = _explain(first) + (f" (also: {problems})" if problems else "")
         raise ConfigError(source, _dotted(first["loc"]), msg) from e
 

@@ -30,10 +30,17 @@ def test_shipped_examples_are_valid() -> None:
         ('[device]\nid = "a"\n', "device.site", "required key is missing"),
         ('[device]\nid = "a"\nsite = "b"\n[mqtt]\nport = 70000\n', "mqtt.port", "less than or equal"),
         ('[device]\nid = "a b"\nsite = "b"\n', "device.id", "letters, digits"),
-        ('[device]\nid = "a"\nsite = "b"\n[[cameras]]\nid = "c"\nkind = "vhs"\nurl = "x"\n',
-         "cameras[0].kind", "Input should be"),
+        (
+            '[device]\nid = "a"\nsite = "b"\n[[cameras]]\nid = "c"\nkind = "vhs"\nurl = "x"\n',
+            "cameras[0].kind",
+            "Input should be",
+        ),
         ('[device\nid = "a"', "<syntax>", "invalid TOML"),
-        ('[device]\nid = "a"\nsite = "b"\n[mqtt]\npassword = "hunter2"\n', "mqtt.password", "valid dictionary"),
+        (
+            '[device]\nid = "a"\nsite = "b"\n[mqtt]\npassword = "hunter2"\n',
+            "mqtt.password",
+            "valid dictionary",
+        ),
     ],
 )
 def test_bad_edge_config_names_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -74,15 +81,23 @@ def test_secret_from_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("side", ["edge", "cloud"])
 def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     bad = tmp_path / f"{side}.toml"
-    bad.write_text("[mqtt]\nhots = 'x'\n" if side == "cloud" else '[device]\nid="a"\nsite="b"\n[mqtt]\nhots=1\n')
+    bad.write_text(
+        "[mqtt]\nhots = 'x'\n" if side == "cloud" else '[device]\nid="a"\nsite="b"\n[mqtt]\nhots=1\n'
+    )
     res = subprocess.run([*PARKWATCH, side, "config", "check", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert str(bad) in res.stderr and "mqtt.hots" in res.stderr and "unknown key" in res.stderr
-    res = subprocess.run([*PARKWATCH, side, "config", "check", "--json", str(bad)], capture_output=True, text=True)
+    res = subprocess.run(
+        [*PARKWATCH, side, "config", "check", "--json", str(bad)], capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert '"key": "mqtt.hots"' in res.stdout
     good = REPO / "provisioning" / f"{side}.example.toml"
-    res = subprocess.run([*PARKWATCH, side, "config", "check", "--json", str(good)], capture_output=True, text=True,
-                         env={**os.environ})
+    res = subprocess.run(
+        [*PARKWATCH, side, "config", "check", "--json", str(good)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
     assert res.returncode == 0, res.stderr
     assert '"ok": true' in res.stdout

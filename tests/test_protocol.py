@@ -35,8 +35,15 @@ def _batch(device: str = "box1", site: str = "bcn") -> PredictionBatch:
         device=device,
         site=site,
         predictions=[
-            Prediction(seq=i, ts=1.0 + i, camera="gate", label="dog", confidence=0.9,
-                       probs={"cat": 0.1, "dog": 0.9}, model_version="m1")
+            Prediction(
+                seq=i,
+                ts=1.0 + i,
+                camera="gate",
+                label="dog",
+                confidence=0.9,
+                probs={"cat": 0.1, "dog": 0.9},
+                model_version="m1",
+            )
             for i in (7, 8, 9)
         ],
     )
@@ -44,17 +51,33 @@ def _batch(device: str = "box1", site: str = "bcn") -> PredictionBatch:
 
 EXAMPLES = [
     (Topics.device("bcn", "box1", Kind.STATUS), DeviceStatus(device="box1", site="bcn", state="online")),
-    (Topics.device("bcn", "box1", Kind.TELEMETRY), Telemetry(
-        device="box1", site="bcn", cpu_percent=12.5, memory_percent=40, disk_percent=10,
-        uptime_process_s=5, uptime_system_s=100, temperatures=None)),
+    (
+        Topics.device("bcn", "box1", Kind.TELEMETRY),
+        Telemetry(
+            device="box1",
+            site="bcn",
+            cpu_percent=12.5,
+            memory_percent=40,
+            disk_percent=10,
+            uptime_process_s=5,
+            uptime_system_s=100,
+            temperatures=None,
+        ),
+    ),
     (Topics.device("bcn", "box1", Kind.PREDICTIONS), _batch()),
-    (Topics.device("bcn", "box1", Kind.MODEL_STATE), ModelState(device="box1", site="bcn", state="active",
-                                                                 version="m1")),
+    (
+        Topics.device("bcn", "box1", Kind.MODEL_STATE),
+        ModelState(device="box1", site="bcn", state="active", version="m1"),
+    ),
     (Topics.device("bcn", "box1", Kind.UPDATE_REQUEST), UpdateRequest(path="metadata/timestamp.json")),
     (Topics.device("bcn", "box1", Kind.UPDATE_RESPONSE), UpdateResponse(path="x", status="not_found")),
     (Topics.release("production"), ReleaseNotice(group="production", version="m2")),
-    (Topics.alerts("bcn"), Alert(id="a1", site="bcn", rule="offline", severity="warning", state="open",
-                                 message="box1 is offline")),
+    (
+        Topics.alerts("bcn"),
+        Alert(
+            id="a1", site="bcn", rule="offline", severity="warning", state="open", message="box1 is offline"
+        ),
+    ),
 ]
 
 
@@ -70,8 +93,14 @@ def test_topic_parsing() -> None:
     p = parse_topic("parkwatch/v1/dev/bcn/box1/model/state")
     assert (p.kind, p.site, p.device) == (Kind.MODEL_STATE, "bcn", "box1")
     assert parse_topic("parkwatch/v1/release/staging").group == "staging"
-    for bad in ["other/v1/dev/a/b/status", "parkwatch/v1/dev/a/b/nope", "parkwatch/v1/dev/a/status",
-                "parkwatch/v1/release/a/b", "parkwatch/v2/dev/a/b/status", "parkwatch/v1/dev/+/b/status"]:
+    for bad in [
+        "other/v1/dev/a/b/status",
+        "parkwatch/v1/dev/a/b/nope",
+        "parkwatch/v1/dev/a/status",
+        "parkwatch/v1/release/a/b",
+        "parkwatch/v2/dev/a/b/status",
+        "parkwatch/v1/dev/+/b/status",
+    ]:
         with pytest.raises(UnknownTopic):
             parse_topic(bad)
     with pytest.raises(ValueError, match="letters, digits"):
@@ -99,7 +128,7 @@ def test_bad_payloads_raise_typed_errors() -> None:
         bad = json.loads(json.dumps(good))
         bad["predictions"][1]["seq"] = 7
         decode(topic, json.dumps(bad))
-    with pytest.raises(InvalidPayload, match="unexpected|Extra"):
+    with pytest.raises(InvalidPayload, match=r"unexpected|Extra"):
         decode(topic, json.dumps({**good, "surprise": 1}))
 
 

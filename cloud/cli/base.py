@@ -22,5 +22,8 @@ def config_check(path: Path, as_json: bool) -> None:
     from cloud.config import load
 
     cfg = load(path)
-    emit({"ok": True, "file": str(path), "data_dir": str(cfg.data_dir)}, as_json,
-         lambda s: f"{path}: ok (data in {s['data_dir']})")
+    emit(
+        {"ok": True, "file": str(path), "data_dir": str(cfg.data_dir)},
+        as_json,
+        lambda s: f"{path}: ok (data in {s['data_dir']})",
+    )

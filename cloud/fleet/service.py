@@ -91,6 +91,7 @@ class FleetIngest:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.fcfg.session_expiry_s
         props.ReceiveMaximum = self.fcfg.receive_maximum
@@ -126,6 +127,7 @@ class FleetIngest:
         self._connected.clear()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Until connected and subscribed (SUBACK received)."""
         return self._connected.wait(timeout)
 
     @property
@@ -155,8 +157,14 @@ class FleetIngest:
             log.error("%s", self.last_error)
             return
         client.subscribe(subscriptions(self.fcfg.share_group))
-        self._connected.set()
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        bad = [rc for rc in rcs if rc.is_failure]
+        if bad:
+            self.last_error = f"broker refused a subscription: {bad}; check the broker ACL for the ingest account"
+            log.error("%s", self.last_error)
+        self._connected.set()  # connected *and* subscribed: nothing published from now on is missed
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None

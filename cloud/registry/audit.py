@@ -66,9 +66,18 @@ def entry_hash(
 ) -> str:
     """Pure: the canonical hash of one entry."""
     body = json.dumps(
-        {"id": id, "ts": repr(ts), "actor": actor, "action": action, "subject": subject,
-         "details": details, "prev": prev_hash},
-        sort_keys=True, separators=(",", ":"), default=str,
+        {
+            "id": id,
+            "ts": repr(ts),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "details": details,
+            "prev": prev_hash,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
     )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -83,7 +92,9 @@ def verify_chain(entries: Iterable[AuditEntry]) -> ChainCheck:
         if expected_id is not None and e.id != expected_id:
             return ChainCheck(False, count, e.id, f"entry ids jump from {expected_id - 1} to {e.id}")
         if e.prev_hash != prev:
-            return ChainCheck(False, count, e.id, "previous-hash link broken (an entry was removed or reordered)")
+            return ChainCheck(
+                False, count, e.id, "previous-hash link broken (an entry was removed or reordered)"
+            )
         if entry_hash(e.id, e.ts, e.actor, e.action, e.subject, e.details, e.prev_hash) != e.hash:
             return ChainCheck(False, count, e.id, "content does not match its hash (entry was edited)")
         prev = e.hash
@@ -103,8 +114,16 @@ class AuditLog:
     def _ensure_schema(self) -> None:
         if TABLE not in self.db.table_names():
             self.db[TABLE].create(  # type: ignore[union-attr]
-                {"id": int, "ts": float, "actor": str, "action": str, "subject": str,
-                 "details": str, "prev_hash": str, "hash": str},
+                {
+                    "id": int,
+                    "ts": float,
+                    "actor": str,
+                    "action": str,
+                    "subject": str,
+                    "details": str,
+                    "prev_hash": str,
+                    "hash": str,
+                },
                 pk="id",
                 not_null={"ts", "actor", "action", "subject", "details", "prev_hash", "hash"},
             )
@@ -133,8 +152,16 @@ class AuditLog:
             conn.execute(
                 f"INSERT INTO {TABLE} (id, ts, actor, action, subject, details, prev_hash, hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (new_id, ts, actor, action, subject, json.dumps(details, sort_keys=True, default=str),
-                 prev, h),
+                (
+                    new_id,
+                    ts,
+                    actor,
+                    action,
+                    subject,
+                    json.dumps(details, sort_keys=True, default=str),
+                    prev,
+                    h,
+                ),
             )
             conn.execute("COMMIT")
         except BaseException:

@@ -21,8 +21,9 @@ class RejectCounter:
             self._counts[err.kind] += 1
             first = self._counts[err.kind] == 1
         if first:
-            log.warning("dropping invalid message (%s; later ones of this kind are only counted): %s",
-                        err.kind, err)
+            log.warning(
+                "dropping invalid message (%s; later ones of this kind are only counted): %s", err.kind, err
+            )
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

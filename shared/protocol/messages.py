@@ -8,6 +8,7 @@ error (``extra="forbid"``), because a sender that adds a field must bump the sch
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,7 +72,7 @@ class PredictionBatch(Message):
     @field_validator("predictions")
     @classmethod
     def _increasing(cls, v: list[Prediction]) -> list[Prediction]:
-        for a, b in zip(v, v[1:], strict=False):
+        for a, b in pairwise(v):
             if b.seq <= a.seq:
                 raise ValueError("prediction seq numbers must be strictly increasing in a batch")
         return v

@@ -1,0 +1,1 @@
+"""``parkwatch cloud demo``: the whole loop on one machine with embedded defaults."""

@@ -1,0 +1,284 @@
+"""Runs the demo: broker, cloud side, one edge daemon, then the build → release loop.
+
+Everything runs through the same commands and configs an installation uses (``parkwatch cloud
+serve``, ``parkwatch edge run``, ``parkwatch cloud ingest/train/approve/rollout``), so the demo is
+also a smoke test of the real paths. The edge starts on the untrained grouped-ImageNet baseline,
+so predictions reach the cloud store within a minute; meanwhile a real model is trained on the
+sample lake (or reused from an earlier demo run), approved for staging by a demo approver and
+rolled out to the demo box over the signed channel, and the box swaps it in without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloud.demo.configs import DEMO_DEVICE, DEMO_GROUP, cloud_toml, edge_toml
+from shared.broker import EmbeddedBroker, free_port
+from shared.errors import ParkwatchError
+from shared.paths import sample_lake
+
+Say = Callable[[str], None]
+CAMERA_IMAGES = 400
+
+
+class DemoError(ParkwatchError):
+    pass
+
+
+def _parkwatch() -> list[str]:
+    exe = Path(sys.executable).parent / "parkwatch"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli"]
+
+
+def _run_json(args: list[str], log: Path, timeout: float = 1800) -> dict[str, Any]:
+    with log.open("ab") as err:
+        res = subprocess.run(
+            [*_parkwatch(), *args, "--json"], stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
+        )
+    try:
+        out: dict[str, Any] = json.loads(res.stdout or b"{}")
+    except json.JSONDecodeError as e:
+        raise DemoError(f"parkwatch {' '.join(args)} printed no JSON (see {log})") from e
+    if res.returncode != 0:
+        raise DemoError(f"parkwatch {' '.join(args)} failed: {out.get('error', '?')} (see {log})")
+    return out
+
+
+def _camera_folder(lake: Path, dest: Path) -> Path:
+    """A shuffled mix of the lake's photos, so the demo camera shows cats and dogs in turn."""
+    if dest.exists() and any(dest.iterdir()):
+        return dest
+    files = sorted(p for p in lake.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not files:
+        raise DemoError(f"no images under {lake}; set PARKWATCH_DATASETS to the folder holding pets-sample/")
+    random.Random(7).shuffle(files)
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, src in enumerate(files[:CAMERA_IMAGES]):
+        (dest / f"{i:04d}{src.suffix.lower()}").symlink_to(src.resolve())
+    return dest
+
+
+class Demo:
+    def __init__(self, workdir: Path, train: bool = True, say: Say = print) -> None:
+        self.workdir = workdir.resolve()
+        self.train = train
+        self.say = say
+        self.logs = self.workdir / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.broker: EmbeddedBroker | None = None
+        self.stop_event = threading.Event()
+        self.loop_thread: threading.Thread | None = None
+        self.loop_result: str = "not started"
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        lake = sample_lake()
+        if not lake.is_dir():
+            raise DemoError(
+                f"sample data lake not found at {lake}; put ../shared/datasets beside the "
+                "checkout or set PARKWATCH_DATASETS"
+            )
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.lake = lake
+        self.broker = EmbeddedBroker(self.workdir / "broker").start()
+        self.dashboard_port = free_port()
+        self.status_port = free_port()
+        self.cloud_cfg = self.workdir / "cloud.toml"
+        self.cloud_cfg.write_text(cloud_toml(self.workdir / "cloud", self.broker.port, self.dashboard_port))
+        self.say(f"broker      mosquitto on 127.0.0.1:{self.broker.port} (log {self.broker.log_path})")
+
+        keys = _run_json(["cloud", "keys", "status", "--config", str(self.cloud_cfg)], self.logs / "cli.log")
+        if not keys.get("initialised"):
+            keys = _run_json(
+                ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
+                self.logs / "cli.log",
+            )
+        trusted_root = Path(keys["trusted_root"])
+
+        from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
+
+        baseline = self.workdir / "baseline" / BASELINE_VERSION
+        if not (baseline / "manifest.json").exists():
+            self.say("model       exporting the pretrained EfficientNet-Lite0 baseline to ONNX ...")
+            shutil.rmtree(baseline.parent, ignore_errors=True)
+            baseline = build_baseline_package(baseline.parent)
+        token_file = self.workdir / "edge" / "status-token"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(18))
+            token_file.chmod(0o600)
+        self.status_token = token_file.read_text().strip()
+        self.edge_cfg = self.workdir / "edge.toml"
+        self.edge_cfg.write_text(
+            edge_toml(
+                self.workdir / "edge",
+                self.broker.port,
+                _camera_folder(lake, self.workdir / "camera"),
+                baseline,
+                self.status_port,
+                token_file,
+                trusted_root,
+            )
+        )
+
+    def start_services(self) -> None:
+        env = {**os.environ, "PARKWATCH_LOG_LEVEL": os.environ.get("PARKWATCH_LOG_LEVEL", "INFO")}
+        for name, args in (
+            ("cloud", ["cloud", "serve", "--config", str(self.cloud_cfg)]),
+            ("edge", ["edge", "run", "--config", str(self.edge_cfg)]),
+        ):
+            log = (self.logs / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(
+                [*_parkwatch(), *args], stdout=log, stderr=log, env=env, start_new_session=True
+            )
+        from cloud.cli.dashboard import ensure_demo_user
+        from cloud.config import load
+
+        user, password = ensure_demo_user(load(self.cloud_cfg))
+        self.say(f"dashboard   http://127.0.0.1:{self.dashboard_port}/   login {user} / {password}")
+        self.say(f"status page http://127.0.0.1:{self.status_port}/?token={self.status_token}")
+        self.say(f"logs        {self.logs}/  (cloud.log, edge.log, build.log)")
+
+    # ---- the build → approve → roll out loop ------------------------------------------------------
+    def _build_and_release(self) -> None:
+        cfg = ["--config", str(self.cloud_cfg)]
+        log = self.logs / "build.log"
+        try:
+            ds = _run_json(["cloud", "ingest", str(self.lake), "--no-progress", *cfg], log)
+            self.say(
+                f"build       dataset {ds['dataset_version'][:12]}: {ds['counts']} "
+                f"({len(ds.get('duplicates', []))} duplicates dropped)"
+            )
+            models = _run_json(["cloud", "models", "list", *cfg], log).get("models", [])
+            reuse = [
+                m
+                for m in models
+                if m.get("dataset_version") == ds["dataset_version"]
+                and m.get("gate_passed")
+                and not str(m["version"]).startswith("baseline")
+            ]
+            if reuse:
+                version = reuse[-1]["version"]
+                self.say(f"build       reusing trained model {version} from an earlier demo run")
+            else:
+                self.say(
+                    "build       training EfficientNet-Lite0 on the sample (a few minutes; see build.log)"
+                )
+                out = _run_json(
+                    ["cloud", "train", "--dataset", ds["dataset_version"], "--no-progress", *cfg],
+                    log,
+                    timeout=3600,
+                )
+                version = out["model_version"]
+                self.say(f"build       trained {version}: test accuracy {out['metrics']['accuracy']:.4f}")
+            _run_json(
+                [
+                    "cloud",
+                    "approve",
+                    version,
+                    "--stage",
+                    "staging",
+                    "--as",
+                    "demo-approver",
+                    "--reason",
+                    "demo: passed the gate on the sample lake",
+                    *cfg,
+                ],
+                log,
+            )
+            _run_json(
+                [
+                    "cloud",
+                    "rollout",
+                    version,
+                    "--group",
+                    DEMO_GROUP,
+                    "--as",
+                    "demo-engineer",
+                    "--reason",
+                    "demo rollout",
+                    *cfg,
+                ],
+                log,
+            )
+            self.say(f"release     {version} approved for staging and rolled out to group {DEMO_GROUP}")
+            self.loop_result = f"rolled out {version}"
+        except Exception as e:  # the demo keeps serving predictions even if the loop fails
+            self.loop_result = f"failed: {e}"
+            self.say(f"build       the build/release loop stopped: {e}")
+
+    # ---- watching --------------------------------------------------------------------------------
+    def watch(self, duration: float | None, interval: float = 5.0) -> int:
+        from cloud.fleet.store import FleetStore
+
+        fleet_db = self.workdir / "cloud" / "fleet.db"
+        start, last_count, last_version = time.monotonic(), -1, None
+        while not self.stop_event.wait(interval):
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise DemoError(
+                        f"{name} exited with {proc.returncode}; see {self.logs / (name + '.log')}"
+                    )
+            if fleet_db.exists():
+                with FleetStore(fleet_db) as store:
+                    count = store.prediction_count()
+                    latest = store.query(
+                        "SELECT camera, label, confidence, model_version FROM predictions "
+                        "ORDER BY ts DESC LIMIT 1"
+                    )
+                if count != last_count and latest:
+                    p = latest[0]
+                    self.say(
+                        f"cloud store {count} predictions from {DEMO_DEVICE}; latest: camera {p['camera']} "
+                        f"{p['label']} ({p['confidence']:.2f}) by model {p['model_version']}"
+                    )
+                    if last_version and p["model_version"] != last_version:
+                        self.say(
+                            f"edge        now classifying with {p['model_version']} (hot-swapped, no restart)"
+                        )
+                    last_count, last_version = count, p["model_version"]
+            if duration is not None and time.monotonic() - start >= duration:
+                return max(last_count, 0)
+        return max(last_count, 0)
+
+    def run(self, duration: float | None = None) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        try:
+            self.prepare()
+            self.start_services()
+            if self.train:
+                self.loop_thread = threading.Thread(
+                    target=self._build_and_release, name="demo-build", daemon=True
+                )
+                self.loop_thread.start()
+            self.say("watching    predictions arriving in the cloud store (Ctrl-C to stop)")
+            return self.watch(duration)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+        if self.broker:
+            self.broker.stop()

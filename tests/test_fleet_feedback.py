@@ -27,6 +27,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     register_model(cfg)
     ing = FleetIngest(cfg)
     ing.start()
+    assert ing.wait_connected(10), "ingest did not connect"
     dev = SimDevice("127.0.0.1", broker.port, site="park1", device="box1", seed=7).connect()
     try:
         preds = dev.predict(200, degraded=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,28 @@ def test_broker_defaults_really_drop_and_the_loss_shows_up_as_a_gap(tmp_path: Pa
         finally:
             dev.disconnect()
             ing.stop()
+
+
+def test_retention_prunes_old_rows_but_keeps_labelled_predictions(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    cfg = cloud_cfg(tmp_path, broker, fleet={"retention_days": 1.0, "retention_interval_s": 3600})
+    ing = started(cfg)  # prunes once at start-up, on an empty database
+    dev = SimDevice("127.0.0.1", broker.port, device="box7").connect()
+    store = FleetStore(cfg.fleet_db)
+    try:
+        old = dev.make_predictions(50, ts=time.time() - 3 * 86400)
+        dev.send(old)
+        dev.telemetry(ts=time.time() - 3 * 86400)
+        dev.predict(10)
+        dev.telemetry()
+        dev.flush()
+        wait_for(lambda: store.prediction_count() == 60, what="stored")
+        wait_for(lambda: len(store.telemetry("box7")) == 2, what="telemetry stored")
+        store.add_feedback(store.prediction(f"box7:{old[0].seq}"), "cat", actor="qa")
+        ing.stop()
+        ing = started(cfg)  # the next prune (at start-up) applies the 1-day retention
+        wait_for(lambda: store.prediction_count() == 11, what="old predictions pruned")
+        assert {p["seq"] for p in store.predictions(device="box7")} == {1, *range(51, 61)}
+        assert len(store.telemetry("box7")) == 1
+    finally:
+        dev.disconnect()
+        ing.stop()

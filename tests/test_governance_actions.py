@@ -24,6 +24,7 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
     ing = FleetIngest(cfg)
     ing.start()
+    assert ing.wait_connected(10), "ingest did not connect"
     dev = SimDevice("127.0.0.1", broker.port, site="park1", device="box1", group="production").connect()
     try:
         dev.predict(5)
@@ -95,6 +96,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     snap_dir.mkdir(parents=True)
     ing = FleetIngest(cfg)
     ing.start()
+    assert ing.wait_connected(10), "ingest did not connect"
     dev = SimDevice("127.0.0.1", broker.port, device="box1").connect()
     try:
         preds = dev.make_predictions(6)

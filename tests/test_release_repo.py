@@ -152,3 +152,17 @@ def test_fetcher_turns_not_found_into_404_over_the_real_broker(
         cloud.disconnect()
         cloud.loop_stop()
         responder.stop()
+
+
+def test_approver_keys_can_live_apart_from_the_others(tmp_path: Path) -> None:
+    cfg = cloud_config(
+        tmp_path / "cloud", mqtt_cfg(1), approver_keys_dir=tmp_path / "usb-stick", targets_threshold=2
+    )
+    ch = ReleaseChannel(cfg, notify=lambda *a: True)
+    ch.keys_init("ops")
+    assert sorted(p.name for p in (tmp_path / "usb-stick").glob("*.pem")) == [
+        "approver-1.pem",
+        "approver-2.pem",
+    ]
+    assert not list(cfg.keys_dir.glob("approver-*"))
+    assert len(ch.keys_list()["approver"]) == 2

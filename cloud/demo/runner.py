@@ -99,8 +99,9 @@ class Demo:
         self.cloud_cfg.write_text(cloud_toml(self.workdir / "cloud", self.broker.port, self.dashboard_port))
         self.say(f"broker      mosquitto on 127.0.0.1:{self.broker.port} (log {self.broker.log_path})")
 
-        keys = _run_json(["cloud", "keys", "status", "--config", str(self.cloud_cfg)], self.logs / "cli.log")
-        if not keys.get("initialised"):
+        try:
+            keys = _run_json(["cloud", "keys", "status", "--config", str(self.cloud_cfg)], self.logs / "cli.log")
+        except DemoError:  # first run: no repository yet
             keys = _run_json(
                 ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
                 self.logs / "cli.log",

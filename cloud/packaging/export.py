@@ -26,8 +26,7 @@ OUTPUT_NAME = "probabilities"
 PARITY_TOLERANCE = 1e-4
 
 
-def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: torch.Tensor) -> None:
-    """Export ``model`` (emitting probabilities) with a dynamic batch axis and our metadata_props."""
+def _export_proto(model: nn.Module, example: torch.Tensor, output_name: str) -> onnx.ModelProto:
     model.eval()
     buf = io.BytesIO()
     try:
@@ -38,15 +37,25 @@ def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: 
                 (example,),
                 buf,  # type: ignore[arg-type]
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=[output_name],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
             )
     except Exception as e:  # the exporter raises many unrelated types
         raise PackagingError(f"ONNX export failed: {e}") from e
-    proto = onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_graph(model: nn.Module, path: Path, example: torch.Tensor, output_name: str) -> None:
+    """A plain export (no parkwatch metadata), e.g. the frozen backbone used for feature extraction."""
+    atomic_write_bytes(path, _export_proto(model, example, output_name).SerializeToString())
+
+
+def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: torch.Tensor) -> None:
+    """Export ``model`` (emitting probabilities) with a dynamic batch axis and our metadata_props."""
+    proto = _export_proto(model, example, OUTPUT_NAME)
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

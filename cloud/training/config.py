@@ -27,5 +27,8 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1)
     augment_copies: int = Field(2, ge=0, description="augmented feature copies per train image")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    feature_engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto = torch on a GPU, ONNX Runtime on a CPU (about 3x faster here)"
+    )
     feature_cache_dir: Path | None = Field(None, description="default: <data_dir>/feature-cache")
     space: SearchSpace = Field(default_factory=SearchSpace)

@@ -31,7 +31,7 @@ from cloud.training import search
 from cloud.training.backbone import PREPROCESS, Classifier, load_backbone
 from cloud.training.data import Item, RunData, load_run_data
 from cloud.training.errors import TrainingInterrupted
-from cloud.training.features import FeatureStore, pick_device
+from cloud.training.features import FeatureStore, pick_device, pick_engine
 from cloud.training.head import HeadParams, log_loss, predict_proba, train_head
 from shared.modelpkg import ModelMetadata
 
@@ -210,6 +210,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
         "search": method,
         "trials": opts.trials,
         "device": str(pick_device()),
+        "feature_engine": pick_engine(cfg.train.feature_engine),
         "threads": threads,
         "model_version": version,
     }
@@ -223,6 +224,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 PREPROCESS,
                 seed,
                 cfg.train.batch_size,
+                engine=cfg.train.feature_engine,
             )
             t0 = time.monotonic()
             best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed)

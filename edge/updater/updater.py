@@ -202,7 +202,10 @@ class ModelUpdater:
             self._activate(choice, pkg_dir)
         except UpdateError as e:
             if not e.transient:
-                self.state.setdefault("failed", {})[choice.sha256] = f"{e.stage}: {e.reason}"
+                failed_map = self.state.setdefault("failed", {})
+                failed_map[choice.sha256] = f"{e.stage}: {e.reason}"
+                for old in list(failed_map)[:-20]:  # remember the last 20 bad packages only
+                    failed_map.pop(old)
                 self._save_state()
             raise
         return "active"

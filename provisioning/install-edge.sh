@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Install (or update) the parkwatch edge daemon on this box. Run as root from a parkwatch checkout:
+#
+#   sudo provisioning/install-edge.sh [--model PACKAGE_DIR_OR_ONNX] [--no-start]
+#
+# What it does (idempotent: re-running updates the software and keeps config, token and data):
+#  1. system user 'parkwatch' (in group 'video' for USB cameras)
+#  2. /opt/parkwatch/venv with the *edge* extra only (no torch), pinned by constraints.txt
+#  3. /etc/parkwatch/edge.toml from provisioning/edge.example.toml (only if absent)
+#     and /etc/parkwatch/status-token (a random token, only if absent)
+#  4. /var/lib/parkwatch (outbox, snapshots, updater state), owned by the service user
+#  5. the initial model (--model) into /opt/parkwatch/models/initial
+#  6. systemd/parkwatch-edge.service into /etc/systemd/system, enabled and started
+#
+# Environment overrides (used by tests and packagers; defaults in brackets):
+#   PARKWATCH_ROOT [""]            install under this folder instead of / (like DESTDIR)
+#   PARKWATCH_PREFIX [/opt/parkwatch]  PARKWATCH_ETC [/etc/parkwatch]  PARKWATCH_STATE [/var/lib/parkwatch]
+#   PARKWATCH_UNIT_DIR [/etc/systemd/system]   PARKWATCH_USER [parkwatch]
+#   PARKWATCH_CREATE_USER [1]      0 = the user must exist already
+#   PARKWATCH_SYSTEMCTL [auto]     auto = only when systemd runs and PARKWATCH_ROOT is empty; 0 = never
+#   PARKWATCH_PYTHON [python3]     PARKWATCH_PIP_ARGS [""] extra pip arguments (e.g. --no-index --find-links DIR)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=${PARKWATCH_ROOT:-}
+prefix=${PARKWATCH_PREFIX:-/opt/parkwatch}
+etc=${PARKWATCH_ETC:-/etc/parkwatch}
+state=${PARKWATCH_STATE:-/var/lib/parkwatch}
+unit_dir=${PARKWATCH_UNIT_DIR:-/etc/systemd/system}
+user=${PARKWATCH_USER:-parkwatch}
+create_user=${PARKWATCH_CREATE_USER:-1}
+use_systemctl=${PARKWATCH_SYSTEMCTL:-auto}
+python=${PARKWATCH_PYTHON:-python3}
+read -r -a pip_args <<< "${PARKWATCH_PIP_ARGS:-}"
+model=""
+start=1
+
+die() { echo "install-edge: $*" >&2; exit 1; }
+say() { echo "install-edge: $*"; }
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --model) model=${2:?--model needs a package folder or .onnx file}; shift 2 ;;
+    --no-start) start=0; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+is_root=0; [[ $(id -u) -eq 0 ]] && is_root=1
+[[ $is_root -eq 1 || -n $root ]] || die "run as root: sudo $0 (or set PARKWATCH_ROOT to stage into a folder)"
+[[ -f $here/pyproject.toml && -d $here/edge ]] || die "$here is not a parkwatch checkout"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || die "$python is missing or older than 3.11: sudo apt-get install -y python3 python3-venv"
+"$python" -c 'import venv, ensurepip' 2>/dev/null || die "python venv support is missing: sudo apt-get install -y python3-venv"
+[[ -z $model || -e $model ]] || die "--model $model does not exist"
+
+# 1. the service user
+if ! id "$user" >/dev/null 2>&1; then
+  [[ $create_user == 1 ]] || die "user '$user' does not exist (PARKWATCH_CREATE_USER=0)"
+  useradd --system --home-dir "$state" --no-create-home --shell /usr/sbin/nologin "$user"
+  say "created system user $user"
+fi
+if [[ $create_user == 1 ]] && getent group video >/dev/null; then usermod -a -G video "$user"; fi
+own() { if [[ $is_root -eq 1 ]]; then chown "$@"; fi; }
+
+# 2. software: a venv with the edge extra only
+venv=$root$prefix/venv
+install -d -m 0755 "$root$prefix" "$root$prefix/share/doc" "$root$prefix/share/mosquitto" "$root$prefix/models"
+if [[ ! -x $venv/bin/python ]]; then
+  "$python" -m venv "$venv"
+  say "created $venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check "${pip_args[@]}" -c "$here/constraints.txt" "$here[edge]" \
+  || die "pip could not install parkwatch[edge]; see the messages above (offline box: PARKWATCH_PIP_ARGS='--no-index --find-links WHEELS')"
+if "$venv/bin/python" -c 'import torch' 2>/dev/null; then die "torch got into the edge venv; it must not"; fi
+install -m 0644 "$here/provisioning/mosquitto/parkwatch.conf" "$root$prefix/share/mosquitto/parkwatch.conf"
+for doc in park-staff.md technician.md; do
+  [[ -f $here/docs/$doc ]] && install -m 0644 "$here/docs/$doc" "$root$prefix/share/doc/$doc"
+done
+install -m 0644 "$here/provisioning/edge.example.toml" "$root$prefix/share/edge.example.toml"
+
+# 3. config and token: created once, never overwritten
+install -d -m 0750 "$root$etc"
+own "root:$user" "$root$etc"
+if [[ ! -e $root$etc/edge.toml ]]; then
+  sed -e "s#^state_dir = .*#state_dir = \"$state\"#" \
+      -e "s#/etc/parkwatch/#$etc/#g" \
+      -e "s#/opt/parkwatch/#$prefix/#g" \
+      "$here/provisioning/edge.example.toml" > "$root$etc/edge.toml"
+  chmod 0640 "$root$etc/edge.toml"
+  own "root:$user" "$root$etc/edge.toml"
+  say "wrote $etc/edge.toml: edit [device] and [[cameras]] before starting"
+  fresh_config=1
+else
+  say "kept existing $etc/edge.toml"
+  fresh_config=0
+fi
+if [[ ! -s $root$etc/status-token ]]; then
+  (umask 077; "$python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$root$etc/status-token")
+  chmod 0640 "$root$etc/status-token"
+  own "root:$user" "$root$etc/status-token"
+  say "generated the status page token in $etc/status-token"
+fi
+
+# 4. state folder
+install -d -m 0750 "$root$state"
+own "$user:$user" "$root$state"
+
+# 5. the initial model
+if [[ -n $model ]]; then
+  rm -rf "$root$prefix/models/initial.new"
+  if [[ -d $model ]]; then
+    cp -a "$model" "$root$prefix/models/initial.new"
+  else
+    install -d "$root$prefix/models/initial.new"
+    install -m 0644 "$model" "$root$prefix/models/initial.new/model.onnx"
+  fi
+  rm -rf "$root$prefix/models/initial"
+  mv "$root$prefix/models/initial.new" "$root$prefix/models/initial"
+  "$venv/bin/python" -c "import sys; from edge.model import load_model; m = load_model(sys.argv[1]); print('install-edge: model', m.version, 'loads:', m.verification)" \
+    "$root$prefix/models/initial" || die "the model in --model cannot run on the edge (message above)"
+fi
+
+# 6. the service
+install -d -m 0755 "$root$unit_dir"
+sed -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@STATE@#$state#g" -e "s#@USER@#$user#g" \
+  "$here/systemd/parkwatch-edge.service" > "$root$unit_dir/parkwatch-edge.service.tmp"
+chmod 0644 "$root$unit_dir/parkwatch-edge.service.tmp"
+mv "$root$unit_dir/parkwatch-edge.service.tmp" "$root$unit_dir/parkwatch-edge.service"
+
+"$venv/bin/parkwatch" edge config check "$root$etc/edge.toml" \
+  || die "$etc/edge.toml is invalid (message above); fix it and run this script again"
+
+systemd_up=0; [[ -d /run/systemd/system ]] && systemd_up=1
+if [[ $use_systemctl == 1 || ( $use_systemctl == auto && $systemd_up == 1 && -z $root ) ]]; then
+  systemctl daemon-reload
+  if [[ $start == 1 && $fresh_config == 0 ]]; then
+    systemctl enable parkwatch-edge.service
+    systemctl restart parkwatch-edge.service
+    say "service enabled and (re)started: systemctl status parkwatch-edge"
+  else
+    systemctl enable parkwatch-edge.service
+    say "service enabled; start it after editing the config: sudo systemctl start parkwatch-edge"
+  fi
+else
+  say "systemd not used here (PARKWATCH_ROOT set, PARKWATCH_SYSTEMCTL=0 or no systemd running)"
+fi
+say "done. Status page token: $etc/status-token. Guide: $prefix/share/doc/park-staff.md"

@@ -1,0 +1,140 @@
+"""install-edge.sh / uninstall-edge.sh for real, into a temporary tree on this machine.
+
+systemd does not run as PID 1 here, so the unit is checked with ``systemd-analyze verify`` and
+its ExecStart is run by hand with a real notify socket (what systemd would do); enabling and
+starting the service, the service user and the sandbox directives are listed as untested in
+docs/park-staff.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.edge_fixtures import make_tiny_package
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "provisioning" / "install-edge.sh"
+UNINSTALL = REPO / "provisioning" / "uninstall-edge.sh"
+
+
+def env_for(tree: Path) -> dict[str, str]:
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")},
+        "PARKWATCH_PREFIX": str(tree / "opt/parkwatch"),
+        "PARKWATCH_ETC": str(tree / "etc/parkwatch"),
+        "PARKWATCH_STATE": str(tree / "var/lib/parkwatch"),
+        "PARKWATCH_UNIT_DIR": str(tree / "etc/systemd/system"),
+        "PARKWATCH_USER": user,
+        "PARKWATCH_CREATE_USER": "0",
+        "PARKWATCH_SYSTEMCTL": "0",
+        "PARKWATCH_PYTHON": shutil.which("python3") or "python3",
+    }
+
+
+def run(script: Path, env: dict[str, str], *args: str) -> str:
+    p = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+@pytest.mark.slow
+def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Path) -> None:
+    tree = tmp_path / "root"
+    env = env_for(tree)
+    pkg = make_tiny_package(tmp_path / "pkg", "inst-1")
+    out = run(INSTALL, env, "--model", str(pkg))
+    prefix, etc, state = tree / "opt/parkwatch", tree / "etc/parkwatch", tree / "var/lib/parkwatch"
+    unit = tree / "etc/systemd/system/parkwatch-edge.service"
+    assert "model inst-1 loads" in out
+    assert (prefix / "venv/bin/parkwatch").exists()
+    assert (prefix / "models/initial/model.onnx").exists()
+    # the edge venv never gets torch
+    probe = subprocess.run([str(prefix / "venv/bin/python"), "-c", "import torch"], capture_output=True)
+    assert probe.returncode != 0
+    conf = (etc / "edge.toml").read_text()
+    assert f'state_dir = "{state}"' in conf and str(etc / "status-token") in conf
+    token = (etc / "status-token").read_text().strip()
+    assert len(token) >= 24 and oct((etc / "status-token").stat().st_mode & 0o777) == "0o640"
+    text = unit.read_text()
+    assert "@" not in re.sub(r"#.*", "", text)
+    assert f"ExecStart={prefix}/venv/bin/parkwatch edge run --config {etc}/edge.toml" in text
+    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
+                      "PrivateTmp=yes", "NoNewPrivileges=yes", f"ReadWritePaths={state}"):
+        assert directive in text
+    if shutil.which("systemd-analyze"):
+        v = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        problems = [ln for ln in (v.stdout + v.stderr).splitlines() if "parkwatch-edge.service" in ln]
+        assert not problems, v.stdout + v.stderr
+
+    # Second run: config and token kept (a technician's edits survive an update).
+    (etc / "edge.toml").write_text(conf.replace('id = "box-01"', 'id = "box-77"'))
+    out2 = run(INSTALL, env)
+    assert "kept existing" in out2
+    assert 'id = "box-77"' in (etc / "edge.toml").read_text()
+    assert (etc / "status-token").read_text().strip() == token
+
+    # Run the unit's ExecStart the way systemd would: notify socket, watchdog, SIGTERM.
+    conf = (etc / "edge.toml").read_text()
+    conf = conf.replace("port = 8080", "port = 0").replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
+    (etc / "edge.toml").write_text(conf)
+    exec_start = re.search(r"^ExecStart=(.+)$", text, re.M)
+    assert exec_start is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(60)
+    log = (tmp_path / "svc.log").open("w")
+    proc = subprocess.Popen(shlex.split(exec_start.group(1)), stdout=log, stderr=subprocess.STDOUT,
+                            env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
+    try:
+        assert sock.recv(1024).startswith(b"READY=1")
+        assert sock.recv(1024) == b"WATCHDOG=1"
+        m = None
+        for _ in range(100):
+            m = re.search(r"status page on (http://\S+)", (tmp_path / "svc.log").read_text())
+            if m:
+                break
+            time.sleep(0.1)
+        assert m, (tmp_path / "svc.log").read_text()
+        api = httpx.get(m.group(1) + "/api/status", headers={"Authorization": f"Bearer {token}"}).json()
+        assert api["model"]["version"] == "inst-1" and api["device"] == "box-77"
+        assert api["cameras"][0]["id"] == "entrance"
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+        log.close()
+    assert (state / "outbox.db").exists()
+
+    # Uninstall keeps config and data; --purge removes them; both are safe to repeat.
+    run(UNINSTALL, env)
+    assert not (prefix / "venv").exists() and not unit.exists()
+    assert (etc / "edge.toml").exists() and (state / "outbox.db").exists()
+    run(UNINSTALL, env)
+    run(UNINSTALL, env, "--purge")
+    assert not etc.exists() and not state.exists() and not prefix.exists()
+    run(UNINSTALL, env, "--purge")
+
+
+def test_installer_refuses_bad_input_clearly(tmp_path: Path) -> None:
+    env = env_for(tmp_path / "root")
+    p = subprocess.run(["bash", str(INSTALL), "--model", str(tmp_path / "missing")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "does not exist" in p.stderr
+    p = subprocess.run(["bash", str(INSTALL), "--frobnicate"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "unknown argument" in p.stderr
+    p = subprocess.run(["bash", str(INSTALL)], env={**env, "PARKWATCH_PYTHON": "/nonexistent/python"},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "python3-venv" in p.stderr

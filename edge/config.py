@@ -29,7 +29,7 @@ class CameraConfig(Section):
     id: str
     kind: Literal["rtsp", "mjpeg", "usb", "file", "folder"]
     url: str = Field(description="rtsp:// or http:// URL, /dev/videoN or index, file or folder path")
-    fps: float | None = Field(2.0, gt=0, description="cap on frames classified per second; none = no cap")
+    fps: float | None = Field(2.0, ge=0, description="cap on frames classified per second; 0 = no cap")
     loop: bool = Field(True, description="file/folder: start again at the end")
     enabled: bool = True
     stall_after_s: float = Field(10.0, gt=0)

@@ -366,6 +366,7 @@ class Daemon:
                 "write_errors": ob.write_errors if ob else 0, "last_seq": ob.last_seq if ob else 0,
                 "last_error": ob.last_error if ob else None, "path": str(self.cfg.outbox_path),
                 "inflight": self.publisher.inflight if self.publisher else 0,
+                "publish_latency_ms": self.publisher.ack_latency_percentiles() if self.publisher else {},
             },
             "inference": {
                 "classified": e.classified if e else 0, "fps": e.fps() if e else 0.0,
@@ -388,13 +389,19 @@ class Daemon:
 
 
 def _configure_logging() -> None:
+    """A daemon's lifecycle lines (connected, status page URL, camera states) belong in the journal,
+    so parkwatch loggers default to INFO even when the CLI left the root at WARNING."""
     root = logging.getLogger()
     if not root.handlers:
-        level = os.environ.get("PARKWATCH_LOG_LEVEL", "INFO").upper()
-        # journald adds timestamps; a terminal user gets them too from the format below.
         fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("INVOCATION_ID") else (
-            "%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.basicConfig(level=level, format=fmt)
+            "%(asctime)s %(levelname)s %(name)s: %(message)s")  # journald adds its own timestamps
+        logging.basicConfig(level=logging.WARNING, format=fmt)
+    ours = logging.getLogger("parkwatch")
+    level = os.environ.get("PARKWATCH_LOG_LEVEL")
+    if level:
+        ours.setLevel(level.upper())
+    elif ours.level == logging.NOTSET and root.level > logging.INFO:
+        ours.setLevel(logging.INFO)
 
 
 def run_daemon(cfg: EdgeConfig) -> None:

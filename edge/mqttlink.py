@@ -72,7 +72,8 @@ class MqttLink:
         c.max_inflight_messages_set(100)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.enable_logger(logging.getLogger("parkwatch.edge.paho"))
+        if log.isEnabledFor(logging.DEBUG):  # paho logs every failed retry at ERROR otherwise
+            c.enable_logger(logging.getLogger("parkwatch.edge.paho"))
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.password.resolve("mqtt.password") if cfg.password else None)
         if cfg.tls is not None:

@@ -96,6 +96,16 @@ class Publisher:
         with self._lock:
             return sum(f.last - f.first + 1 for f in self._inflight.values())
 
+    def ack_latency_percentiles(self) -> dict[str, float]:
+        """Frame capture to broker PUBACK, in ms (what "frame-to-publish" means for the cloud)."""
+        if not self.ack_latency_s:
+            return {}
+        import numpy as np
+
+        arr = np.fromiter(list(self.ack_latency_s), dtype=np.float64) * 1000
+        p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+        return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
     # -- internals --------------------------------------------------------------------------------
     def _on_conn(self, up: bool) -> None:
         if up:

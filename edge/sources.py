@@ -23,6 +23,9 @@ from edge.errors import CameraError
 U8 = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
+# OpenCV would print a WARN line to stderr on every failed reconnect; our own log says it better.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 # RTSP over TCP: UDP loses packets on busy LANs and shows as smeared frames.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 

@@ -37,7 +37,7 @@ as_pw() { runuser -u parkwatch -- "$pw" cloud "$@" --config "$etc/cloud.toml"; }
 if [[ ! -e $data/tuf-repo/metadata/root.json ]]; then
   as_pw keys init --as "install-cloud"
 fi
-install -d -m 0750 -o parkwatch -g mosquitto "$data/broker"
+install -d -m 2750 -o parkwatch -g mosquitto "$data/broker"  # setgid: files stay group mosquitto
 if [[ ! -e $etc/secrets/mqtt-cloud ]]; then
   as_pw devices cloud-account --secret-out "$data/mqtt-cloud.secret" --as "install-cloud"
   install -m 0640 -g parkwatch "$data/mqtt-cloud.secret" "$etc/secrets/mqtt-cloud"

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import ParkwatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 META_LABELS = "parkwatch.labels"
 META_PREPROCESS = "parkwatch.preprocess"
 META_VERSION = "parkwatch.model_version"

@@ -19,8 +19,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    # Module scope, not session: each test module imports this fixture, and two Playwright
+    # sync drivers must never be alive at once.
     if not CHROMIUM.exists():
         pytest.fail("Chromium is not installed at /usr/bin/chromium: run `sudo apt-get install -y chromium` "
                     "(or `provisioning/system-deps.sh browser`); never `playwright install`", pytrace=False)

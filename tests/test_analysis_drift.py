@@ -123,6 +123,8 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         rows = {(r["site"], r["device"]): r for r in store.drift_results(model_version="m1")}
         assert rows[("north", "")]["psi"] > cfg.analysis.psi_threshold
         assert rows[("south", "")]["psi"] < 0.05 and rows[("south", "")]["drifted"] == 0
+        latest = {(r["site"], r["device"]) for r in store.latest_drift()}
+        assert {("north", ""), ("north", "cam-n1"), ("south", ""), ("south", "cam-s1")} <= latest
         wait_for(
             lambda: any(m["rule"] == "class_mix_drift" and m["site"] == "north" for m in listener.msgs),
             what="alert published on MQTT",

@@ -108,12 +108,14 @@ def test_device_turns_offline_within_heartbeat_timeout(chromium, fleet_cfg, brok
             shot(page, "03-fleet-online")
             hb.stop()
             silent_since = time.monotonic()
-        # no reload: the page refreshes itself (htmx, every refresh_s)
-        page.wait_for_selector(f"{row}:has-text('offline')", timeout=15_000)
+        # No reload: the page refreshes itself (htmx, every refresh_s). The device is still
+        # connected, so only the heartbeat rule can turn it offline; not before the timeout,
+        # and (the wait's own limit) within a few refreshes after it.
+        timeout = fleet_cfg.fleet.heartbeat_timeout_s
+        page.wait_for_selector(f"{row}:has-text('offline')", timeout=int((timeout + 10) * 1000))
         took = time.monotonic() - silent_since
-        timeout, refresh = fleet_cfg.fleet.heartbeat_timeout_s, fleet_cfg.dashboard.refresh_s
-        assert took <= timeout + refresh + 2.0, f"offline shown {took:.1f} s after the last heartbeat"
-        assert "heartbeat timeout" in page.inner_text(row)
+        assert took >= timeout - 1.0, f"offline after {took:.1f} s of silence, before the {timeout} s timeout"
+        assert "heartbeat timeout 3 s" in page.inner_text(row)
         assert page.inner_text("#count-offline") == "1"
         shot(page, "04-fleet-offline")
         # and the broker's last-will path: the connection drops, the retained status says why

@@ -80,8 +80,16 @@ def test_logout_needs_csrf_and_works(cfg) -> None:  # type: ignore[no-untyped-de
 def test_next_parameter_cannot_leave_the_site(cfg) -> None:  # type: ignore[no-untyped-def]
     c = client_for(cfg)
     token = csrf_of(c.get("/login").text)
-    r = c.post("/login", data={"username": "viewer", "password": password_for("viewer"), "csrf_token": token,
-                               "next": "//evil.example/x"}, follow_redirects=False)
+    r = c.post(
+        "/login",
+        data={
+            "username": "viewer",
+            "password": password_for("viewer"),
+            "csrf_token": token,
+            "next": "//evil.example/x",
+        },
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/"
 
 
@@ -129,14 +137,41 @@ def test_users_cli_and_demo_user(tmp_path: Path) -> None:
     cfg_file = tmp_path / "cloud.toml"
     cfg_file.write_text(f'data_dir = "{tmp_path / "data"}"\n')
     run = CliRunner()
-    r = run.invoke(cloud, ["users", "add", "bob", "--role", "engineer", "--password", "bob-password-1",
-                           "--config", str(cfg_file), "--json"])
+    r = run.invoke(
+        cloud,
+        [
+            "users",
+            "add",
+            "bob",
+            "--role",
+            "engineer",
+            "--password",
+            "bob-password-1",
+            "--config",
+            str(cfg_file),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = run.invoke(cloud, ["users", "add", "bob", "--role", "engineer", "--password", "bob-password-1",
-                           "--config", str(cfg_file)])
+    r = run.invoke(
+        cloud,
+        [
+            "users",
+            "add",
+            "bob",
+            "--role",
+            "engineer",
+            "--password",
+            "bob-password-1",
+            "--config",
+            str(cfg_file),
+        ],
+    )
     assert r.exit_code == 1 and "exists already" in r.output
-    r = run.invoke(cloud, ["users", "passwd", "bob", "--generate", "--role", "approver", "--config",
-                           str(cfg_file), "--json"])
+    r = run.invoke(
+        cloud,
+        ["users", "passwd", "bob", "--generate", "--role", "approver", "--config", str(cfg_file), "--json"],
+    )
     assert r.exit_code == 0 and '"approver"' in r.output and '"password"' in r.output
     r = run.invoke(cloud, ["users", "list", "--config", str(cfg_file), "--json"])
     assert '"bob"' in r.output
@@ -153,3 +188,18 @@ def test_users_cli_and_demo_user(tmp_path: Path) -> None:
     assert c.get("/models").status_code == 200
     actions = [e.action for e in AuditLog(cfg.registry_db).entries()]
     assert actions.count("user.add") == 2 and "user.remove" in actions and "user.passwd" in actions
+
+
+def test_repeated_wrong_passwords_are_throttled(cfg) -> None:  # type: ignore[no-untyped-def]
+    c = client_for(cfg)
+    token = csrf_of(c.get("/login").text)
+    for _ in range(5):
+        r = c.post(
+            "/login", data={"username": "approver", "password": "guess-guess-guess", "csrf_token": token}
+        )
+        assert r.status_code == 401
+    r = c.post(
+        "/login", data={"username": "approver", "password": password_for("approver"), "csrf_token": token}
+    )
+    assert r.status_code == 429 and "Too many wrong passwords" in r.text
+    sign_in(c, "viewer")  # other users are not affected

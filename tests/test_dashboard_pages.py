@@ -79,7 +79,21 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
     assert c.get("/devices/nope").status_code == 400
 
 
-def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg) -> None:  # type: ignore[no-untyped-def]
+def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import queue
+
+    import paho.mqtt.client as mqtt
+
+    from shared.protocol import Topics
+
+    cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"port": broker.port})})
+    published: queue.Queue[dict[str, object]] = queue.Queue()
+    sub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: published.put(json.loads(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe(Topics.alerts("park1"), qos=1)
+    sub.loop_start()
     alerts = AlertStore(cfg.fleet_db)
     a, _ = alerts.raise_finding(
         Finding(
@@ -96,7 +110,7 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg) -> None:  # type: ig
     c = client_for(cfg)
     token = sign_in(c, "viewer")
     r = c.get("/alerts")
-    assert "box0002 at 85 °C" in r.text and "engineers acknowledge" in r.text
+    assert "box0002 at 85 °C" in r.text and "engineers and approvers act on alerts" in r.text
     r = c.post(f"/alerts/{a['id']}/ack", data={"comment": "x", "csrf_token": token})
     assert r.status_code == 403
     c2 = client_for(cfg)
@@ -106,10 +120,22 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg) -> None:  # type: ig
     r = c2.post(f"/alerts/{a['id']}/ack", data={"comment": "fan replaced", "csrf_token": token})
     assert r.status_code == 200 and "acknowledged" in r.text
     assert alerts.get(a["id"])["state"] == "acknowledged" and alerts.get(a["id"])["acked_by"] == "engineer"
+    msg = published.get(timeout=10)  # the new state went out on MQTT, as from the CLI
+    assert (msg["id"], msg["state"]) == (a["id"], "acknowledged")
+    sub.loop_stop()
+    sub.disconnect()
     entry = AuditLog(cfg.registry_db).entries(subject=f"alert:{a['id']}")[0]
     assert entry.actor == "engineer" and entry.details["comment"] == "fan replaced"
     r = c2.get("/alerts", params={"state": "acknowledged"})
-    assert "fan replaced" in r.text
+    assert "fan replaced" in r.text and "Resolve" in r.text
+    r = c2.post(f"/alerts/{a['id']}/ack", data={"comment": "again", "csrf_token": token})
+    assert r.status_code == 400 and "already acknowledged" in r.text
+    r = c2.post(f"/alerts/{a['id']}/resolve", data={"comment": "temperature normal", "csrf_token": token})
+    assert r.status_code == 200 and f"Alert {a['id']} resolved" in r.text
+    assert alerts.get(a["id"])["resolved_by"] == "engineer"
+    assert c2.post(f"/alerts/{a['id']}/delete", data={"csrf_token": token}).status_code == 404
+    actions = [e.action for e in AuditLog(cfg.registry_db).entries(subject=f"alert:{a['id']}")]
+    assert actions == ["alert.acknowledge", "alert.resolve"]
 
 
 def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

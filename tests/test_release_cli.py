@@ -79,3 +79,24 @@ def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package
     assert code == 0 and "staging: target 1.0.0  0/1 active" in out
     code, out = run("audit", "list", "--subject", "group:staging", "--json", "--config", toml)
     assert [e["action"] for e in json.loads(out)] == ["rollback", "rollout", "rollout"]
+
+
+def test_a_second_rollback_goes_further_back_not_forward(tmp_path: Path, baseline_package: Path) -> None:  # noqa: F811
+    from cloud.release.service import ReleaseChannel
+
+    cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))
+    ch = ReleaseChannel(cfg, notify=lambda *a: True)
+    ch.keys_init("ops")
+    for v in ("1.0.0", "2.0.0", "3.0.0"):
+        register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
+        ch.approve(v, "staging", "qa", "ok")
+        ch.rollout(v, "staging", "eng", "next")
+    assert ch.rollback("staging", "eng", "3 is bad")["version"] == "2.0.0"
+    assert ch.rollback("staging", "eng", "2 is bad too")["version"] == "1.0.0"
+    import pytest
+
+    from cloud.release.errors import RolloutError
+
+    with pytest.raises(RolloutError, match="no earlier version"):
+        ch.rollback("staging", "eng", "and 1?")
+    assert ch.repo.groups() == {"staging": "1.0.0"}

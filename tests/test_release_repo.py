@@ -166,3 +166,21 @@ def test_approver_keys_can_live_apart_from_the_others(tmp_path: Path) -> None:
     ]
     assert not list(cfg.keys_dir.glob("approver-*"))
     assert len(ch.keys_list()["approver"]) == 2
+
+
+def test_cloud_serve_keeps_the_timestamp_fresh(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    from datetime import UTC, datetime
+
+    from cloud.release.service import ReleaseService
+    from tests.release_support import wait_for
+
+    svc = ReleaseService(cloud_config(tmp_path / "cloud", mqtt_cfg(broker.port), refresh_check_s=0.2))
+    svc.start()
+    try:
+        assert svc.channel is not None and svc.wait_connected()
+        svc.channel.keys_init("ops")
+        stale = svc.channel.repo.write_expired_timestamp().signed.version
+        wait_for(lambda: svc.channel.repo.timestamp().signed.version > stale, 10, "a re-signed timestamp")
+        assert svc.channel.repo.timestamp().signed.expires > datetime.now(UTC)
+    finally:
+        svc.stop()

@@ -166,3 +166,29 @@ def test_a_changed_lake_is_refused(env: dict, tmp_path: Path) -> None:
 def test_unknown_dataset_is_a_clear_cli_error(env: dict) -> None:
     res = CliRunner().invoke(cloud, ["train", "--dataset", "ffffffffffff", "--config", str(env["cfg_path"])])
     assert res.exit_code == 1 and "no dataset" in res.output
+
+
+def test_torchrun_ranks_fill_the_feature_cache_between_them(
+    env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud.training import distributed
+    from cloud.training.backbone import PREPROCESS
+    from cloud.training.data import load_run_data
+    from cloud.training.features import FeatureStore
+
+    assert distributed.shard(list(range(7)), 1, 3) == [1, 4]  # type: ignore[arg-type]
+    cfg_path = tmp_path / "cloud.toml"
+    cfg_path.write_text(
+        env["cfg_path"]
+        .read_text()
+        .replace("[train]\n", f'[train]\nfeature_cache_dir = "{tmp_path / "fc"}"\n', 1)
+    )
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert distributed.main(["--dataset", env["dataset"], "--config", str(cfg_path)]) == 0
+    cfg = load_cfg(env)
+    with Registry(cfg.registry_db) as reg:
+        data = load_run_data(reg, env["dataset"], cfg.train.val_fraction)
+    store = FeatureStore(tmp_path / "fc", PREPROCESS, cfg.train.seed, engine=cfg.train.feature_engine)
+    assert store.missing([(i.sha256, i.path) for i in data.train], 2) == []

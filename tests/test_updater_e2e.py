@@ -75,3 +75,32 @@ def test_boxes_follow_key_rotation_and_refuse_the_retired_key(setup: Setup) -> N
     assert "untrusted signature" in (setup.host.states[-1].reason or "")
     assert setup.host.model_slot.current.version == "2.0.0"
     assert (setup.ch.keys.keys_dir / "retired" / old_rollout.path.name).exists()
+
+
+def test_the_pipelines_own_tarball_is_shipped_as_is(setup: Setup, baseline_package: Path) -> None:  # noqa: F811
+    from cloud.registry.models import ModelRecord
+    from cloud.registry.store import Registry
+    from shared.modelpkg import read_manifest
+
+    version = read_manifest(baseline_package).model_version
+    tarball = baseline_package.parent / f"{baseline_package.name}.tar.gz"
+    assert tarball.is_file(), "the build pipeline writes <package>.tar.gz beside the folder"
+    with Registry(setup.cfg.registry_db) as reg:
+        reg.register_model(
+            ModelRecord(
+                version=version,
+                gate_passed=True,
+                package_dir=str(baseline_package),
+                tarball=str(tarball),
+                tarball_sha256="",
+            )
+        )
+    setup.ch.approve(version, "staging", "qa-anna", "baseline")
+    import hashlib
+
+    assert (
+        setup.ch.repo.builds()[version].hashes["sha256"] == hashlib.sha256(tarball.read_bytes()).hexdigest()
+    )
+    setup.ch.rollout(version, "staging", "eng-bob", "baseline as shipped")
+    assert setup.updater.check_once() == "active"
+    assert setup.host.model_slot.current.version == version

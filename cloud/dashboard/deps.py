@@ -52,6 +52,7 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _owned: dict[str, bool] = field(default_factory=dict)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _lazy(self, attr: str, make: Callable[[], Any]) -> Any:
         with self._lock:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
@@ -20,6 +22,7 @@ from cloud.dashboard.security import CSRF_FIELD, Session
 from cloud.dashboard.users import PERMISSIONS, User, allowed
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+T = TypeVar("T")
 
 
 def _when(ts: float | None) -> Markup:
@@ -119,6 +122,22 @@ async def form(request: Request) -> dict[str, str]:
     """The submitted form (the CSRF token was already checked by the app-wide guard)."""
     data = await request.form()
     return {k: str(v) for k, v in data.items() if k != CSRF_FIELD and isinstance(v, str)}
+
+
+async def run_change(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a state-changing service call off the event loop, one at a time.
+
+    The service layers sign TUF metadata and wait for MQTT acknowledgements, which must not
+    freeze every other page; and they share one registry connection, on which two transactions
+    must never interleave.
+    """
+    svc = services(request)
+
+    def locked() -> T:
+        with svc.write_lock:
+            return fn(*args, **kwargs)
+
+    return await run_in_threadpool(locked)
 
 
 def audit(request: Request, action: str, subject: str, details: dict[str, Any] | None = None) -> None:

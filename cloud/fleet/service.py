@@ -159,10 +159,14 @@ class FleetIngest:
         client.subscribe(subscriptions(self.fcfg.share_group))
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
+    ) -> None:
         bad = [rc for rc in rcs if rc.is_failure]
         if bad:
-            self.last_error = f"broker refused a subscription: {bad}; check the broker ACL for the ingest account"
+            self.last_error = (
+                f"broker refused a subscription: {bad}; check the broker ACL for the ingest account"
+            )
             log.error("%s", self.last_error)
         self._connected.set()  # connected *and* subscribed: nothing published from now on is missed
 

@@ -45,7 +45,7 @@ def parse_prediction_id(pid: str) -> tuple[str, int]:
 class FleetStore:
     """One connection per instance, guarded by a lock; open one per thread that needs it."""
 
-    def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.db = connect(self.path, synchronous=synchronous)
         self._lock = threading.RLock()
@@ -173,12 +173,8 @@ class FleetStore:
 
     def prediction_count(self, device: str | None = None) -> int:
         if device:
-            return int(
-                self.db.conn.execute("SELECT count(*) FROM predictions WHERE device=?", (device,)).fetchone()[
-                    0
-                ]
-            )
-        return int(self.db.conn.execute("SELECT count(*) FROM predictions").fetchone()[0])
+            return int(self.query("SELECT count(*) AS n FROM predictions WHERE device=?", (device,))[0]["n"])
+        return int(self.query("SELECT count(*) AS n FROM predictions")[0]["n"])
 
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
         """Seq ranges still missing, with the cause ingest inferred; a row that turns up later "
@@ -264,6 +260,13 @@ class FleetStore:
         return self.query(
             f"SELECT * FROM drift WHERE {' AND '.join(where)} ORDER BY ts DESC, id LIMIT ?", [*params, limit]
         )
+
+    def latest_drift(self, site: str | None = None) -> list[dict[str, Any]]:
+        """All cohorts of the most recent analysis run (what the dashboard's drift page shows)."""
+        row = self.query("SELECT run_id FROM drift ORDER BY ts DESC, id DESC LIMIT 1")
+        if not row:
+            return []
+        return self.drift_results(site=site, run_id=row[0]["run_id"], limit=100_000)
 
     # retention -----------------------------------------------------------------------------
     def prune(self, before_ts: float) -> dict[str, int]:

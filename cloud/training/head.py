@@ -39,7 +39,20 @@ def class_weights(y: I64, n_classes: int) -> torch.Tensor:
 
 
 def train_head(x: F32, y: I64, params: HeadParams, seed: int, n_classes: int) -> nn.Module:
-    """AdamW with cosine decay on (features, label) rows; deterministic for a seed on CPU."""
+    """AdamW with cosine decay on (features, label) rows; deterministic for a seed on CPU.
+
+    Runs on one thread: the matrices are tiny, so more threads only add overhead (and a fixed
+    thread count keeps float reductions, hence results, identical across machines).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_head(x, y, params, seed, n_classes)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(x: F32, y: I64, params: HeadParams, seed: int, n_classes: int) -> nn.Module:
     torch.manual_seed(seed)
     head = make_head(params.hidden, params.dropout, n_classes)
     opt = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import ServiceUnavailable
-from cloud.dashboard.web import form, redirect, render, require, services
+from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
 STATES = ("open", "acknowledged", "resolved")
@@ -52,19 +52,28 @@ def alerts_page(request: Request, state: str = "open") -> Response:
     )
 
 
-@router.post("/alerts/{alert_id}/ack")
-async def ack(request: Request, alert_id: str) -> Response:
+@router.post("/alerts/{alert_id}/{action}")
+async def transition(request: Request, alert_id: str, action: str) -> Response:
+    """Acknowledge (someone is on it) or resolve (fixed, or not a problem), with a comment.
+
+    The governance service layer does it, as `parkwatch cloud alerts ack|resolve` does: the state
+    change, an audit entry under the signed-in user, and the new state published on MQTT.
+    """
+    from cloud.governance.engine import ack_alert, resolve_alert
+
+    fns = {"ack": (ack_alert, "acknowledged"), "resolve": (resolve_alert, "resolved")}
+    if action not in fns:
+        raise HTTPException(404, f"no alert action {action!r}; use ack or resolve")
     u = require(request, "ack_alert")
     f = await form(request)
     comment = f.get("comment", "").strip()
     if not comment:
         return redirect("/alerts", request, "Say what you did or will do in the comment.")
     svc = services(request)
-    # The governance service layer (as `parkwatch cloud alerts ack`): the state change, an audit
-    # entry under the signed-in user, and the new state published on MQTT.
-    from cloud.governance.engine import ack_alert
-
-    ack_alert(
+    fn, done = fns[action]
+    await run_change(
+        request,
+        fn,
         svc.get_alerts(),
         alert_id,
         u.name,
@@ -72,4 +81,4 @@ async def ack(request: Request, alert_id: str) -> Response:
         audit=svc.get_audit(),
         publisher=svc.get_alert_publisher(),
     )
-    return redirect("/alerts", request, f"Alert {alert_id} acknowledged.")
+    return redirect("/alerts", request, f"Alert {alert_id} {done}.")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -12,6 +14,40 @@ from cloud.dashboard.web import form, redirect, render, safe_next, services, use
 
 router = APIRouter()
 log = logging.getLogger("parkwatch.dashboard.auth")
+
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
+
+
+class Throttle:
+    """Slows password guessing: after MAX_FAILURES wrong passwords for one name within the
+    window, that name is refused until the oldest failure leaves the window. In memory on
+    purpose: a restart forgets it, which costs a guesser a restart per five tries."""
+
+    def __init__(self) -> None:
+        self._fails: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked_for(self, name: str, now: float) -> float:
+        with self._lock:
+            recent = [t for t in self._fails.get(name, []) if now - t < FAILURE_WINDOW_S]
+            self._fails[name] = recent
+            return FAILURE_WINDOW_S - (now - recent[0]) if len(recent) >= MAX_FAILURES else 0.0
+
+    def failed(self, name: str, now: float) -> None:
+        with self._lock:
+            self._fails.setdefault(name, []).append(now)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._fails.pop(name, None)
+
+
+def _throttle(request: Request) -> Throttle:
+    t: Throttle | None = getattr(request.app.state, "throttle", None)
+    if t is None:
+        t = request.app.state.throttle = Throttle()
+    return t
 
 
 @router.get("/login")
@@ -25,8 +61,21 @@ def login_page(request: Request, next: str = "/") -> Response:
 async def login(request: Request) -> Response:
     f = await form(request)
     name, password, nxt = f.get("username", "").strip(), f.get("password", ""), safe_next(f.get("next"))
+    throttle, now = _throttle(request), time.time()
+    wait = throttle.blocked_for(name, now)
+    if wait > 0:
+        log.warning("sign-in for %r refused: too many failures", name)
+        return render(
+            request,
+            "login.html.j2",
+            status_code=429,
+            next=nxt,
+            username=name,
+            error=f"Too many wrong passwords for this user; try again in {wait:.0f} s.",
+        )
     found = services(request).get_users().authenticate(name, password) if name and password else None
     if found is None:
+        throttle.failed(name, now)
         log.warning("failed sign-in for %r from %s", name, request.client.host if request.client else "?")
         return render(
             request,
@@ -36,6 +85,7 @@ async def login(request: Request) -> Response:
             username=name,
             error="User name or password is wrong.",
         )
+    throttle.succeeded(name)
     # Fresh session and token: a token seen before sign-in is worthless after it.
     request.state.session = Session(user=found.name, epoch=found.session_epoch)
     request.state.session_dirty = True

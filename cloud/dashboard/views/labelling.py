@@ -18,10 +18,11 @@ from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard.deps import Services
 from cloud.dashboard.snapshots import snapshots_dir, visible
-from cloud.dashboard.web import form, redirect, render, require, services
+from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
 LABELS = ("cat", "dog", "neither")
+SCAN_LIMIT = 2000
 
 
 def unlabelled(svc: Services, limit: int) -> list[dict[str, Any]]:
@@ -46,14 +47,17 @@ def unlabelled(svc: Services, limit: int) -> list[dict[str, Any]]:
 def labelling_page(request: Request) -> Response:
     require(request)
     svc = services(request)
-    items = unlabelled(svc, svc.cfg.dashboard.page_size)
-    for it in items:
-        it["has_image"] = (snapshots_dir(svc.cfg) / f"{it['snapshot']}.jpg").is_file()
+    # Only frames whose image reached the cloud can be judged; the rest are counted.
+    folder = snapshots_dir(svc.cfg)
+    candidates = unlabelled(svc, SCAN_LIMIT)
+    items = [it for it in candidates if (folder / f"{it['snapshot']}.jpg").is_file()]
+    waiting = len(candidates) - len(items)
     return render(
         request,
         "labelling.html.j2",
         title="Labelling",
-        items=items,
+        items=items[: svc.cfg.dashboard.page_size],
+        waiting=waiting,
         labels=LABELS,
         sites=svc.cfg.dashboard.snapshot_sites,
         keep_days=svc.cfg.dashboard.snapshot_keep_days,
@@ -88,7 +92,9 @@ async def label(request: Request, snapshot: str) -> Response:
     pred = _pred_for(svc, snapshot)
     from cloud.fleet.feedback import label_prediction
 
-    row = label_prediction(
+    row = await run_change(
+        request,
+        label_prediction,
         svc.get_fleet(),
         value,
         u.name,

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard import adapters
-from cloud.dashboard.web import form, redirect, render, require, services
+from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
 
@@ -79,10 +79,19 @@ async def decide(request: Request, version: str) -> Response:
         return redirect(f"/models/{version}", request, "A reason is required for every decision.")
     svc = services(request)
     if decision == "approve":
-        adapters.approve(svc, version=version, stage=stage, actor=u.name, reason=reason, force=force)
+        await run_change(
+            request,
+            adapters.approve,
+            svc,
+            version=version,
+            stage=stage,
+            actor=u.name,
+            reason=reason,
+            force=force,
+        )
         msg = f"Approved {version} for {stage}."
     elif decision == "reject":
-        adapters.reject(svc, version=version, actor=u.name, reason=reason)
+        await run_change(request, adapters.reject, svc, version=version, actor=u.name, reason=reason)
         msg = f"Rejected {version}."
     else:
         return redirect(f"/models/{version}", request, "Choose approve or reject.")

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from cloud.dashboard import adapters
 from cloud.dashboard.errors import ServiceUnavailable
-from cloud.dashboard.web import form, redirect, render, require, services
+from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
 
@@ -46,7 +46,9 @@ async def start(request: Request) -> Response:
     version, group = f.get("version", "").strip(), f.get("group", "").strip()
     if not version or not group:
         return redirect("/rollouts", request, "Choose a version and a device group.")
-    adapters.start_rollout(
+    await run_change(
+        request,
+        adapters.start_rollout,
         services(request),
         version=version,
         group=group,
@@ -64,5 +66,5 @@ async def rollback(request: Request) -> Response:
     reason = f.get("reason", "").strip()
     if not group or not reason:
         return redirect("/rollouts", request, "A rollback needs a group and a reason.")
-    adapters.rollback(services(request), group=group, actor=u.name, reason=reason)
+    await run_change(request, adapters.rollback, services(request), group=group, actor=u.name, reason=reason)
     return redirect("/rollouts", request, f"Group {group} is rolling back.")

@@ -1,0 +1,198 @@
+"""Edge daemon speed against its targets (issue 4), measured in one run on this machine.
+
+Prints, each with its ratio against the limit:
+  1. classifications/s of the daemon (`parkwatch edge run`, one 640x480 camera, no fps cap)
+     vs raw ONNX Runtime ``session.run`` on the same model and thread count  (target >= 0.9)
+  2. frame-to-outbox and frame-to-PUBACK latency p50/p99 (printed; no limit set)
+  3. daemon resident memory with the model loaded                            (target <= 300 MB)
+  4. daemon CPU while every camera is offline                                 (target < 5 %)
+
+    .venv/bin/python bench/edge_throughput.py [--model PKG] [--threads N] [--seconds S] [--json]
+
+Without --model it uses the EfficientNet-Lite0 baseline package (built once into the test cache).
+The camera is an H.264 640x480 clip made from sample photos, read as a "file" camera: frames
+are decoded on demand, so the camera never limits the rate and the daemon pipeline is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from edge.config import EdgeConfig, InferenceConfig  # noqa: E402
+from edge.model import load_model  # noqa: E402
+from shared.broker import EmbeddedBroker  # noqa: E402
+from shared.paths import sample_lake  # noqa: E402
+from tests.edge_fixtures import write_toml  # noqa: E402
+from tests.rtsp_server import free_port, make_clip  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def baseline_model() -> Path:
+    from cloud.packaging.baseline import build_baseline_package
+    from tests.fixtures_models import cached_package
+
+    return cached_package("baseline", lambda out: build_baseline_package(out))
+
+
+def raw_throughput(model_path: Path, threads: int, seconds: float) -> tuple[float, int]:
+    m = load_model(model_path, InferenceConfig(threads=threads))
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    x = m.preprocessor([frame])
+    for _ in range(5):
+        m.session.run(None, {m.input_name: x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        m.session.run(None, {m.input_name: x})
+        n += 1
+    return n / (time.perf_counter() - t0), n
+
+
+def daemon_config(tmp: Path, broker: EmbeddedBroker, model: Path, threads: int,
+                  cameras: list[dict[str, Any]]) -> Path:
+    cfg = EdgeConfig.model_validate({
+        "device": {"id": "bench", "site": "lab"},
+        "state_dir": str(tmp / "state"),
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "cameras": cameras,
+        "model": {"initial": str(model)},
+        "inference": {"threads": threads},
+        "telemetry": {"interval_s": 5.0},
+        "status_page": {"enabled": True, "port": 0, "token": {"env": "BENCH_TOKEN"}},
+        "updater": {"enabled": False},
+    })
+    return write_toml(tmp / f"edge-{len(list(tmp.glob('edge-*.toml')))}.toml", cfg)
+
+
+class RunningDaemon:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        exe = REPO / ".venv" / "bin" / "parkwatch"
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli"]
+        env = {**os.environ, "BENCH_TOKEN": TOKEN, "PARKWATCH_LOG_LEVEL": "INFO"}
+        self.fh = log.open("w")
+        self.proc = subprocess.Popen([*cmd, "edge", "run", "--config", str(config)], stdout=self.fh,
+                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 120
+        self.url = ""
+        while time.monotonic() < deadline and not self.url:
+            m = re.search(r"status page on (http://\S+)", log.read_text())
+            if m:
+                self.url = m.group(1)
+            elif self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        if not self.url:
+            raise SystemExit(f"daemon did not start:\n{log.read_text()[-3000:]}")
+
+    def status(self) -> dict[str, Any]:
+        r = httpx.get(self.url + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.fh.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model package or .onnx (default: the baseline package)")
+    ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 2, 4))
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    model = a.model or baseline_model()
+    out: dict[str, Any] = {"model": str(model), "threads": a.threads, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="pw-bench-") as d:
+        tmp = Path(d)
+        photos = sorted((sample_lake() / "cat").glob("*.jpg"))[:10] + sorted((sample_lake() / "dog").glob("*.jpg"))[:10]
+        clip = make_clip(photos, tmp / "clip.mp4", seconds_per_image=1.0, fps=15)
+        broker = EmbeddedBroker(tmp / "broker").start()
+        try:
+            raw_ips, _ = raw_throughput(model, a.threads, a.seconds)
+            out["raw_ips"] = round(raw_ips, 2)
+
+            cam = {"id": "cam1", "kind": "file", "url": str(clip), "fps": 0, "loop": True}
+            daemon = RunningDaemon(daemon_config(tmp, broker, model, a.threads, [cam]), tmp / "d1.log")
+            try:
+                time.sleep(4)  # warm-up: sessions, first frames, broker connection
+                s0, t0 = daemon.status(), time.monotonic()
+                cpu0 = daemon.ps.cpu_times()
+                time.sleep(a.seconds)
+                s1, t1 = daemon.status(), time.monotonic()
+                cpu1 = daemon.ps.cpu_times()
+                rss = daemon.ps.memory_info().rss / 2**20
+            finally:
+                daemon.stop()
+            ips = (s1["inference"]["classified"] - s0["inference"]["classified"]) / (t1 - t0)
+            out["daemon_ips"] = round(ips, 2)
+            out["throughput_ratio"] = round(ips / raw_ips, 3)
+            out["frame_to_outbox_ms"] = s1["inference"]["latency_ms"]
+            out["frame_to_puback_ms"] = s1["outbox"]["publish_latency_ms"]
+            out["backlog_at_end"] = s1["outbox"]["backlog"]
+            out["rss_mb"] = round(rss, 1)
+            out["busy_cpu_percent"] = round(
+                100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0), 1)
+
+            offline = [
+                {"id": "dead-rtsp", "kind": "rtsp", "url": f"rtsp://127.0.0.1:{free_port()}/x"},
+                {"id": "dead-mjpeg", "kind": "mjpeg", "url": f"http://127.0.0.1:{free_port()}/v.mjpg"},
+            ]
+            daemon = RunningDaemon(daemon_config(tmp, broker, model, a.threads, offline), tmp / "d2.log")
+            try:
+                time.sleep(3)
+                c0, t0 = daemon.ps.cpu_times(), time.monotonic()
+                time.sleep(a.idle_seconds)
+                c1, t1 = daemon.ps.cpu_times(), time.monotonic()
+                states = [c["state"] for c in daemon.status()["cameras"]]
+                out["idle_rss_mb"] = round(daemon.ps.memory_info().rss / 2**20, 1)
+            finally:
+                daemon.stop()
+            out["offline_camera_states"] = states
+            out["idle_cpu_percent"] = round(100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0), 2)
+        finally:
+            broker.stop()
+
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return
+    lat, ack = out["frame_to_outbox_ms"], out["frame_to_puback_ms"]
+    print(f"model {out['model']}  threads {a.threads}  cores {out['cores']}")
+    print(f"raw session.run          {out['raw_ips']:8.2f} img/s")
+    print(f"daemon, 1 cam 640x480    {out['daemon_ips']:8.2f} img/s   ratio {out['throughput_ratio']:.3f} "
+          f"(target >= 0.9: {'OK' if out['throughput_ratio'] >= 0.9 else 'MISSED'})")
+    print(f"frame -> outbox          p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms")
+    print(f"frame -> broker PUBACK   p50 {ack.get('p50')} ms  p99 {ack.get('p99')} ms")
+    print(f"daemon RSS (busy)        {out['rss_mb']:8.1f} MB     ratio {out['rss_mb'] / 300:.3f} of 300 MB "
+          f"({'OK' if out['rss_mb'] <= 300 else 'MISSED'})")
+    print(f"daemon CPU, cams offline {out['idle_cpu_percent']:8.2f} %      ratio {out['idle_cpu_percent'] / 5:.3f} of 5 % "
+          f"({'OK' if out['idle_cpu_percent'] < 5 else 'MISSED'}; states {out['offline_camera_states']})")
+    print(f"(busy daemon CPU {out['busy_cpu_percent']} % of one core; backlog at end {out['backlog_at_end']})")
+
+
+if __name__ == "__main__":
+    main()

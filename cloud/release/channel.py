@@ -1,0 +1,405 @@
+"""The release channel's service layer: what the CLI and the dashboard call.
+
+``ReleaseChannel`` covers keys, builds, approvals, rollouts, rollbacks, status and broker
+credentials. Each action checks the registry rules, signs with the right key, records the
+outcome and appends to the audit log, in that order, so a refused action leaves no trace but
+its error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cloud.config import CloudConfig
+from cloud.registry import approvals
+from cloud.registry.audit import AuditEntry, AuditLog
+from cloud.registry.store import Registry
+from cloud.release import brokerauth
+from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
+from cloud.release.keys import ROLES, KeyStore, load_key
+from cloud.release.package import shippable_file
+from cloud.release.repo import TufRepository
+from cloud.release.store import DeviceStates, Rollout, RolloutTable
+from cloud.release.watch import progress
+from shared.protocol import ReleaseNotice, Topics, encode
+from shared.protocol.topics import check_segment
+
+log = logging.getLogger("parkwatch.cloud.release")
+
+
+def release_db(cfg: CloudConfig) -> Path:
+    return cfg.data_dir / "release.db"
+
+
+def key_store(cfg: CloudConfig) -> KeyStore:
+    return KeyStore(cfg.keys_dir, cfg.release.approver_keys_dir)
+
+
+def notice_payload(group: str, version: str | None, timestamp_version: int | None) -> bytes:
+    return encode(ReleaseNotice(group=group, version=version, timestamp_version=timestamp_version))
+
+
+def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], timeout: float = 5.0) -> bool:
+    """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
+    from cloud.fleet.mqttclient import make_client
+
+    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
+    except OSError as e:
+        log.warning(
+            "broker %s:%d unreachable (%s); devices pick the release up at their next check",
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+            e,
+        )
+        return False
+    client.loop_start()
+    try:
+        infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        return all(i.is_published() for i in infos)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialised(f: F) -> F:
+    """One SQLite connection serves every caller thread (dashboard, service loop): one at a time."""
+
+    @functools.wraps(f)
+    def wrapper(self: ReleaseChannel, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return f(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ReleaseChannel:
+    """Service layer. Construct with a config; registry/audit may be shared with the caller.
+
+    Thread-safe: every public method holds ``lock`` (re-entrant), so the dashboard's worker
+    threads and the service loop can share one instance.
+    """
+
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        registry: Registry | None = None,
+        audit: AuditLog | None = None,
+        notify: Any | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.lock = threading.RLock()
+        self.registry = registry or Registry(cfg.registry_db)
+        self.audit = audit or AuditLog(self.registry.db)
+        self.keys = key_store(cfg)
+        self.repo = TufRepository(cfg.repo_dir, self.keys, cfg.release)
+        self.rollouts = RolloutTable(self.registry)
+        self._states: DeviceStates | None = None
+        # notify(group, version, timestamp_version) -> bool; default: a short-lived MQTT client
+        self._notify = notify
+
+    @property
+    def states(self) -> DeviceStates:
+        if self._states is None:
+            self._states = DeviceStates(release_db(self.cfg))
+        return self._states
+
+    def stage_for_group(self, group: str) -> str:
+        return "staging" if group in self.cfg.release.staging_groups else "production"
+
+    # ---- keys ---------------------------------------------------------------------------------
+    @_serialised
+    def keys_init(self, actor: str) -> dict[str, Any]:
+        """Create missing keys (as many per role as its threshold) and version 1 of the repository."""
+        c = self.cfg.release
+        wanted = {
+            "root": c.root_threshold,
+            "approver": c.targets_threshold,
+            "pipeline": c.pipeline_threshold,
+            "rollout": c.rollout_threshold,
+            "snapshot": 1,
+            "timestamp": 1,
+        }
+        created: list[str] = []
+        for role in ROLES:
+            have = len(self.keys.paths(role))
+            if have < wanted[role]:
+                created += [str(k.path) for k in self.keys.generate(role, wanted[role] - have)]
+        status = self.repo.init()
+        self.audit.append(
+            actor,
+            "keys-init",
+            "release:repository",
+            {"created": created, "root_version": status["root_version"]},
+        )
+        return {
+            "created": created,
+            "keys_dir": str(self.keys.keys_dir),
+            "approver_keys_dir": str(self.keys.approver_keys_dir),
+            "trusted_root": str(self.repo.metadata_dir / "root.json"),
+            **status,
+        }
+
+    @_serialised
+    def keys_list(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for role in ROLES:
+            out[role] = [{"path": str(p), "keyid": load_key(p).keyid} for p in self.keys.paths(role)]
+        return out
+
+    @_serialised
+    def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:
+        if not reason.strip():
+            raise ReleaseError("give a reason for the rotation (--reason)")
+        result = self.repo.rotate(role)
+        self.audit.append(actor, "keys-rotate", f"release:key:{role}", {**result, "reason": reason})
+        self._notify_all()
+        return result
+
+    # ---- builds and approvals -----------------------------------------------------------------
+    @_serialised
+    def publish_build(self, version: str, actor: str = "pipeline") -> dict[str, Any]:
+        """Pipeline key: make a registered package available as ``builds/V.tar``."""
+        model = self.registry.get_model(version)
+        src = (
+            Path(model.tarball)
+            if model.tarball and Path(model.tarball).is_file()
+            else Path(model.package_dir)
+        )
+        tf = self.repo.add_build(version, shippable_file(src, self.cfg.data_dir / "tmp"))
+        self.audit.append(
+            actor,
+            "publish-build",
+            f"model:{version}",
+            {"sha256": tf.hashes["sha256"], "length": tf.length, "source": str(src)},
+        )
+        return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
+
+    def _signer(self, actor: str) -> approvals.ApprovalSigner:
+        def sign(version: str, stages: list[str]) -> None:
+            if version not in self.repo.builds():
+                self.publish_build(version, actor="pipeline")
+            self.repo.set_approval(version, stages)
+
+        return sign
+
+    @_serialised
+    def approve(
+        self, version: str, stage: str, actor: str, reason: str, force: bool = False
+    ) -> dict[str, Any]:
+        d = approvals.approve(
+            self.registry,
+            self.audit,
+            version,
+            stage,
+            actor,
+            reason,
+            force,
+            signer=self._signer(actor),
+            require_staging=self.cfg.release.require_staging_before_production,
+        )
+        return d.to_dict()
+
+    @_serialised
+    def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
+        groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
+        signer = self._signer(actor) if self.repo.exists() and version in self.repo.approvals() else None
+        d = approvals.reject(
+            self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
+        )
+        return d.to_dict()
+
+    # ---- rollout and rollback ----------------------------------------------------------------
+    @_serialised
+    def rollout(self, version: str, group: str, actor: str, reason: str = "") -> dict[str, Any]:
+        stage = self.stage_for_group(group)
+        if stage not in approvals.approved_stages(self.registry, version):
+            raise RolloutError(
+                f"model {version} is not approved for {stage} (group {group} runs {stage} models): "
+                f"run 'parkwatch cloud approve {version} --stage {stage} --as NAME --reason TEXT' first"
+            )
+        previous = self.repo.groups().get(group)
+        if previous == version:
+            raise RolloutError(f"group {group} already runs {version}")
+        self.repo.set_group(group, version, stage)
+        r = self.rollouts.start(version, group, stage, previous, "rollout", actor, reason)
+        self.audit.append(
+            actor,
+            "rollout",
+            f"group:{group}",
+            {"version": version, "previous": previous, "stage": stage, "reason": reason, "rollout_id": r.id},
+        )
+        notified = self._notify_group(group, version)
+        return {**r.to_dict(), "notified": notified}
+
+    @_serialised
+    def rollback(self, group: str, actor: str, reason: str, automatic: bool = False) -> dict[str, Any]:
+        if not reason.strip():
+            raise RolloutError("give a reason for the rollback (--reason)")
+        latest = self.rollouts.latest(group)
+        if latest is None or latest.previous_version is None:
+            raise RolloutError(f"group {group} has no earlier version to roll back to")
+        target = latest.previous_version
+        stage = self.stage_for_group(group)
+        if stage not in approvals.approved_stages(self.registry, target):
+            raise RolloutError(
+                f"the earlier version {target} is no longer approved for {stage}; "
+                "roll out another approved version instead"
+            )
+        self.repo.set_group(group, target, stage)
+        self.rollouts.set_status(latest.id, "rolled_back", reason)
+        # A later rollback goes further back in history (to what ran before ``target`` was rolled
+        # out), never forward again to the version just withdrawn.
+        r = self.rollouts.start(
+            target,
+            group,
+            stage,
+            self._ran_before(group, target),
+            "auto-rollback" if automatic else "rollback",
+            actor,
+            reason,
+        )
+        self.audit.append(
+            actor,
+            "auto-rollback" if automatic else "rollback",
+            f"group:{group}",
+            {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id},
+        )
+        notified = self._notify_group(group, target)
+        return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
+
+    def _ran_before(self, group: str, version: str) -> str | None:
+        for r in self.rollouts.history(group, limit=1000):  # newest first
+            if r.version == version and r.kind == "rollout":
+                return r.previous_version
+        return None
+
+    def _notify_group(self, group: str, version: str | None) -> bool:
+        ts_version = self.repo.timestamp().signed.version
+        if self._notify is not None:
+            return bool(self._notify(group, version, ts_version))
+        return publish_once(
+            self.cfg, [(Topics.release(group), notice_payload(group, version, ts_version), True)]
+        )
+
+    def _notify_all(self) -> None:
+        for group, version in self.repo.groups().items():
+            self._notify_group(group, version)
+
+    # ---- broker credentials -------------------------------------------------------------------
+    def broker_dir(self) -> Path:
+        return self.cfg.release.broker_dir or self.cfg.data_dir / "broker"
+
+    @_serialised
+    def provision_device(
+        self, site: str, device: str, group: str, secret_out: Path, actor: str
+    ) -> dict[str, Any]:
+        """New MQTT credential for a box: password to ``secret_out`` (0600), hash to the broker files."""
+        for value, what in ((site, "site"), (device, "device"), (group, "group")):
+            try:
+                check_segment(value, what)
+            except ValueError as e:
+                raise ProvisioningError(str(e)) from e
+        taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
+        if taken or device == self.cfg.release.cloud_username:
+            raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
+        password = brokerauth.new_password()
+        brokerauth.write_secret(secret_out, password)
+        self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
+        files = self.render_broker()
+        self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
+        return {
+            "site": site,
+            "device": device,
+            "group": group,
+            "username": device,
+            "secret_file": str(secret_out),
+            **files,
+        }
+
+    @_serialised
+    def cloud_account(self, secret_out: Path, actor: str) -> dict[str, Any]:
+        password = brokerauth.new_password()
+        brokerauth.write_secret(secret_out, password)
+        user = self.cfg.release.cloud_username
+        self.states.set_account(user, brokerauth.hash_password(password))
+        self.audit.append(actor, "cloud-account", f"account:{user}", {})
+        files = self.render_broker()
+        return {"username": user, "secret_file": str(secret_out), **files}
+
+    @_serialised
+    def revoke_device(self, site: str, device: str, actor: str, reason: str) -> dict[str, Any]:
+        if not self.states.revoke_device(site, device):
+            raise ProvisioningError(f"no provisioned device {site}/{device}")
+        files = self.render_broker()
+        self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
+        return {"site": site, "device": device, "revoked": True, **files}
+
+    @_serialised
+    def render_broker(self) -> dict[str, str]:
+        accounts = [
+            brokerauth.DeviceAccount(d["site"], d["device"], d["grp"], d["username"], d["pw_hash"])
+            for d in self.states.provisioned()
+        ]
+        cloud = self.states.account(self.cfg.release.cloud_username)
+        if cloud is None:
+            return {}
+        return brokerauth.write_broker_files(self.broker_dir(), accounts, cloud)
+
+    # ---- status -------------------------------------------------------------------------------
+    @_serialised
+    def latest_rollout(self, group: str) -> Rollout | None:
+        return self.rollouts.latest(group)
+
+    @_serialised
+    def audit_entries(self, subject: str | None = None, limit: int | None = None) -> list[AuditEntry]:
+        return self.audit.entries(subject, limit)
+
+    @_serialised
+    def members(self, group: str) -> list[str]:
+        keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
+        keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
+        return sorted(keys)
+
+    @_serialised
+    def status(self, group: str | None = None) -> dict[str, Any]:
+        assignments = self.repo.groups() if self.repo.exists() else {}
+        states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
+        groups = sorted(
+            {
+                *assignments,
+                *(s["grp"] for s in states.values() if s["grp"]),
+                *(d["grp"] for d in self.states.provisioned()),
+            }
+        )
+        if group is not None:
+            groups = [group]
+        out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}
+        for g in groups:
+            target = assignments.get(g)
+            members = self.members(g)
+            prog = progress(target or "", members, states)
+            latest = self.rollouts.latest(g)
+            out["groups"][g] = {
+                "target_version": target,
+                "devices": prog.total,
+                "active": prog.active,
+                "by_version": prog.by_version,
+                "by_state": prog.by_state,
+                "failed": prog.failed,
+                "rollout": latest.to_dict() if latest else None,
+                "device_states": [states[k] for k in members if k in states],
+            }
+        return out

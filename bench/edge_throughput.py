@@ -65,19 +65,22 @@ def raw_throughput(model_path: Path, threads: int, seconds: float) -> tuple[floa
     return n / (time.perf_counter() - t0), n
 
 
-def daemon_config(tmp: Path, broker: EmbeddedBroker, model: Path, threads: int,
-                  cameras: list[dict[str, Any]]) -> Path:
-    cfg = EdgeConfig.model_validate({
-        "device": {"id": "bench", "site": "lab"},
-        "state_dir": str(tmp / "state"),
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
-        "cameras": cameras,
-        "model": {"initial": str(model)},
-        "inference": {"threads": threads},
-        "telemetry": {"interval_s": 5.0},
-        "status_page": {"enabled": True, "port": 0, "token": {"env": "BENCH_TOKEN"}},
-        "updater": {"enabled": False},
-    })
+def daemon_config(
+    tmp: Path, broker: EmbeddedBroker, model: Path, threads: int, cameras: list[dict[str, Any]]
+) -> Path:
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "bench", "site": "lab"},
+            "state_dir": str(tmp / "state"),
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "cameras": cameras,
+            "model": {"initial": str(model)},
+            "inference": {"threads": threads},
+            "telemetry": {"interval_s": 5.0},
+            "status_page": {"enabled": True, "port": 0, "token": {"env": "BENCH_TOKEN"}},
+            "updater": {"enabled": False},
+        }
+    )
     return write_toml(tmp / f"edge-{len(list(tmp.glob('edge-*.toml')))}.toml", cfg)
 
 
@@ -88,8 +91,13 @@ class RunningDaemon:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli"]
         env = {**os.environ, "BENCH_TOKEN": TOKEN, "PARKWATCH_LOG_LEVEL": "INFO"}
         self.fh = log.open("w")
-        self.proc = subprocess.Popen([*cmd, "edge", "run", "--config", str(config)], stdout=self.fh,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [*cmd, "edge", "run", "--config", str(config)],
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
         self.ps = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + 120
         self.url = ""
@@ -129,7 +137,10 @@ def main() -> None:
     out: dict[str, Any] = {"model": str(model), "threads": a.threads, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="pw-bench-") as d:
         tmp = Path(d)
-        photos = sorted((sample_lake() / "cat").glob("*.jpg"))[:10] + sorted((sample_lake() / "dog").glob("*.jpg"))[:10]
+        photos = (
+            sorted((sample_lake() / "cat").glob("*.jpg"))[:10]
+            + sorted((sample_lake() / "dog").glob("*.jpg"))[:10]
+        )
         clip = make_clip(photos, tmp / "clip.mp4", seconds_per_image=1.0, fps=15)
         broker = EmbeddedBroker(tmp / "broker").start()
         try:
@@ -156,7 +167,8 @@ def main() -> None:
             out["backlog_at_end"] = s1["outbox"]["backlog"]
             out["rss_mb"] = round(rss, 1)
             out["busy_cpu_percent"] = round(
-                100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0), 1)
+                100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0), 1
+            )
 
             offline = [
                 {"id": "dead-rtsp", "kind": "rtsp", "url": f"rtsp://127.0.0.1:{free_port()}/x"},
@@ -173,7 +185,9 @@ def main() -> None:
             finally:
                 daemon.stop()
             out["offline_camera_states"] = states
-            out["idle_cpu_percent"] = round(100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0), 2)
+            out["idle_cpu_percent"] = round(
+                100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0), 2
+            )
         finally:
             broker.stop()
 
@@ -183,15 +197,24 @@ def main() -> None:
     lat, ack = out["frame_to_outbox_ms"], out["frame_to_puback_ms"]
     print(f"model {out['model']}  threads {a.threads}  cores {out['cores']}")
     print(f"raw session.run          {out['raw_ips']:8.2f} img/s")
-    print(f"daemon, 1 cam 640x480    {out['daemon_ips']:8.2f} img/s   ratio {out['throughput_ratio']:.3f} "
-          f"(target >= 0.9: {'OK' if out['throughput_ratio'] >= 0.9 else 'MISSED'})")
+    print(
+        f"daemon, 1 cam 640x480    {out['daemon_ips']:8.2f} img/s   ratio {out['throughput_ratio']:.3f} "
+        f"(target >= 0.9: {'OK' if out['throughput_ratio'] >= 0.9 else 'MISSED'})"
+    )
     print(f"frame -> outbox          p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms")
     print(f"frame -> broker PUBACK   p50 {ack.get('p50')} ms  p99 {ack.get('p99')} ms")
-    print(f"daemon RSS (busy)        {out['rss_mb']:8.1f} MB     ratio {out['rss_mb'] / 300:.3f} of 300 MB "
-          f"({'OK' if out['rss_mb'] <= 300 else 'MISSED'})")
-    print(f"daemon CPU, cams offline {out['idle_cpu_percent']:8.2f} %      ratio {out['idle_cpu_percent'] / 5:.3f} of 5 % "
-          f"({'OK' if out['idle_cpu_percent'] < 5 else 'MISSED'}; states {out['offline_camera_states']})")
-    print(f"(busy daemon CPU {out['busy_cpu_percent']} % of one core; backlog at end {out['backlog_at_end']})")
+    print(
+        f"daemon RSS (busy)        {out['rss_mb']:8.1f} MB     ratio {out['rss_mb'] / 300:.3f} of 300 MB "
+        f"({'OK' if out['rss_mb'] <= 300 else 'MISSED'})"
+    )
+    print(
+        f"daemon CPU, cams offline {out['idle_cpu_percent']:8.2f} %      "
+        f"ratio {out['idle_cpu_percent'] / 5:.3f} of 5 % "
+        f"({'OK' if out['idle_cpu_percent'] < 5 else 'MISSED'}; states {out['offline_camera_states']})"
+    )
+    print(
+        f"(busy daemon CPU {out['busy_cpu_percent']} % of one core; backlog at end {out['backlog_at_end']})"
+    )
 
 
 if __name__ == "__main__":

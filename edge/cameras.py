@@ -20,6 +20,7 @@ so every frame of a clip is classified and none is counted as dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -131,9 +132,12 @@ class Camera:
         with self._lock:
             state = self._state
             started = self._read_started
-        if state == "streaming" and started is not None:
-            if time.monotonic() - started > self.cfg.stall_after_s:
-                return "stalled"
+        if (
+            state == "streaming"
+            and started is not None
+            and time.monotonic() - started > self.cfg.stall_after_s
+        ):
+            return "stalled"
         return state
 
     def telemetry(self, integrity: dict[str, int] | None = None) -> CameraTelemetry:
@@ -141,7 +145,7 @@ class Camera:
         if self._last_mono is not None and time.monotonic() - self._last_mono > 5:
             fps = 0.0
         return CameraTelemetry(
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             fps=round(fps, 2),
             frames=self.frames,
             dropped=self.dropped,
@@ -184,10 +188,8 @@ class Camera:
                 self._error(f"camera {self.id}: {type(e).__name__}: {e}")
             finally:
                 self._read_started = None
-                try:
+                with contextlib.suppress(Exception):
                     source.close()
-                except Exception:
-                    pass
             if self._stop.is_set():
                 return
             self._connected = False

@@ -100,17 +100,26 @@ class Daemon:
         )
         self.host = HostSampler(cfg.state_dir)
         updated = self._updater_active_package()
-        if updated is not None and self._load_initial(updated, "TUF-verified earlier (activated by the updater)"):
+        if updated is not None and self._load_initial(
+            updated, "TUF-verified earlier (activated by the updater)"
+        ):
             pass
         elif cfg.model.initial is not None:
             self._load_initial(cfg.model.initial)
-        snapshots = SnapshotStore(cfg.snapshots, cfg.state_dir / "snapshots") if cfg.snapshots.enabled else None
-        self.publisher = Publisher(
-            self.outbox, self.mqtt, cfg.outbox.batch_size, cfg.outbox.flush_interval_s
+        snapshots = (
+            SnapshotStore(cfg.snapshots, cfg.state_dir / "snapshots") if cfg.snapshots.enabled else None
         )
+        self.publisher = Publisher(self.outbox, self.mqtt, cfg.outbox.batch_size, cfg.outbox.flush_interval_s)
         self.engine = InferenceEngine(
-            self.cameras, self.model_slot, self.outbox, cfg.inference, cfg.integrity, self.wake,
-            self.errors, snapshots, on_commit=self.publisher.notify,
+            self.cameras,
+            self.model_slot,
+            self.outbox,
+            cfg.inference,
+            cfg.integrity,
+            self.wake,
+            self.errors,
+            snapshots,
+            on_commit=self.publisher.notify,
         )
         self.mqtt.on_connection_change(self._on_connection)
         self.mqtt.start()
@@ -133,7 +142,10 @@ class Daemon:
         self._started = True
         log.info(
             "parkwatch edge %s started: device %s/%s, %d camera(s), model %s",
-            self.software, cfg.device.site, cfg.device.id, len(self.cameras),
+            self.software,
+            cfg.device.site,
+            cfg.device.id,
+            len(self.cameras),
             self.model_slot.current.version if self.model_slot.current else "none",
         )
         return self
@@ -211,8 +223,11 @@ class Daemon:
         kw.setdefault("active_version", cur.version if cur else None)
         kw.setdefault("previous_version", prev.version if prev else None)
         return ModelState(
-            device=self.cfg.device.id, site=self.cfg.device.site, group=self.cfg.device.group,
-            state=state, **kw,  # type: ignore[arg-type]
+            device=self.cfg.device.id,
+            site=self.cfg.device.site,
+            group=self.cfg.device.group,
+            state=state,
+            **kw,
         )
 
     def load_model(self, path: str | Path) -> LoadedModel:
@@ -241,7 +256,9 @@ class Daemon:
         host = self.host.sample()
         self.last_host = host
         e = self.engine
-        cams = {c.id: c.telemetry(e.checkers[c.id].snapshot() if c.id in e.checkers else {}) for c in self.cameras}
+        cams = {
+            c.id: c.telemetry(e.checkers[c.id].snapshot() if c.id in e.checkers else {}) for c in self.cameras
+        }
         self._telemetry_seq += 1
         cur = self.model_slot.current
         host_fields = {k: v for k, v in host.items() if k in Telemetry.model_fields}
@@ -339,38 +356,57 @@ class Daemon:
         for c in self.cameras:
             view = e.views.get(c.id) if e else None
             tel = c.telemetry(e.checkers[c.id].snapshot() if e and c.id in e.checkers else {})
-            cams.append({
-                "id": c.id, "kind": c.cfg.kind, "url": redact_url(c.cfg.url), "fps_cap": c.cfg.fps,
-                **tel.model_dump(), "taken": c.taken, "last_error_ts": c.last_error_ts,
-                "prediction": view.prediction if view else None,
-                "flags": view.flags if view else [],
-                "has_frame": view is not None,
-            })
+            cams.append(
+                {
+                    "id": c.id,
+                    "kind": c.cfg.kind,
+                    "url": redact_url(c.cfg.url),
+                    "fps_cap": c.cfg.fps,
+                    **tel.model_dump(),
+                    "taken": c.taken,
+                    "last_error_ts": c.last_error_ts,
+                    "prediction": view.prediction if view else None,
+                    "flags": view.flags if view else [],
+                    "has_frame": view is not None,
+                }
+            )
         prev = self.model_slot.previous
         return {
-            "device": self.cfg.device.id, "site": self.cfg.device.site, "group": self.cfg.device.group,
-            "software": self.software, "started_ts": self.started_ts,
+            "device": self.cfg.device.id,
+            "site": self.cfg.device.site,
+            "group": self.cfg.device.group,
+            "software": self.software,
+            "started_ts": self.started_ts,
             "uptime_s": round(time.time() - self.started_ts, 1),
             "healthy": self.healthy(),
             "model": cur.describe() if cur else None,
             "previous_model": prev.version if prev else None,
             "model_state": self.model_state.to_wire() if self.model_state else None,
             "broker": {
-                "connected": self.mqtt.connected, "host": self.cfg.mqtt.host, "port": self.cfg.mqtt.port,
-                "client_id": self.mqtt.client_id, "connects": self.mqtt.connects,
-                "disconnects": self.mqtt.disconnects, "last_error": self.mqtt.last_error,
+                "connected": self.mqtt.connected,
+                "host": self.cfg.mqtt.host,
+                "port": self.cfg.mqtt.port,
+                "client_id": self.mqtt.client_id,
+                "connects": self.mqtt.connects,
+                "disconnects": self.mqtt.disconnects,
+                "last_error": self.mqtt.last_error,
                 "since_ts": self.mqtt.last_change_ts,
             },
             "outbox": {
-                "backlog": ob.backlog if ob else 0, "evicted_total": ob.evicted_total if ob else 0,
-                "write_errors": ob.write_errors if ob else 0, "last_seq": ob.last_seq if ob else 0,
-                "last_error": ob.last_error if ob else None, "path": str(self.cfg.outbox_path),
+                "backlog": ob.backlog if ob else 0,
+                "evicted_total": ob.evicted_total if ob else 0,
+                "write_errors": ob.write_errors if ob else 0,
+                "last_seq": ob.last_seq if ob else 0,
+                "last_error": ob.last_error if ob else None,
+                "path": str(self.cfg.outbox_path),
                 "inflight": self.publisher.inflight if self.publisher else 0,
                 "publish_latency_ms": self.publisher.ack_latency_percentiles() if self.publisher else {},
             },
             "inference": {
-                "classified": e.classified if e else 0, "fps": e.fps() if e else 0.0,
-                "latency_ms": e.latency_percentiles() if e else {}, "errors": e.inference_errors if e else 0,
+                "classified": e.classified if e else 0,
+                "fps": e.fps() if e else 0.0,
+                "latency_ms": e.latency_percentiles() if e else {},
+                "errors": e.inference_errors if e else 0,
                 "abstain_rate": e.abstain_rate() if e else None,
                 "skipped_static": e.skipped_static if e else 0,
                 "skipped_no_model": e.skipped_no_model if e else 0,
@@ -393,8 +429,11 @@ def _configure_logging() -> None:
     so parkwatch loggers default to INFO even when the CLI left the root at WARNING."""
     root = logging.getLogger()
     if not root.handlers:
-        fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("INVOCATION_ID") else (
-            "%(asctime)s %(levelname)s %(name)s: %(message)s")  # journald adds its own timestamps
+        fmt = (
+            "%(levelname)s %(name)s: %(message)s"
+            if os.environ.get("INVOCATION_ID")
+            else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )  # journald adds its own timestamps
         logging.basicConfig(level=logging.WARNING, format=fmt)
     ours = logging.getLogger("parkwatch")
     level = os.environ.get("PARKWATCH_LOG_LEVEL")

@@ -134,7 +134,9 @@ class InferenceEngine:
     def process(self, frames: list[Frame]) -> list[dict[str, Any]]:
         run: list[tuple[Frame, list[str], Any]] = []
         for f in frames:
-            checker = self.checkers.setdefault(f.camera, IntegrityChecker(next(iter(self.checkers.values())).cfg))
+            checker = self.checkers.setdefault(
+                f.camera, IntegrityChecker(next(iter(self.checkers.values())).cfg)
+            )
             check, thumb = checker.check(f.image)
             if (
                 self.cfg.motion_gating
@@ -181,7 +183,7 @@ class InferenceEngine:
         self.classified += len(preds)
         self.batches += 1
         if seqs and self.on_commit is not None:
-            self.on_commit()
+            self.on_commit(len(seqs))
         return preds
 
     def _predictions(
@@ -204,7 +206,10 @@ class InferenceEngine:
                     "camera": f.camera,
                     "label": ABSTAIN if abstain else labels[idx],
                     "confidence": round(conf, 6),
-                    "probs": {lab: round(float(min(max(p, 0.0), 1.0)), 6) for lab, p in zip(labels, row, strict=True)},
+                    "probs": {
+                        lab: round(float(min(max(p, 0.0), 1.0)), 6)
+                        for lab, p in zip(labels, row, strict=True)
+                    },
                     "model_version": model.version,
                     "abstain": abstain,
                     "flags": list(flags),

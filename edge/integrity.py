@@ -76,10 +76,16 @@ class IntegrityChecker:
             # Tampering = the view differs a lot from what this camera usually sees, *and* the new
             # view is steady (a moved or sprayed camera), not just a busy scene.
             away = float(np.abs(t - self._reference).mean())
-            if away >= self.cfg.tamper_min_change and change is not None and change < self.cfg.tamper_min_change / 4:
+            if (
+                away >= self.cfg.tamper_min_change
+                and change is not None
+                and change < self.cfg.tamper_min_change / 4
+            ):
                 flags.append("tampered")
             cv2.accumulateWeighted(t, self._reference, REFERENCE_ALPHA)
-        motion = float(np.abs(t - self._last_classified).mean()) if self._last_classified is not None else None
+        motion = (
+            float(np.abs(t - self._last_classified).mean()) if self._last_classified is not None else None
+        )
         self._prev = t
         self.counts.update(flags)
         self.counts["frames"] += 1

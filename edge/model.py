@@ -74,7 +74,9 @@ class LoadedModel:
     def run(self, batch: F32) -> F32:
         """Class probabilities for a preprocessed batch, shape (N, len(labels))."""
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
-            parts = [self.run(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+            parts = [
+                self.run(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)
+            ]
             return np.concatenate(parts)
         out = self.session.run(None, {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
@@ -99,8 +101,11 @@ def _providers(wanted: list[str]) -> list[str]:
     chosen = [p for p in wanted if p in available]
     missing = [p for p in wanted if p not in available]
     if missing:
-        log.warning("execution provider(s) %s not available here (have %s); falling back",
-                    ", ".join(missing), ", ".join(sorted(available)))
+        log.warning(
+            "execution provider(s) %s not available here (have %s); falling back",
+            ", ".join(missing),
+            ", ".join(sorted(available)),
+        )
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -113,6 +118,9 @@ def _session(onnx_path: Path, threads: int, providers: list[str]) -> tuple[ort.I
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # Idle ORT threads would otherwise spin after every run and steal the cores the camera
+    # readers and the publisher need between two inferences.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors

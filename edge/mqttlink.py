@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from shared.config import MqttConfig
 from shared.protocol import DeviceStatus, Kind, Topics, encode
@@ -111,7 +111,9 @@ class MqttLink:
             return
         if self.connected:
             try:
-                info = self.client.publish(self.status_topic, self._status_payload("offline", reason), 1, True)
+                info = self.client.publish(
+                    self.status_topic, self._status_payload("offline", reason), 1, True
+                )
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline status: %s", e)
@@ -162,7 +164,7 @@ class MqttLink:
             DeviceStatus(
                 device=self.device,
                 site=self.site,
-                state=state,  # type: ignore[arg-type]
+                state=state,
                 group=self.group,
                 software=self.software,
                 model_version=self.model_version,
@@ -205,7 +207,9 @@ class MqttLink:
             self.last_change_ts = time.time()
             if rc.is_failure:
                 self.last_error = f"connection lost: {rc}"
-                log.warning("%s; paho reconnects with backoff, predictions wait in the outbox", self.last_error)
+                log.warning(
+                    "%s; paho reconnects with backoff, predictions wait in the outbox", self.last_error
+                )
         for listener in self._conn_listeners:
             listener(False)
 

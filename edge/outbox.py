@@ -17,6 +17,7 @@ from the publisher, counts from the status page; SQLite serialises writers anywa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -119,7 +120,9 @@ class Outbox:
             rows = []
             for seq, pred in zip(seqs, predictions, strict=True):
                 body = dict(pred, seq=seq)
-                rows.append((seq, float(body["ts"]), str(body["camera"]), json.dumps(body, separators=(",", ":"))))
+                rows.append(
+                    (seq, float(body["ts"]), str(body["camera"]), json.dumps(body, separators=(",", ":")))
+                )
             evict = max(0, self._count + len(rows) - self.max_rows)
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -150,7 +153,9 @@ class Outbox:
                 if self._evicted == 0 or (self._evicted // 1000) != ((self._evicted + evicted) // 1000):
                     log.warning(
                         "outbox bound of %d rows reached: evicted %d oldest prediction(s), %d in total",
-                        self.max_rows, evicted, self._evicted + evicted,
+                        self.max_rows,
+                        evicted,
+                        self._evicted + evicted,
                     )
                 self._evicted += evicted
             self.appended_total += len(rows)
@@ -195,8 +200,6 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
             self._conn.close()

@@ -55,6 +55,8 @@ class Publisher:
         self.max_inflight = max_inflight_batches
         self._inflight: dict[int, _InFlight] = {}
         self._sent_upto = 0
+        self._new_rows = 0
+        self._kick = False  # pump at the next wake-up, not at the next tick
         self._lock = threading.Lock()  # guards _inflight/_sent_upto for readers on other threads
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -72,9 +74,13 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._thread.start()
 
-    def notify(self) -> None:
-        """New rows are in the outbox: send them now rather than at the next flush tick."""
-        self._wake.set()
+    def notify(self, rows: int = 1) -> None:
+        """``rows`` new rows are in the outbox. A full batch is sent at once; anything less waits
+        for the next flush tick, so a busy box sends a few large messages, not one per frame
+        (each message costs CPU on the box and on the broker)."""
+        self._new_rows += rows
+        if self._new_rows >= self.batch_size:
+            self._wake.set()
 
     def stop(self, drain_timeout_s: float = 3.0) -> None:
         """Try to get what is pending acknowledged, then stop; whatever is left stays in the outbox."""
@@ -84,6 +90,7 @@ class Publisher:
                 idle = not self._inflight and self._sent_upto >= self.outbox.last_seq
             if idle:
                 break
+            self._kick = True
             self._wake.set()
             time.sleep(0.05)
         self._stop.set()
@@ -109,6 +116,7 @@ class Publisher:
     # -- internals --------------------------------------------------------------------------------
     def _on_conn(self, up: bool) -> None:
         if up:
+            self._kick = True
             self._wake.set()
 
     def _on_ack(self, mid: int) -> None:
@@ -135,12 +143,18 @@ class Publisher:
             self.ack_latency_s.extend(now - t for t in f.frame_ts)
 
     def _run(self) -> None:
+        next_flush = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval_s)
+            self._wake.wait(max(0.0, next_flush - time.monotonic()))
             self._wake.clear()
             try:
                 self._handle_acks()
-                self._pump()
+                now = time.monotonic()
+                if now >= next_flush or self._new_rows >= self.batch_size or self._kick:
+                    self._kick = False
+                    self._new_rows = 0
+                    self._pump()
+                    next_flush = now + self.flush_interval_s
             except Exception:
                 self.errors += 1
                 log.exception("publisher step failed; retrying in %.1f s", self.flush_interval_s)
@@ -153,6 +167,7 @@ class Publisher:
         while not self._stop.is_set() and self.link.connected:
             with self._lock:
                 if len(self._inflight) >= self.max_inflight:
+                    self._kick = True  # a backlog: continue as soon as acks free the window
                     return
                 after = self._sent_upto
             rows = self.outbox.pending(after, self.batch_size)
@@ -185,5 +200,9 @@ class Publisher:
             for m in stuck:
                 del self._inflight[m]
             self._sent_upto = min(self._sent_upto, first - 1)
-        log.warning("%d batch(es) unacknowledged for %.0f s; sending again from seq %d",
-                    len(stuck), RESEND_AFTER_S, first)
+        log.warning(
+            "%d batch(es) unacknowledged for %.0f s; sending again from seq %d",
+            len(stuck),
+            RESEND_AFTER_S,
+            first,
+        )

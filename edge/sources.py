@@ -77,7 +77,12 @@ class CvSource(FrameSource):
 
     def open(self) -> None:
         target, backend = self._target()
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            self.timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            self.timeout_ms,
+        ]
         cap = cv2.VideoCapture(target, backend, params)
         if not cap.isOpened():
             cap.release()
@@ -140,7 +145,9 @@ class FolderSource(FrameSource):
             self.bad_files += 1
             tried += 1
             if tried >= len(self.files):
-                raise CameraError(f"camera {self.cfg.id}: no file in {redact_url(self.cfg.url)} decodes as an image")
+                raise CameraError(
+                    f"camera {self.cfg.id}: no file in {redact_url(self.cfg.url)} decodes as an image"
+                )
         return None
 
     def close(self) -> None:
@@ -188,7 +195,9 @@ class MjpegSource(FrameSource):
             raise CameraError(f"camera {self.cfg.id}: cannot connect to {u.hostname}:{u.port}: {e}") from e
         if resp.status != 200:
             conn.close()
-            raise CameraError(f"camera {self.cfg.id}: HTTP {resp.status} {resp.reason} from {redact_url(self.cfg.url)}")
+            raise CameraError(
+                f"camera {self.cfg.id}: HTTP {resp.status} {resp.reason} from {redact_url(self.cfg.url)}"
+            )
         self.conn, self.resp, self.buf = conn, resp, bytearray()
 
     def read(self) -> U8 | None:
@@ -209,13 +218,15 @@ class MjpegSource(FrameSource):
                     self._bad_run += 1
                     if self._bad_run >= 20:
                         raise CameraError(
-                            f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends data that does not decode as JPEG"
+                            f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends data that is not JPEG"
                         )
                     continue
             elif len(self.buf) > 2:
                 del self.buf[:-2]
             if len(self.buf) > self.MAX_FRAME_BYTES:
-                raise CameraError(f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends no JPEG frames (garbage?)")
+                raise CameraError(
+                    f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends no JPEG frames (garbage?)"
+                )
             try:
                 chunk = self.resp.read1(65536)
             except OSError as e:

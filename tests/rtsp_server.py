@@ -51,8 +51,11 @@ def check_prerequisites() -> str | None:
     if not Path(SYSTEM_PYTHON).exists():
         return INSTALL_HINT
     probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-         "from gi.repository import GstRtspServer"],
+        [
+            SYSTEM_PYTHON,
+            "-c",
+            "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer",
+        ],
         capture_output=True,
         timeout=30,
     )
@@ -71,9 +74,29 @@ def make_clip(images: list[Path], out: Path, seconds_per_image: float = 0.5, fps
     lines.append(f"file '{images[-1].resolve()}'")
     listing.write_text("\n".join(lines) + "\n")
     subprocess.run(
-        [ffmpeg, "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
-         "-vf", f"scale=640:480,fps={fps},format=yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
-         "-tune", "zerolatency", "-g", str(fps), str(out)],
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-vf",
+            f"scale=640:480,fps={fps},format=yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(fps),
+            str(out),
+        ],
         check=True,
         timeout=120,
     )

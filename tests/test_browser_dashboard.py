@@ -222,6 +222,25 @@ def test_role_checks_in_the_browser(chromium, fleet_cfg) -> None:  # type: ignor
 
 def test_tablet_layout_and_keyboard(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     seed_fleet(fleet_cfg, devices=6, hours=1)
+    pages = (
+        "/",
+        "/devices/box0000",
+        "/rollouts",
+        "/models",
+        "/quality",
+        "/alerts",
+        "/labelling",
+        "/lineage",
+        "/audit",
+    )
+    with live_dashboard(fleet_cfg) as base:
+        for width, height in ((1280, 800), (820, 1180)):
+            with page_for(chromium, width=width, height=height) as page:
+                sign_in(page, base, "viewer")
+                for path in pages:  # nothing wider than the screen: no sideways scrolling of the page
+                    page.goto(base + path)
+                    wide = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                    assert wide <= 1, f"{path} is {wide} px too wide at {width} px"
     with live_dashboard(fleet_cfg) as base, page_for(chromium, width=820, height=1180) as page:
         sign_in(page, base, "viewer")
         page.goto(base + "/")

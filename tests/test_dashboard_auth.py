@@ -203,3 +203,35 @@ def test_repeated_wrong_passwords_are_throttled(cfg) -> None:  # type: ignore[no
     )
     assert r.status_code == 429 and "Too many wrong passwords" in r.text
     sign_in(c, "viewer")  # other users are not affected
+
+
+def test_admin_manages_users_in_the_dashboard(cfg) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    viewer = client_for(cfg)
+    tv = sign_in(viewer, "viewer")
+    assert viewer.get("/users").status_code == 403
+    assert (
+        viewer.post("/users/add", data={"name": "zed", "role": "admin", "csrf_token": tv}).status_code == 403
+    )
+    admin = client_for(cfg)
+    ta = sign_in(admin, "admin")
+    assert 'href="/users"' in admin.get("/audit").text
+    assert admin.post("/users/add", data={"name": "carol", "role": "engineer"}).status_code == 403  # no token
+    r = admin.post("/users/add", data={"name": "carol", "role": "engineer", "csrf_token": ta})
+    assert r.status_code == 200
+    m = re.search(r"Password for <b>carol</b>: <code>([^<]+)</code>", r.text)
+    assert m, "new password not shown"
+    carol = client_for(cfg)
+    sign_in(carol, "carol", m.group(1).replace("&#39;", "'"))
+    assert carol.get("/models").status_code == 200
+    admin.post("/users/carol/role", data={"role": "viewer", "csrf_token": ta})
+    assert carol.get("/models", follow_redirects=False).status_code == 303  # role change ended her session
+    r = admin.post("/users/admin/remove", data={"csrf_token": ta})
+    assert "cannot remove yourself" in r.text
+    r = admin.post("/users/carol/remove", data={"csrf_token": ta})
+    assert "Removed carol" in r.text
+    r = admin.post("/users/add", data={"name": "Bad Name", "role": "viewer", "csrf_token": ta})
+    assert r.status_code == 400 and "lower-case" in r.text
+    entries = [(e.actor, e.action) for e in AuditLog(cfg.registry_db).entries(subject="user:carol")]
+    assert entries == [("admin", "user.add"), ("admin", "user.role"), ("admin", "user.remove")]

@@ -60,7 +60,9 @@ class _Mjpeg(http.server.BaseHTTPRequestHandler):
             rng = np.random.default_rng(0)
             try:
                 for _ in range(400):
-                    self.wfile.write(rng.integers(0, 255, 65536, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00"))
+                    self.wfile.write(
+                        rng.integers(0, 255, 65536, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
+                    )
             except OSError:
                 pass
             return
@@ -71,8 +73,13 @@ class _Mjpeg(http.server.BaseHTTPRequestHandler):
                 img = np.full((480, 640, 3), 40, np.uint8)
                 cv2.putText(img, str(i), (50, 240), cv2.FONT_HERSHEY_SIMPLEX, 4, (255, 255, 255), 8)
                 jpg = cv2.imencode(".jpg", img)[1].tobytes()
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                 + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                    + str(len(jpg)).encode()
+                    + b"\r\n\r\n"
+                    + jpg
+                    + b"\r\n"
+                )
                 time.sleep(0.05)
         except OSError:
             pass
@@ -125,7 +132,7 @@ def test_folder_of_garbage_and_missing_folder(tmp_path: Path) -> None:
         cam = Camera(CameraConfig(id="g", kind="folder", url=str(url), reconnect_initial_s=0.2))
         cam.start()
         try:
-            assert wait_for(lambda c=cam: c.last_error is not None, 5)
+            assert wait_for(lambda: cam.last_error is not None, 5)  # noqa: B023
             assert msg in (cam.last_error or "")
             assert cam.state in ("reconnecting", "offline")
         finally:
@@ -134,8 +141,17 @@ def test_folder_of_garbage_and_missing_folder(tmp_path: Path) -> None:
 
 def test_rtsp_camera_reconnects_after_the_server_dies(rtsp_ready: None) -> None:
     server = RtspServer().start()
-    cam = Camera(CameraConfig(id="r", kind="rtsp", url=server.url, fps=None,
-                              reconnect_initial_s=0.5, reconnect_max_s=2, stall_after_s=3))
+    cam = Camera(
+        CameraConfig(
+            id="r",
+            kind="rtsp",
+            url=server.url,
+            fps=None,
+            reconnect_initial_s=0.5,
+            reconnect_max_s=2,
+            stall_after_s=3,
+        )
+    )
     cam.start()
     try:
         assert wait_for(lambda: cam.frames > 10, 20), cam.last_error
@@ -155,7 +171,9 @@ def test_rtsp_camera_reconnects_after_the_server_dies(rtsp_ready: None) -> None:
 
 
 def test_dead_cameras_do_not_slow_a_live_one(pets_sample: Path) -> None:
-    dead_rtsp = CameraConfig(id="d1", kind="rtsp", url=f"rtsp://127.0.0.1:{free_port()}/x", reconnect_initial_s=0.2)
+    dead_rtsp = CameraConfig(
+        id="d1", kind="rtsp", url=f"rtsp://127.0.0.1:{free_port()}/x", reconnect_initial_s=0.2
+    )
     # 10.255.255.1 is unroutable: connect() hangs until the timeout
     hanging = CameraConfig(id="d2", kind="mjpeg", url="http://10.255.255.1:81/v.mjpg", stall_after_s=2)
     good = CameraConfig(id="ok", kind="folder", url=str(pets_sample / "dog"), fps=20)

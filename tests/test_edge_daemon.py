@@ -36,14 +36,19 @@ class Collector:
         self.messages: list[tuple[str, Any]] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
-        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        protocol=mqtt.MQTTv5)
-        c.on_connect = lambda cl, *_: (cl.subscribe(f"{ROOT}/dev/#", qos=1), self.ready.set())
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.connect("127.0.0.1", broker.port, clean_start=clean)
         c.loop_start()
         self.client = c
         assert self.ready.wait(10)
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(f"{ROOT}/dev/#", qos=1)
+        self.ready.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         _, obj = decode(msg.topic, msg.payload)
@@ -69,17 +74,18 @@ def collector(broker: EmbeddedBroker) -> Iterator[Collector]:
     c.close()
 
 
-def folder_cam(pets_sample: Path, fps: float = 10, cam_id: str = "c1") -> dict[str, Any]:
+def folder_cam(pets_sample: Path, fps: float | None = 10, cam_id: str = "c1") -> dict[str, Any]:
     return {"id": cam_id, "kind": "folder", "url": str(pets_sample), "fps": fps}
 
 
-def test_predictions_telemetry_status_flow(tmp_path: Path, broker: EmbeddedBroker, collector: Collector,
-                                           pets_sample: Path) -> None:
+def test_predictions_telemetry_status_flow(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
     pkg = make_tiny_package(tmp_path / "pkg", version="v1")
     cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 10), folder_cam(pets_sample, 5, "c2")], pkg)
-    with Daemon(cfg) as d:
+    with Daemon(cfg):
         assert wait_for(lambda: len(collector.seqs()) >= 20, 15)
-        assert wait_for(lambda: collector.of(Telemetry), 10)
+        assert wait_for(lambda: bool(collector.of(Telemetry)), 10)
         batch = collector.of(PredictionBatch)[0]
         assert (batch.site, batch.device) == ("bcn", "box1")
         p = batch.predictions[0]
@@ -138,8 +144,16 @@ def test_model_swap_lands_between_batches_and_bad_model_is_refused(
         new = load_model(make_tiny_package(tmp_path / "b", "b", seed=5), cfg.inference)
         old = d.model_slot.swap(new)
         assert old is not None and old.version == "a"
-        d.report_model_state(ModelState(device="box1", site="bcn", state="active", version="b",
-                                        active_version="b", previous_version="a"))
+        d.report_model_state(
+            ModelState(
+                device="box1",
+                site="bcn",
+                state="active",
+                version="b",
+                active_version="b",
+                previous_version="a",
+            )
+        )
         n = len(collector.seqs())
         assert wait_for(lambda: len(collector.seqs()) >= n + 10, 10)
         versions = [p.model_version for b in collector.of(PredictionBatch) for p in b.predictions]
@@ -149,12 +163,13 @@ def test_model_swap_lands_between_batches_and_bad_model_is_refused(
         assert d.snapshot()["previous_model"] == "a"
 
 
-def test_initial_model_without_metadata_keeps_daemon_up(tmp_path: Path, broker: EmbeddedBroker,
-                                                        collector: Collector, pets_sample: Path) -> None:
+def test_initial_model_without_metadata_keeps_daemon_up(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
     bad = make_tiny_onnx(tmp_path / "bad.onnx", with_metadata=False)
     cfg = edge_config(tmp_path, broker, [folder_cam(pets_sample, 20)], bad)
     with Daemon(cfg) as d:
-        assert wait_for(lambda: collector.of(ModelState), 10)
+        assert wait_for(lambda: bool(collector.of(ModelState)), 10)
         st = collector.of(ModelState)[-1]
         assert st.state == "failed" and "parkwatch.labels" in (st.reason or "")
         assert wait_for(lambda: d.engine is not None and d.engine.skipped_no_model > 0, 5)
@@ -166,8 +181,13 @@ def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
     tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
 ) -> None:
     # No broker for the device (port 1), so the outbox only fills; SQLite's size cap makes it "full".
-    cfg = edge_config(tmp_path, None, [folder_cam(pets_sample, None)], make_tiny_package(tmp_path / "p"),
-                      outbox={"max_db_mb": 0.08})
+    cfg = edge_config(
+        tmp_path,
+        None,
+        [folder_cam(pets_sample, None)],
+        make_tiny_package(tmp_path / "p"),
+        outbox={"max_db_mb": 0.08},
+    )
     with Daemon(cfg) as d:
         assert wait_for(lambda: d.outbox is not None and d.outbox.write_errors > 0, 30)
         assert d.healthy()
@@ -176,6 +196,7 @@ def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
         assert "full" in (snap["outbox"]["last_error"] or "")
         tel = d.build_telemetry()
         assert tel.outbox_errors > 0
+        assert d.outbox is not None
         n = d.outbox.backlog
         assert n > 0
     # what was committed before the disk filled is intact
@@ -184,14 +205,21 @@ def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
     assert Outbox(cfg.outbox_path).backlog == n
 
 
-def test_motion_gating_skips_an_unchanged_scene(tmp_path: Path, broker: EmbeddedBroker, pets_sample: Path) -> None:
+def test_motion_gating_skips_an_unchanged_scene(
+    tmp_path: Path, broker: EmbeddedBroker, pets_sample: Path
+) -> None:
     still = tmp_path / "still"
     still.mkdir()
     src = sorted((pets_sample / "cat").glob("*.jpg"))[0]
     (still / "a.jpg").write_bytes(src.read_bytes())
-    cfg = edge_config(tmp_path, broker, [{"id": "s", "kind": "folder", "url": str(still), "fps": 20}],
-                      make_tiny_package(tmp_path / "p"), inference={"motion_gating": True})
+    cfg = edge_config(
+        tmp_path,
+        broker,
+        [{"id": "s", "kind": "folder", "url": str(still), "fps": 20}],
+        make_tiny_package(tmp_path / "p"),
+        inference={"motion_gating": True},
+    )
     with Daemon(cfg) as d:
         assert wait_for(lambda: d.engine is not None and d.engine.skipped_static >= 10, 10)
-        assert d.engine.classified == 1
+        assert d.engine is not None and d.engine.classified == 1
         assert json.dumps(d.snapshot(), default=str)

@@ -69,11 +69,20 @@ def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Pa
     text = unit.read_text()
     assert "@" not in re.sub(r"#.*", "", text)
     assert f"ExecStart={prefix}/venv/bin/parkwatch edge run --config {etc}/edge.toml" in text
-    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
-                      "PrivateTmp=yes", "NoNewPrivileges=yes", f"ReadWritePaths={state}"):
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        f"ReadWritePaths={state}",
+    ):
         assert directive in text
     if shutil.which("systemd-analyze"):
-        v = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        v = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+        )
         problems = [ln for ln in (v.stdout + v.stderr).splitlines() if "parkwatch-edge.service" in ln]
         assert not problems, v.stdout + v.stderr
 
@@ -94,8 +103,12 @@ def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Pa
     sock.bind(str(tmp_path / "notify"))
     sock.settimeout(60)
     log = (tmp_path / "svc.log").open("w")
-    proc = subprocess.Popen(shlex.split(exec_start.group(1)), stdout=log, stderr=subprocess.STDOUT,
-                            env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
+    proc = subprocess.Popen(
+        shlex.split(exec_start.group(1)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"},
+    )
     try:
         assert sock.recv(1024).startswith(b"READY=1")
         assert sock.recv(1024) == b"WATCHDOG=1"
@@ -130,11 +143,23 @@ def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Pa
 
 def test_installer_refuses_bad_input_clearly(tmp_path: Path) -> None:
     env = env_for(tmp_path / "root")
-    p = subprocess.run(["bash", str(INSTALL), "--model", str(tmp_path / "missing")], env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["bash", str(INSTALL), "--model", str(tmp_path / "missing")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1 and "does not exist" in p.stderr
-    p = subprocess.run(["bash", str(INSTALL), "--frobnicate"], env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["bash", str(INSTALL), "--frobnicate"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 1 and "unknown argument" in p.stderr
-    p = subprocess.run(["bash", str(INSTALL)], env={**env, "PARKWATCH_PYTHON": "/nonexistent/python"},
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["bash", str(INSTALL)],
+        env={**env, "PARKWATCH_PYTHON": "/nonexistent/python"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1 and "python3-venv" in p.stderr

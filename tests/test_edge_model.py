@@ -41,7 +41,7 @@ def test_bare_onnx_is_loaded_but_marked_unverified(tmp_path: Path) -> None:
 
 def test_model_without_metadata_is_refused_with_a_typed_error(tmp_path: Path) -> None:
     path = make_tiny_onnx(tmp_path / "bare.onnx", with_metadata=False)
-    with pytest.raises(ModelMetadataError, match="parkwatch.labels"):
+    with pytest.raises(ModelMetadataError, match=r"parkwatch\.labels"):
         load_model(path)
 
 

@@ -54,7 +54,7 @@ class Store:
             client_id="reliability-store",
             protocol=mqtt.MQTTv5,
         )
-        c.reconnect_delay_set(0.2, 1)
+        c.reconnect_delay_set(1, 2)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_: self.connected.clear()
         c.on_message = self._on_message

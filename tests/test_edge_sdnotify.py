@@ -39,8 +39,9 @@ def test_abstract_namespace_socket() -> None:
         srv.close()
 
 
-def test_no_socket_is_a_no_op_and_a_dead_socket_is_counted(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_socket_is_a_no_op_and_a_dead_socket_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert Notifier().ready() is False
     dead = Notifier(str(tmp_path / "nobody-listens"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.analysis.health import check_fleet
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_LOST
@@ -73,6 +74,12 @@ def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arri
         assert [(g["first_seq"], g["last_seq"], g["missing"], g["cause"]) for g in gaps] == [
             (101, 120, 20, CAUSE_LOST)
         ]
+        # Health reports the gap only once it is older than fleet.gap_grace_s (late rows may fill it).
+        acfg, now = cfg.analysis, time.time()
+        fresh = check_fleet(store, acfg, 60, now, gap_grace_s=30)
+        assert [f.rule for h in fresh for f in h.findings] == []
+        later = check_fleet(store, acfg, 3600, now + 31, gap_grace_s=30)
+        assert [f.rule for h in later for f in h.findings] == ["ingest_gap"]
         # Part of the backlog turns up late (an outbox resending): the gap shrinks and splits.
         dev.send([lost[0], lost[5]], batch_size=10)
         dev.flush()

@@ -183,12 +183,13 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
 
 
 def check_fleet(
-    store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float
+    store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float, gap_grace_s: float = 0.0
 ) -> list[DeviceHealth]:
     out = []
     for d in store.devices():
         tel = store.telemetry(d["device"], limit=acfg.anomaly_history + 1, full=True)
-        h = evaluate(d, tel, store.gaps(d["device"]), now, acfg, heartbeat_timeout_s)
+        gaps = [g for g in store.gaps(d["device"]) if now - g["detected_ts"] >= gap_grace_s]
+        h = evaluate(d, tel, gaps, now, acfg, heartbeat_timeout_s)
         store.set_health(d["device"], h.state, h.reasons, now)
         out.append(h)
     return out

@@ -32,7 +32,9 @@ def run_health(
     cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None
 ) -> list[health.DeviceHealth]:
     now = time.time() if now is None else now
-    results = health.check_fleet(fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now)
+    results = health.check_fleet(
+        fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now, cfg.fleet.gap_grace_s
+    )
     if governor is not None:
         governor.apply([f for h in results for f in h.findings], "health")
     return results

@@ -25,10 +25,16 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 T = TypeVar("T")
 
 
-def _when(ts: float | None) -> Markup:
+def _when(ts: float | str | None) -> Markup:
     """A ``<time>`` element: UTC text that the page script rewrites into the viewer's own zone."""
-    if ts is None:
+    if ts is None or ts == "":
         return Markup('<span class="muted">never</span>')
+    if isinstance(ts, str):  # the registry keeps ISO 8601 strings
+        try:
+            parsed = dt.datetime.fromisoformat(ts)
+        except ValueError:
+            return Markup(escape(ts))
+        ts = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
     d = dt.datetime.fromtimestamp(float(ts), tz=dt.UTC)
     iso = d.isoformat(timespec="seconds").replace("+00:00", "Z")
     return Markup(f'<time datetime="{iso}">{d:%Y-%m-%d %H:%M:%S} UTC</time>')

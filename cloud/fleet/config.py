@@ -24,6 +24,12 @@ class FleetConfig(Section):
     retention_days: float = Field(90.0, gt=0)
     retention_interval_s: float = Field(3600.0, gt=0, description="how often old rows are pruned")
     heartbeat_timeout_s: float = Field(60.0, gt=0)
+    gap_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="a gap younger than this is not reported yet: late rows may still fill it "
+        "(normal with several workers or an outbox resending its backlog)",
+    )
     snapshots_dir: Path | None = Field(
         None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -106,9 +107,12 @@ class AuditLog:
     def __init__(self, db: sqlite_utils.Database | str | Path) -> None:
         if isinstance(db, (str, Path)):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite_utils.Database(db)
+            # Web apps call us from worker threads; the lock below serialises our own use.
+            db = sqlite_utils.Database(sqlite3.connect(str(db), check_same_thread=False))
             db.enable_wal()
+            db.execute("PRAGMA busy_timeout=10000")
         self.db = db
+        self._lock = threading.Lock()
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
@@ -140,6 +144,10 @@ class AuditLog:
         if not actor or not action:
             raise AuditError("an audit entry needs an actor and an action")
         details = dict(details or {})
+        with self._lock:
+            return self._append(actor, action, subject, details)
+
+    def _append(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> AuditEntry:
         conn = self.db.conn
         # BEGIN IMMEDIATE takes the write lock before reading the head, so two processes
         # appending at once cannot both chain onto the same previous entry.

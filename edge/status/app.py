@@ -54,7 +54,7 @@ def _clock(ts: float | None) -> str:
 def draw_prediction(image: np.ndarray, pred: dict[str, Any] | None, flags: list[str]) -> bytes:
     """JPEG of ``image`` with label, confidence and integrity flags written on a dark band."""
     img = image.copy()
-    h, w = img.shape[:2]
+    w = img.shape[1]
     scale = max(w / 640, 0.5)
     band = int(36 * scale)
     cv2.rectangle(img, (0, 0), (w, band), (0, 0, 0), -1)
@@ -66,8 +66,16 @@ def draw_prediction(image: np.ndarray, pred: dict[str, Any] | None, flags: list[
     if flags:
         text += "  [" + ", ".join(flags) + "]"
         colour = (0, 140, 255)
-    cv2.putText(img, text, (int(8 * scale), int(band * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour,
-                max(int(2 * scale), 1), cv2.LINE_AA)
+    cv2.putText(
+        img,
+        text,
+        (int(8 * scale), int(band * 0.72)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.8 * scale,
+        colour,
+        max(int(2 * scale), 1),
+        cv2.LINE_AA,
+    )
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return buf.tobytes() if ok else b""
 
@@ -93,11 +101,15 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
             return await call_next(request)
         got = presented(request)
         if got is None or not hmac.compare_digest(got.encode(), token.encode()):
-            msg = ("missing or wrong token: open /?token=<token> once, or send 'Authorization: Bearer "
-                   "<token>'; the token is in the file named by [status_page] token "
-                   "(by default /etc/parkwatch/status-token)")
+            msg = (
+                "missing or wrong token: open /?token=<token> once, or send 'Authorization: Bearer "
+                "<token>'; the token is in the file named by [status_page] token "
+                "(by default /etc/parkwatch/status-token)"
+            )
             if "text/html" in request.headers.get("accept", ""):
-                body = f"<!doctype html><title>parkwatch: token needed</title><h1>Token needed</h1><p>{msg}</p>"
+                body = (
+                    f"<!doctype html><title>parkwatch: token needed</title><h1>Token needed</h1><p>{msg}</p>"
+                )
                 return HTMLResponse(body, status_code=401)
             return JSONResponse({"ok": False, "error": msg}, status_code=401)
         wants_html = "text/html" in request.headers.get("accept", "")
@@ -165,5 +177,9 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
     if ob["evicted_total"]:
         warnings.append(f"{ob['evicted_total']} prediction(s) evicted by the outbox bound")
     level = "bad" if problems else "warn" if warnings else "ok"
-    return {"level": level, "problems": problems, "warnings": warnings,
-            "text": "All good" if level == "ok" else (problems + warnings)[0]}
+    return {
+        "level": level,
+        "problems": problems,
+        "warnings": warnings,
+        "text": "All good" if level == "ok" else (problems + warnings)[0],
+    }

@@ -20,8 +20,14 @@ class _Out:
         self.lines: list[str] = []
         self.seen: set[str] = set()
 
-    def add(self, name: str, kind: str, help_: str, value: float | int | None,
-            labels: dict[str, str] | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        help_: str,
+        value: float | int | None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         if value is None:
             return
         full = f"parkwatch_edge_{name}"
@@ -36,7 +42,12 @@ def render_metrics(s: dict[str, Any]) -> str:
     o = _Out()
     o.add("up", "gauge", "1 when the inference loop runs", 1 if s.get("healthy") else 0)
     o.add("uptime_seconds", "gauge", "seconds since the daemon started", s.get("uptime_s"))
-    o.add("broker_connected", "gauge", "1 when connected to the MQTT broker", 1 if s["broker"]["connected"] else 0)
+    o.add(
+        "broker_connected",
+        "gauge",
+        "1 when connected to the MQTT broker",
+        1 if s["broker"]["connected"] else 0,
+    )
     o.add("broker_disconnects_total", "counter", "connections lost", s["broker"]["disconnects"])
     ob = s["outbox"]
     o.add("outbox_backlog", "gauge", "predictions waiting for a broker acknowledgement", ob["backlog"])
@@ -47,27 +58,52 @@ def render_metrics(s: dict[str, Any]) -> str:
     o.add("classifications_total", "counter", "frames classified", inf["classified"])
     o.add("inference_errors_total", "counter", "failed inference steps", inf["errors"])
     o.add("inference_fps", "gauge", "classifications per second (10 s window)", inf["fps"])
-    o.add("lost_predictions_total", "counter", "predictions lost because the outbox could not be written",
-          inf["lost_predictions"])
+    o.add(
+        "lost_predictions_total",
+        "counter",
+        "predictions lost because the outbox could not be written",
+        inf["lost_predictions"],
+    )
     o.add("skipped_static_total", "counter", "frames skipped by motion gating", inf["skipped_static"])
     for q, v in (inf.get("latency_ms") or {}).items():
         o.add("latency_ms", "gauge", "frame-to-outbox latency percentiles", v, {"quantile": q})
     model = s.get("model")
-    o.add("model_loaded", "gauge", "1 when a model is active", 1 if model else 0,
-          {"version": model["version"]} if model else {})
+    o.add(
+        "model_loaded",
+        "gauge",
+        "1 when a model is active",
+        1 if model else 0,
+        {"version": model["version"]} if model else {},
+    )
     for cam in s.get("cameras", []):
         lab = {"camera": cam["id"]}
         for st in STATES:
-            o.add("camera_state", "gauge", "1 for the camera's current state", 1 if cam["state"] == st else 0,
-                  {**lab, "state": st})
+            o.add(
+                "camera_state",
+                "gauge",
+                "1 for the camera's current state",
+                1 if cam["state"] == st else 0,
+                {**lab, "state": st},
+            )
         o.add("camera_fps", "gauge", "frames per second read from the source", cam["fps"], lab)
         o.add("camera_frames_total", "counter", "frames read from the source", cam["frames"], lab)
-        o.add("camera_dropped_total", "counter", "stale frames replaced before classification", cam["dropped"], lab)
+        o.add(
+            "camera_dropped_total",
+            "counter",
+            "stale frames replaced before classification",
+            cam["dropped"],
+            lab,
+        )
         o.add("camera_reconnects_total", "counter", "reconnections after a failure", cam["reconnects"], lab)
         for flag, n in (cam.get("integrity") or {}).items():
             if flag != "frames":
-                o.add("integrity_flags_total", "counter", "frames flagged by integrity checks", n,
-                      {**lab, "flag": flag})
+                o.add(
+                    "integrity_flags_total",
+                    "counter",
+                    "frames flagged by integrity checks",
+                    n,
+                    {**lab, "flag": flag},
+                )
     host = s.get("host") or {}
     o.add("cpu_percent", "gauge", "host CPU use", host.get("cpu_percent"))
     o.add("memory_percent", "gauge", "host memory use", host.get("memory_percent"))

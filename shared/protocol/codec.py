@@ -52,6 +52,20 @@ def decode(
     raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"{topic}: payload of {len(raw)} bytes exceeds {max_bytes}")
+    model = MODEL_FOR_KIND[parsed.kind]
+    try:
+        # Fast path: pydantic parses and validates the JSON in one pass (about twice as quick as
+        # json.loads + model_validate). The payload must also have *said* its schema version.
+        msg = model.model_validate_json(raw)
+        if "schema_version" not in msg.model_fields_set:
+            raise UnsupportedSchema(f"{topic}: schema None is not supported (this build speaks 1)")
+    except ValidationError:
+        # Slow path only to tell the sender precisely what is wrong, by kind.
+        msg = _validate_slowly(topic, raw, model)
+    return _check_scope(topic, parsed, msg)
+
+
+def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
     try:
         obj: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -61,13 +75,15 @@ def decode(
     version = obj.get("schema")
     if version != SCHEMA_VERSION:
         raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported (this build speaks 1)")
-    model = MODEL_FOR_KIND[parsed.kind]
     try:
-        msg = model.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidPayload(f"{topic}: {where}: {first['msg']}") from e
+
+
+def _check_scope(topic: str, parsed: ParsedTopic, msg: Message) -> tuple[ParsedTopic, Message]:
     if parsed.device is not None:
         site = getattr(msg, "site", parsed.site)
         device = getattr(msg, "device", parsed.device)

@@ -15,6 +15,7 @@ from cloud.dashboard.views import (
     models,
     quality,
     rollouts,
+    users,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -28,4 +29,5 @@ ROUTERS: list[APIRouter] = [
     labelling.router,
     lineage.router,
     audit.router,
+    users.router,
 ]

@@ -72,7 +72,7 @@ def main() -> int:
         broker = EmbeddedBroker(
             work / "broker",
             allow_anonymous=False,
-            extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n",
+            extra_conf=f"password_file {files['passwd']}\nacl_file {files['acl']}\n",
         )
         broker.start()
         cfg = cloud_config(

@@ -8,8 +8,10 @@ starts this file as a script; ``kill()`` / ``start()`` simulate a camera that di
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mount /cam1 [--clip clip.mp4]
 
 prints ``READY rtsp://127.0.0.1:PORT/MOUNT`` once it serves. Without ``--clip`` it serves
-``videotestsrc`` (640×480, 15 fps, H.264); with a clip (H.264 in MP4, e.g. made by
-:func:`make_clip` from sample photos) it plays the clip, so the stream shows real cats and dogs.
+``videotestsrc`` (640×480, 15 fps, H.264); with a clip (H.264 in Matroska, e.g. made by
+:func:`make_clip` from sample photos into ``clip.mkv``) it plays the clip once per client
+connection, so the stream shows real cats and dogs; at its end the camera sees the stream close
+and reconnects, which plays it again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ TESTSRC = (
 
 
 def clip_launch(clip: str) -> str:
-    return f"( filesrc location={clip} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 )"
+    # Matroska: this machine's qtdemux finds "no playable streams" in ffmpeg's MP4 output.
+    demux = "matroskademux" if clip.endswith(".mkv") else "qtdemux"
+    return f"( filesrc location={clip} ! {demux} ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
 
 
 def free_port() -> int:
@@ -63,43 +67,33 @@ def check_prerequisites() -> str | None:
 
 
 def make_clip(images: list[Path], out: Path, seconds_per_image: float = 0.5, fps: int = 10) -> Path:
-    """An H.264 MP4 (640×480) showing ``images`` one after another, made with ffmpeg."""
+    """An H.264 clip (640×480) showing ``images`` one after another, made with ffmpeg.
+
+    The container follows ``out``'s suffix: ``.mkv`` for the RTSP server, ``.mp4`` works for
+    OpenCV file cameras too."""
+    import cv2  # the venv's OpenCV: this helper runs in the test process
+
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise RuntimeError("ffmpeg is missing: sudo apt-get install -y ffmpeg")
-    listing = out.with_suffix(".txt")
-    lines = []
-    for p in images:
-        lines += [f"file '{p.resolve()}'", f"duration {seconds_per_image}"]
-    lines.append(f"file '{images[-1].resolve()}'")
-    listing.write_text("\n".join(lines) + "\n")
-    subprocess.run(
-        [
-            ffmpeg,
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "concat",
-            "-safe",
-            "0",
-            "-i",
-            str(listing),
-            "-vf",
-            f"scale=640:480,fps={fps},format=yuv420p",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            str(fps),
-            str(out),
-        ],
-        check=True,
-        timeout=120,
+    repeat = max(1, round(seconds_per_image * fps))
+    enc = subprocess.Popen(
+        [ffmpeg, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "640x480",
+         "-r", str(fps), "-i", "-", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+         "-pix_fmt", "yuv420p", "-g", str(fps), str(out)],
+        stdin=subprocess.PIPE,
     )
+    assert enc.stdin is not None
+    for p in images:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        frame = cv2.resize(img, (640, 480), interpolation=cv2.INTER_AREA).tobytes()
+        for _ in range(repeat):
+            enc.stdin.write(frame)
+    enc.stdin.close()
+    if enc.wait(120) != 0:
+        raise RuntimeError(f"ffmpeg failed to encode {out}")
     return out
 
 

@@ -73,12 +73,12 @@ def acl_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, dict[str, str]]
     pw = {n: (secrets / f"{n}.secret").read_text().strip() for n in ("cloud", "box1", "box2")}
     assert oct(Path(files["passwd"]).stat().st_mode & 0o777) == "0o640"
     assert oct((secrets / "box1.secret").stat().st_mode & 0o777) == "0o600"
-    # 'user root': the test's temp folder is private to root, so the broker must not drop to the
-    # mosquitto user here; in production the files are group-readable by mosquitto instead.
+    # EmbeddedBroker runs Mosquitto as the current user, so it can read these private files;
+    # in production they are group-readable by mosquitto instead.
     b = EmbeddedBroker(
         tmp_path / "broker",
         allow_anonymous=False,
-        extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n",
+        extra_conf=f"password_file {files['passwd']}\nacl_file {files['acl']}\n",
     )
     b.start()
     try:

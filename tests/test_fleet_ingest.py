@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import time
 from pathlib import Path
 
@@ -251,10 +250,9 @@ def test_two_workers_share_the_stream_and_store_each_prediction_once(
 
 
 def test_queued_messages_survive_a_broker_restart(tmp_path: Path) -> None:
-    # Run as root, Mosquitto drops to the 'mosquitto' user and then cannot write its persistence file
-    # into a root-owned folder: it keeps running and silently persists nothing. ``user`` keeps it
-    # as the current user (ignored when not root). See the report: EmbeddedBroker should do this.
-    with EmbeddedBroker(tmp_path / "broker", extra_conf=f"user {getpass.getuser()}\n") as b:
+    # EmbeddedBroker keeps Mosquitto running as the current user, so its persistence file is
+    # really written; without that, queues would silently vanish across this restart.
+    with EmbeddedBroker(tmp_path / "broker") as b:
         cfg = cloud_cfg(tmp_path, b)
         ing = started(cfg)
         ing.stop()

@@ -50,7 +50,7 @@ def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
     broker = EmbeddedBroker(
         tmp_path / "broker",
         allow_anonymous=False,
-        extra_conf=f"user root\npassword_file {files['passwd']}\nacl_file {files['acl']}\n",
+        extra_conf=f"password_file {files['passwd']}\nacl_file {files['acl']}\n",
     )
     broker.start()
     hosts: list[EdgeHost] = []

@@ -42,17 +42,18 @@ def _parkwatch() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli"]
 
 
-def _run_json(args: list[str], log: Path, timeout: float = 1800) -> dict[str, Any]:
+def _run_json(args: list[str], log: Path, timeout: float = 1800) -> Any:
     with log.open("ab") as err:
         res = subprocess.run(
             [*_parkwatch(), *args, "--json"], stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
         )
     try:
-        out: dict[str, Any] = json.loads(res.stdout or b"{}")
+        out = json.loads(res.stdout or b"{}")
     except json.JSONDecodeError as e:
         raise DemoError(f"parkwatch {' '.join(args)} printed no JSON (see {log})") from e
     if res.returncode != 0:
-        raise DemoError(f"parkwatch {' '.join(args)} failed: {out.get('error', '?')} (see {log})")
+        error = out.get("error", "?") if isinstance(out, dict) else "?"
+        raise DemoError(f"parkwatch {' '.join(args)} failed: {error} (see {log})")
     return out
 
 
@@ -100,7 +101,9 @@ class Demo:
         self.say(f"broker      mosquitto on 127.0.0.1:{self.broker.port} (log {self.broker.log_path})")
 
         try:
-            keys = _run_json(["cloud", "keys", "status", "--config", str(self.cloud_cfg)], self.logs / "cli.log")
+            keys = _run_json(
+                ["cloud", "keys", "status", "--config", str(self.cloud_cfg)], self.logs / "cli.log"
+            )
         except DemoError:  # first run: no repository yet
             keys = _run_json(
                 ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],

@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         engine=cfg.train.feature_engine,
     )
     views = 1 + cfg.train.augment_copies
-    mine = shard(store.missing([(i.sha256, i.path) for i in data.train], views), rank, world)
+    # Shard the full job list (not what is missing now): ranks start at different times, and a
+    # list that shrinks under them would hand the same job to two ranks and another to none.
+    every = [(i.sha256, i.path, v) for i in data.train for v in range(views)]
+    todo = set(store.missing([(i.sha256, i.path) for i in data.train], views))
+    mine = [job for job in shard(every, rank, world) if job in todo]
     store.compute(mine)
     print(f"rank {rank}/{world}: computed {len(mine)} feature vectors into {store.dir}", file=sys.stderr)
     return 0

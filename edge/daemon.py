@@ -34,7 +34,7 @@ from typing import Any
 
 from edge.cameras import Camera
 from edge.config import EdgeConfig
-from edge.errors import EdgeError, ModelError
+from edge.errors import ModelError
 from edge.events import RecentErrors
 from edge.inference import InferenceEngine
 from edge.model import LoadedModel, ModelSlot, load_model
@@ -93,6 +93,16 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> Daemon:
+        """Start every part; if one fails, the parts already running are stopped again."""
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
@@ -139,7 +149,6 @@ class Daemon:
             except Exception as e:  # the daemon keeps classifying with the model it has
                 self.errors.add("updater", f"cannot start the updater: {type(e).__name__}: {e}")
                 log.exception("cannot start the updater")
-        self._started = True
         log.info(
             "parkwatch edge %s started: device %s/%s, %d camera(s), model %s",
             self.software,
@@ -148,7 +157,6 @@ class Daemon:
             len(self.cameras),
             self.model_slot.current.version if self.model_slot.current else "none",
         )
-        return self
 
     def stop(self) -> None:
         if not self._started:
@@ -456,11 +464,7 @@ def run_daemon(cfg: EdgeConfig) -> None:
     old = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
     daemon = Daemon(cfg)
     try:
-        try:
-            daemon.start()
-        except EdgeError:
-            daemon.stop()
-            raise
+        daemon.start()  # raises a ParkwatchError (exit 1 or 2 via the CLI) with the parts stopped
         notifier.ready(f"classifying with {len(daemon.cameras)} camera(s)")
         interval = watchdog_interval_s()
         tick = min(interval, 5.0) if interval else 5.0

@@ -64,6 +64,7 @@ class InferenceEngine:
         self.snapshots = snapshots
         self.on_commit = on_commit
         self.checkers = {c.id: IntegrityChecker(integrity) for c in cameras}
+        self.integrity_cfg = integrity
         self.views: dict[str, CameraView] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.latency_ms: deque[float] = deque(maxlen=2000)
@@ -134,9 +135,9 @@ class InferenceEngine:
     def process(self, frames: list[Frame]) -> list[dict[str, Any]]:
         run: list[tuple[Frame, list[str], Any]] = []
         for f in frames:
-            checker = self.checkers.setdefault(
-                f.camera, IntegrityChecker(next(iter(self.checkers.values())).cfg)
-            )
+            checker = self.checkers.get(f.camera)
+            if checker is None:  # a camera added after start (tests, future hot reload)
+                checker = self.checkers[f.camera] = IntegrityChecker(self.integrity_cfg)
             check, thumb = checker.check(f.image)
             if (
                 self.cfg.motion_gating

@@ -19,6 +19,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from edge.errors import OutboxError
 from edge.mqttlink import MqttLink
@@ -65,6 +68,7 @@ class Publisher:
         self.batches_sent = 0
         self.batches_acked = 0
         self.errors = 0
+        self.unsendable = 0
         # wall-clock seconds from frame capture to the broker's PUBACK, most recent first
         self.ack_latency_s: deque[float] = deque(maxlen=2048)
         link.on_ack(self._on_ack)
@@ -173,7 +177,9 @@ class Publisher:
             rows = self.outbox.pending(after, self.batch_size)
             if not rows:
                 return
-            preds = [Prediction.model_validate(body) for _, body in rows]
+            preds = self._valid(rows)
+            if not preds:
+                continue
             batch = PredictionBatch(
                 device=self.link.device,
                 site=self.link.site,
@@ -188,6 +194,19 @@ class Publisher:
                 )
                 self._sent_upto = rows[-1][0]
             self.batches_sent += 1
+
+    def _valid(self, rows: list[tuple[int, dict[str, Any]]]) -> list[Prediction]:
+        """Rows that fit the wire schema. A row that does not (a bug, or a row from an older
+        build) would block the queue forever: it is removed, counted and logged instead."""
+        out: list[Prediction] = []
+        for seq, body in rows:
+            try:
+                out.append(Prediction.model_validate(body))
+            except ValidationError as e:
+                self.unsendable += 1
+                log.error("outbox row seq %d does not fit the protocol and is dropped: %s", seq, e)
+                self.outbox.ack(seq, seq)
+        return out
 
     def _resend_stuck(self) -> None:
         """A batch paho never got acknowledged (broker dropped it): rewind so it is sent again."""

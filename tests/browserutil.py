@@ -14,8 +14,14 @@ from cloud.dashboard.service import DashboardServer
 from tests.dashutil import password_for
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 
 
@@ -24,13 +30,17 @@ def chromium() -> Iterator[Any]:
     # Module scope, not session: each test module imports this fixture, and two Playwright
     # sync drivers must never be alive at once.
     if not CHROMIUM.exists():
-        pytest.fail("Chromium is not installed at /usr/bin/chromium: run `sudo apt-get install -y chromium` "
-                    "(or `provisioning/system-deps.sh browser`); never `playwright install`", pytrace=False)
+        pytest.fail(
+            "Chromium is not installed at /usr/bin/chromium: run `sudo apt-get install -y chromium` "
+            "(or `provisioning/system-deps.sh browser`); never `playwright install`",
+            pytrace=False,
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("playwright is not installed: `.venv/bin/pip install playwright` (the dev extra)",
-                    pytrace=False)
+        pytest.fail(
+            "playwright is not installed: `.venv/bin/pip install playwright` (the dev extra)", pytrace=False
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

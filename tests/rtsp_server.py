@@ -41,7 +41,10 @@ TESTSRC = (
 def clip_launch(clip: str) -> str:
     # Matroska: this machine's qtdemux finds "no playable streams" in ffmpeg's MP4 output.
     demux = "matroskademux" if clip.endswith(".mkv") else "qtdemux"
-    return f"( filesrc location={clip} ! {demux} ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    return (
+        f"( filesrc location={clip} ! {demux} ! h264parse config-interval=-1 "
+        "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    )
 
 
 def free_port() -> int:
@@ -78,9 +81,33 @@ def make_clip(images: list[Path], out: Path, seconds_per_image: float = 0.5, fps
         raise RuntimeError("ffmpeg is missing: sudo apt-get install -y ffmpeg")
     repeat = max(1, round(seconds_per_image * fps))
     enc = subprocess.Popen(
-        [ffmpeg, "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "640x480",
-         "-r", str(fps), "-i", "-", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-         "-pix_fmt", "yuv420p", "-g", str(fps), str(out)],
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            "640x480",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            str(fps),
+            str(out),
+        ],
         stdin=subprocess.PIPE,
     )
     assert enc.stdin is not None

@@ -49,8 +49,13 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
     # the CLI's rule: production needs a successful staging rollout (unless forced with a reason)
     r = approver.post("/models/v1/decide", data={**form, "stage": "production", "csrf_token": ta})
     assert r.status_code == 400 and "no successful staging rollout" in r.text
-    assert approver.post("/models/v1/decide", data={"decision": "approve", "stage": "staging", "reason": "",
-                                                    "csrf_token": ta}).text.count("A reason is required") == 1
+    assert (
+        approver.post(
+            "/models/v1/decide",
+            data={"decision": "approve", "stage": "staging", "reason": "", "csrf_token": ta},
+        ).text.count("A reason is required")
+        == 1
+    )
 
     # rollouts: engineers only; the approver and the viewer are refused
     start = {"version": "v1", "group": "staging"}
@@ -67,7 +72,9 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
     assert r.status_code == 400 and "no earlier version" in r.text
 
     # rejecting: approvers only, reason recorded
-    r = approver.post("/models/v2/decide", data={"decision": "reject", "stage": "staging", "reason": "blurry",
-                                                 "csrf_token": ta})
+    r = approver.post(
+        "/models/v2/decide",
+        data={"decision": "reject", "stage": "staging", "reason": "blurry", "csrf_token": ta},
+    )
     assert r.status_code == 200 and Registry(cfg.registry_db).get_model("v2").stage == "rejected"
     assert AuditLog(cfg.registry_db).verify().ok

@@ -223,3 +223,23 @@ def test_motion_gating_skips_an_unchanged_scene(
         assert wait_for(lambda: d.engine is not None and d.engine.skipped_static >= 10, 10)
         assert d.engine is not None and d.engine.classified == 1
         assert json.dumps(d.snapshot(), default=str)
+
+
+def test_low_confidence_snapshots_are_kept_and_bounded(tmp_path: Path, pets_sample: Path) -> None:
+    cfg = edge_config(
+        tmp_path,
+        None,
+        [folder_cam(pets_sample, 30)],
+        make_tiny_package(tmp_path / "p"),
+        snapshots={"enabled": True, "max_confidence": 1.0, "max_count": 5},
+    )
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: d.engine is not None and d.engine.classified >= 12, 10)
+        assert d.engine is not None
+        recent = list(d.engine.recent)
+    folder = cfg.state_dir / "snapshots"
+    assert recent[0]["snapshot"] and (folder / f"{recent[0]['snapshot']}.jpg").exists()
+    from edge.snapshots import SnapshotStore
+
+    SnapshotStore(cfg.snapshots, folder).prune()
+    assert len(list(folder.glob("*.jpg"))) == 5

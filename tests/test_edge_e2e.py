@@ -55,9 +55,12 @@ def test_baseline_model_classifies_rtsp_cats_and_folder_dogs(
     assert ready.wait(10)
     with RtspServer(clip=clip) as server:
         cfg = edge_config(
-            tmp_path, broker,
-            [{"id": "rtsp-cats", "kind": "rtsp", "url": server.url, "fps": 3, "reconnect_initial_s": 0.5},
-             {"id": "folder-dogs", "kind": "folder", "url": str(dogs), "fps": 3}],
+            tmp_path,
+            broker,
+            [
+                {"id": "rtsp-cats", "kind": "rtsp", "url": server.url, "fps": 3, "reconnect_initial_s": 0.5},
+                {"id": "folder-dogs", "kind": "folder", "url": str(dogs), "fps": 3},
+            ],
             baseline_package,
         )
         with Daemon(cfg) as d:

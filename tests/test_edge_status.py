@@ -116,3 +116,23 @@ def test_generated_token_when_none_configured(tmp_path: Path, pets_sample: Path)
         assert oct(tok_file.stat().st_mode & 0o777) == "0o600"
         r = httpx.get(f"{d.status_url}/api/status", headers={"Authorization": f"Bearer {d.status_token}"})
         assert r.status_code == 200 and r.json()["model"] is None
+
+
+def test_unreadable_token_fails_start_clearly_and_stops_what_started(
+    tmp_path: Path, pets_sample: Path
+) -> None:
+    from shared.errors import SecretError
+
+    cfg = edge_config(
+        tmp_path,
+        None,
+        [{"id": "c", "kind": "folder", "url": str(pets_sample / "cat")}],
+        None,
+        status_page={"enabled": True, "port": 0, "token": {"file": str(tmp_path / "no-such-token")}},
+    )
+    d = Daemon(cfg)
+    with pytest.raises(SecretError, match="cannot read secret file"):
+        d.start()
+    assert d.engine is not None and not d.engine.alive
+    assert all(c._thread is None or not c._thread.is_alive() for c in d.cameras)
+    assert not d.mqtt.connected

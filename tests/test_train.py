@@ -192,3 +192,19 @@ def test_torchrun_ranks_fill_the_feature_cache_between_them(
         data = load_run_data(reg, env["dataset"], cfg.train.val_fraction)
     store = FeatureStore(tmp_path / "fc", PREPROCESS, cfg.train.seed, engine=cfg.train.feature_engine)
     assert store.missing([(i.sha256, i.path) for i in data.train], 2) == []
+
+
+def test_optional_finetune_changes_the_backbone_and_still_packages(env: dict) -> None:
+    import tomllib
+
+    data = tomllib.loads(env["cfg_path"].read_text())
+    data["train"].update(finetune_epochs=1, finetune_blocks=1, finetune_lr=1e-3, batch_size=16)
+    cfg = validate_config(CloudConfig, data, str(env["cfg_path"]))
+    with Registry(cfg.registry_db) as reg:
+        res = trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="tuned"))
+    lineage = json.loads((res.package / "lineage.json").read_text())
+    assert lineage["parameters"]["finetune"]["epochs"] == 1 and "finetune" in res.timings
+    assert lineage["parity"]["max_abs_diff"] <= 1e-4
+    tuned = json.loads((res.package / "evaluation.json").read_text())["predictions"]
+    plain = json.loads((Path(env["trained"]["package"]) / "evaluation.json").read_text())["predictions"]
+    assert not np.allclose([p["probs"] for p in tuned], [p["probs"] for p in plain], atol=1e-4)

@@ -72,8 +72,9 @@ def users() -> None:
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def users_add(name: str, role: str, password: str | None, generate: bool, config_path: Path,
-              as_json: bool) -> None:
+def users_add(
+    name: str, role: str, password: str | None, generate: bool, config_path: Path, as_json: bool
+) -> None:
     """Create user NAME with --role."""
     from cloud.config import load
 
@@ -86,8 +87,13 @@ def users_add(name: str, role: str, password: str | None, generate: bool, config
         store.close()
     _audit(cfg, "user.add", f"user:{name}", {"role": role})
     out = {"ok": True, "name": u.name, "role": u.role.value, **({"password": pw} if generated else {})}
-    emit(out, as_json, lambda o: f"added {o['name']} ({o['role']})"
-         + (f"; password: {o['password']}" if "password" in o else ""))
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"added {o['name']} ({o['role']})" + (f"; password: {o['password']}" if "password" in o else "")
+        ),
+    )
 
 
 @users.command("list")
@@ -100,12 +106,20 @@ def users_list(config_path: Path, as_json: bool) -> None:
 
     store = _store(load(config_path))
     try:
-        rows = [{"name": u.name, "role": u.role.value, "created_at": u.created_at, "last_login": u.last_login}
-                for u in store.list()]
+        rows = [
+            {"name": u.name, "role": u.role.value, "created_at": u.created_at, "last_login": u.last_login}
+            for u in store.list()
+        ]
     finally:
         store.close()
-    emit(rows, as_json, lambda rs: "\n".join(f"{r['name']:<20} {r['role']}" for r in rs)
-         or "no users yet: parkwatch cloud users add NAME --role viewer")
+    emit(
+        rows,
+        as_json,
+        lambda rs: (
+            "\n".join(f"{r['name']:<20} {r['role']}" for r in rs)
+            or "no users yet: parkwatch cloud users add NAME --role viewer"
+        ),
+    )
 
 
 @users.command("passwd")
@@ -116,8 +130,9 @@ def users_list(config_path: Path, as_json: bool) -> None:
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def users_passwd(name: str, password: str | None, generate: bool, role: str | None, config_path: Path,
-                 as_json: bool) -> None:
+def users_passwd(
+    name: str, password: str | None, generate: bool, role: str | None, config_path: Path, as_json: bool
+) -> None:
     """Set NAME's password (ends their open sessions); --role changes the role too."""
     from cloud.config import load
 
@@ -133,8 +148,13 @@ def users_passwd(name: str, password: str | None, generate: bool, role: str | No
         store.close()
     _audit(cfg, "user.passwd", f"user:{name}", {"role": u.role.value})
     out = {"ok": True, "name": u.name, "role": u.role.value, **({"password": pw} if generated else {})}
-    emit(out, as_json, lambda o: f"updated {o['name']} ({o['role']})"
-         + (f"; password: {o['password']}" if "password" in o else ""))
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"updated {o['name']} ({o['role']})" + (f"; password: {o['password']}" if "password" in o else "")
+        ),
+    )
 
 
 @users.command("remove")

@@ -109,7 +109,7 @@ class Demo:
                 ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
                 self.logs / "cli.log",
             )
-        trusted_root = Path(keys["trusted_root"])
+        trusted_root = Path(keys.get("trusted_root") or Path(keys["repo"]) / "metadata" / "root.json")
 
         from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
 
@@ -162,19 +162,14 @@ class Demo:
         try:
             ds = _run_json(["cloud", "ingest", str(self.lake), "--no-progress", *cfg], log)
             self.say(
-                f"build       dataset {ds['dataset_version'][:12]}: {ds['counts']} "
+                f"build       dataset {ds['dataset_version'][:12]}: {ds['counts']['total']} "
                 f"({len(ds.get('duplicates', []))} duplicates dropped)"
             )
-            models = _run_json(["cloud", "models", "list", *cfg], log).get("models", [])
-            reuse = [
-                m
-                for m in models
-                if m.get("dataset_version") == ds["dataset_version"]
-                and m.get("gate_passed")
-                and not str(m["version"]).startswith("baseline")
-            ]
+            models = _run_json(["cloud", "models", "list", *cfg], log)  # newest first
+            dataset = ds["dataset_version"]
+            reuse = [m for m in models if m.get("dataset_id") == dataset and m.get("gate_passed")]
             if reuse:
-                version = reuse[-1]["version"]
+                version = reuse[0]["version"]
                 self.say(f"build       reusing trained model {version} from an earlier demo run")
             else:
                 self.say(

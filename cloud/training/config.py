@@ -30,5 +30,8 @@ class TrainConfig(Section):
     feature_engine: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto = torch on a GPU, ONNX Runtime on a CPU (about 3x faster here)"
     )
+    finetune_epochs: int = Field(0, ge=0, description="end-to-end epochs after the head search (GPU advised)")
+    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_blocks: int = Field(3, ge=0, description="last MBConv blocks unfrozen when fine-tuning")
     feature_cache_dir: Path | None = Field(None, description="default: <data_dir>/feature-cache")
     space: SearchSpace = Field(default_factory=SearchSpace)

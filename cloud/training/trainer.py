@@ -235,6 +235,10 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
             head = train_head(x_all, y_all, best, seed, len(data.labels))
             timings["final_fit"] = round(time.monotonic() - t0, 2)
             model = Classifier(load_backbone(), head).eval()
+            if cfg.train.finetune_epochs:
+                t0 = time.monotonic()
+                model = _finetune(cfg, data, model, seed, opts)
+                timings["finetune"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
             built = _package(cfg, data, model, version, seed, best, trials, run_id, opts)
             timings["export_evaluate_package"] = round(time.monotonic() - t0, 2)
@@ -280,6 +284,28 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     )
 
 
+def _finetune(
+    cfg: CloudConfig, data: RunData, model: Classifier, seed: int, opts: TrainOptions
+) -> Classifier:
+    from cloud.training.finetune import finetune
+
+    train = data.train
+    with _bar(len(train) * cfg.train.finetune_epochs, "fine-tune", opts.show_progress) as bar:
+        return finetune(
+            model,
+            train,
+            data.labels,
+            PREPROCESS,
+            cfg.train.finetune_epochs,
+            cfg.train.finetune_lr,
+            cfg.train.finetune_blocks,
+            seed,
+            cfg.train.batch_size,
+            pick_device(),
+            bar.update,
+        )
+
+
 def _package(
     cfg: CloudConfig,
     data: RunData,
@@ -308,6 +334,11 @@ def _package(
             "trials": len(trials),
             "base_model": "efficientnet-lite0 (frozen, ImageNet-1k)",
             "preprocess": PREPROCESS.model_dump(mode="json"),
+            "finetune": {
+                "epochs": cfg.train.finetune_epochs,
+                "lr": cfg.train.finetune_lr,
+                "blocks": cfg.train.finetune_blocks,
+            },
         },
         "search": {"best_val_accuracy": max(t["metrics"]["val_accuracy"] for t in trials)},
     }

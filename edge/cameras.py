@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,7 @@ class Frame:
     ts: float  # wall clock at capture
     mono: float  # monotonic clock at capture
     index: int
+    prepared: Any = None  # work done ahead on the reader thread (see Camera.prepare)
 
 
 def backoff_delay(failures: int, initial: float, maximum: float, jitter: float = 0.1) -> float:
@@ -67,6 +69,9 @@ class Camera:
         self.id = cfg.id
         self.wake = wake or threading.Event()
         self._factory = source_factory
+        #: called on the reader thread with each frame that will be classified next, so checks
+        #: and preprocessing overlap the previous inference instead of following it
+        self.prepare: Callable[[str, U8], Any] | None = None
         self._lock = threading.Lock()
         self._consumed = threading.Condition(self._lock)
         self._latest: Frame | None = None
@@ -224,7 +229,18 @@ class Camera:
                 self._error(f"camera {self.id}: reached the end of {redact_url(self.cfg.url)} (loop = false)")
                 return
             now_mono = time.monotonic()
-            frame = Frame(self.id, img, time.time(), now_mono, self.frames)
+            ts = time.time()
+            prepared = None
+            # Only for frames that will be classified: on-demand sources, no fps cap, or due now
+            # (a capped live camera's frames mostly get dropped; preparing them would waste CPU).
+            if self.prepare is not None and (
+                not source.live or not self._period or now_mono >= self._next_due
+            ):
+                try:
+                    prepared = self.prepare(self.id, img)
+                except Exception as e:  # the inference loop redoes the work and reports the error
+                    self._error(f"camera {self.id}: preparing a frame failed: {type(e).__name__}: {e}")
+            frame = Frame(self.id, img, ts, now_mono, self.frames, prepared)
             with self._lock:
                 if self._latest is not None:
                     self.dropped += 1

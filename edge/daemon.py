@@ -135,6 +135,7 @@ class Daemon:
         self.mqtt.start()
         self.publisher.start()
         for cam in self.cameras:
+            cam.prepare = self.engine.prepare
             cam.start()
         self.engine.start()
         self._telemetry_thread = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)

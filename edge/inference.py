@@ -24,13 +24,23 @@ from edge.cameras import Camera, Frame
 from edge.config import InferenceConfig, IntegrityConfig
 from edge.errors import OutboxError
 from edge.events import RecentErrors
-from edge.integrity import IntegrityChecker
+from edge.integrity import FrameCheck, IntegrityChecker
 from edge.model import LoadedModel, ModelSlot
 from edge.outbox import Outbox
 from edge.snapshots import SnapshotStore
-from shared.modelpkg import ABSTAIN
+from shared.modelpkg import ABSTAIN, PreprocessSpec
 
 log = logging.getLogger("parkwatch.edge.inference")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame's integrity check and model input, computed on its camera's reader thread."""
+
+    check: FrameCheck
+    thumb: Any
+    tensor: Any  # (1, …) float32 model input, or None when no model was loaded
+    spec: PreprocessSpec | None
 
 
 @dataclass
@@ -64,6 +74,7 @@ class InferenceEngine:
         self.snapshots = snapshots
         self.on_commit = on_commit
         self.checkers = {c.id: IntegrityChecker(integrity) for c in cameras}
+        self._check_locks = {c.id: threading.Lock() for c in cameras}
         self.integrity_cfg = integrity
         self.views: dict[str, CameraView] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
@@ -132,13 +143,27 @@ class InferenceEngine:
                 time.sleep(0.1)
 
     # -- one batch --------------------------------------------------------------------------------
+    def _check(self, camera: str, image: Any) -> tuple[FrameCheck, Any]:
+        checker = self.checkers.get(camera)
+        if checker is None:  # a camera added after start (tests, future hot reload)
+            checker = self.checkers[camera] = IntegrityChecker(self.integrity_cfg)
+            self._check_locks[camera] = threading.Lock()
+        with self._check_locks[camera]:  # reader thread and this loop may both check
+            return checker.check(image)
+
+    def prepare(self, camera: str, image: Any) -> Prepared:
+        """Runs on a camera's reader thread (``Camera.prepare``): integrity and preprocessing
+        for the model active now; :meth:`process` redoes the tensor if the model changed since."""
+        check, thumb = self._check(camera, image)
+        model = self.slot.current
+        tensor = model.preprocessor([image]) if model is not None else None
+        return Prepared(check, thumb, tensor, model.spec if model is not None else None)
+
     def process(self, frames: list[Frame]) -> list[dict[str, Any]]:
         run: list[tuple[Frame, list[str], Any]] = []
         for f in frames:
-            checker = self.checkers.get(f.camera)
-            if checker is None:  # a camera added after start (tests, future hot reload)
-                checker = self.checkers[f.camera] = IntegrityChecker(self.integrity_cfg)
-            check, thumb = checker.check(f.image)
+            prep = f.prepared if isinstance(f.prepared, Prepared) else None
+            check, thumb = (prep.check, prep.thumb) if prep is not None else self._check(f.camera, f.image)
             if (
                 self.cfg.motion_gating
                 and check.motion is not None
@@ -159,7 +184,14 @@ class InferenceEngine:
                 self.views[f.camera] = CameraView(f, None, flags)
             return []
         try:
-            probs = model.classify([f.image for f, _, _ in run])
+            parts = []
+            for f, _, _ in run:
+                prep = f.prepared if isinstance(f.prepared, Prepared) else None
+                if prep is not None and prep.tensor is not None and prep.spec == model.spec:
+                    parts.append(prep.tensor)
+                else:
+                    parts.append(model.preprocessor([f.image]))
+            probs = model.run(parts[0] if len(parts) == 1 else np.concatenate(parts))
         except Exception as e:
             self.inference_errors += 1
             self.errors.add("inference", f"model {model.version}: {type(e).__name__}: {e}")

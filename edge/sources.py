@@ -26,6 +26,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # OpenCV would print a WARN line to stderr on every failed reconnect; our own log says it better.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
+# FFmpeg itself would print "[tcp @ …] Connection refused" to stderr on every retry as well.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+
 # RTSP over TCP: UDP loses packets on busy LANs and shows as smeared frames.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 

@@ -197,3 +197,39 @@ def test_cli_ingest_json_and_datasets_commands(lake: Path, tmp_path: Path) -> No
     empty.mkdir()
     res = runner.invoke(cloud, ["ingest", str(empty), "--config", str(cfg), "--json"])
     assert res.exit_code == 1 and json.loads(res.output.splitlines()[0])["ok"] is False
+
+
+def test_header_parser_agrees_with_pillow(pets_sample: Path) -> None:
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from cloud.data.validate import _header, jpeg_size
+
+    files = sorted(pets_sample.rglob("*.jpg"))[::60]
+    for f in files:
+        data = f.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            assert _header(data) == (im.format, *im.size)
+    _ok, png = cv2.imencode(".png", np.zeros((37, 53, 3), np.uint8))
+    assert _header(png.tobytes()) == ("PNG", 53, 37)
+    assert jpeg_size(b"\xff\xd8\xff\xda\x00\x08") is None  # scan before any frame header
+    assert jpeg_size(b"not a jpeg") is None
+
+
+def _crash(path: str, min_side: int, max_bytes: int) -> None:
+    os._exit(3)  # what a decoder segfault looks like to the pool
+
+
+def test_a_crashing_worker_is_a_clear_error_not_a_hang(
+    tmp_path: Path, pets_sample: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloud.data.ingest as ingest_mod
+
+    lake = make_lake(pets_sample, tmp_path / "lake", per_label=40)
+    monkeypatch.setattr(ingest_mod, "check_file", _crash)
+    with pytest.raises(IngestError, match="worker died"):
+        run(lake, reg, tmp_path, workers=2)
+    assert reg.list_datasets() == []

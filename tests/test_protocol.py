@@ -17,6 +17,7 @@ from shared.protocol import (
     Prediction,
     PredictionBatch,
     ReleaseNotice,
+    Snapshot,
     Telemetry,
     Topics,
     UnknownTopic,
@@ -68,6 +69,17 @@ EXAMPLES = [
     (
         Topics.device("bcn", "box1", Kind.MODEL_STATE),
         ModelState(device="box1", site="bcn", state="active", version="m1"),
+    ),
+    (
+        Topics.device("bcn", "box1", Kind.SNAPSHOT),
+        Snapshot(
+            device="box1",
+            site="bcn",
+            id="gate-1795500000000-1a2b3c4d",
+            camera="gate",
+            ts=1.0,
+            jpeg="/9j/4AAQSkZJRg==",
+        ),
     ),
     (Topics.device("bcn", "box1", Kind.UPDATE_REQUEST), UpdateRequest(path="metadata/timestamp.json")),
     (Topics.device("bcn", "box1", Kind.UPDATE_RESPONSE), UpdateResponse(path="x", status="not_found")),

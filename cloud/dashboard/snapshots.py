@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cloud.config import CloudConfig
+from cloud.fleet.snapshots import snapshots_dir as snapshots_dir
 
 log = logging.getLogger("parkwatch.dashboard.snapshots")
-
-
-def snapshots_dir(cfg: CloudConfig) -> Path:
-    return cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
 
 
 def visible(cfg: CloudConfig, pred: dict[str, Any], now: float) -> bool:

@@ -12,6 +12,8 @@ import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -78,10 +80,18 @@ def _checked_stream(
         return
     # fork keeps start-up cheap; the workers only run check_file (no threads, no torch).
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(n) as pool:
-        for c, res in zip(to_check, pool.imap(fn, paths, chunksize=CHUNK), strict=True):
-            progress(1)
-            yield c, res
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by a hostile file (decoder
+    # crash, OOM) raises BrokenProcessPool here instead of hanging the ingest forever.
+    try:
+        with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+            for c, res in zip(to_check, pool.map(fn, paths, chunksize=CHUNK), strict=True):
+                progress(1)
+                yield c, res
+    except BrokenProcessPool as e:
+        raise IngestError(
+            "a validation worker died (a file crashed the image decoder or memory ran out); nothing was "
+            "registered. Run again with ingest.workers = 1 to find the file, then move it out of the lake"
+        ) from e
 
 
 def _progress_bar(total: int | None, enabled: bool) -> Any:

@@ -1,9 +1,9 @@
 """Check one file: readable, not too big, decodes completely, large enough; hash it.
 
 Runs in worker processes, so it takes and returns plain picklable values. The header (size,
-format) comes from Pillow without decoding; the full entropy-coded stream is then decoded by
-OpenCV at 1/8 scale, which still reads every byte (truncation and most corruption fail) at about
-four times the speed of a full decode.
+format) is parsed directly for JPEG and PNG (Pillow for anything else) without decoding; the full
+entropy-coded stream is then decoded by OpenCV at 1/8 scale, which still reads every byte
+(truncation and most corruption fail) at about four times the speed of a full decode.
 """
 
 from __future__ import annotations
@@ -30,7 +30,43 @@ class Checked:
     problem: tuple[str, str] | None = None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Pure: (width, height) from the first start-of-frame segment, or None if not found."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in SOF_MARKERS and i + 9 <= n:
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return (w, h) if w and h else None
+        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
+            return None
+        i += 2 + length
+    return None
+
+
 def _header(data: bytes) -> tuple[str | None, int, int]:
+    """Format and size from the header alone: JPEG and PNG parsed directly (3x faster than Pillow)."""
+    if (size := jpeg_size(data)) is not None:
+        return ("JPEG", *size)
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return ("PNG", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     from PIL import Image, UnidentifiedImageError
 
     try:

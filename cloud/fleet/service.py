@@ -31,9 +31,10 @@ from paho.mqtt.properties import Properties
 from cloud.fleet.errors import FleetError
 from cloud.fleet.mqttclient import make_client
 from cloud.fleet.schema import connect
+from cloud.fleet.snapshots import store_snapshot
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import BatchWriter, Incoming
-from shared.protocol import Kind, ProtocolError, Topics, decode
+from shared.protocol import Kind, ProtocolError, Snapshot, Topics, decode
 from shared.protocol.counter import RejectCounter
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def subscriptions(share_group: str) -> list[tuple[str, int]]:
         (Topics.shared(share_group, Topics.ALL_TELEMETRY), 1),
         (Topics.ALL_STATUS, 1),
         (Topics.ALL_MODEL_STATE, 1),
+        (Topics.shared(share_group, Topics.ALL_SNAPSHOTS), 1),
     ]
 
 
@@ -71,6 +73,7 @@ class FleetIngest:
         self.ignored = 0
         self.stored_predictions = 0
         self.duplicates = 0
+        self.snapshots: dict[str, int] = {}
         self.batches = 0
         self.write_errors = 0
         self.last_error: str | None = None
@@ -143,6 +146,7 @@ class FleetIngest:
             "rejected": self.rejects.snapshot(),
             "stored_predictions": self.stored_predictions,
             "duplicates": self.duplicates,
+            "snapshots": dict(self.snapshots),
             "batches": self.batches,
             "queue": self._q.qsize(),
             "write_errors": self.write_errors,
@@ -191,11 +195,26 @@ class FleetIngest:
             self.rejects.reject(ProtocolError(f"{msg.topic}: {e}"))
             client.ack(msg.mid, msg.qos)
             return
+        if isinstance(decoded, Snapshot):
+            self._snapshot(decoded)
+            client.ack(msg.mid, msg.qos)
+            return
         if parsed.kind not in STORED_KINDS:
             self.ignored += 1
             client.ack(msg.mid, msg.qos)
             return
         self._q.put((Incoming(parsed, decoded, received), msg.mid, msg.qos))
+
+    def _snapshot(self, snap: Snapshot) -> None:
+        outcome: str
+        try:
+            outcome = store_snapshot(self.cfg, snap)
+        except OSError as e:
+            outcome = "write_error"
+            self.last_error = f"cannot keep snapshot {snap.id}: {e}"
+            log.error("%s", self.last_error)
+        with self._lock:
+            self.snapshots[outcome] = self.snapshots.get(outcome, 0) + 1
 
     # writer thread -------------------------------------------------------------------------
     def _collect(self) -> list[tuple[Incoming, int, int]]:

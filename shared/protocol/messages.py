@@ -138,6 +138,17 @@ class ModelState(Message):
     ts: float = Field(default_factory=now)
 
 
+class Snapshot(Message):
+    """A low-confidence frame sent for labelling; only from boxes whose config allows it (GDPR)."""
+
+    device: str
+    site: str
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    camera: str
+    ts: float
+    jpeg: str = Field(min_length=4, max_length=1_500_000, description="base64 of the JPEG file")
+
+
 class ReleaseNotice(Message):
     """Retained per group: 'new TUF metadata exists, refresh'. Carries no authority itself."""
 

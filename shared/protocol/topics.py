@@ -21,6 +21,7 @@ class Kind(StrEnum):
     TELEMETRY = "telemetry"
     PREDICTIONS = "predictions"
     MODEL_STATE = "model/state"
+    SNAPSHOT = "snapshot"
     UPDATE_REQUEST = "update/request"
     UPDATE_RESPONSE = "update/response"
     RELEASE = "release"
@@ -34,6 +35,7 @@ _DEVICE_KINDS = {
         Kind.TELEMETRY,
         Kind.PREDICTIONS,
         Kind.MODEL_STATE,
+        Kind.SNAPSHOT,
         Kind.UPDATE_REQUEST,
         Kind.UPDATE_RESPONSE,
     )
@@ -66,6 +68,7 @@ class Topics:
     ALL_TELEMETRY = f"{ROOT}/dev/+/+/telemetry"
     ALL_PREDICTIONS = f"{ROOT}/dev/+/+/predictions"
     ALL_MODEL_STATE = f"{ROOT}/dev/+/+/model/state"
+    ALL_SNAPSHOTS = f"{ROOT}/dev/+/+/snapshot"
     ALL_UPDATE_REQUESTS = f"{ROOT}/dev/+/+/update/request"
     ALL_ALERTS = f"{ROOT}/alerts/+"
 

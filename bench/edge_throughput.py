@@ -218,7 +218,7 @@ def main() -> None:
         f"daemon, 1 cam 640x480    {out['daemon_ips']:8.2f} img/s   ratio {out['throughput_ratio']:.3f} "
         f"(target >= 0.9: {'OK' if out['throughput_ratio'] >= 0.9 else 'MISSED'})"
     )
-    print(f"frame -> outbox          p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms")
+    print(f"frame -> result          p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms")
     print(f"frame -> broker PUBACK   p50 {ack.get('p50')} ms  p99 {ack.get('p99')} ms")
     print(
         f"daemon RSS (busy)        {out['rss_mb']:8.1f} MB     ratio {out['rss_mb'] / 300:.3f} of 300 MB "

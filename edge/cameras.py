@@ -14,8 +14,13 @@ States (published in telemetry and shown on the status page):
   that the backoff reached its maximum (still retrying, at the slowest pace).
 
 Live sources (RTSP, MJPEG, USB) are read as fast as they deliver; a frame replaced before the
-inference loop took it is *dropped* and counted. Files and folders are read on demand instead,
-so every frame of a clip is classified and none is counted as dropped.
+inference loop took it is *dropped* and counted. Files and folders are read on demand instead
+(one frame ahead when there is no fps cap, so decoding overlaps inference), so every frame of a
+clip is classified and none is counted as dropped.
+
+``Camera.prepare`` (set by the daemon to ``InferenceEngine.prepare``) runs the integrity check
+and the preprocessing on the reader thread for frames that will be classified, which takes that
+work off the inference loop.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +80,9 @@ class Camera:
         self.prepare: Callable[[str, U8], Any] | None = None
         self._lock = threading.Lock()
         self._consumed = threading.Condition(self._lock)
-        self._latest: Frame | None = None
+        # Live sources keep only the newest frame; on-demand ones without an fps cap read one
+        # frame ahead, so decoding overlaps the inference of the frame before.
+        self._ready: deque[Frame] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_due = 0.0
@@ -115,9 +123,9 @@ class Camera:
         """The newest frame if one is waiting and the fps cap allows it now; never blocks."""
         now = time.monotonic() if now_mono is None else now_mono
         with self._lock:
-            if self._latest is None or now < self._next_due:
+            if not self._ready or now < self._next_due:
                 return None
-            frame, self._latest = self._latest, None
+            frame = self._ready.popleft()
             self._next_due = max(self._next_due + self._period, now) if self._period else now
             self.taken += 1
             self._consumed.notify_all()
@@ -126,7 +134,7 @@ class Camera:
     def due_in(self, now_mono: float) -> float | None:
         """Seconds until :meth:`take` could return a frame, or None if no frame is waiting."""
         with self._lock:
-            if self._latest is None:
+            if not self._ready:
                 return None
             return max(0.0, self._next_due - now_mono)
 
@@ -209,9 +217,10 @@ class Camera:
             if not source.live:
                 # On demand: read the next frame only once the last one was taken and the fps cap
                 # allows another, so its timestamp is when it was read, not when it was queued.
+                depth = 1 if self._period else 2
                 with self._lock:
                     while not self._stop.is_set():
-                        wait = 0.5 if self._latest is not None else self._next_due - time.monotonic()
+                        wait = 0.5 if len(self._ready) >= depth else self._next_due - time.monotonic()
                         if wait <= 0:
                             break
                         self._consumed.wait(min(wait, 0.5))
@@ -242,9 +251,10 @@ class Camera:
                     self._error(f"camera {self.id}: preparing a frame failed: {type(e).__name__}: {e}")
             frame = Frame(self.id, img, ts, now_mono, self.frames, prepared)
             with self._lock:
-                if self._latest is not None:
-                    self.dropped += 1
-                self._latest = frame
+                if source.live and self._ready:
+                    self.dropped += len(self._ready)
+                    self._ready.clear()
+                self._ready.append(frame)
                 self._state = "streaming"
             self.frames += 1
             self.last_frame_ts = frame.ts

@@ -10,6 +10,8 @@ Contracts other parts rely on::
         .mqtt: MqttLink                          # .publish(topic, payload, qos, retain) -> MQTTMessageInfo
                                                  # .subscribe(filter, callback(msg))  (survives reconnects)
         .report_model_state(ModelState) -> None  # retained model/state + status page
+        .load_model(path) -> LoadedModel         # edge.model.load_model with this box's [inference]
+        .snapshot() -> dict                      # what /api/status serves
         .outbox, .engine, .publisher, .cameras, .errors, .status_url, .status_token
 
 Shutdown order matters for "nothing accepted is lost": cameras stop producing, the inference

@@ -6,7 +6,8 @@ Why one loop for all cameras: ONNX Runtime already uses the configured threads i
 predictable on a small box. The loop never waits on a camera (``Camera.take`` never blocks),
 so a dead camera cannot slow the others.
 
-Stopping finishes the batch in hand (it is committed to the outbox) and then returns.
+Stopping finishes the batch in hand; the writer (edge/writer.py) commits it and anything still
+queued before it stops.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import numpy as np
 
 from edge.cameras import Camera, Frame
 from edge.config import InferenceConfig, IntegrityConfig
-from edge.errors import OutboxError
 from edge.events import RecentErrors
 from edge.integrity import FrameCheck, IntegrityChecker
 from edge.model import LoadedModel, ModelSlot
 from edge.outbox import Outbox
 from edge.snapshots import SnapshotStore
+from edge.writer import OutboxWriter
 from shared.modelpkg import ABSTAIN, PreprocessSpec
 
 log = logging.getLogger("parkwatch.edge.inference")
@@ -85,14 +86,20 @@ class InferenceEngine:
         self.skipped_static = 0
         self.skipped_no_model = 0
         self.inference_errors = 0
-        self.lost_predictions = 0
+        self.writer = OutboxWriter(outbox, errors, on_commit)
         self.batches = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rr = 0
         self.heartbeat = time.monotonic()
 
+    @property
+    def lost_predictions(self) -> int:
+        """Predictions made but never committed (disk full): counted, never silent."""
+        return self.writer.lost
+
     def start(self) -> None:
+        self.writer.start()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
 
@@ -101,6 +108,7 @@ class InferenceEngine:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.writer.stop(timeout)  # commits the batch in hand and anything still queued
 
     @property
     def alive(self) -> bool:
@@ -199,14 +207,7 @@ class InferenceEngine:
             return []
         done = time.time()
         preds = self._predictions(model, run, probs, done)
-        try:
-            seqs = self.outbox.append(preds)
-        except OutboxError as e:
-            self.lost_predictions += len(preds)
-            self.errors.add("outbox", str(e))
-            seqs = []
-        for pred, seq in zip(preds, seqs, strict=False):
-            pred["seq"] = seq
+        self.writer.submit(preds)  # committed (and numbered) on the writer thread
         for (f, flags, thumb), pred in zip(run, preds, strict=True):
             self.checkers[f.camera].classified(thumb)
             self.views[f.camera] = CameraView(f, pred, flags)
@@ -215,8 +216,6 @@ class InferenceEngine:
             self._done_ts.append(time.monotonic())
         self.classified += len(preds)
         self.batches += 1
-        if seqs and self.on_commit is not None:
-            self.on_commit(len(seqs))
         return preds
 
     def _predictions(
@@ -235,6 +234,7 @@ class InferenceEngine:
                 snap = self.snapshots.save(f.camera, f.image, f.ts)
             out.append(
                 {
+                    "seq": None,  # set by the writer on commit (the key exists now: readers iterate)
                     "ts": done,
                     "camera": f.camera,
                     "label": ABSTAIN if abstain else labels[idx],

@@ -77,3 +77,38 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         Outbox(blocker / "sub" / "o.db")
+
+
+def test_writer_groups_commits_numbers_in_order_and_commits_all_on_stop(tmp_path: Path) -> None:
+    from edge.events import RecentErrors
+    from edge.writer import OutboxWriter
+
+    ob = Outbox(tmp_path / "o.db")
+    committed: list[int] = []
+    w = OutboxWriter(ob, RecentErrors(), on_commit=committed.append)
+    w.start()
+    batches = [[pred(i * 3 + k) for k in range(3)] for i in range(200)]
+    for b in batches:
+        w.submit(b)
+    assert w.flush(10)
+    assert [p["seq"] for b in batches for p in b] == list(range(1, 601))
+    assert sum(committed) == 600 and w.commits == len(committed) <= 200
+    w.submit([pred(1000)])
+    w.stop()  # queued work is committed before the thread ends
+    assert ob.last_seq == 601 and ob.backlog == 601
+
+
+def test_writer_counts_what_a_full_disk_loses(tmp_path: Path) -> None:
+    from edge.events import RecentErrors
+    from edge.writer import OutboxWriter
+
+    ob = Outbox(tmp_path / "o.db", max_db_mb=0.05)
+    errors = RecentErrors()
+    w = OutboxWriter(ob, errors)
+    w.start()
+    for i in range(400):
+        w.submit([dict(pred(i), flags=["y" * 500])])
+    w.stop()
+    assert w.lost > 0 and ob.write_errors > 0
+    assert ob.backlog + w.lost == 400
+    assert "full" in errors.list()[0]["message"]

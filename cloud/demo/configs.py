@@ -32,6 +32,7 @@ min_samples = 50
 [dashboard]
 host = "127.0.0.1"
 port = {dashboard_port}
+snapshot_sites = ["{DEMO_SITE}"]   # the demo park opted in to labelling low-confidence frames
 """
 
 

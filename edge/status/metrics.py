@@ -66,7 +66,7 @@ def render_metrics(s: dict[str, Any]) -> str:
     )
     o.add("skipped_static_total", "counter", "frames skipped by motion gating", inf["skipped_static"])
     for q, v in (inf.get("latency_ms") or {}).items():
-        o.add("latency_ms", "gauge", "frame-to-outbox latency percentiles", v, {"quantile": q})
+        o.add("latency_ms", "gauge", "frame-to-result latency percentiles", v, {"quantile": q})
     model = s.get("model")
     o.add(
         "model_loaded",

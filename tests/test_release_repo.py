@@ -106,7 +106,7 @@ def test_responder_serves_only_repository_files(tmp_path: Path) -> None:
 def test_fetcher_turns_not_found_into_404_over_the_real_broker(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
-    from cloud.fleet.mqttclient import make_client
+    from shared.mqtt import make_client
 
     repo = repo_with(tmp_path)
     responder = Responder(repo.dir, 4096)

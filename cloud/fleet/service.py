@@ -29,11 +29,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.fleet.errors import FleetError
-from cloud.fleet.mqttclient import make_client
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import store_snapshot
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import BatchWriter, Incoming
+from shared.mqtt import make_client
 from shared.protocol import Kind, ProtocolError, Snapshot, Topics, decode
 from shared.protocol.counter import RejectCounter
 

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
-from cloud.fleet.mqttclient import make_client
 from cloud.governance.alerts import to_message
 from shared.config import MqttConfig
+from shared.mqtt import make_client
 from shared.protocol import Topics, encode
 
 log = logging.getLogger("parkwatch.cloud.governance")

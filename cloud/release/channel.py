@@ -47,7 +47,7 @@ def notice_payload(group: str, version: str | None, timestamp_version: int | Non
 
 def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], timeout: float = 5.0) -> bool:
     """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
-    from cloud.fleet.mqttclient import make_client
+    from shared.mqtt import make_client
 
     client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
     try:

@@ -53,7 +53,7 @@ class ReleaseService:
         self.errors = 0
 
     def start(self) -> None:
-        from cloud.fleet.mqttclient import make_client
+        from shared.mqtt import make_client
 
         self.channel = ReleaseChannel(self.cfg, notify=self._notify)
         if not self.channel.repo.exists():

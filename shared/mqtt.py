@@ -1,4 +1,7 @@
-"""Build a paho client for a cloud component from ``[mqtt]`` (credentials, TLS) in one place."""
+"""Build a paho client from an ``[mqtt]`` section (MQTT 5, credentials, TLS) in one place.
+
+Both sides use it so that credentials and TLS are handled the same way everywhere.
+"""
 
 from __future__ import annotations
 

@@ -212,7 +212,8 @@ def main() -> None:
     lat, ack = out["frame_to_outbox_ms"], out["frame_to_puback_ms"]
     print(f"model {out['model']}  threads {a.threads}  cores {out['cores']}")
     print(
-        f"raw session.run          {out['raw_ips']:8.2f} img/s   (alternating rounds, ratios {out['round_ratios']})"
+        f"raw session.run          {out['raw_ips']:8.2f} img/s   "
+        f"(alternating rounds, ratios {out['round_ratios']})"
     )
     print(
         f"daemon, 1 cam 640x480    {out['daemon_ips']:8.2f} img/s   ratio {out['throughput_ratio']:.3f} "

@@ -22,6 +22,7 @@ Whatever was not acknowledged stays in the outbox for the next start.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
@@ -48,7 +49,7 @@ from edge.snapshots import SnapshotStore
 from edge.sources import redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
-from shared.protocol import Kind, ModelState, Telemetry, Topics, encode
+from shared.protocol import Kind, ModelState, Snapshot, Telemetry, Topics, encode
 
 log = logging.getLogger("parkwatch.edge")
 
@@ -92,6 +93,7 @@ class Daemon:
         self._started = False
         self.model_topic = Topics.device(cfg.device.site, cfg.device.id, Kind.MODEL_STATE)
         self.telemetry_topic = Topics.device(cfg.device.site, cfg.device.id, Kind.TELEMETRY)
+        self.snapshot_topic = Topics.device(cfg.device.site, cfg.device.id, Kind.SNAPSHOT)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> Daemon:
@@ -119,7 +121,9 @@ class Daemon:
         elif cfg.model.initial is not None:
             self._load_initial(cfg.model.initial)
         snapshots = (
-            SnapshotStore(cfg.snapshots, cfg.state_dir / "snapshots") if cfg.snapshots.enabled else None
+            SnapshotStore(cfg.snapshots, cfg.state_dir / "snapshots", self._upload_snapshot)
+            if cfg.snapshots.enabled
+            else None
         )
         self.publisher = Publisher(self.outbox, self.mqtt, cfg.outbox.batch_size, cfg.outbox.flush_interval_s)
         self.engine = InferenceEngine(
@@ -256,6 +260,21 @@ class Daemon:
             self.mqtt.publish(self.model_topic, encode(state), qos=1, retain=True)
         except (RuntimeError, ValueError) as e:
             log.warning("cannot publish model state now (%s); it is re-sent on reconnect", e)
+
+    def _upload_snapshot(self, sid: str, camera: str, ts: float, jpeg: bytes) -> bool:
+        """Send a kept frame for labelling (only called when ``upload_allowed``); best effort."""
+        if not self.mqtt.connected:
+            return False
+        msg = Snapshot(
+            device=self.cfg.device.id,
+            site=self.cfg.device.site,
+            id=sid,
+            camera=camera,
+            ts=ts,
+            jpeg=base64.b64encode(jpeg).decode("ascii"),
+        )
+        self.mqtt.publish(self.snapshot_topic, encode(msg), qos=1)
+        return True
 
     def _on_connection(self, up: bool) -> None:
         if up and self.model_state is not None:
@@ -425,6 +444,16 @@ class Daemon:
                 "threshold": self.cfg.inference.confidence_threshold,
             },
             "telemetry": {"sent": self.telemetry_sent, "skipped_offline": self.telemetry_skipped},
+            "snapshots": (
+                {
+                    "saved": snaps.saved,
+                    "uploaded": snaps.uploaded,
+                    "upload_skipped": snaps.upload_skipped,
+                    "upload_allowed": self.cfg.snapshots.upload_allowed,
+                }
+                if (snaps := e.snapshots if e else None) is not None
+                else None
+            ),
             "host": self.last_host,
             "cameras": cams,
             "recent_predictions": list(e.recent)[:20] if e else [],

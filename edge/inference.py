@@ -257,13 +257,13 @@ class InferenceEngine:
     def latency_percentiles(self) -> dict[str, float]:
         if not self.latency_ms:
             return {}
-        arr = np.fromiter(self.latency_ms, dtype=np.float64)
+        arr = np.asarray(list(self.latency_ms), dtype=np.float64)  # copy first: another thread appends
         p50, p95, p99 = np.percentile(arr, [50, 95, 99])
         return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
     def fps(self, window_s: float = 10.0) -> float:
         now = time.monotonic()
-        recent = [t for t in self._done_ts if now - t <= window_s]
+        recent = [t for t in list(self._done_ts) if now - t <= window_s]
         if len(recent) < 2:
             return 0.0
         span = max(now - recent[0], 1e-6)

@@ -17,7 +17,6 @@ re-numbered while the process lives; after a restart the outbox resends it.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from shared.config import MqttConfig
+from shared.mqtt import make_client
 from shared.protocol import DeviceStatus, Kind, Topics, encode
 
 log = logging.getLogger("parkwatch.edge.mqtt")
@@ -64,27 +64,11 @@ class MqttLink:
         self.last_change_ts: float | None = None
         self._started = False
 
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-        )
+        c = make_client(cfg, self.client_id)  # credentials and TLS as on the cloud side
         c.max_inflight_messages_set(100)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
         if log.isEnabledFor(logging.DEBUG):  # paho logs every failed retry at ERROR otherwise
             c.enable_logger(logging.getLogger("parkwatch.edge.paho"))
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password.resolve("mqtt.password") if cfg.password else None)
-        if cfg.tls is not None:
-            c.tls_set(
-                ca_certs=str(cfg.tls.ca_file),
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if cfg.tls.insecure_skip_hostname_check:
-                c.tls_insecure_set(True)
         will = DeviceStatus(
             device=device, site=site, state="offline", group=group, software=software, reason="last-will"
         )

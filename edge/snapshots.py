@@ -1,7 +1,9 @@
 """Low-confidence frames kept on the box as JPEGs, for later labelling (optional, off by default).
 
 Why only on the box unless allowed: frames may show people, so they leave the box only when
-``[snapshots] upload_allowed`` says so (GDPR). The folder is bounded by count and age.
+``[snapshots] upload_allowed`` says so (GDPR); then each kept frame is also offered to ``upload``
+(the daemon publishes a ``Snapshot`` message, best effort: the file stays on the box either
+way). The folder is bounded by count and age.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -22,9 +25,17 @@ log = logging.getLogger("parkwatch.edge.snapshots")
 
 
 class SnapshotStore:
-    def __init__(self, cfg: SnapshotConfig, folder: Path) -> None:
+    def __init__(
+        self,
+        cfg: SnapshotConfig,
+        folder: Path,
+        upload: Callable[[str, str, float, bytes], bool] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.folder = folder
+        self.upload = upload if cfg.upload_allowed else None
+        self.uploaded = 0
+        self.upload_skipped = 0
         self.saved = 0
         self.errors = 0
         self._since_prune = 0
@@ -45,6 +56,11 @@ class SnapshotStore:
                 log.warning("cannot keep snapshot in %s: %s", self.folder, e)
             return None
         self.saved += 1
+        if self.upload is not None:
+            if self.upload(sid, camera, ts, buf.tobytes()):
+                self.uploaded += 1
+            else:
+                self.upload_skipped += 1  # offline: the file stays here for collection on site
         self._since_prune += 1
         if self._since_prune >= 50:
             self.prune()

@@ -228,7 +228,7 @@ def test_motion_gating_skips_an_unchanged_scene(
 def test_low_confidence_snapshots_are_kept_and_bounded(tmp_path: Path, pets_sample: Path) -> None:
     cfg = edge_config(
         tmp_path,
-        None,
+        None,  # no broker: kept on the box; upload_allowed is false by default anyway
         [folder_cam(pets_sample, 30)],
         make_tiny_package(tmp_path / "p"),
         snapshots={"enabled": True, "max_confidence": 1.0, "max_count": 5},
@@ -243,3 +243,81 @@ def test_low_confidence_snapshots_are_kept_and_bounded(tmp_path: Path, pets_samp
 
     SnapshotStore(cfg.snapshots, folder).prune()
     assert len(list(folder.glob("*.jpg"))) == 5
+
+
+def test_frames_ready_together_are_one_batch_through_one_session_run(
+    tmp_path: Path, pets_sample: Path
+) -> None:
+    import threading as th
+
+    import cv2
+    import numpy as np
+
+    from edge.cameras import Camera, Frame
+    from edge.config import CameraConfig, InferenceConfig, IntegrityConfig
+    from edge.events import RecentErrors
+    from edge.inference import InferenceEngine
+    from edge.model import ModelSlot
+    from edge.outbox import Outbox
+
+    model = load_model(make_tiny_package(tmp_path / "p", "b1"), InferenceConfig(threads=1))
+    calls: list[int] = []
+    real_run = model.run
+
+    def counting_run(batch: Any) -> Any:
+        calls.append(batch.shape[0])
+        return real_run(batch)
+
+    model.run = counting_run  # type: ignore[method-assign]
+    cams = [Camera(CameraConfig(id=f"c{i}", kind="folder", url=str(pets_sample))) for i in range(3)]
+    outbox = Outbox(tmp_path / "o.db")
+    engine = InferenceEngine(
+        cams,
+        ModelSlot(model),
+        outbox,
+        InferenceConfig(max_batch=8),
+        IntegrityConfig(),
+        th.Event(),
+        RecentErrors(),
+    )
+    engine.writer.start()
+    imgs = [
+        np.asarray(cv2.imread(str(p)), dtype=np.uint8)
+        for p in sorted((pets_sample / "dog").glob("*.jpg"))[:3]
+    ]
+    frames = [Frame(f"c{i}", img, time.time(), time.monotonic(), 0) for i, img in enumerate(imgs)]
+    preds = engine.process(frames)
+    engine.writer.stop()
+    assert calls == [3] and engine.batches == 1
+    assert [p["camera"] for p in preds] == ["c0", "c1", "c2"]
+    assert [p["seq"] for p in preds] == [1, 2, 3] and outbox.backlog == 3
+
+
+def test_snapshots_are_uploaded_only_when_allowed(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
+    import base64
+
+    from shared.protocol import Snapshot
+
+    pkg = make_tiny_package(tmp_path / "p")
+    for allowed in (False, True):
+        cfg = edge_config(
+            tmp_path / str(allowed),
+            broker,
+            [folder_cam(pets_sample, 20)],
+            pkg,
+            snapshots={"enabled": True, "max_confidence": 1.0, "upload_allowed": allowed},
+        )
+        with Daemon(cfg) as d:
+            assert wait_for(lambda: d.engine is not None and d.engine.classified >= 8, 10)
+            if allowed:
+                assert wait_for(lambda: len(collector.of(Snapshot)) >= 3, 10)
+            else:
+                time.sleep(1)
+                assert collector.of(Snapshot) == []
+    snap = collector.of(Snapshot)[0]
+    assert snap.site == "bcn" and snap.camera == "c1"
+    jpeg = base64.b64decode(snap.jpeg)
+    assert jpeg.startswith(b"\xff\xd8")
+    assert (tmp_path / "True" / "state" / "snapshots" / f"{snap.id}.jpg").read_bytes() == jpeg

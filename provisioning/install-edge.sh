@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install (or update) the parkwatch edge daemon on this box. Run as root from a parkwatch checkout:
 #
-#   sudo provisioning/install-edge.sh [--model PACKAGE_DIR_OR_ONNX] [--no-start]
+#   sudo provisioning/install-edge.sh [--model PACKAGE_DIR_OR_ONNX] [--trusted-root ROOT_JSON] [--no-start]
 #
 # What it does (idempotent: re-running updates the software and keeps config, token and data):
 #  1. system user 'parkwatch' (in group 'video' for USB cameras)
@@ -9,7 +9,9 @@
 #  3. /etc/parkwatch/edge.toml from provisioning/edge.example.toml (only if absent)
 #     and /etc/parkwatch/status-token (a random token, only if absent)
 #  4. /var/lib/parkwatch (outbox, snapshots, updater state), owned by the service user
-#  5. the initial model (--model) into /opt/parkwatch/models/initial
+#  5. the initial model (--model) into /opt/parkwatch/models/initial, and the release channel's
+#     trusted TUF root (--trusted-root: the cloud's tuf-repo/metadata/root.json, printed by
+#     'parkwatch cloud keys init') into /etc/parkwatch/root.json; without it updates stay off
 #  6. systemd/parkwatch-edge.service into /etc/systemd/system, enabled and started
 #
 # Environment overrides (used by tests and packagers; defaults in brackets):
@@ -33,6 +35,7 @@ use_systemctl=${PARKWATCH_SYSTEMCTL:-auto}
 python=${PARKWATCH_PYTHON:-python3}
 read -r -a pip_args <<< "${PARKWATCH_PIP_ARGS:-}"
 model=""
+trusted_root=""
 start=1
 
 die() { echo "install-edge: $*" >&2; exit 1; }
@@ -41,6 +44,7 @@ say() { echo "install-edge: $*"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --model) model=${2:?--model needs a package folder or .onnx file}; shift 2 ;;
+    --trusted-root) trusted_root=${2:?--trusted-root needs the path of the cloud root.json}; shift 2 ;;
     --no-start) start=0; shift ;;
     -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -54,6 +58,11 @@ is_root=0; [[ $(id -u) -eq 0 ]] && is_root=1
   || die "$python is missing or older than 3.11: sudo apt-get install -y python3 python3-venv"
 "$python" -c 'import venv, ensurepip' 2>/dev/null || die "python venv support is missing: sudo apt-get install -y python3-venv"
 [[ -z $model || -e $model ]] || die "--model $model does not exist"
+if [[ -n $trusted_root ]]; then
+  [[ -f $trusted_root ]] || die "--trusted-root $trusted_root does not exist"
+  "$python" -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d.get("signed", {}).get("_type") != "root")' \
+    "$trusted_root" 2>/dev/null || die "--trusted-root $trusted_root is not a TUF root.json (use the cloud's tuf-repo/metadata/root.json)"
+fi
 
 # 1. the service user
 if ! id "$user" >/dev/null 2>&1; then
@@ -120,6 +129,16 @@ if [[ -n $model ]]; then
   mv "$root$prefix/models/initial.new" "$root$prefix/models/initial"
   "$venv/bin/python" -c "import sys; from edge.model import load_model; m = load_model(sys.argv[1]); print('install-edge: model', m.version, 'loads:', m.verification)" \
     "$root$prefix/models/initial" || die "the model in --model cannot run on the edge (message above)"
+fi
+
+# the trusted TUF root: replaced only by a newer root, which the updater also does by itself
+if [[ -n $trusted_root ]]; then
+  install -m 0644 "$trusted_root" "$root$etc/root.json.new"
+  mv "$root$etc/root.json.new" "$root$etc/root.json"
+  if grep -q '^# trusted_root = ' "$root$etc/edge.toml"; then
+    sed -i "s#^\# trusted_root = .*#trusted_root = \"$etc/root.json\"#" "$root$etc/edge.toml"
+  fi
+  say "installed the release channel's trusted root as $etc/root.json"
 fi
 
 # 6. the service

@@ -2,7 +2,7 @@
 # Remove the parkwatch edge daemon installed by provisioning/install-edge.sh.
 #
 #   sudo provisioning/uninstall-edge.sh            # software and service; keeps config and data
-#   sudo provisioning/uninstall-edge.sh --purge    # also /etc/parkwatch/edge.toml, the token,
+#   sudo provisioning/uninstall-edge.sh --purge    # also /etc/parkwatch/edge.toml, the token, root.json,
 #                                                  # /var/lib/parkwatch (unsent predictions!) and the user
 #
 # Honours the same PARKWATCH_* variables as install-edge.sh. Safe to run twice.
@@ -43,7 +43,7 @@ if [[ $purge == 1 ]]; then
     say "deleting $state with its outbox (predictions not yet sent are lost)"
   fi
   rm -rf "$root$state"
-  rm -f "$root$etc/edge.toml" "$root$etc/status-token"
+  rm -f "$root$etc/edge.toml" "$root$etc/status-token" "$root$etc/root.json"
   rmdir "$root$etc" 2>/dev/null || true
   if [[ -z $root ]] && id "$user" >/dev/null 2>&1 && [[ ! -e /etc/parkwatch/cloud.toml ]]; then
     userdel "$user" 2>/dev/null || true

@@ -8,12 +8,14 @@ docs/park-staff.md.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,8 +55,29 @@ def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Pa
     tree = tmp_path / "root"
     env = env_for(tree)
     pkg = make_tiny_package(tmp_path / "pkg", "inst-1")
-    out = run(INSTALL, env, "--model", str(pkg))
+    cloud_toml = tmp_path / "cloud.toml"
+    cloud_toml.write_text(f'data_dir = "{tmp_path / "cloud"}"\n')
+    keys = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "parkwatch"),
+            "cloud",
+            "keys",
+            "init",
+            "--as",
+            "test",
+            "--json",
+            "--config",
+            str(cloud_toml),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    trusted_root = json.loads(keys.stdout)["trusted_root"]
+    out = run(INSTALL, env, "--model", str(pkg), "--trusted-root", trusted_root)
     prefix, etc, state = tree / "opt/parkwatch", tree / "etc/parkwatch", tree / "var/lib/parkwatch"
+    assert (etc / "root.json").read_bytes() == Path(trusted_root).read_bytes()
+    assert f'trusted_root = "{etc}/root.json"' in (etc / "edge.toml").read_text()
     unit = tree / "etc/systemd/system/parkwatch-edge.service"
     assert "model inst-1 loads" in out
     assert (prefix / "venv/bin/parkwatch").exists()
@@ -155,6 +178,16 @@ def test_installer_refuses_bad_input_clearly(tmp_path: Path) -> None:
         ["bash", str(INSTALL), "--frobnicate"], env=env, capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 1 and "unknown argument" in p.stderr
+    not_root = tmp_path / "root.json"
+    not_root.write_text('{"signed": {"_type": "targets"}}')
+    p = subprocess.run(
+        ["bash", str(INSTALL), "--trusted-root", str(not_root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1 and "is not a TUF root.json" in p.stderr
     p = subprocess.run(
         ["bash", str(INSTALL)],
         env={**env, "PARKWATCH_PYTHON": "/nonexistent/python"},

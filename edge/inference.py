@@ -172,12 +172,12 @@ class InferenceEngine:
         for f in frames:
             prep = f.prepared if isinstance(f.prepared, Prepared) else None
             check, thumb = (prep.check, prep.thumb) if prep is not None else self._check(f.camera, f.image)
-            if (
-                self.cfg.motion_gating
-                and check.motion is not None
-                and check.motion < self.cfg.motion_threshold
-                and f.camera in self.views
-            ):
+            motion = (
+                self.checkers[f.camera].motion_since_classified(thumb)
+                if self.cfg.motion_gating and f.camera in self.views
+                else None
+            )
+            if motion is not None and motion < self.cfg.motion_threshold:
                 self.skipped_static += 1
                 old = self.views[f.camera]
                 self.views[f.camera] = CameraView(f, old.prediction, check.flags)

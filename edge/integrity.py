@@ -95,5 +95,11 @@ class IntegrityChecker:
         """Remember what the model last saw, for motion gating."""
         self._last_classified = thumb
 
+    def motion_since_classified(self, thumb: F32) -> float | None:
+        """Change against the frame the model last saw, measured when the gating decision is
+        made: a reader thread may prepare the next frame before the previous one is classified."""
+        last = self._last_classified
+        return float(np.abs(thumb - last).mean()) if last is not None else None
+
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)

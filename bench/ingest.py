@@ -24,11 +24,15 @@ def main(argv: list[str]) -> int:
         if name not in PARTS:
             print(f"unknown part {name!r}; choose from {', '.join(PARTS)}", file=sys.stderr)
             return 2
+    worst = 0
     for name in chosen:
         print(f"-- ingest {name}", flush=True)
         sys.argv = [str(PARTS[name])]
-        runpy.run_path(str(PARTS[name]), run_name="__main__")
-    return 0
+        try:
+            runpy.run_path(str(PARTS[name]), run_name="__main__")
+        except SystemExit as e:  # each part ends with sys.exit(status); run the others too
+            worst = max(worst, e.code if isinstance(e.code, int) else 1)
+    return worst
 
 
 if __name__ == "__main__":

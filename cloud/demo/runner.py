@@ -82,6 +82,7 @@ class Demo:
         self.stop_event = threading.Event()
         self.loop_thread: threading.Thread | None = None
         self.loop_result: str = "not started"
+        self.stored = 0
 
     # ---- set-up --------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -248,6 +249,7 @@ class Demo:
                             f"edge        now classifying with {p['model_version']} (hot-swapped, no restart)"
                         )
                     last_count, last_version = count, p["model_version"]
+                    self.stored = count
             if duration is not None and time.monotonic() - start >= duration:
                 return max(last_count, 0)
         return max(last_count, 0)
@@ -265,7 +267,7 @@ class Demo:
             self.say("watching    predictions arriving in the cloud store (Ctrl-C to stop)")
             return self.watch(duration)
         except KeyboardInterrupt:
-            return 0
+            return self.stored
         finally:
             self.shutdown()
 

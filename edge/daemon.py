@@ -50,6 +50,7 @@ from edge.sources import redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
 from shared.protocol import Kind, ModelState, Snapshot, Telemetry, Topics, encode
+from shared.protocol.counter import RejectCounter
 
 log = logging.getLogger("parkwatch.edge")
 
@@ -69,6 +70,9 @@ class Daemon:
         self.software = software_version()
         self.started_ts = time.time()
         self.errors = RecentErrors()
+        # Messages the box receives (release notices, update responses) that fail validation:
+        # counted by kind, logged once per kind, reported in telemetry; never a crash.
+        self.rejects = RejectCounter()
         self.wake = threading.Event()
         self.model_slot = ModelSlot()
         self.mqtt = MqttLink(cfg.mqtt, cfg.device.site, cfg.device.id, cfg.device.group, self.software)
@@ -305,6 +309,7 @@ class Daemon:
             outbox_evicted=self.outbox.evicted_total,
             outbox_errors=self.outbox.write_errors,
             model_version=cur.version if cur else None,
+            invalid_messages=self.rejects.snapshot(),
             **host_fields,
         )
 

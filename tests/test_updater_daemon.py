@@ -18,6 +18,7 @@ from cloud.release.service import ReleaseService
 from edge.config import EdgeConfig
 from edge.daemon import Daemon
 from shared.broker import EmbeddedBroker
+from shared.protocol import Topics
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import cloud_config, make_version, mqtt_cfg, register, wait_for
 
@@ -94,6 +95,60 @@ def test_daemon_swaps_model_between_inferences_without_losing_frames(
         assert set(versions[:switch]) == {"1.0.0"} and set(versions[switch:]) == {"2.0.0"}
         assert daemon.model_state is not None and daemon.model_state.state == "active"
         wait_for(lambda: ch.status("staging")["groups"]["staging"]["active"] == 1, 20, "cloud sees it active")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        preds.close()
+        svc.stop()
+
+
+def test_garbage_on_the_release_topic_is_counted_and_never_stops_the_daemon(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    pets_sample: Path,
+    baseline_package: Path,  # noqa: F811
+) -> None:
+    cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(broker.port, client_id="release-svc"))
+    svc = ReleaseService(cfg)
+    svc.start()
+    preds = Predictions(broker.port)
+    daemon = None
+    try:
+        ch = svc.channel
+        assert ch is not None and svc.wait_connected()
+        ch.keys_init("ops")
+        (tmp_path / "root.json").write_bytes(ch.repo.trusted_root_bytes())
+        ecfg = EdgeConfig.model_validate(
+            {
+                "device": {"id": "box1", "site": "park1", "group": "staging"},
+                "state_dir": str(tmp_path / "edge"),
+                "mqtt": {"host": "127.0.0.1", "port": broker.port},
+                "cameras": [{"id": "c1", "kind": "folder", "url": str(pets_sample / "dog"), "fps": 8}],
+                "inference": {"threads": 1},
+                "model": {"initial": str(baseline_package)},
+                "status_page": {"enabled": False},
+                "updater": {"trusted_root": str(tmp_path / "root.json"), "check_interval_s": 3600},
+            }
+        )
+        daemon = Daemon(ecfg).start()
+        wait_for(lambda: len(preds.items) >= 3, 30, "first predictions")
+        attacker = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        attacker.connect("127.0.0.1", broker.port)
+        attacker.loop_start()
+        topic = Topics.release("staging")
+        for payload in (
+            b"\xff not json",
+            b'{"schema": 9, "group": "staging"}',
+            b"{" + b" " * (3 << 20) + b"}",
+        ):
+            attacker.publish(topic, payload, qos=1).wait_for_publish(10)
+        attacker.disconnect()
+        attacker.loop_stop()
+        expected = {"malformed": 1, "unsupported_schema": 1, "too_large": 1}
+        wait_for(lambda: daemon.rejects.snapshot() == expected, 20, "the rejects counted by kind")
+        before = len(preds.items)
+        wait_for(lambda: len(preds.items) >= before + 3, 30, "predictions still flowing")
+        assert daemon.build_telemetry().invalid_messages == expected
     finally:
         if daemon is not None:
             daemon.stop()

@@ -40,7 +40,11 @@ class UpdaterService:
         try:
             _, notice = decode(msg.topic, msg.payload)
         except ProtocolError as e:
-            log.warning("ignoring invalid release notice: %s", e)
+            rejects = getattr(self.host, "rejects", None)  # the daemon's counter, when there is one
+            if rejects is not None:
+                rejects.reject(e)
+            else:
+                log.warning("ignoring invalid release notice: %s", e)
             return
         assert isinstance(notice, ReleaseNotice)
         self.notices += 1

@@ -128,7 +128,9 @@ class RunningDaemon:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model package or .onnx (default: the baseline package)")
-    ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 2, 4))
+    ap.add_argument(
+        "--threads", type=int, default=InferenceConfig().effective_threads, help="default: the daemon's auto"
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="total per side, split into rounds")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--idle-seconds", type=float, default=10.0)

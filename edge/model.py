@@ -160,7 +160,7 @@ def load_model(
         how = how or "bare .onnx: unverified"
     else:
         raise ModelLoadError(f"{p}: no such model file or package folder")
-    sess, used = _session(onnx_path, inference.threads, _providers(list(inference.providers)))
+    sess, used = _session(onnx_path, inference.effective_threads, _providers(list(inference.providers)))
     props = dict(sess.get_modelmeta().custom_metadata_map)
     try:
         meta = parse_metadata(props, str(onnx_path))
@@ -185,7 +185,7 @@ def load_model(
         onnx_path=onnx_path,
         package_dir=package_dir,
         providers=used,
-        threads=inference.threads,
+        threads=inference.effective_threads,
         input_name=inp.name,
         max_batch=max_batch,
         verification=how or "unknown",

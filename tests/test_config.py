@@ -101,3 +101,13 @@ def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert '"ok": true' in res.stdout
+
+
+def test_inference_threads_auto_leaves_a_core_for_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.config import InferenceConfig
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert InferenceConfig().effective_threads == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert InferenceConfig().effective_threads == 1
+    assert InferenceConfig(threads=2).effective_threads == 2

@@ -27,9 +27,10 @@ def config() -> None:
 @handle_errors
 def config_check(path: Path, as_json: bool) -> None:
     """Validate PATH; exit 2 naming the key if it is wrong."""
-    from edge.config import load
+    from edge.config import load, preflight
 
     cfg = load(path)
+    warnings = preflight(cfg, path)
     summary: dict[str, Any] = {
         "ok": True,
         "file": str(path),
@@ -37,11 +38,15 @@ def config_check(path: Path, as_json: bool) -> None:
         "site": cfg.device.site,
         "group": cfg.device.group,
         "cameras": [c.id for c in cfg.cameras],
+        "warnings": warnings,
     }
     emit(
         summary,
         as_json,
-        lambda s: f"{path}: ok (device {s['device']} at site {s['site']}, {len(s['cameras'])} camera(s))",
+        lambda s: (
+            f"{path}: ok (device {s['device']} at site {s['site']}, {len(s['cameras'])} camera(s))"
+            + "".join(f"\nwarning: {w}" for w in s["warnings"])
+        ),
     )
 
 
@@ -50,7 +55,10 @@ def config_check(path: Path, as_json: bool) -> None:
 @handle_errors
 def run(config_path: Path) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    from edge.config import load
+    from edge.config import load, preflight
     from edge.daemon import run_daemon
 
-    run_daemon(load(config_path))
+    cfg = load(config_path)
+    for warning in preflight(cfg, config_path):
+        click.echo(f"warning: {warning}", err=True)
+    run_daemon(cfg)

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edge.updater.config import UpdaterConfig
 from shared.config import MqttConfig, SecretRef, Section, load_config
+from shared.errors import ConfigError, SecretError
 from shared.protocol.topics import check_segment
 
 DEFAULT_PATH = Path("/etc/parkwatch/edge.toml")
@@ -142,3 +143,28 @@ class EdgeConfig(Section):
 
 def load(path: str | Path = DEFAULT_PATH) -> EdgeConfig:
     return load_config(EdgeConfig, path)
+
+
+def preflight(cfg: EdgeConfig, path: str | Path) -> list[str]:
+    """What a valid file can still get wrong: secrets that cannot be read are errors naming
+    ``path`` (so ``run`` fails before it connects anything); missing files and an empty camera
+    list are warnings, since a box may be configured before its model or cameras exist."""
+    refs = [("mqtt.password", cfg.mqtt.password)]
+    if cfg.status_page.enabled:
+        refs.append(("status_page.token", cfg.status_page.token))
+    for key, ref in refs:
+        if ref is None:
+            continue
+        try:
+            ref.resolve(key)
+        except SecretError as e:
+            raise ConfigError(str(path), key, f"{e.problem} ({e.path})") from e
+    warnings = []
+    if not cfg.cameras:
+        warnings.append("no [[cameras]]: the box will classify nothing until one is added")
+    if cfg.model.initial is not None and not cfg.model.initial.exists():
+        warnings.append(f"model.initial {cfg.model.initial} does not exist: the box starts without a model")
+    root = cfg.updater.trusted_root
+    if cfg.updater.enabled and root is not None and not root.exists():
+        warnings.append(f"updater.trusted_root {root} does not exist: model updates are off")
+    return warnings

@@ -99,3 +99,12 @@ def test_offline_by_last_will_or_silence_and_gaps_are_reported() -> None:
     gaps = [{"first_seq": 5, "last_seq": 9, "missing": 5, "cause": "lost in transit"}]
     h = evaluate(dev(), tel(), gaps, NOW, ACFG, 60)
     assert h.state == "degraded" and rules(h) == ["ingest_gap"] and "5 prediction(s) missing" in h.reasons[0]
+
+
+def test_frame_totals_are_not_flags_and_an_idle_box_is_not_an_anomaly() -> None:
+    t = tel()
+    for i, row in enumerate(t):  # what the edge really sends: the frame total sits beside the flags
+        row["body"]["cameras"]["cam1"]["integrity"] = {"frames": 100 * i}
+    assert rules(evaluate(dev(), t, [], NOW, ACFG, 60)) == []
+    assert rules(evaluate(dev(), tel(cpu_percent=0.5), [], NOW, ACFG, 60)) == []
+    assert rules(evaluate(dev(), tel(inference_fps=0.1), [], NOW, ACFG, 60)) == ["telemetry_anomaly"]

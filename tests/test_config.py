@@ -92,7 +92,11 @@ def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     )
     assert res.returncode == 2
     assert '"key": "mqtt.hots"' in res.stdout
-    good = REPO / "provisioning" / f"{side}.example.toml"
+    good = tmp_path / f"{side}.example.toml"
+    token = tmp_path / "status-token"  # the example names the token file install-edge.sh creates
+    token.write_text("t0ken\n")
+    text = (REPO / "provisioning" / f"{side}.example.toml").read_text()
+    good.write_text(text.replace("/etc/parkwatch/status-token", str(token)))
     res = subprocess.run(
         [*PARKWATCH, side, "config", "check", "--json", str(good)],
         capture_output=True,
@@ -111,3 +115,19 @@ def test_inference_threads_auto_leaves_a_core_for_the_cameras(monkeypatch: pytes
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert InferenceConfig().effective_threads == 1
     assert InferenceConfig(threads=2).effective_threads == 2
+
+
+def test_edge_check_and_run_refuse_unreadable_secrets_naming_the_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        '[device]\nid = "a"\nsite = "b"\n[status_page]\ntoken = { file = "/nonexistent/token" }\n'
+        f'[model]\ninitial = "{tmp_path / "no-model"}"\n'
+    )
+    for args in (["edge", "config", "check", str(cfg)], ["edge", "run", "--config", str(cfg)]):
+        res = subprocess.run([*PARKWATCH, *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert f"config {cfg}: key status_page.token" in res.stderr and "/nonexistent/token" in res.stderr
+    cfg.write_text(f'[device]\nid = "a"\nsite = "b"\n[model]\ninitial = "{tmp_path / "no-model"}"\n')
+    res = subprocess.run([*PARKWATCH, "edge", "config", "check", str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 0
+    assert "warning: no [[cameras]]" in res.stdout and "does not exist" in res.stdout

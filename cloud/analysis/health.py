@@ -17,6 +17,11 @@ from cloud.fleet.store import FleetStore
 from cloud.governance.rules import RULES, Finding
 
 ANOMALY_METRICS = ("cpu_percent", "temp_max", "latency_p95", "inference_fps", "memory_percent")
+# Which side of the median is trouble: a box that suddenly idles is not ill, one that stops
+# classifying is. Anomalies on the harmless side are not reported.
+LOW_IS_BAD = {"inference_fps"}
+# Counters in a camera's integrity dict that are totals, not flags.
+NOT_FLAGS = {"frames"}
 STATE_ORDER = ("ok", "degraded", "critical", "offline")
 
 
@@ -155,7 +160,7 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
         p = prev_cams.get(cam) or {}
         frames = (c.get("frames") or 0) - (p.get("frames") or 0)
         flagged = {k: v - (p.get("integrity") or {}).get(k, 0) for k, v in (c.get("integrity") or {}).items()}
-        flagged = {k: v for k, v in flagged.items() if v > 0}
+        flagged = {k: v for k, v in flagged.items() if v > 0 and k not in NOT_FLAGS}
         if frames > 0 and sum(flagged.values()) / frames > acfg.integrity_rate_max:
             add(
                 "frame_integrity",
@@ -171,7 +176,8 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
         if last.get(m) is None or len(history) < 10:
             continue
         z = robust_z([float(r[m]) for r in history if r.get(m) is not None], float(last[m]))
-        if abs(z) > acfg.anomaly_z:
+        bad_side = z < 0 if m in LOW_IS_BAD else z > 0
+        if abs(z) > acfg.anomaly_z and bad_side:
             add(
                 "telemetry_anomaly",
                 f"{dev}: {m} = {last[m]:.1f} is {z:+.1f} robust SDs from its recent median",

@@ -256,6 +256,8 @@ class Demo:
 
     def run(self, duration: float | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop the demo.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.prepare()
             self.start_services()

@@ -78,6 +78,8 @@ class Camera:
         #: called on the reader thread with each frame that will be classified next, so checks
         #: and preprocessing overlap the previous inference instead of following it
         self.prepare: Callable[[str, U8], Any] | None = None
+        #: called with each error message, so the status page's "Recent errors" lists camera trouble
+        self.on_error: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()
         self._consumed = threading.Condition(self._lock)
         # Live sources keep only the newest frame; on-demand ones without an fps cap read one
@@ -180,6 +182,8 @@ class Camera:
             log.warning("%s", msg)
         self.last_error = msg
         self.last_error_ts = time.time()
+        if self.on_error is not None:
+            self.on_error(f"camera {self.id}", msg)
 
     def _run(self) -> None:
         timeout = max(self.cfg.stall_after_s * 1.5, 2.0)
@@ -187,8 +191,6 @@ class Camera:
             source = self._factory(self.cfg, timeout)
             try:
                 source.open()
-                if self._connected is False and self.frames:
-                    self.reconnects += 1
                 self._connected = True
                 self.failures = 0
                 self._set_state("streaming")
@@ -207,6 +209,7 @@ class Camera:
                 return
             self._connected = False
             self.failures += 1
+            self.reconnects += 1  # attempts: a camera that never comes back still shows it is trying
             delay = backoff_delay(self.failures, self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
             at_max = self.cfg.reconnect_initial_s * (2 ** (self.failures - 1)) >= self.cfg.reconnect_max_s
             self._set_state("offline" if at_max else "reconnecting")

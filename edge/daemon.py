@@ -77,6 +77,8 @@ class Daemon:
         self.model_slot = ModelSlot()
         self.mqtt = MqttLink(cfg.mqtt, cfg.device.site, cfg.device.id, cfg.device.group, self.software)
         self.cameras = [Camera(c, self.wake) for c in cfg.cameras]
+        for cam in self.cameras:
+            cam.on_error = self.errors.add
         self.outbox: Outbox | None = None
         self.engine: InferenceEngine | None = None
         self.publisher: Publisher | None = None

@@ -321,3 +321,19 @@ def test_snapshots_are_uploaded_only_when_allowed(
     jpeg = base64.b64decode(snap.jpeg)
     assert jpeg.startswith(b"\xff\xd8")
     assert (tmp_path / "True" / "state" / "snapshots" / f"{snap.id}.jpg").read_bytes() == jpeg
+
+
+def test_a_camera_that_never_connects_is_listed_in_errors_and_counts_attempts(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    from shared.broker import free_port
+
+    url = f"rtsp://user:secret@127.0.0.1:{free_port()}/x"
+    cam = {"id": "dead", "kind": "rtsp", "url": url, "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5}
+    cfg = edge_config(tmp_path, broker, [cam], make_tiny_package(tmp_path / "p"))
+    with Daemon(cfg) as d:
+        assert wait_for(lambda: d.cameras[0].reconnects >= 2, 30)
+        errors = d.snapshot()["errors"]
+        assert any(e["source"] == "camera dead" for e in errors), errors
+        assert "secret" not in json.dumps(errors), "credentials must not reach the status page"
+        assert d.healthy(), "a dead camera never stops the daemon"

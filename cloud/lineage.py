@@ -84,7 +84,7 @@ def model_lineage(cfg: CloudConfig, version: str, with_files: bool = True) -> di
         except (ImportError, ParkwatchError) as e:
             out["missing"].append(f"rollouts: {e}")
         try:
-            out["audit"] = [e.to_dict() for e in reg.audit.entries(subject=version)]
+            out["audit"] = [e.to_dict() for e in reg.audit.entries(subject=f"model:{version}")]
         except (AttributeError, ParkwatchError) as e:
             out["missing"].append(f"audit: {e}")
     return out

@@ -142,8 +142,12 @@ def test_same_bytes_under_two_labels_is_a_conflict(lake: Path, reg: Registry, tm
         (lambda p: ((p / "cat").mkdir(), (p / "dog").mkdir()), "no files"),
         (lambda p: ((p / "cat").mkdir(), (p / "Dogs & Puppies!").mkdir()), "bad label folder name"),
         (lambda p: ((p / "cat").mkdir(), (p / "abstain").mkdir()), "reserved"),
+        (
+            lambda p: ((p / "cat").mkdir(), (p / "dog").mkdir(), (p / "stray.jpg").write_bytes(b"x")),
+            "outside any label folder",
+        ),
     ],
-    ids=["empty", "single-label", "empty-labels", "odd-characters", "reserved-label"],
+    ids=["empty", "single-label", "empty-labels", "odd-characters", "reserved-label", "stray-image"],
 )
 def test_bad_lakes_are_refused_and_nothing_is_registered(
     tmp_path: Path, reg: Registry, setup, message

@@ -86,7 +86,7 @@ def test_train_registers_a_scored_candidate_with_lineage(env: dict) -> None:
         trials = reg.list_trials(m.run_id or "")
         assert len(trials) == 2 and all("val_accuracy" in t.metrics and t.duration_s > 0 for t in trials)
         assert reg.get_run(m.run_id or "").status == "completed"
-        assert [e.action for e in reg.audit.entries(subject=m.version)] == ["model.registered"]
+        assert [e.action for e in reg.audit.entries(subject=f"model:{m.version}")] == ["model.registered"]
 
 
 def test_models_list_show_and_evaluate_commands(env: dict) -> None:

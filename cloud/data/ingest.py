@@ -194,7 +194,7 @@ def ingest(
     registry.audit.append(
         "ingest",
         "dataset.registered" if new else "dataset.reingested",
-        version,
+        f"dataset:{version}",
         {
             "source": str(root),
             "counts": counts,

@@ -40,7 +40,7 @@ def check_label(name: str) -> str | None:
     return None
 
 
-def label_dirs(root: Path) -> list[Path]:
+def label_dirs(root: Path, extensions: set[str] | None = None) -> list[Path]:
     """The label folders of ``root``; raises :class:`IngestError` naming every bad one at once."""
     try:
         if not root.is_dir():
@@ -57,8 +57,17 @@ def label_dirs(root: Path) -> list[Path]:
     if not dirs:
         raise IngestError(
             f"{root} has no label sub-folders: put the images in one folder per label, "
-            "e.g. {root}/cat/*.jpg and {root}/dog/*.jpg"
+            f"e.g. {root}/cat/*.jpg and {root}/dog/*.jpg"
         )
+    if extensions:
+        # An image beside the label folders has no label; dropping it quietly would hide data.
+        stray = [e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in extensions]
+        if stray:
+            shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+            raise IngestError(
+                f"{root} holds image(s) outside any label folder ({shown}): move each into the "
+                "folder of its label (e.g. cat/) and run ingest again"
+            )
     bad = [(d.name, why) for d in dirs if (why := check_label(d.name))]
     if bad:
         listing = "; ".join(f"{name!r}: {why}" for name, why in bad)
@@ -76,7 +85,7 @@ def label_dirs(root: Path) -> list[Path]:
 def walk(root: Path, extensions: set[str]) -> Iterator[Candidate]:
     """Yield candidates under each label folder (recursively), flagging loops and non-images."""
     root = root.resolve() if not root.is_symlink() else root
-    for folder in label_dirs(root):
+    for folder in label_dirs(root, extensions):
         label = folder.name
         seen: set[tuple[int, int]] = set()
         yield from _walk_dir(root, folder, label, extensions, seen)

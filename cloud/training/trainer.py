@@ -268,7 +268,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     reg.audit.append(
         "train",
         "model.registered",
-        version,
+        f"model:{version}",
         {
             "stage": "candidate",
             "gate_passed": gate["passed"],

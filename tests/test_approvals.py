@@ -56,7 +56,7 @@ def test_rules_history_signatures_and_audit(ch: ReleaseChannel) -> None:
         ("staging", "production", True),
     ]
     # a version a group runs cannot be rejected; another can, and its signature is withdrawn
-    with pytest.raises(approvals.ApprovalError, match="roll them back"):
+    with pytest.raises(approvals.ApprovalError, match="first move them"):
         ch.reject("1.0.0", "qa-anna", "bad")
     ch.reject("2.0.0", "qa-anna", "bias found in review")
     assert "2.0.0" not in ch.repo.approvals()

@@ -209,8 +209,10 @@ def reject(
     model = registry.get_model(version)
     if deployed_groups:
         raise ApprovalError(
-            f"model {version} is what group(s) {', '.join(deployed_groups)} run now; roll them back "
-            "first ('parkwatch cloud rollback --group G') so devices are never left without an approved model"
+            f"model {version} is what group(s) {', '.join(deployed_groups)} run now; first move them to "
+            "another approved version ('parkwatch cloud rollback --group G --reason ...', or, for a "
+            "group's first version, 'parkwatch cloud rollout OTHER --group G') so devices are never "
+            "left without an approved model"
         )
     if signer is not None:
         signer(version, [])

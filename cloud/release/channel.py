@@ -250,7 +250,11 @@ class ReleaseChannel:
             raise RolloutError("give a reason for the rollback (--reason)")
         latest = self.rollouts.latest(group)
         if latest is None or latest.previous_version is None:
-            raise RolloutError(f"group {group} has no earlier version to roll back to")
+            raise RolloutError(
+                f"group {group} has no earlier version to roll back to: approve another version and "
+                f"roll it out instead ('parkwatch cloud rollout VERSION --group {group} --reason ...'); "
+                "the boxes keep running their current model until then"
+            )
         target = latest.previous_version
         stage = self.stage_for_group(group)
         if stage not in approvals.approved_stages(self.registry, target):

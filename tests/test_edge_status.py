@@ -52,6 +52,8 @@ def test_served_page_needs_the_token_and_shows_everything(daemon: Daemon) -> Non
         assert httpx.get(url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401
     bad = httpx.get(url + "/", headers={"Accept": "text/html"})
     assert bad.status_code == 401 and "token" in bad.text
+    page = httpx.get(url + "/", headers={"Accept": "text/html"})
+    assert page.status_code == 401 and "/?token=&lt;token&gt;" in page.text  # shown, not eaten as a tag
     h = {"Authorization": f"Bearer {TOKEN}"}
     page = httpx.get(url + "/", headers=h)
     assert page.status_code == 200
@@ -81,9 +83,15 @@ def test_served_page_needs_the_token_and_shows_everything(daemon: Daemon) -> Non
     metrics = httpx.get(url + "/metrics", headers=h).text
     assert 'parkwatch_edge_camera_state{camera="gate",state="streaming"} 1' in metrics
     assert "parkwatch_edge_outbox_backlog " in metrics and "# TYPE parkwatch_edge_up gauge" in metrics
+    families: list[str] = []
     for line in metrics.splitlines():  # every sample line is "name{labels} number"
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if not families or families[-1] != name:
+                families.append(name)
+    # the text format wants each family in one block, also with two cameras (gate and dead)
+    assert len(families) == len(set(families)), families
 
 
 def test_token_link_becomes_a_cookie(daemon: Daemon) -> None:

@@ -14,6 +14,7 @@ or ``?token=…`` once (which sets the cookie, so a technician pastes one link).
 from __future__ import annotations
 
 import hmac
+import html
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,7 +109,8 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
             )
             if "text/html" in request.headers.get("accept", ""):
                 body = (
-                    f"<!doctype html><title>parkwatch: token needed</title><h1>Token needed</h1><p>{msg}</p>"
+                    "<!doctype html><title>parkwatch: token needed</title><h1>Token needed</h1>"
+                    f"<p>{html.escape(msg)}</p>"
                 )
                 return HTMLResponse(body, status_code=401)
             return JSONResponse({"ok": False, "error": msg}, status_code=401)

@@ -16,9 +16,11 @@ def _labels(d: dict[str, str]) -> str:
 
 
 class _Out:
+    """Collects samples per metric family: the text format wants each family's lines together,
+    even when samples are added camera by camera."""
+
     def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.seen: set[str] = set()
+        self.families: dict[str, list[str]] = {}
 
     def add(
         self,
@@ -31,11 +33,12 @@ class _Out:
         if value is None:
             return
         full = f"parkwatch_edge_{name}"
-        if full not in self.seen:
-            self.lines.append(f"# HELP {full} {help_}")
-            self.lines.append(f"# TYPE {full} {kind}")
-            self.seen.add(full)
-        self.lines.append(f"{full}{_labels(labels or {})} {float(value):g}")
+        lines = self.families.setdefault(full, [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"])
+        lines.append(f"{full}{_labels(labels or {})} {float(value):g}")
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for family in self.families.values() for line in family]
 
 
 def render_metrics(s: dict[str, Any]) -> str:

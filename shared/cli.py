@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
+import sys
 from typing import Any
 
 import click
@@ -31,8 +33,32 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+EXIT_USAGE = 64  # EX_USAGE: 2 is kept for config errors
+
+
+class RootGroup(LazyGroup):
+    """Turns command-line mistakes into the same shape as every other error: with ``--json``
+    a JSON object on stdout, and an exit status (64) that is not the config-error status (2)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **kw: Any) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        kw.pop("standalone_mode", None)
+        try:
+            return super().main(argv, prog_name, standalone_mode=False, **kw)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            if "--json" in argv:
+                click.echo(json.dumps({"ok": False, "error": e.format_message(), "kind": "usage"}))
+            e.show()
+            sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+
+
 @click.group(
-    cls=LazyGroup,
+    cls=RootGroup,
     lazy={"edge": "edge.cli:edge", "cloud": "cloud.cli:cloud"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,14 @@ def test_edge_never_imports_torch() -> None:
 def test_console_script(args: list[str]) -> None:
     res = subprocess.run([PARKWATCH, *args], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_usage_errors_are_json_with_json_and_not_the_config_status() -> None:
+    res = subprocess.run(
+        [PARKWATCH, "cloud", "approve", "v1", "--stage", "prod", "--json"], capture_output=True, text=True
+    )
+    assert res.returncode == 64, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] is False and out["kind"] == "usage" and "'prod' is not one of" in out["error"]
+    res = subprocess.run([PARKWATCH, "cloud", "approve", "v1"], capture_output=True, text=True)
+    assert res.returncode == 64 and "Missing option '--stage'" in res.stderr and res.stdout == ""

@@ -188,9 +188,17 @@ class MqttLink:
         self._connected.clear()
         if was:
             self.disconnects += 1
+            up_for = time.time() - (self.last_change_ts or 0.0)
             self.last_change_ts = time.time()
             if rc.is_failure:
                 self.last_error = f"connection lost: {rc}"
+                if up_for < 10 and self.disconnects >= 3:
+                    # The broker drops a session when another client logs in with the same id.
+                    self.last_error += (
+                        f" (dropped again {up_for:.0f} s after connecting: if another box or daemon "
+                        f"uses client id {self.client_id!r}, i.e. the same [device] id, the broker "
+                        "keeps disconnecting one of them)"
+                    )
                 log.warning(
                     "%s; paho reconnects with backoff, predictions wait in the outbox", self.last_error
                 )

@@ -337,3 +337,17 @@ def test_a_camera_that_never_connects_is_listed_in_errors_and_counts_attempts(
         assert any(e["source"] == "camera dead" for e in errors), errors
         assert "secret" not in json.dumps(errors), "credentials must not reach the status page"
         assert d.healthy(), "a dead camera never stops the daemon"
+
+
+def test_two_daemons_with_one_device_id_are_told_why_they_keep_dropping(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    pkg = make_tiny_package(tmp_path / "p")
+    a = edge_config(tmp_path / "a", broker, [], pkg)
+    b = edge_config(tmp_path / "b", broker, [], pkg)
+    with Daemon(a) as da, Daemon(b) as db:
+        assert da.mqtt is not None and db.mqtt is not None
+        assert wait_for(
+            lambda: any("same [device] id" in (d.mqtt.last_error or "") for d in (da, db)),  # type: ignore[union-attr]
+            60,
+        )

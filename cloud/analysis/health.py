@@ -48,6 +48,20 @@ def _body(row: dict[str, Any]) -> dict[str, Any]:
     return b if isinstance(b, dict) else json.loads(b) if isinstance(b, str) else {}
 
 
+def liveness(dev: dict[str, Any], now: float, timeout_s: float) -> tuple[str, str | None]:
+    """Pure: ("online"|"offline"|"unknown", why). Online needs a recent message, not just a
+    retained "online" status, so a box that lost power without its last-will still turns offline."""
+    last = dev.get("last_seen")
+    if dev.get("status") == "offline":
+        return "offline", dev.get("status_reason") or "reported offline"
+    if last is None:
+        return "unknown", "no message yet"
+    silent = now - float(last)
+    if silent > timeout_s:
+        return "offline", f"silent for {silent:.0f} s (heartbeat timeout {timeout_s:.0f} s)"
+    return "online", None
+
+
 def evaluate(
     device: dict[str, Any],
     telemetry: list[dict[str, Any]],
@@ -63,20 +77,19 @@ def evaluate(
         found.append(Finding(rule, site, message, device=dev, subject=subject, details=details))
 
     silent_for = now - (device.get("last_seen") or 0)
-    offline = False
+    live, why = liveness(device, now, heartbeat_timeout_s)
+    offline = live != "online"
     if device.get("status") == "offline":
-        offline = True
         add(
             "device_offline",
             f"{dev} reported offline ({device.get('status_reason') or 'no reason'})",
             reason=device.get("status_reason"),
             since=device.get("status_ts"),
         )
-    elif silent_for > heartbeat_timeout_s:
-        offline = True
+    elif offline:
         add(
             "device_offline",
-            f"{dev} silent for {silent_for:.0f} s (heartbeat timeout {heartbeat_timeout_s:.0f} s)",
+            f"{dev} {why}",
             silent_s=round(silent_for, 1),
             last_seen=device.get("last_seen"),
         )

@@ -48,6 +48,22 @@ def _audit(
     )
 
 
+def _change(
+    change: Callable[[str, str, str | None], dict[str, Any]],
+    action: str,
+    alert_id: str,
+    actor: str,
+    comment: str | None,
+    audit: AuditLog | None,
+    publisher: AlertPublisher | None,
+) -> dict[str, Any]:
+    a = change(alert_id, actor, comment)
+    _audit(audit, actor, action, a, {"comment": comment})
+    if publisher is not None:
+        publisher.publish(a)
+    return a
+
+
 def ack_alert(
     store: AlertStore,
     alert_id: str,
@@ -56,11 +72,7 @@ def ack_alert(
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
 ) -> dict[str, Any]:
-    a = store.ack(alert_id, actor, comment)
-    _audit(audit, actor, "alert.acknowledge", a, {"comment": comment})
-    if publisher is not None:
-        publisher.publish(a)
-    return a
+    return _change(store.ack, "alert.acknowledge", alert_id, actor, comment, audit, publisher)
 
 
 def resolve_alert(
@@ -71,11 +83,7 @@ def resolve_alert(
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
 ) -> dict[str, Any]:
-    a = store.resolve(alert_id, actor, comment)
-    _audit(audit, actor, "alert.resolve", a, {"comment": comment})
-    if publisher is not None:
-        publisher.publish(a)
-    return a
+    return _change(store.resolve, "alert.resolve", alert_id, actor, comment, audit, publisher)
 
 
 class Governor:

@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from cloud.analysis.health import liveness
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.errors import ServiceUnavailable
-from cloud.dashboard.views.fleet import health_class, liveness
+from cloud.dashboard.views.fleet import health_class
 from cloud.dashboard.web import render, require, services
 
 router = APIRouter()

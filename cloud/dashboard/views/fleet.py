@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from cloud.analysis.health import liveness
 from cloud.dashboard.charts import sparkline
 from cloud.dashboard.web import render, require, services
 
@@ -16,20 +17,6 @@ router = APIRouter()
 
 SORTS = ("site", "device", "status", "health", "last_seen", "model_version", "cpu", "temp", "backlog")
 TREND_WINDOW_S = 3600.0
-
-
-def liveness(dev: dict[str, Any], now: float, timeout_s: float) -> tuple[str, str | None]:
-    """Pure: ("online"|"offline"|"unknown", why). Online needs a recent message, not just a
-    retained "online" status, so a box that lost power without its last-will still turns offline."""
-    last = dev.get("last_seen")
-    if dev.get("status") == "offline":
-        return "offline", dev.get("status_reason") or "reported offline"
-    if last is None:
-        return "unknown", "no message yet"
-    silent = now - float(last)
-    if silent > timeout_s:
-        return "offline", f"silent for {silent:.0f} s (heartbeat timeout {timeout_s:.0f} s)"
-    return "online", None
 
 
 def health_class(state: str | None) -> str:

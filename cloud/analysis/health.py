@@ -201,6 +201,30 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
             )
 
 
+INGEST_SITE = "cloud"  # alerts about the cloud's own ingest carry this site
+
+
+def ingest_findings(states: list[dict[str, Any]], lag_alert_s: float) -> list[Finding]:
+    """An ``ingest_backlog`` finding per worker whose oldest inbox row waited past ``lag_alert_s``."""
+    out = []
+    for s in states:
+        age = s["oldest_age_s"]
+        if age is not None and age >= lag_alert_s:
+            out.append(
+                Finding(
+                    "ingest_backlog",
+                    INGEST_SITE,
+                    f"{s['backlog']} acknowledged messages wait in the inbox of ingest worker "
+                    f"{s['worker']}, the oldest for {age:.0f} s: the fleet tables are behind. Check that "
+                    "'parkwatch cloud serve' runs and its log for materializer errors; "
+                    "'parkwatch cloud inbox' shows the backlog",
+                    subject=f"inbox:{s['worker']}",
+                    details=dict(s),
+                )
+            )
+    return out
+
+
 def check_fleet(
     store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float, gap_grace_s: float = 0.0
 ) -> list[DeviceHealth]:

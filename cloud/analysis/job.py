@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud.analysis import baseline as baselines
 from cloud.analysis import drift, health, report
+from cloud.fleet.inbox import inbox_states
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
 from cloud.governance.engine import Governor
@@ -36,7 +37,9 @@ def run_health(
         fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now, cfg.fleet.gap_grace_s
     )
     if governor is not None:
-        governor.apply([f for h in results for f in h.findings], "health")
+        findings = [f for h in results for f in h.findings]
+        findings += health.ingest_findings(inbox_states(cfg.data_dir, now), cfg.fleet.inbox_lag_alert_s)
+        governor.apply(findings, "health")
     return results
 
 

@@ -30,6 +30,7 @@ COMMANDS = {
     "lineage": "cloud.cli.fleet:lineage",
     "alerts": "cloud.cli.fleet:alerts",
     "health": "cloud.cli.fleet:health",
+    "inbox": "cloud.cli.fleet:inbox",
     # dashboard
     "users": "cloud.cli.dashboard:users",
 }

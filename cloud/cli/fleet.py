@@ -272,3 +272,45 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             or "no devices have reported yet"
         ),
     )
+
+
+def _human_inbox(r: dict[str, Any]) -> str:
+    lines = ["ingest workers (acknowledged, not yet in the fleet tables):"]
+    for w in r["workers"]:
+        age = "-" if w["oldest_age_s"] is None else f"{w['oldest_age_s']:.0f} s"
+        lines.append(f"  {w['worker']:<32} backlog {w['backlog']:>7}  oldest waiting {age}")
+    if not r["workers"]:
+        lines.append("  none yet (ingest has not run with this data_dir)")
+    lines.append(f"refused by validation (dead letters, newest first; {r['dead_letters_total']} kept):")
+    for d in r["dead_letters"]:
+        lines.append(f"  #{d['id']} {_ago(d['received_ts'])} {d['kind']:<18} {d['reason']}")
+    if not r["dead_letters"]:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option(
+    "--dead-letters", "limit", default=10, show_default=True, help="How many refused messages to list."
+)
+@config_option(DEFAULT_PATH)
+@json_option
+@handle_errors
+def inbox(limit: int, config_path: Path, as_json: bool) -> None:
+    """Ingest backlog per worker, and the messages validation refused (with the payload in --json)."""
+    import time
+
+    from cloud.config import load
+    from cloud.fleet.inbox import inbox_states
+    from cloud.fleet.store import FleetStore
+
+    cfg = load(config_path)
+    with FleetStore(cfg.fleet_db) as fs:
+        letters = fs.dead_letters(limit)
+        total = int(fs.query("SELECT count(*) AS n FROM dead_letters")[0]["n"])
+    r = {
+        "workers": inbox_states(cfg.data_dir, time.time()),
+        "dead_letters": letters,
+        "dead_letters_total": total,
+    }
+    emit(r, as_json, _human_inbox)

@@ -30,6 +30,12 @@ class FleetConfig(Section):
         description="a gap younger than this is not reported yet: late rows may still fill it "
         "(normal with several workers or an outbox resending its backlog)",
     )
+    inbox_lag_alert_s: float = Field(
+        300.0,
+        gt=0,
+        description="alert (ingest_backlog) when an acknowledged message has waited this long in a "
+        "worker's inbox for the materializer: the fleet tables are behind",
+    )
     snapshots_dir: Path | None = Field(
         None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"
     )

@@ -157,6 +157,24 @@ CREATE TABLE IF NOT EXISTS drift (
     details TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS drift_model_site ON drift(model_version, site, ts);
+-- Where each ingest worker's materializer got to in its inbox (cloud/fleet/inbox.py), written in
+-- the same transaction as the rows it produced, so an inbox row is applied exactly once.
+CREATE TABLE IF NOT EXISTS inbox_progress (
+    worker TEXT PRIMARY KEY,
+    upto INTEGER NOT NULL
+);
+-- Messages refused by validation, kept (payload cut at 64 KiB) so an operator can see what a
+-- device really sent; pruned with the rest by retention.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    worker TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    received_ts REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_ts ON dead_letters(received_ts);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -4,10 +4,15 @@ Loss-free by construction, not by luck:
 
 * a persistent MQTT 5 session (``clean_start=False`` plus a session expiry), so the broker
   queues for us while ingest restarts;
-* manual acknowledgements: a message is PUBACKed only after the SQLite transaction holding it
-  committed with ``synchronous=FULL``; anything not yet acknowledged is resent by the broker;
-* predictions are keyed by (device, seq), so a resend is stored once, and seq jumps are
-  recorded as gaps (see :mod:`cloud.fleet.writer`).
+* manual acknowledgements: a message is PUBACKed only after it is committed (``synchronous=FULL``)
+  to this worker's inbox (:mod:`cloud.fleet.inbox`); anything not yet acknowledged is resent;
+* the inbox is turned into fleet rows by a materializer process (:mod:`cloud.fleet.materialize`)
+  that validates, keys predictions by (device, seq) so a resend is stored once, and records seq
+  jumps as gaps (:mod:`cloud.fleet.writer`).
+
+Two stages because receiving is cheap and row-writing is not: acknowledging after the rows were
+written held the broker's queue at a fraction of its delivery rate during a burst. The receiver
+here only routes by topic and appends; see the inbox module for the numbers.
 
 Predictions and telemetry come through a shared subscription so several workers (each with
 its own ``client_id``) split the stream. Status and model state are subscribed without sharing:
@@ -19,6 +24,7 @@ worker storing them is harmless. Update request/response topics are left to the 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import queue
 import threading
 import time
@@ -29,12 +35,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.fleet.errors import FleetError
+from cloud.fleet.inbox import Inbox, inbox_path
+from cloud.fleet.materialize import SharedStats, process_main
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import store_snapshot
-from cloud.fleet.store import FleetStore
-from cloud.fleet.writer import BatchWriter, Incoming
+from cloud.fleet.writer import BatchWriter
 from shared.mqtt import make_client
-from shared.protocol import Kind, ProtocolError, Snapshot, Topics, decode
+from shared.protocol import Kind, PayloadTooLarge, ProtocolError, Snapshot, Topics, decode, parse_topic
 from shared.protocol.counter import RejectCounter
 
 if TYPE_CHECKING:
@@ -43,7 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("parkwatch.cloud.ingest")
 
 STORED_KINDS = {Kind.PREDICTIONS, Kind.TELEMETRY, Kind.STATUS, Kind.MODEL_STATE}
-_IDLE_S = 0.02  # stop filling a batch when nothing arrived for this long
+_IDLE_S = 0.005  # stop filling a batch when nothing arrived for this long
+_RESTART_BACKOFF_S = 2.0
+
+Received = tuple[str, bytes, float, int, int]  # topic, payload, received_ts, mid, qos
 
 
 def subscriptions(share_group: str) -> list[tuple[str, int]]:
@@ -61,34 +71,39 @@ class FleetIngest:
         self.cfg = cfg
         self.fcfg = cfg.fleet
         self.client_id = client_id or self.fcfg.client_id
-        self.rejects = RejectCounter()
-        self._q: queue.Queue[tuple[Incoming, int, int]] = queue.Queue(maxsize=self.fcfg.queue_max)
+        self.rejects = RejectCounter()  # refused before the inbox (unknown topic, too large)
+        self.mstats = SharedStats()  # the materializer's figures
+        self._q: queue.Queue[Received] = queue.Queue(maxsize=self.fcfg.queue_max)
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
+        self._inbox: Inbox | None = None
+        self._mp = mp.get_context("spawn")
+        self._proc: mp.process.BaseProcess | None = None
+        self._next_restart = 0.0
         self._lock = threading.Lock()
         self._flushed_rejects: dict[str, int] = {}
         self.received = 0
+        self.accepted = 0
         self.ignored = 0
-        self.stored_predictions = 0
-        self.duplicates = 0
         self.snapshots: dict[str, int] = {}
-        self.batches = 0
-        self.write_errors = 0
+        self.inbox_commits = 0
+        self.inbox_errors = 0
+        self.materializer_restarts = 0
         self.last_error: str | None = None
-        self.last_write_ts: float | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
             return
-        # Open (and create) the database before taking messages, so a bad path fails fast.
-        db = connect(self.cfg.fleet_db, synchronous="FULL")
+        # Open (and create) both databases before taking messages, so a bad path fails fast.
+        connect(self.cfg.fleet_db, synchronous="FULL").close()
+        self._inbox = Inbox(inbox_path(self.cfg.data_dir, self.client_id))
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._writer_loop, args=(db,), name="fleet-ingest-writer", daemon=True
-        )
+        self.mstats.set("stop", 0)
+        self._start_materializer()
+        self._thread = threading.Thread(target=self._writer_loop, name="fleet-ingest-inbox", daemon=True)
         self._thread.start()
         c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
         c.on_connect = self._on_connect
@@ -115,7 +130,11 @@ class FleetIngest:
         c.loop_start()
 
     def stop(self) -> None:
-        """Stop taking messages, write and acknowledge what is queued, then disconnect."""
+        """Stop taking messages, make what is queued durable and acknowledge it, then disconnect.
+
+        The materializer gets a few seconds to drain the inbox; what it leaves is applied when
+        this worker (same ``client_id``) starts again.
+        """
         c = self._client
         if c is not None:
             c.on_message = lambda *a: None
@@ -128,6 +147,17 @@ class FleetIngest:
             c.loop_stop()
             self._client = None
         self._connected.clear()
+        self.mstats.set("stop", 1)
+        if self._proc is not None:
+            self._proc.join(timeout=60)
+            if self._proc.is_alive():
+                log.error("materializer did not stop in time; terminating it (the inbox keeps its rows)")
+                self._proc.terminate()
+                self._proc.join(timeout=10)
+            self._proc = None
+        if self._inbox is not None:
+            self._inbox.close()
+            self._inbox = None
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """Until connected and subscribed (SUBACK received)."""
@@ -137,22 +167,62 @@ class FleetIngest:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def inbox_backlog(self) -> int:
+        """Messages acknowledged to the broker but not yet in the fleet tables."""
+        inbox = self._inbox
+        return inbox.backlog() if inbox is not None else 0
+
     def stats(self) -> dict[str, Any]:
+        m = self.mstats
+        rejected = self.rejects.snapshot()
+        for k, v in m.rejected().items():
+            rejected[k] = rejected.get(k, 0) + v
+        last_write = m.get("last_write_ts")
         return {
             "connected": self.connected,
             "client_id": self.client_id,
             "received": self.received,
+            "accepted": self.accepted,
             "ignored": self.ignored,
-            "rejected": self.rejects.snapshot(),
-            "stored_predictions": self.stored_predictions,
-            "duplicates": self.duplicates,
+            "rejected": rejected,
+            "inbox_backlog": self.inbox_backlog(),
+            "stored_predictions": int(m.get("stored_predictions")),
+            "duplicates": int(m.get("duplicates")),
             "snapshots": dict(self.snapshots),
-            "batches": self.batches,
+            "batches": int(m.get("batches")),
             "queue": self._q.qsize(),
-            "write_errors": self.write_errors,
+            "write_errors": self.inbox_errors + int(m.get("write_errors")),
+            "materializer_alive": self._proc is not None and self._proc.is_alive(),
+            "materializer_restarts": self.materializer_restarts,
             "last_error": self.last_error,
-            "last_write_ts": self.last_write_ts,
+            "last_write_ts": last_write or None,
         }
+
+    # materializer process ------------------------------------------------------------------
+    def _start_materializer(self) -> None:
+        p = self._mp.Process(
+            target=process_main,
+            args=(
+                self.cfg,
+                self.client_id,
+                self.mstats.arr,
+                logging.getLogger().getEffectiveLevel(),
+            ),
+            name=f"parkwatch-materialize-{self.client_id}",
+            daemon=True,
+        )
+        p.start()
+        self._proc = p
+
+    def _supervise(self) -> None:
+        p = self._proc
+        if p is None or p.is_alive() or self.mstats.get("stop") or time.monotonic() < self._next_restart:
+            return
+        self.materializer_restarts += 1
+        self.last_error = f"materializer exited with status {p.exitcode}; restarted (the inbox kept its rows)"
+        log.error("%s", self.last_error)
+        self._next_restart = time.monotonic() + _RESTART_BACKOFF_S
+        self._start_materializer()
 
     # MQTT callbacks (paho's network thread) ------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
@@ -182,42 +252,48 @@ class FleetIngest:
             log.warning("ingest lost the broker (%s); paho reconnects, the broker keeps our queue", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        received = time.time()
+        """Route by topic only; everything that needs the payload parsed is the materializer's."""
         self.received += 1
+        topic = msg.topic
+        payload = bytes(msg.payload)  # paho hands bytes already; this is a no-op copy guard for mypy
         try:
-            parsed, decoded = decode(msg.topic, msg.payload, self.cfg.mqtt.max_payload_bytes)
+            kind = parse_topic(topic).kind
+            if len(payload) > self.cfg.mqtt.max_payload_bytes:
+                raise PayloadTooLarge(
+                    f"{topic}: payload of {len(payload)} bytes exceeds {self.cfg.mqtt.max_payload_bytes}"
+                )
         except ProtocolError as e:
             self.rejects.reject(e)
             client.ack(msg.mid, msg.qos)  # rejected for good: a resend would be rejected again
             return
-        except Exception as e:  # a bug in a validator must not kill the network thread
-            log.exception("unexpected error decoding %s", msg.topic)
-            self.rejects.reject(ProtocolError(f"{msg.topic}: {e}"))
+        if kind in STORED_KINDS:
+            self._q.put((topic, payload, time.time(), msg.mid, msg.qos))
+        elif kind is Kind.SNAPSHOT:
+            self._snapshot(topic, payload)
             client.ack(msg.mid, msg.qos)
-            return
-        if isinstance(decoded, Snapshot):
-            self._snapshot(decoded)
-            client.ack(msg.mid, msg.qos)
-            return
-        if parsed.kind not in STORED_KINDS:
+        else:
             self.ignored += 1
             client.ack(msg.mid, msg.qos)
-            return
-        self._q.put((Incoming(parsed, decoded, received), msg.mid, msg.qos))
 
-    def _snapshot(self, snap: Snapshot) -> None:
+    def _snapshot(self, topic: str, payload: bytes) -> None:
+        """Snapshots are rare and go to files, not rows: handled here, whole."""
         outcome: str
         try:
+            _, snap = decode(topic, payload, self.cfg.mqtt.max_payload_bytes)
+            assert isinstance(snap, Snapshot)
             outcome = store_snapshot(self.cfg, snap)
+        except ProtocolError as e:
+            self.rejects.reject(e)
+            return
         except OSError as e:
             outcome = "write_error"
-            self.last_error = f"cannot keep snapshot {snap.id}: {e}"
+            self.last_error = f"cannot keep a snapshot from {topic}: {e}"
             log.error("%s", self.last_error)
         with self._lock:
             self.snapshots[outcome] = self.snapshots.get(outcome, 0) + 1
 
-    # writer thread -------------------------------------------------------------------------
-    def _collect(self) -> list[tuple[Incoming, int, int]]:
+    # inbox thread --------------------------------------------------------------------------
+    def _collect(self) -> list[Received]:
         try:
             first = self._q.get(timeout=0.25)
         except queue.Empty:
@@ -225,6 +301,11 @@ class FleetIngest:
         batch = [first]
         deadline = time.monotonic() + self.fcfg.batch_interval_s
         while len(batch) < self.fcfg.batch_max:
+            try:
+                batch.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -234,77 +315,54 @@ class FleetIngest:
                 break
         return batch
 
-    def _writer_loop(self, db: Any) -> None:
-        writer = BatchWriter(db)
-        store = FleetStore.__new__(FleetStore)  # share the writer's connection for retention
-        store.path, store.db, store._lock = self.cfg.fleet_db, db, threading.RLock()
-        next_prune = time.monotonic()
-        try:
-            while True:
-                batch = self._collect()
-                if not batch:
-                    self._flush_counters(writer)
-                    if self._stop.is_set() and self._q.empty():
-                        break
-                    if time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + self.fcfg.retention_interval_s
-                        self._prune(store)
-                    continue
-                self._write_until_done(writer, batch)
-        finally:
-            db.close()
+    def _writer_loop(self) -> None:
+        while True:
+            batch = self._collect()
+            if not batch:
+                self._flush_rejects()
+                self._supervise()
+                if self._stop.is_set() and self._q.empty():
+                    break
+                continue
+            self._append_until_done(batch)
+            self._supervise()
 
-    def _write_until_done(self, writer: BatchWriter, batch: list[tuple[Incoming, int, int]]) -> None:
+    def _append_until_done(self, batch: list[Received]) -> None:
+        inbox = self._inbox
+        assert inbox is not None
         delay = 0.5
+        rows = [(t, p, ts) for t, p, ts, _, _ in batch]
         while True:
             try:
-                res = writer.write([b[0] for b in batch], self._counter_deltas())
+                inbox.append(rows)
                 break
             except FleetError as e:
                 # Keep the batch unacknowledged and retry: the broker holds everything behind it.
-                self.write_errors += 1
+                self.inbox_errors += 1
                 self.last_error = str(e)
                 log.error("%s; retrying in %.1f s", e, delay)
                 if self._stop.wait(delay) and self._client is None:
                     return
                 delay = min(delay * 2, 30.0)
-        self._commit_counters()
         c = self._client
         if c is not None:
-            for _, mid, qos in batch:
+            for _, _, _, mid, qos in batch:
                 c.ack(mid, qos)
-        self.batches += 1
-        self.stored_predictions += res.predictions_stored
-        self.duplicates += res.duplicates
-        self.last_write_ts = time.time()
-        for device, first, last in res.gaps_opened:
-            # INFO, not WARNING: with several workers or a resending outbox most gaps close within
-            # moments; the health check reports the ones that last (fleet.gap_grace_s).
-            log.info("gap: device %s is missing seq %d..%d", device, first, last)
+        self.accepted += len(batch)
+        self.inbox_commits += 1
 
-    def _counter_deltas(self) -> dict[str, int]:
+    def _flush_rejects(self) -> None:
+        """Persist the receiver's own refusals as counters (rare, so a short-lived connection)."""
         snap = self.rejects.snapshot()
-        self._pending = {f"rejected.{k}": v - self._flushed_rejects.get(k, 0) for k, v in snap.items()}
-        self._pending_snap = snap
-        return self._pending
-
-    def _commit_counters(self) -> None:
-        self._flushed_rejects = dict(self._pending_snap)
-
-    def _flush_counters(self, writer: BatchWriter) -> None:
-        deltas = self._counter_deltas()
-        if any(deltas.values()):
-            try:
-                writer.write([], deltas)
-                self._commit_counters()
-            except FleetError as e:
-                self.last_error = str(e)
-
-    def _prune(self, store: FleetStore) -> None:
+        deltas = {f"rejected.{k}": v - self._flushed_rejects.get(k, 0) for k, v in snap.items()}
+        if not any(deltas.values()):
+            return
         try:
-            out = store.prune(time.time() - self.fcfg.retention_days * 86400)
-            if any(out.values()):
-                log.info("retention removed %s", out)
+            db = connect(self.cfg.fleet_db, synchronous="FULL")
+            try:
+                BatchWriter(db).write([], deltas)
+            finally:
+                db.close()
+            self._flushed_rejects = snap
         except FleetError as e:
             self.last_error = str(e)
-            log.error("%s", e)

@@ -268,6 +268,15 @@ class FleetStore:
             return []
         return self.drift_results(site=site, run_id=row[0]["run_id"], limit=100_000)
 
+    def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Messages validation refused, newest first; the payload as text (cut to 2,000 characters)."""
+        rows = self.query(
+            "SELECT id, worker, topic, kind, reason, received_ts, length(payload) AS bytes, "
+            "substr(CAST(payload AS TEXT), 1, 2000) AS payload FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return rows
+
     # retention -----------------------------------------------------------------------------
     def prune(self, before_ts: float) -> dict[str, int]:
         """Delete rows older than ``before_ts``; labelled predictions are kept for accuracy history."""
@@ -287,6 +296,9 @@ class FleetStore:
                 out["model_states"] = c.execute("DELETE FROM model_states WHERE ts<?", (before_ts,)).rowcount
                 out["drift"] = c.execute("DELETE FROM drift WHERE ts<?", (before_ts,)).rowcount
                 out["gaps"] = c.execute("DELETE FROM gaps WHERE detected_ts<?", (before_ts,)).rowcount
+                out["dead_letters"] = c.execute(
+                    "DELETE FROM dead_letters WHERE received_ts<?", (before_ts,)
+                ).rowcount
         except Exception as e:  # sqlite3.Error, wrapped at the boundary
             raise FleetError(f"retention prune failed on {self.path}: {e}") from e
         return out

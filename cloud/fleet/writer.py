@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _esc
 
 import sqlite_utils
 
@@ -42,6 +43,18 @@ class Incoming:
     received_ts: float
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    kind: str
+    reason: str
+    received_ts: float
+    payload: bytes
+
+
+DEAD_LETTER_MAX_BYTES = 64 * 1024
+
+
 @dataclass
 class WriteResult:
     messages: int = 0
@@ -57,6 +70,12 @@ class WriteResult:
 _enc = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def _probs_json(probs: dict[str, float]) -> str:
+    """The same text as ``_enc(probs)`` at half the cost (50 of these per message): the values are
+    validated finite floats, whose repr is valid JSON, and keys go through json's own escaper."""
+    return "{" + ",".join([f"{_esc(k)}:{v!r}" for k, v in probs.items()]) + "}"
+
+
 def _pred_rows(b: PredictionBatch, received: float) -> list[tuple[object, ...]]:
     return [
         (
@@ -67,7 +86,7 @@ def _pred_rows(b: PredictionBatch, received: float) -> list[tuple[object, ...]]:
             p.ts,
             p.label,
             p.confidence,
-            _enc(p.probs) if p.probs else None,
+            _probs_json(p.probs) if p.probs else None,
             p.model_version,
             int(p.abstain),
             _enc(p.flags) if p.flags else None,
@@ -105,13 +124,28 @@ class BatchWriter:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
 
-    def write(self, items: list[Incoming], counters: dict[str, int] | None = None) -> WriteResult:
-        """Store ``items`` and add ``counters`` in one transaction (all or nothing)."""
+    def write(
+        self,
+        items: list[Incoming],
+        counters: dict[str, int] | None = None,
+        progress: tuple[str, int] | None = None,
+        dead_letters: list[DeadLetter] | None = None,
+    ) -> WriteResult:
+        """Store ``items``, ``dead_letters``, ``counters`` and the inbox ``progress`` mark
+        (worker, last inbox id) in one transaction: all or nothing, so nothing is applied twice."""
         res = WriteResult(messages=len(items))
         try:
             with self.conn:
                 if items:
                     self._write(items, res)
+                if dead_letters:
+                    self._dead_letters(progress[0] if progress else "", dead_letters)
+                if progress is not None:
+                    self.conn.execute(
+                        "INSERT INTO inbox_progress(worker, upto) VALUES (?, ?) "
+                        "ON CONFLICT(worker) DO UPDATE SET upto=excluded.upto",
+                        progress,
+                    )
                 deltas = dict(counters or {})
                 deltas["stored.predictions"] = res.predictions_stored
                 deltas["duplicates.predictions"] = res.duplicates
@@ -123,6 +157,20 @@ class BatchWriter:
                 "the broker will resend it"
             ) from e
         return res
+
+    def progress(self, worker: str) -> int:
+        row = self.conn.execute("SELECT upto FROM inbox_progress WHERE worker=?", (worker,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _dead_letters(self, worker: str, letters: list[DeadLetter]) -> None:
+        self.conn.executemany(
+            "INSERT INTO dead_letters(worker, topic, kind, reason, received_ts, payload) "
+            "VALUES (?,?,?,?,?,?)",
+            [
+                (worker, d.topic, d.kind, d.reason, d.received_ts, d.payload[:DEAD_LETTER_MAX_BYTES])
+                for d in letters
+            ],
+        )
 
     def _write(self, items: list[Incoming], res: WriteResult) -> None:
         c = self.conn

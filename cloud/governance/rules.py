@@ -45,6 +45,12 @@ RULES: dict[str, Rule] = {
         Rule("telemetry_anomaly", "health", "info", "a telemetry figure is far from its own recent history"),
         Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
         Rule(
+            "ingest_backlog",
+            "health",
+            "warning",
+            "acknowledged messages wait in an ingest inbox: the materializer is down or behind",
+        ),
+        Rule(
             "class_mix_drift",
             "drift",
             "warning",

@@ -1,0 +1,127 @@
+"""The ingest inbox: raw messages made durable before the broker is acknowledged.
+
+Why a separate stage: storing a prediction batch as rows (validate 50 predictions, insert 50 rows
+into two B-trees, detect gaps) costs about ten times what receiving it costs, so an ingest that
+acknowledged only after that work ran at a fraction of the broker's delivery rate, and a burst
+piled up in the broker, whose queue limits are exactly where messages get dropped (NOTES.md).
+Appending the payload as one row to this file is cheap, so the broker's queue drains at close
+to delivery speed; the backlog moves into a file we own, bounded by disk, not by
+``max_queued_messages``. The materializer (:mod:`cloud.fleet.materialize`) turns inbox rows into
+fleet rows in its own process and deletes them.
+
+One inbox file per ingest worker (named after its ``client_id``), so workers never contend for a
+write lock here, and a restarted worker resumes its own backlog. ``AUTOINCREMENT`` keeps ids
+growing even after the table empties: the materializer's progress mark in ``fleet.db`` is an id.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from cloud.fleet.errors import FleetError
+
+BUSY_TIMEOUT_S = 10.0
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_ts REAL NOT NULL
+);
+"""
+
+InboxRow = tuple[int, str, bytes, float]
+
+
+_SUFFIX = ".inbox.db"
+
+
+def inbox_path(data_dir: Path, client_id: str) -> Path:
+    return data_dir / "ingest" / f"{client_id}{_SUFFIX}"
+
+
+def inbox_states(data_dir: Path, now: float) -> list[dict[str, object]]:
+    """Every worker's backlog, read-only (the health check and ``parkwatch cloud inbox`` use it).
+
+    ``oldest_age_s`` is how long the oldest acknowledged message has waited for the materializer:
+    the figure that says whether the fleet tables are current.
+    """
+    out: list[dict[str, object]] = []
+    for f in sorted((data_dir / "ingest").glob(f"*{_SUFFIX}")):
+        try:
+            conn = sqlite3.connect(f"{f.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            try:
+                n, oldest = conn.execute("SELECT count(*), min(received_ts) FROM inbox").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise FleetError(f"cannot read the ingest inbox {f}: {e}") from e
+        out.append(
+            {
+                "worker": f.name[: -len(_SUFFIX)],
+                "backlog": int(n),
+                "oldest_age_s": None if oldest is None else round(max(0.0, now - float(oldest)), 1),
+                "path": str(f),
+            }
+        )
+    return out
+
+
+class Inbox:
+    """A WAL SQLite queue; every method is one transaction. Thread-safe within a process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")  # a commit here is what the PUBACK promises
+            self.conn.executescript(_DDL)
+        except (OSError, sqlite3.Error) as e:
+            raise FleetError(
+                f"cannot open the ingest inbox {path}: {e}; check data_dir in the cloud config and its "
+                "permissions"
+            ) from e
+
+    def append(self, rows: list[tuple[str, bytes, float]]) -> None:
+        """Make ``rows`` (topic, payload, received_ts) durable; only then may they be acknowledged."""
+        try:
+            with self._lock, self.conn:
+                self.conn.executemany("INSERT INTO inbox(topic, payload, received_ts) VALUES (?,?,?)", rows)
+        except sqlite3.Error as e:
+            raise FleetError(
+                f"ingest inbox write failed ({e}); nothing of this batch was acknowledged, the broker "
+                "will resend it"
+            ) from e
+
+    def take(self, after_id: int, limit: int) -> list[InboxRow]:
+        try:
+            with self._lock:
+                cur = self.conn.execute(
+                    "SELECT id, topic, payload, received_ts FROM inbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                )
+                return [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in cur]
+        except sqlite3.Error as e:
+            raise FleetError(f"cannot read the ingest inbox {self.path}: {e}") from e
+
+    def delete_upto(self, last_id: int) -> None:
+        """Forget rows the fleet database already holds (their ids are at most ``last_id``)."""
+        try:
+            with self._lock, self.conn:
+                self.conn.execute("DELETE FROM inbox WHERE id <= ?", (last_id,))
+        except sqlite3.Error as e:
+            raise FleetError(f"cannot trim the ingest inbox {self.path}: {e}") from e
+
+    def backlog(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()

@@ -76,7 +76,7 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
         assert f'aria-label="{title}"' in r.text
     assert "cam2" in r.text and "p99" in r.text
     assert "active" in r.text  # model-state history
-    assert c.get("/devices/nope").status_code == 400
+    assert c.get("/devices/nope").status_code == 404
 
 
 def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # type: ignore[no-untyped-def]

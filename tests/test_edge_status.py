@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,7 @@ def test_served_page_needs_the_token_and_shows_everything(daemon: Daemon) -> Non
         "user:***@",
     ):
         assert needle in html, needle
+    assert re.search(r"up \d+ s<", html), "a fresh daemon's uptime reads in seconds, not '0.0 h'"
     assert "pw@" not in html  # camera passwords never shown
     api = httpx.get(url + "/api/status", headers=h).json()
     assert api["model"]["version"] == "v3" and api["broker"]["connected"] is True

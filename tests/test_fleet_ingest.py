@@ -136,11 +136,11 @@ def test_restart_in_the_middle_of_a_burst_loses_nothing(cfg, broker: EmbeddedBro
     store = FleetStore(cfg.fleet_db)
     try:
         dev.predict(20_000, batch_size=10)
-        wait_for(lambda: store.prediction_count() > 500, what="ingest busy with the burst")
+        wait_for(lambda: ing.accepted > 50, what="ingest busy with the burst")
         ing.stop()  # mid-burst: the rest (and whatever was in flight unacknowledged) waits in the broker
-        stopped_at = store.prediction_count()
+        accepted = ing.accepted
         dev.flush()
-        assert stopped_at < 20_000, "the burst was over before the restart; make it longer"
+        assert accepted < 2_000, "the burst was over before the restart; make it longer"
         ing = started(cfg)  # same client id: the persistent session resumes
         wait_for(lambda: store.prediction_count() == 20_000, timeout=120, what="all 20,000 stored")
         assert store.gaps() == []

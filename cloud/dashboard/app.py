@@ -23,7 +23,10 @@ from cloud.dashboard.errors import AuthError, CsrfError, Forbidden, ServiceUnava
 from cloud.dashboard.security import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, csrf_ok, sign, unsign
 from cloud.dashboard.users import UserStore
 from cloud.dashboard.web import make_templates, render, require, session
+from cloud.fleet.errors import NotFound as FleetNotFound
+from cloud.governance.errors import AlertNotFound
 from cloud.registry.audit import AuditLog
+from cloud.registry.errors import NotFoundError
 from shared.errors import ParkwatchError
 
 log = logging.getLogger("parkwatch.dashboard")
@@ -154,6 +157,9 @@ def create_app(
     app.add_exception_handler(CsrfError, _error_page(403, "Form refused"))
     app.add_exception_handler(ServiceUnavailable, _error_page(503, "Not available yet"))
     app.add_exception_handler(ParkwatchError, _error_page(400, "Cannot do that"))
+    # Starlette picks the most specific class along the exception's MRO, so these win over the 400.
+    for not_found in (FleetNotFound, NotFoundError, AlertNotFound):
+        app.add_exception_handler(not_found, _error_page(404, "Not found"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

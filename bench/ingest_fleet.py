@@ -8,7 +8,7 @@ it. Prints both rates and their ratio (target >= 0.8), and also how fast the sam
 became rows in the fleet tables (the materializer's rate, which is what analysis and the dashboard
 see; the difference waits in the inbox, already safe).
 
-    .venv/bin/python bench/ingest_fleet.py [--devices 10] [--batches 100] [--batch-size 50] [--json]
+    .venv/bin/python bench/ingest_fleet.py [--devices 10] [--batches 400] [--batch-size 50] [--json]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def ingest_rate(
 
 
 def run(
-    devices: int = 10, batches: int = 100, batch_size: int = 50, batch_max: int | None = None
+    devices: int = 10, batches: int = 400, batch_size: int = 50, batch_max: int | None = None
 ) -> dict[str, Any]:
     fleet = {"batch_max": batch_max} if batch_max else {}
     with tempfile.TemporaryDirectory(prefix="pw-bench-ingest-") as tmp:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=10)
-    ap.add_argument("--batches", type=int, default=100, help="batches per device")
+    ap.add_argument("--batches", type=int, default=400, help="batches per device")
     ap.add_argument("--batch-size", type=int, default=50, help="predictions per batch")
     ap.add_argument(
         "--batch-max", type=int, default=None, help="fleet.batch_max for ingest (default: config)"

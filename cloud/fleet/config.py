@@ -30,6 +30,13 @@ class FleetConfig(Section):
         description="a gap younger than this is not reported yet: late rows may still fill it "
         "(normal with several workers or an outbox resending its backlog)",
     )
+    materializer_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how much the materializer process yields the CPU to the MQTT receiver (nice "
+        "increment): during a burst, emptying the broker's queue comes first",
+    )
     inbox_lag_alert_s: float = Field(
         300.0,
         gt=0,

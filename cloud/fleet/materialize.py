@@ -178,6 +178,11 @@ class Materializer:
 def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int) -> None:
     """Entry point of the materializer process (spawned by :class:`FleetIngest`)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Yield the CPU to the receiver during a burst: what is acknowledged is safe in the inbox, and
+    # rows can wait a few seconds; a broker queue that overflows cannot. Nice is a weight, not a
+    # ban: under sustained load this process still gets its share and the backlog is alerted on.
+    if cfg.fleet.materializer_nice:
+        os.nice(cfg.fleet.materializer_nice)
     stats = SharedStats(arr)
     parent = os.getppid()
     terminated = False

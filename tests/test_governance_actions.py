@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud.analysis.job import open_governor
+from cloud.config import CloudConfig
 from cloud.fleet.feedback import label_prediction
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
@@ -16,7 +17,9 @@ from cloud.governance.alerts import AlertStore
 from cloud.governance.rules import Finding
 from cloud.registry.store import Registry
 from shared.broker import EmbeddedBroker
+from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.fleetutil import cloud_cfg, wait_for
+from tests.release_support import Setup
 from tests.simdevice import SimDevice
 
 
@@ -50,6 +53,51 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
     assert "production" in act["error"] and "roll back" in act["error"]
     entries = [e.action for e in Registry(cfg.registry_db).audit.entries(subject=f"alert:{a['id']}")]
     assert entries == ["alert.open", "alert.action.rollback"]
+
+
+def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    baseline_package: Path,  # noqa: F811
+) -> None:
+    s = Setup(tmp_path, broker, baseline_package)  # staging runs 1.0.0; 2.0.0 approved; one real updater
+    data = s.cfg.model_dump()
+    data["fleet"]["client_id"] = f"ingest-{tmp_path.name}"[:60]
+    data["governance"] = {"rules": {"accuracy_drop": {"actions": ["rollback"]}}}
+    cfg = CloudConfig.model_validate(data)
+    ing = FleetIngest(cfg)
+    ing.start()
+    try:
+        assert ing.wait_connected(10)
+        s.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
+        assert s.updater.check_once() == "active"
+        store = FleetStore(cfg.fleet_db)
+        # The group is not configured anywhere: the action learns it from what the box reported.
+        wait_for(
+            lambda: (d := store.devices()) and d[0]["grp"] == "staging" and d[0]["model_version"] == "2.0.0",
+            what="box1 known in group staging on 2.0.0",
+        )
+        site = store.devices()[0]["site"]
+        f = Finding(
+            "accuracy_drop",
+            site,
+            "accuracy 71% on operator labels vs 97% on the test set",
+            subject="2.0.0",
+            details={"model_version": "2.0.0"},
+        )
+        [a] = open_governor(cfg, publish=False).apply([f], "drift")["opened"]
+        [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+        assert act["action"] == "rollback" and act["ok"] is True, act
+        assert s.ch.repo.groups()["staging"] == "1.0.0"
+        r = s.ch.latest_rollout("staging")
+        assert r is not None and r.version == "1.0.0"
+        assert s.updater.check_once() == "active"  # the real updater installs the rolled-back version
+        assert s.host.model_slot.current is not None and s.host.model_slot.current.version == "1.0.0"
+        entries = [e.action for e in Registry(cfg.registry_db).audit.entries(subject=f"alert:{a['id']}")]
+        assert entries == ["alert.open", "alert.action.rollback"]
+    finally:
+        ing.stop()
+        s.close()
 
 
 def _lake(src: Path, dst: Path, per_label: int, skip: int = 0) -> list[Path]:

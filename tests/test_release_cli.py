@@ -24,7 +24,7 @@ def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package
     code, out = run("keys", "init", "--as", "ops", "--config", toml)
     assert code == 0 and "root.json on every box" in out
     code, out = run("keys", "init", "--config", toml)
-    assert code == 1 and "refusing to overwrite" in out
+    assert code == 1 and "refusing to overwrite" in out and "keys rotate ROLE" in out
     code, out = run("keys", "list", "--json", "--config", toml)
     assert code == 0 and set(json.loads(out)) == {
         "root",

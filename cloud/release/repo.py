@@ -218,7 +218,11 @@ class TufRepository:
     def init(self) -> dict[str, Any]:
         """Create version 1 of every role. Refuses to touch an existing repository."""
         if (self.metadata_dir / "root.json").exists():
-            raise RepositoryError(f"{self.dir} already holds a TUF repository; refusing to overwrite it")
+            raise RepositoryError(
+                f"{self.dir} already holds a TUF repository; refusing to overwrite it. Keys and "
+                "repository are set up already: 'parkwatch cloud keys list' shows the keys, "
+                "'parkwatch cloud keys rotate ROLE' replaces one"
+            )
         c = self.cfg
         keys = {r: self.keys.load(r) for r in SIGNER_ROLE.values()}
         with self._locked():

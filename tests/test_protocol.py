@@ -142,6 +142,10 @@ def test_bad_payloads_raise_typed_errors() -> None:
         decode(topic, json.dumps(bad))
     with pytest.raises(InvalidPayload, match=r"unexpected|Extra"):
         decode(topic, json.dumps({**good, "surprise": 1}))
+    with pytest.raises(InvalidPayload, match="seq"):  # would not fit the SQLite INTEGER it is stored in
+        bad = json.loads(json.dumps(good))
+        bad["predictions"][-1]["seq"] = 2**63
+        decode(topic, json.dumps(bad))
 
 
 def test_a_device_cannot_speak_for_another() -> None:

@@ -33,12 +33,19 @@ def run_health(
     cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None
 ) -> list[health.DeviceHealth]:
     now = time.time() if now is None else now
+    inboxes = inbox_states(cfg.data_dir, now)
+    # The fleet tables are current only up to the oldest message still waiting in an inbox; judge
+    # silence from there, or an ingest backlog would read as a fleet of offline boxes. Only up to
+    # the backlog alert's limit: past it, ingest_backlog is open and explains any offline alerts,
+    # and a forgotten inbox must not hide real outages for ever.
+    lag = max((float(s["oldest_age_s"]) for s in inboxes if s.get("oldest_age_s") is not None), default=0.0)
+    lag = min(lag, cfg.fleet.inbox_lag_alert_s)
     results = health.check_fleet(
-        fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now, cfg.fleet.gap_grace_s
+        fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now - lag, cfg.fleet.gap_grace_s
     )
     if governor is not None:
         findings = [f for h in results for f in h.findings]
-        findings += health.ingest_findings(inbox_states(cfg.data_dir, now), cfg.fleet.inbox_lag_alert_s)
+        findings += health.ingest_findings(inboxes, cfg.fleet.inbox_lag_alert_s)
         governor.apply(findings, "health")
     return results
 

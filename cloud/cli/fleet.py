@@ -293,18 +293,39 @@ def _human_inbox(r: dict[str, Any]) -> str:
 @click.option(
     "--dead-letters", "limit", default=10, show_default=True, help="How many refused messages to list."
 )
+@click.option(
+    "--drain",
+    "drain",
+    metavar="WORKER",
+    default=None,
+    help="Apply a worker's inbox now, here (one whose client_id was renamed or that no longer runs). "
+    "Waits while that worker's own materializer holds it.",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def inbox(limit: int, config_path: Path, as_json: bool) -> None:
+def inbox(limit: int, drain: str | None, config_path: Path, as_json: bool) -> None:
     """Ingest backlog per worker, and the messages validation refused (with the payload in --json)."""
     import time
 
     from cloud.config import load
-    from cloud.fleet.inbox import inbox_states
+    from cloud.fleet.errors import NotFound
+    from cloud.fleet.inbox import inbox_path, inbox_states
+    from cloud.fleet.materialize import Materializer
     from cloud.fleet.store import FleetStore
 
     cfg = load(config_path)
+    if drain is not None:
+        if not inbox_path(cfg.data_dir, drain).exists():
+            known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
+            raise NotFound(f"no inbox for worker {drain!r} under {cfg.data_dir}; known workers: {known}")
+        m = Materializer(cfg, drain)
+        try:
+            while m.step():
+                pass
+            m.flush_counters()
+        finally:
+            m.close()
     with FleetStore(cfg.fleet_db) as fs:
         letters = fs.dead_letters(limit)
         total = int(fs.query("SELECT count(*) AS n FROM dead_letters")[0]["n"])

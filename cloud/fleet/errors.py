@@ -15,3 +15,11 @@ class NotFound(FleetError):
 
 class BadRequest(FleetError):
     """A request that cannot be honoured as given (wrong label, malformed id)."""
+
+
+class BadRecord(FleetError):
+    """A validated message that still cannot be stored (the database refuses its values).
+
+    Unlike a :class:`FleetError` from a locked or full database, retrying does not help: the
+    writer isolates the record and keeps it as a dead letter so the rows behind it move on.
+    """

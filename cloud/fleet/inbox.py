@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 from cloud.fleet.errors import FleetError
 
 BUSY_TIMEOUT_S = 10.0
 
 _DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -43,14 +46,15 @@ def inbox_path(data_dir: Path, client_id: str) -> Path:
     return data_dir / "ingest" / f"{client_id}{_SUFFIX}"
 
 
-def inbox_states(data_dir: Path, now: float) -> list[dict[str, object]]:
+def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
     """Every worker's backlog, read-only (the health check and ``parkwatch cloud inbox`` use it).
 
     ``oldest_age_s`` is how long the oldest acknowledged message has waited for the materializer:
     the figure that says whether the fleet tables are current.
     """
-    out: list[dict[str, object]] = []
+    out: list[dict[str, Any]] = []
     for f in sorted((data_dir / "ingest").glob(f"*{_SUFFIX}")):
+        state: dict[str, Any] = {"worker": f.name[: -len(_SUFFIX)], "path": str(f)}
         try:
             conn = sqlite3.connect(f"{f.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
             try:
@@ -58,15 +62,14 @@ def inbox_states(data_dir: Path, now: float) -> list[dict[str, object]]:
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            raise FleetError(f"cannot read the ingest inbox {f}: {e}") from e
-        out.append(
-            {
-                "worker": f.name[: -len(_SUFFIX)],
-                "backlog": int(n),
-                "oldest_age_s": None if oldest is None else round(max(0.0, now - float(oldest)), 1),
-                "path": str(f),
-            }
-        )
+            # One unreadable file must not blind the health check to the rest of the fleet.
+            state.update(backlog=None, oldest_age_s=None, error=f"cannot read {f}: {e}")
+        else:
+            state.update(
+                backlog=int(n),
+                oldest_age_s=None if oldest is None else round(max(0.0, now - float(oldest)), 1),
+            )
+        out.append(state)
     return out
 
 
@@ -82,6 +85,13 @@ class Inbox:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")  # a commit here is what the PUBACK promises
             self.conn.executescript(_DDL)
+            with self.conn:
+                # Identity of this file: the progress mark in fleet.db names it, so a deleted and
+                # recreated inbox (ids from 1 again) is not mistaken for the one already applied.
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('id', ?)", (uuid.uuid4().hex,)
+                )
+            self.id = str(self.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()[0])
         except (OSError, sqlite3.Error) as e:
             raise FleetError(
                 f"cannot open the ingest inbox {path}: {e}; check data_dir in the cloud config and its "

@@ -13,6 +13,7 @@ draining the broker.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing as mp
 import os
@@ -20,13 +21,14 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.sharedctypes import SynchronizedArray
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from cloud.fleet.errors import FleetError
+from cloud.fleet.errors import BadRecord, FleetError
 from cloud.fleet.inbox import Inbox, InboxRow, inbox_path
 from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
-from cloud.fleet.writer import BatchWriter, DeadLetter, Incoming
+from cloud.fleet.writer import BatchWriter, DeadLetter, Incoming, WriteResult
 from shared.protocol import ProtocolError, decode
 from shared.protocol.counter import RejectCounter
 
@@ -38,7 +40,9 @@ log = logging.getLogger("parkwatch.cloud.materialize")
 _IDLE_S = 0.05  # poll interval when the inbox is empty
 STOP_DRAIN_S = 5.0  # on stop, keep materializing this long; the rest stays in the inbox for next time
 
-# Figures the materializer process shares with its ingest worker (a lock-free array of doubles).
+# Figures the materializer process shares with its ingest worker (a lock-free array of doubles;
+# each slot has one writer). ``rx.*`` are refusals counted by the receiver, which the materializer
+# persists (``rx_done.*`` is how much of them it has), so the receiver never writes fleet.db.
 STAT_FIELDS = (
     "stored_predictions",
     "duplicates",
@@ -50,8 +54,18 @@ STAT_FIELDS = (
     "stop",  # set to 1 by the worker: a flag, not an Event, whose lock a killed child could leave held
 )
 REJECT_KINDS = ("malformed", "unsupported_schema", "invalid", "too_large", "unknown_topic", "protocol")
-_SLOTS = STAT_FIELDS + tuple(f"rejected.{k}" for k in REJECT_KINDS)
+_SLOTS = (
+    STAT_FIELDS
+    + tuple(f"rejected.{k}" for k in REJECT_KINDS)
+    + tuple(f"rx.{k}" for k in REJECT_KINDS)
+    + tuple(f"rx_done.{k}" for k in REJECT_KINDS)
+)
 _IX = {name: i for i, name in enumerate(_SLOTS)}
+LOCK_WAIT_S = 30.0
+
+
+def reject_kind(kind: str) -> str:
+    return kind if kind in REJECT_KINDS else "protocol"
 
 
 class SharedStats:
@@ -69,47 +83,65 @@ class SharedStats:
     def get(self, name: str) -> float:
         return float(self.arr[_IX[name]])
 
-    def rejected(self) -> dict[str, int]:
-        return {k: int(self.get(f"rejected.{k}")) for k in REJECT_KINDS if self.get(f"rejected.{k}")}
+    def counts(self, prefix: str) -> dict[str, int]:
+        return {k: int(self.get(f"{prefix}.{k}")) for k in REJECT_KINDS if self.get(f"{prefix}.{k}")}
 
 
 class Materializer:
-    def __init__(self, cfg: CloudConfig, worker: str, stats: SharedStats | None = None) -> None:
+    """Applies one worker's inbox. Holds an exclusive lock on it, so two never apply the same rows."""
+
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        worker: str,
+        stats: SharedStats | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.cfg = cfg
         self.worker = worker
         self.stats = stats or SharedStats()
+        self.should_stop = should_stop
         self.rejects = RejectCounter()
         self._flushed: dict[str, int] = {}
-        self.inbox = Inbox(inbox_path(cfg.data_dir, worker))
+        path = inbox_path(cfg.data_dir, worker)
+        self._lockfile = _lock(path.with_suffix(".lock"), LOCK_WAIT_S)
+        self.inbox = Inbox(path)
         self.writer = BatchWriter(connect(cfg.fleet_db, synchronous="FULL"))
-        self.upto = self.writer.progress(worker)
+        inbox_id, upto = self.writer.progress(worker)
+        if inbox_id != self.inbox.id:
+            if upto:
+                log.warning(
+                    "inbox %s is not the one fleet.db last applied for worker %s (recreated or replaced); "
+                    "applying it from its first row",
+                    path,
+                    worker,
+                )
+            upto = 0
+        self.upto = upto
         self.inbox.delete_upto(self.upto)  # rows applied before a crash that skipped the trim
 
     def close(self) -> None:
         self.inbox.close()
         self.writer.db.close()
+        self._lockfile.close()  # releases the lock
 
     def step(self) -> int:
-        """Materialize one batch; returns how many inbox rows it consumed (0: inbox empty)."""
+        """Materialize one batch; returns how many inbox rows it consumed (0: none, or stopping)."""
         rows = self.inbox.take(self.upto, self.cfg.fleet.batch_max)
         if not rows:
             return 0
         items, letters = self._decode(rows)
-        deltas = self._reject_deltas()
-        delay = 0.5
-        while True:
-            try:
-                res = self.writer.write(items, deltas, (self.worker, rows[-1][0]), letters)
-                break
-            except FleetError as e:
-                # Keep the rows in the inbox and retry: nothing is lost, ingest keeps accepting.
-                self.stats.add("write_errors")
-                log.error("%s; retrying in %.1f s", e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        self._flushed = self.rejects.snapshot()
+        deltas, rx = self._counter_deltas()
+        progress = (self.worker, self.inbox.id, rows[-1][0])
+        res = self._write(items, deltas, progress, letters)
+        if res is None:
+            return 0  # asked to stop while the database was unavailable: the rows stay in the inbox
+        self._counters_written(rx)
         self.upto = rows[-1][0]
         self.inbox.delete_upto(self.upto)
+        for d in res.refused:
+            log.error("stored as a dead letter, the database refused it: %s (%s)", d.reason, d.topic)
+            self.stats.add("rejected.invalid")
         self.stats.add("stored_predictions", res.predictions_stored)
         self.stats.add("duplicates", res.duplicates)
         self.stats.add("batches")
@@ -120,6 +152,34 @@ class Materializer:
             # moments; the health check reports the ones that last (fleet.gap_grace_s).
             log.info("gap: device %s is missing seq %d..%d", device, first, last)
         return len(rows)
+
+    def _write(
+        self,
+        items: list[Incoming],
+        deltas: dict[str, int],
+        progress: tuple[str, str, int],
+        letters: list[DeadLetter],
+    ) -> WriteResult | None:
+        delay = 0.5
+        isolate = False
+        while True:
+            try:
+                return self.writer.write(items, deltas, progress, letters, isolate=isolate)
+            except BadRecord as e:
+                # A value the database refuses: retrying the batch would fail forever and hold up
+                # everything behind it, so write item by item and keep the culprit as a dead letter.
+                log.error("%s; writing this batch item by item", e)
+                isolate = True
+            except FleetError as e:
+                # Locked, full or broken database: the rows stay in the inbox, ingest keeps accepting.
+                self.stats.add("write_errors")
+                log.error("%s; retrying in %.1f s", e, delay)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    if self.should_stop():
+                        return None
+                    time.sleep(0.1)
+                delay = min(delay * 2, 30.0)
 
     def _decode(self, rows: list[InboxRow]) -> tuple[list[Incoming], list[DeadLetter]]:
         items: list[Incoming] = []
@@ -134,30 +194,54 @@ class Materializer:
                 log.exception("unexpected error decoding %s", topic)
                 err = ProtocolError(f"{topic}: {e}")
             else:
-                items.append(Incoming(parsed, msg, received))
+                items.append(Incoming(parsed, msg, received, topic, payload))
                 continue
             self.rejects.reject(err)
-            self.stats.add(f"rejected.{err.kind}" if err.kind in REJECT_KINDS else "rejected.protocol")
+            self.stats.add(f"rejected.{reject_kind(err.kind)}")
             letters.append(DeadLetter(topic, err.kind, str(err), received, payload))
         return items, letters
 
-    def _reject_deltas(self) -> dict[str, int]:
+    def _counter_deltas(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Refusal counts not yet in fleet.db: ours, and the receiver's (``rx``, returned as read)."""
         snap = self.rejects.snapshot()
-        return {f"rejected.{k}": v - self._flushed.get(k, 0) for k, v in snap.items()}
+        deltas = {f"rejected.{k}": v - self._flushed.get(k, 0) for k, v in snap.items()}
+        rx = self.stats.counts("rx")
+        for k, v in rx.items():
+            deltas[f"rejected.{k}"] = deltas.get(f"rejected.{k}", 0) + v - int(self.stats.get(f"rx_done.{k}"))
+        return deltas, rx
 
-    def run(self, should_stop: Callable[[], bool]) -> None:
+    def _counters_written(self, rx: dict[str, int]) -> None:
+        self._flushed = self.rejects.snapshot()
+        for k, v in rx.items():
+            self.stats.set(f"rx_done.{k}", v)
+
+    def flush_counters(self) -> None:
+        """Persist refusal counts when no rows are flowing (a box sending only garbage)."""
+        deltas, rx = self._counter_deltas()
+        if not any(deltas.values()):
+            return
+        try:
+            self.writer.write([], deltas)
+        except FleetError as e:
+            log.error("%s", e)
+            return
+        self._counters_written(rx)
+
+    def run(self, orphaned: Callable[[], bool] = lambda: False) -> None:
+        """Until ``should_stop``: then drain for up to STOP_DRAIN_S. An orphan stops at once."""
         self._prune()  # at start-up, before this run's rows, then every retention_interval_s
         next_prune = time.monotonic() + self.cfg.fleet.retention_interval_s
         stopping_since: float | None = None
-        while True:
+        while not orphaned():
             self.stats.set("heartbeat_ts", time.time())
-            if stopping_since is None and should_stop():
+            if stopping_since is None and self.should_stop():
                 stopping_since = time.monotonic()
             if self.step():
                 if stopping_since is not None and time.monotonic() - stopping_since > STOP_DRAIN_S:
                     log.info("stopping with %d messages left in the inbox", self.inbox.backlog())
                     return
                 continue
+            self.flush_counters()
             if stopping_since is not None:
                 return
             if time.monotonic() >= next_prune:
@@ -175,7 +259,26 @@ class Materializer:
             log.error("%s", e)
 
 
-def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int) -> None:
+def _lock(path: Path, wait_s: float) -> IO[bytes]:
+    """An exclusive ``flock`` on ``path``; waits (a previous materializer may still be draining)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "ab")  # noqa: SIM115 - held open for the lock's lifetime, closed by close()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.close()
+                raise FleetError(
+                    f"another materializer holds {path} (another ingest worker with the same client_id, "
+                    "or one still stopping); give each worker its own fleet.client_id"
+                ) from None
+            time.sleep(0.1)
+
+
+def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int, parent_pid: int) -> None:
     """Entry point of the materializer process (spawned by :class:`FleetIngest`)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Yield the CPU to the receiver during a burst: what is acknowledged is safe in the inbox, and
@@ -184,20 +287,19 @@ def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int) -> Non
     if cfg.fleet.materializer_nice:
         os.nice(cfg.fleet.materializer_nice)
     stats = SharedStats(arr)
-    parent = os.getppid()
     terminated = False
 
     def _term(*_: object) -> None:
         nonlocal terminated
         terminated = True
 
-    # The worker's stop flag ends us; a Ctrl-C sent to the whole process group must not cut a
-    # transaction short (it would be rolled back and redone, but the drain would be lost).
+    # The worker's stop flag (or SIGTERM, which systemd sends the whole group) ends us after a short
+    # drain; a Ctrl-C sent to the process group is left to the worker, which then sets the flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _term)
-    m = Materializer(cfg, worker, stats)
+    m = Materializer(cfg, worker, stats, should_stop=lambda: terminated or stats.get("stop") > 0)
     try:
-        # An orphan (its worker was killed) stops too: the next worker resumes the inbox.
-        m.run(lambda: terminated or stats.get("stop") > 0 or os.getppid() != parent)
+        # An orphan (its worker was killed) stops at once: the next worker resumes the inbox.
+        m.run(orphaned=lambda: os.getppid() != parent_pid)
     finally:
         m.close()

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS devices (
     status TEXT,
     status_ts REAL,
     status_reason TEXT,
+    status_rx REAL,
     software TEXT,
     model_version TEXT,
     first_seen REAL,
@@ -161,6 +162,7 @@ CREATE INDEX IF NOT EXISTS drift_model_site ON drift(model_version, site, ts);
 -- the same transaction as the rows it produced, so an inbox row is applied exactly once.
 CREATE TABLE IF NOT EXISTS inbox_progress (
     worker TEXT PRIMARY KEY,
+    inbox_id TEXT NOT NULL,
     upto INTEGER NOT NULL
 );
 -- Messages refused by validation, kept (payload cut at 64 KiB) so an operator can see what a
@@ -182,6 +184,20 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+# Columns added after a table first shipped: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("devices", "status_rx", "REAL"),
+    ("inbox_progress", "inbox_id", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    for table, column, decl in _ADDED_COLUMNS:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
 def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Database:
     """Open the fleet file in WAL mode so the dashboard reads while ingest writes.
 
@@ -198,6 +214,7 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Databas
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.executescript(DDL)
+        _migrate(conn)
 
     except (OSError, sqlite3.Error) as e:
         raise FleetError(

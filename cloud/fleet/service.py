@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -36,10 +37,9 @@ from paho.mqtt.properties import Properties
 
 from cloud.fleet.errors import FleetError
 from cloud.fleet.inbox import Inbox, inbox_path
-from cloud.fleet.materialize import SharedStats, process_main
+from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import store_snapshot
-from cloud.fleet.writer import BatchWriter
 from shared.mqtt import make_client
 from shared.protocol import Kind, PayloadTooLarge, ProtocolError, Snapshot, Topics, decode, parse_topic
 from shared.protocol.counter import RejectCounter
@@ -52,6 +52,7 @@ log = logging.getLogger("parkwatch.cloud.ingest")
 STORED_KINDS = {Kind.PREDICTIONS, Kind.TELEMETRY, Kind.STATUS, Kind.MODEL_STATE}
 _IDLE_S = 0.005  # stop filling a batch when nothing arrived for this long
 _RESTART_BACKOFF_S = 2.0
+_HEALTHY_RUN_S = 60.0
 
 Received = tuple[str, bytes, float, int, int]  # topic, payload, received_ts, mid, qos
 
@@ -82,8 +83,9 @@ class FleetIngest:
         self._mp = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._next_restart = 0.0
+        self._proc_started = 0.0
+        self._backoff = _RESTART_BACKOFF_S / 2
         self._lock = threading.Lock()
-        self._flushed_rejects: dict[str, int] = {}
         self.received = 0
         self.accepted = 0
         self.ignored = 0
@@ -97,15 +99,22 @@ class FleetIngest:
     def start(self) -> None:
         if self._thread is not None:
             return
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # nothing half-started is left running (materializer, inbox thread)
+            raise
+
+    def _start(self) -> None:
         # Open (and create) both databases before taking messages, so a bad path fails fast.
         connect(self.cfg.fleet_db, synchronous="FULL").close()
         self._inbox = Inbox(inbox_path(self.cfg.data_dir, self.client_id))
+        c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
         self._stop.clear()
         self.mstats.set("stop", 0)
         self._start_materializer()
         self._thread = threading.Thread(target=self._writer_loop, name="fleet-ingest-inbox", daemon=True)
         self._thread.start()
-        c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -123,7 +132,6 @@ class FleetIngest:
                 properties=props,
             )
         except (OSError, ValueError) as e:
-            self.stop()
             raise FleetError(
                 f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {e}"
             ) from e
@@ -154,6 +162,9 @@ class FleetIngest:
                 log.error("materializer did not stop in time; terminating it (the inbox keeps its rows)")
                 self._proc.terminate()
                 self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout=10)
             self._proc = None
         if self._inbox is not None:
             self._inbox.close()
@@ -174,10 +185,11 @@ class FleetIngest:
 
     def stats(self) -> dict[str, Any]:
         m = self.mstats
-        rejected = self.rejects.snapshot()
-        for k, v in m.rejected().items():
+        rejected = m.counts("rx")
+        for k, v in m.counts("rejected").items():
             rejected[k] = rejected.get(k, 0) + v
         last_write = m.get("last_write_ts")
+        beat = m.get("heartbeat_ts")
         return {
             "connected": self.connected,
             "client_id": self.client_id,
@@ -194,6 +206,8 @@ class FleetIngest:
             "write_errors": self.inbox_errors + int(m.get("write_errors")),
             "materializer_alive": self._proc is not None and self._proc.is_alive(),
             "materializer_restarts": self.materializer_restarts,
+            # A live process whose heartbeat is old is stuck (a long lock wait, a bug): see its log.
+            "materializer_heartbeat_age_s": round(time.time() - beat, 1) if beat else None,
             "last_error": self.last_error,
             "last_write_ts": last_write or None,
         }
@@ -207,21 +221,33 @@ class FleetIngest:
                 self.client_id,
                 self.mstats.arr,
                 logging.getLogger().getEffectiveLevel(),
+                os.getpid(),
             ),
             name=f"parkwatch-materialize-{self.client_id}",
             daemon=True,
         )
         p.start()
         self._proc = p
+        self._proc_started = time.monotonic()
 
     def _supervise(self) -> None:
         p = self._proc
-        if p is None or p.is_alive() or self.mstats.get("stop") or time.monotonic() < self._next_restart:
+        if p is None or p.is_alive() or self._stop.is_set() or self.mstats.get("stop"):
+            return  # while stopping, an exit is expected (systemd signals the whole group)
+        now = time.monotonic()
+        if now < self._next_restart:
             return
+        # Back off while it keeps dying at start-up (fleet.db unreadable, say); a crash after a long
+        # healthy run is restarted at once.
+        lived = now - self._proc_started
+        self._backoff = _RESTART_BACKOFF_S if lived > _HEALTHY_RUN_S else min(self._backoff * 2, 60.0)
         self.materializer_restarts += 1
-        self.last_error = f"materializer exited with status {p.exitcode}; restarted (the inbox kept its rows)"
+        self.last_error = (
+            f"materializer exited with status {p.exitcode} after {lived:.0f} s; restarted (the inbox kept "
+            "its rows; its own error is in the log above)"
+        )
         log.error("%s", self.last_error)
-        self._next_restart = time.monotonic() + _RESTART_BACKOFF_S
+        self._next_restart = now + self._backoff
         self._start_materializer()
 
     # MQTT callbacks (paho's network thread) ------------------------------------------------
@@ -263,7 +289,7 @@ class FleetIngest:
                     f"{topic}: payload of {len(payload)} bytes exceeds {self.cfg.mqtt.max_payload_bytes}"
                 )
         except ProtocolError as e:
-            self.rejects.reject(e)
+            self._reject(e)
             client.ack(msg.mid, msg.qos)  # rejected for good: a resend would be rejected again
             return
         if kind in STORED_KINDS:
@@ -275,6 +301,10 @@ class FleetIngest:
             self.ignored += 1
             client.ack(msg.mid, msg.qos)
 
+    def _reject(self, e: ProtocolError) -> None:
+        self.rejects.reject(e)  # logs the first of each kind
+        self.mstats.add(f"rx.{reject_kind(e.kind)}")  # the materializer persists the count
+
     def _snapshot(self, topic: str, payload: bytes) -> None:
         """Snapshots are rare and go to files, not rows: handled here, whole."""
         outcome: str
@@ -283,7 +313,7 @@ class FleetIngest:
             assert isinstance(snap, Snapshot)
             outcome = store_snapshot(self.cfg, snap)
         except ProtocolError as e:
-            self.rejects.reject(e)
+            self._reject(e)
             return
         except OSError as e:
             outcome = "write_error"
@@ -319,7 +349,6 @@ class FleetIngest:
         while True:
             batch = self._collect()
             if not batch:
-                self._flush_rejects()
                 self._supervise()
                 if self._stop.is_set() and self._q.empty():
                     break
@@ -341,8 +370,8 @@ class FleetIngest:
                 self.inbox_errors += 1
                 self.last_error = str(e)
                 log.error("%s; retrying in %.1f s", e, delay)
-                if self._stop.wait(delay) and self._client is None:
-                    return
+                if self._stop.wait(delay):
+                    return  # stopping: unacknowledged, so the broker resends it to the next run
                 delay = min(delay * 2, 30.0)
         c = self._client
         if c is not None:
@@ -350,19 +379,3 @@ class FleetIngest:
                 c.ack(mid, qos)
         self.accepted += len(batch)
         self.inbox_commits += 1
-
-    def _flush_rejects(self) -> None:
-        """Persist the receiver's own refusals as counters (rare, so a short-lived connection)."""
-        snap = self.rejects.snapshot()
-        deltas = {f"rejected.{k}": v - self._flushed_rejects.get(k, 0) for k, v in snap.items()}
-        if not any(deltas.values()):
-            return
-        try:
-            db = connect(self.cfg.fleet_db, synchronous="FULL")
-            try:
-                BatchWriter(db).write([], deltas)
-            finally:
-                db.close()
-            self._flushed_rejects = snap
-        except FleetError as e:
-            self.last_error = str(e)

@@ -269,12 +269,17 @@ class FleetStore:
         return self.drift_results(site=site, run_id=row[0]["run_id"], limit=100_000)
 
     def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Messages validation refused, newest first; the payload as text (cut to 2,000 characters)."""
+        """Messages refused on the way in, newest first; the payload as text (cut to 2,000
+        characters; bytes that are not UTF-8, the usual reason for a refusal, shown as U+FFFD)."""
         rows = self.query(
             "SELECT id, worker, topic, kind, reason, received_ts, length(payload) AS bytes, "
-            "substr(CAST(payload AS TEXT), 1, 2000) AS payload FROM dead_letters ORDER BY id DESC LIMIT ?",
+            "substr(payload, 1, 8000) AS payload FROM dead_letters ORDER BY id DESC LIMIT ?",
             (limit,),
         )
+        for r in rows:
+            raw = r["payload"]
+            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            r["payload"] = text[:2000]
         return rows
 
     # retention -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from json.encoder import encode_basestring as _esc
 
 import sqlite_utils
 
-from cloud.fleet.errors import FleetError
+from cloud.fleet.errors import BadRecord, FleetError
 from shared.protocol import (
     DeviceStatus,
     Message,
@@ -41,6 +41,8 @@ class Incoming:
     topic: ParsedTopic
     msg: Message
     received_ts: float
+    raw_topic: str = ""  # kept so a record the database refuses can become a dead letter
+    payload: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,14 @@ class WriteResult:
     telemetry_stored: int = 0
     gaps_opened: list[tuple[str, int, int]] = field(default_factory=list)
     seqs_recovered: int = 0
+    refused: list[DeadLetter] = field(default_factory=list)  # isolated by ``write(isolate=True)``
+
+    def merge(self, other: WriteResult) -> None:
+        self.predictions_stored += other.predictions_stored
+        self.duplicates += other.duplicates
+        self.telemetry_stored += other.telemetry_stored
+        self.gaps_opened += other.gaps_opened
+        self.seqs_recovered += other.seqs_recovered
 
 
 # One encoder instance: json.dumps with separators builds a new encoder per call, which was a
@@ -128,39 +138,74 @@ class BatchWriter:
         self,
         items: list[Incoming],
         counters: dict[str, int] | None = None,
-        progress: tuple[str, int] | None = None,
+        progress: tuple[str, str, int] | None = None,
         dead_letters: list[DeadLetter] | None = None,
+        isolate: bool = False,
     ) -> WriteResult:
         """Store ``items``, ``dead_letters``, ``counters`` and the inbox ``progress`` mark
-        (worker, last inbox id) in one transaction: all or nothing, so nothing is applied twice."""
+        (worker, inbox id, last row id) in one transaction: all or nothing, so a batch is applied once.
+
+        ``isolate`` writes each item under its own savepoint and turns an item the database refuses
+        into a dead letter (``WriteResult.refused``) instead of failing the batch; the caller uses
+        it after a :class:`BadRecord`. Raises :class:`FleetError` for a locked, full or broken
+        database (retry later) and :class:`BadRecord` for values it refuses (isolate).
+        """
         res = WriteResult(messages=len(items))
         try:
             with self.conn:
-                if items:
+                if isolate:
+                    self._write_isolated(items, res)
+                elif items:
                     self._write(items, res)
-                if dead_letters:
-                    self._dead_letters(progress[0] if progress else "", dead_letters)
+                letters = [*(dead_letters or []), *res.refused]
+                if letters:
+                    self._dead_letters(progress[0] if progress else "", letters)
                 if progress is not None:
                     self.conn.execute(
-                        "INSERT INTO inbox_progress(worker, upto) VALUES (?, ?) "
-                        "ON CONFLICT(worker) DO UPDATE SET upto=excluded.upto",
+                        "INSERT INTO inbox_progress(worker, inbox_id, upto) VALUES (?, ?, ?) "
+                        "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
                         progress,
                     )
                 deltas = dict(counters or {})
                 deltas["stored.predictions"] = res.predictions_stored
                 deltas["duplicates.predictions"] = res.duplicates
                 deltas["gaps.recovered_seqs"] = res.seqs_recovered
+                if res.refused:
+                    deltas["rejected.invalid"] = deltas.get("rejected.invalid", 0) + len(res.refused)
                 self._add_counters(deltas)
-        except sqlite3.Error as e:
+        except sqlite3.OperationalError as e:
             raise FleetError(
-                f"fleet database write failed ({e}); nothing of this batch was acknowledged, "
-                "the broker will resend it"
+                f"fleet database write failed ({e}); the rows stay in the ingest inbox and are retried"
             ) from e
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as e:
+            raise BadRecord(f"the fleet database refused a record of this batch: {e}") from e
         return res
 
-    def progress(self, worker: str) -> int:
-        row = self.conn.execute("SELECT upto FROM inbox_progress WHERE worker=?", (worker,)).fetchone()
-        return int(row[0]) if row else 0
+    def _write_isolated(self, items: list[Incoming], res: WriteResult) -> None:
+        c = self.conn
+        for it in items:
+            one = WriteResult(messages=1)
+            c.execute("SAVEPOINT item")
+            try:
+                self._write([it], one)
+            except sqlite3.OperationalError:
+                raise  # the database, not the record: the whole batch is retried
+            except (sqlite3.Error, OverflowError, ValueError, TypeError) as e:
+                c.execute("ROLLBACK TO item")
+                c.execute("RELEASE item")
+                res.refused.append(
+                    DeadLetter(it.raw_topic, "invalid", f"cannot be stored: {e}", it.received_ts, it.payload)
+                )
+                continue
+            c.execute("RELEASE item")
+            res.merge(one)
+
+    def progress(self, worker: str) -> tuple[str, int]:
+        """(inbox id, last applied inbox row id) of ``worker``; ("", 0) before its first batch."""
+        row = self.conn.execute(
+            "SELECT inbox_id, upto FROM inbox_progress WHERE worker=?", (worker,)
+        ).fetchone()
+        return (str(row[0]), int(row[1])) if row else ("", 0)
 
     def _dead_letters(self, worker: str, letters: list[DeadLetter]) -> None:
         self.conn.executemany(
@@ -325,10 +370,13 @@ class BatchWriter:
             "INSERT OR IGNORE INTO status_events(device, ts, state, reason, received_ts) VALUES (?,?,?,?,?)",
             (s.device, ts, s.state, s.reason, received),
         )
+        # Every worker stores every status (see service.py), so a worker whose inbox lags must not
+        # put back a state another worker has already replaced: the later arrival wins.
         self.conn.execute(
-            "UPDATE devices SET status=?, status_ts=?, status_reason=?, grp=coalesce(?, grp), "
-            "software=coalesce(?, software), model_version=coalesce(?, model_version) WHERE device=?",
-            (s.state, ts, s.reason, s.group, s.software, s.model_version, s.device),
+            "UPDATE devices SET status=?, status_ts=?, status_reason=?, status_rx=?, grp=coalesce(?, grp), "
+            "software=coalesce(?, software), model_version=coalesce(?, model_version) "
+            "WHERE device=? AND (status_rx IS NULL OR status_rx<=?)",
+            (s.state, ts, s.reason, received, s.group, s.software, s.model_version, s.device, received),
         )
 
     def _model_state(self, m: ModelState, received: float) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SCHEMA_VERSION: Literal[1] = 1
 
 Label = str
+SEQ_MAX = 2**63 - 1  # stored as SQLite INTEGER on both sides
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -48,7 +49,7 @@ class DeviceStatus(Message):
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seq: int = Field(ge=0, description="per-device, strictly increasing, never reused")
+    seq: int = Field(ge=0, le=SEQ_MAX, description="per-device, strictly increasing, never reused")
     ts: float
     camera: str
     label: Label = Field(description="predicted label, or 'abstain' below the threshold")
@@ -95,7 +96,7 @@ class Telemetry(Message):
     device: str
     site: str
     ts: float = Field(default_factory=now)
-    seq: int = Field(0, ge=0)
+    seq: int = Field(0, ge=0, le=SEQ_MAX)
     cpu_percent: float = Field(ge=0)
     cpu_per_core: list[float] = Field(default_factory=list)
     load_avg: list[float] = Field(default_factory=list)

@@ -134,7 +134,7 @@ def test_a_killed_materializer_is_restarted_and_nothing_is_lost_or_doubled(
         wait_for(lambda: store.prediction_count() > 0, what="materializing")
         pid = ing._proc.pid if ing._proc is not None else None
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)  # mid-transaction, as hard as a crash gets
+        os.kill(pid, signal.SIGKILL)  # while it works through the burst, as hard as a crash gets
         dev.predict(2_000, batch_size=50)
         dev.flush()
         wait_for(lambda: ing.stats()["materializer_restarts"] == 1, what="materializer restarted")
@@ -255,6 +255,10 @@ def test_a_record_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_sto
     with pytest.raises(BadRecord):
         w.write([good1, bad, good2], progress=("w", "x", 3))
     assert w.progress("w") == ("", 0)  # all or nothing
+    with pytest.raises(BadRecord):  # item by item, but still one transaction: a late failure keeps nothing
+        w.write([good1, bad, good2], progress=("w", "x", 2**64), isolate=True)
+    with FleetStore(tmp_path / "fleet.db") as fs:
+        assert fs.prediction_count() == 0 and fs.dead_letters() == []
     res = w.write([good1, bad, good2], progress=("w", "x", 3), isolate=True)
     assert res.predictions_stored == 6 and [d.kind for d in res.refused] == ["invalid"]
     assert "cannot be stored" in res.refused[0].reason and res.refused[0].payload == bad.payload

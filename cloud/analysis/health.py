@@ -238,13 +238,19 @@ def ingest_findings(states: list[dict[str, Any]], lag_alert_s: float) -> list[Fi
 
 
 def check_fleet(
-    store: FleetStore, acfg: AnalysisConfig, heartbeat_timeout_s: float, now: float, gap_grace_s: float = 0.0
+    store: FleetStore,
+    acfg: AnalysisConfig,
+    heartbeat_timeout_s: float,
+    now: float,
+    gap_grace_s: float = 0.0,
+    lag_s: float = 0.0,
 ) -> list[DeviceHealth]:
+    """``lag_s``: how far behind the fleet tables are (ingest backlog); judged from ``now - lag_s``."""
     out = []
     for d in store.devices():
         tel = store.telemetry(d["device"], limit=acfg.anomaly_history + 1, full=True)
         gaps = [g for g in store.gaps(d["device"]) if now - g["detected_ts"] >= gap_grace_s]
-        h = evaluate(d, tel, gaps, now, acfg, heartbeat_timeout_s)
+        h = evaluate(d, tel, gaps, now - lag_s, acfg, heartbeat_timeout_s)
         store.set_health(d["device"], h.state, h.reasons, now)
         out.append(h)
     return out

@@ -41,7 +41,7 @@ def run_health(
     lag = max((float(s["oldest_age_s"]) for s in inboxes if s.get("oldest_age_s") is not None), default=0.0)
     lag = min(lag, cfg.fleet.inbox_lag_alert_s)
     results = health.check_fleet(
-        fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now - lag, cfg.fleet.gap_grace_s
+        fleet, cfg.analysis, cfg.fleet.heartbeat_timeout_s, now, cfg.fleet.gap_grace_s, lag
     )
     if governor is not None:
         findings = [f for h in results for f in h.findings]

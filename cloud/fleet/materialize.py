@@ -103,11 +103,14 @@ class Materializer:
         self.should_stop = should_stop
         self.rejects = RejectCounter()
         self._flushed: dict[str, int] = {}
+        self._next_flush = 0.0
         path = inbox_path(cfg.data_dir, worker)
         self._lockfile = _lock(path.with_suffix(".lock"), LOCK_WAIT_S)
         self.inbox = Inbox(path)
         self.writer = BatchWriter(connect(cfg.fleet_db, synchronous="FULL"))
         inbox_id, upto = self.writer.progress(worker)
+        if inbox_id == "" and upto:
+            inbox_id = self.inbox.id  # a mark written before marks named their inbox: trust it
         if inbox_id != self.inbox.id:
             if upto:
                 log.warning(
@@ -166,20 +169,24 @@ class Materializer:
             try:
                 return self.writer.write(items, deltas, progress, letters, isolate=isolate)
             except BadRecord as e:
-                # A value the database refuses: retrying the batch would fail forever and hold up
-                # everything behind it, so write item by item and keep the culprit as a dead letter.
-                log.error("%s; writing this batch item by item", e)
-                isolate = True
+                if not isolate:
+                    # A value the database refuses: retrying the batch would fail forever and hold
+                    # up everything behind it, so write item by item and keep the culprit aside.
+                    log.error("%s; writing this batch item by item", e)
+                    isolate = True
+                    continue
+                err: FleetError = e  # refused outside any one item: treat as the database's fault
             except FleetError as e:
-                # Locked, full or broken database: the rows stay in the inbox, ingest keeps accepting.
-                self.stats.add("write_errors")
-                log.error("%s; retrying in %.1f s", e, delay)
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:
-                    if self.should_stop():
-                        return None
-                    time.sleep(0.1)
-                delay = min(delay * 2, 30.0)
+                err = e
+            # Locked, full or broken database: the rows stay in the inbox, ingest keeps accepting.
+            self.stats.add("write_errors")
+            log.error("%s; retrying in %.1f s", err, delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if self.should_stop():
+                    return None
+                time.sleep(0.1)
+            delay = min(delay * 2, 30.0)
 
     def _decode(self, rows: list[InboxRow]) -> tuple[list[Incoming], list[DeadLetter]]:
         items: list[Incoming] = []
@@ -217,6 +224,9 @@ class Materializer:
 
     def flush_counters(self) -> None:
         """Persist refusal counts when no rows are flowing (a box sending only garbage)."""
+        if time.monotonic() < self._next_flush:
+            return
+        self._next_flush = time.monotonic() + 1.0
         deltas, rx = self._counter_deltas()
         if not any(deltas.values()):
             return
@@ -297,9 +307,15 @@ def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int, parent
     # drain; a Ctrl-C sent to the process group is left to the worker, which then sets the flag.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _term)
-    m = Materializer(cfg, worker, stats, should_stop=lambda: terminated or stats.get("stop") > 0)
+
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    m = Materializer(
+        cfg, worker, stats, should_stop=lambda: terminated or stats.get("stop") > 0 or orphaned()
+    )
     try:
         # An orphan (its worker was killed) stops at once: the next worker resumes the inbox.
-        m.run(orphaned=lambda: os.getppid() != parent_pid)
+        m.run(orphaned=orphaned)
     finally:
         m.close()

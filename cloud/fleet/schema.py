@@ -195,7 +195,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for table, column, decl in _ADDED_COLUMNS:
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):
+                    raise  # another process opening the same file just added it: fine
 
 
 def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Database:

@@ -45,6 +45,18 @@ class Incoming:
     payload: bytes = b""
 
 
+# Errors that come from a record's values, so retrying cannot help; anything else from sqlite3
+# (locked, full, corrupt, I/O) is the database's and is retried with the batch intact.
+_RECORD_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     topic: str
@@ -173,24 +185,26 @@ class BatchWriter:
                 if res.refused:
                     deltas["rejected.invalid"] = deltas.get("rejected.invalid", 0) + len(res.refused)
                 self._add_counters(deltas)
-        except sqlite3.OperationalError as e:
+        except _RECORD_ERRORS as e:
+            raise BadRecord(f"the fleet database refused a record of this batch: {e}") from e
+        except sqlite3.Error as e:
             raise FleetError(
                 f"fleet database write failed ({e}); the rows stay in the ingest inbox and are retried"
             ) from e
-        except (sqlite3.Error, OverflowError, ValueError, TypeError) as e:
-            raise BadRecord(f"the fleet database refused a record of this batch: {e}") from e
         return res
 
     def _write_isolated(self, items: list[Incoming], res: WriteResult) -> None:
         c = self.conn
+        if not c.in_transaction:
+            # Else the first SAVEPOINT would open a transaction of its own and RELEASE commit it:
+            # each item durable alone, and a failure later in the batch would apply them twice.
+            c.execute("BEGIN")
         for it in items:
             one = WriteResult(messages=1)
             c.execute("SAVEPOINT item")
             try:
                 self._write([it], one)
-            except sqlite3.OperationalError:
-                raise  # the database, not the record: the whole batch is retried
-            except (sqlite3.Error, OverflowError, ValueError, TypeError) as e:
+            except _RECORD_ERRORS as e:
                 c.execute("ROLLBACK TO item")
                 c.execute("RELEASE item")
                 res.refused.append(

@@ -283,3 +283,22 @@ def test_a_lagging_worker_does_not_put_back_an_older_status(tmp_path: Path) -> N
     with FleetStore(tmp_path / "fleet.db") as fs:
         assert fs.device("box-s")["status"] == "offline"
     db.close()
+
+
+def test_burst_mode_takes_small_steps_only_while_the_receiver_is_pushed(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    cfg = cloud_cfg(tmp_path, broker)
+    dev = SimDevice("127.0.0.1", broker.port, device="box-b")
+    inbox = Inbox(inbox_path(cfg.data_dir, "w-burst"))
+    inbox.append(_batches(dev, 120, 1))
+    m = Materializer(cfg, "w-burst")
+    assert not m.receiver_busy()  # nothing received yet
+    m.stats.set("rx_batch", 200)
+    m.stats.set("rx_ts", time.time())
+    assert m.receiver_busy()
+    assert m.step(materialize.BURST_STEP if m.receiver_busy() else None) == materialize.BURST_STEP
+    m.stats.set("rx_ts", time.time() - 5)  # the burst is over
+    assert not m.receiver_busy() and m.step() == 70
+    m.close()
+    inbox.close()

@@ -52,6 +52,8 @@ STAT_FIELDS = (
     "materialized",
     "heartbeat_ts",
     "stop",  # set to 1 by the worker: a flag, not an Event, whose lock a killed child could leave held
+    "rx_batch",  # size of the receiver's last inbox commit, and when: how hard the broker is pushing
+    "rx_ts",
 )
 REJECT_KINDS = ("malformed", "unsupported_schema", "invalid", "too_large", "unknown_topic", "protocol")
 _SLOTS = (
@@ -62,6 +64,12 @@ _SLOTS = (
 )
 _IX = {name: i for i, name in enumerate(_SLOTS)}
 LOCK_WAIT_S = 30.0
+# Burst mode: while the receiver commits this many messages at a time (the broker is pushing as
+# fast as we take), materialize in small steps with pauses, so the receiver keeps the CPU and the
+# broker's queue drains first. Progress never stops: about a sixth of the time still goes to rows.
+BURST_BATCH = 20
+BURST_STEP = 50
+BURST_PAUSE_S = 0.2
 
 
 def reject_kind(kind: str) -> str:
@@ -128,9 +136,12 @@ class Materializer:
         self.writer.db.close()
         self._lockfile.close()  # releases the lock
 
-    def step(self) -> int:
+    def receiver_busy(self) -> bool:
+        return self.stats.get("rx_batch") >= BURST_BATCH and time.time() - self.stats.get("rx_ts") < 1.0
+
+    def step(self, limit: int | None = None) -> int:
         """Materialize one batch; returns how many inbox rows it consumed (0: none, or stopping)."""
-        rows = self.inbox.take(self.upto, self.cfg.fleet.batch_max)
+        rows = self.inbox.take(self.upto, limit or self.cfg.fleet.batch_max)
         if not rows:
             return 0
         items, letters = self._decode(rows)
@@ -246,7 +257,10 @@ class Materializer:
             self.stats.set("heartbeat_ts", time.time())
             if stopping_since is None and self.should_stop():
                 stopping_since = time.monotonic()
-            if self.step():
+            busy = stopping_since is None and self.receiver_busy()
+            if self.step(BURST_STEP if busy else None):
+                if busy:
+                    time.sleep(BURST_PAUSE_S)
                 if stopping_since is not None and time.monotonic() - stopping_since > STOP_DRAIN_S:
                     log.info("stopping with %d messages left in the inbox", self.inbox.backlog())
                     return

@@ -19,11 +19,6 @@ class FleetConfig(Section):
         1000, ge=1, le=65535, description="unacknowledged messages the broker may have in flight to us"
     )
     batch_max: int = Field(500, ge=1, description="messages per SQLite transaction at most")
-    queue_max: int = Field(
-        20_000,
-        ge=100,
-        description="received messages waiting for their inbox commit (receive_maximum bounds it too)",
-    )
     retention_days: float = Field(90.0, gt=0)
     retention_interval_s: float = Field(3600.0, gt=0, description="how often old rows are pruned")
     heartbeat_timeout_s: float = Field(60.0, gt=0)

@@ -23,11 +23,11 @@ worker storing them is harmless. Update request/response topics are left to the 
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import multiprocessing as mp
 import os
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -81,7 +81,11 @@ class FleetIngest:
         self.client_id = client_id or self.fcfg.client_id
         self.rejects = RejectCounter()  # refused before the inbox (unknown topic, too large)
         self.mstats = SharedStats()  # the materializer's figures
-        self._q: queue.Queue[Received] = queue.Queue(maxsize=self.fcfg.queue_max)
+        # A deque and an Event rather than queue.Queue: two C-level operations per message instead
+        # of a lock dance (a few percent of the receiver at full rate). The broker's receive_maximum
+        # bounds how many unacknowledged messages can be waiting here.
+        self._q: collections.deque[Received] = collections.deque()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
@@ -209,7 +213,7 @@ class FleetIngest:
             "duplicates": int(m.get("duplicates")),
             "snapshots": dict(self.snapshots),
             "batches": int(m.get("batches")),
-            "queue": self._q.qsize(),
+            "queue": len(self._q),
             "write_errors": self.inbox_errors + int(m.get("write_errors")),
             "materializer_alive": self._proc is not None and self._proc.is_alive(),
             "materializer_restarts": self.materializer_restarts,
@@ -300,7 +304,9 @@ class FleetIngest:
             client.ack(msg.mid, msg.qos)  # rejected for good: a resend would be rejected again
             return
         if kind in STORED_KINDS:
-            self._q.put((topic, payload, time.time(), msg.mid, msg.qos))
+            self._q.append((topic, payload, time.time(), msg.mid, msg.qos))
+            if not self._wake.is_set():
+                self._wake.set()
         elif kind is Kind.SNAPSHOT:
             self._snapshot(topic, payload)
             client.ack(msg.mid, msg.qos)
@@ -334,15 +340,16 @@ class FleetIngest:
         """Group commit: whatever arrived while the last commit was being fsynced, without waiting
         for more. Under load the fsync itself makes the batches; when quiet, each message is
         committed and acknowledged at once."""
-        try:
-            batch = [self._q.get(timeout=0.25)]
-        except queue.Empty:
-            return []
+        q = self._q
+        batch: list[Received] = []
+        self._wake.clear()  # before draining: an append after this sets it again, none is missed
         while len(batch) < self.fcfg.batch_max:
             try:
-                batch.append(self._q.get_nowait())
-            except queue.Empty:
+                batch.append(q.popleft())
+            except IndexError:
                 break
+        if not batch:
+            self._wake.wait(0.25)
         return batch
 
     def _writer_loop(self) -> None:
@@ -350,7 +357,7 @@ class FleetIngest:
             batch = self._collect()
             if not batch:
                 self._supervise()
-                if self._stop.is_set() and self._q.empty():
+                if self._stop.is_set() and not self._q:
                     break
                 continue
             self._append_until_done(batch)

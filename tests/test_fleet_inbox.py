@@ -118,6 +118,10 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     ]
     res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
     assert res.exit_code == 0 and "unsupported_schema" in res.output and worker in res.output
+    (cfg.data_dir / "ingest" / "broken.inbox.db").write_bytes(b"not a database at all" * 100)
+    res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
+    assert res.exit_code == 0, res.output  # one bad file is reported, the rest still listed
+    assert "broken" in res.output and "UNREADABLE" in res.output and worker in res.output
 
 
 def test_a_killed_materializer_is_restarted_and_nothing_is_lost_or_doubled(
@@ -192,20 +196,15 @@ def test_a_recreated_inbox_is_applied_from_its_first_row(tmp_path: Path, broker:
     cfg = cloud_cfg(tmp_path, broker)
     dev = SimDevice("127.0.0.1", broker.port, device="box-r")
     path = inbox_path(cfg.data_dir, "w-re")
-    inbox = Inbox(path)
-    inbox.append(_batches(dev, 3))
-    m = Materializer(cfg, "w-re")
-    assert m.step() == 3
-    m.close()
-    inbox.close()
-    for f in path.parent.glob(path.name + "*"):
-        f.unlink()  # lost, restored from an old backup, or deleted by hand
-    inbox = Inbox(path)
-    inbox.append(_batches(dev, 2))
-    m = Materializer(cfg, "w-re")
-    assert m.step() == 2
-    m.close()
-    inbox.close()
+    for batches in (3, 2):
+        for f in path.parent.glob(path.name + "*"):
+            f.unlink()  # the second time round: lost, restored from an old backup, or deleted by hand
+        inbox = Inbox(path)
+        inbox.append(_batches(dev, batches))
+        m = Materializer(cfg, "w-re")
+        assert m.step() == batches
+        m.close()
+        inbox.close()
     with FleetStore(cfg.fleet_db) as fs:
         assert fs.prediction_count() == 250
 

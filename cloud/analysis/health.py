@@ -208,32 +208,23 @@ def ingest_findings(states: list[dict[str, Any]], lag_alert_s: float) -> list[Fi
     """An ``ingest_backlog`` finding per worker whose oldest inbox row waited past ``lag_alert_s``."""
     out = []
     for s in states:
-        if s.get("error"):
-            out.append(
-                Finding(
-                    "ingest_backlog",
-                    INGEST_SITE,
-                    f"the inbox of ingest worker {s['worker']} cannot be read ({s['error']}): what it "
-                    "holds is not reaching the fleet tables. Check the file and its permissions",
-                    subject=f"inbox:{s['worker']}",
-                    details=dict(s),
-                )
-            )
-            continue
         age = s["oldest_age_s"]
-        if age is not None and age >= lag_alert_s:
-            out.append(
-                Finding(
-                    "ingest_backlog",
-                    INGEST_SITE,
-                    f"{s['backlog']} acknowledged messages wait in the inbox of ingest worker "
-                    f"{s['worker']}, the oldest for {age:.0f} s: the fleet tables are behind. Check that "
-                    "'parkwatch cloud serve' runs and its log for materializer errors; "
-                    "'parkwatch cloud inbox' shows the backlog",
-                    subject=f"inbox:{s['worker']}",
-                    details=dict(s),
-                )
+        if s.get("error"):
+            why = (
+                f"the inbox of ingest worker {s['worker']} cannot be read ({s['error']}): what it holds "
+                "is not reaching the fleet tables. Check the file and its permissions"
             )
+        elif age is not None and age >= lag_alert_s:
+            why = (
+                f"{s['backlog']} acknowledged messages wait in the inbox of ingest worker {s['worker']}, "
+                f"the oldest for {age:.0f} s: the fleet tables are behind. Check that 'parkwatch cloud "
+                "serve' runs and its log for materializer errors; 'parkwatch cloud inbox' shows the backlog"
+            )
+        else:
+            continue
+        out.append(
+            Finding("ingest_backlog", INGEST_SITE, why, subject=f"inbox:{s['worker']}", details=dict(s))
+        )
     return out
 
 

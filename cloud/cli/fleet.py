@@ -277,6 +277,9 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
 def _human_inbox(r: dict[str, Any]) -> str:
     lines = ["ingest workers (acknowledged, not yet in the fleet tables):"]
     for w in r["workers"]:
+        if w.get("error"):
+            lines.append(f"  {w['worker']:<32} UNREADABLE: {w['error']}")
+            continue
         age = "-" if w["oldest_age_s"] is None else f"{w['oldest_age_s']:.0f} s"
         lines.append(f"  {w['worker']:<32} backlog {w['backlog']:>7}  oldest waiting {age}")
     if not r["workers"]:
@@ -319,7 +322,7 @@ def inbox(limit: int, drain: str | None, config_path: Path, as_json: bool) -> No
         if not inbox_path(cfg.data_dir, drain).exists():
             known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
             raise NotFound(f"no inbox for worker {drain!r} under {cfg.data_dir}; known workers: {known}")
-        m = Materializer(cfg, drain)
+        m = Materializer(cfg, drain, lock_wait_s=5.0)
         try:
             while m.step():
                 pass

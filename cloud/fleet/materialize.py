@@ -49,7 +49,6 @@ STAT_FIELDS = (
     "batches",
     "write_errors",
     "last_write_ts",
-    "materialized",
     "heartbeat_ts",
     "stop",  # set to 1 by the worker: a flag, not an Event, whose lock a killed child could leave held
     "rx_batch",  # size of the receiver's last inbox commit, and when: how hard the broker is pushing
@@ -104,6 +103,7 @@ class Materializer:
         worker: str,
         stats: SharedStats | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        lock_wait_s: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.worker = worker
@@ -113,12 +113,10 @@ class Materializer:
         self._flushed: dict[str, int] = {}
         self._next_flush = 0.0
         path = inbox_path(cfg.data_dir, worker)
-        self._lockfile = _lock(path.with_suffix(".lock"), LOCK_WAIT_S)
+        self._lockfile = _lock(path.with_suffix(".lock"), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
         self.inbox = Inbox(path)
         self.writer = BatchWriter(connect(cfg.fleet_db, synchronous="FULL"))
         inbox_id, upto = self.writer.progress(worker)
-        if inbox_id == "" and upto:
-            inbox_id = self.inbox.id  # a mark written before marks named their inbox: trust it
         if inbox_id != self.inbox.id:
             if upto:
                 log.warning(
@@ -159,7 +157,6 @@ class Materializer:
         self.stats.add("stored_predictions", res.predictions_stored)
         self.stats.add("duplicates", res.duplicates)
         self.stats.add("batches")
-        self.stats.add("materialized", len(rows))
         self.stats.set("last_write_ts", time.time())
         for device, first, last in res.gaps_opened:
             # INFO, not WARNING: with several workers or a resending outbox most gaps close within
@@ -296,8 +293,10 @@ def _lock(path: Path, wait_s: float) -> IO[bytes]:
             if time.monotonic() > deadline:
                 f.close()
                 raise FleetError(
-                    f"another materializer holds {path} (another ingest worker with the same client_id, "
-                    "or one still stopping); give each worker its own fleet.client_id"
+                    f"another materializer holds {path}: the ingest worker with this client_id is running "
+                    "(or still stopping) and applies this inbox itself, so there is nothing to do by hand. "
+                    "If no such worker should be running, two share one client_id: give each its own "
+                    "fleet.client_id"
                 ) from None
             time.sleep(0.1)
 

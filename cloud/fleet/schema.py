@@ -185,10 +185,7 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 # Columns added after a table first shipped: (table, column, declaration).
-_ADDED_COLUMNS = (
-    ("devices", "status_rx", "REAL"),
-    ("inbox_progress", "inbox_id", "TEXT NOT NULL DEFAULT ''"),
-)
+_ADDED_COLUMNS = (("devices", "status_rx", "REAL"),)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -238,8 +238,12 @@ def test_two_workers_share_the_stream_and_store_each_prediction_once(
             d.flush()
         wait_for(lambda: store.prediction_count() == 6_000, timeout=60, what="6,000 stored")
         # Both workers took part, and batches of one device that crossed between them left no gap.
+        # Each worker counts its rows just after the commit that made them visible.
+        wait_for(
+            lambda: w1.stats()["stored_predictions"] + w2.stats()["stored_predictions"] == 6_000,
+            what="both workers' counts",
+        )
         assert w1.stats()["stored_predictions"] > 0 and w2.stats()["stored_predictions"] > 0
-        assert w1.stats()["stored_predictions"] + w2.stats()["stored_predictions"] == 6_000
         wait_for(lambda: store.gaps() == [], what="no gaps left")
     finally:
         for d in devs:

@@ -80,7 +80,10 @@ class SimDevice:
         return self
 
     def disconnect(self) -> None:
-        """A clean shutdown: the device says offline itself (no last-will)."""
+        """A clean shutdown: the device says offline itself (no last-will). Twice is harmless."""
+        if not self._connected.is_set():
+            return
+        self._connected.clear()
         self.status("offline", reason="shutdown")
         self.flush()
         self.client.disconnect()

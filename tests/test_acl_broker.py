@@ -15,7 +15,7 @@ from cloud.release.brokerauth import check_password, hash_password
 from cloud.release.service import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Topics
-from tests.release_support import cloud_config, mqtt_cfg
+from tests.release_support import cloud_config, mqtt_cfg, wait_for
 
 
 class Client:
@@ -38,7 +38,7 @@ class Client:
         self.c = c
         c.connect("127.0.0.1", port)
         c.loop_start()
-        self._connected.wait(5)
+        assert self._connected.wait(10), f"{user} got no CONNACK from the broker"
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         self.connect_rc = rc
@@ -51,8 +51,11 @@ class Client:
     def subscribe(self, topic: str) -> list[Any]:
         self._subbed.clear()
         self.c.subscribe(topic, qos=1)
-        self._subbed.wait(5)
+        assert self._subbed.wait(10), f"no SUBACK for {topic}"
         return self.suback
+
+    def saw(self, topic: str, payload: bytes) -> bool:
+        return (topic, payload) in list(self.got)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
@@ -113,7 +116,12 @@ def test_device_is_confined_to_its_own_topics_and_group(
         cloud.publish(Topics.release("production"), b"prod notice", retain=True)
         cloud.publish(Topics.release("staging"), b"staging notice", retain=True)
         cloud.publish(Topics.device("park1", "box2", Kind.UPDATE_RESPONSE), b"for box2")
-        time.sleep(1.0)
+        # Messages on one connection arrive in order: once the last one published is here, the
+        # forbidden ones published before it would have been too.
+        staging, own_status = Topics.release("staging"), Topics.device("park1", "box1", Kind.STATUS)
+        cloud.publish(staging, b"sentinel")
+        assert wait_for(lambda: box1.saw(staging, b"sentinel"), 10, "box1 to get the sentinel")
+        assert wait_for(lambda: cloud.saw(own_status, b"genuine"), 10, "the cloud to get box1's status")
         seen_by_cloud = {t: p for t, p in cloud.got}
         assert seen_by_cloud.get(Topics.device("park1", "box1", Kind.STATUS)) == b"genuine"
         assert Topics.device("park1", "box2", Kind.STATUS) not in seen_by_cloud
@@ -123,7 +131,8 @@ def test_device_is_confined_to_its_own_topics_and_group(
         assert Topics.device("park1", "box2", Kind.UPDATE_RESPONSE) not in box1_topics
         # box1 cannot overwrite the retained release notice
         box1.publish(Topics.release("staging"), b"fake notice", retain=True)
-        time.sleep(0.5)
+        box1.publish(own_status, b"sentinel")
+        assert wait_for(lambda: cloud.saw(own_status, b"sentinel"), 10, "the cloud to get the sentinel")
         assert (Topics.release("staging"), b"fake notice") not in cloud.got
     finally:
         cloud.close()

@@ -186,9 +186,11 @@ def test_a_silent_device_is_offline_within_the_heartbeat_timeout(env: Any, broke
         silent_since = time.monotonic()  # still connected, but says nothing any more
         wait_for(lambda: store.device("cam-w1")["health"] == "offline", timeout=10, what="offline")
         took = time.monotonic() - silent_since
-        assert took <= cfg.fleet.heartbeat_timeout_s + 2 * cfg.analysis.health_interval_s + 1.0
+        # Within the timeout plus the health checks that notice it (slack for a loaded CI machine).
+        assert took <= cfg.fleet.heartbeat_timeout_s + 2 * cfg.analysis.health_interval_s + 3.0
         with AlertStore(cfg.fleet_db) as st:
-            [a] = st.list(rule="device_offline", device="cam-w1")
+            # The alert is opened by the governor just after the health state is written.
+            [a] = wait_for(lambda: st.list(rule="device_offline", device="cam-w1"), 10, "offline alert")
         assert "silent" in a["message"]
         dev.telemetry()  # back: the alert resolves itself
         dev.flush()

@@ -17,7 +17,7 @@ PARKWATCH = str(Path(sys.executable).parent / "parkwatch")
 @pytest.mark.slow
 def test_demo_stores_predictions_and_prints_where_to_look(tmp_path: Path, pets_sample: Path) -> None:
     res = subprocess.run(
-        [PARKWATCH, "cloud", "demo", "--workdir", str(tmp_path / "demo"), "--no-train", "--duration", "45"],
+        [PARKWATCH, "cloud", "demo", "--workdir", str(tmp_path / "demo"), "--no-train", "--duration", "60"],
         capture_output=True,
         text=True,
         timeout=300,

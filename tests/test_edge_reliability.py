@@ -167,7 +167,7 @@ def test_broker_outage_and_kill_9_lose_nothing(
             f"{dupes} delivered twice (de-duplicated by seq), 0 lost"
         )
         assert dupes <= 200  # redelivery is bounded by what was in flight, not the backlog
-        assert store.statuses[-1].state == "offline"
+        wait_until(lambda: store.statuses and store.statuses[-1].state == "offline", 15, "offline", log)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -40,6 +40,8 @@ def daemon(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (d.engine and d.engine.classified >= 3 and d.mqtt.connected):
         time.sleep(0.05)
+    assert d.engine is not None and d.engine.classified >= 3, "the daemon classified nothing in 10 s"
+    assert d.mqtt.connected, "the daemon did not connect to the broker in 10 s"
     yield d
     d.stop()
 

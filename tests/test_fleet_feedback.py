@@ -34,6 +34,8 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
         dev.flush()
         store = FleetStore(cfg.fleet_db)
         wait_for(lambda: store.prediction_count() == 200, what="stored")
+        dev.disconnect()  # says goodbye: the retained offline status
+        wait_for(lambda: store.device("box1")["status"] == "offline", what="goodbye stored")
     finally:
         dev.disconnect()
         ing.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,11 @@ def test_fetcher_turns_not_found_into_404_over_the_real_broker(
     cloud = make_client(mqtt_cfg(broker.port), "responder-test")
     responder.attach(cloud)
     cloud.on_connect = lambda c, *a: [c.subscribe(t, qos=1) for t in responder.subscriptions()]
+    subbed = threading.Event()  # so no request goes out before the responder listens (a retry would count)
+    cloud.on_subscribe = lambda *a: subbed.set()
     cloud.connect("127.0.0.1", broker.port)
     cloud.loop_start()
+    assert subbed.wait(10), "the responder got no SUBACK"
     link = MqttLink(mqtt_cfg(broker.port), "park1", "box1", "staging")
     link.start()
     try:

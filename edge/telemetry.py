@@ -6,6 +6,7 @@ the cloud must be able to tell "no sensor" from "0 °C" and the daemon must not 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ def temperatures() -> dict[str, float] | None:
     out: dict[str, float] = {}
     for chip, entries in (raw or {}).items():
         for i, e in enumerate(entries):
-            if e.current is None:
-                continue
+            if e.current is None or not math.isfinite(e.current):
+                continue  # a sensor reading NaN is no reading; the protocol refuses non-finite numbers
             name = f"{chip}/{e.label or i}"
             out[name] = round(float(e.current), 1)
     return out or None

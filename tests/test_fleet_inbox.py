@@ -21,7 +21,7 @@ from cloud.fleet.materialize import Materializer
 from cloud.fleet.schema import connect
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
-from cloud.fleet.writer import BatchWriter, Incoming
+from cloud.fleet.writer import CAUSE_EVICTED, CAUSE_LOST, BatchWriter, Incoming
 from cloud.governance.alerts import AlertStore
 from shared.broker import EmbeddedBroker
 from shared.protocol import (
@@ -38,13 +38,14 @@ from tests.release_support import write_cloud_toml
 from tests.simdevice import SimDevice
 
 
-def _batches(dev: SimDevice, n: int, size: int = 50) -> list[tuple[str, bytes, float]]:
+def _batches(dev: SimDevice, n: int, size: int = 50) -> list[tuple[str, bytes, float, bool]]:
     topic = dev.topic(Kind.PREDICTIONS)
     return [
         (
             topic,
             encode(PredictionBatch(device=dev.device, site=dev.site, predictions=dev.make_predictions(size))),
             time.time(),
+            False,
         )
         for _ in range(n)
     ]
@@ -65,7 +66,7 @@ def test_a_crash_between_commit_and_trim_does_not_apply_rows_twice(
     # The power went out after fleet.db committed but before the inbox was trimmed: the rows are back.
     with inbox.conn:
         inbox.conn.executemany(
-            "INSERT INTO inbox(id, topic, payload, received_ts) VALUES (?,?,?,?)",
+            "INSERT INTO inbox(id, topic, payload, received_ts, retained) VALUES (?,?,?,?,?)",
             [(i + 1, *r) for i, r in enumerate(rows)],
         )
     assert inbox.backlog() == 4
@@ -92,9 +93,9 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     inbox = Inbox(inbox_path(cfg.data_dir, worker))
     inbox.append(
         [
-            (topic, b"\xff\xfe{not json", time.time()),
+            (topic, b"\xff\xfe{not json", time.time(), False),
             *_batches(dev, 1, 5),
-            (topic, b'{"schema": 7}', time.time()),
+            (topic, b'{"schema": 7}', time.time(), False),
         ]
     )
     m = Materializer(cfg, worker)
@@ -165,7 +166,7 @@ def test_a_stalled_inbox_raises_an_ingest_backlog_alert_and_clears(
     worker = "w-stall"
     dev = SimDevice("127.0.0.1", broker.port, device="box-s")
     inbox = Inbox(inbox_path(cfg.data_dir, worker))
-    inbox.append([(t, p, time.time() - 600) for t, p, _ in _batches(dev, 3)])  # waited 10 minutes
+    inbox.append([(t, p, time.time() - 600, False) for t, p, _, _ in _batches(dev, 3)])  # waited 10 minutes
     states = inbox_states(cfg.data_dir, time.time())
     assert states[0]["backlog"] == 3 and states[0]["oldest_age_s"] >= 599
     gov = open_governor(cfg, publish=False)
@@ -187,9 +188,9 @@ def test_a_stalled_inbox_raises_an_ingest_backlog_alert_and_clears(
 def test_inbox_ids_keep_growing_after_the_table_empties(tmp_path: Path) -> None:
     """The progress mark is an id; a reused id would make the materializer skip a new message."""
     ib = Inbox(tmp_path / "x.inbox.db")
-    ib.append([("t", b"a", 1.0), ("t", b"b", 1.0)])
+    ib.append([("t", b"a", 1.0, False), ("t", b"b", 1.0, False)])
     ib.delete_upto(2)
-    ib.append([("t", b"c", 1.0)])
+    ib.append([("t", b"c", 1.0, False)])
     assert [r[0] for r in ib.take(0, 10)] == [3]
     ib.close()
     assert sqlite3.connect(tmp_path / "x.inbox.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -285,6 +286,77 @@ def test_a_lagging_worker_does_not_put_back_an_older_status(tmp_path: Path) -> N
     w.write([Incoming(parsed, online, 1000.5)])  # worker B catching up with its inbox
     with FleetStore(tmp_path / "fleet.db") as fs:
         assert fs.device("box-s")["status"] == "offline"
+    db.close()
+
+
+def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """On (re)subscribing, the broker replays every retained status: that is what a box last said,
+    not that it said it now, so a dead box must not look alive or go offline a second time."""
+    cfg = cloud_cfg(tmp_path, broker)
+    ing = FleetIngest(cfg)
+    ing.start()
+    assert ing.wait_connected(10)
+    dev = SimDevice("127.0.0.1", broker.port, device="box-r").connect()
+    store = FleetStore(cfg.fleet_db)
+    db = sqlite3.connect(cfg.fleet_db)
+
+    def events() -> int:
+        return int(db.execute("SELECT count(*) FROM status_events WHERE device='box-r'").fetchone()[0])
+
+    try:
+        dev.telemetry()
+        dev.flush()
+        dev.kill()  # dies: the broker publishes its retained last-will
+        wait_for(lambda: store.device("box-r")["status_reason"] == "last-will", what="last-will stored")
+        before = store.device("box-r")
+        n_events = events()
+        ing.stop()
+        time.sleep(1.1)  # so a replay stamped with its arrival would show a later last_seen
+        ing = FleetIngest(cfg)
+        ing.start()
+        assert ing.wait_connected(10)
+        wait_for(lambda: ing.stats()["accepted"] >= 1, what="the retained status replayed")
+        wait_for(lambda: ing.stats()["inbox_backlog"] == 0 and ing.stats()["batches"] >= 1, what="applied")
+        after = store.device("box-r")
+        assert after["last_seen"] == before["last_seen"] and after["status_ts"] == before["status_ts"]
+        assert events() == n_events  # no second "offline" event
+        # A box first heard of through a replay is dated by what it said, not by the replay.
+        other = SimDevice("127.0.0.1", broker.port, device="box-new")
+        offline = DeviceStatus(device="box-new", site="park1", state="offline", ts=time.time() - 3600)
+        topic = other.topic(Kind.STATUS)
+        w = BatchWriter(connect(cfg.fleet_db))
+        w.write([Incoming(parse_topic(topic), offline, time.time(), topic, encode(offline), retained=True)])
+        w.db.close()
+        assert store.device("box-new")["last_seen"] == pytest.approx(offline.ts)
+    finally:
+        ing.stop()
+        store.close()
+        db.close()
+
+
+def test_a_gap_is_blamed_on_evictions_only_when_the_batch_after_it_reports_new_ones(tmp_path: Path) -> None:
+    db = connect(tmp_path / "fleet.db")
+    w = BatchWriter(db)
+    topic = Topics.device("park1", "box-e", Kind.PREDICTIONS)
+    dev = SimDevice("127.0.0.1", 1, device="box-e")
+
+    def batch(n: int, evicted: int) -> Incoming:
+        msg = PredictionBatch(
+            device="box-e", site="park1", predictions=dev.make_predictions(n), evicted_total=evicted
+        )
+        return Incoming(parse_topic(topic), msg, time.time(), topic, encode(msg))
+
+    first = batch(10, 0)  # seqs 1..10
+    dev.skip(5)  # 11..15 evicted from the full outbox
+    evicted = batch(5, 5)  # 16..20, reporting the five evictions
+    dev.skip(5)  # 21..25 lost on the way, no new eviction
+    lost = batch(5, 5)  # 26..30
+    w.write([first, evicted, lost])  # one materializer step, as during a burst
+    with FleetStore(tmp_path / "fleet.db") as fs:
+        causes = {(g["first_seq"], g["last_seq"]): g["cause"] for g in fs.gaps("box-e")}
+    assert causes == {(11, 15): CAUSE_EVICTED, (21, 25): CAUSE_LOST}
     db.close()
 
 

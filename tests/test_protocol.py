@@ -146,6 +146,11 @@ def test_bad_payloads_raise_typed_errors() -> None:
         bad = json.loads(json.dumps(good))
         bad["predictions"][-1]["seq"] = 2**63
         decode(topic, json.dumps(bad))
+    for number in ("NaN", "Infinity", "-Infinity"):  # Python's json writes these; SQLite cannot keep NaN
+        bad = json.loads(json.dumps(good))
+        bad["predictions"][1]["ts"] = float(number.replace("Infinity", "inf"))
+        with pytest.raises(InvalidPayload, match="ts"):
+            decode(topic, json.dumps(bad))
 
 
 def test_a_device_cannot_speak_for_another() -> None:

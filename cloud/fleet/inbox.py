@@ -32,11 +32,12 @@ CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    received_ts REAL NOT NULL
+    received_ts REAL NOT NULL,
+    retained INTEGER NOT NULL DEFAULT 0  -- the broker's replay of a retained message on subscribe
 );
 """
 
-InboxRow = tuple[int, str, bytes, float]
+InboxRow = tuple[int, str, bytes, float, bool]  # id, topic, payload, received_ts, retained
 
 
 _SUFFIX = ".inbox.db"
@@ -98,11 +99,14 @@ class Inbox:
                 "permissions"
             ) from e
 
-    def append(self, rows: list[tuple[str, bytes, float]]) -> None:
-        """Make ``rows`` (topic, payload, received_ts) durable; only then may they be acknowledged."""
+    def append(self, rows: list[tuple[str, bytes, float, bool]]) -> None:
+        """Make ``rows`` (topic, payload, received_ts, retained) durable; only then may they be
+        acknowledged."""
         try:
             with self._lock, self.conn:
-                self.conn.executemany("INSERT INTO inbox(topic, payload, received_ts) VALUES (?,?,?)", rows)
+                self.conn.executemany(
+                    "INSERT INTO inbox(topic, payload, received_ts, retained) VALUES (?,?,?,?)", rows
+                )
         except sqlite3.Error as e:
             raise FleetError(
                 f"ingest inbox write failed ({e}); nothing of this batch was acknowledged, the broker "
@@ -113,10 +117,11 @@ class Inbox:
         try:
             with self._lock:
                 cur = self.conn.execute(
-                    "SELECT id, topic, payload, received_ts FROM inbox WHERE id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, topic, payload, received_ts, retained FROM inbox WHERE id > ? "
+                    "ORDER BY id LIMIT ?",
                     (after_id, limit),
                 )
-                return [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in cur]
+                return [(int(r[0]), str(r[1]), bytes(r[2]), float(r[3]), bool(r[4])) for r in cur]
         except sqlite3.Error as e:
             raise FleetError(f"cannot read the ingest inbox {self.path}: {e}") from e
 

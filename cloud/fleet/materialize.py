@@ -200,7 +200,7 @@ class Materializer:
         items: list[Incoming] = []
         letters: list[DeadLetter] = []
         max_bytes = self.cfg.mqtt.max_payload_bytes
-        for _, topic, payload, received in rows:
+        for _, topic, payload, received, retained in rows:
             try:
                 parsed, msg = decode(topic, payload, max_bytes)
             except ProtocolError as e:
@@ -209,7 +209,7 @@ class Materializer:
                 log.exception("unexpected error decoding %s", topic)
                 err = ProtocolError(f"{topic}: {e}")
             else:
-                items.append(Incoming(parsed, msg, received, topic, payload))
+                items.append(Incoming(parsed, msg, received, topic, payload, retained))
                 continue
             self.rejects.reject(err)
             self.stats.add(f"rejected.{reject_kind(err.kind)}")

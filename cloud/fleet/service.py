@@ -54,7 +54,7 @@ STORED_KINDS = {Kind.PREDICTIONS, Kind.TELEMETRY, Kind.STATUS, Kind.MODEL_STATE}
 _RESTART_BACKOFF_S = 2.0
 _HEALTHY_RUN_S = 60.0
 
-Received = tuple[str, bytes, float, int, int]  # topic, payload, received_ts, mid, qos
+Received = tuple[str, bytes, float, bool, int, int]  # topic, payload, received_ts, retained, mid, qos
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -303,7 +303,7 @@ class FleetIngest:
             client.ack(msg.mid, msg.qos)  # rejected for good: a resend would be rejected again
             return
         if kind in STORED_KINDS:
-            self._q.append((topic, payload, time.time(), msg.mid, msg.qos))
+            self._q.append((topic, payload, time.time(), msg.retain, msg.mid, msg.qos))
             if not self._wake.is_set():
                 self._wake.set()
         elif kind is Kind.SNAPSHOT:
@@ -366,7 +366,7 @@ class FleetIngest:
         inbox = self._inbox
         assert inbox is not None
         delay = 0.5
-        rows = [(t, p, ts) for t, p, ts, _, _ in batch]
+        rows = [(t, p, ts, r) for t, p, ts, r, _, _ in batch]
         while True:
             try:
                 inbox.append(rows)
@@ -381,7 +381,7 @@ class FleetIngest:
                 delay = min(delay * 2, 30.0)
         c = self._client
         if c is not None:
-            for _, _, _, mid, qos in batch:
+            for *_, mid, qos in batch:
                 c.ack(mid, qos)
         self.accepted += len(batch)
         self.mstats.set("rx_batch", len(batch))  # the materializer yields while these are large

@@ -15,6 +15,7 @@ from typing import Any
 
 from cloud.fleet.errors import BadRequest, FleetError, NotFound
 from cloud.fleet.schema import connect
+from shared.protocol.messages import SEQ_MAX
 
 LABELS = ("cat", "dog", "neither")
 
@@ -37,7 +38,8 @@ def prediction_id(device: str, seq: int) -> str:
 def parse_prediction_id(pid: str) -> tuple[str, int]:
     """``device:seq``; the device alphabet has no ':' so the split is unambiguous."""
     device, sep, seq = pid.rpartition(":")
-    if not sep or not device or not seq.isdigit():
+    # ASCII digits only (str.isdigit also takes '²'), and no larger than a seq can be.
+    if not sep or not device or not (seq.isascii() and seq.isdigit()) or len(seq) > 19 or int(seq) > SEQ_MAX:
         raise BadRequest(f"prediction id {pid!r} must look like DEVICE:SEQ (e.g. cam-box-1:1042)")
     return device, int(seq)
 
@@ -177,8 +179,8 @@ class FleetStore:
         return int(self.query("SELECT count(*) AS n FROM predictions")[0]["n"])
 
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
-        """Seq ranges still missing, with the cause ingest inferred; a row that turns up later "
-        "removes them."""
+        """Seq ranges still missing, with the cause ingest inferred; a row that turns up later
+        removes them."""
         sql = "SELECT *, last_seq-first_seq+1 AS missing FROM gaps"
         if device:
             return self.query(sql + " WHERE device=? ORDER BY first_seq", (device,))

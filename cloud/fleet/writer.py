@@ -43,6 +43,7 @@ class Incoming:
     received_ts: float
     raw_topic: str = ""  # kept so a record the database refuses can become a dead letter
     payload: bytes = b""
+    retained: bool = False  # the broker replaying a retained message to a new subscription
 
 
 # Errors that come from a record's values, so retrying cannot help; anything else from sqlite3
@@ -132,6 +133,12 @@ _TOUCH_DEVICE = (
     "ON CONFLICT(device) DO UPDATE SET site=excluded.site, "
     "last_seen=max(coalesce(last_seen, 0), excluded.last_seen), "
     "last_msg_ts=max(coalesce(last_msg_ts, 0), excluded.last_msg_ts)"
+)
+# A retained status or model state replayed by the broker when ingest (re)subscribes says what
+# the device last said, not that it said it now: it must not make a silent box look alive.
+_TOUCH_DEVICE_REPLAY = (
+    "INSERT INTO devices(device, site, first_seen, last_seen, last_msg_ts) VALUES (?,?,?,?,?) "
+    "ON CONFLICT(device) DO NOTHING"
 )
 
 
@@ -242,10 +249,16 @@ class BatchWriter:
             if isinstance(m, PredictionBatch):
                 ts = max(p.ts for p in m.predictions)
                 batches[device].append((m, it.received_ts))
-            c.execute(_TOUCH_DEVICE, (device, site, it.received_ts, it.received_ts, ts))
+            if it.retained:
+                said = min(ts, it.received_ts) if ts else it.received_ts  # when the device said it
+                c.execute(_TOUCH_DEVICE_REPLAY, (device, site, said, said, ts))
+            else:
+                c.execute(_TOUCH_DEVICE, (device, site, it.received_ts, it.received_ts, ts))
             if isinstance(m, Telemetry):
                 res.telemetry_stored += self._telemetry(m, it.received_ts)
             elif isinstance(m, DeviceStatus):
+                if it.retained and self._known_status(m):
+                    continue  # a replay of the state already stored: no new event, no new "since"
                 self._status(m, it.received_ts)
             elif isinstance(m, ModelState):
                 self._model_state(m, it.received_ts)
@@ -256,8 +269,7 @@ class BatchWriter:
         c = self.conn
         row = c.execute("SELECT max_seq, evicted_total FROM devices WHERE device=?", (device,)).fetchone()
         max_seq: int | None = row[0]
-        evicted: int = row[1] or 0
-        seen_new_evictions = max(b.evicted_total for b, _ in blist) > evicted
+        evicted: int = row[1] or 0  # the device's eviction count as of the last batch before this gap
         site = blist[0][0].site
         late: list[int] = []
         stored = 0
@@ -279,11 +291,14 @@ class BatchWriter:
                     max_seq = p.seq
                 elif p.seq > max_seq:
                     if p.seq > max_seq + 1:
-                        cause = CAUSE_EVICTED if seen_new_evictions else CAUSE_LOST
+                        # Judged per gap: only a batch that reports evictions since the one before
+                        # it explains the seqs missing in front of it.
+                        cause = CAUSE_EVICTED if b.evicted_total > evicted else CAUSE_LOST
                         self._open_gap(device, site, max_seq + 1, p.seq - 1, cause, received, res)
                     max_seq = p.seq
                 else:
                     late.append(p.seq)
+            evicted = max(evicted, b.evicted_total)
         n = sum(len(b.predictions) for b, _ in blist)
         res.predictions_stored += stored
         res.duplicates += n - stored
@@ -374,6 +389,12 @@ class BatchWriter:
                 "UPDATE devices SET model_version=? WHERE device=?", (t.model_version, t.device)
             )
         return max(cur.rowcount, 0)
+
+    def _known_status(self, s: DeviceStatus) -> bool:
+        row = self.conn.execute(
+            "SELECT status, status_reason FROM devices WHERE device=?", (s.device,)
+        ).fetchone()
+        return row is not None and (row[0], row[1]) == (s.state, s.reason)
 
     def _status(self, s: DeviceStatus, received: float) -> None:
         # Arrival order decides: status comes on one non-shared subscription, in order, and a

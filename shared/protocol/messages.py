@@ -25,7 +25,9 @@ def now() -> float:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    # NaN and infinities are refused: a NaN timestamp cannot be stored, ordered or pruned, and a
+    # receiver would otherwise drop the row with no dead letter to say so.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False, allow_inf_nan=False)
 
     schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schema")
 
@@ -47,7 +49,7 @@ class DeviceStatus(Message):
 
 
 class Prediction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seq: int = Field(ge=0, le=SEQ_MAX, description="per-device, strictly increasing, never reused")
     ts: float
@@ -80,7 +82,7 @@ class PredictionBatch(Message):
 
 
 class CameraTelemetry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     state: Literal["streaming", "stalled", "reconnecting", "offline"]
     fps: float = Field(0.0, ge=0)

@@ -252,6 +252,39 @@ def test_two_workers_share_the_stream_and_store_each_prediction_once(
         w2.stop()
 
 
+def test_a_retired_worker_hands_its_queued_share_back_and_its_session_ends(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    cfg = cloud_cfg(tmp_path, broker)
+    keep = FleetIngest(cfg, client_id="ingest-keep")
+    gone = FleetIngest(cfg, client_id="ingest-gone")
+    for w in (keep, gone):
+        w.start()
+        assert w.wait_connected(10)
+    gone.stop()  # stopped for good, but its persistent session still takes a share of the stream
+    dev = SimDevice("127.0.0.1", broker.port, device="box-ret").connect()
+    store = FleetStore(cfg.fleet_db)
+    try:
+        dev.predict(2_000, batch_size=20)
+        dev.flush()
+        wait_for(lambda: keep.accepted >= 40, what="the remaining worker busy")
+        time.sleep(1.0)
+        assert store.prediction_count() < 2_000  # part of the stream waits in the stopped session
+        out = FleetIngest(cfg, client_id="ingest-gone", retiring=True)
+        out.start()
+        res = out.retire(quiet_s=1.0, timeout_s=60)
+        assert res["session"] == "ended" and res["received"] > 0
+        wait_for(lambda: store.prediction_count() == 2_000, what="all 2,000 stored")
+        dev.predict(1_000, batch_size=20)  # from now on the remaining worker takes everything
+        dev.flush()
+        wait_for(lambda: store.prediction_count() == 3_000, what="all 3,000 stored by the one left")
+        wait_for(lambda: store.gaps() == [], what="no gaps")
+    finally:
+        dev.disconnect()
+        keep.stop()
+        store.close()
+
+
 def test_queued_messages_survive_a_broker_restart(tmp_path: Path) -> None:
     # EmbeddedBroker keeps Mosquitto running as the current user, so its persistence file is
     # really written; without that, queues would silently vanish across this restart.

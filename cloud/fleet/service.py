@@ -75,10 +75,14 @@ def subscriptions(share_group: str) -> list[tuple[str, int]]:
 
 
 class FleetIngest:
-    def __init__(self, cfg: CloudConfig, client_id: str | None = None) -> None:
+    def __init__(self, cfg: CloudConfig, client_id: str | None = None, retiring: bool = False) -> None:
         self.cfg = cfg
         self.fcfg = cfg.fleet
         self.client_id = client_id or self.fcfg.client_id
+        # Retiring: resume the session only to take what the broker queued for it, subscribed to
+        # nothing new, then end it (see retire()).
+        self.retiring = retiring
+        self._end_session = False
         self.rejects = RejectCounter()  # refused before the inbox (unknown topic, too large)
         self.mstats = SharedStats()  # the materializer's figures
         # A deque and an Event rather than queue.Queue: two C-level operations per message instead
@@ -129,6 +133,7 @@ class FleetIngest:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.fcfg.session_expiry_s
         props.ReceiveMaximum = self.fcfg.receive_maximum
@@ -161,7 +166,11 @@ class FleetIngest:
             self._thread.join(timeout=30)
             self._thread = None
         if c is not None:
-            c.disconnect()
+            props = None
+            if self._end_session:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0  # the broker forgets this worker's session now
+            c.disconnect(properties=props)
             c.loop_stop()
             self._client = None
         self._connected.clear()
@@ -179,6 +188,39 @@ class FleetIngest:
         if self._inbox is not None:
             self._inbox.close()
             self._inbox = None
+
+    def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Take in what the broker still holds for this worker, apply it, and end its session.
+
+        A stopped worker's persistent session keeps its share of the shared subscription queued
+        in the broker (for ``fleet.session_expiry_s``), where no other worker and no ``--drain``
+        can reach it. Retiring hands that share back: start with ``retiring=True``, then call this.
+        Returns the figures; raises :class:`FleetError` if the broker or the backlog did not
+        settle in ``timeout_s`` (the session is then kept, so nothing is lost).
+        """
+        if not self.retiring:
+            raise FleetError("retire() needs FleetIngest(..., retiring=True)")
+        deadline = time.monotonic() + timeout_s
+        if not self.wait_connected(min(30.0, timeout_s)):
+            raise FleetError(
+                f"cannot retire {self.client_id}: no connection to the broker at "
+                f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+            )
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if self.received != last or self._q:
+                last, quiet_since = self.received, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s and self.inbox_backlog() == 0:
+                self._end_session = True
+                received = self.received
+                self.stop()
+                return {"worker": self.client_id, "received": received, "session": "ended"}
+            time.sleep(0.1)
+        self.stop()
+        raise FleetError(
+            f"cannot retire {self.client_id}: messages still arriving or waiting in its inbox after "
+            f"{timeout_s:.0f} s; its session is kept, run it again"
+        )
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """Until connected and subscribed (SUBACK received)."""
@@ -266,7 +308,12 @@ class FleetIngest:
             self.last_error = f"broker refused the connection: {rc}"
             log.error("%s", self.last_error)
             return
-        client.subscribe(subscriptions(self.fcfg.share_group))
+        if self.retiring:
+            # The queued messages come anyway (they belong to the session); unsubscribing first
+            # means no new ones are routed here, so the other workers of the group take them.
+            client.unsubscribe([t for t, _ in subscriptions(self.fcfg.share_group)])
+        else:
+            client.subscribe(subscriptions(self.fcfg.share_group))
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 
     def _on_subscribe(
@@ -279,6 +326,11 @@ class FleetIngest:
             )
             log.error("%s", self.last_error)
         self._connected.set()  # connected *and* subscribed: nothing published from now on is missed
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
+    ) -> None:
+        self._connected.set()  # retiring: from now on only what was queued for this session arrives
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None

@@ -126,6 +126,8 @@ def test_bad_payloads_raise_typed_errors() -> None:
         decode(topic, b"\xff\xfe not json")
     with pytest.raises(MalformedPayload):
         decode(topic, b"[1, 2]")
+    with pytest.raises(MalformedPayload, match="nests too deeply"):
+        decode(topic, b"[" * 100_000 + b"]" * 100_000, max_bytes=10**6)
     with pytest.raises(UnsupportedSchema):
         decode(topic, json.dumps({**good, "schema": 2}))
     with pytest.raises(UnsupportedSchema):

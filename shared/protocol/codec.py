@@ -72,6 +72,8 @@ def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
         obj: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MalformedPayload(f"{topic}: payload is not JSON: {e}") from e
+    except RecursionError as e:  # nesting no payload of ours has; refused like any malformed one
+        raise MalformedPayload(f"{topic}: payload nests too deeply to be one of ours") from e
     if not isinstance(obj, dict):
         raise MalformedPayload(f"{topic}: payload must be a JSON object")
     version = obj.get("schema")

@@ -51,7 +51,7 @@ class DeviceStatus(Message):
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seq: int = Field(ge=0, le=SEQ_MAX, description="per-device, strictly increasing, never reused")
+    seq: int = Field(ge=1, le=SEQ_MAX, description="per-device from 1, strictly increasing, never reused")
     ts: float
     camera: str
     label: Label = Field(description="predicted label, or 'abstain' below the threshold")

@@ -2,18 +2,21 @@
 
 ``evaluate`` is pure (device row, its recent telemetry, its gaps, the time) so every rule is
 tested without a broker; ``check_fleet`` reads the store, writes each device's state back, and
-returns the findings for the governor.
+returns the findings for the governor; ``judged`` tells the governor which open alerts the run
+was in a position to judge (only those may be resolved as "condition cleared").
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.analysis.config import AnalysisConfig
 from cloud.analysis.stats import robust_z
 from cloud.fleet.store import FleetStore
+from cloud.fleet.writer import CAUSE_BEFORE
 from cloud.governance.rules import RULES, Finding
 
 ANOMALY_METRICS = ("cpu_percent", "temp_max", "latency_p95", "inference_fps", "memory_percent")
@@ -23,6 +26,24 @@ LOW_IS_BAD = {"inference_fps"}
 # Counters in a camera's integrity dict that are totals, not flags.
 NOT_FLAGS = {"frames"}
 STATE_ORDER = ("ok", "degraded", "critical", "offline")
+# The rules judged from the device's newest telemetry. While the device is offline, or its newest
+# telemetry is older than the heartbeat timeout, a check cannot tell whether they still hold: their
+# alerts are neither re-raised nor resolved, they stay as they are until fresh telemetry shows the
+# condition gone (a box that died of heat must not show its overheating alert as cleared).
+TELEMETRY_RULES = frozenset(
+    {
+        "overheating",
+        "cpu_saturation",
+        "memory_high",
+        "disk_high",
+        "camera_down",
+        "frame_integrity",
+        "telemetry_anomaly",
+    }
+)
+# Gap causes that are reported (``parkwatch cloud health --device``, the device page) but are not
+# a fault of the box or the pipeline, so they neither degrade health nor raise ``ingest_gap``.
+HARMLESS_GAP_CAUSES = frozenset({CAUSE_BEFORE})
 
 
 @dataclass
@@ -32,6 +53,8 @@ class DeviceHealth:
     state: str
     reasons: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # False when this check could not judge the TELEMETRY_RULES (offline, or no fresh telemetry).
+    telemetry_judged: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,15 +116,19 @@ def evaluate(
             silent_s=round(silent_for, 1),
             last_seen=device.get("last_seen"),
         )
-    if gaps:
-        missing = sum(g["missing"] for g in gaps)
+    lost = [g for g in gaps if g.get("cause") not in HARMLESS_GAP_CAUSES]
+    if lost:
+        missing = sum(g["missing"] for g in lost)
         add(
             "ingest_gap",
-            f"{dev}: {missing} prediction(s) missing in {len(gaps)} gap(s)",
+            f"{dev}: {missing} prediction(s) missing in {len(lost)} gap(s)",
             missing=missing,
-            gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in gaps[:20]],
+            gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in lost[:20]],
         )
-    if not offline and telemetry:
+    tel_age = _telemetry_age(telemetry, now)
+    stale = tel_age is not None and tel_age > heartbeat_timeout_s
+    judged = not offline and tel_age is not None and not stale
+    if judged:
         _telemetry_checks(dev, telemetry, acfg, add)
     state = "ok"
     for f in found:
@@ -118,7 +145,37 @@ def evaluate(
         )
         if STATE_ORDER.index(s) > STATE_ORDER.index(state):
             state = s
-    return DeviceHealth(dev, site, state, [f.message for f in found], found)
+    reasons = [f.message for f in found]
+    if not offline and stale:
+        # Online (predictions or a status arrive) but no telemetry lately: nothing to judge the box's
+        # vitals on. Said, not scored: on a real box the watchdog restarts a dead telemetry loop, so
+        # this is the few seconds between a reconnect and its first telemetry.
+        reasons.append(
+            f"{dev}: no telemetry for {tel_age:.0f} s (heartbeat timeout {heartbeat_timeout_s:.0f} s); "
+            "its temperature, CPU, memory, disk and camera alerts stay as they are until it reports"
+        )
+    return DeviceHealth(dev, site, state, reasons, found, telemetry_judged=judged)
+
+
+def _telemetry_age(telemetry: list[dict[str, Any]], now: float) -> float | None:
+    """Seconds since the newest telemetry arrived (the cloud's clock when known, so a box's clock
+    does not matter), or None without telemetry."""
+    if not telemetry:
+        return None
+    last = telemetry[-1]
+    ts = last.get("received_ts")
+    if ts is None:
+        ts = last.get("ts")
+    return None if ts is None else max(0.0, now - float(ts))
+
+
+def judged(results: list[DeviceHealth]) -> Callable[[dict[str, Any]], bool]:
+    """The governor's ``covered`` for a health run: which active health alerts this run was in a
+    position to judge. Not the telemetry alerts of a device whose telemetry it could not judge
+    (offline or stale), so those are neither resolved nor re-raised; everything else (device_offline,
+    ingest_gap, ingest_backlog, telemetry alerts of devices judged now) is, as before."""
+    blind = {h.device for h in results if not h.telemetry_judged}
+    return lambda a: not (a["rule"] in TELEMETRY_RULES and a.get("device") in blind)
 
 
 def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisConfig, add: Any) -> None:

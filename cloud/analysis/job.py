@@ -46,7 +46,9 @@ def run_health(
     if governor is not None:
         findings = [f for h in results for f in h.findings]
         findings += health.ingest_findings(inboxes, cfg.fleet.inbox_lag_alert_s)
-        governor.apply(findings, "health")
+        # Only the alerts this run could judge may be resolved: an offline box's overheating alert
+        # is not "cleared" because nothing reports its temperature any more.
+        governor.apply(findings, "health", covered=health.judged(results))
     return results
 
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cloud.analysis.job import open_governor
 from cloud.governance.alerts import AlertStore
+from cloud.governance.engine import ack_alert
 from cloud.governance.errors import AlertStateError
 from cloud.governance.notify import SIGNATURE_HEADER, sign
 from cloud.governance.rules import Finding
@@ -138,3 +139,34 @@ def _write_cfg(tmp_path: Path, cfg: Any) -> Path:
     p = tmp_path / "cloud.toml"
     p.write_text(dump_toml(_strip_none(cfg.model_dump(mode="json"))))
     return p
+
+
+def test_a_state_change_the_broker_missed_is_published_by_the_next_run(tmp_path: Path) -> None:
+    """Broker down while an alert opens and is acknowledged: the governor's next run, once the
+    broker is back, publishes the alert's current state; nothing stays unannounced."""
+    broker = EmbeddedBroker(tmp_path / "b")  # not running yet
+    cfg = cloud_cfg(tmp_path, broker)
+    gov = open_governor(cfg)
+    store = AlertStore(cfg.fleet_db)
+    hot = Finding("overheating", "park1", "box1: 91 °C > 80 °C", device="box1")
+    try:
+        [a] = gov.apply([hot], "health")["opened"]
+        ack_alert(store, a["id"], "olga", "fan replaced", publisher=gov.publisher)
+        assert store.unpublished() == [a["id"]]  # remembered, once, with its latest state to come
+        broker.start()
+        listener = AlertListener(broker.port)
+        try:
+            wait_for(
+                lambda: (
+                    gov.apply([hot], "health") and [m["state"] for m in listener.msgs] == ["acknowledged"]
+                ),
+                timeout=60,
+                what="the acknowledged state published once the broker is back",
+            )
+            assert store.unpublished() == []
+        finally:
+            listener.close()
+    finally:
+        gov.publisher.close()  # type: ignore[union-attr]
+        store.close()
+        broker.stop()

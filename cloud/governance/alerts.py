@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS alert_events (
     comment TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_events_alert ON alert_events(alert_id, id);
+-- Alerts whose latest state change could not be published on MQTT (broker down): published by
+-- the next governor run, so subscribers learn every alert's current state eventually.
+CREATE TABLE IF NOT EXISTS alerts_unpublished (
+    alert_id TEXT PRIMARY KEY,
+    since_ts REAL NOT NULL
+);
 """
 
 
@@ -226,6 +232,21 @@ class AlertStore:
 
     def resolve(self, alert_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
         return self._move(alert_id, actor, comment, "resolved")
+
+    def set_published(self, alert_id: str, published: bool) -> None:
+        with self._lock, self.db.conn:
+            if published:
+                self.db.conn.execute("DELETE FROM alerts_unpublished WHERE alert_id=?", (alert_id,))
+            else:
+                self.db.conn.execute(
+                    "INSERT OR IGNORE INTO alerts_unpublished(alert_id, since_ts) VALUES (?,?)",
+                    (alert_id, time.time()),
+                )
+
+    def unpublished(self) -> builtins.list[str]:
+        with self._lock:
+            cur = self.db.conn.execute("SELECT alert_id FROM alerts_unpublished ORDER BY since_ts")
+            return [str(r[0]) for r in cur]
 
     def record_action(self, alert_id: str, action: dict[str, Any], actor: str) -> dict[str, Any]:
         with self._lock, self.db.conn:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud.governance import actions
 from cloud.governance.alerts import AlertStore
-from cloud.governance.errors import ActionUnavailable
+from cloud.governance.errors import ActionUnavailable, AlertNotFound
 from cloud.governance.notify import AlertPublisher, post_webhook
 from cloud.governance.rules import RULES, Finding, Scope
 from shared.errors import ParkwatchError
@@ -48,7 +48,18 @@ def _audit(
     )
 
 
+def publish_alert(store: AlertStore, publisher: AlertPublisher | None, alert: dict[str, Any]) -> bool:
+    """Publish the alert's current state; if the broker cannot take it, remember it for the next
+    governor run (``Governor.apply`` retries), so no state change stays unannounced."""
+    if publisher is None:
+        return False
+    ok = publisher.publish(alert)
+    store.set_published(alert["id"], ok)
+    return ok
+
+
 def _change(
+    store: AlertStore,
     change: Callable[[str, str, str | None], dict[str, Any]],
     action: str,
     alert_id: str,
@@ -59,8 +70,7 @@ def _change(
 ) -> dict[str, Any]:
     a = change(alert_id, actor, comment)
     _audit(audit, actor, action, a, {"comment": comment})
-    if publisher is not None:
-        publisher.publish(a)
+    publish_alert(store, publisher, a)
     return a
 
 
@@ -72,7 +82,7 @@ def ack_alert(
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
 ) -> dict[str, Any]:
-    return _change(store.ack, "alert.acknowledge", alert_id, actor, comment, audit, publisher)
+    return _change(store, store.ack, "alert.acknowledge", alert_id, actor, comment, audit, publisher)
 
 
 def resolve_alert(
@@ -83,7 +93,7 @@ def resolve_alert(
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
 ) -> dict[str, Any]:
-    return _change(store.resolve, "alert.resolve", alert_id, actor, comment, audit, publisher)
+    return _change(store, store.resolve, "alert.resolve", alert_id, actor, comment, audit, publisher)
 
 
 class Governor:
@@ -111,6 +121,7 @@ class Governor:
         """Raise/refresh alerts for ``findings``; resolve active ``scope`` alerts that ``covered`` says
         were re-examined and are no longer found."""
         out: dict[str, list[dict[str, Any]]] = {"opened": [], "refreshed": [], "resolved": []}
+        self._publish_pending()
         seen = set()
         for f in findings:
             rc = self.gcfg.rule(f.rule)
@@ -137,8 +148,20 @@ class Governor:
         return out
 
     def _publish(self, alert: dict[str, Any]) -> None:
-        if self.publisher is not None:
-            self.publisher.publish(alert)
+        publish_alert(self.alerts, self.publisher, alert)
+
+    def _publish_pending(self) -> None:
+        """State changes the broker could not take earlier (here or from the CLI), latest state each."""
+        if self.publisher is None:
+            return
+        for alert_id in self.alerts.unpublished():
+            try:
+                alert = self.alerts.get(alert_id)
+            except AlertNotFound:
+                self.alerts.set_published(alert_id, True)  # pruned since: nothing left to say
+                continue
+            if not publish_alert(self.alerts, self.publisher, alert):
+                return  # still unreachable: try again next run
 
     def _act(self, alert: dict[str, Any], action: str) -> dict[str, Any]:
         started = time.time()

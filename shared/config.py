@@ -22,7 +22,8 @@ M = TypeVar("M", bound=BaseModel)
 class Section(BaseModel):
     """Base for every config section: unknown keys are typos, and typos are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Non-finite numbers are refused: `inf` passes gt=0 and then turns a window into -Infinity.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class SecretRef(Section):

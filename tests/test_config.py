@@ -41,6 +41,7 @@ def test_shipped_examples_are_valid() -> None:
             "mqtt.password",
             "valid dictionary",
         ),
+        ('[device]\nid = "a"\nsite = "b"\n[telemetry]\ninterval_s = inf\n', "telemetry.interval_s", "finite"),
     ],
 )
 def test_bad_edge_config_names_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from cloud.analysis.health import check_fleet
+from cloud.cli import cloud
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_LOST
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Topics
 from tests.fleetutil import cloud_cfg, wait_for
+from tests.release_support import write_cloud_toml
 from tests.simdevice import SimDevice
 
 
@@ -270,9 +274,14 @@ def test_a_retired_worker_hands_its_queued_share_back_and_its_session_ends(
         wait_for(lambda: keep.accepted >= 40, what="the remaining worker busy")
         time.sleep(1.0)
         assert store.prediction_count() < 2_000  # part of the stream waits in the stopped session
-        out = FleetIngest(cfg, client_id="ingest-gone", retiring=True)
-        out.start()
-        res = out.retire(quiet_s=1.0, timeout_s=60)
+        toml = write_cloud_toml(cfg, tmp_path / "cloud.toml")
+        r = CliRunner().invoke(cloud, ["inbox", "--retire", "ingest-keep", "--config", str(toml)])
+        assert r.exit_code == 1 and "is running here: stop it first" in r.output  # no session takeover
+        r = CliRunner().invoke(
+            cloud, ["inbox", "--retire", "ingest-gone", "--timeout", "60", "--json", "--config", str(toml)]
+        )
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.output)["retired"]
         assert res["session"] == "ended" and res["received"] > 0
         wait_for(lambda: store.prediction_count() == 2_000, what="all 2,000 stored")
         dev.predict(1_000, batch_size=20)  # from now on the remaining worker takes everything

@@ -50,10 +50,17 @@ def render_html(report: dict[str, Any]) -> str:
             continue
         det = d["details"]
         base = det.get("baseline")
+        if d["drifted"]:
+            cls, verdict = "bad", "DRIFT"
+        elif base is None:
+            cls, verdict = "note", "no baseline (drift not judged)"
+        elif det.get("enough_samples") is False:
+            cls, verdict = "note", "too few predictions (drift not judged)"
+        else:
+            cls, verdict = "ok", "no drift"
         out.append(
             f"<h3>model {escape(d['model_version'])} at {escape(d['site'])} "
-            f"<span class='{'bad' if d['drifted'] else 'ok'}'>"
-            f"{'DRIFT' if d['drifted'] else 'no drift'}</span></h3>"
+            f"<span class='{cls}'>{verdict}</span></h3>"
         )
         out.append(
             "<table><tr><th>n</th><th>PSI</th><th>JS</th><th>K-S</th><th>K-S p</th><th>Wasserstein</th>"

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from cloud.cli.common import PositiveSeconds
 from shared.clitools import handle_errors
 
 
@@ -15,7 +16,9 @@ from shared.clitools import handle_errors
     show_default=True,
     help="Where the demo keeps its broker, stores, keys and logs.",
 )
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option(
+    "--duration", type=PositiveSeconds(), default=None, help="Stop after this many seconds (default: Ctrl-C)."
+)
 @click.option("--no-train", is_flag=True, help="Skip training/releasing a model; serve the baseline only.")
 @handle_errors
 def demo(workdir: Path, duration: float | None, no_train: bool) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from cloud.cli.common import ACTOR, PositiveSeconds, load_existing
 from cloud.config import DEFAULT_PATH
+from cloud.governance.rules import RULES
 from shared.clitools import config_option, emit, handle_errors, json_option
 
 
@@ -23,14 +25,15 @@ def _human_report(r: dict[str, Any]) -> str:
     lines = [
         f"analysis {r['run_id']}: {r['totals']['predictions']} predictions, {r['totals']['devices']} devices"
     ]
+    min_samples = (r.get("thresholds") or {}).get("min_samples")
     for d in r["drift"]:
         if d["device"]:
             continue
         figs = ", ".join(f"{k} {d[k]:.3f}" for k in ("psi", "js", "ks") if d[k] is not None)
         est = f"{d['est_accuracy']:.1%} (estimate)" if d["est_accuracy"] is not None else "–"
         lines.append(
-            f"  {d['model_version']} @ {d['site']}: n={d['n']} {figs}; est. accuracy {est}; "
-            f"{'DRIFT' if d['drifted'] else 'ok'}"
+            f"  {d['model_version']} @ {d['site']}: n={d['n']}{' ' + figs if figs else ''}; "
+            f"est. accuracy {est}; {_verdict(d, min_samples)}"
         )
         lines += [f"      {x}" for x in d["reasons"]]
     lines.append(f"alerts opened: {len(r['alerts']['opened'])}, resolved: {len(r['alerts']['resolved'])}")
@@ -40,21 +43,45 @@ def _human_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(d: dict[str, Any], min_samples: int | None) -> str:
+    """DRIFT, ok, or why the cohort was not judged: "ok" only when the figures were compared."""
+    if d["drifted"]:
+        return "DRIFT"
+    det = d.get("details") or {}
+    if det.get("baseline") is None:
+        return "no baseline (drift not judged)"
+    if det.get("enough_samples") is False:
+        below = f"fewer than {min_samples}" if min_samples else "too few"
+        return f"{below} predictions (drift not judged)"
+    return "ok"
+
+
 @click.command()
 @config_option(DEFAULT_PATH)
-@click.option("--window", "window_s", type=float, default=None, help="Seconds of predictions to analyse.")
+@click.option(
+    "--window",
+    "window_s",
+    type=PositiveSeconds(),
+    default=None,
+    help="Seconds of predictions to analyse (default: analysis.window_s).",
+)
 @click.option("--no-alerts", is_flag=True, help="Compute and report only; raise no alerts, run no actions.")
 @json_option
 @handle_errors
 def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json: bool) -> None:
     """Run the drift, performance and health analysis now; write the JSON and HTML report."""
+    from cloud.analysis.config import AnalysisConfig
     from cloud.analysis.job import open_governor, run_analysis
-    from cloud.config import load
     from cloud.fleet.store import FleetStore
+    from shared.config import validate_config
 
-    cfg = load(config_path)
+    cfg = load_existing(config_path)
     if window_s is not None:
-        cfg = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"window_s": window_s})})
+        # Validated like the file (model_copy(update=...) would skip the section's own checks).
+        analysis = validate_config(
+            AnalysisConfig, {**cfg.analysis.model_dump(), "window_s": window_s}, "--window"
+        )
+        cfg = cfg.model_copy(update={"analysis": analysis})
     gov = None if no_alerts else open_governor(cfg, actor="parkwatch-analyze")
     try:
         with FleetStore(cfg.fleet_db) as fs:
@@ -75,7 +102,7 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
     required=True,
     help="What the frame really shows.",
 )
-@click.option("--actor", required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
+@click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
 @click.option("--comment", default=None)
 @config_option(DEFAULT_PATH)
 @json_option
@@ -90,12 +117,11 @@ def label(
     as_json: bool,
 ) -> None:
     """Record ground truth for PREDICTION_ID (DEVICE:SEQ) or --snapshot ID."""
-    from cloud.config import load
     from cloud.fleet.feedback import label_prediction
     from cloud.fleet.store import FleetStore
     from cloud.registry.audit import AuditLog
 
-    cfg = load(config_path)
+    cfg = load_existing(config_path)
     with FleetStore(cfg.fleet_db) as fs:
         row = label_prediction(
             fs,
@@ -121,11 +147,14 @@ def _human_lineage(r: dict[str, Any]) -> str:
             f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
         )
-    m = r.get("model", {})
-    lines.append(
-        f"model {r['model_version']}: stage {m.get('stage')}, gate "
-        f"{'passed' if m.get('gate_passed') else 'failed'}"
-    )
+    m = r.get("model")
+    if m is None:
+        lines.append(f"model {r['model_version']}: not in the registry (see missing below)")
+    else:
+        lines.append(
+            f"model {r['model_version']}: stage {m.get('stage')}, gate "
+            f"{'passed' if m.get('gate_passed') else 'failed'}"
+        )
     run = r.get("training_run")
     if run:
         lines.append(f"  training run {run['id']} ({run['status']}), best params {run.get('best_params')}")
@@ -152,10 +181,10 @@ def _human_lineage(r: dict[str, Any]) -> str:
 @handle_errors
 def lineage(ref: str, no_files: bool, config_path: Path, as_json: bool) -> None:
     """Where REF (a prediction DEVICE:SEQ or a MODEL_VERSION) came from."""
-    from cloud.config import load
     from cloud.lineage import lineage as get_lineage
 
-    emit(get_lineage(load(config_path), ref, with_files=not no_files), as_json, _human_lineage)
+    cfg = load_existing(config_path, "fleet" if ":" in ref else "registry")
+    emit(get_lineage(cfg, ref, with_files=not no_files), as_json, _human_lineage)
 
 
 @click.group()
@@ -174,8 +203,16 @@ def _human_alerts(rows: list[dict[str, Any]]) -> str:
 @alerts.command("list")
 @click.option("--state", type=click.Choice(["open", "acknowledged", "resolved"]), default=None)
 @click.option("--site", default=None)
-@click.option("--rule", default=None)
-@click.option("--limit", type=int, default=100)
+@click.option(
+    "--rule",
+    type=click.Choice(sorted(RULES)),
+    metavar="RULE",
+    default=None,
+    help="Only this rule's alerts (an unknown name lists the known ones).",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many."
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
@@ -183,10 +220,9 @@ def alerts_list(
     state: str | None, site: str | None, rule: str | None, limit: int, config_path: Path, as_json: bool
 ) -> None:
     """Alerts, newest first."""
-    from cloud.config import load
     from cloud.governance.alerts import AlertStore
 
-    cfg = load(config_path)
+    cfg = load_existing(config_path)
     with AlertStore(cfg.fleet_db) as st:
         emit(st.list(state=state, site=site, rule=rule, limit=limit), as_json, _human_alerts)
 
@@ -194,13 +230,12 @@ def alerts_list(
 def _transition(
     which: str, alert_id: str, actor: str, comment: str | None, config_path: Path, as_json: bool
 ) -> None:
-    from cloud.config import load
     from cloud.governance.alerts import AlertStore
     from cloud.governance.engine import ack_alert, resolve_alert
     from cloud.governance.notify import AlertPublisher
     from cloud.registry.audit import AuditLog
 
-    cfg = load(config_path)
+    cfg = load_existing(config_path)
     pub = AlertPublisher(cfg.mqtt, f"{cfg.governance.publish_client_id}-cli", timeout_s=3.0)
     fn = ack_alert if which == "ack" else resolve_alert
     try:
@@ -213,7 +248,7 @@ def _transition(
 
 @alerts.command("ack")
 @click.argument("alert_id")
-@click.option("--actor", required=True, envvar="PARKWATCH_ACTOR")
+@click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who does this (audited).")
 @click.option("--comment", default=None)
 @config_option(DEFAULT_PATH)
 @json_option
@@ -225,7 +260,7 @@ def alerts_ack(alert_id: str, actor: str, comment: str | None, config_path: Path
 
 @alerts.command("resolve")
 @click.argument("alert_id")
-@click.option("--actor", required=True, envvar="PARKWATCH_ACTOR")
+@click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who does this (audited).")
 @click.option("--comment", default=None)
 @config_option(DEFAULT_PATH)
 @json_option
@@ -244,10 +279,9 @@ def alerts_resolve(alert_id: str, actor: str, comment: str | None, config_path: 
 def health(device: str | None, check: bool, config_path: Path, as_json: bool) -> None:
     """Device health: state, reasons, last seen, model and update state."""
     from cloud.analysis.job import run_health
-    from cloud.config import load
     from cloud.fleet.store import FleetStore
 
-    cfg = load(config_path)
+    cfg = load_existing(config_path)
     with FleetStore(cfg.fleet_db) as fs:
         if check:
             run_health(cfg, fs, None)
@@ -255,27 +289,111 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             d = fs.device(device)
             d["gaps"] = fs.gaps(device)
             d["status_events"] = fs.status_events(device, limit=10)
-            emit(d, as_json)
+            latest = fs.telemetry(device, limit=1)
+            d["latest_telemetry"] = latest[-1] if latest else None
+            emit(d, as_json, _human_device)
             return
         rows = fs.devices()
-    emit(
-        rows,
-        as_json,
-        lambda rs: (
-            "\n".join(
-                f"{d['device']:<20} {d['site']:<12} {(d['health'] or 'unchecked'):<9} seen "
-                f"{_ago(d['last_seen']):<12} "
-                f"model {d['model_version'] or '-'} update {d['update_state'] or '-'}  "
-                f"{'; '.join(d['health_reasons'] or [])}"
-                for d in rs
-            )
-            or "no devices have reported yet"
+    emit(rows, as_json, _human_health)
+
+
+HEALTH_HEADER = f"{'DEVICE':<20} {'SITE':<12} {'HEALTH':<9} {'LAST SEEN':<17} {'MODEL / UPDATE':<28} REASONS"
+
+
+def _human_health(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no devices have reported yet"
+    lines = [HEALTH_HEADER]
+    for d in rows:
+        model = f"{d['model_version'] or '-'} / {d['update_state'] or '-'}"
+        lines.append(
+            f"{d['device']:<20} {d['site']:<12} {(d['health'] or 'unchecked'):<9} "
+            f"{_ago(d['last_seen']):<17} {model:<28} {'; '.join(d['health_reasons'] or []) or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+
+
+def _fig(v: Any, fmt: str, unit: str = "") -> str:
+    return "-" if v is None else f"{v:{fmt}}{unit}"
+
+
+def _human_device(d: dict[str, Any]) -> str:
+    """One device as text: state, health and why, when it was last heard, gaps, latest telemetry."""
+    lines = [
+        f"device {d['device']} at site {d['site']} (group {d.get('grp') or '-'}, software "
+        f"{d.get('software') or '-'})",
+        (
+            f"  status   {d['status']} since {_utc(d.get('status_ts'))}"
+            + (f" ({d['status_reason']})" if d.get("status_reason") else "")
+            if d.get("status")
+            else "  status   unknown (no status message received)"
         ),
+        f"  health   {d.get('health') or 'unchecked'}"
+        + (f", checked {_ago(d['health_ts'])}" if d.get("health_ts") else ""),
+    ]
+    lines += [f"           - {x}" for x in d.get("health_reasons") or []]
+    lines.append(
+        f"  seen     last {_ago(d.get('last_seen'))} ({_utc(d.get('last_seen'))}), "
+        f"first {_utc(d.get('first_seen'))}"
     )
+    lines.append(
+        f"  model    {d.get('model_version') or '-'}; update {d.get('update_state') or '-'}"
+        + (f" to {d['update_version']}" if d.get("update_version") else "")
+        + (f" ({d['update_reason']})" if d.get("update_reason") else "")
+    )
+    lines.append(
+        f"  predictions {d.get('predictions_total', 0)} stored, last seq {d.get('max_seq') or '-'}, "
+        f"{d.get('evicted_total', 0)} evicted on the device"
+    )
+    t = d.get("latest_telemetry")
+    if t:
+        lines.append(
+            f"  telemetry {_ago(t['ts'])}: cpu {_fig(t.get('cpu_percent'), '.0f', ' %')}, memory "
+            f"{_fig(t.get('memory_percent'), '.0f', ' %')}, disk {_fig(t.get('disk_percent'), '.0f', ' %')}, "
+            f"temp {_fig(t.get('temp_max'), '.1f', ' °C')}, latency p95 "
+            f"{_fig(t.get('latency_p95'), '.1f', ' ms')}, {_fig(t.get('inference_fps'), '.1f')} fps, "
+            f"outbox backlog {_fig(t.get('outbox_backlog'), 'd')}"
+        )
+    else:
+        lines.append("  telemetry none received")
+    gaps = d.get("gaps") or []
+    if gaps:
+        lines.append(f"  gaps     {sum(int(g['missing']) for g in gaps)} prediction(s) missing:")
+        lines += [
+            f"           seq {g['first_seq']}-{g['last_seq']} ({g['missing']}): {g['cause']}, "
+            f"detected {_utc(g['detected_ts'])}"
+            for g in gaps
+        ]
+    else:
+        lines.append("  gaps     none")
+    events = d.get("status_events") or []
+    if events:
+        lines.append("  recent status changes:")
+        lines += [
+            f"           {_utc(e['ts'])} {e['state']}" + (f" ({e['reason']})" if e.get("reason") else "")
+            for e in events
+        ]
+    return "\n".join(lines)
 
 
 def _human_inbox(r: dict[str, Any]) -> str:
-    lines = ["ingest workers (acknowledged, not yet in the fleet tables):"]
+    lines = []
+    if r.get("retired"):
+        x = r["retired"]
+        lines.append(
+            f"retired {x['worker']}: {x['received']} queued message(s) taken in and applied; its broker "
+            "session ended, the other workers of the group now get everything"
+        )
+    lines.append("ingest workers (acknowledged, not yet in the fleet tables):")
     for w in r["workers"]:
         if w.get("error"):
             lines.append(f"  {w['worker']:<32} UNREADABLE: {w['error']}")
@@ -294,7 +412,12 @@ def _human_inbox(r: dict[str, Any]) -> str:
 
 @click.command()
 @click.option(
-    "--dead-letters", "limit", default=10, show_default=True, help="How many refused messages to list."
+    "--dead-letters",
+    "limit",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many refused messages to list.",
 )
 @click.option(
     "--drain",
@@ -304,20 +427,53 @@ def _human_inbox(r: dict[str, Any]) -> str:
     help="Apply a worker's inbox now, here (one whose client_id was renamed or that no longer runs). "
     "Waits while that worker's own materializer holds it.",
 )
+@click.option(
+    "--retire",
+    "retire",
+    metavar="WORKER",
+    default=None,
+    help="Take a stopped worker out of service: apply what the broker still queues for its session, "
+    "then end the session so the other workers get everything.",
+)
+@click.option(
+    "--timeout",
+    type=PositiveSeconds(),
+    default=600.0,
+    show_default=True,
+    help="How long --retire may take before it gives up (keeping the session).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def inbox(limit: int, drain: str | None, config_path: Path, as_json: bool) -> None:
+def inbox(
+    limit: int, drain: str | None, retire: str | None, timeout: float, config_path: Path, as_json: bool
+) -> None:
     """Ingest backlog per worker, and the messages validation refused (with the payload in --json)."""
     import time
 
-    from cloud.config import load
-    from cloud.fleet.errors import NotFound
+    from cloud.fleet.errors import FleetError, NotFound
     from cloud.fleet.inbox import inbox_path, inbox_states
-    from cloud.fleet.materialize import Materializer
+    from cloud.fleet.materialize import Materializer, worker_running
+    from cloud.fleet.service import FleetIngest
     from cloud.fleet.store import FleetStore
 
-    cfg = load(config_path)
+    if drain is not None and retire is not None:
+        raise click.UsageError("--drain and --retire are separate steps: give one of them")
+    # --drain and --retire may be what first write fleet.db; the folder must exist.
+    cfg = load_existing(config_path, None if drain is not None or retire is not None else "fleet")
+    retired: dict[str, object] | None = None
+    if retire is not None:
+        if worker_running(cfg, retire):
+            raise FleetError(
+                f"ingest worker {retire!r} is running here: stop it first (its `parkwatch cloud serve`), "
+                "then retire it; connecting with its client_id would take its session over"
+            )
+        ing = FleetIngest(cfg, client_id=retire, retiring=True)
+        ing.start()
+        try:
+            retired = ing.retire(timeout_s=timeout)
+        finally:
+            ing.stop()
     if drain is not None:
         if not inbox_path(cfg.data_dir, drain).exists():
             known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
@@ -337,4 +493,6 @@ def inbox(limit: int, drain: str | None, config_path: Path, as_json: bool) -> No
         "dead_letters": letters,
         "dead_letters_total": total,
     }
+    if retired is not None:
+        r["retired"] = retired
     emit(r, as_json, _human_inbox)

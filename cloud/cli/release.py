@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from cloud.cli.common import ACTOR
 from cloud.config import DEFAULT_PATH
 from shared.clitools import config_option, emit, handle_errors, json_option
 
@@ -33,7 +34,7 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--as", "actor", help="Who does this (audit log); default: the OS user.")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log); default: the OS user.")
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
@@ -73,7 +74,7 @@ def keys_list(config_path: Path, as_json: bool) -> None:
 @click.argument(
     "role", type=click.Choice(["root", "approver", "pipeline", "rollout", "snapshot", "timestamp"])
 )
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
@@ -107,7 +108,7 @@ def _decision_text(d: dict[str, Any]) -> str:
 @click.command()
 @click.argument("version")
 @click.option("--stage", required=True, type=click.Choice(["staging", "production"]))
-@click.option("--as", "actor", required=True, help="The approver's name.")
+@click.option("--as", "actor", type=ACTOR, required=True, help="The approver's name.")
 @click.option("--reason", required=True, help="Why this version may run on this stage.")
 @click.option("--force", is_flag=True, help="Production without a successful staging rollout (say why).")
 @config_option(DEFAULT_PATH)
@@ -123,7 +124,7 @@ def approve(
 
 @click.command()
 @click.argument("version")
-@click.option("--as", "actor", required=True, help="Who rejects.")
+@click.option("--as", "actor", type=ACTOR, required=True, help="Who rejects.")
 @click.option("--reason", required=True, help="Why.")
 @config_option(DEFAULT_PATH)
 @json_option
@@ -151,7 +152,7 @@ def _status_text(o: dict[str, Any]) -> str:
 @click.command()
 @click.argument("version")
 @click.option("--group", help="Device group to roll out to (required unless VERSION is 'status').")
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", default="", help="Why (audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
@@ -179,7 +180,7 @@ def rollout(
 
 @click.command()
 @click.option("--group", required=True)
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", required=True)
 @config_option(DEFAULT_PATH)
 @json_option
@@ -222,7 +223,7 @@ def audit_verify(config_path: Path, as_json: bool) -> None:
 
 @audit.command("list")
 @click.option("--subject", help="e.g. model:1.2.0 or group:staging")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
@@ -254,7 +255,7 @@ def devices() -> None:
     required=True,
     help="Where to write the device's password (0600); copy it to the box.",
 )
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
@@ -275,7 +276,7 @@ def devices_add(
 
 @devices.command("cloud-account")
 @click.option("--secret-out", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
@@ -289,7 +290,7 @@ def devices_cloud(secret_out: Path, actor: str | None, config_path: Path, as_jso
 @click.argument("device")
 @click.option("--site", required=True)
 @click.option("--reason", required=True)
-@click.option("--as", "actor", help="Who does this (audit log).")
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors

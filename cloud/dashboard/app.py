@@ -18,11 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.config import CloudConfig
+from cloud.dashboard.api import is_api, json_error, mount_feedback_api
 from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import AuthError, CsrfError, Forbidden, ServiceUnavailable
 from cloud.dashboard.security import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, csrf_ok, sign, unsign
 from cloud.dashboard.users import UserStore
-from cloud.dashboard.web import make_templates, render, require, session
+from cloud.dashboard.web import make_templates, render, session
 from cloud.fleet.errors import NotFound as FleetNotFound
 from cloud.governance.errors import AlertNotFound
 from cloud.registry.audit import AuditLog
@@ -54,8 +55,12 @@ def session_secret(cfg: CloudConfig) -> bytes:
 
 
 async def csrf_guard(request: Request) -> None:
-    """Every state-changing request must carry this session's CSRF token (form field or header)."""
-    if request.method in SAFE_METHODS:
+    """Every state-changing request must carry this session's CSRF token (form field or header).
+
+    The JSON API (``/api/…``) is left to its own dependency, ``api.api_user``, which asks for the
+    token from cookie sessions and not from clients sending HTTP Basic credentials.
+    """
+    if request.method in SAFE_METHODS or is_api(request):
         return
     token = request.headers.get(CSRF_HEADER)
     if not token:
@@ -140,6 +145,8 @@ def create_app(
 
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> Response:
+        if is_api(request):
+            return json_error(401, str(exc))
         if request.headers.get("hx-request") == "true":
             return Response(status_code=401, headers={"HX-Redirect": "/login"})
         nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -147,8 +154,10 @@ def create_app(
 
         return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
 
-    def _error_page(status: int, title: str) -> Callable[[Request, Exception], Awaitable[HTMLResponse]]:
-        async def handler(request: Request, exc: Exception) -> HTMLResponse:
+    def _error_page(status: int, title: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handler(request: Request, exc: Exception) -> Response:
+            if is_api(request):
+                return json_error(status, str(exc))
             return render(request, "error.html.j2", status_code=status, title=title, message=str(exc))
 
         return handler
@@ -163,6 +172,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_api(request):
+            return json_error(exc.status_code, exc.detail, exc.headers)
         if not hasattr(request.state, "session"):
             return HTMLResponse(str(exc.detail), status_code=exc.status_code)
         title = "Not found" if exc.status_code == 404 else "Error"
@@ -173,22 +184,5 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for router in ROUTERS:
         app.include_router(router)
-    _mount_feedback_api(app, svc)
+    mount_feedback_api(app, svc)
     return app
-
-
-def _mount_feedback_api(app: FastAPI, svc: Services) -> None:
-    """``POST /api/feedback`` (fleet domain's router) behind sign-in, the label role and CSRF."""
-    from cloud.fleet.http import feedback_router
-
-    def may_label(request: Request) -> None:
-        require(request, "label")
-
-    def actor_of(request: Request) -> str | None:
-        u = request.state.user
-        return u.name if u is not None else None
-
-    app.include_router(
-        feedback_router(svc.get_fleet, audit=svc.get_audit(), actor_of=actor_of),
-        dependencies=[Depends(may_label)],
-    )

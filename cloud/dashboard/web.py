@@ -35,7 +35,11 @@ def _when(ts: float | str | None) -> Markup:
         except ValueError:
             return Markup(escape(ts))
         ts = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-    d = dt.datetime.fromtimestamp(float(ts), tz=dt.UTC)
+    try:
+        d = dt.datetime.fromtimestamp(float(ts), tz=dt.UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        # Out of the calendar's range (-Infinity, 1e300, NaN): show what is stored, never a 500.
+        return Markup(f'<span class="muted">{escape(str(ts))}</span>')
     iso = d.isoformat(timespec="seconds").replace("+00:00", "Z")
     return Markup(f'<time datetime="{iso}">{d:%Y-%m-%d %H:%M:%S} UTC</time>')
 

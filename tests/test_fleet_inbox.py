@@ -330,6 +330,13 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         w.write([Incoming(parse_topic(topic), offline, time.time(), topic, encode(offline), retained=True)])
         w.db.close()
         assert store.device("box-new")["last_seen"] == pytest.approx(offline.ts)
+        # The same state replayed, but the box was updated meanwhile: the news is kept, no new event.
+        newer = offline.model_copy(update={"software": "9.9.9"})
+        w = BatchWriter(connect(cfg.fleet_db))
+        w.write([Incoming(parse_topic(topic), newer, time.time(), topic, encode(newer), retained=True)])
+        w.db.close()
+        assert store.device("box-new")["software"] == "9.9.9"
+        assert db.execute("SELECT count(*) FROM status_events WHERE device='box-new'").fetchone()[0] == 1
     finally:
         ing.stop()
         store.close()
@@ -377,3 +384,20 @@ def test_burst_mode_takes_small_steps_only_while_the_receiver_is_pushed(
     assert not m.receiver_busy() and m.step() == 70
     m.close()
     inbox.close()
+
+
+def test_an_inbox_written_before_the_retained_column_is_migrated_and_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.inbox.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+        " payload BLOB NOT NULL, received_ts REAL NOT NULL);"
+        "INSERT INTO inbox(topic, payload, received_ts) VALUES ('t', x'61', 1.0);"
+    )
+    old.commit()
+    old.close()
+    ib = Inbox(path)  # a worker upgraded with a backlog still waiting
+    ib.append([("t", b"b", 2.0, True)])
+    assert ib.take(0, 10) == [(1, "t", b"a", 1.0, False), (2, "t", b"b", 2.0, True)]
+    ib.close()

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cloud.analysis.health import check_fleet
 from cloud.cli import cloud
+from cloud.fleet.errors import FleetError
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_LOST
@@ -265,6 +266,9 @@ def test_a_retired_worker_hands_its_queued_share_back_and_its_session_ends(
     for w in (keep, gone):
         w.start()
         assert w.wait_connected(10)
+    twin = FleetIngest(cfg, client_id="ingest-keep")
+    with pytest.raises(FleetError, match="already runs here"):  # would take keep's session over
+        twin.start()
     gone.stop()  # stopped for good, but its persistent session still takes a share of the stream
     dev = SimDevice("127.0.0.1", broker.port, device="box-ret").connect()
     store = FleetStore(cfg.fleet_db)

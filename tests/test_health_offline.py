@@ -167,6 +167,12 @@ def test_stale_telemetry_on_an_online_box_is_not_judged_but_said() -> None:
     t[-1]["received_ts"] = NOW - 2
     h = evaluate(dev(), t, [], NOW, acfg, HEARTBEAT_S)
     assert h.telemetry_judged and [f.rule for f in h.findings] == ["overheating", "telemetry_anomaly"]
+    # A row stamped by a clock that ran ahead sorts last but arrived long ago: the age is the
+    # latest arrival's, so reports arriving now are judged.
+    t[-1]["received_ts"] = NOW - 900
+    t[-1]["ts"] = NOW + 86_400
+    t[-2]["received_ts"] = NOW - 2
+    assert evaluate(dev(), t, [], NOW, acfg, HEARTBEAT_S).telemetry_judged
 
 
 def test_the_covered_predicate_spares_only_telemetry_alerts_of_unjudged_devices() -> None:

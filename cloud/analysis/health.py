@@ -160,13 +160,11 @@ def evaluate(
 def _telemetry_age(telemetry: list[dict[str, Any]], now: float) -> float | None:
     """Seconds since the newest telemetry arrived (the cloud's clock when known, so a box's clock
     does not matter), or None without telemetry."""
-    if not telemetry:
-        return None
-    last = telemetry[-1]
-    ts = last.get("received_ts")
-    if ts is None:
-        ts = last.get("ts")
-    return None if ts is None else max(0.0, now - float(ts))
+    # The latest arrival, not the row with the latest device timestamp: one row stamped by a clock
+    # that ran ahead would otherwise stay "newest" and make every later report look stale.
+    arrivals = [t.get("received_ts") or t.get("ts") for t in telemetry]
+    known = [float(x) for x in arrivals if x is not None]
+    return max(0.0, now - max(known)) if known else None
 
 
 def judged(results: list[DeviceHealth]) -> Callable[[dict[str, Any]], bool]:

@@ -452,8 +452,8 @@ def inbox(
     import time
 
     from cloud.fleet.errors import FleetError, NotFound
-    from cloud.fleet.inbox import inbox_path, inbox_states
-    from cloud.fleet.materialize import Materializer, worker_running
+    from cloud.fleet.inbox import inbox_path, inbox_states, worker_running
+    from cloud.fleet.materialize import Materializer
     from cloud.fleet.service import FleetIngest
     from cloud.fleet.store import FleetStore
 
@@ -463,7 +463,7 @@ def inbox(
     cfg = load_existing(config_path, None if drain is not None or retire is not None else "fleet")
     retired: dict[str, object] | None = None
     if retire is not None:
-        if worker_running(cfg, retire):
+        if worker_running(cfg.data_dir, retire):
             raise FleetError(
                 f"ingest worker {retire!r} is running here: stop it first (its `parkwatch cloud serve`), "
                 "then retire it; connecting with its client_id would take its session over"

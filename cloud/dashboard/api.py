@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +34,10 @@ from cloud.dashboard.users import User
 from cloud.dashboard.web import require, session
 
 API_PREFIX = "/api/"
+# Password checks are argon2 (64 MiB each) and this dependency runs in the server's threadpool, so
+# without a bound a flood of wrong credentials would check dozens at once; two at a time is plenty
+# for labelling tools, and the rest queue.
+_VERIFY_SLOTS = threading.BoundedSemaphore(2)
 REALM = 'Basic realm="parkwatch dashboard", charset="UTF-8"'
 
 
@@ -78,11 +83,13 @@ def _basic_user(request: Request, header: str) -> User:
             f"too many wrong passwords for user {name!r}; try again in {wait:.0f} s",
             headers={"Retry-After": str(int(wait) + 1)},
         )
-    found = svc.get_users().authenticate(name, password)
+    with _VERIFY_SLOTS:
+        found = svc.get_users().authenticate(name, password)
     if found is None:
         throttle.failed(name, now)
         raise AuthError("user name or password is wrong")
-    throttle.succeeded(name)
+    # No throttle.succeeded(name) here: a tool sends the right password with every request, and
+    # clearing the failures each time would let guesses interleaved with it go on for ever.
     return found
 
 

@@ -16,11 +16,12 @@ growing even after the table empties: the materializer's progress mark in ``flee
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cloud.fleet.errors import FleetError
 
@@ -45,6 +46,53 @@ _SUFFIX = ".inbox.db"
 
 def inbox_path(data_dir: Path, client_id: str) -> Path:
     return data_dir / "ingest" / f"{client_id}{_SUFFIX}"
+
+
+def _worker_lock_path(inbox: Path) -> Path:
+    return inbox.with_suffix(".worker.lock")
+
+
+def hold_worker_lock(inbox: Path) -> IO[bytes]:
+    """Held by a running ingest worker (receiver) for its whole life; closing the file releases it.
+
+    The materializer's own lock is not enough to tell whether a worker runs: it is free while a
+    materializer restarts. ``parkwatch cloud inbox --retire`` checks this one, because connecting
+    with a live worker's client_id would take its broker session over.
+    """
+    path = _worker_lock_path(inbox)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "ab")  # noqa: SIM115 - held open for the lock's lifetime
+    except OSError as e:
+        raise FleetError(f"cannot open the ingest worker lock {path}: {e}; check data_dir permissions") from e
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise FleetError(
+            f"an ingest worker with client_id {inbox.name[: -len(_SUFFIX)]!r} already runs here ({path} is "
+            "locked): give each worker its own fleet.client_id, or stop the other one first"
+        ) from None
+    return f
+
+
+def worker_running(data_dir: Path, client_id: str) -> bool:
+    """Whether an ingest worker with this client_id runs on this machine."""
+    path = _worker_lock_path(inbox_path(data_dir, client_id))
+    if not path.exists():
+        return False
+    try:
+        with open(path, "ab") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
+    except OSError as e:
+        raise FleetError(
+            f"cannot check the ingest worker lock {path}: {e}; run this as the service's user"
+        ) from e
 
 
 def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
@@ -86,6 +134,9 @@ class Inbox:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")  # a commit here is what the PUBACK promises
             self.conn.executescript(_DDL)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(inbox)")}
+            if "retained" not in cols:  # an inbox written before retained replays were told apart
+                self.conn.execute("ALTER TABLE inbox ADD COLUMN retained INTEGER NOT NULL DEFAULT 0")
             with self.conn:
                 # Identity of this file: the progress mark in fleet.db names it, so a deleted and
                 # recreated inbox (ids from 1 again) is not mistaken for the one already applied.

@@ -280,20 +280,6 @@ class Materializer:
             log.error("%s", e)
 
 
-def worker_running(cfg: CloudConfig, worker: str) -> bool:
-    """Whether an ingest worker with this client_id runs here (its materializer holds the lock)."""
-    path = inbox_path(cfg.data_dir, worker).with_suffix(".lock")
-    if not path.exists():
-        return False
-    with open(path, "ab") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
-
-
 def _lock(path: Path, wait_s: float) -> IO[bytes]:
     """An exclusive ``flock`` on ``path``; waits (a previous materializer may still be draining)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,14 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.fleet.errors import FleetError
-from cloud.fleet.inbox import Inbox, inbox_path
+from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
 from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import store_snapshot
@@ -83,6 +83,9 @@ class FleetIngest:
         # nothing new, then end it (see retire()).
         self.retiring = retiring
         self._end_session = False
+        self.session_ended = False
+        self._batch_pending = False  # a batch taken from the queue and not yet acknowledged
+        self._worker_lock: IO[bytes] | None = None
         self.rejects = RejectCounter()  # refused before the inbox (unknown topic, too large)
         self.mstats = SharedStats()  # the materializer's figures
         # A deque and an Event rather than queue.Queue: two C-level operations per message instead
@@ -122,7 +125,9 @@ class FleetIngest:
     def _start(self) -> None:
         # Open (and create) both databases before taking messages, so a bad path fails fast.
         connect(self.cfg.fleet_db, synchronous="FULL").close()
-        self._inbox = Inbox(inbox_path(self.cfg.data_dir, self.client_id))
+        path = inbox_path(self.cfg.data_dir, self.client_id)
+        self._worker_lock = hold_worker_lock(path)
+        self._inbox = Inbox(path)
         c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
         self._stop.clear()
         self.mstats.set("stop", 0)
@@ -167,10 +172,14 @@ class FleetIngest:
             self._thread = None
         if c is not None:
             props = None
-            if self._end_session:
+            # Only with nothing unacknowledged here: ending the session discards what the broker
+            # still holds for it, and a batch not yet acknowledged is exactly that.
+            end = self._end_session and not self._batch_pending and not self._q and self.connected
+            if end:
                 props = Properties(PacketTypes.DISCONNECT)
                 props.SessionExpiryInterval = 0  # the broker forgets this worker's session now
-            c.disconnect(properties=props)
+            rc = c.disconnect(properties=props)
+            self.session_ended = end and rc == mqtt.MQTT_ERR_SUCCESS
             c.loop_stop()
             self._client = None
         self._connected.clear()
@@ -188,6 +197,9 @@ class FleetIngest:
         if self._inbox is not None:
             self._inbox.close()
             self._inbox = None
+        if self._worker_lock is not None:
+            self._worker_lock.close()  # releases the lock
+            self._worker_lock = None
 
     def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
         """Take in what the broker still holds for this worker, apply it, and end its session.
@@ -208,12 +220,18 @@ class FleetIngest:
             )
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            if self.received != last or self._q:
+            busy = self._q or self._batch_pending or not self.connected
+            if self.received != last or busy:
                 last, quiet_since = self.received, time.monotonic()
             elif time.monotonic() - quiet_since >= quiet_s and self.inbox_backlog() == 0:
                 self._end_session = True
                 received = self.received
                 self.stop()
+                if not self.session_ended:
+                    raise FleetError(
+                        f"cannot retire {self.client_id}: the broker connection dropped at the last "
+                        "step; its session is kept (nothing lost), run it again"
+                    )
                 return {"worker": self.client_id, "received": received, "session": "ended"}
             time.sleep(0.1)
         self.stop()
@@ -394,6 +412,8 @@ class FleetIngest:
         q = self._q
         batch: list[Received] = []
         self._wake.clear()  # before draining: an append after this sets it again, none is missed
+        if q:
+            self._batch_pending = True  # before taking: _q and this flag never both look idle
         while len(batch) < self.fcfg.batch_max:
             try:
                 batch.append(q.popleft())
@@ -436,5 +456,6 @@ class FleetIngest:
             for *_, mid, qos in batch:
                 c.ack(mid, qos)
         self.accepted += len(batch)
+        self._batch_pending = False
         self.mstats.set("rx_batch", len(batch))  # the materializer yields while these are large
         self.mstats.set("rx_ts", time.time())

@@ -258,7 +258,10 @@ class BatchWriter:
                 res.telemetry_stored += self._telemetry(m, it.received_ts)
             elif isinstance(m, DeviceStatus):
                 if it.retained and self._known_status(m):
-                    continue  # a replay of the state already stored: no new event, no new "since"
+                    # A replay of the state already stored: no new event, no new "since"; what the
+                    # box reports about itself may still be news (changed while we were away).
+                    self._status_details(m)
+                    continue
                 self._status(m, it.received_ts)
             elif isinstance(m, ModelState):
                 self._model_state(m, it.received_ts)
@@ -395,6 +398,13 @@ class BatchWriter:
             "SELECT status, status_reason FROM devices WHERE device=?", (s.device,)
         ).fetchone()
         return row is not None and (row[0], row[1]) == (s.state, s.reason)
+
+    def _status_details(self, s: DeviceStatus) -> None:
+        self.conn.execute(
+            "UPDATE devices SET grp=coalesce(?, grp), software=coalesce(?, software), "
+            "model_version=coalesce(?, model_version) WHERE device=?",
+            (s.group, s.software, s.model_version, s.device),
+        )
 
     def _status(self, s: DeviceStatus, received: float) -> None:
         # Arrival order decides: status comes on one non-shared subscription, in order, and a

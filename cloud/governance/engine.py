@@ -155,8 +155,10 @@ class Governor:
         if self.publisher is None:
             return
         for alert_id in self.alerts.unpublished():
+            if alert_id not in self.alerts.unpublished():
+                continue  # published meanwhile (the CLI or dashboard moved it): its state is out
             try:
-                alert = self.alerts.get(alert_id)
+                alert = self.alerts.get(alert_id)  # read just now: never an older state than theirs
             except AlertNotFound:
                 self.alerts.set_published(alert_id, True)  # pruned since: nothing left to say
                 continue

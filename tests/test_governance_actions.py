@@ -196,3 +196,28 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     [b] = gov.apply([Finding("accuracy_drop", "park2", "again", subject="m1")], "drift")["opened"]
     [act2] = AlertStore(cfg.fleet_db).get(b["id"])["actions"]
     assert act2["ok"] is False and "cooldown" in act2["error"]
+
+
+def test_retrain_without_a_dataset_version_says_what_to_do_and_leaves_nothing(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    from cloud.governance import actions
+    from cloud.governance.errors import ActionUnavailable
+
+    cfg = cloud_cfg(tmp_path, broker)
+    Registry(cfg.registry_db).close()
+    with pytest.raises(ActionUnavailable, match="cloud ingest LAKE"):
+        actions.retrain(cfg, {"id": "a1"}, "parkwatch-analysis")
+    assert not (cfg.data_dir / "retrain").exists()
+
+
+def test_two_analyses_in_one_second_keep_both_reports(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    from cloud.analysis.job import run_analysis
+
+    cfg = cloud_cfg(tmp_path, broker)
+    now = time.time()
+    with FleetStore(cfg.fleet_db) as fs:
+        a = run_analysis(cfg, fs, None, now=now)
+        b = run_analysis(cfg, fs, None, now=now + 0.2)
+    assert a["run_id"] != b["run_id"]
+    assert len(list(cfg.reports_dir.glob("analysis-2*.json"))) == 2

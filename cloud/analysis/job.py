@@ -75,7 +75,8 @@ def run_analysis(
     write_report: bool = True,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    # Milliseconds: two runs within one second (on demand beside the schedule) keep both reports.
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}Z"
     resolve = baseline_of or cache(
         lambda v: baselines.resolve(cfg.registry_db, v, cfg.analysis.abstain_threshold)
     )

@@ -151,7 +151,6 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
 
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{alert['id']}"
     work = cfg.data_dir / "retrain" / stamp
-    work.mkdir(parents=True, exist_ok=True)
     with Registry(cfg.registry_db) as reg:
         datasets = reg.list_datasets()
         if not datasets:
@@ -159,6 +158,7 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
                 "retraining needs a dataset version: run `parkwatch cloud ingest LAKE` first"
             )
         base = datasets[0]
+        work.mkdir(parents=True, exist_ok=True)  # only once there is something to train
         frames = feedback_frames(cfg, base.labels)
         dataset_id = base.id
         if frames:

@@ -285,8 +285,11 @@ def test_a_retired_worker_hands_its_queued_share_back_and_its_session_ends(
             cloud, ["inbox", "--retire", "ingest-gone", "--timeout", "60", "--json", "--config", str(toml)]
         )
         assert r.exit_code == 0, r.output
-        res = json.loads(r.output)["retired"]
-        assert res["session"] == "ended" and res["received"] > 0
+        out = json.loads(r.output)
+        assert out["retired"]["session"] == "ended" and out["retired"]["received"] > 0
+        assert [w["worker"] for w in out["workers"]] == ["ingest-keep"]  # its empty inbox is gone
+        r = CliRunner().invoke(cloud, ["inbox", "--retire", "ingest-typo", "--config", str(toml)])
+        assert r.exit_code == 1 and "no inbox for worker 'ingest-typo'" in r.output
         wait_for(lambda: store.prediction_count() == 2_000, what="all 2,000 stored")
         dev.predict(1_000, batch_size=20)  # from now on the remaining worker takes everything
         dev.flush()

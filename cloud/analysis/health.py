@@ -30,17 +30,7 @@ STATE_ORDER = ("ok", "degraded", "critical", "offline")
 # telemetry is older than the heartbeat timeout, a check cannot tell whether they still hold: their
 # alerts are neither re-raised nor resolved, they stay as they are until fresh telemetry shows the
 # condition gone (a box that died of heat must not show its overheating alert as cleared).
-TELEMETRY_RULES = frozenset(
-    {
-        "overheating",
-        "cpu_saturation",
-        "memory_high",
-        "disk_high",
-        "camera_down",
-        "frame_integrity",
-        "telemetry_anomaly",
-    }
-)
+TELEMETRY_RULES = frozenset(name for name, rule in RULES.items() if rule.from_telemetry)
 # Gap causes that are reported (``parkwatch cloud health --device``, the device page) but are not
 # a fault of the box or the pipeline, so they neither degrade health nor raise ``ingest_gap``.
 HARMLESS_GAP_CAUSES = frozenset({CAUSE_BEFORE})

@@ -452,7 +452,7 @@ def inbox(
     import time
 
     from cloud.fleet.errors import FleetError, NotFound
-    from cloud.fleet.inbox import inbox_path, inbox_states, worker_running
+    from cloud.fleet.inbox import inbox_path, inbox_states, remove_inbox, worker_running
     from cloud.fleet.materialize import Materializer
     from cloud.fleet.service import FleetIngest
     from cloud.fleet.store import FleetStore
@@ -462,6 +462,11 @@ def inbox(
     # --drain and --retire may be what first write fleet.db; the folder must exist.
     cfg = load_existing(config_path, None if drain is not None or retire is not None else "fleet")
     retired: dict[str, object] | None = None
+    for worker in (w for w in (drain, retire) if w is not None):
+        # A worker that ran against this data_dir left its inbox here: a name without one is a typo.
+        if not inbox_path(cfg.data_dir, worker).exists():
+            known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
+            raise NotFound(f"no inbox for worker {worker!r} under {cfg.data_dir}; known workers: {known}")
     if retire is not None:
         if worker_running(cfg.data_dir, retire):
             raise FleetError(
@@ -474,10 +479,8 @@ def inbox(
             retired = ing.retire(timeout_s=timeout)
         finally:
             ing.stop()
+        remove_inbox(cfg.data_dir, retire)  # applied and its session ended: nothing left to list
     if drain is not None:
-        if not inbox_path(cfg.data_dir, drain).exists():
-            known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
-            raise NotFound(f"no inbox for worker {drain!r} under {cfg.data_dir}; known workers: {known}")
         m = Materializer(cfg, drain, lock_wait_s=5.0)
         try:
             while m.step():

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.config import CloudConfig
 from cloud.dashboard.api import is_api, json_error, mount_feedback_api
+from cloud.dashboard.config import read_session_secret
 from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import AuthError, CsrfError, Forbidden, ServiceUnavailable
 from cloud.dashboard.security import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, csrf_ok, sign, unsign
@@ -42,16 +43,7 @@ def session_secret(cfg: CloudConfig) -> bytes:
     if ref is None:
         log.warning("dashboard.session_secret is not set: using a random one; sign-ins end on restart")
         return secrets.token_bytes(32)
-    value = ref.resolve("dashboard.session_secret")
-    if len(value) < 16:
-        from shared.errors import ConfigError
-
-        raise ConfigError(
-            "<secret>",
-            "dashboard.session_secret",
-            "the session secret needs at least 16 characters (e.g. `openssl rand -hex 32`)",
-        )
-    return value.encode("utf-8")
+    return read_session_secret(ref).encode("utf-8")
 
 
 async def csrf_guard(request: Request) -> None:

@@ -7,6 +7,23 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.config import SecretRef, Section
+from shared.errors import SecretError
+
+SESSION_SECRET_MIN = 16
+
+
+def read_session_secret(ref: SecretRef) -> str:
+    """``dashboard.session_secret``, refused if too short to sign cookies with (the dashboard at
+    start and ``config check`` both read it through here)."""
+    value = ref.resolve("dashboard.session_secret")
+    if len(value) < SESSION_SECRET_MIN:
+        raise SecretError(
+            "<secret>",
+            "dashboard.session_secret",
+            f"the session secret needs at least {SESSION_SECRET_MIN} characters "
+            "(e.g. `openssl rand -hex 32`)",
+        )
+    return value
 
 
 class DashboardConfig(Section):

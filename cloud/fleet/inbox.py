@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -48,31 +49,58 @@ def inbox_path(data_dir: Path, client_id: str) -> Path:
     return data_dir / "ingest" / f"{client_id}{_SUFFIX}"
 
 
+def _backlog(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    """Rows waiting and the oldest one's arrival, from two index lookups, not a scan: ids are
+    contiguous, because rows are only ever deleted from the front."""
+    lo, hi = conn.execute("SELECT min(id), max(id) FROM inbox").fetchone()
+    if lo is None:
+        return 0, None
+    oldest = conn.execute("SELECT received_ts FROM inbox WHERE id=?", (lo,)).fetchone()[0]
+    return int(hi) - int(lo) + 1, float(oldest)
+
+
 def _worker_lock_path(inbox: Path) -> Path:
     return inbox.with_suffix(".worker.lock")
 
 
+def materializer_lock_path(inbox: Path) -> Path:
+    return inbox.with_suffix(".lock")
+
+
+def try_flock(path: Path, wait_s: float = 0.0) -> IO[bytes] | None:
+    """An exclusive ``flock`` on ``path``, waiting up to ``wait_s``; the open file holds it (closing
+    releases it), or None if someone else still holds it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "ab")  # noqa: SIM115 - held open for the lock's lifetime
+    except OSError as e:
+        raise FleetError(f"cannot open the lock file {path}: {e}; check data_dir and its permissions") from e
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None
+            time.sleep(0.1)
+
+
 def hold_worker_lock(inbox: Path) -> IO[bytes]:
-    """Held by a running ingest worker (receiver) for its whole life; closing the file releases it.
+    """Held by a running ingest worker (receiver) for its whole life.
 
     The materializer's own lock is not enough to tell whether a worker runs: it is free while a
     materializer restarts. ``parkwatch cloud inbox --retire`` checks this one, because connecting
     with a live worker's client_id would take its broker session over.
     """
-    path = _worker_lock_path(inbox)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "ab")  # noqa: SIM115 - held open for the lock's lifetime
-    except OSError as e:
-        raise FleetError(f"cannot open the ingest worker lock {path}: {e}; check data_dir permissions") from e
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+    f = try_flock(_worker_lock_path(inbox))
+    if f is None:
         raise FleetError(
-            f"an ingest worker with client_id {inbox.name[: -len(_SUFFIX)]!r} already runs here ({path} is "
-            "locked): give each worker its own fleet.client_id, or stop the other one first"
-        ) from None
+            f"an ingest worker with client_id {inbox.name[: -len(_SUFFIX)]!r} already runs here "
+            f"({_worker_lock_path(inbox)} is locked): give each worker its own fleet.client_id, or stop "
+            "the other one first"
+        )
     return f
 
 
@@ -81,18 +109,31 @@ def worker_running(data_dir: Path, client_id: str) -> bool:
     path = _worker_lock_path(inbox_path(data_dir, client_id))
     if not path.exists():
         return False
+    f = try_flock(path)
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def remove_inbox(data_dir: Path, client_id: str) -> None:
+    """Delete a retired worker's empty inbox and its lock files; refuses one still holding rows."""
+    path = inbox_path(data_dir, client_id)
+    ib = Inbox(path)
     try:
-        with open(path, "ab") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            return False
-    except OSError as e:
-        raise FleetError(
-            f"cannot check the ingest worker lock {path}: {e}; run this as the service's user"
-        ) from e
+        left = ib.backlog()
+    finally:
+        ib.close()
+    if left:
+        raise FleetError(f"inbox {path} still holds {left} message(s): apply them with --drain {client_id}")
+    for p in (
+        path,
+        Path(f"{path}-wal"),
+        Path(f"{path}-shm"),
+        path.with_suffix(".lock"),
+        _worker_lock_path(path),
+    ):
+        p.unlink(missing_ok=True)
 
 
 def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
@@ -107,7 +148,7 @@ def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
         try:
             conn = sqlite3.connect(f"{f.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
             try:
-                n, oldest = conn.execute("SELECT count(*), min(received_ts) FROM inbox").fetchone()
+                n, oldest = _backlog(conn)
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -125,14 +166,17 @@ def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
 class Inbox:
     """A WAL SQLite queue; every method is one transaction. Thread-safe within a process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")  # a commit here is what the PUBACK promises
+            # FULL for the receiver: a commit here is what the PUBACK promises. The materializer's
+            # trims need no fsync of their own (fleet.db's progress mark decides, and a trim lost
+            # to a power cut is redone at start), so they do not hold the receiver's lock as long.
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
             self.conn.executescript(_DDL)
             cols = {r[1] for r in self.conn.execute("PRAGMA table_info(inbox)")}
             if "retained" not in cols:  # an inbox written before retained replays were told apart
@@ -186,7 +230,7 @@ class Inbox:
 
     def backlog(self) -> int:
         with self._lock:
-            return int(self.conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+            return _backlog(self.conn)[0]
 
     def close(self) -> None:
         with self._lock:

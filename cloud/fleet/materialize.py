@@ -13,7 +13,6 @@ draining the broker.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing as mp
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cloud.fleet.errors import BadRecord, FleetError
-from cloud.fleet.inbox import Inbox, InboxRow, inbox_path
+from cloud.fleet.inbox import Inbox, InboxRow, inbox_path, materializer_lock_path, try_flock
 from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import BatchWriter, DeadLetter, Incoming, WriteResult
@@ -113,8 +112,10 @@ class Materializer:
         self._flushed: dict[str, int] = {}
         self._next_flush = 0.0
         path = inbox_path(cfg.data_dir, worker)
-        self._lockfile = _lock(path.with_suffix(".lock"), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
-        self.inbox = Inbox(path)
+        self._lockfile = _lock(
+            materializer_lock_path(path), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        )
+        self.inbox = Inbox(path, synchronous="NORMAL")
         self.writer = BatchWriter(connect(cfg.fleet_db, synchronous="FULL"))
         inbox_id, upto = self.writer.progress(worker)
         if inbox_id != self.inbox.id:
@@ -281,24 +282,16 @@ class Materializer:
 
 
 def _lock(path: Path, wait_s: float) -> IO[bytes]:
-    """An exclusive ``flock`` on ``path``; waits (a previous materializer may still be draining)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "ab")  # noqa: SIM115 - held open for the lock's lifetime, closed by close()
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                f.close()
-                raise FleetError(
-                    f"another materializer holds {path}: the ingest worker with this client_id is running "
-                    "(or still stopping) and applies this inbox itself, so there is nothing to do by hand. "
-                    "If no such worker should be running, two share one client_id: give each its own "
-                    "fleet.client_id"
-                ) from None
-            time.sleep(0.1)
+    """The inbox's materializer lock; waits (a previous materializer may still be draining)."""
+    f = try_flock(path, wait_s)
+    if f is None:
+        raise FleetError(
+            f"another materializer holds {path}: the ingest worker with this client_id is running "
+            "(or still stopping) and applies this inbox itself, so there is nothing to do by hand. "
+            "If no such worker should be running, two share one client_id: give each its own "
+            "fleet.client_id"
+        )
+    return f
 
 
 def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int, parent_pid: int) -> None:

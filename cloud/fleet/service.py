@@ -101,6 +101,7 @@ class FleetIngest:
         self._mp = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._next_restart = 0.0
+        self._next_check = 0.0
         self._proc_started = 0.0
         self._backoff = _RESTART_BACKOFF_S / 2
         self._lock = threading.Lock()
@@ -171,17 +172,14 @@ class FleetIngest:
             self._thread.join(timeout=30)
             self._thread = None
         if c is not None:
-            props = None
             # Only with nothing unacknowledged here: ending the session discards what the broker
             # still holds for it, and a batch not yet acknowledged is exactly that.
-            end = self._end_session and not self._batch_pending and not self._q and self.connected
-            if end:
-                props = Properties(PacketTypes.DISCONNECT)
-                props.SessionExpiryInterval = 0  # the broker forgets this worker's session now
-            rc = c.disconnect(properties=props)
-            self.session_ended = end and rc == mqtt.MQTT_ERR_SUCCESS
+            end = self._end_session and not self._batch_pending and not self._q
+            c.disconnect()
             c.loop_stop()
             self._client = None
+            if end:
+                self.session_ended = self._discard_session()
         self._connected.clear()
         self.mstats.set("stop", 1)
         if self._proc is not None:
@@ -200,6 +198,32 @@ class FleetIngest:
         if self._worker_lock is not None:
             self._worker_lock.close()  # releases the lock
             self._worker_lock = None
+
+    def _discard_session(self) -> bool:
+        """End this client_id's broker session: a clean start throws it away, and an expiry of 0
+        keeps none after. Confirmed by the CONNACK, not assumed from a DISCONNECT that a closing
+        socket may not have carried."""
+        done = threading.Event()
+        ok: list[bool] = []
+        c = make_client(self.cfg.mqtt, self.client_id)
+
+        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+            ok.append(not rc.is_failure)
+            done.set()
+
+        c.on_connect = on_connect
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        try:
+            c.connect(self.cfg.mqtt.host, self.cfg.mqtt.port, clean_start=True, properties=props)
+        except (OSError, ValueError):
+            return False
+        c.loop_start()
+        try:
+            return done.wait(10) and ok == [True]
+        finally:
+            c.disconnect()
+            c.loop_stop()
 
     def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
         """Take in what the broker still holds for this worker, apply it, and end its session.
@@ -301,6 +325,10 @@ class FleetIngest:
         self._proc_started = time.monotonic()
 
     def _supervise(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return  # called after every batch: a waitpid a few times a second is enough
+        self._next_check = now + 0.25
         p = self._proc
         if p is None or p.is_alive() or self._stop.is_set() or self.mstats.get("stop"):
             return  # while stopping, an exit is expected (systemd signals the whole group)

@@ -200,12 +200,13 @@ class AlertStore:
                     ),
                 )
                 self._event(alert_id, actor, "open", f.message, now)
+                self._to_announce(alert_id, now)
         except sqlite3.Error as e:
             raise GovernanceError(f"cannot store alert in {self.path}: {e}") from e
         return self.get(alert_id), True
 
     def _move(self, alert_id: str, actor: str, comment: str | None, to: str) -> dict[str, Any]:
-        if not actor:
+        if not actor.strip():
             raise GovernanceError("say who you are (--actor NAME): every alert change is attributed")
         cur = self.get(alert_id)
         if cur["state"] == "resolved":
@@ -225,6 +226,7 @@ class AlertStore:
                 (to, now, actor, now, comment, alert_id),
             )
             self._event(alert_id, actor, "ack" if to == "acknowledged" else "resolve", comment, now)
+            self._to_announce(alert_id, now)
         return self.get(alert_id)
 
     def ack(self, alert_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
@@ -233,15 +235,15 @@ class AlertStore:
     def resolve(self, alert_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
         return self._move(alert_id, actor, comment, "resolved")
 
-    def set_published(self, alert_id: str, published: bool) -> None:
+    def _to_announce(self, alert_id: str, ts: float) -> None:
+        """In the state change's own transaction: a crash before the publish cannot lose it."""
+        self.db.conn.execute(
+            "INSERT OR IGNORE INTO alerts_unpublished(alert_id, since_ts) VALUES (?,?)", (alert_id, ts)
+        )
+
+    def published(self, alert_id: str) -> None:
         with self._lock, self.db.conn:
-            if published:
-                self.db.conn.execute("DELETE FROM alerts_unpublished WHERE alert_id=?", (alert_id,))
-            else:
-                self.db.conn.execute(
-                    "INSERT OR IGNORE INTO alerts_unpublished(alert_id, since_ts) VALUES (?,?)",
-                    (alert_id, time.time()),
-                )
+            self.db.conn.execute("DELETE FROM alerts_unpublished WHERE alert_id=?", (alert_id,))
 
     def unpublished(self) -> builtins.list[str]:
         with self._lock:

@@ -49,12 +49,14 @@ def _audit(
 
 
 def publish_alert(store: AlertStore, publisher: AlertPublisher | None, alert: dict[str, Any]) -> bool:
-    """Publish the alert's current state; if the broker cannot take it, remember it for the next
-    governor run (``Governor.apply`` retries), so no state change stays unannounced."""
+    """Publish the alert's current state. The state change marked it to announce; only a publish
+    the broker took clears the mark, so the next governor run (``Governor.apply``) retries the
+    rest and no state change stays unannounced."""
     if publisher is None:
         return False
     ok = publisher.publish(alert)
-    store.set_published(alert["id"], ok)
+    if ok:
+        store.published(alert["id"])  # the state change marked it to announce
     return ok
 
 
@@ -155,12 +157,10 @@ class Governor:
         if self.publisher is None:
             return
         for alert_id in self.alerts.unpublished():
-            if alert_id not in self.alerts.unpublished():
-                continue  # published meanwhile (the CLI or dashboard moved it): its state is out
             try:
-                alert = self.alerts.get(alert_id)  # read just now: never an older state than theirs
+                alert = self.alerts.get(alert_id)  # the latest state; publishing it again is harmless
             except AlertNotFound:
-                self.alerts.set_published(alert_id, True)  # pruned since: nothing left to say
+                self.alerts.published(alert_id)  # gone since: nothing left to say
                 continue
             if not publish_alert(self.alerts, self.publisher, alert):
                 return  # still unreachable: try again next run

@@ -20,6 +20,9 @@ class Rule:
     scope: Scope
     severity: Severity
     summary: str
+    # Judged from the device's newest telemetry: while there is none fresh (offline, stale), a
+    # health check can neither raise nor clear it (cloud.analysis.health.judged).
+    from_telemetry: bool = False
 
 
 RULES: dict[str, Rule] = {
@@ -31,18 +34,43 @@ RULES: dict[str, Rule] = {
             "warning",
             "the device said offline or has been silent past the heartbeat",
         ),
-        Rule("overheating", "health", "critical", "a temperature sensor is above the limit"),
-        Rule("cpu_saturation", "health", "warning", "CPU above the limit for several samples"),
-        Rule("memory_high", "health", "warning", "memory use above the limit"),
-        Rule("disk_high", "health", "warning", "disk use above the limit"),
-        Rule("camera_down", "health", "warning", "a camera is offline, reconnecting or stalled"),
+        Rule(
+            "overheating",
+            "health",
+            "critical",
+            "a temperature sensor is above the limit",
+            from_telemetry=True,
+        ),
+        Rule(
+            "cpu_saturation",
+            "health",
+            "warning",
+            "CPU above the limit for several samples",
+            from_telemetry=True,
+        ),
+        Rule("memory_high", "health", "warning", "memory use above the limit", from_telemetry=True),
+        Rule("disk_high", "health", "warning", "disk use above the limit", from_telemetry=True),
+        Rule(
+            "camera_down",
+            "health",
+            "warning",
+            "a camera is offline, reconnecting or stalled",
+            from_telemetry=True,
+        ),
         Rule(
             "frame_integrity",
             "health",
             "warning",
             "a camera's frames are flagged frozen, covered, blank or blurred",
+            from_telemetry=True,
         ),
-        Rule("telemetry_anomaly", "health", "info", "a telemetry figure is far from its own recent history"),
+        Rule(
+            "telemetry_anomaly",
+            "health",
+            "info",
+            "a telemetry figure is far from its own recent history",
+            from_telemetry=True,
+        ),
         Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
         Rule(
             "ingest_backlog",

@@ -141,7 +141,7 @@ class AuditLog:
     def append(
         self, actor: str, action: str, subject: str, details: Mapping[str, Any] | None = None
     ) -> AuditEntry:
-        if not actor or not action:
+        if not actor.strip() or not action:
             raise AuditError("an audit entry needs an actor and an action")
         details = dict(details or {})
         with self._lock:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,10 +32,6 @@ from cloud.dashboard.users import User
 from cloud.dashboard.web import require, session
 
 API_PREFIX = "/api/"
-# Password checks are argon2 (64 MiB each) and this dependency runs in the server's threadpool, so
-# without a bound a flood of wrong credentials would check dozens at once; two at a time is plenty
-# for labelling tools, and the rest queue.
-_VERIFY_SLOTS = threading.BoundedSemaphore(2)
 REALM = 'Basic realm="parkwatch dashboard", charset="UTF-8"'
 
 
@@ -71,22 +65,18 @@ def _basic_credentials(header: str) -> tuple[str, str]:
 
 
 def _basic_user(request: Request, header: str) -> User:
-    from cloud.dashboard.views.auth import _throttle
+    from cloud.dashboard.views.auth import TooManyFailures, verify_password
 
     name, password = _basic_credentials(header)
-    svc: Services = request.app.state.services
-    throttle, now = _throttle(request), time.time()
-    wait = throttle.blocked_for(name, now)
-    if wait > 0:
+    try:
+        found = verify_password(request, name, password)
+    except TooManyFailures as e:
         raise HTTPException(
             429,
-            f"too many wrong passwords for user {name!r}; try again in {wait:.0f} s",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
-    with _VERIFY_SLOTS:
-        found = svc.get_users().authenticate(name, password)
+            f"too many wrong passwords for user {name!r}; try again in {e.wait_s:.0f} s",
+            headers={"Retry-After": str(int(e.wait_s) + 1)},
+        ) from None
     if found is None:
-        throttle.failed(name, now)
         raise AuthError("user name or password is wrong")
     # No throttle.succeeded(name) here: a tool sends the right password with every request, and
     # clearing the failures each time would let guesses interleaved with it go on for ever.

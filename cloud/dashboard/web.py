@@ -154,7 +154,9 @@ def audit(request: Request, action: str, subject: str, details: dict[str, Any] |
     """Record a state change under the signed-in user's name (``dashboard:<name>``)."""
     u = user(request)
     actor = u.name if u else "anonymous"
-    services(request).get_audit().append(actor, action, subject, {**(details or {}), "via": "dashboard"})
+    svc = services(request)
+    with svc.write_lock:  # the audit log shares the registry's connection with approvals and rollouts
+        svc.get_audit().append(actor, action, subject, {**(details or {}), "via": "dashboard"})
 
 
 def render(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from cloud.dashboard.security import Session
+from cloud.dashboard.users import User
 from cloud.dashboard.web import form, redirect, render, safe_next, services, user
 
 router = APIRouter()
@@ -43,6 +44,33 @@ class Throttle:
             self._fails.pop(name, None)
 
 
+class TooManyFailures(Exception):
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"too many wrong passwords; try again in {wait_s:.0f} s")
+        self.wait_s = wait_s
+
+
+# Password checks are argon2 (64 MiB each); the JSON API's run in the server's threadpool, so a
+# flood of wrong credentials would check dozens at once. Two at a time is plenty.
+_VERIFY_SLOTS = threading.BoundedSemaphore(2)
+
+
+def verify_password(request: Request, name: str, password: str) -> User | None:
+    """The user if ``password`` is theirs; a failure counts towards the lockout, and a name locked
+    out raises :class:`TooManyFailures` without checking. The sign-in form and HTTP Basic share it."""
+    throttle, now = _throttle(request), time.time()
+    wait = throttle.blocked_for(name, now)
+    if wait > 0:
+        raise TooManyFailures(wait)
+    found = None
+    if name and password:
+        with _VERIFY_SLOTS:
+            found = services(request).get_users().authenticate(name, password)
+    if found is None:
+        throttle.failed(name, now)
+    return found
+
+
 def _throttle(request: Request) -> Throttle:
     t: Throttle | None = getattr(request.app.state, "throttle", None)
     if t is None:
@@ -61,9 +89,9 @@ def login_page(request: Request, next: str = "/") -> Response:
 async def login(request: Request) -> Response:
     f = await form(request)
     name, password, nxt = f.get("username", "").strip(), f.get("password", ""), safe_next(f.get("next"))
-    throttle, now = _throttle(request), time.time()
-    wait = throttle.blocked_for(name, now)
-    if wait > 0:
+    try:
+        found = verify_password(request, name, password)
+    except TooManyFailures as e:
         log.warning("sign-in for %r refused: too many failures", name)
         return render(
             request,
@@ -71,11 +99,9 @@ async def login(request: Request) -> Response:
             status_code=429,
             next=nxt,
             username=name,
-            error=f"Too many wrong passwords for this user; try again in {wait:.0f} s.",
+            error=f"Too many wrong passwords for this user; try again in {e.wait_s:.0f} s.",
         )
-    found = services(request).get_users().authenticate(name, password) if name and password else None
     if found is None:
-        throttle.failed(name, now)
         log.warning("failed sign-in for %r from %s", name, request.client.host if request.client else "?")
         return render(
             request,
@@ -85,7 +111,7 @@ async def login(request: Request) -> Response:
             username=name,
             error="User name or password is wrong.",
         )
-    throttle.succeeded(name)
+    _throttle(request).succeeded(name)
     # Fresh session and token: a token seen before sign-in is worthless after it.
     request.state.session = Session(user=found.name, epoch=found.session_epoch)
     request.state.session_dirty = True

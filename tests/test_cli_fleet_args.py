@@ -196,7 +196,18 @@ REPORTING = [
     ["lineage", "m-base"],
     ["inbox"],
     ["label", "box1:1", "--as", "cat", "--actor", "ana"],
+    ["models", "list"],
+    ["models", "show", "m-base"],
+    ["datasets", "list"],
+    ["datasets", "show", "d1"],
 ]
+REGISTRY_READERS = {
+    ("lineage", "m-base"),
+    ("models", "list"),
+    ("models", "show"),
+    ("datasets", "list"),
+    ("datasets", "show"),
+}
 
 
 @pytest.mark.parametrize("args", REPORTING, ids=lambda a: " ".join(a[:2]))
@@ -217,7 +228,7 @@ def test_reporting_commands_refuse_a_missing_data_dir_and_create_nothing(
     typo.mkdir()
     res = run("cloud", *args, "--config", str(toml))
     assert res.exit_code == 1, res.output
-    db = "registry.db" if args == ["lineage", "m-base"] else "fleet.db"
+    db = "registry.db" if tuple(args[:2]) in REGISTRY_READERS else "fleet.db"
     assert f"no {db.split('.')[0]} database {db} in {typo} (data_dir in {toml})" in res.output
     assert list(typo.iterdir()) == []
 

@@ -59,10 +59,10 @@ def datasets() -> None:
 @handle_errors
 def datasets_list(config_path: Path, as_json: bool) -> None:
     """Every dataset version, newest first."""
-    from cloud.config import load
+    from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load(config_path).registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").registry_db) as reg:
         rows = [d.model_dump() for d in reg.list_datasets()]
 
     def human(rows: list[dict[str, Any]]) -> str:
@@ -86,10 +86,10 @@ def datasets_list(config_path: Path, as_json: bool) -> None:
 @handle_errors
 def datasets_show(dataset_id: str, config_path: Path, with_files: bool, as_json: bool) -> None:
     """One dataset version (id or unique prefix): counts, quarantine, duplicates, models trained on it."""
-    from cloud.config import load
+    from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load(config_path).registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").registry_db) as reg:
         d = reg.get_dataset(dataset_id)
         out: dict[str, Any] = d.model_dump()
         out["quarantine"] = [q.model_dump() for q in reg.dataset_quarantine(d.id)]

@@ -123,10 +123,10 @@ def models() -> None:
 @handle_errors
 def models_list(stage: str | None, config_path: Path, as_json: bool) -> None:
     """Every model version, newest first."""
-    from cloud.config import load
+    from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load(config_path).registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").registry_db) as reg:
         rows = [m.model_dump() for m in reg.list_models(stage)]
 
     def human(rows: list[dict[str, Any]]) -> str:
@@ -149,10 +149,10 @@ def models_list(stage: str | None, config_path: Path, as_json: bool) -> None:
 @handle_errors
 def models_show(version: str, config_path: Path, as_json: bool) -> None:
     """One model version with its metrics, gate verdict, lineage, and the run's trials."""
-    from cloud.config import load
+    from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load(config_path).registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").registry_db) as reg:
         m = reg.get_model(version)
         out: dict[str, Any] = m.model_dump()
         if m.run_id:

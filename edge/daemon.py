@@ -438,6 +438,7 @@ class Daemon:
                 "path": str(self.cfg.outbox_path),
                 "inflight": self.publisher.inflight if self.publisher else 0,
                 "publish_latency_ms": self.publisher.ack_latency_percentiles() if self.publisher else {},
+                "undelivered": self.publisher.undelivered() if self.publisher else None,
             },
             "inference": {
                 "classified": e.classified if e else 0,

@@ -7,6 +7,10 @@ as one session. The wrapper adds what paho leaves to the caller:
   updater subscribes once and keeps receiving across broker restarts;
 * ``publish`` returns paho's ``MQTTMessageInfo`` and reports PUBACKs to listeners by ``mid``
   (``on_ack``), which is what lets the outbox delete a row only after the broker holds it;
+  a PUBACK that says the message went nowhere goes to ``on_refused`` listeners instead: reason
+  code 16 ("no matching subscribers", a fresh install before the cloud subscribed, or a broker
+  restarted without the ingest's session) means the broker threw the message away, so it is
+  no more delivered than a refusal (reason code 128 and above);
 * the retained ``status`` topic says ``online`` on connect; the last-will says ``offline``.
 
 paho resends unacknowledged QoS-1 messages itself after a reconnect (same ``mid``), and the
@@ -34,6 +38,7 @@ log = logging.getLogger("parkwatch.edge.mqtt")
 
 MessageCallback = Callable[[mqtt.MQTTMessage], None]
 SESSION_EXPIRY_S = 7 * 24 * 3600
+NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK reason code 16: accepted, delivered to nobody
 
 
 class MqttLink:
@@ -55,6 +60,7 @@ class MqttLink:
         self.client_id = cfg.client_id or f"parkwatch-edge-{site}-{device}"
         self._subs: dict[str, tuple[int, MessageCallback]] = {}
         self._ack_listeners: list[Callable[[int], None]] = []
+        self._refused_listeners: list[Callable[[int, int, str], None]] = []
         self._conn_listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -136,6 +142,11 @@ class MqttLink:
         """``listener(mid)`` runs on paho's thread when the broker acknowledged message ``mid``."""
         self._ack_listeners.append(listener)
 
+    def on_refused(self, listener: Callable[[int, int, str], None]) -> None:
+        """``listener(mid, reason_code, reason_text)`` runs on paho's thread when the broker's PUBACK
+        says message ``mid`` was not delivered to anyone (see the module docstring)."""
+        self._refused_listeners.append(listener)
+
     def on_connection_change(self, listener: Callable[[bool], None]) -> None:
         self._conn_listeners.append(listener)
 
@@ -206,8 +217,17 @@ class MqttLink:
             listener(False)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _props: Any = None) -> None:
-        if rc is not None and getattr(rc, "is_failure", False):
-            log.warning("broker refused message %d: %s", mid, rc)
+        code = int(getattr(rc, "value", 0) or 0)
+        if code == NO_MATCHING_SUBSCRIBERS or code >= 0x80:
+            # 16 is routine for retained status before the cloud subscribed; a refusal is not
+            log.log(
+                logging.DEBUG if code < 0x80 else logging.WARNING,
+                "broker did not deliver message %d: %s",
+                mid,
+                rc,
+            )
+            for refused in self._refused_listeners:
+                refused(mid, code, str(rc))
             return
         for listener in self._ack_listeners:
             listener(mid)

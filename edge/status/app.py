@@ -174,6 +174,14 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
         for f in cam.get("flags") or []:
             warnings.append(f"camera {cam['id']}: {f}")
     ob = snap["outbox"]
+    und = ob.get("undelivered")
+    if und and snap["broker"]["connected"]:
+        what = (
+            "broker has no subscriber for predictions"
+            if und["no_subscriber"]
+            else f"broker does not accept predictions ({und['reason']})"
+        )
+        warnings.append(f"{what}; {ob['backlog']} waiting, retrying in {und['retry_in_s']:.0f} s")
     if ob["write_errors"]:
         problems.append(f"outbox write errors: {ob['write_errors']} ({ob.get('last_error') or ''})")
     if ob["evicted_total"]:

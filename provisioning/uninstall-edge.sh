@@ -30,7 +30,8 @@ if [[ $use_systemctl == 1 || ( $use_systemctl == auto && $systemd_up == 1 && -z 
 fi
 rm -f "$root$unit_dir/parkwatch-edge.service"
 [[ $use_systemctl == 1 || ( $use_systemctl == auto && $systemd_up == 1 && -z $root ) ]] && systemctl daemon-reload
-rm -rf "$root$prefix/venv" "$root$prefix/models/initial" "$root$prefix/share/doc/park-staff.md" \
+rm -rf "$root$prefix/venv" "$root$prefix/models/initial" "$root$prefix/models"/initial-* \
+  "$root$prefix/models"/.incoming.* "$root$prefix/share/doc/park-staff.md" \
   "$root$prefix/share/doc/technician.md" "$root$prefix/share/edge.example.toml"
 # The prefix may also hold the cloud install: remove only what is left empty.
 rmdir "$root$prefix/share/doc" "$root$prefix/models" 2>/dev/null || true

@@ -196,3 +196,59 @@ def test_installer_refuses_bad_input_clearly(tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode == 1 and "python3-venv" in p.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_model_is_refused_in_one_line_and_the_working_model_stays(tmp_path: Path) -> None:
+    """Issue 15 A3: re-running the installer with a bad --model used to delete the working model
+    first and then die with a traceback, leaving the box without a model at its next start."""
+    tree = tmp_path / "root"
+    env = env_for(tree)
+    good = make_tiny_package(tmp_path / "good", "good-1")
+    run(INSTALL, env, "--model", str(good))
+    initial = tree / "opt/parkwatch/models/initial"
+    before = (initial / "model.onnx").read_bytes()
+
+    tampered = make_tiny_package(tmp_path / "tampered", "bad-2")
+    (tampered / "model.onnx").write_bytes((tampered / "model.onnx").read_bytes() + b"\0")
+    no_metadata = make_tiny_package(tmp_path / "nometa", "bad-3", with_metadata=False)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not an ONNX file\n" * 10)
+    cases = {
+        "tampered": (tampered, "manifest"),
+        "no metadata": (no_metadata, "parkwatch.labels"),
+        "garbage": (garbage, "ONNX Runtime cannot load"),
+    }
+    for what, (bad, reason) in cases.items():
+        p = subprocess.run(
+            ["bash", str(INSTALL), "--model", str(bad)], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert p.returncode == 1, (what, p.stdout, p.stderr)
+        assert "Traceback" not in p.stdout + p.stderr, (what, p.stderr)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("install-edge:")]
+        assert len(errors) == 1 and "installed model was left as it was" in errors[0], (what, p.stderr)
+        assert reason in errors[0], (what, errors[0])
+        # the working model is untouched, loads, and no half-copied candidate is left behind
+        assert (initial / "model.onnx").read_bytes() == before, what
+        assert not list(initial.parent.glob(".incoming*")), what
+    check = subprocess.run(
+        [
+            str(tree / "opt/parkwatch/venv/bin/python"),
+            str(REPO / "provisioning/check_model.py"),
+            str(initial),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and "model good-1 loads and runs" in check.stdout, check.stderr
+
+    # A good replacement is swapped in whole: the link now names the new copy, the old is gone.
+    newer = make_tiny_package(tmp_path / "newer", "good-2")
+    out = run(INSTALL, env, "--model", str(newer))
+    assert "model good-2 loads and runs" in out
+    assert (
+        initial.is_symlink() and (initial / "model.onnx").read_bytes() == (newer / "model.onnx").read_bytes()
+    )
+    assert sorted(p.name for p in initial.parent.iterdir()) == sorted(["initial", initial.resolve().name])
+    run(UNINSTALL, env, "--purge", "--yes")
+    assert not (tree / "opt/parkwatch").exists()

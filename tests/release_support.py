@@ -213,7 +213,7 @@ class Setup:
         assert self.svc.wait_connected()
         self.ch = self.svc.channel
         assert self.ch is not None
-        self.ch.keys_init("tester")
+        self.ch.keys_init("tester", allow_approver_key_on_server=True)
         self.pkgs = tmp / "pkgs"
         self.v1 = make_version(base, self.pkgs, "1.0.0")
         self.v2 = make_version(base, self.pkgs, "2.0.0")

@@ -20,7 +20,7 @@ from tests.release_support import cloud_config, make_version, mqtt_cfg, register
 def ch(tmp_path: Path, baseline_package: Path) -> ReleaseChannel:  # noqa: F811
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(1))
     channel = ReleaseChannel(cfg, notify=lambda *a: True)
-    channel.keys_init("ops")
+    channel.keys_init("ops", allow_approver_key_on_server=True)
     for v in ("1.0.0", "2.0.0"):
         register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
     register(cfg, make_version(baseline_package, tmp_path / "pkgs", "0.9.0"), "0.9.0", gate_passed=False)

@@ -10,7 +10,9 @@ The CLI and the dashboard both call these functions, so the rules live in one pl
 * every decision lands in ``stage_history`` and in the hash-chained audit log.
 
 Signing the decision into the TUF repository (the approver key) is done by the caller-supplied
-``signer`` before anything is recorded, so a missing approver key records nothing.
+``signer`` before anything is recorded, so a missing approver key, or one the repository's root
+does not trust, records nothing. What the signer returns (the key ids it signed with) goes into
+the audit entry.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ HISTORY = "stage_history"
 ROLLOUTS = "rollouts"
 ROLLOUT_STATUSES = ("in_progress", "succeeded", "failed", "rolled_back", "superseded")
 
-# signer(version, stages): puts the approver-signed entry into the release channel.
-ApprovalSigner = Callable[[str, list[str]], None]
+# signer(version, stages) -> audit details (e.g. the key ids it signed with) or None: puts the
+# approver-signed entry into the release channel.
+ApprovalSigner = Callable[[str, list[str]], dict[str, Any] | None]
 
 
 class ApprovalError(RegistryError):
@@ -176,8 +179,7 @@ def approve(
             )
         forced = True
     stages = ["staging", "production"] if stage == "production" else ["staging"]
-    if signer is not None:
-        signer(version, stages)
+    signed = signer(version, stages) if signer is not None else None
     registry.set_stage(version, stage)
     return _record(
         registry,
@@ -189,7 +191,7 @@ def approve(
         actor,
         reason,
         forced,
-        {"signed_stages": stages, "signed": signer is not None},
+        {"signed_stages": stages, "signed": signer is not None, **(signed or {})},
     )
 
 
@@ -214,8 +216,7 @@ def reject(
             "group's first version, 'parkwatch cloud rollout OTHER --group G') so devices are never "
             "left without an approved model"
         )
-    if signer is not None:
-        signer(version, [])
+    signed = signer(version, []) if signer is not None else None
     registry.set_stage(version, "rejected")
     return _record(
         registry,
@@ -227,7 +228,7 @@ def reject(
         actor,
         reason,
         False,
-        {"signed": signer is not None},
+        {"signed": signer is not None, **(signed or {})},
     )
 
 

@@ -140,3 +140,25 @@ def test_keys_are_private_files_outside_db_and_repo(ch: ReleaseChannel) -> None:
     f.chmod(0o644)
     with pytest.raises(Exception, match="chmod 600"):
         ch.keys.load("rollout")
+
+
+def test_approval_rechecks_the_gate_of_the_serving_config(ch: ReleaseChannel, tmp_path: Path) -> None:
+    """The trainer's own [gate] was loose (ECE 0.062 passed there); the serving config decides."""
+    from tests.release_support import PASSING_METRICS
+
+    pkg = Path(ch.registry.get_model("1.0.0").package_dir)
+    loose = {**PASSING_METRICS, "ece": 0.062}
+    register(ch.cfg, pkg, "1.5.0", gate_passed=True, metrics=loose)
+    register(ch.cfg, pkg, "1.6.0", gate_passed=True, metrics={})
+    before = len(ch.audit.entries())
+    with pytest.raises(
+        approvals.ApprovalError, match=r"ECE 0\.0620 > 0\.05.*serving config|serving config.*ECE"
+    ):
+        ch.approve("1.5.0", "staging", "qa-anna", "looks fine")
+    with pytest.raises(approvals.ApprovalError, match="evaluate the model first"):
+        ch.approve("1.6.0", "staging", "qa-anna", "looks fine")
+    assert ch.registry.get_model("1.5.0").stage == "candidate"
+    assert len(ch.audit.entries()) == before and "1.5.0" not in ch.repo.approvals()
+    d = ch.approve("1.0.0", "staging", "qa-anna", "report ok")
+    entry = ch.audit.entries("model:1.0.0")[-1]
+    assert d["to_stage"] == "staging" and entry.details["gate_at_approval"]["max_ece"] == 0.05

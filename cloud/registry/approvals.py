@@ -3,7 +3,9 @@
 The CLI and the dashboard both call these functions, so the rules live in one place:
 
 * a named actor and a non-empty reason for every decision;
-* a version that failed the promotion gate is refused (the registry's own rule);
+* a version that failed the promotion gate is refused (the registry's own rule), and when the
+  caller passes the serving config's ``gate``, the stored metrics are checked against it again:
+  the verdict stored at training time used the trainer's ``[gate]``, which may have been looser;
 * ``production`` needs a successful ``staging`` rollout of the same version first
   (the seed's application-testing step) unless ``force=True`` - and a forced approval must say
   why, which the audit log keeps;
@@ -24,6 +26,8 @@ from typing import Any
 
 import sqlite_utils
 
+from cloud.evaluation.config import GateConfig
+from cloud.evaluation.gate import recheck_gate
 from cloud.registry.audit import AuditLog
 from cloud.registry.errors import RegistryError, StageError
 from cloud.registry.models import check_stage_change
@@ -100,6 +104,10 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     db.table(ROLLOUTS).create_index(["grp"], if_not_exists=True)
 
 
+def _thresholds(t: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in t.items())
+
+
 def _check_words(actor: str, reason: str) -> None:
     if not actor or not actor.strip():
         raise ApprovalError("name who decides (--as NAME)")
@@ -157,6 +165,7 @@ def approve(
     *,
     signer: ApprovalSigner | None = None,
     require_staging: bool = True,
+    gate: GateConfig | None = None,
 ) -> Decision:
     """Approve ``version`` for ``stage``; raises :class:`ApprovalError`/:class:`StageError` if not allowed."""
     _check_words(actor, reason)
@@ -169,6 +178,17 @@ def approve(
         raise ApprovalError(f"model {version} was rejected; approve a new version instead")
     if stage == "staging" and model.stage == "production":
         raise ApprovalError(f"model {version} is already approved for production (which includes staging)")
+    gate_note: dict[str, Any] = {}
+    if gate is not None:
+        verdict = recheck_gate(model.metrics, gate)
+        if not verdict["passed"]:
+            raise ApprovalError(
+                f"model {version} does not pass the promotion gate of the serving config "
+                f"({'; '.join(verdict['failures'])}; thresholds {_thresholds(verdict['thresholds'])}); "
+                "the gate stored at training time is not what decides. Train a better model, or "
+                "evaluate it again with 'parkwatch cloud evaluate VERSION'"
+            )
+        gate_note = {"gate_at_approval": verdict["thresholds"]}
     forced = False
     if stage == "production" and require_staging and not staging_succeeded(registry, version):
         if not force:
@@ -191,7 +211,7 @@ def approve(
         actor,
         reason,
         forced,
-        {"signed_stages": stages, "signed": signer is not None, **(signed or {})},
+        {"signed_stages": stages, "signed": signer is not None, **gate_note, **(signed or {})},
     )
 
 

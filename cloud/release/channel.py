@@ -282,6 +282,7 @@ class ReleaseChannel:
             force,
             signer=self._signer(keys),
             require_staging=self.cfg.release.require_staging_before_production,
+            gate=self.cfg.gate,
         )
         return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 

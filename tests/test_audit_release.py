@@ -16,7 +16,7 @@ from tests.release_support import cloud_config, mqtt_cfg, write_cloud_toml
 def test_release_actions_are_chained_and_a_removed_entry_is_detected(tmp_path: Path) -> None:
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(1))
     ch = ReleaseChannel(cfg, notify=lambda *a: True)
-    ch.keys_init("ops")
+    ch.keys_init("ops", allow_approver_key_on_server=True)
     ch.cloud_account(tmp_path / "c.secret", "ops")
     ch.provision_device("park1", "box1", "staging", tmp_path / "b.secret", "ops")
     ch.keys_rotate("timestamp", "ops", "drill")

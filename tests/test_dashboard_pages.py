@@ -207,6 +207,10 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     assert 'data-version="v1"' in r.text and "accuracy 0.970" in r.text and "✖ failed" in r.text
     r = c.get("/models/v2")
     assert "accuracy 0.80 &lt; 0.90" in r.text and "Only approvers decide" in r.text
+    # the gate approval checks (this server's [gate]) with its thresholds: v1 stored no recall
+    # figures, so it cannot pass it whatever the trainer said
+    assert "thresholds: min_accuracy 0.97" in page and "max_ece 0.05" in page
+    assert "no stored per_class, recall_gap: evaluate the model first" in page
     r = c.get("/audit")
     assert "Chain verified" in r.text and "model:v1" in r.text
     # tamper with the file directly: the page must say the chain is broken

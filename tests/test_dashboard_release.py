@@ -20,7 +20,7 @@ from tests.release_support import make_version, register
 def cfg(tmp_path: Path, broker: EmbeddedBroker, baseline_package: Path):  # type: ignore[no-untyped-def]  # noqa: F811
     c = make_cfg(tmp_path, mqtt={"host": "127.0.0.1", "port": broker.port})
     seed_users(c)
-    ReleaseChannel(c).keys_init("test-setup")
+    ReleaseChannel(c).keys_init("test-setup", allow_approver_key_on_server=True)
     for v in ("v1", "v2"):
         register(c, make_version(baseline_package, tmp_path / "pkgs", v), v)
     return c

@@ -21,7 +21,7 @@ def run(*args: str) -> tuple[int, str]:
 def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package: Path) -> None:  # noqa: F811
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))  # nothing listens: notices are skipped
     toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
-    code, out = run("keys", "init", "--as", "ops", "--config", toml)
+    code, out = run("keys", "init", "--as", "ops", "--allow-approver-key-on-server", "--config", toml)
     assert code == 0 and "root.json on every box" in out
     code, out = run("keys", "init", "--config", toml)
     assert code == 1 and "refusing to overwrite" in out and "keys rotate ROLE" in out
@@ -86,7 +86,7 @@ def test_a_second_rollback_goes_further_back_not_forward(tmp_path: Path, baselin
 
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))
     ch = ReleaseChannel(cfg, notify=lambda *a: True)
-    ch.keys_init("ops")
+    ch.keys_init("ops", allow_approver_key_on_server=True)
     for v in ("1.0.0", "2.0.0", "3.0.0"):
         register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
         ch.approve(v, "staging", "qa", "ok")

@@ -35,12 +35,41 @@ def keys() -> None:
 
 @keys.command("init")
 @click.option("--as", "actor", type=ACTOR, help="Who does this (audit log); default: the OS user.")
+@click.option(
+    "--approver",
+    "approvers",
+    multiple=True,
+    type=ACTOR,
+    help="One key per approver, named after them (repeat); 'approve --as NAME' then signs with "
+    "NAME's key only. Default: numbered approver keys the approvers share.",
+)
+@click.option(
+    "--allow-approver-key-on-server",
+    is_flag=True,
+    help="Create the approver key on this server although release.approver_keys_dir is unset "
+    "(test and demo installs only: whoever controls the server can then approve models).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
-    """Create the ed25519 keys (files 0600) and version 1 of the TUF repository."""
-    out = _channel(config_path).keys_init(_actor(actor))
+def keys_init(
+    actor: str | None,
+    approvers: tuple[str, ...],
+    allow_approver_key_on_server: bool,
+    config_path: Path,
+    as_json: bool,
+) -> None:
+    """Create the ed25519 keys (files 0600) and version 1 of the TUF repository.
+
+    Refuses unless release.approver_keys_dir is set (or --allow-approver-key-on-server).
+    """
+    out = _channel(config_path).keys_init(
+        _actor(actor),
+        allow_approver_key_on_server=allow_approver_key_on_server,
+        approvers=list(approvers),
+    )
+    for w in out["warnings"]:
+        click.secho(w, err=True, fg="red", bold=True)
     emit(
         out,
         as_json,
@@ -49,6 +78,26 @@ def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
             f"(approver keys in {o['approver_keys_dir']})\n"
             f"TUF repository {o['repo']} at root version {o['root_version']}\n"
             f"install {o['trusted_root']} on every box as updater.trusted_root"
+        ),
+    )
+
+
+@keys.command("add-approver")
+@click.argument("name", type=ACTOR)
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log); default: the OS user.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@config_option(DEFAULT_PATH)
+@json_option
+@handle_errors
+def keys_add_approver(name: str, actor: str | None, reason: str, config_path: Path, as_json: bool) -> None:
+    """Give approver NAME a key of their own that root trusts (needs the root key files)."""
+    out = _channel(config_path).keys_add_approver(name, _actor(actor), reason)
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"approver {o['approver']}: key {o['path']} (key id {o['keyid'][:16]}), root version "
+            f"{o['root_version']}; hand the file to {o['approver']} and keep it off this server"
         ),
     )
 
@@ -102,7 +151,11 @@ def keys_status(config_path: Path, as_json: bool) -> None:
 # ---- approvals -----------------------------------------------------------------------------------
 def _decision_text(d: dict[str, Any]) -> str:
     forced = " (FORCED)" if d["forced"] else ""
-    return f"{d['version']}: {d['from_stage']} -> {d['to_stage']} by {d['actor']}{forced}: {d['reason']}"
+    keys = ", ".join(k[:16] for k in d.get("signed_by") or [])
+    signed = f" (signed with approver key {keys})" if keys else ""
+    return (
+        f"{d['version']}: {d['from_stage']} -> {d['to_stage']} by {d['actor']}{forced}: {d['reason']}{signed}"
+    )
 
 
 @click.command()

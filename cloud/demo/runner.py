@@ -107,7 +107,16 @@ class Demo:
             )
         except DemoError:  # first run: no repository yet
             keys = _run_json(
-                ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
+                [
+                    "cloud",
+                    "keys",
+                    "init",
+                    "--as",
+                    "demo-admin",
+                    "--allow-approver-key-on-server",  # a one-machine demo: no separate approver
+                    "--config",
+                    str(self.cloud_cfg),
+                ],
                 self.logs / "cli.log",
             )
         trusted_root = Path(keys.get("trusted_root") or Path(keys["repo"]) / "metadata" / "root.json")

@@ -22,7 +22,7 @@ from cloud.registry.audit import AuditEntry, AuditLog
 from cloud.registry.store import Registry
 from cloud.release import brokerauth
 from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
-from cloud.release.keys import ROLES, KeyStore, load_key
+from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
 from cloud.release.repo import TufRepository
 from cloud.release.store import DeviceStates, Rollout, RolloutTable
@@ -121,9 +121,45 @@ class ReleaseChannel:
 
     # ---- keys ---------------------------------------------------------------------------------
     @_serialised
-    def keys_init(self, actor: str) -> dict[str, Any]:
-        """Create missing keys (as many per role as its threshold) and version 1 of the repository."""
+    def keys_init(
+        self,
+        actor: str,
+        *,
+        allow_approver_key_on_server: bool = False,
+        approvers: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create missing keys (as many per role as its threshold) and version 1 of the repository.
+
+        Refuses while ``release.approver_keys_dir`` is unset: the approver's key would then sit on
+        the server beside the online keys, and whoever controls the server could approve models.
+        ``approvers`` makes one key per named approver (``approver-<name>.pem``) instead of
+        numbered shared ones, so ``approve --as NAME`` is tied to NAME's key.
+        """
         c = self.cfg.release
+        if (self.repo.metadata_dir / "root.json").exists():
+            self.repo.init()  # refuses, naming what to do instead; before any key is made
+        warnings: list[str] = []
+        if c.approver_keys_dir is None:
+            if not allow_approver_key_on_server:
+                raise ReleaseError(
+                    "release.approver_keys_dir is not set, so 'keys init' would put the approver's "
+                    f"signing key on this server ({self.keys.keys_dir}) beside the online keys, and "
+                    "whoever controls the server could approve models. Set [release] "
+                    "approver_keys_dir to a folder only the approver holds (a removable disk, their "
+                    "own account) and run it again; for a test or demo install, pass "
+                    "--allow-approver-key-on-server. Nothing was created"
+                )
+            warnings.append(
+                f"WARNING: the approver key is on this server ({self.keys.keys_dir}): anyone who "
+                "controls the server can approve models. Move it to the approver (set "
+                "[release] approver_keys_dir) before this install ships a model"
+            )
+        names = list(dict.fromkeys(approvers or []))
+        if names and len(names) < c.targets_threshold:
+            raise ReleaseError(
+                f"release.targets_threshold is {c.targets_threshold}: name at least that many approvers "
+                f"(--approver NAME, got {len(names)})"
+            )
         wanted = {
             "root": c.root_threshold,
             "approver": c.targets_threshold,
@@ -134,6 +170,13 @@ class ReleaseChannel:
         }
         created: list[str] = []
         for role in ROLES:
+            if role == "approver" and names:
+                created += [
+                    str(self.keys.generate_named(n).path)
+                    for n in names
+                    if not self.keys.named_path(n).exists()
+                ]
+                continue
             have = len(self.keys.paths(role))
             if have < wanted[role]:
                 created += [str(k.path) for k in self.keys.generate(role, wanted[role] - have)]
@@ -142,15 +185,36 @@ class ReleaseChannel:
             actor,
             "keys-init",
             "release:repository",
-            {"created": created, "root_version": status["root_version"]},
+            {
+                "created": created,
+                "root_version": status["root_version"],
+                "approver_keyids": sorted(self.repo.trusted_keyids("targets")),
+                "approver_key_on_server": c.approver_keys_dir is None,
+            },
         )
         return {
+            "warnings": warnings,
             "created": created,
             "keys_dir": str(self.keys.keys_dir),
             "approver_keys_dir": str(self.keys.approver_keys_dir),
             "trusted_root": str(self.repo.metadata_dir / "root.json"),
             **status,
         }
+
+    @_serialised
+    def keys_add_approver(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+        """A key of approver ``name``'s own that root trusts (needs the root key files online)."""
+        if not reason.strip():
+            raise ReleaseError("give a reason (--reason); it is kept in the audit log")
+        key = self.repo.add_approver(name)
+        root_version = self.repo.root().signed.version
+        self.audit.append(
+            actor,
+            "keys-add-approver",
+            f"release:key:approver:{name}",
+            {"keyid": key.keyid, "path": str(key.path), "root_version": root_version, "reason": reason},
+        )
+        return {"approver": name, "keyid": key.keyid, "path": str(key.path), "root_version": root_version}
 
     @_serialised
     def keys_list(self) -> dict[str, Any]:
@@ -187,11 +251,19 @@ class ReleaseChannel:
         )
         return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
 
-    def _signer(self, actor: str) -> approvals.ApprovalSigner:
-        def sign(version: str, stages: list[str]) -> None:
+    def approver_keys(self, actor: str) -> list[RoleKey]:
+        """``actor``'s approver key(s), checked against the key ids root trusts for approvals
+        before anything is published, signed or recorded."""
+        keys = self.keys.approver_keys(actor)
+        self.repo.check_signers("targets", keys)
+        return keys
+
+    def _signer(self, keys: list[RoleKey]) -> approvals.ApprovalSigner:
+        def sign(version: str, stages: list[str]) -> dict[str, Any]:
             if version not in self.repo.builds():
                 self.publish_build(version, actor="pipeline")
-            self.repo.set_approval(version, stages)
+            self.repo.set_approval(version, stages, keys)
+            return {"signed_by": [k.keyid for k in keys], "key_files": [k.path.name for k in keys]}
 
         return sign
 
@@ -199,6 +271,7 @@ class ReleaseChannel:
     def approve(
         self, version: str, stage: str, actor: str, reason: str, force: bool = False
     ) -> dict[str, Any]:
+        keys = self.approver_keys(actor)
         d = approvals.approve(
             self.registry,
             self.audit,
@@ -207,19 +280,21 @@ class ReleaseChannel:
             actor,
             reason,
             force,
-            signer=self._signer(actor),
+            signer=self._signer(keys),
             require_staging=self.cfg.release.require_staging_before_production,
+            gate=self.cfg.gate,
         )
-        return d.to_dict()
+        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     @_serialised
     def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
         groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
-        signer = self._signer(actor) if self.repo.exists() and version in self.repo.approvals() else None
+        keys = self.approver_keys(actor) if self.repo.exists() and version in self.repo.approvals() else []
+        signer = self._signer(keys) if keys else None
         d = approvals.reject(
             self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
         )
-        return d.to_dict()
+        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     # ---- rollout and rollback ----------------------------------------------------------------
     @_serialised

@@ -236,7 +236,7 @@ def _transition(
     from cloud.registry.audit import AuditLog
 
     cfg = load_existing(config_path)
-    pub = AlertPublisher(cfg.mqtt, f"{cfg.governance.publish_client_id}-cli", timeout_s=3.0)
+    pub = AlertPublisher(cfg.mqtt, f"{cfg.client_id('alerts')}-cli", timeout_s=3.0)
     fn = ack_alert if which == "ack" else resolve_alert
     try:
         with AlertStore(cfg.fleet_db) as st:

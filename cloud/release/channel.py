@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +49,7 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
     """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
     from shared.mqtt import make_client
 
-    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
+    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{secrets.token_hex(8)}")
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
     except OSError as e:
@@ -319,6 +319,12 @@ class ReleaseChannel:
         taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
         if taken or device == self.cfg.release.cloud_username:
             raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
+        if device.startswith(brokerauth.CLOUD_PREFIX):
+            # A box's client id is its username (device-listener.conf): it must never be one of ours.
+            raise ProvisioningError(
+                f"device id {device!r} starts with {brokerauth.CLOUD_PREFIX!r}, which the cloud's own "
+                "MQTT client ids use; choose another id"
+            )
         password = brokerauth.new_password()
         brokerauth.write_secret(secret_out, password)
         self.states.add_device(site, device, group, device, brokerauth.hash_password(password))

@@ -379,21 +379,14 @@ class ReleaseChannel:
 
     @_serialised
     def members(self, group: str) -> list[str]:
-        keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
-        keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
-        return sorted(keys)
+        """The group's provisioned devices; what a device claims about its group counts for nothing."""
+        return sorted(k for k, g in self.states.membership().items() if g == group)
 
     @_serialised
     def status(self, group: str | None = None) -> dict[str, Any]:
         assignments = self.repo.groups() if self.repo.exists() else {}
         states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
-        groups = sorted(
-            {
-                *assignments,
-                *(s["grp"] for s in states.values() if s["grp"]),
-                *(d["grp"] for d in self.states.provisioned()),
-            }
-        )
+        groups = sorted({*assignments, *self.states.membership().values()})
         if group is not None:
             groups = [group]
         out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}

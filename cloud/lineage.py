@@ -175,10 +175,20 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
                 "received_ts",
             )
         },
-        "device": {k: dev.get(k) for k in ("device", "site", "grp", "software", "model_version")},
+        "device": {
+            **{k: dev.get(k) for k in ("device", "site", "software", "model_version")},
+            "grp": _provisioned_group(cfg, p["site"], p["device"]),
+        },
         "feedback": fb[0] if fb else None,
     }
     model = model_lineage(cfg, p["model_version"], with_files, must_exist=False)
     model["missing"] = missing + model["missing"]
     out.update(model)
     return out
+
+
+def _provisioned_group(cfg: CloudConfig, site: str, device: str) -> str | None:
+    """The device's group as provisioned (``devices add``): the one owner of membership."""
+    from cloud.release.store import read_membership
+
+    return read_membership(cfg.data_dir).get(f"{site}/{device}")

@@ -230,6 +230,8 @@ class Setup:
         self.ch = self.svc.channel
         assert self.ch is not None
         self.ch.keys_init("tester", allow_approver_key_on_server=True)
+        # Provisioned like a real box: its group, for the responder and rollout status, comes from here.
+        self.ch.provision_device("park1", "box1", "staging", tmp / "box1.secret", "ops")
         self.pkgs = tmp / "pkgs"
         self.v1 = make_version(base, self.pkgs, "1.0.0")
         self.v2 = make_version(base, self.pkgs, "2.0.0")

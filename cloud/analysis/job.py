@@ -25,7 +25,7 @@ def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatc
     """A governor wired to the fleet's alert store, the registry's audit log and the broker."""
     from cloud.registry.audit import AuditLog
 
-    publisher = AlertPublisher(cfg.mqtt, cfg.governance.publish_client_id) if publish else None
+    publisher = AlertPublisher(cfg.mqtt, cfg.client_id("alerts")) if publish else None
     return Governor(cfg, AlertStore(cfg.fleet_db), AuditLog(cfg.registry_db), publisher, actor=actor)
 
 

@@ -236,7 +236,7 @@ def _transition(
     from cloud.registry.audit import AuditLog
 
     cfg = load_existing(config_path)
-    pub = AlertPublisher(cfg.mqtt, f"{cfg.governance.publish_client_id}-cli", timeout_s=3.0)
+    pub = AlertPublisher(cfg.mqtt, f"{cfg.client_id('alerts')}-cli", timeout_s=3.0)
     fn = ack_alert if which == "ack" else resolve_alert
     try:
         with AlertStore(cfg.fleet_db) as st:
@@ -287,6 +287,9 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             run_health(cfg, fs, None)
         if device:
             d = fs.device(device)
+            from cloud.release.store import read_membership
+
+            d["grp"] = read_membership(cfg.data_dir).get(f"{d['site']}/{d['device']}")  # provisioned
             d["gaps"] = fs.gaps(device)
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)

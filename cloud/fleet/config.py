@@ -11,7 +11,12 @@ class FleetConfig(Section):
     """Fleet ingest. Defaults suit one ingest worker beside a Mosquitto on the same host."""
 
     share_group: str = Field("parkwatch-ingest", description="MQTT shared-subscription group")
-    client_id: str = Field("parkwatch-cloud-ingest", description="persistent session id; unique per worker")
+    client_id: str | None = Field(
+        None,
+        description="persistent session id, unique per worker; default parkwatch-cloud-ingest-<install "
+        "id>: a client that connects with this id takes the session and its queue over, so never make "
+        "it guessable",
+    )
     session_expiry_s: int = Field(
         14 * 24 * 3600, ge=60, description="how long the broker keeps our queue while ingest is away"
     )

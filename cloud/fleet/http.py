@@ -37,7 +37,9 @@ def feedback_router(
     store: FleetStore | Callable[[], FleetStore],
     audit: Any | None = None,
     actor_of: Callable[[Request], str | None] | None = None,
+    snapshot_visible: Callable[[dict[str, Any]], bool] | None = None,
 ) -> APIRouter:
+    """``snapshot_visible``: the mounting app's snapshot privacy gate (see ``label_prediction``)."""
     router = APIRouter()
 
     def get_store() -> FleetStore:
@@ -57,6 +59,7 @@ def feedback_router(
                 snapshot=body.snapshot,
                 comment=body.comment,
                 audit=audit,
+                snapshot_visible=snapshot_visible,
             )
         except NotFound as e:
             raise HTTPException(404, str(e)) from e

@@ -78,7 +78,7 @@ class FleetIngest:
     def __init__(self, cfg: CloudConfig, client_id: str | None = None, retiring: bool = False) -> None:
         self.cfg = cfg
         self.fcfg = cfg.fleet
-        self.client_id = client_id or self.fcfg.client_id
+        self.client_id = client_id or cfg.client_id("ingest")
         # Retiring: resume the session only to take what the broker queued for it, subscribed to
         # nothing new, then end it (see retire()).
         self.retiring = retiring

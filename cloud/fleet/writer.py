@@ -401,9 +401,9 @@ class BatchWriter:
 
     def _status_details(self, s: DeviceStatus) -> None:
         self.conn.execute(
-            "UPDATE devices SET grp=coalesce(?, grp), software=coalesce(?, software), "
+            "UPDATE devices SET software=coalesce(?, software), "
             "model_version=coalesce(?, model_version) WHERE device=?",
-            (s.group, s.software, s.model_version, s.device),
+            (s.software, s.model_version, s.device),
         )
 
     def _status(self, s: DeviceStatus, received: float) -> None:
@@ -418,10 +418,10 @@ class BatchWriter:
         # Every worker stores every status (see service.py), so a worker whose inbox lags must not
         # put back a state another worker has already replaced: the later arrival wins.
         self.conn.execute(
-            "UPDATE devices SET status=?, status_ts=?, status_reason=?, status_rx=?, grp=coalesce(?, grp), "
+            "UPDATE devices SET status=?, status_ts=?, status_reason=?, status_rx=?, "
             "software=coalesce(?, software), model_version=coalesce(?, model_version) "
             "WHERE device=? AND (status_rx IS NULL OR status_rx<=?)",
-            (s.state, ts, s.reason, received, s.group, s.software, s.model_version, s.device, received),
+            (s.state, ts, s.reason, received, s.software, s.model_version, s.device, received),
         )
 
     def _model_state(self, m: ModelState, received: float) -> None:
@@ -436,7 +436,7 @@ class BatchWriter:
             "active_version), "
             "previous_version=coalesce(?, previous_version), update_reason=?, update_progress=?, "
             "update_ts=?, "
-            "grp=coalesce(?, grp), model_version=coalesce(?, model_version) "
+            "model_version=coalesce(?, model_version) "
             "WHERE device=? AND (update_ts IS NULL OR update_ts<=?)",
             (
                 m.state,
@@ -446,7 +446,6 @@ class BatchWriter:
                 m.reason,
                 m.progress,
                 m.ts,
-                m.group,
                 m.active_version,
                 m.device,
                 m.ts,

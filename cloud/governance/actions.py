@@ -28,24 +28,26 @@ ROLLBACK_FN = "cloud.release.rollout:rollback"
 
 
 def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
-    """Which device groups an alert is about: configured, or those of the alerted devices."""
+    """Which device groups an alert is about: configured, or the provisioned groups of the alerted
+    devices (``devices add``), never the group a device names in its own messages."""
     if cfg.governance.rollback_group:
         return [cfg.governance.rollback_group]
     from cloud.fleet.store import FleetStore
+    from cloud.release.store import read_membership
 
+    members = read_membership(cfg.data_dir)
     with FleetStore(cfg.fleet_db) as fs:
-        devices = fs.devices(site=alert["site"])
+        running = {d["device"]: d["model_version"] for d in fs.devices(site=alert["site"])}
     model = alert["details"].get("model_version")
-    groups = sorted(
-        {
-            d["grp"]
-            for d in devices
-            if d["grp"]
-            and (alert["device"] is None or d["device"] == alert["device"])
-            and (model is None or d["model_version"] == model)
-        }
-    )
-    return groups
+    groups = set()
+    for key, group in members.items():
+        site, device = key.split("/", 1)
+        if site != alert["site"] or (alert["device"] is not None and device != alert["device"]):
+            continue
+        if model is not None and running.get(device) != model:
+            continue
+        groups.add(group)
+    return sorted(groups)
 
 
 def _rollback_fn(cfg: CloudConfig) -> Any:
@@ -77,7 +79,7 @@ def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, A
     if not groups:
         raise ActionUnavailable(
             f"alert {alert['id']}: no device group known for site {alert['site']}; set "
-            "governance.rollback_group or let devices report their group"
+            "governance.rollback_group, or provision the devices ('parkwatch cloud devices add')"
         )
     fn = _rollback_fn(cfg)
     reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"

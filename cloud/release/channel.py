@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +49,7 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
     """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
     from shared.mqtt import make_client
 
-    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
+    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{secrets.token_hex(8)}")
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
     except OSError as e:
@@ -394,6 +394,12 @@ class ReleaseChannel:
         taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
         if taken or device == self.cfg.release.cloud_username:
             raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
+        if device.startswith(brokerauth.CLOUD_PREFIX):
+            # A box's client id is its username (device-listener.conf): it must never be one of ours.
+            raise ProvisioningError(
+                f"device id {device!r} starts with {brokerauth.CLOUD_PREFIX!r}, which the cloud's own "
+                "MQTT client ids use; choose another id"
+            )
         password = brokerauth.new_password()
         brokerauth.write_secret(secret_out, password)
         self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
@@ -448,21 +454,14 @@ class ReleaseChannel:
 
     @_serialised
     def members(self, group: str) -> list[str]:
-        keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
-        keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
-        return sorted(keys)
+        """The group's provisioned devices; what a device claims about its group counts for nothing."""
+        return sorted(k for k, g in self.states.membership().items() if g == group)
 
     @_serialised
     def status(self, group: str | None = None) -> dict[str, Any]:
         assignments = self.repo.groups() if self.repo.exists() else {}
         states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
-        groups = sorted(
-            {
-                *assignments,
-                *(s["grp"] for s in states.values() if s["grp"]),
-                *(d["grp"] for d in self.states.provisioned()),
-            }
-        )
+        groups = sorted({*assignments, *self.states.membership().values()})
         if group is not None:
             groups = [group]
         out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}

@@ -44,4 +44,7 @@ class ReleaseConfig(Section):
         "(default: <data_dir>/broker)",
     )
     cloud_username: str = Field("parkwatch-cloud", description="the cloud's own broker account")
-    client_id: str = Field("parkwatch-cloud-release", description="MQTT client id of the release service")
+    client_id: str | None = Field(
+        None,
+        description="MQTT client id of the release service; default parkwatch-cloud-release-<install id>",
+    )

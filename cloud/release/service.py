@@ -61,7 +61,7 @@ class ReleaseService:
                 "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
                 self.cfg.repo_dir,
             )
-        c = make_client(self.cfg.mqtt, self.cfg.release.client_id)
+        c = make_client(self.cfg.mqtt, self.cfg.client_id("release"))
         c.max_inflight_messages_set(200)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._connected.clear()

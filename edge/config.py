@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from edge.updater.config import UpdaterConfig
 from shared.config import MqttConfig, SecretRef, Section, load_config
 from shared.errors import ConfigError, SecretError
+from shared.images import DEFAULT_MAX_PIXELS
 from shared.protocol.topics import check_segment
 
 DEFAULT_PATH = Path("/etc/parkwatch/edge.toml")
@@ -37,6 +38,12 @@ class CameraConfig(Section):
     stall_after_s: float = Field(10.0, gt=0)
     reconnect_initial_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=64 * 64,
+        le=100_000_000,
+        description="frames declaring more are refused undecoded",
+    )
 
     @field_validator("id")
     @classmethod

@@ -46,7 +46,7 @@ from edge.outbox import Outbox
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier, watchdog_interval_s
 from edge.snapshots import SnapshotStore
-from edge.sources import redact_url
+from edge.sources import redact_text, redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
 from shared.protocol import Kind, ModelState, Snapshot, Telemetry, Topics, encode
@@ -312,6 +312,7 @@ class Daemon:
             outbox_errors=self.outbox.write_errors,
             model_version=cur.version if cur else None,
             invalid_messages=self.rejects.snapshot(),
+            lost_predictions=e.lost_predictions,
             **host_fields,
         )
 
@@ -472,6 +473,17 @@ class Daemon:
         return self.engine.views.get(camera_id) if self.engine else None
 
 
+class RedactingFilter(logging.Filter):
+    """Hides URL passwords in every log line (a camera URL may sit in any message or argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
 def _configure_logging() -> None:
     """A daemon's lifecycle lines (connected, status page URL, camera states) belong in the journal,
     so parkwatch loggers default to INFO even when the CLI left the root at WARNING."""
@@ -483,6 +495,9 @@ def _configure_logging() -> None:
             else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )  # journald adds its own timestamps
         logging.basicConfig(level=logging.WARNING, format=fmt)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     ours = logging.getLogger("parkwatch")
     level = os.environ.get("PARKWATCH_LOG_LEVEL")
     if level:

@@ -8,6 +8,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared.redact import redact_text
+
 
 @dataclass(frozen=True)
 class Event:
@@ -26,6 +28,7 @@ class RecentErrors:
         self.total = 0
 
     def add(self, source: str, message: str) -> None:
+        message = redact_text(message)  # shown on the status page: no URL passwords
         with self._lock:
             self.total += 1
             for i in range(len(self._items) - 1, -1, -1):

@@ -98,9 +98,9 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
 @click.option(
     "--as",
     "label",
-    type=click.Choice(["cat", "dog", "neither"]),
+    type=click.Choice(["cat", "dog", "none", "neither"]),
     required=True,
-    help="What the frame really shows.",
+    help="What the frame really shows: cat, dog, or none (no cat or dog; 'neither' is the same).",
 )
 @click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
 @click.option("--comment", default=None)

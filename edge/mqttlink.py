@@ -7,7 +7,10 @@ as one session. The wrapper adds what paho leaves to the caller:
   updater subscribes once and keeps receiving across broker restarts;
 * ``publish`` returns paho's ``MQTTMessageInfo`` and reports PUBACKs to listeners by ``mid``
   (``on_ack``), which is what lets the outbox delete a row only after the broker holds it;
-* the retained ``status`` topic says ``online`` on connect; the last-will says ``offline``.
+* the retained ``status`` topic says ``online`` on connect; the last-will says ``offline``;
+* the cloud's retained capabilities message (``parkwatch/v1/cloud/capabilities``) is tracked in
+  ``cloud_prediction_schemas``, so the publisher sends schema-2 prediction batches (regions, ir)
+  only to a cloud that said it accepts them.
 
 paho resends unacknowledged QoS-1 messages itself after a reconnect (same ``mid``), and the
 session is persistent (``clean_start`` false), so an in-flight batch is neither lost nor
@@ -28,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from shared.config import MqttConfig
 from shared.mqtt import make_client
-from shared.protocol import DeviceStatus, Kind, Topics, encode
+from shared.protocol import CloudCapabilities, DeviceStatus, Kind, ProtocolError, Topics, decode, encode
 
 log = logging.getLogger("parkwatch.edge.mqtt")
 
@@ -63,6 +66,8 @@ class MqttLink:
         self.last_error: str | None = None
         self.last_change_ts: float | None = None
         self._started = False
+        # Until the cloud says otherwise it is assumed old: schema 1 is what every cloud accepts.
+        self.cloud_prediction_schemas: tuple[int, ...] = (1,)
 
         c = make_client(cfg, self.client_id)  # credentials and TLS as on the cloud side
         c.max_inflight_messages_set(100)
@@ -78,6 +83,7 @@ class MqttLink:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         self.client = c
+        self.subscribe(Topics.CAPABILITIES, self._on_capabilities)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,6 +217,21 @@ class MqttLink:
             return
         for listener in self._ack_listeners:
             listener(mid)
+
+    def _on_capabilities(self, msg: mqtt.MQTTMessage) -> None:
+        """A cleared (empty) or unreadable message means: assume an old cloud again."""
+        schemas: tuple[int, ...] = (1,)
+        if msg.payload:
+            try:
+                _, caps = decode(msg.topic, msg.payload)
+            except ProtocolError as e:
+                log.warning("ignoring the cloud's capabilities message: %s", e)
+            else:
+                assert isinstance(caps, CloudCapabilities)
+                schemas = tuple(sorted(set(caps.predictions)))
+        if schemas != self.cloud_prediction_schemas:
+            log.info("the cloud accepts prediction schemas %s", list(schemas))
+        self.cloud_prediction_schemas = schemas
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("unrouted message on %s", msg.topic)

@@ -180,10 +180,11 @@ class Publisher:
             preds = self._valid(rows)
             if not preds:
                 continue
-            batch = PredictionBatch(
-                device=self.link.device,
-                site=self.link.site,
-                predictions=preds,
+            batch = PredictionBatch.for_cloud(  # schema 2 only if the cloud accepts it
+                self.link.device,
+                self.link.site,
+                preds,
+                self.link.cloud_prediction_schemas,
                 evicted_total=self.outbox.evicted_total,
             )
             # Acks are handled on this thread, so one cannot overtake the record below.

@@ -42,7 +42,18 @@ from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import store_snapshot
 from shared.mqtt import make_client
-from shared.protocol import Kind, PayloadTooLarge, ProtocolError, Snapshot, Topics, decode, parse_topic
+from shared.protocol import (
+    PREDICTION_SCHEMAS,
+    CloudCapabilities,
+    Kind,
+    PayloadTooLarge,
+    ProtocolError,
+    Snapshot,
+    Topics,
+    decode,
+    encode,
+    parse_topic,
+)
 from shared.protocol.counter import RejectCounter
 
 if TYPE_CHECKING:
@@ -360,6 +371,10 @@ class FleetIngest:
             client.unsubscribe([t for t, _ in subscriptions(self.fcfg.share_group)])
         else:
             client.subscribe(subscriptions(self.fcfg.share_group))
+            # Retained, so every box (now or later) learns which prediction schemas this cloud
+            # stores; a box that never sees it sends schema 1, which every cloud accepts.
+            caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS))
+            client.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 
     def _on_subscribe(

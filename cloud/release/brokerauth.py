@@ -1,7 +1,8 @@
 """Per-device MQTT credentials and the Mosquitto ACL that confines each device.
 
 A device may publish only under ``parkwatch/v1/dev/{site}/{device}/#`` and read only its own
-``update/response`` and its group's ``parkwatch/v1/release/{group}``; the cloud account reads
+``update/response``, its group's ``parkwatch/v1/release/{group}`` and the cloud's retained
+``parkwatch/v1/cloud/capabilities`` (which prediction schemas the cloud accepts); the cloud account reads
 and writes the whole ``parkwatch/v1/`` tree. Passwords are random, shown once (written to a
 0600 file for the box), and only their Mosquitto hash is kept (``$7$``: PBKDF2-SHA512, the
 format ``mosquitto_passwd`` writes). Rendering is pure; ``write_broker_files`` does the I/O.
@@ -76,6 +77,7 @@ def device_acl(acct: DeviceAccount) -> list[str]:
         f"topic write {own}",
         f"topic read {Topics.device(acct.site, acct.device, Kind.UPDATE_RESPONSE)}",
         f"topic read {Topics.release(acct.group)}",
+        f"topic read {Topics.CAPABILITIES}",
     ]
 
 

@@ -9,8 +9,10 @@ from pydantic import ValidationError
 
 from shared.protocol.errors import InvalidPayload, MalformedPayload, PayloadTooLarge, UnsupportedSchema
 from shared.protocol.messages import (
+    PREDICTION_SCHEMAS,
     SCHEMA_VERSION,
     Alert,
+    CloudCapabilities,
     DeviceStatus,
     Message,
     ModelState,
@@ -35,7 +37,10 @@ MODEL_FOR_KIND: dict[Kind, type[Message]] = {
     Kind.UPDATE_RESPONSE: UpdateResponse,
     Kind.RELEASE: ReleaseNotice,
     Kind.ALERT: Alert,
+    Kind.CAPABILITIES: CloudCapabilities,
 }
+# The schema versions this build accepts per kind (all others: SCHEMA_VERSION only).
+SCHEMAS_FOR_KIND: dict[Kind, tuple[int, ...]] = {Kind.PREDICTIONS: PREDICTION_SCHEMAS}
 
 
 def encode(msg: Message) -> bytes:
@@ -60,14 +65,19 @@ def decode(
         # json.loads + model_validate). The payload must also have *said* its schema version.
         msg = model.model_validate_json(raw)
         if "schema_version" not in msg.model_fields_set:
-            raise UnsupportedSchema(f"{topic}: schema None is not supported (this build speaks 1)")
+            raise UnsupportedSchema(f"{topic}: schema None is not supported ({_speaks(parsed.kind)})")
     except ValidationError:
         # Slow path only to tell the sender precisely what is wrong, by kind.
-        msg = _validate_slowly(topic, raw, model)
+        msg = _validate_slowly(topic, raw, model, parsed.kind)
     return _check_scope(topic, parsed, msg)
 
 
-def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
+def _speaks(kind: Kind) -> str:
+    versions = SCHEMAS_FOR_KIND.get(kind, (SCHEMA_VERSION,))
+    return "this build speaks " + " and ".join(str(v) for v in versions)
+
+
+def _validate_slowly(topic: str, raw: bytes, model: type[Message], kind: Kind) -> Message:
     try:
         obj: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -77,8 +87,8 @@ def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
     if not isinstance(obj, dict):
         raise MalformedPayload(f"{topic}: payload must be a JSON object")
     version = obj.get("schema")
-    if version != SCHEMA_VERSION:
-        raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported (this build speaks 1)")
+    if type(version) is not int or version not in SCHEMAS_FOR_KIND.get(kind, (SCHEMA_VERSION,)):
+        raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported ({_speaks(kind)})")
     try:
         return model.model_validate(obj)
     except ValidationError as e:

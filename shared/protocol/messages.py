@@ -8,12 +8,21 @@ error (``extra="forbid"``), because a sender that adds a field must bump the sch
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
+# Prediction batches exist in two versions: schema 2 adds per-prediction ``regions`` and ``ir``.
+# A box sends schema 2 only to a cloud that advertised it (``CloudCapabilities``), because an
+# old cloud refuses unknown fields; everything else stays schema 1.
+PREDICTION_SCHEMAS: tuple[int, ...] = (1, 2)
+IR_FLAG = "ir"  # how a schema-1 batch carries a prediction's ``ir`` (in ``flags``)
+NONE_LABEL = "none"  # sure there is no pet; distinct from ``abstain`` (unsure)
+MAX_REGIONS = 32
+MAX_COORD = 16384  # frame pixels: no camera this box reads is wider or taller
 
 Label = str
 SEQ_MAX = 2**63 - 1  # stored as SQLite INTEGER on both sides
@@ -48,13 +57,38 @@ class DeviceStatus(Message):
     reason: str | None = None  # "last-will", "shutdown", ...
 
 
+Coord = Annotated[int, Field(ge=0, le=MAX_COORD)]
+
+
+class PredRegion(BaseModel):
+    """One region of a frame that held a pet: ``box`` is ``[x, y, w, h]`` in frame pixels."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    box: list[Coord] = Field(min_length=4, max_length=4)
+    label: Label = Field(min_length=1, max_length=64)
+    confidence: Confidence
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, v: list[int]) -> list[int]:
+        x, y, w, h = v
+        if w < 1 or h < 1:
+            raise ValueError("box width and height must be at least 1 pixel")
+        if x + w > MAX_COORD or y + h > MAX_COORD:
+            raise ValueError(f"box must lie within {MAX_COORD}x{MAX_COORD} pixels")
+        return v
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seq: int = Field(ge=1, le=SEQ_MAX, description="per-device from 1, strictly increasing, never reused")
     ts: float
     camera: str
-    label: Label = Field(description="predicted label, or 'abstain' below the threshold")
+    label: Label = Field(
+        description="a pet label, 'none' (sure there is no pet) or 'abstain' (below the threshold)"
+    )
     confidence: Confidence
     probs: dict[Label, Confidence] = Field(default_factory=dict)
     model_version: str
@@ -63,9 +97,24 @@ class Prediction(BaseModel):
     latency_ms: float | None = Field(None, ge=0)
     frame_ts: float | None = None
     snapshot: str | None = Field(None, description="id of a kept low-confidence snapshot")
+    # schema 2 only (a schema-1 batch must not carry them: see PredictionBatch)
+    regions: list[PredRegion] = Field(
+        default_factory=list, max_length=MAX_REGIONS, description="the regions that held a pet"
+    )
+    ir: bool | None = Field(None, description="greyscale (IR/night) frame; None: not measured")
+
+    def as_schema1(self) -> Prediction:
+        """What an old cloud accepts: regions dropped, ``ir`` folded into ``flags``."""
+        if not self.regions and self.ir is None:
+            return self
+        flags = list(self.flags)
+        if self.ir and IR_FLAG not in flags:
+            flags.append(IR_FLAG)
+        return self.model_copy(update={"regions": [], "ir": None, "flags": flags})
 
 
 class PredictionBatch(Message):
+    schema_version: Literal[1, 2] = Field(SCHEMA_VERSION, alias="schema")  # type: ignore[assignment]
     device: str
     site: str
     predictions: list[Prediction] = Field(min_length=1, max_length=10_000)
@@ -79,6 +128,50 @@ class PredictionBatch(Message):
             if b.seq <= a.seq:
                 raise ValueError("prediction seq numbers must be strictly increasing in a batch")
         return v
+
+    @model_validator(mode="after")
+    def _fields_of_schema(self) -> PredictionBatch:
+        if self.schema_version == 1 and any(p.regions or p.ir is not None for p in self.predictions):
+            raise ValueError("regions and ir need a schema 2 batch")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        # Schema 1 on the wire is exactly what an old cloud knows: no regions/ir keys at all.
+        if self.schema_version == 1:
+            return self.model_dump(
+                mode="json",
+                by_alias=True,
+                exclude_none=False,
+                exclude={"predictions": {"__all__": {"regions", "ir"}}},
+            )
+        return super().to_wire()
+
+    @classmethod
+    def for_cloud(
+        cls,
+        device: str,
+        site: str,
+        predictions: list[Prediction],
+        accepted: Collection[int],
+        evicted_total: int = 0,
+    ) -> PredictionBatch:
+        """The newest batch schema the cloud said it accepts (``CloudCapabilities.predictions``);
+        schema 1 (regions dropped, ``ir`` as a flag) when it said nothing."""
+        if 2 in accepted:
+            return cls(
+                schema_version=2,
+                device=device,
+                site=site,
+                predictions=predictions,
+                evicted_total=evicted_total,
+            )
+        return cls(
+            schema_version=1,
+            device=device,
+            site=site,
+            predictions=[p.as_schema1() for p in predictions],
+            evicted_total=evicted_total,
+        )
 
 
 class CameraTelemetry(BaseModel):
@@ -150,6 +243,16 @@ class Snapshot(Message):
     camera: str
     ts: float
     jpeg: str = Field(min_length=4, max_length=1_500_000, description="base64 of the JPEG file")
+
+
+class CloudCapabilities(Message):
+    """Retained on ``parkwatch/v1/cloud/capabilities`` by the cloud's fleet ingest: which message
+    versions the cloud accepts. A box that has not seen it assumes an old cloud (schema 1 only)."""
+
+    predictions: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16
+    )
+    ts: float = Field(default_factory=now)
 
 
 class ReleaseNotice(Message):

@@ -82,7 +82,9 @@ def performance(feedback: list[dict[str, Any]], classes: list[str]) -> dict[str,
         "confusion": {
             "labels": cls,
             "columns": [*cls, ABSTAIN],
-            "matrix": [[sum(1 for t2, p2 in rows if t2 == t and p2 == p) for p in (*cls, ABSTAIN)] for t in cls],
+            "matrix": [
+                [sum(1 for t2, p2 in rows if t2 == t and p2 == p) for p in (*cls, ABSTAIN)] for t in cls
+            ],
         },
     }
     if n == 0:
@@ -115,7 +117,10 @@ def _live_confidences(c: Cohort, base: Baseline) -> tuple[np.ndarray, np.ndarray
     conf = np.asarray(c.conf, dtype=float)
     not_none = np.asarray([outcome(lab, ab) != NONE for lab, ab in zip(c.labels, c.abstain, strict=True)])
     if base.by_class:
-        counts = np.sum([np.asarray(v) for k, v in base.by_class.items() if k != NONE] or [base.counts], axis=0)
+        counts = np.sum(
+            [np.asarray(v) for k, v in base.by_class.items() if k != NONE] or [np.asarray(base.counts)],
+            axis=0,
+        )
         return conf[not_none] if len(conf) else conf, counts, "pet calls and abstentions"
     if NONE not in base.class_mix:
         return conf[not_none] if len(conf) else conf, np.asarray(base.counts), "pet calls and abstentions"
@@ -173,9 +178,14 @@ def _figures(
         "device": c.device,
         "n": n,
         "class_mix": {k: v / max(decided, 1) for k, v in sorted(mix_counts.items())},
-        "pet_mix": {k: v / max(sum(_pets(mix_counts).values()), 1) for k, v in sorted(_pets(mix_counts).items())},
-        "counts": {"pets": dict(sorted(_pets(mix_counts).items())), NONE: int(mix_counts.get(NONE, 0)),
-                   ABSTAIN: n - int(decided)},
+        "pet_mix": {
+            k: v / max(sum(_pets(mix_counts).values()), 1) for k, v in sorted(_pets(mix_counts).items())
+        },
+        "counts": {
+            "pets": {k: int(v) for k, v in sorted(_pets(mix_counts).items())},
+            NONE: int(mix_counts.get(NONE, 0)),
+            ABSTAIN: n - int(decided),
+        },
         "none_share": mix_counts.get(NONE, 0.0) / decided if decided else None,
         "abstain_rate": sum(c.abstain) / n if n else None,
         "flag_rate": sum(c.flagged) / n if n else None,

@@ -36,11 +36,31 @@ def _human_report(r: dict[str, Any]) -> str:
             f"est. accuracy {est}; {_verdict(d, min_samples)}"
         )
         lines += [f"      {x}" for x in d["reasons"]]
+        lines += _human_modes(d, min_samples)
     lines.append(f"alerts opened: {len(r['alerts']['opened'])}, resolved: {len(r['alerts']['resolved'])}")
     lines += [f"  [{a['severity']}] {a['id']} {a['rule']}: {a['message']}" for a in r["alerts"]["opened"]]
     if r.get("files"):
         lines.append(f"report: {r['files']['html']}")
     return "\n".join(lines)
+
+
+def _human_modes(d: dict[str, Any], min_samples: int | None) -> list[str]:
+    """The outcome counts and one line per lighting mode (day / ir) under a cohort."""
+    from cloud.analysis.report import mode_verdict, outcome_text
+
+    det = d.get("details") or {}
+    lines = [f"      outcomes: {outcome_text(det)}"] if det.get("counts") else []
+    for mode, m in (det.get("modes") or {}).items():
+        figs = ", ".join(f"{k} {m[k]:.3f}" for k in ("ks",) if m.get(k) is not None)
+        est = f"{m['est_accuracy']:.1%} (estimate)" if m.get("est_accuracy") is not None else "–"
+        lines.append(
+            f"    {mode}: n={m['n']}{' ' + figs if figs else ''}; {outcome_text(m)}; est. accuracy {est}; "
+            f"{mode_verdict(m, det.get('baseline') is not None, min_samples)}"
+        )
+        lines += [f"      {msg}" for _, msg in m.get("verdict") or []]
+    if det.get("lighting_unknown"):
+        lines.append(f"    lighting not reported: {det['lighting_unknown']} frame(s)")
+    return lines
 
 
 def _verdict(d: dict[str, Any], min_samples: int | None) -> str:

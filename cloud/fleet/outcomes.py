@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-NONE = "none"
+from shared.protocol import NONE_LABEL
+
+NONE = NONE_LABEL
 ABSTAIN = "abstain"
 # The operator label for "no cat or dog in this frame" before the model had a ``none`` class.
 # Still accepted on input (scripts, old rows) and read as ``none``: the same claim about the frame.
@@ -26,7 +28,6 @@ FEEDBACK_INPUT = (*FEEDBACK_LABELS, LEGACY_NONE)
 DAY = "day"
 IR = "ir"
 MODES = (DAY, IR)
-IR_FLAG = "ir"  # how a box speaking schema 1 says its frame was an IR frame (in ``flags``)
 
 
 def canonical_label(label: str) -> str:

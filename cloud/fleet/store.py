@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from cloud.fleet.errors import BadRequest, FleetError, NotFound
-from cloud.fleet.outcomes import FEEDBACK_INPUT, FEEDBACK_LABELS, LEGACY_NONE, NONE, canonical_label, summarize
+from cloud.fleet.outcomes import (
+    FEEDBACK_INPUT,
+    FEEDBACK_LABELS,
+    LEGACY_NONE,
+    NONE,
+    canonical_label,
+    summarize,
+)
 from cloud.fleet.schema import connect
 from shared.protocol.messages import SEQ_MAX
 
@@ -191,7 +198,8 @@ class FleetStore:
         where, params = self._window(device, site, since, until)
         with self._lock:
             rows = self.db.conn.execute(
-                f"SELECT label, abstain, ir, count(*) FROM predictions WHERE {where} GROUP BY label, abstain, ir",
+                f"SELECT label, abstain, ir, count(*) FROM predictions WHERE {where} "
+                "GROUP BY label, abstain, ir",
                 params,
             ).fetchall()
         return summarize(rows)
@@ -212,7 +220,7 @@ class FleetStore:
         grouped: dict[str, list[tuple[Any, ...]]] = {d: [] for d in devices}
         for dev, *rest in rows:
             grouped[dev].append(tuple(rest))
-        return {d: summarize(g) for d, g in grouped.items()}  # type: ignore[arg-type]
+        return {d: summarize(g) for d, g in grouped.items()}
 
     @staticmethod
     def _window(

@@ -20,8 +20,8 @@ from json.encoder import encode_basestring as _esc
 import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
-from cloud.fleet.outcomes import IR_FLAG
 from shared.protocol import (
+    IR_FLAG,
     DeviceStatus,
     Message,
     ModelState,

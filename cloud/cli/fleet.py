@@ -166,7 +166,12 @@ def _human_lineage(r: dict[str, Any]) -> str:
         lines.append(
             f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
+            + (f", {p['lighting']} frame" if p.get("lighting") else "")
         )
+        if p.get("regions"):
+            from cloud.fleet.outcomes import regions_text
+
+            lines.append(f"  regions {regions_text(p['regions'])}")
     m = r.get("model")
     if m is None:
         lines.append(f"model {r['model_version']}: not in the registry (see missing below)")
@@ -311,6 +316,8 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)
             d["latest_telemetry"] = latest[-1] if latest else None
+            d["outcomes_window_s"] = cfg.analysis.window_s
+            d["outcomes"] = fs.outcomes(device=device, since=time.time() - cfg.analysis.window_s)
             emit(d, as_json, _human_device)
             return
         rows = fs.devices()
@@ -374,6 +381,14 @@ def _human_device(d: dict[str, Any]) -> str:
         f"  predictions {d.get('predictions_total', 0)} stored, last seq {d.get('max_seq') or '-'}, "
         f"{d.get('evicted_total', 0)} evicted on the device"
     )
+    o = d.get("outcomes")
+    if o is not None:
+        pets = ", ".join(f"{k} {v}" for k, v in o["pets"].items())
+        ir = "lighting not reported" if o["ir_share"] is None else f"IR {o['ir_share']:.0%} of frames"
+        lines.append(
+            f"  seen     last {d.get('outcomes_window_s', 0) / 3600:.0f} h: {pets} (cats and dogs "
+            f"{o['pet_total']}), none {o['none']}, abstain {o['abstain']}; {ir}"
+        )
     t = d.get("latest_telemetry")
     if t:
         lines.append(

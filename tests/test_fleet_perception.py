@@ -115,6 +115,32 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
     assert out["ir_share"] == pytest.approx(5 / 6)
     assert store.outcomes_by_device(["box1", "ghost"], since=0)["ghost"]["total"] == 0
 
+    # The same counts and the regions on the command line.
+    import json
+
+    from click.testing import CliRunner
+
+    from shared.cli import main
+    from tests.test_governance_alerts import _write_cfg
+
+    env = {
+        "PARKWATCH_CONFIG": str(
+            _write_cfg(
+                tmp_path,
+                cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"window_s": 1e10})}),
+            )
+        )
+    }
+    r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "cat 2, dog 2 (cats and dogs 4), none 2, abstain 1; IR 83% of frames" in r.output
+    r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1", "--json"], env=env)
+    assert json.loads(r.output)["outcomes"]["pets"] == {"cat": 2, "dog": 2}
+    r = CliRunner().invoke(main, ["cloud", "lineage", "box1:1"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "day frame" in r.output
+    assert "regions cat 0.93 at (10,20 300x200); dog 0.81 at (900,400 256x256)" in r.output
+
 
 def _old_fleet_db(path: Path) -> None:
     """A fleet.db as the cloud wrote it before issue 11: no regions, no ir column."""

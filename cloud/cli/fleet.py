@@ -36,11 +36,31 @@ def _human_report(r: dict[str, Any]) -> str:
             f"est. accuracy {est}; {_verdict(d, min_samples)}"
         )
         lines += [f"      {x}" for x in d["reasons"]]
+        lines += _human_modes(d, min_samples)
     lines.append(f"alerts opened: {len(r['alerts']['opened'])}, resolved: {len(r['alerts']['resolved'])}")
     lines += [f"  [{a['severity']}] {a['id']} {a['rule']}: {a['message']}" for a in r["alerts"]["opened"]]
     if r.get("files"):
         lines.append(f"report: {r['files']['html']}")
     return "\n".join(lines)
+
+
+def _human_modes(d: dict[str, Any], min_samples: int | None) -> list[str]:
+    """The outcome counts and one line per lighting mode (day / ir) under a cohort."""
+    from cloud.analysis.report import mode_verdict, outcome_text
+
+    det = d.get("details") or {}
+    lines = [f"      outcomes: {outcome_text(det)}"] if det.get("counts") else []
+    for mode, m in (det.get("modes") or {}).items():
+        figs = ", ".join(f"{k} {m[k]:.3f}" for k in ("ks",) if m.get(k) is not None)
+        est = f"{m['est_accuracy']:.1%} (estimate)" if m.get("est_accuracy") is not None else "–"
+        lines.append(
+            f"    {mode}: n={m['n']}{' ' + figs if figs else ''}; {outcome_text(m)}; est. accuracy {est}; "
+            f"{mode_verdict(m, det.get('baseline') is not None, min_samples)}"
+        )
+        lines += [f"      {msg}" for _, msg in m.get("verdict") or []]
+    if det.get("lighting_unknown"):
+        lines.append(f"    lighting not reported: {det['lighting_unknown']} frame(s)")
+    return lines
 
 
 def _verdict(d: dict[str, Any], min_samples: int | None) -> str:
@@ -98,9 +118,9 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
 @click.option(
     "--as",
     "label",
-    type=click.Choice(["cat", "dog", "neither"]),
+    type=click.Choice(["cat", "dog", "none", "neither"]),
     required=True,
-    help="What the frame really shows.",
+    help="What the frame really shows: cat, dog, or none (no cat or dog; 'neither' is the same).",
 )
 @click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
 @click.option("--comment", default=None)
@@ -146,7 +166,12 @@ def _human_lineage(r: dict[str, Any]) -> str:
         lines.append(
             f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
+            + (f", {p['lighting']} frame" if p.get("lighting") else "")
         )
+        if p.get("regions"):
+            from cloud.fleet.outcomes import regions_text
+
+            lines.append(f"  regions {regions_text(p['regions'])}")
     m = r.get("model")
     if m is None:
         lines.append(f"model {r['model_version']}: not in the registry (see missing below)")
@@ -294,6 +319,8 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)
             d["latest_telemetry"] = latest[-1] if latest else None
+            d["outcomes_window_s"] = cfg.analysis.window_s
+            d["outcomes"] = fs.outcomes(device=device, since=time.time() - cfg.analysis.window_s)
             emit(d, as_json, _human_device)
             return
         rows = fs.devices()
@@ -357,6 +384,14 @@ def _human_device(d: dict[str, Any]) -> str:
         f"  predictions {d.get('predictions_total', 0)} stored, last seq {d.get('max_seq') or '-'}, "
         f"{d.get('evicted_total', 0)} evicted on the device"
     )
+    o = d.get("outcomes")
+    if o is not None:
+        pets = ", ".join(f"{k} {v}" for k, v in o["pets"].items())
+        ir = "lighting not reported" if o["ir_share"] is None else f"IR {o['ir_share']:.0%} of frames"
+        lines.append(
+            f"  seen     last {d.get('outcomes_window_s', 0) / 3600:.0f} h: {pets} (cats and dogs "
+            f"{o['pet_total']}), none {o['none']}, abstain {o['abstain']}; {ir}"
+        )
     t = d.get("latest_telemetry")
     if t:
         lines.append(

@@ -22,7 +22,9 @@ class FeedbackIn(BaseModel):
 
     prediction_id: str | None = Field(None, description="DEVICE:SEQ")
     snapshot: str | None = None
-    label: Literal["cat", "dog", "neither"]
+    label: Literal["cat", "dog", "none", "neither"] = Field(
+        description="what the frame shows; none = no cat or dog (neither is its older name, stored as none)"
+    )
     actor: str | None = Field(None, min_length=1, max_length=100)
     comment: str | None = Field(None, max_length=2000)
 

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     frame_ts REAL,
     snapshot TEXT,
     received_ts REAL NOT NULL,
+    regions TEXT,
+    ir INTEGER,
     PRIMARY KEY (device, seq)
 ) WITHOUT ROWID;
 -- Only the indexes reads need: each index on predictions costs ingest about 20 % of its write
@@ -184,8 +186,15 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-# Columns added after a table first shipped: (table, column, declaration).
-_ADDED_COLUMNS = (("devices", "status_rx", "REAL"),)
+# Columns added after a table first shipped: (table, column, declaration). Added in place to an
+# existing fleet.db when it is opened, NULL in the rows stored before.
+_ADDED_COLUMNS = (
+    ("devices", "status_rx", "REAL"),
+    # Issue 11: which regions of the frame held a pet (JSON list of {box, label, confidence}),
+    # and whether the frame was an IR (night) frame: 1, 0, or NULL when the box did not say.
+    ("predictions", "regions", "TEXT"),
+    ("predictions", "ir", "INTEGER"),
+)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

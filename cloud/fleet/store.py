@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from cloud.fleet.errors import BadRequest, FleetError, NotFound
+from cloud.fleet.outcomes import (
+    FEEDBACK_INPUT,
+    FEEDBACK_LABELS,
+    LEGACY_NONE,
+    NONE,
+    canonical_label,
+    summarize,
+)
 from cloud.fleet.schema import connect
 from shared.protocol.messages import SEQ_MAX
 
-LABELS = ("cat", "dog", "neither")
+LABELS = FEEDBACK_LABELS  # what an operator may say a frame shows ("neither" is read as "none")
 
-_JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body"}
+_JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body", "regions"}
 
 
 def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
@@ -178,6 +186,54 @@ class FleetStore:
             return int(self.query("SELECT count(*) AS n FROM predictions WHERE device=?", (device,))[0]["n"])
         return int(self.query("SELECT count(*) AS n FROM predictions")[0]["n"])
 
+    def outcomes(
+        self,
+        device: str | None = None,
+        site: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
+        """Cats, dogs, ``none`` and abstentions apart, and the IR share, of one window
+        (:func:`cloud.fleet.outcomes.summarize`): ``pets`` never counts a ``none`` frame."""
+        where, params = self._window(device, site, since, until)
+        with self._lock:
+            rows = self.db.conn.execute(
+                f"SELECT label, abstain, ir, count(*) FROM predictions WHERE {where} "
+                "GROUP BY label, abstain, ir",
+                params,
+            ).fetchall()
+        return summarize(rows)
+
+    def outcomes_by_device(
+        self, devices: list[str], since: float, until: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """:meth:`outcomes` of several devices in one query over the time index (the fleet page)."""
+        if not devices:
+            return {}
+        marks = ",".join("?" for _ in devices)
+        with self._lock:
+            rows = self.db.conn.execute(
+                "SELECT device, label, abstain, ir, count(*) FROM predictions "
+                f"WHERE ts>=? AND ts<=? AND device IN ({marks}) GROUP BY device, label, abstain, ir",
+                [since, until if until is not None else 1e18, *devices],
+            ).fetchall()
+        grouped: dict[str, list[tuple[Any, ...]]] = {d: [] for d in devices}
+        for dev, *rest in rows:
+            grouped[dev].append(tuple(rest))
+        return {d: summarize(g) for d, g in grouped.items()}
+
+    @staticmethod
+    def _window(
+        device: str | None, site: str | None, since: float | None, until: float | None
+    ) -> tuple[str, list[Any]]:
+        where = ["ts>=?", "ts<=?"]
+        params: list[Any] = [since or 0.0, until if until is not None else 1e18]
+        for col, val in (("device", device), ("site", site)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        return " AND ".join(where), params
+
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
         """Seq ranges still missing, with the cause ingest inferred; a row that turns up later
         removes them."""
@@ -193,9 +249,16 @@ class FleetStore:
     def add_feedback(
         self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None
     ) -> dict[str, Any]:
-        """Ground truth for one prediction; a later label for the same prediction replaces it."""
-        if label not in LABELS:
-            raise BadRequest(f"label {label!r} is not one of {', '.join(LABELS)}")
+        """Ground truth for one prediction; a later label for the same prediction replaces it.
+
+        ``none`` says the frame holds no cat or dog (``neither``, its older name, is stored as
+        ``none``), so it scores against the model's own ``none`` outcome."""
+        if label not in FEEDBACK_INPUT:
+            raise BadRequest(
+                f"label {label!r} is not one of {', '.join(LABELS)} "
+                f"(none: no cat or dog in the frame; {LEGACY_NONE!r} is accepted for {NONE!r})"
+            )
+        label = canonical_label(label)
         if not actor:
             raise BadRequest("a label needs an actor (who says so)")
         row = {
@@ -229,7 +292,10 @@ class FleetStore:
             if val is not None:
                 where.append(f"{col}=?")
                 params.append(val)
-        return self.query(f"SELECT * FROM feedback WHERE {' AND '.join(where)} ORDER BY pred_ts", params)
+        rows = self.query(f"SELECT * FROM feedback WHERE {' AND '.join(where)} ORDER BY pred_ts", params)
+        for r in rows:
+            r["label"] = canonical_label(r["label"])  # rows stored as "neither" before issue 11
+        return rows
 
     # drift results -------------------------------------------------------------------------
     def add_drift(self, rows: list[dict[str, Any]]) -> None:

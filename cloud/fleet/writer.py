@@ -21,10 +21,12 @@ import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
 from shared.protocol import (
+    IR_FLAG,
     DeviceStatus,
     Message,
     ModelState,
     ParsedTopic,
+    Prediction,
     PredictionBatch,
     Telemetry,
 )
@@ -99,33 +101,61 @@ def _probs_json(probs: dict[str, float]) -> str:
     return "{" + ",".join([f"{_esc(k)}:{v!r}" for k, v in probs.items()]) + "}"
 
 
+def _regions_json(p: Prediction) -> str | None:
+    """The regions that held a pet, as sent (``box`` [x, y, w, h] in frame pixels, label,
+    confidence); None for a frame without any (``none``, abstain, or a box that sends none)."""
+    regions = getattr(p, "regions", None)
+    if not regions:
+        return None
+    return _enc([r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in regions])
+
+
+def _ir_flags(p: Prediction) -> tuple[int | None, list[str]]:
+    """The frame's lighting (1 IR, 0 day, None unknown) and its integrity flags.
+
+    A box speaking schema 1 says "IR frame" with the flag ``ir``: it is moved to the ``ir`` column
+    and out of the flags, which count integrity problems (an IR frame is not one)."""
+    ir = getattr(p, "ir", None)
+    flags = p.flags
+    if IR_FLAG in flags:
+        flags = [f for f in flags if f != IR_FLAG]
+        if ir is None:
+            ir = True
+    return (None if ir is None else int(ir)), flags
+
+
 def _pred_rows(b: PredictionBatch, received: float) -> list[tuple[object, ...]]:
-    return [
-        (
-            b.device,
-            p.seq,
-            b.site,
-            p.camera,
-            p.ts,
-            p.label,
-            p.confidence,
-            _probs_json(p.probs) if p.probs else None,
-            p.model_version,
-            int(p.abstain),
-            _enc(p.flags) if p.flags else None,
-            p.latency_ms,
-            p.frame_ts,
-            p.snapshot,
-            received,
+    rows: list[tuple[object, ...]] = []
+    for p in b.predictions:
+        ir, flags = _ir_flags(p)
+        rows.append(
+            (
+                b.device,
+                p.seq,
+                b.site,
+                p.camera,
+                p.ts,
+                p.label,
+                p.confidence,
+                _probs_json(p.probs) if p.probs else None,
+                p.model_version,
+                int(p.abstain),
+                _enc(flags) if flags else None,
+                p.latency_ms,
+                p.frame_ts,
+                p.snapshot,
+                received,
+                _regions_json(p),
+                ir,
+            )
         )
-        for p in b.predictions
-    ]
+    return rows
 
 
 _INSERT_PRED = (
     "INSERT OR IGNORE INTO predictions(device, seq, site, camera, ts, label, confidence, probs, "
-    "model_version, abstain, flags, latency_ms, frame_ts, snapshot, received_ts) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "model_version, abstain, flags, latency_ms, frame_ts, snapshot, received_ts, regions, ir) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _TOUCH_DEVICE = (

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.regions import decorate
 from cloud.dashboard.views.fleet import health_class
 from cloud.dashboard.web import render, require, services
 
@@ -19,6 +20,7 @@ router = APIRouter()
 
 WINDOWS = {"1h": 3600.0, "6h": 6 * 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 MAX_POINTS = 720
+RECENT_PREDICTIONS = 20
 
 _SERIES_SQL = (
     "SELECT min(ts) AS ts, avg(cpu_percent) AS cpu_percent, max(temp_max) AS temp_max, "
@@ -108,6 +110,7 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         alerts_error = None
     except ServiceUnavailable as e:
         alerts, alerts_error = [], str(e)
+    recent = [decorate(p) for p in store.predictions(device=device, limit=RECENT_PREDICTIONS)]
     return render(
         request,
         "device.html.j2",
@@ -123,7 +126,17 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         gaps=store.gaps(device),
         alerts=alerts,
         alerts_error=alerts_error,
+        outcomes=store.outcomes(device=device, since=now - span),
+        recent=recent,
+        drift=_latest_drift(store, device),
+        min_samples=svc.cfg.analysis.min_samples,
     )
+
+
+def _latest_drift(store: Any, device: str) -> dict[str, Any] | None:
+    """The newest analysis figures of this device (per lighting mode in ``details.modes``)."""
+    rows = store.drift_results(device=device, limit=1)
+    return rows[0] if rows else None
 
 
 def _alerts_for(svc: Any, device: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from cloud.dashboard.charts import Series, bar_chart, line_chart
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.outcomes import ABSTAIN, LEGACY_NONE, NONE, PETS
 
 router = APIRouter()
 DAY = 86400.0
@@ -82,13 +83,15 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
     over_time = accuracy_over_time(store, bucket_s=DAY)
     feedback = []
     for mv, rows in sorted(per_model.items()):
-        classes = sorted({r["label"] for r in rows} | {r["predicted"] for r in rows} - {"abstain", "neither"})
+        # Pets first, then none: the confusion matrix reads cat / dog / none like the labelling buttons.
+        seen = {r["label"] for r in rows} | {r["predicted"] for r in rows}
+        classes = [*sorted((seen | set(PETS)) - {ABSTAIN, NONE, LEGACY_NONE}), NONE]
         s = performance(rows, classes)
         s.update(
             model=mv,
             n=len(rows),
-            neither=sum(r["label"] == "neither" for r in rows),
-            abstained=sum(r["predicted"] == "abstain" for r in rows),
+            none=sum(r["label"] == NONE for r in rows),
+            abstained=sum(r["predicted"] == ABSTAIN for r in rows),
         )
         s["chart"] = line_chart(
             [Series("labelled accuracy", [(b["ts"], b["accuracy"] * 100) for b in over_time.get(mv, [])])],

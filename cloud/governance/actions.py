@@ -33,7 +33,7 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
         return [cfg.governance.rollback_group]
     from cloud.fleet.store import FleetStore
 
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         devices = fs.devices(site=alert["site"])
     model = alert["details"].get("model_version")
     groups = sorted(
@@ -129,7 +129,7 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
 
     snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
     out = []
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         for fb in fs.feedback():
             if fb["label"] not in labels or not fb["snapshot"]:
                 continue

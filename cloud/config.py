@@ -18,6 +18,7 @@ from cloud.analysis.config import AnalysisConfig
 from cloud.dashboard.config import DashboardConfig
 from cloud.data.config import IngestConfig
 from cloud.evaluation.config import GateConfig
+from cloud.fleet.backends.target import FleetTarget, PgTarget
 from cloud.fleet.config import FleetConfig
 from cloud.governance.config import GovernanceConfig
 from cloud.release.config import ReleaseConfig
@@ -93,6 +94,13 @@ class CloudConfig(Section):
     @property
     def fleet_db(self) -> Path:
         return self.data_dir / "fleet.db"
+
+    @property
+    def fleet_store(self) -> FleetTarget:
+        """The fleet store: PostgreSQL when ``fleet.database_url`` is set, else ``fleet_db``."""
+        if self.fleet.database_url:
+            return PgTarget(self.fleet.database_url, self.fleet.database_password)
+        return self.fleet_db
 
     @property
     def models_dir(self) -> Path:

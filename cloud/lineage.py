@@ -144,7 +144,7 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
     if ":" not in ref:
         return model_lineage(cfg, ref, with_files)
     missing: list[str] = []
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         p = fs.prediction(ref)
         try:
             dev = fs.device(p["device"])

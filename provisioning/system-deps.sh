@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages a parkwatch target needs, or say exactly how to.
-# usage: provisioning/system-deps.sh broker|camera|browser ...
+# usage: provisioning/system-deps.sh broker|camera|browser|postgres ...
 set -euo pipefail
 
 pkgs=()
@@ -20,7 +20,9 @@ for what in "$@"; do
                   gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
              if ! /usr/bin/python3 -c 'import gi' >/dev/null 2>&1; then pkgs+=(python3-gi); fi ;;
     browser) need chromium chromium ;;
-    *) echo "system-deps.sh: unknown set '$what' (broker, camera, browser)" >&2; exit 64 ;;
+    # The PostgreSQL fleet store's tests start their own cluster from these binaries (no service).
+    postgres) need /usr/lib/postgresql/15/bin/initdb postgresql-15 ;;
+    *) echo "system-deps.sh: unknown set '$what' (broker, camera, browser, postgres)" >&2; exit 64 ;;
   esac
 done
 

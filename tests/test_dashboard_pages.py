@@ -44,7 +44,7 @@ def test_empty_pages_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_fleet_page_shows_liveness_health_and_filters(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     store.set_health("box0002", "critical", ["temperature 85 °C over 80 °C"], 0)
     c = client_for(cfg)
     sign_in(c, "viewer")
@@ -94,7 +94,7 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # 
     sub.connect("127.0.0.1", broker.port)
     sub.subscribe(Topics.alerts("park1"), qos=1)
     sub.loop_start()
-    alerts = AlertStore(cfg.fleet_db)
+    alerts = AlertStore(cfg.fleet_store)
     a, _ = alerts.raise_finding(
         Finding(
             rule="overheating",
@@ -154,7 +154,7 @@ def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Pat
     r = c.post("/labelling/box0000-snap-1", data={"label": "cat", "csrf_token": token})
     assert r.status_code == 200 and "Labelled box0000:1 as cat" in r.text
     assert 'data-snapshot="box0000-snap-1"' not in r.text
-    fb = FleetStore(cfg.fleet_db).feedback()
+    fb = FleetStore(cfg.fleet_store).feedback()
     assert [(f["device"], f["seq"], f["label"], f["actor"]) for f in fb] == [
         ("box0000", 1, "cat", "engineer")
     ]

@@ -32,7 +32,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     try:
         preds = dev.predict(200, degraded=0.5)
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 200, what="stored")
         dev.disconnect()  # says goodbye: the retained offline status
         wait_for(lambda: store.device("box1")["status"] == "offline", what="goodbye stored")

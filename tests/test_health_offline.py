@@ -46,7 +46,7 @@ def env(tmp_path: Path, broker: EmbeddedBroker) -> Iterator[tuple[CloudConfig, F
     ing = FleetIngest(cfg)
     ing.start()
     assert ing.wait_connected(10), "ingest did not connect"
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     gov = open_governor(cfg, publish=False)
     try:
         yield cfg, store, gov
@@ -58,7 +58,7 @@ def env(tmp_path: Path, broker: EmbeddedBroker) -> Iterator[tuple[CloudConfig, F
 
 def alerts(cfg: CloudConfig, device: str) -> dict[str, dict[str, Any]]:
     """Newest alert per rule (and subject) of ``device``."""
-    with AlertStore(cfg.fleet_db) as st:
+    with AlertStore(cfg.fleet_store) as st:
         out: dict[str, dict[str, Any]] = {}
         for a in reversed(st.list(device=device)):  # oldest first, so the newest wins
             out[a["rule"] + (f":{a['subject']}" if a["subject"] else "")] = a

@@ -26,7 +26,7 @@ def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatc
     from cloud.registry.audit import AuditLog
 
     publisher = AlertPublisher(cfg.mqtt, cfg.client_id("alerts")) if publish else None
-    return Governor(cfg, AlertStore(cfg.fleet_db), AuditLog(cfg.registry_db), publisher, actor=actor)
+    return Governor(cfg, AlertStore(cfg.fleet_store), AuditLog(cfg.registry_db), publisher, actor=actor)
 
 
 def run_health(

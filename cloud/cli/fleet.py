@@ -104,7 +104,7 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
         cfg = cfg.model_copy(update={"analysis": analysis})
     gov = None if no_alerts else open_governor(cfg, actor="parkwatch-analyze")
     try:
-        with FleetStore(cfg.fleet_db) as fs:
+        with FleetStore(cfg.fleet_store) as fs:
             rep = run_analysis(cfg, fs, gov)
     finally:
         if gov is not None and gov.publisher is not None:
@@ -142,7 +142,7 @@ def label(
     from cloud.registry.audit import AuditLog
 
     cfg = load_existing(config_path)
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         row = label_prediction(
             fs,
             label,
@@ -248,7 +248,7 @@ def alerts_list(
     from cloud.governance.alerts import AlertStore
 
     cfg = load_existing(config_path)
-    with AlertStore(cfg.fleet_db) as st:
+    with AlertStore(cfg.fleet_store) as st:
         emit(st.list(state=state, site=site, rule=rule, limit=limit), as_json, _human_alerts)
 
 
@@ -264,7 +264,7 @@ def _transition(
     pub = AlertPublisher(cfg.mqtt, f"{cfg.client_id('alerts')}-cli", timeout_s=3.0)
     fn = ack_alert if which == "ack" else resolve_alert
     try:
-        with AlertStore(cfg.fleet_db) as st:
+        with AlertStore(cfg.fleet_store) as st:
             a = fn(st, alert_id, actor, comment, audit=AuditLog(cfg.registry_db), publisher=pub)
     finally:
         pub.close()
@@ -307,7 +307,7 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
     from cloud.fleet.store import FleetStore
 
     cfg = load_existing(config_path)
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         if check:
             run_health(cfg, fs, None)
         if device:
@@ -440,6 +440,16 @@ def _human_inbox(r: dict[str, Any]) -> str:
         lines.append(f"  {w['worker']:<32} backlog {w['backlog']:>7}  oldest waiting {age}")
     if not r["workers"]:
         lines.append("  none yet (ingest has not run with this data_dir)")
+    if r.get("fleet_workers"):
+        lines.append("ingest workers writing to the fleet store (all hosts, from their heartbeat rows):")
+        for w in r["fleet_workers"]:
+            age = "-" if w["oldest_age_s"] is None else f"{w['oldest_age_s']:.0f} s"
+            lines.append(
+                f"  {w['worker']:<24} {w['host']:<20} {w['state']:<8} backlog {w['backlog'] or 0:>7}  "
+                f"oldest waiting {age}  stored {w['stored_predictions']}  "
+                f"heartbeat {w['heartbeat_age_s']:.0f} s ago"
+                + (f"  errors {w['write_errors']}" if w["write_errors"] else "")
+            )
     lines.append(f"refused by validation (dead letters, newest first; {r['dead_letters_total']} kept):")
     for d in r["dead_letters"]:
         lines.append(f"  #{d['id']} {_ago(d['received_ts'])} {d['kind']:<18} {d['reason']}")
@@ -526,11 +536,15 @@ def inbox(
             m.flush_counters()
         finally:
             m.close()
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         letters = fs.dead_letters(limit)
         total = int(fs.query("SELECT count(*) AS n FROM dead_letters")[0]["n"])
+    from cloud.fleet.workers import worker_rows
+
     r = {
         "workers": inbox_states(cfg.data_dir, time.time()),
+        # Every worker that writes to this fleet store, on any host (its heartbeat row).
+        "fleet_workers": [w.to_dict() for w in worker_rows(cfg.fleet_store, cfg.fleet.worker_stale_s)],
         "dead_letters": letters,
         "dead_letters_total": total,
     }

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shared.config import Section
+from shared.config import SecretRef, Section
 
 
 class FleetConfig(Section):
@@ -49,3 +50,30 @@ class FleetConfig(Section):
     snapshots_dir: Path | None = Field(
         None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"
     )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL fleet store shared by several ingest hosts, e.g. "
+        "postgresql://parkwatch@db.example:5432/parkwatch; unset keeps <data_dir>/fleet.db (SQLite)",
+    )
+    database_password: SecretRef | None = Field(
+        None, description="the PostgreSQL password (env = ... or file = ...); never inside database_url"
+    )
+    worker_stale_s: float = Field(
+        60.0, gt=0, description="an ingest worker whose heartbeat row is older than this is shown as down"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlsplit(v)
+        if u.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must start with postgresql:// (only PostgreSQL is supported besides fleet.db)")
+        if u.password:
+            raise ValueError(
+                "must not carry a password: put it in fleet.database_password (env = ... or file = ...)"
+            )
+        if not u.path.strip("/"):
+            raise ValueError("must name the database, e.g. postgresql://parkwatch@db:5432/parkwatch")
+        return v

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 import sqlite_utils
 
+from cloud.fleet.backends.migrations import migrate_sqlite, sqlite_migrations
+from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import FleetError
+
+if TYPE_CHECKING:
+    from cloud.fleet.backends.pg import PgDatabase
 
 BUSY_TIMEOUT_S = 10.0
 
@@ -208,13 +214,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
                     raise  # another process opening the same file just added it: fine
 
 
-def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Database:
+@overload
+def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Database: ...
+@overload
+def connect(path: PgTarget, synchronous: str = "FULL") -> PgDatabase: ...
+@overload
+def connect(path: str | Path | PgTarget, synchronous: str = "FULL") -> Any: ...
+def connect(path: str | Path | PgTarget, synchronous: str = "FULL") -> Any:
     """Open the fleet file in WAL mode so the dashboard reads while ingest writes.
 
     ``synchronous=FULL`` makes a commit durable before ingest acknowledges the messages to the
     broker: an acknowledged message is on disk, an unacknowledged one is resent by the broker.
     Batching keeps the fsync per transaction cheap.
+
+    A :class:`PgTarget` (``fleet.database_url``) opens the PostgreSQL store instead: an object
+    with the same ``.conn``/``.close()`` (cloud/fleet/backends/pg.py), its schema migrated.
     """
+    if isinstance(path, PgTarget):
+        from cloud.fleet.backends.pg import PgDatabase
+
+        return PgDatabase(path)
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +242,7 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite_utils.Databas
         db.enable_wal()
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.executescript(DDL)
+        migrate_sqlite(conn, sqlite_migrations(DDL))
         _migrate(conn)
 
     except (OSError, sqlite3.Error) as e:

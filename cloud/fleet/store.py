@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRequest, FleetError, NotFound
 from cloud.fleet.outcomes import (
     FEEDBACK_INPUT,
@@ -53,9 +54,23 @@ def parse_prediction_id(pid: str) -> tuple[str, int]:
 
 
 class FleetStore:
-    """One connection per instance, guarded by a lock; open one per thread that needs it."""
+    """One connection per instance, guarded by a lock; open one per thread that needs it.
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    ``FleetStore(cfg.fleet_store)``: a path opens the SQLite file, a :class:`PgTarget` returns the
+    PostgreSQL variant (cloud/fleet/backends/pg_store.py) with the same methods.
+    """
+
+    dialect = "sqlite"
+
+    def __new__(cls, path: str | Path | PgTarget, synchronous: str = "FULL") -> FleetStore:
+        if cls is FleetStore and isinstance(path, PgTarget):
+            from cloud.fleet.backends.pg_store import PgFleetStore
+
+            return super().__new__(PgFleetStore)
+        return super().__new__(cls)
+
+    def __init__(self, path: str | Path | PgTarget, synchronous: str = "FULL") -> None:
+        assert not isinstance(path, PgTarget)
         self.path = Path(path)
         self.db = connect(self.path, synchronous=synchronous)
         self._lock = threading.RLock()

@@ -36,7 +36,7 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
     from cloud.release.store import read_membership
 
     members = read_membership(cfg.data_dir)
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         running = {d["device"]: d["model_version"] for d in fs.devices(site=alert["site"])}
     model = alert["details"].get("model_version")
     groups = set()
@@ -131,7 +131,7 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
 
     snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
     out = []
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         for fb in fs.feedback():
             if fb["label"] not in labels or not fb["snapshot"]:
                 continue

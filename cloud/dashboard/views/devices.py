@@ -36,15 +36,26 @@ _CAMERAS_SQL = (
 )
 
 
+# The same figures on PostgreSQL: no bare columns in an aggregate query there, so the bucket's
+# newest body is picked explicitly; floor() because a float-to-integer cast rounds there.
+_SERIES_SQL_PG = _SERIES_SQL.replace("CAST(ts / ? AS INTEGER)", "floor(ts / ?)")
+_CAMERAS_SQL_PG = (
+    "SELECT max(ts) AS ts, ((array_agg(body ORDER BY ts DESC))[1])::jsonb -> 'cameras' AS cams "
+    "FROM telemetry WHERE device = ? AND ts >= ? GROUP BY floor(ts / ?) ORDER BY 1"
+)
+
+
 def telemetry_series(store: Any, device: str, since: float, span_s: float) -> list[dict[str, Any]]:
     """At most ~MAX_POINTS buckets over the window, whatever the telemetry rate: averages for
     load figures, maxima for temperature and p99 (a spike must survive), and each bucket's newest
     per-camera figures. A week at a 10 s interval is 60,480 rows; the chart needs 720."""
     bucket = max(span_s / MAX_POINTS, 1.0)
-    rows: list[dict[str, Any]] = store.query(_SERIES_SQL, (device, since, bucket))
-    cams = store.query(_CAMERAS_SQL, (device, since, bucket))
+    pg = getattr(store, "dialect", "sqlite") == "postgresql"
+    rows: list[dict[str, Any]] = store.query(_SERIES_SQL_PG if pg else _SERIES_SQL, (device, since, bucket))
+    cams = store.query(_CAMERAS_SQL_PG if pg else _CAMERAS_SQL, (device, since, bucket))
     for r, c in zip(rows, cams, strict=False):
-        r["cameras"] = json.loads(c["cams"]) if c.get("cams") else {}
+        v = c.get("cams")
+        r["cameras"] = (json.loads(v) if isinstance(v, str) else v) if v else {}
     return rows
 
 

@@ -24,6 +24,7 @@ from cloud.governance.config import GovernanceConfig
 from cloud.release.config import ReleaseConfig
 from cloud.training.config import TrainConfig
 from shared.config import MqttConfig, Section, load_config
+from shared.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/parkwatch/cloud.toml")
 
@@ -124,4 +125,12 @@ class CloudConfig(Section):
 
 
 def load(path: str | Path = DEFAULT_PATH) -> CloudConfig:
+    if not Path(path).exists():
+        # A newcomer's first command: say how to get a config, not only that there is none.
+        raise ConfigError(
+            str(path),
+            "<file>",
+            "no such file; run 'parkwatch cloud init DIR' to write a working config under DIR "
+            "(then export PARKWATCH_CONFIG=DIR/cloud.toml), or pass --config PATH",
+        )
     return load_config(CloudConfig, path)

@@ -76,7 +76,7 @@ def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package
     code, out = run("devices", "list", "--json", "--config", toml)
     assert code == 0 and [d["device"] for d in json.loads(out)] == ["box1"] and "pw_hash" not in out
     code, out = run("rollout", "status", "--config", toml)
-    assert code == 0 and "staging: target 1.0.0  0/1 active" in out
+    assert code == 0 and "group staging: target 1.0.0" in out and "0/1 active on the target" in out
     code, out = run("audit", "list", "--subject", "group:staging", "--json", "--config", toml)
     assert [e["action"] for e in json.loads(out)] == ["rollback", "rollout", "rollout"]
 

@@ -14,6 +14,7 @@ import click
 from cloud.cli.common import ACTOR
 from cloud.config import DEFAULT_PATH
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import utc
 
 
 def _channel(config_path: Path) -> Any:
@@ -190,15 +191,38 @@ def reject(version: str, actor: str, reason: str, config_path: Path, as_json: bo
 
 # ---- rollout / rollback --------------------------------------------------------------------------
 def _status_text(o: dict[str, Any]) -> str:
-    lines = []
+    """``rollout status`` for people: per group what it should run, how far it got, and why not."""
+    lines: list[str] = []
     for g, s in o["groups"].items():
-        r = s["rollout"] or {}
-        lines.append(
-            f"{g}: target {s['target_version'] or '-'}  {s['active']}/{s['devices']} active"
-            f"  rollout {r.get('status', '-')}  versions {s['by_version']}  states {s['by_state']}"
-        )
+        r = s["rollout"]
+        lines.append(f"group {g}: target {s['target_version'] or '(none)'}")
+        if r:
+            if r["kind"] == "rollout":
+                change = f"{r['previous_version'] or 'nothing'} -> {r['version']}"
+            else:
+                change = f"{r.get('rolled_back_from') or '?'} -> {r['version']}"
+            lines.append(
+                f"  latest    #{r['id']} {r['kind']} {change} by {r['actor']}, started {utc(r['started_ts'])}"
+            )
+            status = r["status"].replace("_", " ")
+            if r.get("status_reason"):
+                status += f": {r['status_reason']}"
+            if r.get("finished_ts"):
+                status += f" (at {utc(r['finished_ts'])})"
+            lines.append(f"  status    {status}")
+            if r.get("reason"):
+                lines.append(f"  reason    {r['reason']}")
+        running = ", ".join(f"{v} x{n}" for v, n in sorted(s["by_version"].items())) or "-"
+        states = ", ".join(f"{k} {n}" for k, n in sorted(s["by_state"].items())) or "-"
+        lines.append(f"  devices   {s['active']}/{s['devices']} active on the target; running {running}")
+        lines.append(f"  states    {states}")
+        if not s["devices"]:
+            lines.append("            no device is provisioned in or reports from this group")
         for f in s["failed"]:
-            lines.append(f"    failed {f['device']}: {f['reason']}")
+            about = f" (version {f['version']})" if f.get("version") else ""
+            lines.append(
+                f"  FAILED    {f['device']}{about} at {utc(f.get('ts'))}: {f['reason'] or 'no reason given'}"
+            )
     return "\n".join(lines) or "no groups yet"
 
 

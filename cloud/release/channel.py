@@ -359,6 +359,17 @@ class ReleaseChannel:
         notified = self._notify_group(group, target)
         return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
 
+    def rolled_back_from(self, r: Rollout) -> str | None:
+        """For a rollback row, the version it withdrew: the group's rollout just before it.
+        (``previous_version`` of a rollback names what ran before its target, so that a second
+        rollback goes further back; it is not what the rollback replaced.)"""
+        if r.kind == "rollout":
+            return None
+        for older in self.rollouts.history(r.group, limit=1000):  # newest first
+            if older.id < r.id:
+                return older.version
+        return None
+
     def _ran_before(self, group: str, version: str) -> str | None:
         for r in self.rollouts.history(group, limit=1000):  # newest first
             if r.version == version and r.kind == "rollout":
@@ -469,8 +480,11 @@ class ReleaseChannel:
         for g in groups:
             target = assignments.get(g)
             members = self.members(g)
-            prog = progress(target or "", members, states)
             latest = self.rollouts.latest(g)
+            prog = progress(target or "", members, states, since_ts=latest.started_ts if latest else None)
+            rollout = latest.to_dict() if latest else None
+            if latest is not None and rollout is not None:
+                rollout["rolled_back_from"] = self.rolled_back_from(latest)
             out["groups"][g] = {
                 "target_version": target,
                 "devices": prog.total,
@@ -478,7 +492,7 @@ class ReleaseChannel:
                 "by_version": prog.by_version,
                 "by_state": prog.by_state,
                 "failed": prog.failed,
-                "rollout": latest.to_dict() if latest else None,
+                "rollout": rollout,
                 "device_states": [states[k] for k in members if k in states],
             }
         return out

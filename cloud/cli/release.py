@@ -231,11 +231,22 @@ def _status_text(o: dict[str, Any]) -> str:
 @click.option("--group", help="Device group to roll out to (required unless VERSION is 'status').")
 @click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", default="", help="Why (audit log).")
+@click.option(
+    "--allow-empty-group",
+    is_flag=True,
+    help="Roll out to a group that has no provisioned device yet (refused otherwise: a typo).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
 def rollout(
-    version: str, group: str | None, actor: str | None, reason: str, config_path: Path, as_json: bool
+    version: str,
+    group: str | None,
+    actor: str | None,
+    reason: str,
+    allow_empty_group: bool,
+    config_path: Path,
+    as_json: bool,
 ) -> None:
     """Roll VERSION out to --group G, or 'rollout status' for where every group stands."""
     ch = _channel(config_path)
@@ -244,7 +255,7 @@ def rollout(
         return
     if not group:
         raise click.UsageError("--group is required: which device group gets this version?")
-    out = ch.rollout(version, group, _actor(actor), reason)
+    out = ch.rollout(version, group, _actor(actor), reason, allow_empty_group=allow_empty_group)
     emit(
         out,
         as_json,
@@ -283,19 +294,37 @@ def audit() -> None:
 @json_option
 @handle_errors
 def audit_verify(config_path: Path, as_json: bool) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
+    """Check the hash chain and its head against the signed checkpoint; exit 1 naming what broke."""
     from shared.clitools import fail
 
-    check = _channel(config_path).audit.verify()
+    ch = _channel(config_path)
+    check = ch.audit.verify()
+    anchor = ch.verify_audit_anchor()
+    unanchored = anchor.status == "missing" and not ch.repo.exists()  # a registry-only install
     out = {
-        "ok": check.ok,
+        "ok": check.ok and (anchor.ok or unanchored),
         "entries": check.entries,
         "first_bad_id": check.first_bad_id,
         "reason": check.reason,
+        "anchor": {
+            "ok": anchor.ok,
+            "status": anchor.status,
+            "reason": anchor.reason,
+            "checkpoint": anchor.checkpoint,
+        },
     }
     if not check.ok:
         fail(f"audit log broken at entry {check.first_bad_id}: {check.reason}", 1, as_json, **out)
-    emit(out, as_json, lambda o: f"audit log ok: {o['entries']} entries, chain intact")
+    if not out["ok"]:
+        fail(f"audit log does not match its signed checkpoint: {anchor.reason}", 1, as_json, **out)
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"audit log ok: {o['entries']} entries, chain intact; "
+            + (o["anchor"]["reason"] if o["anchor"]["ok"] else f"NOT anchored: {o['anchor']['reason']}")
+        ),
+    )
 
 
 @audit.command("list")

@@ -161,6 +161,7 @@ class ReleaseService:
         if not ch.repo.exists():
             return
         ch.repo.refresh()
+        ch.checkpoint_audit()  # entries from other writers (alerts, dashboard users) too
         ts_version = ch.repo.timestamp().signed.version
         for group, version in ch.repo.groups().items():
             if self._published.get(group, (None, -1))[0] != version:

@@ -21,6 +21,7 @@ def ch(tmp_path: Path, baseline_package: Path) -> ReleaseChannel:  # noqa: F811
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(1))
     channel = ReleaseChannel(cfg, notify=lambda *a: True)
     channel.keys_init("ops", allow_approver_key_on_server=True)
+    channel.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")
     for v in ("1.0.0", "2.0.0"):
         register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
     register(cfg, make_version(baseline_package, tmp_path / "pkgs", "0.9.0"), "0.9.0", gate_passed=False)
@@ -39,7 +40,7 @@ def test_rules_history_signatures_and_audit(ch: ReleaseChannel) -> None:
     # a staging rollout that reached every device unlocks production
     ch.rollout("1.0.0", "staging", "eng", "try")
     with pytest.raises(Exception, match="not approved for production"):
-        ch.rollout("1.0.0", "production", "eng", "too early")
+        ch.rollout("1.0.0", "production", "eng", "too early", allow_empty_group=True)
     r = ch.rollouts.latest("staging")
     assert r is not None
     ch.rollouts.set_status(r.id, "succeeded", "1/1 active")

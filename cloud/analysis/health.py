@@ -115,6 +115,17 @@ def evaluate(
             missing=missing,
             gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in lost[:20]],
         )
+    if device.get("update_state") == "failed":
+        # A refused update (a TUF refusal, a failed self-test) leaves the box on its old model:
+        # not an outage, but the fleet is not running what was rolled out, and nothing else says so.
+        target = device.get("update_version")
+        add(
+            "update_failed",
+            f"{dev}: model update{' to ' + target if target else ''} failed: "
+            f"{device.get('update_reason') or 'no reason given'}",
+            version=target,
+            reason=device.get("update_reason"),
+        )
     tel_age = _telemetry_age(telemetry, now)
     stale = tel_age is not None and tel_age > heartbeat_timeout_s
     judged = not offline and tel_age is not None and not stale

@@ -14,6 +14,7 @@ import click
 from cloud.cli.common import ACTOR
 from cloud.config import DEFAULT_PATH
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import utc
 
 
 def _channel(config_path: Path) -> Any:
@@ -190,15 +191,38 @@ def reject(version: str, actor: str, reason: str, config_path: Path, as_json: bo
 
 # ---- rollout / rollback --------------------------------------------------------------------------
 def _status_text(o: dict[str, Any]) -> str:
-    lines = []
+    """``rollout status`` for people: per group what it should run, how far it got, and why not."""
+    lines: list[str] = []
     for g, s in o["groups"].items():
-        r = s["rollout"] or {}
-        lines.append(
-            f"{g}: target {s['target_version'] or '-'}  {s['active']}/{s['devices']} active"
-            f"  rollout {r.get('status', '-')}  versions {s['by_version']}  states {s['by_state']}"
-        )
+        r = s["rollout"]
+        lines.append(f"group {g}: target {s['target_version'] or '(none)'}")
+        if r:
+            if r["kind"] == "rollout":
+                change = f"{r['previous_version'] or 'nothing'} -> {r['version']}"
+            else:
+                change = f"{r.get('rolled_back_from') or '?'} -> {r['version']}"
+            lines.append(
+                f"  latest    #{r['id']} {r['kind']} {change} by {r['actor']}, started {utc(r['started_ts'])}"
+            )
+            status = r["status"].replace("_", " ")
+            if r.get("status_reason"):
+                status += f": {r['status_reason']}"
+            if r.get("finished_ts"):
+                status += f" (at {utc(r['finished_ts'])})"
+            lines.append(f"  status    {status}")
+            if r.get("reason"):
+                lines.append(f"  reason    {r['reason']}")
+        running = ", ".join(f"{v} x{n}" for v, n in sorted(s["by_version"].items())) or "-"
+        states = ", ".join(f"{k} {n}" for k, n in sorted(s["by_state"].items())) or "-"
+        lines.append(f"  devices   {s['active']}/{s['devices']} active on the target; running {running}")
+        lines.append(f"  states    {states}")
+        if not s["devices"]:
+            lines.append("            no device is provisioned in or reports from this group")
         for f in s["failed"]:
-            lines.append(f"    failed {f['device']}: {f['reason']}")
+            about = f" (version {f['version']})" if f.get("version") else ""
+            lines.append(
+                f"  FAILED    {f['device']}{about} at {utc(f.get('ts'))}: {f['reason'] or 'no reason given'}"
+            )
     return "\n".join(lines) or "no groups yet"
 
 
@@ -207,11 +231,22 @@ def _status_text(o: dict[str, Any]) -> str:
 @click.option("--group", help="Device group to roll out to (required unless VERSION is 'status').")
 @click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", default="", help="Why (audit log).")
+@click.option(
+    "--allow-empty-group",
+    is_flag=True,
+    help="Roll out to a group that has no provisioned device yet (refused otherwise: a typo).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
 def rollout(
-    version: str, group: str | None, actor: str | None, reason: str, config_path: Path, as_json: bool
+    version: str,
+    group: str | None,
+    actor: str | None,
+    reason: str,
+    allow_empty_group: bool,
+    config_path: Path,
+    as_json: bool,
 ) -> None:
     """Roll VERSION out to --group G, or 'rollout status' for where every group stands."""
     ch = _channel(config_path)
@@ -220,7 +255,7 @@ def rollout(
         return
     if not group:
         raise click.UsageError("--group is required: which device group gets this version?")
-    out = ch.rollout(version, group, _actor(actor), reason)
+    out = ch.rollout(version, group, _actor(actor), reason, allow_empty_group=allow_empty_group)
     emit(
         out,
         as_json,
@@ -259,19 +294,37 @@ def audit() -> None:
 @json_option
 @handle_errors
 def audit_verify(config_path: Path, as_json: bool) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
+    """Check the hash chain and its head against the signed checkpoint; exit 1 naming what broke."""
     from shared.clitools import fail
 
-    check = _channel(config_path).audit.verify()
+    ch = _channel(config_path)
+    check = ch.audit.verify()
+    anchor = ch.verify_audit_anchor()
+    unanchored = anchor.status == "missing" and not ch.repo.exists()  # a registry-only install
     out = {
-        "ok": check.ok,
+        "ok": check.ok and (anchor.ok or unanchored),
         "entries": check.entries,
         "first_bad_id": check.first_bad_id,
         "reason": check.reason,
+        "anchor": {
+            "ok": anchor.ok,
+            "status": anchor.status,
+            "reason": anchor.reason,
+            "checkpoint": anchor.checkpoint,
+        },
     }
     if not check.ok:
         fail(f"audit log broken at entry {check.first_bad_id}: {check.reason}", 1, as_json, **out)
-    emit(out, as_json, lambda o: f"audit log ok: {o['entries']} entries, chain intact")
+    if not out["ok"]:
+        fail(f"audit log does not match its signed checkpoint: {anchor.reason}", 1, as_json, **out)
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"audit log ok: {o['entries']} entries, chain intact; "
+            + (o["anchor"]["reason"] if o["anchor"]["ok"] else f"NOT anchored: {o['anchor']['reason']}")
+        ),
+    )
 
 
 @audit.command("list")

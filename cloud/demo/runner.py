@@ -218,6 +218,7 @@ class Demo:
                     "demo-engineer",
                     "--reason",
                     "demo rollout",
+                    "--allow-empty-group",  # the demo box talks to a local anonymous broker, unprovisioned
                     *cfg,
                 ],
                 log,

@@ -73,6 +73,12 @@ RULES: dict[str, Rule] = {
         ),
         Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
         Rule(
+            "update_failed",
+            "health",
+            "warning",
+            "the device refused or failed its model update (it keeps running its current model)",
+        ),
+        Rule(
             "ingest_backlog",
             "health",
             "warning",

@@ -9,6 +9,7 @@ its error.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import secrets
 import threading
@@ -20,13 +21,14 @@ from cloud.config import CloudConfig
 from cloud.registry import approvals
 from cloud.registry.audit import AuditEntry, AuditLog
 from cloud.registry.store import Registry
-from cloud.release import brokerauth
+from cloud.release import brokerauth, checkpoint
 from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
 from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
 from cloud.release.repo import TufRepository
 from cloud.release.store import DeviceStates, Rollout, RolloutTable
 from cloud.release.watch import progress
+from shared.errors import ParkwatchError
 from shared.protocol import ReleaseNotice, Topics, encode
 from shared.protocol.topics import check_segment
 
@@ -192,6 +194,7 @@ class ReleaseChannel:
                 "approver_key_on_server": c.approver_keys_dir is None,
             },
         )
+        self.checkpoint_audit(force=True)
         return {
             "warnings": warnings,
             "created": created,
@@ -214,6 +217,7 @@ class ReleaseChannel:
             f"release:key:approver:{name}",
             {"keyid": key.keyid, "path": str(key.path), "root_version": root_version, "reason": reason},
         )
+        self._checkpoint()
         return {"approver": name, "keyid": key.keyid, "path": str(key.path), "root_version": root_version}
 
     @_serialised
@@ -229,8 +233,56 @@ class ReleaseChannel:
             raise ReleaseError("give a reason for the rotation (--reason)")
         result = self.repo.rotate(role)
         self.audit.append(actor, "keys-rotate", f"release:key:{role}", {**result, "reason": reason})
+        self._checkpoint()
         self._notify_all()
         return result
+
+    # ---- audit anchor -------------------------------------------------------------------------
+    @_serialised
+    def checkpoint_audit(self, force: bool = False) -> dict[str, Any] | None:
+        """Sign the audit log's head with the online timestamp key into the release repository,
+        if it moved since the last checkpoint. None without a repository or a usable key."""
+        if not self.repo.exists():
+            return None
+        entries, last_id, last_hash = self.audit.head()
+        path = self.repo.dir / checkpoint.FILE
+        if not force and path.exists():
+            try:
+                if json.loads(path.read_text())["signed"]["head_hash"] == last_hash:
+                    return None
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: write a good one
+        trusted = self.repo.trusted_keyids("timestamp")
+        keys = [k for k in self.keys.load("timestamp") if k.keyid in trusted]
+        if not keys:
+            log.error("no timestamp key root trusts: the audit checkpoint is not updated")
+            return None
+        head = checkpoint.Head(entries, last_id, last_hash, time.time())
+        checkpoint.write(self.repo.dir, head, keys[0])
+        return head.to_dict()
+
+    def _checkpoint(self) -> None:
+        """After an action: its audit entry is anchored at once, not at cloud serve's next tick.
+        A failure here is logged, never raised: the action itself is done and recorded."""
+        try:
+            self.checkpoint_audit()
+        except ParkwatchError as e:
+            log.warning("audit checkpoint not written: %s", e)
+
+    @_serialised
+    def verify_audit_anchor(self) -> checkpoint.AnchorCheck:
+        """The database's head against the signed checkpoint (see cloud/release/checkpoint.py)."""
+        if not self.repo.exists():
+            return checkpoint.AnchorCheck(
+                False, "missing", f"no release repository in {self.repo.dir}, so no signed checkpoint"
+            )
+        root = self.repo.root().signed
+        trusted = {kid: root.keys[kid] for kid in root.roles["timestamp"].keyids}
+        got = checkpoint.read(self.repo.dir, trusted)
+        if isinstance(got, checkpoint.AnchorCheck):
+            return got
+        _, last_id, _ = self.audit.head()
+        return checkpoint.compare(got, last_id, self.audit.hash_of(got.head_id))
 
     # ---- builds and approvals -----------------------------------------------------------------
     @_serialised
@@ -284,6 +336,7 @@ class ReleaseChannel:
             require_staging=self.cfg.release.require_staging_before_production,
             gate=self.cfg.gate,
         )
+        self._checkpoint()
         return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     @_serialised
@@ -294,12 +347,23 @@ class ReleaseChannel:
         d = approvals.reject(
             self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
         )
+        self._checkpoint()
         return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     # ---- rollout and rollback ----------------------------------------------------------------
     @_serialised
-    def rollout(self, version: str, group: str, actor: str, reason: str = "") -> dict[str, Any]:
+    def rollout(
+        self, version: str, group: str, actor: str, reason: str = "", *, allow_empty_group: bool = False
+    ) -> dict[str, Any]:
         stage = self.stage_for_group(group)
+        if not allow_empty_group and not self.states.provisioned(group):
+            # A typo ('stagign') would otherwise say "devices notified" and wait at 0/0 for ever.
+            known = ", ".join(self.known_groups()) or "none yet"
+            raise RolloutError(
+                f"group {group!r} has no provisioned device (groups with devices or a release: "
+                f"{known}). Check the name; to prepare a group before its boxes are added "
+                "('parkwatch cloud devices add BOX --group G'), pass --allow-empty-group"
+            )
         if stage not in approvals.approved_stages(self.registry, version):
             raise RolloutError(
                 f"model {version} is not approved for {stage} (group {group} runs {stage} models): "
@@ -316,6 +380,7 @@ class ReleaseChannel:
             f"group:{group}",
             {"version": version, "previous": previous, "stage": stage, "reason": reason, "rollout_id": r.id},
         )
+        self._checkpoint()
         notified = self._notify_group(group, version)
         return {**r.to_dict(), "notified": notified}
 
@@ -356,8 +421,20 @@ class ReleaseChannel:
             f"group:{group}",
             {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id},
         )
+        self._checkpoint()
         notified = self._notify_group(group, target)
         return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
+
+    def rolled_back_from(self, r: Rollout) -> str | None:
+        """For a rollback row, the version it withdrew: the group's rollout just before it.
+        (``previous_version`` of a rollback names what ran before its target, so that a second
+        rollback goes further back; it is not what the rollback replaced.)"""
+        if r.kind == "rollout":
+            return None
+        for older in self.rollouts.history(r.group, limit=1000):  # newest first
+            if older.id < r.id:
+                return older.version
+        return None
 
     def _ran_before(self, group: str, version: str) -> str | None:
         for r in self.rollouts.history(group, limit=1000):  # newest first
@@ -405,6 +482,7 @@ class ReleaseChannel:
         self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
         files = self.render_broker()
         self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
+        self._checkpoint()
         return {
             "site": site,
             "device": device,
@@ -421,6 +499,7 @@ class ReleaseChannel:
         user = self.cfg.release.cloud_username
         self.states.set_account(user, brokerauth.hash_password(password))
         self.audit.append(actor, "cloud-account", f"account:{user}", {})
+        self._checkpoint()
         files = self.render_broker()
         return {"username": user, "secret_file": str(secret_out), **files}
 
@@ -430,6 +509,7 @@ class ReleaseChannel:
             raise ProvisioningError(f"no provisioned device {site}/{device}")
         files = self.render_broker()
         self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
+        self._checkpoint()
         return {"site": site, "device": device, "revoked": True, **files}
 
     @_serialised
@@ -458,6 +538,15 @@ class ReleaseChannel:
         return sorted(k for k, g in self.states.membership().items() if g == group)
 
     @_serialised
+    def known_groups(self) -> list[str]:
+        """Groups a rollout can sensibly target: those with provisioned devices, those that already
+        have a release, and the configured staging groups (the dashboard's select list)."""
+        groups = {d["grp"] for d in self.states.provisioned()}
+        if self.repo.exists():
+            groups |= set(self.repo.groups())
+        return sorted(groups | set(self.cfg.release.staging_groups))
+
+    @_serialised
     def status(self, group: str | None = None) -> dict[str, Any]:
         assignments = self.repo.groups() if self.repo.exists() else {}
         states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
@@ -468,8 +557,11 @@ class ReleaseChannel:
         for g in groups:
             target = assignments.get(g)
             members = self.members(g)
-            prog = progress(target or "", members, states)
             latest = self.rollouts.latest(g)
+            prog = progress(target or "", members, states, since_ts=latest.started_ts if latest else None)
+            rollout = latest.to_dict() if latest else None
+            if latest is not None and rollout is not None:
+                rollout["rolled_back_from"] = self.rolled_back_from(latest)
             out["groups"][g] = {
                 "target_version": target,
                 "devices": prog.total,
@@ -477,7 +569,7 @@ class ReleaseChannel:
                 "by_version": prog.by_version,
                 "by_state": prog.by_state,
                 "failed": prog.failed,
-                "rollout": latest.to_dict() if latest else None,
+                "rollout": rollout,
                 "device_states": [states[k] for k in members if k in states],
             }
         return out

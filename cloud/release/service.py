@@ -161,6 +161,7 @@ class ReleaseService:
         if not ch.repo.exists():
             return
         ch.repo.refresh()
+        ch.checkpoint_audit()  # entries from other writers (alerts, dashboard users) too
         ts_version = ch.repo.timestamp().signed.version
         for group, version in ch.repo.groups().items():
             if self._published.get(group, (None, -1))[0] != version:
@@ -176,7 +177,7 @@ class ReleaseService:
             if r is None or r.status not in ("in_progress", "succeeded"):
                 continue
             members = ch.members(group)
-            prog = progress(r.version, members, states)
+            prog = progress(r.version, members, states, since_ts=r.started_ts)
             samples = [s for m in members for s in self._health.get(m, ())]
             verdict = judge(r.version, r.started_ts, now, prog, samples, self.cfg.release)
             if (prog.total, prog.active) != (r.devices_total, r.devices_active):
@@ -185,11 +186,18 @@ class ReleaseService:
                 ch.rollouts.set_status(
                     r.id, "succeeded", f"{prog.active}/{prog.total} active", prog.total, prog.active
                 )
+                back = r.kind != "rollout"
                 ch.audit.append(
                     "release-service",
-                    "rollout-succeeded",
+                    "rollback-succeeded" if back else "rollout-succeeded",
                     f"group:{group}",
-                    {"version": r.version, "devices": prog.total, "rollout_id": r.id},
+                    {
+                        "version": r.version,
+                        "kind": r.kind,
+                        "devices": prog.total,
+                        "rollout_id": r.id,
+                        **({"rolled_back_from": ch.rolled_back_from(r)} if back else {}),
+                    },
                 )
             elif verdict.action == "rollback" and self.cfg.release.auto_rollback:
                 if r.previous_version is None:

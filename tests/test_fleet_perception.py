@@ -93,6 +93,9 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
         dev.flush()
         store = FleetStore(cfg.fleet_db)
         wait_for(lambda: store.prediction_count() == 7, what="7 predictions stored")
+        mixed_batches(dev)  # redelivered (a lost PUBACK): stored once, and counted once
+        dev.flush()
+        wait_for(lambda: store.counters().get("duplicates.predictions") == 7, what="duplicates seen")
     finally:
         dev.disconnect()
         ing.stop()
@@ -173,7 +176,15 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
         assert ing.wait_connected(10)
         send(
             dev,
-            [pred(2, "cat", ir=True, regions=[PredRegion(box=[1, 2, 3, 4], label="cat", confidence=0.8)])],
+            [
+                pred(
+                    2,
+                    "cat",
+                    ts=T0 + 3 * 3600,
+                    ir=True,
+                    regions=[PredRegion(box=[1, 2, 3, 4], label="cat", confidence=0.8)],
+                )
+            ],
             schema=2,
         )
         dev.flush()
@@ -189,8 +200,15 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
     new = store.prediction("box1:2")
     assert new["ir"] == 1 and new["regions"][0]["box"] == [1, 2, 3, 4]
     assert store.gaps() == []
-    # Opening it again (another process, a restart) is harmless.
+    # The hourly outcome counts were built from the rows already there, then kept by ingest.
+    out = store.outcomes(device="box1")
+    assert out["pets"] == {"cat": 1, "dog": 1} and out["ir"] == 1 and out["lighting_unknown"] == 1
+    # Opening it again (another process, a restart) is harmless and counts nothing twice.
     FleetStore(cfg.fleet_db).close()
+    assert FleetStore(cfg.fleet_db).outcomes(device="box1")["total"] == 2
+    # Retention drops whole hours of counts with the rows they counted.
+    assert store.prune(T0 + 3600)["outcome_hours"] == 1
+    assert store.outcomes(device="box1")["pets"] == {"cat": 1, "dog": 0}
 
 
 def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path) -> None:

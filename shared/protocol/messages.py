@@ -23,6 +23,7 @@ IR_FLAG = "ir"  # how a schema-1 batch carries a prediction's ``ir`` (in ``flags
 NONE_LABEL = "none"  # sure there is no pet; distinct from ``abstain`` (unsure)
 MAX_REGIONS = 32
 MAX_COORD = 16384  # frame pixels: no camera this box reads is wider or taller
+SNAPSHOT_B64_MAX = 1_500_000  # characters of base64: a JPEG of at most 1,125,000 bytes
 
 Label = str
 SEQ_MAX = 2**63 - 1  # stored as SQLite INTEGER on both sides
@@ -242,7 +243,7 @@ class Snapshot(Message):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     camera: str
     ts: float
-    jpeg: str = Field(min_length=4, max_length=1_500_000, description="base64 of the JPEG file")
+    jpeg: str = Field(min_length=4, max_length=SNAPSHOT_B64_MAX, description="base64 of the JPEG file")
 
 
 class CloudCapabilities(Message):

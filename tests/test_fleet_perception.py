@@ -377,3 +377,48 @@ def test_analyze_report_and_cli_show_each_lighting_mode(tmp_path: Path, broker: 
     assert "outcomes: cat" in r.output and " none " in r.output
     r = CliRunner().invoke(main, ["cloud", "analyze", "--no-alerts", "--json"], env=env)
     assert set(json.loads(r.output)["drift"][0]["details"]["modes"]) == {"day", "ir"}
+
+
+def test_a_baseline_with_none_per_class_histograms_and_lighting_modes_is_read_and_used() -> None:
+    """The registry/evaluation format with ``none`` in the mix, per-class confidence histograms
+    and an IR baseline (e.g. from greyscale scene copies): parsed, round-tripped, and an IR cohort
+    is judged against the IR baseline, class mix included."""
+    from cloud.analysis.baseline import Baseline
+    from cloud.analysis.config import AnalysisConfig
+    from cloud.analysis.drift import Cohort, figures
+
+    def hist(lo: int) -> list[int]:
+        return [0] * lo + [10] * (20 - lo)
+
+    d = {
+        "prediction_mix": {"cat": 0.3, "dog": 0.3, "none": 0.4},
+        "confidence_hist": {"bins": 20, "range": [0.0, 1.0], "counts": hist(18)},
+        "confidence_hist_by_class": {"cat": hist(18), "dog": hist(18), "none": {"counts": hist(10)}},
+        "modes": {
+            "ir": {
+                "prediction_mix": {"cat": 0.2, "dog": 0.4, "none": 0.4},
+                "confidence_hist": {"bins": 20, "range": [0.0, 1.0], "counts": hist(12)},
+            }
+        },
+    }
+    base = Baseline.from_dict("m1", d, "registry:metrics.baseline", accuracy=0.96)
+    assert base.class_mix["none"] == pytest.approx(0.4) and set(base.by_class) == {"cat", "dog", "none"}
+    assert base.modes["ir"].class_mix["dog"] == pytest.approx(0.4)
+    again = Baseline.from_dict("m1", base.to_dict(), "copy")
+    assert again.by_class == base.by_class and again.modes["ir"].counts == base.modes["ir"].counts
+    with pytest.raises(ValueError, match="confidence_hist_by_class"):
+        Baseline.from_dict("m1", {**d, "confidence_hist_by_class": {"cat": [1, 2]}}, "bad")
+
+    c = Cohort("m1", "park1")
+    for i in range(400):  # night: mostly dogs, as the IR baseline says; and not very sure
+        label = "none" if i % 5 < 2 else ("cat" if i % 5 == 2 else "dog")
+        c.add(label, 0.65 + (i % 7) * 0.04, False, False, True)
+    fig = figures(c, base, [], AnalysisConfig())
+    ir = fig["modes"]["ir"]
+    assert ir["baseline_for_mode"] is True and ir["psi"] is not None
+    # Against the IR baseline the 1:2 cat/dog mix and this confidence are no news...
+    assert [r for r, _ in ir["verdict"] if r == "class_mix_drift"] == []
+    # ...against the day baseline (the whole cohort here is IR) the mix has moved.
+    assert "class_mix_drift" in [r for r, _ in fig["verdict"]]
+    assert fig["confidence_compared"] == "pet calls and abstentions"
+    assert fig["counts"] == {"pets": {"cat": 80, "dog": 160}, "none": 160, "abstain": 0}

@@ -242,6 +242,23 @@ def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path
     label_prediction(store, "neither", "ana", prediction_id="box1:5")  # older name, abstained
     with pytest.raises(BadRequest, match="none"):
         label_prediction(store, "horse", "ana", prediction_id="box1:1")
+    # Over HTTP (the router the dashboard mounts): none accepted, a made-up label refused.
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cloud.fleet.http import feedback_router
+
+    app = FastAPI()
+    app.include_router(feedback_router(store))
+    http = TestClient(app)
+    r = http.post("/api/feedback", json={"prediction_id": "box1:2", "label": "none", "actor": "ben"})
+    assert r.status_code == 201 and r.json()["label"] == "none" and r.json()["predicted"] == "none"
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "box1:2", "label": "empty", "actor": "b"}
+        ).status_code
+        == 422
+    )
     fb = store.feedback()
     assert [f["label"] for f in fb] == ["cat", "none", "none", "dog", "none"]
     perf = performance(fb, ["cat", "dog", "none"])

@@ -45,7 +45,7 @@ def _preds(now: float, n_day: int, n_ir: int) -> list[Prediction]:
                 abstain=label == "abstain",
                 regions=regions,
                 ir=ir,
-                snapshot="boxpet-snap-1" if i == 0 else None,
+                snapshot=f"boxpet-snap-{i + 1}" if i < 2 else None,
             )
         )
     return out
@@ -68,6 +68,9 @@ def cfg(tmp_path: Path) -> Any:
     ok, buf = cv2.imencode(".jpg", np.zeros((720, 1280, 3), np.uint8))
     assert ok
     (snaps / "boxpet-snap-1.jpg").write_bytes(buf.tobytes())
+    # Scaled down on the box (too large for the message): its regions reach outside it.
+    ok, small = cv2.imencode(".jpg", np.zeros((180, 320, 3), np.uint8))
+    (snaps / "boxpet-snap-2.jpg").write_bytes(small.tobytes())
     run_analysis(c, store, None, now=now, baseline_of=lambda v: _baseline())
     return c
 
@@ -115,8 +118,9 @@ def test_quality_page_shows_modes_none_share_and_the_cat_dog_none_confusion(cfg:
     lab = c.get("/labelling").text
     assert 'name="label" value="none"' in lab and 'value="neither"' not in lab
     r = c.post("/labelling/boxpet-snap-1", data={"label": "none", "csrf_token": token})
+    c.post("/labelling/boxpet-snap-2", data={"label": "dog", "csrf_token": token})
     assert r.status_code == 200 and "Labelled boxpet:1 as none" in r.text
-    assert [f["label"] for f in FleetStore(cfg.fleet_db).feedback()] == ["none"]
+    assert sorted(f["label"] for f in FleetStore(cfg.fleet_db).feedback()) == ["dog", "none"]
     html = c.get("/quality").text
     assert "1 labelled “none”" in html
     m = re.search(r'<tr data-label="none"><th scope="row">none</th>(.*?)</tr>', html)
@@ -135,6 +139,10 @@ def test_labelling_draws_the_regions_over_the_snapshot_and_lineage_lists_them(cf
     assert '<svg class="regions" viewBox="0 0 1280 720"' in card
     assert '<rect x="10" y="20" width="300" height="200"' in card and "cat 0.93" in card
     assert "Regions: cat 0.93 at (10,20 300x200)" in card and "day frame" in card
+    scaled = lab[lab.index('data-snapshot="boxpet-snap-2"') :]
+    scaled = scaled[: scaled.index("</article>")]
+    assert "<svg" not in scaled and "not drawn: the box scaled this snapshot down" in scaled
+    assert "dog 0.81 at (640,360 128x96)" in scaled
     lin = c.get("/lineage", params={"q": "boxpet:1"}).text
     assert 'id="lineage-result"' in lin
     res = lin[lin.index('id="lineage-result"') :]

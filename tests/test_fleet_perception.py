@@ -93,6 +93,17 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
         dev.flush()
         store = FleetStore(cfg.fleet_db)
         wait_for(lambda: store.prediction_count() == 7, what="7 predictions stored")
+        mixed_batches(dev)  # redelivered (a lost PUBACK): stored once, and counted once
+        dev.flush()
+        wait_for(lambda: store.counters().get("duplicates.predictions") == 7, what="duplicates seen")
+        # A batch overlapping what is stored (an outbox resending its tail with one new row).
+        send(dev, [pred(7, "dog"), pred(8, "none", ir=False)], schema=2)
+        dev.flush()
+        wait_for(lambda: store.prediction_count() == 8, what="the new row of the overlap")
+        store.execute("DELETE FROM predictions WHERE seq=8")  # ... and as a late row into a hole
+        send(dev, [pred(8, "none", ir=False)], schema=2)
+        dev.flush()
+        wait_for(lambda: store.prediction_count() == 8, what="the late row")
     finally:
         dev.disconnect()
         ing.stop()
@@ -109,10 +120,11 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
     assert store.prediction("box1:6")["flags"] == ["blurred"]
 
     out = store.outcomes(device="box1")
+    # Seq 8 was counted twice: stored, deleted by hand, stored again; the rest once each.
     assert out["pets"] == {"cat": 2, "dog": 2} and out["pet_total"] == 4
-    assert out["none"] == 2 and out["abstain"] == 1 and out["total"] == 7
-    assert out["ir"] == 5 and out["day"] == 1 and out["lighting_unknown"] == 1
-    assert out["ir_share"] == pytest.approx(5 / 6)
+    assert out["none"] == 4 and out["abstain"] == 1 and out["total"] == 9
+    assert out["ir"] == 5 and out["day"] == 3 and out["lighting_unknown"] == 1
+    assert out["ir_share"] == pytest.approx(5 / 8)
     assert store.outcomes_by_device(["box1", "ghost"], since=0)["ghost"]["total"] == 0
 
     # The same counts and the regions on the command line.
@@ -133,7 +145,7 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
     }
     r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1"], env=env)
     assert r.exit_code == 0, r.output
-    assert "cat 2, dog 2 (cats and dogs 4), none 2, abstain 1; IR 83% of frames" in r.output
+    assert "cat 2, dog 2 (cats and dogs 4), none 4, abstain 1; IR 62% of frames" in r.output
     r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1", "--json"], env=env)
     assert json.loads(r.output)["outcomes"]["pets"] == {"cat": 2, "dog": 2}
     r = CliRunner().invoke(main, ["cloud", "lineage", "box1:1"], env=env)
@@ -173,7 +185,15 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
         assert ing.wait_connected(10)
         send(
             dev,
-            [pred(2, "cat", ir=True, regions=[PredRegion(box=[1, 2, 3, 4], label="cat", confidence=0.8)])],
+            [
+                pred(
+                    2,
+                    "cat",
+                    ts=T0 + 3 * 3600,
+                    ir=True,
+                    regions=[PredRegion(box=[1, 2, 3, 4], label="cat", confidence=0.8)],
+                )
+            ],
             schema=2,
         )
         dev.flush()
@@ -189,8 +209,15 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
     new = store.prediction("box1:2")
     assert new["ir"] == 1 and new["regions"][0]["box"] == [1, 2, 3, 4]
     assert store.gaps() == []
-    # Opening it again (another process, a restart) is harmless.
+    # The hourly outcome counts were built from the rows already there, then kept by ingest.
+    out = store.outcomes(device="box1")
+    assert out["pets"] == {"cat": 1, "dog": 1} and out["ir"] == 1 and out["lighting_unknown"] == 1
+    # Opening it again (another process, a restart) is harmless and counts nothing twice.
     FleetStore(cfg.fleet_db).close()
+    assert FleetStore(cfg.fleet_db).outcomes(device="box1")["total"] == 2
+    # Retention drops whole hours of counts with the rows they counted.
+    assert store.prune(T0 + 3600)["outcome_hours"] == 1
+    assert store.outcomes(device="box1")["pets"] == {"cat": 1, "dog": 0}
 
 
 def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path) -> None:
@@ -215,6 +242,23 @@ def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path
     label_prediction(store, "neither", "ana", prediction_id="box1:5")  # older name, abstained
     with pytest.raises(BadRequest, match="none"):
         label_prediction(store, "horse", "ana", prediction_id="box1:1")
+    # Over HTTP (the router the dashboard mounts): none accepted, a made-up label refused.
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cloud.fleet.http import feedback_router
+
+    app = FastAPI()
+    app.include_router(feedback_router(store))
+    http = TestClient(app)
+    r = http.post("/api/feedback", json={"prediction_id": "box1:2", "label": "none", "actor": "ben"})
+    assert r.status_code == 201 and r.json()["label"] == "none" and r.json()["predicted"] == "none"
+    assert (
+        http.post(
+            "/api/feedback", json={"prediction_id": "box1:2", "label": "empty", "actor": "b"}
+        ).status_code
+        == 422
+    )
     fb = store.feedback()
     assert [f["label"] for f in fb] == ["cat", "none", "none", "dog", "none"]
     perf = performance(fb, ["cat", "dog", "none"])
@@ -350,3 +394,48 @@ def test_analyze_report_and_cli_show_each_lighting_mode(tmp_path: Path, broker: 
     assert "outcomes: cat" in r.output and " none " in r.output
     r = CliRunner().invoke(main, ["cloud", "analyze", "--no-alerts", "--json"], env=env)
     assert set(json.loads(r.output)["drift"][0]["details"]["modes"]) == {"day", "ir"}
+
+
+def test_a_baseline_with_none_per_class_histograms_and_lighting_modes_is_read_and_used() -> None:
+    """The registry/evaluation format with ``none`` in the mix, per-class confidence histograms
+    and an IR baseline (e.g. from greyscale scene copies): parsed, round-tripped, and an IR cohort
+    is judged against the IR baseline, class mix included."""
+    from cloud.analysis.baseline import Baseline
+    from cloud.analysis.config import AnalysisConfig
+    from cloud.analysis.drift import Cohort, figures
+
+    def hist(lo: int) -> list[int]:
+        return [0] * lo + [10] * (20 - lo)
+
+    d = {
+        "prediction_mix": {"cat": 0.3, "dog": 0.3, "none": 0.4},
+        "confidence_hist": {"bins": 20, "range": [0.0, 1.0], "counts": hist(18)},
+        "confidence_hist_by_class": {"cat": hist(18), "dog": hist(18), "none": {"counts": hist(10)}},
+        "modes": {
+            "ir": {
+                "prediction_mix": {"cat": 0.2, "dog": 0.4, "none": 0.4},
+                "confidence_hist": {"bins": 20, "range": [0.0, 1.0], "counts": hist(12)},
+            }
+        },
+    }
+    base = Baseline.from_dict("m1", d, "registry:metrics.baseline", accuracy=0.96)
+    assert base.class_mix["none"] == pytest.approx(0.4) and set(base.by_class) == {"cat", "dog", "none"}
+    assert base.modes["ir"].class_mix["dog"] == pytest.approx(0.4)
+    again = Baseline.from_dict("m1", base.to_dict(), "copy")
+    assert again.by_class == base.by_class and again.modes["ir"].counts == base.modes["ir"].counts
+    with pytest.raises(ValueError, match="confidence_hist_by_class"):
+        Baseline.from_dict("m1", {**d, "confidence_hist_by_class": {"cat": [1, 2]}}, "bad")
+
+    c = Cohort("m1", "park1")
+    for i in range(400):  # night: mostly dogs, as the IR baseline says; and not very sure
+        label = "none" if i % 5 < 2 else ("cat" if i % 5 == 2 else "dog")
+        c.add(label, 0.65 + (i % 7) * 0.04, False, False, True)
+    fig = figures(c, base, [], AnalysisConfig())
+    ir = fig["modes"]["ir"]
+    assert ir["baseline_for_mode"] is True and ir["psi"] is not None
+    # Against the IR baseline the 1:2 cat/dog mix and this confidence are no news...
+    assert [r for r, _ in ir["verdict"] if r == "class_mix_drift"] == []
+    # ...against the day baseline (the whole cohort here is IR) the mix has moved.
+    assert "class_mix_drift" in [r for r, _ in fig["verdict"]]
+    assert fig["confidence_compared"] == "pet calls and abstentions"
+    assert fig["counts"] == {"pets": {"cat": 80, "dog": 160}, "none": 160, "abstain": 0}

@@ -1,9 +1,12 @@
 """What a prediction says about its frame, for the pages: outcome, lighting, the regions that held
 a pet as text, and those regions drawn over the frame's snapshot.
 
-A snapshot is the whole camera frame (``edge/snapshots.py`` encodes it unscaled), so a region's
-``box`` (frame pixels) is drawn on an SVG whose view box is the JPEG's own size, laid over the
-image; the JPEG's size is read from its header, not by decoding it.
+A snapshot is the whole camera frame, so a region's ``box`` (frame pixels) is drawn on an SVG
+whose view box is the JPEG's own size, laid over the image; the JPEG's size is read from its
+header, not by decoding it. A box scales a frame down only when its JPEG would not fit the
+Snapshot message (very detailed 1080p/4K frames, ``edge/snapshots.py``), and the message does not
+say from what size: when a box reaches outside the JPEG the frame was certainly scaled, and
+nothing is drawn (the regions stay listed as text) rather than boxes in the wrong place.
 """
 
 from __future__ import annotations
@@ -58,12 +61,24 @@ def decorate(p: dict[str, Any]) -> dict[str, Any]:
     return p
 
 
+def fits(regions: list[dict[str, Any]], size: tuple[int, int]) -> bool:
+    """Whether every box lies inside a frame of ``size`` (else the snapshot was scaled down)."""
+    w, h = size
+    for r in regions:
+        box = r.get("box") or []
+        if len(box) == 4 and (box[0] + box[2] > w or box[1] + box[3] > h):
+            return False
+    return True
+
+
 def overlay(regions: list[dict[str, Any]] | None, size: tuple[int, int] | None) -> Markup:
     """An SVG laid over the snapshot, one labelled rectangle per region; empty when there is
     nothing to draw or the frame size is unknown."""
     if not regions or not size:
         return Markup("")
     w, h = size
+    if not fits(regions, size):
+        return Markup("")
     stroke = max(2, round(max(w, h) / 300))
     font = max(12, round(h / 30))
     parts = [

@@ -40,6 +40,31 @@ def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
+_SUMS = "sum(n), sum(n_cat), sum(n_dog), sum(n_other), sum(n_none), sum(n_abstain), sum(n_ir), sum(n_day)"
+
+
+def _hour(ts: float | None) -> int:
+    return int((ts or 0.0) // 3600)
+
+
+def _summary(row: tuple[Any, ...] | None, since: float | None) -> dict[str, Any]:
+    n, cat, dog, other, none, abstain, ir, day = (int(v or 0) for v in (row or (0,) * 8))
+    groups: list[tuple[str, Any, Any, int]] = [
+        ("cat", 0, None, cat),
+        ("dog", 0, None, dog),
+        ("other pets", 0, None, other),
+        (NONE, 0, None, none),
+        ("abstain", 1, None, abstain),
+    ]
+    out = summarize([g for g in groups if g[3]])
+    if not other:
+        out["pets"].pop("other pets", None)
+    # Lighting comes from its own columns (the groups above carry none).
+    out.update(ir=ir, day=day, lighting_unknown=n - ir - day, ir_share=ir / (ir + day) if ir + day else None)
+    out["from"] = _hour(since) * 3600.0
+    return out
+
+
 def prediction_id(device: str, seq: int) -> str:
     return f"{device}:{seq}"
 
@@ -206,48 +231,37 @@ class FleetStore:
         device: str | None = None,
         site: str | None = None,
         since: float | None = None,
-        until: float | None = None,
     ) -> dict[str, Any]:
-        """Cats, dogs, ``none`` and abstentions apart, and the IR share, of one window
-        (:func:`cloud.fleet.outcomes.summarize`): ``pets`` never counts a ``none`` frame."""
-        where, params = self._window(device, site, since, until)
-        with self._lock:
-            rows = self.db.conn.execute(
-                f"SELECT label, abstain, ir, count(*) FROM predictions WHERE {where} "
-                "GROUP BY label, abstain, ir",
-                params,
-            ).fetchall()
-        return summarize(rows)
+        """Cats, dogs, ``none`` and abstentions apart, and the IR share, from ``since`` on
+        (:func:`cloud.fleet.outcomes.summarize`): ``pets`` never counts a ``none`` frame.
 
-    def outcomes_by_device(
-        self, devices: list[str], since: float, until: float | None = None
-    ) -> dict[str, dict[str, Any]]:
-        """:meth:`outcomes` of several devices in one query over the time index (the fleet page)."""
+        Read from the hourly counts ingest keeps (``outcome_hours``), so the window starts at the
+        top of the hour holding ``since``; ``from`` in the answer says when it really starts."""
+        where: list[str] = ["hour>=?"]
+        params: list[Any] = [_hour(since)]
+        for col, val in (("device", device), ("site", site)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        with self._lock:
+            row = self.db.conn.execute(
+                f"SELECT {_SUMS} FROM outcome_hours WHERE {' AND '.join(where)}", params
+            ).fetchone()
+        return _summary(row, since)
+
+    def outcomes_by_device(self, devices: list[str], since: float) -> dict[str, dict[str, Any]]:
+        """:meth:`outcomes` of several devices in one query (the fleet page)."""
         if not devices:
             return {}
         marks = ",".join("?" for _ in devices)
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT device, label, abstain, ir, count(*) FROM predictions "
-                f"WHERE ts>=? AND ts<=? AND device IN ({marks}) GROUP BY device, label, abstain, ir",
-                [since, until if until is not None else 1e18, *devices],
+                f"SELECT device, {_SUMS} FROM outcome_hours WHERE hour>=? AND device IN ({marks}) "
+                "GROUP BY device",
+                [_hour(since), *devices],
             ).fetchall()
-        grouped: dict[str, list[tuple[Any, ...]]] = {d: [] for d in devices}
-        for dev, *rest in rows:
-            grouped[dev].append(tuple(rest))
-        return {d: summarize(g) for d, g in grouped.items()}
-
-    @staticmethod
-    def _window(
-        device: str | None, site: str | None, since: float | None, until: float | None
-    ) -> tuple[str, list[Any]]:
-        where = ["ts>=?", "ts<=?"]
-        params: list[Any] = [since or 0.0, until if until is not None else 1e18]
-        for col, val in (("device", device), ("site", site)):
-            if val is not None:
-                where.append(f"{col}=?")
-                params.append(val)
-        return " AND ".join(where), params
+        found = {r[0]: r[1:] for r in rows}
+        return {d: _summary(found.get(d), since) for d in devices}
 
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
         """Seq ranges still missing, with the cause ingest inferred; a row that turns up later
@@ -383,6 +397,10 @@ class FleetStore:
                 ).rowcount
                 out["model_states"] = c.execute("DELETE FROM model_states WHERE ts<?", (before_ts,)).rowcount
                 out["drift"] = c.execute("DELETE FROM drift WHERE ts<?", (before_ts,)).rowcount
+                # Whole hours only: the hour still partly inside the retention window stays.
+                out["outcome_hours"] = c.execute(
+                    "DELETE FROM outcome_hours WHERE hour<?", (int(before_ts // 3600),)
+                ).rowcount
                 out["gaps"] = c.execute("DELETE FROM gaps WHERE detected_ts<?", (before_ts,)).rowcount
                 out["dead_letters"] = c.execute(
                     "DELETE FROM dead_letters WHERE received_ts<?", (before_ts,)

@@ -22,6 +22,7 @@ import sqlite_utils
 from cloud.fleet.errors import BadRecord, FleetError
 from shared.protocol import (
     IR_FLAG,
+    NONE_LABEL,
     DeviceStatus,
     Message,
     ModelState,
@@ -176,6 +177,48 @@ def _temp_max(t: Telemetry) -> float | None:
     return max(t.temperatures.values()) if t.temperatures else None
 
 
+_OUTCOME_COLS = {"cat": 1, "dog": 2, NONE_LABEL: 4, "neither": 4, "abstain": 5}  # else 3: other pets
+_UPSERT_OUTCOMES = (
+    "INSERT INTO outcome_hours(device, hour, site, n, n_cat, n_dog, n_other, n_none, n_abstain, n_ir, "
+    "n_day) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(device, hour) DO UPDATE SET n=n+excluded.n, "
+    "site=excluded.site, n_cat=n_cat+excluded.n_cat, n_dog=n_dog+excluded.n_dog, "
+    "n_other=n_other+excluded.n_other, n_none=n_none+excluded.n_none, "
+    "n_abstain=n_abstain+excluded.n_abstain, n_ir=n_ir+excluded.n_ir, n_day=n_day+excluded.n_day"
+)
+
+
+class _Tally:
+    """Outcome counts per hour of the predictions a write really inserts (``outcome_hours``).
+
+    In Python, one upsert per device and hour per write: an SQL trigger doing it per row cost 2.7
+    times the row insert itself (16,900 against 45,500 rows/s on this 2-core machine)."""
+
+    def __init__(self) -> None:
+        # hour -> [n, cat, dog, other, none, abstain, ir, day]
+        self.hours: dict[int, list[int]] = {}
+
+    def add(self, b: PredictionBatch, skip: set[int]) -> None:
+        hours = self.hours
+        for p in b.predictions:
+            if p.seq in skip:
+                continue
+            h = int(p.ts // 3600)
+            v = hours.get(h)
+            if v is None:
+                v = hours[h] = [0] * 8
+            v[0] += 1
+            v[5 if p.abstain else _OUTCOME_COLS.get(p.label, 3)] += 1
+            ir = p.ir
+            if ir is None and IR_FLAG in p.flags:
+                ir = True
+            if ir is not None:
+                v[6 if ir else 7] += 1
+
+    def write(self, c: sqlite3.Connection, device: str, site: str) -> None:
+        if self.hours:
+            c.executemany(_UPSERT_OUTCOMES, [(device, h, site, *v) for h, v in self.hours.items()])
+
+
 class BatchWriter:
     """Owns one connection (``synchronous=FULL``); used by the single ingest writer thread."""
 
@@ -306,9 +349,15 @@ class BatchWriter:
         site = blist[0][0].site
         late: list[int] = []
         stored = 0
+        tally = _Tally()
         for b, received in sorted(blist, key=lambda x: x[0].predictions[0].seq):
+            # Only a seq at or below the highest stored can already be there (a redelivery, an
+            # outbox resending): those are looked up, so the outcome counts take new rows only.
+            again = [p.seq for p in b.predictions if max_seq is not None and p.seq <= max_seq]
+            there = self._existing(device, again) if again else set()
             cur = c.executemany(_INSERT_PRED, _pred_rows(b, received))
             stored += max(cur.rowcount, 0)
+            tally.add(b, there)
             for p in b.predictions:
                 if max_seq is None:
                     if p.seq > FIRST_SEQ:
@@ -332,6 +381,7 @@ class BatchWriter:
                 else:
                     late.append(p.seq)
             evicted = max(evicted, b.evicted_total)
+        tally.write(c, device, site)
         n = sum(len(b.predictions) for b, _ in blist)
         res.predictions_stored += stored
         res.duplicates += n - stored
@@ -348,6 +398,19 @@ class BatchWriter:
                 device,
             ),
         )
+
+    def _existing(self, device: str, seqs: list[int]) -> set[int]:
+        found: set[int] = set()
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT seq FROM predictions WHERE device=? AND seq IN ({marks})", (device, *chunk)
+                )
+            )
+        return found
 
     def _open_gap(
         self, device: str, site: str, first: int, last: int, cause: str, ts: float, res: WriteResult

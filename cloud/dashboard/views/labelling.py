@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard.deps import Services
-from cloud.dashboard.regions import decorate, jpeg_size, overlay
+from cloud.dashboard.regions import decorate, fits, jpeg_size, overlay
 from cloud.dashboard.snapshots import snapshots_dir, visible
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
 from cloud.fleet.outcomes import FEEDBACK_LABELS
@@ -59,7 +59,9 @@ def labelling_page(request: Request) -> Response:
     for it in items:
         decorate(it)
         # The regions that held a pet, drawn over the frame (boxes are in its pixels).
-        it["overlay"] = overlay(it.get("regions"), jpeg_size(folder / f"{it['snapshot']}.jpg"))
+        size = jpeg_size(folder / f"{it['snapshot']}.jpg")
+        it["overlay"] = overlay(it.get("regions"), size)
+        it["scaled"] = bool(it.get("regions") and size and not fits(it["regions"], size))
     return render(
         request,
         "labelling.html.j2",

@@ -22,12 +22,14 @@ telemetry on each store (bench/dashboard.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +229,7 @@ def run(
     batch_size: int = 50,
     batch_max: int | None = None,
     repeat: int = 3,
-    database_url: str | None = None,
+    database_url: Callable[[str], str] | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Each phase ``repeat`` times; the best of each is compared (the run least disturbed by the
@@ -243,7 +245,7 @@ def run(
                 subs.append(broker_rate(b, devices, batches, batch_size))
                 run_fleet = dict(fleet)
                 if database_url is not None:
-                    run_fleet["database_url"] = database_url(f"run{i}")  # type: ignore[operator]
+                    run_fleet["database_url"] = database_url(f"run{i}")
                 ing, row, stats = ingest_rate(
                     b, work / f"run{i}", devices, batches, batch_size, run_fleet, workers
                 )
@@ -324,11 +326,10 @@ def _matrix(a: argparse.Namespace) -> dict[str, Any]:
             pg.start()
         for store in stores:
             for w in a.workers or [1]:
-                url = None
+                url: Callable[[str], str] | None = None
                 if store == "postgresql":
                     assert pg is not None
-                    tag = f"w{w}"
-                    url = lambda run, pg=pg, tag=tag: pg.create_database(f"bench_{tag}_{run}")  # noqa: E731
+                    url = functools.partial(_new_db, pg, f"w{w}")
                 r = run(a.devices, a.batches, a.batch_size, a.batch_max, a.repeat, url, w)
                 r["store"] = store
                 results.append(r)
@@ -336,8 +337,13 @@ def _matrix(a: argparse.Namespace) -> dict[str, Any]:
                     print(f"== store {store}, {w} worker(s)")
                     _print(r, False)
             if a.pages_devices:
-                cmd = [sys.executable, str(ROOT / "bench" / "dashboard.py"), "--devices", str(a.pages_devices),
-                       "--hours", str(a.pages_hours), "--store", store]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    str(ROOT / "bench" / "dashboard.py"),
+                    "--devices",
+                    str(a.pages_devices),
+                ]
+                cmd += ["--hours", str(a.pages_hours), "--store", store]
                 if store == "postgresql":
                     assert pg is not None
                     cmd += ["--database-url", pg.create_database("bench_pages")]
@@ -349,11 +355,15 @@ def _matrix(a: argparse.Namespace) -> dict[str, Any]:
     finally:
         if pg is not None:
             pg.cleanup()
-    doc = {"bench": "ingest_fleet", "runs": results, "pages": pages}
+    doc: dict[str, Any] = {"bench": "ingest_fleet", "runs": results, "pages": pages}
     if a.json:
         print(json.dumps(doc, indent=2))
     doc["ok"] = all(r["ok"] for r in results)
     return doc
+
+
+def _new_db(pg: Any, tag: str, run: str) -> str:
+    return str(pg.create_database(f"bench_{tag}_{run}"))
 
 
 def _print(r: dict[str, Any], as_json: bool) -> None:

@@ -67,6 +67,36 @@ def test_fleet_page_shows_liveness_health_and_filters(cfg) -> None:  # type: ign
     assert r.text.lstrip().startswith('<div id="fleet-live"') and "<html" not in r.text
 
 
+def test_fleet_page_lists_ingest_workers_of_every_host_from_their_heartbeat_rows(cfg) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from cloud.fleet.backends import open_writer
+    from cloud.fleet.workers import Beat, write_beat
+
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="ingest-a", started_ts=time.time(), backlog=12, oldest_age_s=3.0))
+    write_beat(w.conn, Beat(worker="ingest-b", started_ts=time.time(), stored_predictions=7))
+    # ingest-c's host went away a while ago: its last heartbeat is old.
+    write_beat(w.conn, Beat(worker="ingest-c", started_ts=0.0))
+    w.conn.execute(
+        "UPDATE ingest_workers SET heartbeat_ts=? WHERE worker='ingest-c'".replace(
+            "?", "%s" if cfg.fleet.database_url else "?"
+        ),
+        (time.time() - 3600,),
+    )
+    if not cfg.fleet.database_url:
+        w.conn.commit()
+    w.db.close()
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    html = c.get("/").text
+    assert 'data-worker="ingest-a"' in html and 'data-worker="ingest-b"' in html
+    row_c = html[html.index('data-worker="ingest-c"') :]
+    assert "down" in row_c[: row_c.index("</tr>")]
+    row_a = html[html.index('data-worker="ingest-a"') :]
+    assert "running" in row_a[: row_a.index("</tr>")] and ">12<" in row_a[: row_a.index("</tr>")]
+
+
 def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-untyped-def]
     c = client_for(cfg)
     sign_in(c, "viewer")

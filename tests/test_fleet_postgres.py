@@ -235,3 +235,43 @@ def test_two_worker_processes_share_the_store_and_a_killed_one_loses_nothing(
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=90)
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_cloud_inbox_lists_the_workers_of_every_host_from_the_shared_store(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A worker on another host has no inbox file here; its heartbeat row in the store is what
+    `parkwatch cloud inbox` shows, with its backlog, and ``down`` once the heartbeat is stale."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cloud.cli import cloud
+    from cloud.fleet.workers import Beat, write_beat
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    data = tmp_path / "cloud"
+    data.mkdir()
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(
+        f'data_dir = "{data}"\n[fleet]\n' + (f'database_url = "{url}"\n' if url else ""), encoding="utf-8"
+    )
+    cfg = CloudConfig.model_validate({"data_dir": str(data), "fleet": {"database_url": url} if url else {}})
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="host-b-ingest", started_ts=time.time(), backlog=42, oldest_age_s=7.0))
+    write_beat(w.conn, Beat(worker="host-c-ingest", started_ts=time.time()))
+    mark = "%s" if url else "?"
+    w.conn.execute(
+        f"UPDATE ingest_workers SET heartbeat_ts={mark} WHERE worker='host-c-ingest'", (time.time() - 600,)
+    )
+    if not url:
+        w.conn.commit()
+    w.db.close()
+    res = CliRunner().invoke(cloud, ["inbox", "--json", "--config", str(toml)])
+    assert res.exit_code == 0, res.output
+    got = {x["worker"]: x for x in json.loads(res.output)["fleet_workers"]}
+    assert got["host-b-ingest"]["state"] == "running" and got["host-b-ingest"]["backlog"] == 42
+    assert got["host-c-ingest"]["state"] == "down"
+    res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
+    assert "host-b-ingest" in res.output and "down" in res.output

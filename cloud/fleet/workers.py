@@ -84,9 +84,14 @@ def write_beat(conn: Any, b: Beat) -> None:
 def worker_rows(target: FleetTarget, stale_s: float, now: float | None = None) -> list[WorkerRow]:
     from cloud.fleet.store import FleetStore
 
-    now = time.time() if now is None else now
     with FleetStore(target) as fs:
-        rows = fs.query("SELECT * FROM ingest_workers ORDER BY worker")
+        return workers_in(fs, stale_s, now)
+
+
+def workers_in(store: Any, stale_s: float, now: float | None = None) -> list[WorkerRow]:
+    """Every worker's row from an open ``FleetStore`` (the dashboard's)."""
+    now = time.time() if now is None else now
+    rows = store.query("SELECT * FROM ingest_workers ORDER BY worker")
     out = []
     for r in rows:
         age = max(0.0, now - float(r["heartbeat_ts"]))

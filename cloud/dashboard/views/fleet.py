@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import sparkline
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.workers import workers_in
 
 router = APIRouter()
 
@@ -129,6 +130,10 @@ def fleet_page(
 ) -> Response:
     require(request)
     data = fleet_rows(request, site, status, health, q, sort, desc, page)
+    if request.headers.get("hx-request") != "true":
+        svc = services(request)
+        # Ingest workers on every host, from their heartbeat rows in the fleet store.
+        data["workers"] = workers_in(svc.get_fleet(), svc.cfg.fleet.worker_stale_s)
     params = {"site": site, "status": status, "health": health, "q": q, "sort": sort, "desc": desc}
     template = "fleet_live.html.j2" if request.headers.get("hx-request") == "true" else "fleet.html.j2"
     return render(request, template, title="Fleet", params=params, sorts=SORTS, **data)

@@ -84,6 +84,9 @@ class PgBatchWriter:
         self.conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS pred_stage AS SELECT {_PRED_COLS} FROM predictions WITH NO DATA"
         )
+        self.conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS tel_stage AS SELECT {_TEL_COLS} FROM telemetry WITH NO DATA"
+        )
 
     # partitions ------------------------------------------------------------------------------
     def ensure_days(self, table: str, days: set[int]) -> None:
@@ -426,12 +429,19 @@ class PgBatchWriter:
                     day_of(received),
                 )
             )
-        marks = ",".join(["%s"] * 20)
         with self.conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO telemetry ({_TEL_COLS}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows
+            # COPY into the staging table, then one INSERT: a fleet reporting every minute is
+            # thousands of rows per batch, too many for a statement each.
+            with cur.copy(f"COPY tel_stage ({_TEL_COLS}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+            cur.execute(
+                f"WITH ins AS (INSERT INTO telemetry ({_TEL_COLS}) SELECT {_TEL_COLS} FROM tel_stage "
+                "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
             )
-            stored = max(cur.rowcount, 0)
+            got = cur.fetchone()
+            stored = int(got[0]) if got else 0
+            cur.execute("TRUNCATE tel_stage")
             latest: dict[str, str] = {}
             for t, _ in items:
                 if t.model_version:

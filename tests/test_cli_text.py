@@ -86,3 +86,13 @@ def test_models_show_is_readable_and_shows_both_gates(tmp_path: Path) -> None:
     code, out = run("models", "show", "1.1.0", "--json", "--config", toml)
     data = json.loads(out)
     assert data["gate_now"]["passed"] is False and data["gate_now"]["thresholds"]["max_ece"] == 0.05
+
+
+def test_lineage_of_a_model_is_readable(tmp_path: Path) -> None:
+    toml = registry_with_models(tmp_path)
+    code, out = run("lineage", "1.0.0", "--config", toml)
+    assert code == 0, out
+    readable(out)
+    assert "model 1.0.0" in out and "abc123 (uncommitted changes)" in out
+    assert re.search(r"head\.lr\s+0\.001", out), out
+    assert "missing" in out and "  - training run: model version 1.0.0 records none" in out

@@ -106,6 +106,35 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
         assert f'aria-label="{title}"' in r.text
     assert "cam2" in r.text and "p99" in r.text
     assert "active" in r.text  # model-state history
+    # the limit lines docs/operator-dashboard.md promises on the latency and fps charts too
+    latency = r.text.split('aria-label="Inference latency"')[1].split("</svg>")[0]
+    assert "p99 limit (rollback)" in latency
+    fps = r.text.split('aria-label="Frames per second per camera"')[1].split("</svg>")[0]
+    assert "anomaly limit (box)" in fps
+
+
+def test_fps_floor_is_where_the_anomaly_rule_starts_flagging() -> None:
+    from cloud.analysis.stats import robust_z
+    from cloud.dashboard.views.devices import fps_floor
+
+    history = [10.0, 10.5, 9.5, 10.2, 9.8, 10.1, 9.9]
+    floor = fps_floor(history, 4.0, 60)
+    assert floor is not None and 0 < floor < 10
+    assert robust_z(history, floor - 0.01) < -4.0 < robust_z(history, floor + 0.01)
+    assert fps_floor([10.0, 10.0], 4.0, 60) is None  # too little history to judge
+
+
+def test_quality_page_says_not_judged_for_a_model_without_baseline(cfg) -> None:  # type: ignore[no-untyped-def]
+    """It said "✔ no drift" for cohorts never compared (the untrained baseline model, n=14)."""
+    from cloud.analysis.job import run_analysis
+    from cloud.fleet.store import FleetStore
+
+    with FleetStore(cfg.fleet_db) as fleet:
+        run_analysis(cfg, fleet, None, baseline_of=lambda v: None, write_report=False)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    page = c.get("/quality").text
+    assert "not judged: no baseline" in page and "✔ no drift" not in page
     assert c.get("/devices/nope").status_code == 404
 
 

@@ -109,3 +109,14 @@ def test_a_second_rollback_goes_further_back_not_forward(tmp_path: Path, baselin
     with pytest.raises(RolloutError, match="no earlier version"):
         ch.rollback("staging", "eng", "and 1?")
     assert ch.repo.groups() == {"staging": "1.0.0"}
+
+
+def test_keys_status_is_text_by_default_and_json_on_request(tmp_path: Path) -> None:
+    cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))
+    toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
+    assert run("keys", "init", "--as", "ops", "--allow-approver-key-on-server", "--config", toml)[0] == 0
+    code, out = run("keys", "status", "--config", toml)
+    assert code == 0 and out.startswith("TUF repository ") and "{" not in out
+    assert "  root        version 1" in out and " UTC" in out and "groups      none" in out
+    code, out = run("keys", "status", "--json", "--config", toml)
+    assert code == 0 and json.loads(out)["root_version"] == 1

@@ -11,6 +11,20 @@ from cloud.analysis import svg
 from shared.atomic import atomic_write_json, atomic_write_text
 
 
+def drift_state(d: dict[str, Any]) -> tuple[str, str]:
+    """One site-level drift row as "drift", "no drift" or "not judged" with why. A row without a
+    baseline (the untrained baseline model) or with too few predictions was never compared: it
+    must not read as "no drift"."""
+    det = d.get("details") or {}
+    if d.get("drifted"):
+        return "drift", "; ".join(d.get("reasons") or []) or "over a threshold"
+    if det.get("baseline") is None:
+        return "not judged", "no baseline"
+    if det.get("enough_samples") is False:
+        return "not judged", f"too few predictions (n={d.get('n')})"
+    return "no drift", ""
+
+
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
@@ -107,14 +121,11 @@ def render_html(report: dict[str, Any]) -> str:
             continue
         det = d["details"]
         base = det.get("baseline")
-        if d["drifted"]:
-            cls, verdict = "bad", "DRIFT"
-        elif base is None:
-            cls, verdict = "note", "no baseline (drift not judged)"
-        elif det.get("enough_samples") is False:
-            cls, verdict = "note", "too few predictions (drift not judged)"
-        else:
-            cls, verdict = "ok", "no drift"
+        state, why = drift_state(d)
+        cls, verdict = {
+            "drift": ("bad", "DRIFT"),
+            "not judged": ("note", f"{why} (drift not judged)"),
+        }.get(state, ("ok", "no drift"))
         out.append(
             f"<h3>model {escape(d['model_version'])} at {escape(d['site'])} "
             f"<span class='{cls}'>{verdict}</span></h3>"

@@ -15,6 +15,7 @@ from cloud.cli.common import ACTOR, PositiveSeconds, load_existing
 from cloud.config import DEFAULT_PATH
 from cloud.governance.rules import RULES
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import block, pairs, table, utc
 
 
 def _ago(ts: float | None) -> str:
@@ -160,41 +161,119 @@ def label(
 
 
 def _human_lineage(r: dict[str, Any]) -> str:
-    lines = []
-    if "prediction" in r:
-        p = r["prediction"]
-        lines.append(
-            f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
-            + (f", {p['lighting']} frame" if p.get("lighting") else "")
-        )
+    """``lineage`` for people: one section per hop, UTC times, figures not reprs."""
+    lines: list[str] = []
+    p = r.get("prediction")
+    if p:
+        lines += [
+            f"prediction {p['id']}",
+            f"  result     {p['label']} (confidence {p['confidence']:.2f})"
+            + (f", probabilities {pairs(p.get('probs'))}" if p.get("probs") else ""),
+            f"  where      site {p['site']}, camera {p['camera']}",
+            f"  when       {utc(p['ts'])} (received {utc(p.get('received_ts'))})",
+        ]
+        if p.get("flags"):
+            lines.append(f"  flags      {', '.join(p['flags'])}")
+        d = r.get("device") or {}
+        if d.get("device"):
+            lines.append(
+                f"  device     {d['device']} (group {d.get('grp') or '-'}, "
+                f"software {d.get('software') or '-'})"
+            )
+        if p.get("lighting"):
+            lines.append(f"  lighting   {p['lighting']}")
         if p.get("regions"):
             from cloud.fleet.outcomes import regions_text
 
-            lines.append(f"  regions {regions_text(p['regions'])}")
+            lines.append(f"  regions    {regions_text(p['regions'])}")
+        fb = r.get("feedback")
+        if fb:
+            lines.append(
+                f"  label      {fb.get('label')} by {fb.get('actor') or fb.get('labelled_by') or '-'}"
+            )
     m = r.get("model")
     if m is None:
         lines.append(f"model {r['model_version']}: not in the registry (see missing below)")
     else:
-        lines.append(
-            f"model {r['model_version']}: stage {m.get('stage')}, gate "
-            f"{'passed' if m.get('gate_passed') else 'failed'}"
-        )
+        gate = "passed" if m.get("gate_passed") else "FAILED"
+        lines += [
+            f"model {r['model_version']}",
+            f"  stage      {m.get('stage')}, gate {gate}, created {utc(m.get('created_at'))}",
+        ]
+        met = {k: v for k, v in (m.get("metrics") or {}).items() if not isinstance(v, dict | list)}
+        if met:
+            lines.append(f"  metrics    {pairs(met)}")
+        lines.append(f"  package    {m.get('package_dir') or '-'}")
+    code = r.get("code") or {}
+    if code:
+        commit = code.get("commit") or code.get("code_commit") or "-"
+        dirty = code.get("dirty", code.get("code_dirty"))
+        lines.append(f"  code       {commit}" + (" (uncommitted changes)" if dirty else ""))
+        pk = code.get("packages") or code.get("package_versions")
+        if pk:
+            lines.append(f"  libraries  {pairs(pk)}")
     run = r.get("training_run")
     if run:
-        lines.append(f"  training run {run['id']} ({run['status']}), best params {run.get('best_params')}")
+        lines.append(
+            f"training run {run['id']} ({run['status']}), started {utc(run.get('started_at'))}, "
+            f"finished {utc(run.get('finished_at'))}"
+        )
+        if run.get("best_params"):
+            lines.append(f"  best       {pairs(run['best_params'])}")
     if r.get("parameters"):
-        lines.append(f"  parameters {r['parameters']}")
+        lines.append("parameters")
+        lines += block(r["parameters"], indent="  ")
     ds = r.get("dataset")
     if ds:
-        lines.append(f"  dataset {ds['id']}: {ds['n_files']} files from {ds['source']}")
-    if r.get("code"):
-        lines.append(f"  code {r['code']}")
-    for a in r.get("approvals", []):
-        lines.append(f"  approval: {a}")
-    for ro in r.get("rollouts", []):
-        lines.append(f"  rollout {ro['kind']} to {ro['group']} by {ro['actor']}: {ro['status']}")
-    lines += [f"  (missing: {x})" for x in r.get("missing", [])]
+        lines.append(f"dataset {ds['id']}")
+        lines.append(
+            f"  files      {ds['n_files']} from {ds['source']} (ingested {utc(ds.get('created_at'))})"
+        )
+        counts = ds.get("counts") or {}
+        for split in ("train", "test"):
+            if counts.get(split):
+                lines.append(f"  {split:<10} {pairs(counts[split])}")
+        if ds.get("files"):
+            more = " (truncated)" if ds.get("files_truncated") else ""
+            lines.append(
+                f"  file list  {len(ds['files'])} files{more} (--json lists them; --no-files leaves them out)"
+            )
+    approvals = r.get("approvals") or []
+    if approvals:
+        lines.append("approvals")
+        lines += table(
+            (
+                [
+                    utc(a["ts"]),
+                    a["decision"],
+                    f"{a['from_stage']} -> {a['to_stage']}",
+                    a["actor"],
+                    ("FORCED: " if a.get("forced") else "") + a["reason"],
+                ]
+                for a in approvals
+            ),
+            ["when", "decision", "stage", "by", "reason"],
+        )
+    rollouts = r.get("rollouts") or []
+    if rollouts:
+        lines.append("rollouts")
+        lines += table(
+            (
+                [
+                    utc(ro["started_ts"]),
+                    ro["kind"],
+                    ro["group"],
+                    ro["actor"],
+                    ro["status"] + (f": {ro['status_reason']}" if ro.get("status_reason") else ""),
+                ]
+                for ro in rollouts
+            ),
+            ["when", "kind", "group", "by", "status"],
+        )
+    missing = r.get("missing") or []
+    if missing:
+        lines.append("missing")
+        lines += [f"  - {x}" for x in missing]
     return "\n".join(lines)
 
 

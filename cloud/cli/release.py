@@ -140,13 +140,30 @@ def keys_rotate(role: str, actor: str | None, reason: str, config_path: Path, as
 @json_option
 @handle_errors
 def keys_status(config_path: Path, as_json: bool) -> None:
-    """Repository versions, expiry, builds, approvals and group assignments."""
+    """Repository versions, expiry, builds, approvals and group assignments (--json for scripts)."""
     ch = _channel(config_path)
     from cloud.release.errors import RepositoryError
 
     if not ch.repo.exists():
         raise RepositoryError(f"no TUF repository in {ch.repo.dir}; run 'parkwatch cloud keys init'")
-    emit(ch.repo.status(), as_json, None)
+    emit(ch.repo.status(), as_json, _keys_status_text)
+
+
+def _keys_status_text(o: dict[str, Any]) -> str:
+    approvals = "; ".join(f"{v}: {', '.join(st)}" for v, st in sorted(o["approvals"].items())) or "none"
+    groups = ", ".join(f"{g} -> {v}" for g, v in sorted(o["groups"].items())) or "none"
+    expires = o["timestamp_expires"].replace("T", " ").replace("+00:00", " UTC")
+    return "\n".join(
+        [
+            f"TUF repository {o['repo']}",
+            f"  root        version {o['root_version']}",
+            f"  timestamp   version {o['timestamp_version']}, expires {expires}",
+            f"  snapshot    version {o['snapshot_version']}",
+            f"  builds      {', '.join(o['builds']) or 'none'}",
+            f"  approved    {approvals}",
+            f"  groups      {groups}",
+        ]
+    )
 
 
 # ---- approvals -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from cloud.analysis.report import drift_state
 from cloud.dashboard.charts import Series, bar_chart, line_chart
 from cloud.dashboard.web import render, require, services
 from cloud.fleet.outcomes import ABSTAIN, LEGACY_NONE, NONE, PETS
@@ -72,7 +73,18 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
             y_min=0,
             thresholds=[("PSI limit", a.psi_threshold), ("JS limit", a.js_threshold)],
         )
-        panels.append({"model": key[0], "site": key[1], "r": r, "mix_chart": mix_chart, "trend": trend})
+        state, why = drift_state(r)
+        panels.append(
+            {
+                "model": key[0],
+                "site": key[1],
+                "r": r,
+                "state": state,
+                "why": why,
+                "mix_chart": mix_chart,
+                "trend": trend,
+            }
+        )
     from cloud.analysis.drift import performance
     from cloud.analysis.job import accuracy_over_time
 

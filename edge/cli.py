@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,89 @@ def run(config_path: Path) -> None:
     for warning in preflight(cfg, config_path):
         click.echo(f"warning: {warning}", err=True)
     run_daemon(cfg)
+
+
+@edge.command()
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model package folder (or a .onnx file with parkwatch metadata).",
+)
+@click.option(
+    "--batch", default=8, show_default=True, type=click.IntRange(1, 256), help="Images per model run."
+)
+@json_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@handle_errors
+def classify(model_path: Path, batch: int, as_json: bool, files: tuple[Path, ...]) -> None:
+    """Classify still images FILES the way the box classifies a frame.
+
+    Same preprocessing, regions (whole-frame view and tiles), rejection and thresholds as the
+    daemon, from the package and the edge defaults. Prints per file its label (a pet label,
+    none or abstain), confidence and the regions that held a pet. A file that cannot be read is
+    reported in its entry and the others still go through; the exit status is 1 if any failed.
+    """
+    from edge.config import InferenceConfig
+    from edge.model import load_model
+    from edge.perception.config import RegionsConfig
+    from edge.perception.pipeline import FramePipeline
+    from edge.preprocess import ImageError, load_image
+
+    inference = InferenceConfig()
+    model = load_model(model_path, inference)
+    pipe = FramePipeline(model, RegionsConfig(), inference.confidence_threshold)
+    entries: list[dict[str, Any]] = [{"file": str(f)} for f in files]
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        results = pipe.classify([img for _, img in pending])
+        for (k, _), res in zip(pending, results, strict=True):
+            entries[k].update(
+                label=res.label,
+                confidence=res.confidence,
+                regions=[
+                    {
+                        "box": r.region.box,
+                        "label": r.label,
+                        "confidence": round(r.confidence, 6),
+                        "source": r.region.source,
+                    }
+                    for r in res.regions
+                ],
+                ir=res.ir,
+                regions_evaluated=res.evaluated,
+            )
+        pending.clear()
+
+    for k, f in enumerate(files):
+        try:
+            pending.append((k, load_image(f)))
+        except ImageError as e:
+            entries[k].update(label=None, confidence=None, regions=[], error=str(e))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+
+    def human(rows: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in rows:
+            if r.get("error"):
+                lines.append(f"{r['file']}: error: {r['error']}")
+                continue
+            where = "; ".join(f"{g['label']} {g['confidence']:.2f} at {g['box']}" for g in r["regions"])
+            lines.append(
+                f"{r['file']}: {r['label']} {r['confidence']:.3f}"
+                + (" (ir)" if r["ir"] else "")
+                + (f"  [{where}]" if where else "")
+            )
+        return "\n".join(lines)
+
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+    else:
+        click.echo(human(entries))
+    if any(e.get("error") for e in entries):
+        raise SystemExit(1)

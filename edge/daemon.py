@@ -43,6 +43,7 @@ from edge.inference import InferenceEngine
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
 from edge.outbox import Outbox
+from edge.perception.regions import Zone
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier, watchdog_interval_s
 from edge.snapshots import SnapshotStore
@@ -142,6 +143,7 @@ class Daemon:
             self.errors,
             snapshots,
             on_commit=self.publisher.notify,
+            zones={c.id: [Zone(z.name, z.points()) for z in c.zones] for c in cfg.cameras},
         )
         self.mqtt.on_connection_change(self._on_connection)
         self.mqtt.start()
@@ -404,6 +406,8 @@ class Daemon:
                     "last_error_ts": c.last_error_ts,
                     "prediction": view.prediction if view else None,
                     "flags": view.flags if view else [],
+                    "zones": [z.model_dump(exclude_none=True) for z in c.cfg.zones],
+                    "regions_evaluated": len(view.evaluated) if view else 0,
                     "has_frame": view is not None,
                 }
             )
@@ -445,6 +449,11 @@ class Daemon:
                 "latency_ms": e.latency_percentiles() if e else {},
                 "errors": e.inference_errors if e else 0,
                 "abstain_rate": e.abstain_rate() if e else None,
+                "none_rate": e.none_rate() if e else None,
+                "regions_run": e.regions_run if e else 0,
+                "batches": e.batches if e else 0,
+                "pet_regions": e.pet_regions if e else 0,
+                "regions_enabled": self.cfg.inference.regions.enabled,
                 "skipped_static": e.skipped_static if e else 0,
                 "skipped_no_model": e.skipped_no_model if e else 0,
                 "lost_predictions": e.lost_predictions if e else 0,
@@ -456,6 +465,9 @@ class Daemon:
                     "saved": snaps.saved,
                     "uploaded": snaps.uploaded,
                     "upload_skipped": snaps.upload_skipped,
+                    "reduced": snaps.reduced,
+                    "too_large": snaps.too_large,
+                    "upload_errors": snaps.upload_errors,
                     "upload_allowed": self.cfg.snapshots.upload_allowed,
                 }
                 if (snaps := e.snapshots if e else None) is not None

@@ -270,13 +270,13 @@ def test_frames_ready_together_are_one_batch_through_one_session_run(
 
     model = load_model(make_tiny_package(tmp_path / "p", "b1"), InferenceConfig(threads=1))
     calls: list[int] = []
-    real_run = model.run
+    real_run = model.run_full
 
     def counting_run(batch: Any) -> Any:
         calls.append(batch.shape[0])
         return real_run(batch)
 
-    model.run = counting_run  # type: ignore[method-assign]
+    model.run_full = counting_run  # type: ignore[method-assign]
     cams = [Camera(CameraConfig(id=f"c{i}", kind="folder", url=str(pets_sample))) for i in range(3)]
     outbox = Outbox(tmp_path / "o.db")
     engine = InferenceEngine(
@@ -368,7 +368,7 @@ def _high_detail_frame(pets_sample: Path, width: int, height: int) -> Any:
     import numpy as np
 
     photos = sorted(pets_sample.glob("*/*.jpg"))[:24]
-    tiles = [cv2.resize(cv2.imread(str(p)), (480, 360)) for p in photos]
+    tiles = [cv2.resize(np.asarray(cv2.imread(str(p)), dtype=np.uint8), (480, 360)) for p in photos]
     cols, rows = -(-width // 480), -(-height // 360)
     grid = np.vstack(
         [np.hstack([tiles[(r * cols + c) % len(tiles)] for c in range(cols)]) for r in range(rows)]

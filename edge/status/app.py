@@ -5,8 +5,9 @@
 or a stand-in built from real parts in tests), ``token`` the shared secret.
 
 Routes: ``/`` (HTML), ``/api/status`` (JSON), ``/cameras/{id}/frame.jpg`` (latest classified
-frame with the prediction drawn on it), ``/metrics`` (Prometheus text), ``/healthz`` (open:
-load balancers and ``systemctl`` probes need no secret; it reveals only ok/not ok).
+frame with the camera's zones, the prediction's pet regions and its label drawn on it),
+``/metrics`` (Prometheus text), ``/healthz`` (open: load balancers and ``systemctl`` probes need
+no secret; it reveals only ok/not ok).
 Everything else needs the token: ``Authorization: Bearer …``, the ``parkwatch_token`` cookie,
 or ``?token=…`` once (which sets the cookie, so a technician pastes one link).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hmac
 import html
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,18 +54,58 @@ def _clock(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def draw_prediction(image: np.ndarray, pred: dict[str, Any] | None, flags: list[str]) -> bytes:
-    """JPEG of ``image`` with label, confidence and integrity flags written on a dark band."""
-    img = image.copy()
+LABEL_COLOURS = {"cat": (0, 165, 255), "dog": (255, 120, 60)}  # BGR: orange, blue
+ZONE_COLOUR = (230, 230, 0)  # cyan
+
+
+def _text(
+    img: np.ndarray, text: str, org: tuple[int, int], scale: float, colour: tuple[int, int, int]
+) -> None:
+    """Text with a dark outline, readable on any part of a frame."""
+    thick = max(int(2 * scale), 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, text, org, font, 0.7 * scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, org, font, 0.7 * scale, colour, thick, cv2.LINE_AA)
+
+
+def draw_prediction(
+    image: np.ndarray,
+    pred: dict[str, Any] | None,
+    flags: list[str],
+    zones: Sequence[Any] = (),
+) -> bytes:
+    """JPEG of ``image`` with the camera's zones (cyan outlines, named), the regions of the last
+    prediction that held a pet (a box per region with its label and confidence), and a band with
+    the frame's label (a pet, ``none`` or ``abstain``), ``IR`` for a night frame, and the integrity
+    flags. Zones are ``edge.perception.regions.Zone`` (``name``, ``points`` in frame pixels)."""
+    img = np.ascontiguousarray(image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)).copy()
     w = img.shape[1]
     scale = max(w / 640, 0.5)
+    line = max(int(2 * scale), 1)
+    for z in zones:
+        pts = np.array([[round(x), round(y)] for x, y in z.points], dtype=np.int32)
+        cv2.polylines(img, [pts], isClosed=True, color=ZONE_COLOUR, thickness=line, lineType=cv2.LINE_AA)
+        x0, y0 = int(pts[:, 0].min()), int(pts[:, 1].min())
+        _text(img, f"zone {z.name}", (x0 + 4, max(y0 + int(22 * scale), int(60 * scale))), scale, ZONE_COLOUR)
+    for r in (pred or {}).get("regions") or []:
+        x, y, bw, bh = (int(v) for v in r["box"])
+        colour = LABEL_COLOURS.get(r["label"], (80, 220, 80))
+        cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), colour, line + 1)
+        _text(img, f"{r['label']} {r['confidence'] * 100:.0f}%", (x + 4, y + int(24 * scale)), scale, colour)
     band = int(36 * scale)
     cv2.rectangle(img, (0, 0), (w, band), (0, 0, 0), -1)
     if pred is None:
         text, colour = "no prediction (no model?)", (200, 200, 200)
     else:
         text = f"{pred['label']} {pred['confidence'] * 100:.0f}%"
-        colour = (0, 200, 255) if pred.get("abstain") else (80, 220, 80)
+        if pred.get("abstain"):
+            colour = (0, 200, 255)
+        elif pred["label"] == "none":
+            colour = (200, 200, 200)
+        else:
+            colour = (80, 220, 80)
+        if pred.get("ir"):
+            text += "  IR"
     if flags:
         text += "  [" + ", ".join(flags) + "]"
         colour = (0, 140, 255)
@@ -146,7 +188,7 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
         view = source.camera_view(camera_id)
         if view is None:
             return PlainTextResponse(f"no frame from camera {camera_id} yet", status_code=404)
-        jpg = draw_prediction(view.frame.image, view.prediction, view.flags)
+        jpg = draw_prediction(view.frame.image, view.prediction, view.flags, getattr(view, "zones", ()))
         return Response(jpg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics")

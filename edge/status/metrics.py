@@ -64,10 +64,14 @@ def render_metrics(s: dict[str, Any]) -> str:
     o.add(
         "lost_predictions_total",
         "counter",
-        "predictions lost because the outbox could not be written",
+        "predictions lost: the outbox could not be written, or one could not be built",
         inf["lost_predictions"],
     )
     o.add("skipped_static_total", "counter", "frames skipped by motion gating", inf["skipped_static"])
+    o.add("regions_total", "counter", "regions (model inputs) classified", inf.get("regions_run"))
+    o.add("pet_regions_total", "counter", "regions reported as holding a pet", inf.get("pet_regions"))
+    o.add("abstain_rate", "gauge", "share of classified frames that abstained", inf.get("abstain_rate"))
+    o.add("none_rate", "gauge", "share of classified frames sure to hold no pet", inf.get("none_rate"))
     for q, v in (inf.get("latency_ms") or {}).items():
         o.add("latency_ms", "gauge", "frame-to-result latency percentiles", v, {"quantile": q})
     model = s.get("model")

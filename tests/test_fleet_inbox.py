@@ -309,7 +309,14 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         dev.telemetry()
         dev.flush()
         dev.kill()  # dies: the broker publishes its retained last-will
-        wait_for(lambda: store.device("box-r")["status_reason"] == "last-will", what="last-will stored")
+        # The device row appears only once the materializer has applied its first message.
+        wait_for(
+            lambda: (
+                store.query("SELECT status_reason FROM devices WHERE device='box-r'")
+                == [{"status_reason": "last-will"}]
+            ),
+            what="last-will stored",
+        )
         before = store.device("box-r")
         n_events = events()
         ing.stop()

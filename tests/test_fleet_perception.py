@@ -386,6 +386,11 @@ def test_analyze_report_and_cli_show_each_lighting_mode(tmp_path: Path, broker: 
     assert "none share" in html and "abstain" in html
     site = next(d for d in rep["drift"] if not d["device"])
     assert site["details"]["modes"]["ir"]["verdict"]
+    t = rep["totals"]
+    assert (
+        t["none"] + sum(t["pets"].values()) == 550 and t["abstain"] == 0 and set(t["pets"]) == {"cat", "dog"}
+    )
+    assert "<p id='totals-outcomes'>Outcomes: cat " in html
     env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
     r = CliRunner().invoke(main, ["cloud", "analyze", "--no-alerts"], env=env)
     assert r.exit_code == 0, r.output

@@ -66,6 +66,21 @@ def accuracy_over_time(fleet: FleetStore, bucket_s: float = 86400) -> dict[str, 
     }
 
 
+def outcome_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cats and dogs (``pets``), ``none`` and ``abstain`` over the site-level cohorts, each apart."""
+    pets: dict[str, int] = {}
+    none = abstain = 0
+    for r in rows:
+        c = (r.get("details") or {}).get("counts")
+        if r["device"] or not c:
+            continue
+        for k, v in c["pets"].items():
+            pets[k] = pets.get(k, 0) + int(v)
+        none += int(c.get("none", 0))
+        abstain += int(c.get("abstain", 0))
+    return {"pets": dict(sorted(pets.items())), "none": none, "abstain": abstain}
+
+
 def run_analysis(
     cfg: CloudConfig,
     fleet: FleetStore,
@@ -93,6 +108,7 @@ def run_analysis(
         "totals": {
             "predictions": sum(r["n"] for r in rows if not r["device"]),
             "devices": len(health_results),
+            **outcome_totals(rows),
         },
         "health": [h.to_dict() for h in health_results],
         "drift": rows,

@@ -102,6 +102,9 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p>{when}; window {report['window_s'] / 3600:.1f} h; {report['totals']['predictions']} "
         "predictions, "
         f"{report['totals']['devices']} devices, {len(report['alerts']['opened'])} new alert(s).</p>",
+        f"<p id='totals-outcomes'>Outcomes: {escape(outcome_text({'counts': report['totals']}))}</p>"
+        if "none" in report["totals"]
+        else "",
         "<h2>Device health</h2><table><tr><th>device</th><th>site</th><th>state</th><th>reasons</th></tr>",
     ]
     for h in report["health"]:

@@ -26,6 +26,10 @@ def _human_report(r: dict[str, Any]) -> str:
     lines = [
         f"analysis {r['run_id']}: {r['totals']['predictions']} predictions, {r['totals']['devices']} devices"
     ]
+    if "none" in r["totals"]:
+        from cloud.analysis.report import outcome_text
+
+        lines[0] += f" ({outcome_text({'counts': r['totals']})})"
     min_samples = (r.get("thresholds") or {}).get("min_samples")
     for d in r["drift"]:
         if d["device"]:

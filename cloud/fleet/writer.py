@@ -105,10 +105,9 @@ def _probs_json(probs: dict[str, float]) -> str:
 def _regions_json(p: Prediction) -> str | None:
     """The regions that held a pet, as sent (``box`` [x, y, w, h] in frame pixels, label,
     confidence); None for a frame without any (``none``, abstain, or a box that sends none)."""
-    regions = getattr(p, "regions", None)
-    if not regions:
+    if not p.regions:
         return None
-    return _enc([r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in regions])
+    return _enc([r.model_dump(mode="json") for r in p.regions])
 
 
 def _ir_flags(p: Prediction) -> tuple[int | None, list[str]]:
@@ -116,7 +115,7 @@ def _ir_flags(p: Prediction) -> tuple[int | None, list[str]]:
 
     A box speaking schema 1 says "IR frame" with the flag ``ir``: it is moved to the ``ir`` column
     and out of the flags, which count integrity problems (an IR frame is not one)."""
-    ir = getattr(p, "ir", None)
+    ir = p.ir
     flags = p.flags
     if IR_FLAG in flags:
         flags = [f for f in flags if f != IR_FLAG]

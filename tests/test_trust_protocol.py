@@ -187,3 +187,27 @@ def test_snapshot_quota_per_device(tmp_path: Path) -> None:
     assert got == ["stored"] * 3 + ["over_quota"] * 2
     assert store_snapshot(cfg, snap("box2", 0), quota, now=NOW) == "stored"  # another device's own quota
     assert store_snapshot(cfg, snap("box1", 9), quota, now=NOW + 86_400 + 1) == "stored"  # a day on
+
+
+def test_rows_stored_before_the_bounds_do_not_break_readers(tmp_path: Path) -> None:
+    """Rows an older cloud accepted (ts=1e300, 1e12) stay readable: the CLI and pages never crash."""
+    from click.testing import CliRunner
+
+    from cloud.cli import cloud
+
+    cfg = CloudConfig.model_validate({"data_dir": str(tmp_path / "cloud")})
+    db = connect(cfg.fleet_db)
+    writer = BatchWriter(db)
+    batch = PredictionBatch(device="box1", site="park1", predictions=[_pred(1, ts=1e300)])
+    writer.write([Incoming(parse_topic(TOPIC_P), batch, NOW)])
+    tele = Telemetry.model_validate_json(_telemetry()).model_copy(update={"ts": 1e12})
+    writer.write([Incoming(parse_topic(TOPIC_T), tele, NOW)])
+    db.close()
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(f'data_dir = "{cfg.data_dir}"\n')
+    r = CliRunner().invoke(cloud, ["lineage", "box1:1", "--config", str(toml)])
+    assert r.exit_code == 0 and "1e+300" in r.output, r.output
+    seed_users(cfg)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    assert c.get("/devices/box1").status_code == 200

@@ -145,7 +145,7 @@ def _human_lineage(r: dict[str, Any]) -> str:
         p = r["prediction"]
         lines.append(
             f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
+            f"{_utc(p['ts'])}, site {p['site']}"
         )
     m = r.get("model")
     if m is None:

@@ -62,6 +62,7 @@ def test_approve_then_rollout_reaches_n_of_n(
         root = tmp_path / "trusted-root.json"
         root.write_bytes(ch.repo.trusted_root_bytes())
         for i in range(N):
+            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "setup")
             ecfg = edge_config(tmp_path / f"edge{i}", mqtt_cfg(broker.port), root, f"box{i}", group="staging")
             hosts.append(EdgeHost(ecfg, initial_model(v1)).start())
             updaters.append(UpdaterService(hosts[-1]).start())

@@ -47,6 +47,12 @@ class FleetConfig(Section):
         description="alert (ingest_backlog) when an acknowledged message has waited this long in a "
         "worker's inbox for the materializer: the fleet tables are behind",
     )
+    snapshot_quota_per_day: int = Field(
+        200,
+        ge=0,
+        description="snapshots kept per device per 24 h at most (per ingest worker); beyond, dropped "
+        "and counted as over_quota, so one box cannot fill the disk",
+    )
     snapshots_dir: Path | None = Field(
         None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"
     )

@@ -40,7 +40,7 @@ from cloud.fleet.errors import FleetError
 from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
 from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
-from cloud.fleet.snapshots import store_snapshot
+from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
 from shared.mqtt import make_client
 from shared.protocol import (
     PREDICTION_SCHEMAS,
@@ -120,6 +120,7 @@ class FleetIngest:
         self.accepted = 0
         self.ignored = 0
         self.snapshots: dict[str, int] = {}
+        self._snapshot_quota = SnapshotQuota(cfg.fleet.snapshot_quota_per_day)
         self.inbox_errors = 0
         self.materializer_restarts = 0
         self.last_error: str | None = None
@@ -436,7 +437,7 @@ class FleetIngest:
         try:
             _, snap = decode(topic, payload, self.cfg.mqtt.max_payload_bytes)
             assert isinstance(snap, Snapshot)
-            outcome = store_snapshot(self.cfg, snap)
+            outcome = store_snapshot(self.cfg, snap, self._snapshot_quota)
         except ProtocolError as e:
             self._reject(e)
             return

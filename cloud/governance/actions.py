@@ -128,6 +128,7 @@ def _strip_none(d: Any) -> Any:
 def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str]]:
     """Labelled snapshots whose image reached the cloud (``<snapshots_dir>/<id>.*``), as (file, label)."""
     from cloud.fleet.store import FleetStore
+    from shared.protocol.bounds import SNAPSHOT_ID
 
     snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
     out = []
@@ -135,9 +136,16 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
         for fb in fs.feedback():
             if fb["label"] not in labels or not fb["snapshot"]:
                 continue
-            found = sorted(snap_dir.glob(f"{fb['snapshot']}.*")) if snap_dir.is_dir() else []
-            if found:
-                out.append((found[0], fb["label"]))
+            # The id came from a device: it names one file, never a pattern or a path (an id
+            # like '../registry' used to be globbed here). Ingest stores '<id>.jpg' only.
+            if not SNAPSHOT_ID.match(fb["snapshot"]):
+                log.warning(
+                    "feedback names snapshot %r, which is not a snapshot id; skipped", fb["snapshot"][:80]
+                )
+                continue
+            path = snap_dir / f"{fb['snapshot']}.jpg"
+            if path.is_file() and path.resolve().parent == snap_dir.resolve():
+                out.append((path, fb["label"]))
     return out
 
 

@@ -27,6 +27,7 @@ from cloud.release.channel import (
 )
 from cloud.release.errors import ReleaseError
 from cloud.release.responder import Responder
+from cloud.release.store import read_membership
 from cloud.release.watch import HealthSample, judge, progress
 from shared.protocol import ModelState, ProtocolError, Telemetry, Topics, decode
 
@@ -42,7 +43,16 @@ class ReleaseService:
         self.cfg = cfg
         self.client: mqtt.Client | None = None
         self.channel: ReleaseChannel | None = None
-        self.responder = Responder(cfg.repo_dir, cfg.release.chunk_bytes, cfg.release.responder_workers)
+        rel = cfg.release
+        self.responder = Responder(
+            cfg.repo_dir,
+            rel.chunk_bytes,
+            rel.responder_workers,
+            membership=lambda: read_membership(cfg.data_dir),  # provisioned groups, never claimed
+            rate_per_device=rel.responder_rate_per_device,
+            burst=rel.responder_burst,
+            queue_per_device=rel.responder_queue_per_device,
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -230,7 +230,12 @@ def test_mjpeg_url_that_is_a_web_page_says_so_and_keeps_backing_off(http_cam: Ht
     seen: set[str] = set()
     cam.start()
     try:
-        assert wait_for(lambda: seen.add(cam.state) or cam.failures >= 4, 20), (cam.failures, seen)
+
+        def watch() -> bool:
+            seen.add(cam.state)
+            return cam.failures >= 4
+
+        assert wait_for(watch, 20), (cam.failures, seen)
     finally:
         cam.stop()
     assert "streaming" not in seen  # no flip-flop: it never counted as connected
@@ -288,7 +293,8 @@ def test_camera_test_tells_path_from_host_and_saves_a_frame(tmp_path: Path) -> N
         ok = run_cli("camera", "test", srv.url, "--out", str(tmp_path / "f.jpg"), cwd=tmp_path)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "RTSP 200 OK" in ok.stdout and "640x480 frame saved" in ok.stdout
-        assert cv2.imread(str(tmp_path / "f.jpg")).shape == (480, 640, 3)
+        saved = cv2.imread(str(tmp_path / "f.jpg"))
+        assert saved is not None and saved.shape == (480, 640, 3)
         wrong_path = run_cli("camera", "test", srv.url + "-nope", "--json", cwd=tmp_path)
         assert wrong_path.returncode == 1
         report = json.loads(wrong_path.stdout)

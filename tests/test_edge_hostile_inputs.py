@@ -399,14 +399,17 @@ def test_the_updater_refuses_a_signed_bomb_tarball_before_writing_it(
                     tarball_sha256="",
                 )
             )
-        s.ch.approve("3.0.0", "staging", "qa-anna", "bomb")
-        s.ch.rollout("3.0.0", "staging", "eng-bob", "bomb")
+        ch = s.ch
+        assert ch is not None
+        ch.approve("3.0.0", "staging", "qa-anna", "bomb")
+        ch.rollout("3.0.0", "staging", "eng-bob", "bomb")
         assert s.updater.check_once() == "failed"
         reason = s.host.states[-1].reason or ""
         assert "zz-padding.bin" in reason and "not listed in the manifest" in reason, reason
         models = s.ecfg.state_dir / "updater" / "models"
         written = sum(p.stat().st_size for p in models.rglob("*") if p.is_file())
         assert written < 50 * 2**20 and not (models / ".3.0.0.unpacking").exists()
-        assert s.host.model_slot.current.version == "1.0.0"
+        current = s.host.model_slot.current
+        assert current is not None and current.version == "1.0.0"
     finally:
         s.close()

@@ -296,8 +296,10 @@ class Camera:
                 dt = max(now_mono - self._last_mono, 1e-6)
                 # after a gap (a stall, a reconnect) the average starts again: blending a burst
                 # of buffered frames into an old average showed 57 fps for a frozen camera
-                gap = dt > min(self.cfg.stall_after_s, 2.0)
-                self._fps_ema = 1.0 / dt if gap or not self._fps_ema else 0.9 * self._fps_ema + 0.1 / dt
+                if dt > min(self.cfg.stall_after_s, 2.0):
+                    self._fps_ema = 0.0  # the gap is no frame interval: the next one starts afresh
+                else:
+                    self._fps_ema = 0.9 * self._fps_ema + 0.1 / dt if self._fps_ema else 1.0 / dt
             self._last_mono = now_mono
             self.wake.set()
 

@@ -38,7 +38,7 @@ from typing import Any
 from edge.cameras import Camera
 from edge.config import EdgeConfig
 from edge.errors import ModelError
-from edge.events import RecentErrors
+from edge.events import RecentDeltas, RecentErrors
 from edge.inference import InferenceEngine
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
@@ -71,6 +71,8 @@ class Daemon:
         self.software = software_version()
         self.started_ts = time.time()
         self.errors = RecentErrors()
+        #: growth of the lifetime counters over the last 10 minutes: what the banner warns on
+        self.recent = RecentDeltas(600.0)
         # Messages the box receives (release notices, update responses) that fail validation:
         # counted by kind, logged once per kind, reported in telemetry; never a crash.
         self.rejects = RejectCounter()
@@ -164,6 +166,7 @@ class Daemon:
             except Exception as e:  # the daemon keeps classifying with the model it has
                 self.errors.add("updater", f"cannot start the updater: {type(e).__name__}: {e}")
                 log.exception("cannot start the updater")
+        self._observe_counters()  # the baseline: totals from before this start are not "recent"
         log.info(
             "parkwatch edge %s started: device %s/%s, %d camera(s), model %s",
             self.software,
@@ -289,8 +292,19 @@ class Daemon:
             self.mqtt.publish(self.model_topic, encode(self.model_state), qos=1, retain=True)
 
     # -- telemetry ----------------------------------------------------------------------------------
+    def _observe_counters(self) -> dict[str, Any]:
+        ob, e = self.outbox, self.engine
+        return {
+            "window_s": self.recent.window_s,
+            "evicted": self.recent.observe("evicted", ob.evicted_total if ob else 0),
+            "write_errors": self.recent.observe("write_errors", ob.write_errors if ob else 0),
+            "lost_predictions": self.recent.observe("lost", e.lost_predictions if e else 0),
+            "inference_errors": self.recent.observe("inference_errors", e.inference_errors if e else 0),
+        }
+
     def build_telemetry(self) -> Telemetry:
         assert self.host is not None and self.engine is not None and self.outbox is not None
+        self._observe_counters()
         host = self.host.sample()
         self.last_host = host
         e = self.engine
@@ -432,6 +446,7 @@ class Daemon:
                 "connects": self.mqtt.connects,
                 "disconnects": self.mqtt.disconnects,
                 "last_error": self.mqtt.last_error,
+                "failed_attempts": self.mqtt.failed_attempts,
                 "since_ts": self.mqtt.last_change_ts,
             },
             "outbox": {
@@ -462,6 +477,7 @@ class Daemon:
                 "threshold": self.cfg.inference.confidence_threshold,
             },
             "telemetry": {"sent": self.telemetry_sent, "skipped_offline": self.telemetry_skipped},
+            "recent": self._observe_counters(),
             "snapshots": (
                 {
                     "saved": snaps.saved,
@@ -480,6 +496,13 @@ class Daemon:
             "recent_predictions": list(e.recent)[:20] if e else [],
             "errors": self.errors.list(),
         }
+
+    def retry_camera(self, camera_id: str) -> bool | None:
+        """The status page's "retry now": None if no such camera, False if it is not waiting."""
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam.retry_now()
+        return None
 
     def camera_view(self, camera_id: str) -> Any:
         return self.engine.views.get(camera_id) if self.engine else None

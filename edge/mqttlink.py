@@ -24,6 +24,9 @@ re-numbered while the process lives; after a restart the outbox resends it.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +45,21 @@ log = logging.getLogger("parkwatch.edge.mqtt")
 MessageCallback = Callable[[mqtt.MQTTMessage], None]
 SESSION_EXPIRY_S = 7 * 24 * 3600
 NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK reason code 16: accepted, delivered to nobody
+
+
+def connect_failure(exc: BaseException | None) -> tuple[str, str]:
+    """Pure: the reason a technician reads for a failed TCP/TLS connect, and what to check."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused", "is the broker running and listening on that port? firewall?"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found", "check [mqtt] host and the box's DNS"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out", "check the network path to the broker (firewall, VPN, cable)"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return f"TLS handshake failed: {exc}", "check [mqtt] tls settings and the CA file"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__, "check the network and [mqtt] host/port"
+    return "connection failed", "check the network and [mqtt] host/port"
 
 
 class MqttLink:
@@ -71,6 +89,7 @@ class MqttLink:
         self.disconnects = 0
         self.last_error: str | None = None
         self.last_change_ts: float | None = None
+        self.failed_attempts = 0
         self._started = False
         # Until the cloud says otherwise it is assumed old: schema 1 is what every cloud accepts.
         self.cloud_prediction_schemas: tuple[int, ...] = (1,)
@@ -85,6 +104,7 @@ class MqttLink:
         )
         c.will_set(self.status_topic, encode(will), qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
@@ -182,12 +202,30 @@ class MqttLink:
 
         return wrapped
 
+    def _fail(self, reason: str, hint: str) -> None:
+        self.failed_attempts += 1
+        msg = f"cannot reach {self.cfg.host}:{self.cfg.port}: {reason}"
+        if msg != self.last_error:  # once per new reason: paho retries every few seconds
+            log.warning("%s (%s); retrying, predictions wait in the outbox", msg, hint)
+        self.last_error = msg
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this inside its ``except OSError``: the exception says why
+        reason, hint = connect_failure(sys.exc_info()[1])
+        self._fail(reason, hint)
+
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         if rc.is_failure:
-            self.last_error = f"broker refused the connection: {rc}"
-            log.warning("%s (check [mqtt] username/password and the broker ACL)", self.last_error)
+            if getattr(rc, "value", None) in (4, 5, 134, 135):  # bad user name or password / not authorised
+                self._fail(
+                    f"not authorised ({rc})",
+                    "check [mqtt] username and password file, and the broker's users",
+                )
+            else:
+                self._fail(f"the broker refused the connection ({rc})", "check [mqtt] and the broker ACL")
             return
         self.connects += 1
+        self.failed_attempts = 0
         self.last_error = None
         self.last_change_ts = time.time()
         log.info("connected to %s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)

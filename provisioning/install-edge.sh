@@ -171,7 +171,9 @@ sed -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@STATE@#$state#g" -e "s#
 chmod 0644 "$root$unit_dir/parkwatch-edge.service.tmp"
 mv "$root$unit_dir/parkwatch-edge.service.tmp" "$root$unit_dir/parkwatch-edge.service"
 
-"$venv/bin/parkwatch" edge config check "$root$etc/edge.toml" \
+# --allow-placeholders: right after install the example's CHANGE-ME values are expected (warned);
+# the technician's own 'edge config check' after editing refuses them.
+"$venv/bin/parkwatch" edge config check --allow-placeholders "$root$etc/edge.toml" \
   || die "$etc/edge.toml is invalid (message above); fix it and run this script again"
 
 systemd_up=0; [[ -d /run/systemd/system ]] && systemd_up=1

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -165,6 +164,8 @@ def decode_capped(
     if header is None:
         raise ImageRefused(NO_HEADER, f"{source}: not a JPEG, PNG, BMP or WebP whose size can be read")
     check_size(header.width, header.height, max_pixels, max_aspect, source)
+    import cv2  # here, not at the top: edge.config imports this module's constants, and the CLI stays light
+
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageRefused(UNDECODABLE, f"{source}: {header.format} data does not decode")

@@ -30,11 +30,13 @@ from edge.cameras import Camera
 from edge.config import CameraConfig
 from edge.events import RecentErrors
 from edge.preprocess import ImageError, decode_image, geometry
+from shared.broker import EmbeddedBroker
 from shared.images import ImageRefused, decode_capped, image_header
 from shared.modelpkg import PreprocessSpec, build_manifest
 from shared.pkgtar import TarRefused, extract_package
 from shared.protocol import Telemetry, encode
 from shared.redact import redact_text, redact_url
+from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.rtsp_server import RtspServer, check_prerequisites
 
 
@@ -366,3 +368,48 @@ def _garbage(tmp: Path) -> Path:
     p = tmp / "garbage.tar.gz"
     p.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
     return p
+
+
+def test_the_updater_refuses_a_signed_bomb_tarball_before_writing_it(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    baseline_package: Path,  # noqa: F811
+) -> None:
+    """Through the real release channel: even a tarball that TUF accepts (signed, right hash)
+    cannot make the box write more than its manifest declares."""
+    from cloud.registry.models import ModelRecord
+    from cloud.registry.store import Registry
+    from tests.release_support import Setup, make_version
+
+    s = Setup(tmp_path, broker, baseline_package)
+    try:
+        pkg = make_version(baseline_package, tmp_path / "bomb-src", "3.0.0")
+        members = sorted(_files(pkg), key=lambda m: m[0] != "manifest.json")
+        members.append(("zz-padding.bin", 200 * 2**20))  # 200 MB of zeros, ~0.2 MB gzipped
+        tarball = _tar(tmp_path / "3.0.0.tar.gz", members)
+        real = sum(p.stat().st_size for p in pkg.rglob("*") if p.is_file())
+        assert tarball.stat().st_size < real + 2**20  # the padding adds well under 1 MB shipped
+        with Registry(s.cfg.registry_db) as reg:
+            reg.register_model(
+                ModelRecord(
+                    version="3.0.0",
+                    gate_passed=True,
+                    package_dir=str(pkg),
+                    tarball=str(tarball),
+                    tarball_sha256="",
+                )
+            )
+        ch = s.ch
+        assert ch is not None
+        ch.approve("3.0.0", "staging", "qa-anna", "bomb")
+        ch.rollout("3.0.0", "staging", "eng-bob", "bomb")
+        assert s.updater.check_once() == "failed"
+        reason = s.host.states[-1].reason or ""
+        assert "zz-padding.bin" in reason and "not listed in the manifest" in reason, reason
+        models = s.ecfg.state_dir / "updater" / "models"
+        written = sum(p.stat().st_size for p in models.rglob("*") if p.is_file())
+        assert written < 50 * 2**20 and not (models / ".3.0.0.unpacking").exists()
+        current = s.host.model_slot.current
+        assert current is not None and current.version == "1.0.0"
+    finally:
+        s.close()

@@ -207,6 +207,17 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
             disk_percent=last["disk_percent"],
         )
     body = _body(last)
+    # Predictions that never got a sequence number (the outbox could not write them) leave no
+    # gap for ingest to find: the box counts them in telemetry (since its start); raise on growth.
+    lost = int(body.get("lost_predictions") or 0)
+    before = int(_body(telemetry[-2]).get("lost_predictions") or 0) if len(telemetry) > 1 else 0
+    if lost > before or (lost and len(telemetry) == 1):
+        add(
+            "predictions_lost",
+            f"{dev}: {lost} prediction(s) lost on the device since its start (the outbox could not "
+            "write them: disk full?)",
+            lost=lost,
+        )
     prev_cams = _body(telemetry[-2]).get("cameras", {}) if len(telemetry) > 1 else {}
     for cam, c in (body.get("cameras") or {}).items():
         state = c.get("state")

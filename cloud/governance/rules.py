@@ -71,6 +71,13 @@ RULES: dict[str, Rule] = {
             "a telemetry figure is far from its own recent history",
             from_telemetry=True,
         ),
+        Rule(
+            "predictions_lost",
+            "health",
+            "warning",
+            "the device lost predictions before its outbox (disk full, write errors)",
+            from_telemetry=True,
+        ),
         Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
         Rule(
             "update_failed",

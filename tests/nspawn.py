@@ -37,6 +37,8 @@ PACKAGES = (
     "systemd",
     "systemd-sysv",
 )
+# Bump when cached_rootfs() changes what it does after debootstrap, so caches are rebuilt.
+RECIPE = 1
 CACHE_ENV = "PARKWATCH_ROOTFS_CACHE"
 CHECKS_SRC = Path(__file__).resolve().parent / "container_checks"
 DEFAULT_CACHE = Path("/var/cache/parkwatch-test")
@@ -76,10 +78,10 @@ def parse_mirror(sources: str, suite: str = SUITE) -> str | None:
             uris = fields.get("uris", "").split()
             if uris:
                 return uris[0]
-    for line in sources.splitlines():  # one-line format
-        parts = line.split()
+    for line in sources.splitlines():  # one-line format: deb [options] URI suite components
+        parts = re.sub(r"\[[^\]]*\]", " ", line).split()
         if len(parts) >= 3 and parts[0] == "deb" and parts[2] == suite:
-            return next(p for p in parts[1:] if not p.startswith("["))
+            return parts[1]
     return None
 
 
@@ -101,7 +103,8 @@ def cache_dir() -> Path:
 
 
 def rootfs_key() -> str:
-    return hashlib.sha256(f"{SUITE} {VARIANT} {' '.join(sorted(PACKAGES))}".encode()).hexdigest()[:16]
+    recipe = f"{RECIPE} {SUITE} {VARIANT} {' '.join(sorted(PACKAGES))}"
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
 def cached_rootfs() -> Path:

@@ -162,3 +162,36 @@ enabled = false
         assert "were never received by the cloud" in r2["purge_out"], r2["purge_out"]
         assert r2["purge_yes_rc"] == 0, r2["purge_yes_out"]
     assert r2["left_after_purge"] == [] and r2["user_after_purge"] != 0, r2
+
+
+DEB822 = """Types: deb
+# http://snapshot.example/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def test_the_mirror_comes_from_the_hosts_apt_sources() -> None:
+    from tests.nspawn import parse_mirror
+
+    assert parse_mirror(DEB822) == "http://mirror.example/debian"
+    assert (
+        parse_mirror("deb [arch=amd64] http://m.example/debian bookworm main\n") == "http://m.example/debian"
+    )
+    assert parse_mirror(DEB822.replace("bookworm bookworm-updates", "trixie")) is None
+
+
+def test_a_machine_without_nspawn_gets_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.nspawn as nspawn
+
+    monkeypatch.setattr(nspawn, "tool", lambda name: None if name == "debootstrap" else "/usr/bin/" + name)
+    with pytest.raises(
+        nspawn.ContainerUnavailable, match=r"debootstrap missing: run .*system-deps.sh container"
+    ):
+        nspawn.require_tools()

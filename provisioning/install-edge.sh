@@ -99,6 +99,9 @@ if [[ -n $model ]]; then
     install -m 0644 "$model" "$staged/model.onnx"
     candidate=$staged/model.onnx
   fi
+  # The service user must read every file (a package copied from a 0600 download would not be).
+  chmod -R u+rwX,go+rX,go-w "$staged"
+  own -R root:root "$staged"
   if ! verdict=$("$venv/bin/python" "$here/provisioning/check_model.py" "$candidate" 2>&1); then
     die "--model $model cannot be used, so the installed model was left as it was: $(tail -n 1 <<< "$verdict")"
   fi

@@ -7,6 +7,7 @@ mechanics differ (upserts written with sqlite-utils, retention by partition).
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import re
 import time
@@ -19,6 +20,7 @@ from cloud.fleet.errors import BadRequest, FleetError
 from cloud.fleet.schema import connect
 from cloud.fleet.store import LABELS, FleetStore, prediction_id
 
+PRUNE_LOCK_KEY = 0x70727565  # the advisory lock one pruning worker holds
 _PART = re.compile(r"^(predictions|telemetry)_d(\d{8})$")
 
 
@@ -83,6 +85,21 @@ class PgFleetStore(FleetStore):
         out = {"predictions": 0, "telemetry": 0}
         raw = self.db.conn.raw  # type: ignore[attr-defined]  # a PgConnection here
         try:
+            # Every worker's materializer prunes at start-up and hourly: one at a time is enough,
+            # the others find nothing left to do.
+            row = raw.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_KEY,)).fetchone()
+            if not (row and row[0]):
+                return out
+        except Exception as e:
+            raise FleetError(f"retention prune failed on {self.target.display()}: {e}") from e
+        try:
+            return self._prune(raw, cutoff, before_ts, out)
+        finally:
+            with contextlib.suppress(Exception):  # a broken connection released it anyway
+                raw.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
+
+    def _prune(self, raw: Any, cutoff: int, before_ts: float, out: dict[str, int]) -> dict[str, int]:
+        try:
             parts = raw.execute(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                 "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname IN ('predictions', 'telemetry')"
@@ -103,8 +120,8 @@ class PgFleetStore(FleetStore):
                             "WHERE f.device = predictions.device AND f.seq = predictions.seq)",
                             (day,),
                         )
-                    row = raw.execute(f'SELECT count(*) FROM "{name}"').fetchone()
-                    out[table] += int(row[0]) if row else 0
+                    got = raw.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+                    out[table] += int(got[0]) if got else 0
                     raw.execute(f'DROP TABLE "{name}"')
             with raw.transaction():
                 for table, col in (

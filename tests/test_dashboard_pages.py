@@ -129,7 +129,7 @@ def test_quality_page_says_not_judged_for_a_model_without_baseline(cfg) -> None:
     from cloud.analysis.job import run_analysis
     from cloud.fleet.store import FleetStore
 
-    with FleetStore(cfg.fleet_db) as fleet:
+    with FleetStore(cfg.fleet_store) as fleet:
         run_analysis(cfg, fleet, None, baseline_of=lambda v: None, write_report=False)
     c = client_for(cfg)
     sign_in(c, "viewer")

@@ -22,11 +22,16 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH)
+@click.argument(
+    "path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH, envvar="PARKWATCH_CONFIG"
+)
 @json_option
 @handle_errors
 def config_check(path: Path, as_json: bool) -> None:
-    """Validate PATH; exit 2 naming the key if it is wrong."""
+    """Validate PATH; exit 2 naming the key if it is wrong.
+
+    PATH defaults to $PARKWATCH_CONFIG, then the installed path.
+    """
     from edge.config import load, preflight
 
     cfg = load(path)

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
@@ -96,3 +97,20 @@ def test_lineage_of_a_model_is_readable(tmp_path: Path) -> None:
     assert "model 1.0.0" in out and "abc123 (uncommitted changes)" in out
     assert re.search(r"head\.lr\s+0\.001", out), out
     assert "missing" in out and "  - training run: model version 1.0.0 records none" in out
+
+
+@pytest.mark.slow
+def test_cloud_baseline_builds_the_package_the_edge_runs_first(tmp_path: Path) -> None:
+    """edge.example.toml's [model] initial needs a package no command built (issue 15, D20)."""
+    from edge.config import InferenceConfig
+    from edge.model import load_model
+
+    code, out = run("baseline", str(tmp_path / "models"), "--version", "baseline-test", "--json")
+    assert code == 0, out
+    built = json.loads(out)
+    pkg = Path(built["package"])
+    assert pkg == tmp_path / "models" / "baseline-test" and (pkg / "manifest.json").is_file()
+    model = load_model(pkg, InferenceConfig(threads=1))  # the edge's own loader accepts it
+    assert model.version == "baseline-test"
+    code, out = run("baseline", str(tmp_path / "models"), "--version", "baseline-test")
+    assert code == 1 and "already exists" in out  # versions are immutable: never overwritten

@@ -114,3 +114,19 @@ def test_cloud_baseline_builds_the_package_the_edge_runs_first(tmp_path: Path) -
     assert model.version == "baseline-test"
     code, out = run("baseline", str(tmp_path / "models"), "--version", "baseline-test")
     assert code == 1 and "already exists" in out  # versions are immutable: never overwritten
+
+
+def test_the_exit_codes_the_docs_give_are_the_ones_the_cli_uses(tmp_path: Path) -> None:
+    """The docs said 1/2 while usage errors exit 64 (issue 15, D20)."""
+    from shared.cli import EXIT_USAGE, main
+    from shared.clitools import EXIT_CONFIG, EXIT_ERROR
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cloud-engineer-build.md").read_text()
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \| ", doc, flags=re.M)}
+    assert documented == {0, EXIT_ERROR, EXIT_CONFIG, EXIT_USAGE}
+    res = CliRunner().invoke(main, ["cloud", "models", "show", "--no-such-option"])
+    assert res.exit_code == EXIT_USAGE == 64
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nhots = 1\n")
+    res = CliRunner().invoke(main, ["cloud", "models", "list", "--config", str(bad)])
+    assert res.exit_code == EXIT_CONFIG

@@ -326,7 +326,7 @@ def test_baseline_package_finds_a_pet_at_the_frame_edge_and_calls_an_empty_scene
     bg = pets_sample.parent / "nopet-dev" / "none" / "n03891251_park_bench.JPEG"
     assert bg.exists(), f"missing no-pet photo {bg}"
     dog = sorted((pets_sample / "dog").glob("*.jpg"))[0]
-    photo = cv2.imread(str(dog))
+    photo = np.asarray(cv2.imread(str(dog)), dtype=np.uint8)
     h = 216  # 30 % of 720
     w = round(photo.shape[1] * h / photo.shape[0])
     with_dog = render(SceneSpec("pet", "dog", bg, dog, (1280 - w, 0, w, h)))  # top-right corner

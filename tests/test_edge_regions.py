@@ -24,7 +24,7 @@ from edge.perception.regions import Zone
 from shared.broker import EmbeddedBroker
 from shared.config import validate_config
 from shared.errors import ConfigError
-from shared.protocol import PredictionBatch
+from shared.protocol import PredictionBatch, Telemetry
 from tests.edge_fixtures import colour_model_args, edge_config, make_tiny_package
 from tests.fleetutil import wait_for
 
@@ -253,12 +253,15 @@ def test_daemon_publishes_regions_ir_and_none_to_a_new_cloud(tmp_path: Path, bro
             )
             preds = lambda: [p for b in collector.of(PredictionBatch) for p in b.predictions]  # noqa: E731
             wait_for(lambda: {p.label for p in preds()} >= {"cat", "none"}, what="a cat and a none")
+            wait_for(lambda: any(t.none_rate is not None for t in collector.of(Telemetry)), what="telemetry")
             snap = d.snapshot()
         batches = collector.of(PredictionBatch)
         cat = next(p for p in preds() if p.label == "cat" and p.regions)
         assert covers(cat.regions[0].box, 1070, 500) and cat.ir is False
         assert any(p.label == "none" and p.ir is True and p.regions == [] for p in preds())
         assert any(b.schema_version == 2 for b in batches)
+        tel = collector.of(Telemetry)
+        assert tel and tel[-1].schema_version == 2 and tel[-1].none_rate is not None
         cam = snap["cameras"][0]
         assert cam["zones"] == [{"name": "z", "rect": [0, 0, 50, 50]}] and snap["inference"]["none_rate"] > 0
     finally:

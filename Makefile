@@ -31,11 +31,11 @@ demo: $(STAMP)
 	$(VENV)/bin/parkwatch cloud demo
 
 test: $(STAMP)
-	@provisioning/system-deps.sh broker camera browser
+	@provisioning/system-deps.sh broker camera browser postgres container
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	@provisioning/system-deps.sh broker camera browser
+	@provisioning/system-deps.sh broker camera browser postgres
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	@provisioning/system-deps.sh broker camera
+	@provisioning/system-deps.sh broker camera postgres
 	@set -e; for b in $(BENCHES); do echo "== $$b"; PYTHONPATH=. $(PY) $$b; done
 
 lock: $(STAMP)

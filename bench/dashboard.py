@@ -46,7 +46,17 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--keep", type=Path, help="build the store here and keep it (re-used if present)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--database-url", help="with --store postgresql: an empty database to fill")
     args = ap.parse_args()
+    if args.store == "postgresql":
+        if not args.database_url:
+            ap.error(
+                "--store postgresql needs --database-url (bench/ingest_fleet.py --pages-devices starts one)"
+            )
+        import tests.fleetutil
+
+        tests.fleetutil.PG_URL = args.database_url  # make_cfg below points fleet.database_url at it
 
     from cloud.analysis.config import AnalysisConfig  # noqa: F401  (import cost outside timings)
     from cloud.dashboard.views.devices import WINDOWS, telemetry_series
@@ -57,19 +67,19 @@ def main() -> int:
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="parkwatch-bench-dash-"))
     cfg = make_cfg(tmp)
     try:
-        if not cfg.fleet_db.exists():
+        if args.store == "postgresql" or not cfg.fleet_db.exists():
             t = time.perf_counter()
             names = seed_fleet(cfg, devices=args.devices, hours=args.hours, step_s=args.step)
             rows = len(names) * (int(args.hours * 3600 / args.step) + 1)
             print(
                 f"store: {len(names)} devices, {rows:,} telemetry rows written through the ingest writer "
-                f"in {time.perf_counter() - t:.0f} s ({cfg.fleet_db.stat().st_size / 1e6:.0f} MB)",
+                f"in {time.perf_counter() - t:.0f} s ({args.store})",
                 flush=True,
             )
         seed_users(cfg)
         client = client_for(cfg)
         sign_in(client, "viewer")
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         size = cfg.dashboard.page_size
         device = "box0000"
 

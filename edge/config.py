@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edge.perception.config import RegionsConfig
 from edge.updater.config import UpdaterConfig
 from shared.config import MqttConfig, SecretRef, Section, load_config
 from shared.errors import ConfigError, SecretError
+from shared.images import DEFAULT_MAX_PIXELS
 from shared.protocol.topics import check_segment
 
 DEFAULT_PATH = Path("/etc/parkwatch/edge.toml")
@@ -101,6 +102,12 @@ class CameraConfig(Section):
     stall_after_s: float = Field(10.0, gt=0)
     reconnect_initial_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=64 * 64,
+        le=100_000_000,
+        description="frames declaring more are refused undecoded",
+    )
     zones: list[ZoneConfig] = Field(default_factory=list, max_length=16)
 
     @field_validator("id")
@@ -115,6 +122,32 @@ class CameraConfig(Section):
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
             raise ValueError(f"zone name {dup!r} appears twice")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url_fits_kind(cls, v: str, info: ValidationInfo) -> str:
+        """An http:// URL on an rtsp camera (or the reverse) can never work: say so at check time."""
+        kind = info.data.get("kind")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        wanted = {"rtsp": ("rtsp", "rtsps"), "mjpeg": ("http", "https")}.get(str(kind))
+        if wanted and scheme not in wanted:
+            raise ValueError(
+                f"a {kind} camera needs a {wanted[0]}:// URL, "
+                f"got {scheme + '://' if scheme else repr(v[:20])}"
+                + (
+                    ' (an http:// URL is an mjpeg camera: set kind = "mjpeg")'
+                    if kind == "rtsp" and scheme in ("http", "https")
+                    else ""
+                )
+                + (
+                    ' (an rtsp:// URL is an rtsp camera: set kind = "rtsp")'
+                    if kind == "mjpeg" and scheme.startswith("rtsp")
+                    else ""
+                )
+            )
+        if kind in ("usb", "file", "folder") and scheme:
+            raise ValueError(f"a {kind} camera takes a device or path, not a {scheme}:// URL")
         return v
 
 
@@ -230,6 +263,30 @@ class EdgeConfig(Section):
 
 def load(path: str | Path = DEFAULT_PATH) -> EdgeConfig:
     return load_config(EdgeConfig, path)
+
+
+#: values the shipped edge.example.toml carries until someone edits them
+TEMPLATE_MARK = "CHANGE-ME"
+TEMPLATE_DEVICE = ("box-01", "bcn-park-1")
+
+
+def template_leftovers(cfg: EdgeConfig) -> list[tuple[str, str]]:
+    """(key, problem) for every value still as provisioning/edge.example.toml ships it: a box with
+    them runs, but talks to the wrong camera password or under another box's name."""
+    found = []
+    if (cfg.device.id, cfg.device.site) == TEMPLATE_DEVICE:
+        found.append(
+            (
+                "device.id",
+                f"still the example's {cfg.device.id!r} at {cfg.device.site!r}: set this box's name and park",
+            )
+        )
+    for n, cam in enumerate(cfg.cameras, 1):
+        if TEMPLATE_MARK in cam.url:
+            found.append(
+                (f"cameras[{n}].url", f"camera {cam.id!r} still has the example's {TEMPLATE_MARK} password")
+            )
+    return found
 
 
 def preflight(cfg: EdgeConfig, path: str | Path) -> list[str]:

@@ -38,7 +38,7 @@ from typing import Any
 from edge.cameras import Camera
 from edge.config import EdgeConfig
 from edge.errors import ModelError
-from edge.events import RecentErrors
+from edge.events import RecentDeltas, RecentErrors
 from edge.inference import InferenceEngine
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
@@ -47,7 +47,7 @@ from edge.perception.regions import Zone
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier, watchdog_interval_s
 from edge.snapshots import SnapshotStore
-from edge.sources import redact_url
+from edge.sources import redact_text, redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
 from shared.protocol import Kind, ModelState, Snapshot, Telemetry, Topics, encode
@@ -71,6 +71,8 @@ class Daemon:
         self.software = software_version()
         self.started_ts = time.time()
         self.errors = RecentErrors()
+        #: growth of the lifetime counters over the last 10 minutes: what the banner warns on
+        self.recent = RecentDeltas(600.0)
         # Messages the box receives (release notices, update responses) that fail validation:
         # counted by kind, logged once per kind, reported in telemetry; never a crash.
         self.rejects = RejectCounter()
@@ -164,6 +166,7 @@ class Daemon:
             except Exception as e:  # the daemon keeps classifying with the model it has
                 self.errors.add("updater", f"cannot start the updater: {type(e).__name__}: {e}")
                 log.exception("cannot start the updater")
+        self._observe_counters()  # the baseline: totals from before this start are not "recent"
         log.info(
             "parkwatch edge %s started: device %s/%s, %d camera(s), model %s",
             self.software,
@@ -289,8 +292,19 @@ class Daemon:
             self.mqtt.publish(self.model_topic, encode(self.model_state), qos=1, retain=True)
 
     # -- telemetry ----------------------------------------------------------------------------------
+    def _observe_counters(self) -> dict[str, Any]:
+        ob, e = self.outbox, self.engine
+        return {
+            "window_s": self.recent.window_s,
+            "evicted": self.recent.observe("evicted", ob.evicted_total if ob else 0),
+            "write_errors": self.recent.observe("write_errors", ob.write_errors if ob else 0),
+            "lost_predictions": self.recent.observe("lost", e.lost_predictions if e else 0),
+            "inference_errors": self.recent.observe("inference_errors", e.inference_errors if e else 0),
+        }
+
     def build_telemetry(self) -> Telemetry:
         assert self.host is not None and self.engine is not None and self.outbox is not None
+        self._observe_counters()
         host = self.host.sample()
         self.last_host = host
         e = self.engine
@@ -321,6 +335,7 @@ class Daemon:
             outbox_errors=self.outbox.write_errors,
             model_version=cur.version if cur else None,
             invalid_messages=self.rejects.snapshot(),
+            lost_predictions=e.lost_predictions,
             **host_fields,
         )
 
@@ -438,6 +453,7 @@ class Daemon:
                 "connects": self.mqtt.connects,
                 "disconnects": self.mqtt.disconnects,
                 "last_error": self.mqtt.last_error,
+                "failed_attempts": self.mqtt.failed_attempts,
                 "since_ts": self.mqtt.last_change_ts,
             },
             "outbox": {
@@ -449,6 +465,7 @@ class Daemon:
                 "path": str(self.cfg.outbox_path),
                 "inflight": self.publisher.inflight if self.publisher else 0,
                 "publish_latency_ms": self.publisher.ack_latency_percentiles() if self.publisher else {},
+                "undelivered": self.publisher.undelivered() if self.publisher else None,
             },
             "inference": {
                 "classified": e.classified if e else 0,
@@ -467,6 +484,7 @@ class Daemon:
                 "threshold": self.cfg.inference.confidence_threshold,
             },
             "telemetry": {"sent": self.telemetry_sent, "skipped_offline": self.telemetry_skipped},
+            "recent": self._observe_counters(),
             "snapshots": (
                 {
                     "saved": snaps.saved,
@@ -486,8 +504,26 @@ class Daemon:
             "errors": self.errors.list(),
         }
 
+    def retry_camera(self, camera_id: str) -> bool | None:
+        """The status page's "retry now": None if no such camera, False if it is not waiting."""
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam.retry_now()
+        return None
+
     def camera_view(self, camera_id: str) -> Any:
         return self.engine.views.get(camera_id) if self.engine else None
+
+
+class RedactingFilter(logging.Filter):
+    """Hides URL passwords in every log line (a camera URL may sit in any message or argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
 
 
 def _configure_logging() -> None:
@@ -501,6 +537,9 @@ def _configure_logging() -> None:
             else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )  # journald adds its own timestamps
         logging.basicConfig(level=logging.WARNING, format=fmt)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     ours = logging.getLogger("parkwatch")
     level = os.environ.get("PARKWATCH_LOG_LEVEL")
     if level:

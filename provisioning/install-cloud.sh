@@ -35,7 +35,12 @@ install -d -m 0711 -o parkwatch -g parkwatch "$data"
 as_pw() { runuser -u parkwatch -- "$pw" cloud "$@" --config "$etc/cloud.toml"; }
 
 if [[ ! -e $data/tuf-repo/metadata/root.json ]]; then
-  as_pw keys init --as "install-cloud"
+  # Refused while [release] approver_keys_dir is unset (the approver's key must not live here).
+  if ! as_pw keys init --as "install-cloud"; then
+    echo "keys and TUF repository NOT created (see above): set [release] approver_keys_dir in" \
+      "$etc/cloud.toml to the approver's own folder, then run:" \
+      "runuser -u parkwatch -- $pw cloud keys init --as NAME --config $etc/cloud.toml" >&2
+  fi
 fi
 install -d -m 2750 -o parkwatch -g mosquitto "$data/broker"  # setgid: files stay group mosquitto
 if [[ ! -e $etc/secrets/mqtt-cloud ]]; then

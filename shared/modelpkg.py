@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -63,6 +63,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+
+
 class PreprocessSpec(_Strict):
     """Exactly how pixels become the model input; training and edge both obey it.
 
@@ -71,15 +74,19 @@ class PreprocessSpec(_Strict):
     float32 ``x * scale`` → ``(x - mean) / std`` per channel → ``layout``.
     """
 
-    input_size: tuple[int, int] = Field((224, 224), description="height, width")
+    # Bounded: the metadata comes from a package file, and a side of 0 or 100000 would crash or
+    # exhaust a box on the first frame instead of being refused at load.
+    input_size: tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]] = Field(
+        (224, 224), description="height, width"
+    )
     resize: Literal["shorter_side", "stretch"] = "shorter_side"
-    resize_to: int = Field(256, ge=1, description="shorter side after resize (shorter_side only)")
+    resize_to: int = Field(256, ge=8, le=4096, description="shorter side after resize (shorter_side only)")
     crop: Literal["center", "none"] = "center"
     interpolation: Literal["area", "linear", "cubic"] = "linear"
     colour: Literal["RGB", "BGR"] = "RGB"
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale: float = Field(1.0 / 255.0, gt=0, le=1.0, allow_inf_nan=False)
+    mean: tuple[Finite, Finite, Finite] = (0.485, 0.456, 0.406)
+    std: tuple[Finite, Finite, Finite] = (0.229, 0.224, 0.225)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
     @field_validator("std")

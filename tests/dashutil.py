@@ -23,7 +23,11 @@ def password_for(role: str) -> str:
 
 
 def make_cfg(tmp_path: Path, **sections: dict[str, Any]) -> CloudConfig:
+    from tests.fleetutil import fleet_section
+
     data: dict[str, Any] = {"data_dir": str(tmp_path / "cloud")}
+    if fleet_section():
+        data["fleet"] = fleet_section()
     for k, v in sections.items():
         data[k] = {**data.get(k, {}), **v}
     return CloudConfig.model_validate(data)
@@ -83,6 +87,7 @@ def seed_fleet(
     import random
     import time as _time
 
+    from cloud.fleet.backends import is_pg, open_writer
     from cloud.fleet.schema import connect
     from cloud.fleet.writer import BatchWriter, Incoming
     from shared.protocol import (
@@ -98,8 +103,12 @@ def seed_fleet(
 
     rng = random.Random(7)
     now = _time.time() if now is None else now
-    db = connect(cfg.fleet_db, synchronous="OFF")
-    writer = BatchWriter(db)
+    writer = (
+        open_writer(cfg.fleet_store)
+        if is_pg(cfg.fleet_store)
+        else BatchWriter(connect(cfg.fleet_db, synchronous="OFF"))
+    )
+    db = writer.db
     names: list[str] = []
     items: list[Incoming] = []
 

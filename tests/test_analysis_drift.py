@@ -87,7 +87,7 @@ def env(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untyped-def]
 
 
 def drift_alerts(cfg: Any, site: str) -> list[dict[str, Any]]:
-    with AlertStore(cfg.fleet_db) as st:
+    with AlertStore(cfg.fleet_store) as st:
         return [
             a
             for a in st.list(site=site)
@@ -109,7 +109,7 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         for d in (shifted, steady):
             d.telemetry()
             d.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 1200, what="predictions stored")
         t0 = time.monotonic()
         sched.start()
@@ -149,7 +149,7 @@ def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
         dev.predict(600, degraded=0.7)
         dev.telemetry()
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 600, what="stored")
         gov = open_governor(cfg)
         run_analysis(cfg, store, gov)
@@ -164,7 +164,7 @@ def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
         dev.flush()
         wait_for(lambda: store.prediction_count() == 1200, what="stored")
         run_analysis(cfg2, store, gov)
-        with AlertStore(cfg.fleet_db) as st:
+        with AlertStore(cfg.fleet_store) as st:
             states = {a["rule"]: (a["state"], a["resolved_by"]) for a in st.list(site="east")}
         assert states["confidence_drift"] == ("resolved", "parkwatch-analysis")
         gov.publisher.close()  # type: ignore[union-attr]
@@ -175,7 +175,7 @@ def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
 def test_a_silent_device_is_offline_within_the_heartbeat_timeout(env: Any, broker: EmbeddedBroker) -> None:
     cfg = env
     dev = SimDevice("127.0.0.1", broker.port, site="west", device="cam-w1").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     sched = AnalysisScheduler(cfg)
     try:
         dev.telemetry()
@@ -188,14 +188,14 @@ def test_a_silent_device_is_offline_within_the_heartbeat_timeout(env: Any, broke
         took = time.monotonic() - silent_since
         # Within the timeout plus the health checks that notice it (slack for a loaded CI machine).
         assert took <= cfg.fleet.heartbeat_timeout_s + 2 * cfg.analysis.health_interval_s + 3.0
-        with AlertStore(cfg.fleet_db) as st:
+        with AlertStore(cfg.fleet_store) as st:
             # The alert is opened by the governor just after the health state is written.
             [a] = wait_for(lambda: st.list(rule="device_offline", device="cam-w1"), 10, "offline alert")
         assert "silent" in a["message"]
         dev.telemetry()  # back: the alert resolves itself
         dev.flush()
         wait_for(lambda: store.device("cam-w1")["health"] == "ok", what="healthy again")
-        wait_for(lambda: AlertStore(cfg.fleet_db).get(a["id"])["state"] == "resolved", what="resolved")
+        wait_for(lambda: AlertStore(cfg.fleet_store).get(a["id"])["state"] == "resolved", what="resolved")
     finally:
         sched.stop()
         dev.disconnect()
@@ -206,7 +206,7 @@ def test_last_will_marks_a_dead_device_offline(env: Any, broker: EmbeddedBroker)
     dev = SimDevice("127.0.0.1", broker.port, site="west", device="cam-w2").connect()
     dev.telemetry()
     dev.flush()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     wait_for(
         lambda: [d for d in store.devices() if d["device"] == "cam-w2" and d["status"] == "online"],
         what="online",
@@ -222,7 +222,7 @@ def test_labels_give_accuracy_and_the_recall_gap(env: Any, broker: EmbeddedBroke
     try:
         preds = [p for p in dev.predict(200) if not p.abstain]
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 200, what="stored")
         # Ground truth: every dog is found, but 40 % of the frames called "dog" are really cats.
         for i, p in enumerate(preds[:100]):

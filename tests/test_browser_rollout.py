@@ -50,16 +50,19 @@ def test_approve_then_rollout_reaches_n_of_n(
     try:
         assert svc.wait_connected(), "release service did not connect"
         ch = svc.channel
-        ch.keys_init("setup")
+        ch.keys_init("setup", allow_approver_key_on_server=True)
         v1 = make_version(baseline_package, tmp_path / "pkgs", "1.0.0")
         v2 = make_version(baseline_package, tmp_path / "pkgs", "2.0.0")
         register(cfg, v1, "1.0.0")
         register(cfg, v2, "2.0.0")
         ch.approve("1.0.0", "staging", "qa-anna", "first model")
+        for i in range(N):
+            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "ops")
         ch.rollout("1.0.0", "staging", "eng-bob", "first model")
         root = tmp_path / "trusted-root.json"
         root.write_bytes(ch.repo.trusted_root_bytes())
         for i in range(N):
+            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "setup")
             ecfg = edge_config(tmp_path / f"edge{i}", mqtt_cfg(broker.port), root, f"box{i}", group="staging")
             hosts.append(EdgeHost(ecfg, initial_model(v1)).start())
             updaters.append(UpdaterService(hosts[-1]).start())

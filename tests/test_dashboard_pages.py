@@ -44,7 +44,7 @@ def test_empty_pages_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_fleet_page_shows_liveness_health_and_filters(cfg) -> None:  # type: ignore[no-untyped-def]
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     store.set_health("box0002", "critical", ["temperature 85 °C over 80 °C"], 0)
     c = client_for(cfg)
     sign_in(c, "viewer")
@@ -67,6 +67,36 @@ def test_fleet_page_shows_liveness_health_and_filters(cfg) -> None:  # type: ign
     assert r.text.lstrip().startswith('<div id="fleet-live"') and "<html" not in r.text
 
 
+def test_fleet_page_lists_ingest_workers_of_every_host_from_their_heartbeat_rows(cfg) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from cloud.fleet.backends import open_writer
+    from cloud.fleet.workers import Beat, write_beat
+
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="ingest-a", started_ts=time.time(), backlog=12, oldest_age_s=3.0))
+    write_beat(w.conn, Beat(worker="ingest-b", started_ts=time.time(), stored_predictions=7))
+    # ingest-c's host went away a while ago: its last heartbeat is old.
+    write_beat(w.conn, Beat(worker="ingest-c", started_ts=0.0))
+    w.conn.execute(
+        "UPDATE ingest_workers SET heartbeat_ts=? WHERE worker='ingest-c'".replace(
+            "?", "%s" if cfg.fleet.database_url else "?"
+        ),
+        (time.time() - 3600,),
+    )
+    if not cfg.fleet.database_url:
+        w.conn.commit()
+    w.db.close()
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    html = c.get("/").text
+    assert 'data-worker="ingest-a"' in html and 'data-worker="ingest-b"' in html
+    row_c = html[html.index('data-worker="ingest-c"') :]
+    assert "down" in row_c[: row_c.index("</tr>")]
+    row_a = html[html.index('data-worker="ingest-a"') :]
+    assert "running" in row_a[: row_a.index("</tr>")] and ">12<" in row_a[: row_a.index("</tr>")]
+
+
 def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-untyped-def]
     c = client_for(cfg)
     sign_in(c, "viewer")
@@ -76,6 +106,35 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
         assert f'aria-label="{title}"' in r.text
     assert "cam2" in r.text and "p99" in r.text
     assert "active" in r.text  # model-state history
+    # the limit lines docs/operator-dashboard.md promises on the latency and fps charts too
+    latency = r.text.split('aria-label="Inference latency"')[1].split("</svg>")[0]
+    assert "p99 limit (rollback)" in latency
+    fps = r.text.split('aria-label="Frames per second per camera"')[1].split("</svg>")[0]
+    assert "anomaly limit (box)" in fps
+
+
+def test_fps_floor_is_where_the_anomaly_rule_starts_flagging() -> None:
+    from cloud.analysis.stats import robust_z
+    from cloud.dashboard.views.devices import fps_floor
+
+    history = [10.0, 10.5, 9.5, 10.2, 9.8, 10.1, 9.9]
+    floor = fps_floor(history, 4.0, 60)
+    assert floor is not None and 0 < floor < 10
+    assert robust_z(history, floor - 0.01) < -4.0 < robust_z(history, floor + 0.01)
+    assert fps_floor([10.0, 10.0], 4.0, 60) is None  # too little history to judge
+
+
+def test_quality_page_says_not_judged_for_a_model_without_baseline(cfg) -> None:  # type: ignore[no-untyped-def]
+    """It said "✔ no drift" for cohorts never compared (the untrained baseline model, n=14)."""
+    from cloud.analysis.job import run_analysis
+    from cloud.fleet.store import FleetStore
+
+    with FleetStore(cfg.fleet_db) as fleet:
+        run_analysis(cfg, fleet, None, baseline_of=lambda v: None, write_report=False)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    page = c.get("/quality").text
+    assert "not judged: no baseline" in page and "✔ no drift" not in page
     assert c.get("/devices/nope").status_code == 404
 
 
@@ -94,7 +153,7 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # 
     sub.connect("127.0.0.1", broker.port)
     sub.subscribe(Topics.alerts("park1"), qos=1)
     sub.loop_start()
-    alerts = AlertStore(cfg.fleet_db)
+    alerts = AlertStore(cfg.fleet_store)
     a, _ = alerts.raise_finding(
         Finding(
             rule="overheating",
@@ -154,7 +213,7 @@ def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Pat
     r = c.post("/labelling/box0000-snap-1", data={"label": "cat", "csrf_token": token})
     assert r.status_code == 200 and "Labelled box0000:1 as cat" in r.text
     assert 'data-snapshot="box0000-snap-1"' not in r.text
-    fb = FleetStore(cfg.fleet_db).feedback()
+    fb = FleetStore(cfg.fleet_store).feedback()
     assert [(f["device"], f["seq"], f["label"], f["actor"]) for f in fb] == [
         ("box0000", 1, "cat", "engineer")
     ]
@@ -207,6 +266,10 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     assert 'data-version="v1"' in r.text and "accuracy 0.970" in r.text and "✖ failed" in r.text
     r = c.get("/models/v2")
     assert "accuracy 0.80 &lt; 0.90" in r.text and "Only approvers decide" in r.text
+    # the gate approval checks (this server's [gate]) with its thresholds: v1 stored no recall
+    # figures, so it cannot pass it whatever the trainer said
+    assert "thresholds: min_accuracy 0.97" in page and "max_ece 0.05" in page
+    assert "no stored per_class, recall_gap: evaluate the model first" in page
     r = c.get("/audit")
     assert "Chain verified" in r.text and "model:v1" in r.text
     # tamper with the file directly: the page must say the chain is broken

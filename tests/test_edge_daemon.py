@@ -204,6 +204,7 @@ def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
         assert "full" in (d.snapshot()["outbox"]["last_error"] or "")
         tel = d.build_telemetry()
         assert tel.outbox_errors > 0
+        assert tel.lost_predictions > 0  # sent to the cloud, whose health raises predictions_lost
         outbox = d.outbox
         assert outbox is not None and outbox.backlog > 0
     n = outbox.backlog  # after the stop's last commit; the count outlives the closed connection

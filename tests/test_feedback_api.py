@@ -42,7 +42,7 @@ def test_without_credentials_the_answer_is_a_json_401(cfg) -> None:  # type: ign
     r = c.post("/api/feedback", json=BODY)
     assert_json_error(r, 401, "HTTP Basic")
     assert r.headers["www-authenticate"].startswith("Basic ")
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.fleet_store).feedback() == []
 
 
 def test_labelling_tool_authenticates_with_http_basic(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -54,7 +54,7 @@ def test_labelling_tool_authenticates_with_http_basic(cfg) -> None:  # type: ign
     assert r.status_code == 201, r.text
     assert r.json()["actor"] == "engineer" and r.json()["label"] == "dog"
     assert "set-cookie" not in r.headers  # a machine client is not handed a browser session
-    [fb] = FleetStore(cfg.fleet_db).feedback()
+    [fb] = FleetStore(cfg.fleet_store).feedback()
     assert (fb["seq"], fb["label"], fb["actor"]) == (3, "dog", "engineer")
     last = AuditLog(cfg.registry_db).entries()[-1]
     assert (last.actor, last.action, last.subject) == ("engineer", "feedback.label", "prediction:box0000:3")
@@ -77,7 +77,7 @@ def test_basic_wrong_password_role_and_scheme_are_json(cfg) -> None:  # type: ig
     assert_json_error(c.post("/api/feedback", json=BODY, headers=bearer), 401, "Basic")
     garbage = {"Authorization": "Basic !!!not-base64"}
     assert_json_error(c.post("/api/feedback", json=BODY, headers=garbage), 401, "base64")
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.fleet_store).feedback() == []
 
 
 def test_basic_guessing_is_throttled_like_the_sign_in_form(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +89,7 @@ def test_basic_guessing_is_throttled_like_the_sign_in_form(cfg) -> None:  # type
     r = c.post("/api/feedback", json=BODY, headers=basic("engineer"))
     assert_json_error(r, 429, "too many")
     assert int(r.headers["retry-after"]) > 0
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.fleet_store).feedback() == []
 
 
 def test_unknown_prediction_and_bad_input_are_json(cfg) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +118,7 @@ def test_form_encoded_bodies_are_refused(cfg) -> None:  # type: ignore[no-untype
         headers={**basic("engineer"), "Content-Type": "text/plain"},
     )
     assert_json_error(r, 415)
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.fleet_store).feedback() == []
 
 
 def test_browser_session_still_needs_its_csrf_token(cfg) -> None:  # type: ignore[no-untyped-def]

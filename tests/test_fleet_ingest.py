@@ -17,7 +17,7 @@ from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_LOST
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Topics
-from tests.fleetutil import cloud_cfg, wait_for
+from tests.fleetutil import cloud_cfg, only_backends, wait_for
 from tests.release_support import write_cloud_toml
 from tests.simdevice import SimDevice
 
@@ -42,7 +42,7 @@ def test_stores_all_kinds_and_a_duplicate_once(cfg, broker: EmbeddedBroker) -> N
         dev.telemetry(cpu_percent=42.0)
         dev.model_state("active")
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 300, what="300 predictions stored")
         wait_for(lambda: store.latest_telemetry("box1") is not None, what="telemetry")
         # The same batch delivered again (a device resending after a lost PUBACK).
@@ -72,7 +72,7 @@ def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arri
         lost = dev.make_predictions(20)  # numbered 101..120, held back
         dev.predict(100)
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 200, what="200 stored")
         gaps = store.gaps("box2")
         assert [(g["first_seq"], g["last_seq"], g["missing"], g["cause"]) for g in gaps] == [
@@ -114,7 +114,7 @@ def test_bad_payloads_are_counted_and_never_crash_ingest(tmp_path: Path, broker:
         )  # names box3 on another device's topic
         dev.predict(10)
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 10, what="valid batch stored after bad ones")
         wait_for(
             lambda: sum(v for k, v in store.counters().items() if k.startswith("rejected.")) >= 6,
@@ -137,7 +137,7 @@ def _batch_json(dev: SimDevice) -> bytes:
 def test_restart_in_the_middle_of_a_burst_loses_nothing(cfg, broker: EmbeddedBroker) -> None:  # type: ignore[no-untyped-def]
     ing = started(cfg)
     dev = SimDevice("127.0.0.1", broker.port, device="box4").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     try:
         dev.predict(40_000, batch_size=10)
         wait_for(lambda: ing.accepted > 50, what="ingest busy with the burst")
@@ -160,7 +160,7 @@ def test_50000_message_qos1_burst_to_one_ingest_is_not_dropped(cfg, broker: Embe
     ing = started(cfg)
     ing.stop()  # session now exists in the broker; the whole burst has to be queued for it
     dev = SimDevice("127.0.0.1", broker.port, device="box5").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     try:
         dev.send(dev.make_predictions(50_000), batch_size=1)
         dev.flush(timeout=300)
@@ -180,7 +180,7 @@ def test_broker_defaults_really_drop_and_the_loss_shows_up_as_a_gap(tmp_path: Pa
         ing = started(cfg)
         ing.stop()
         dev = SimDevice("127.0.0.1", b.port, device="box6").connect(status=False)
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         try:
             dev.predict(5_000, batch_size=1)
             dev.flush()
@@ -198,13 +198,14 @@ def test_broker_defaults_really_drop_and_the_loss_shows_up_as_a_gap(tmp_path: Pa
             ing.stop()
 
 
+@only_backends("sqlite")  # by the box's clock; PostgreSQL drops arrival days (test_fleet_postgres.py)
 def test_retention_prunes_old_rows_but_keeps_labelled_predictions(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
     cfg = cloud_cfg(tmp_path, broker, fleet={"retention_days": 1.0, "retention_interval_s": 3600})
     ing = started(cfg)  # prunes once at start-up, on an empty database
     dev = SimDevice("127.0.0.1", broker.port, device="box7").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     try:
         old = dev.make_predictions(50, ts=time.time() - 3 * 86400)
         dev.send(old)
@@ -235,7 +236,7 @@ def test_two_workers_share_the_stream_and_store_each_prediction_once(
         w.start()
         assert w.wait_connected(10)
     devs = [SimDevice("127.0.0.1", broker.port, device=f"box-{i}", seed=i).connect() for i in range(3)]
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     try:
         for d in devs:
             d.predict(2_000, batch_size=20)
@@ -271,7 +272,7 @@ def test_a_retired_worker_hands_its_queued_share_back_and_its_session_ends(
         twin.start()
     gone.stop()  # stopped for good, but its persistent session still takes a share of the stream
     dev = SimDevice("127.0.0.1", broker.port, device="box-ret").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     try:
         dev.predict(2_000, batch_size=20)
         dev.flush()
@@ -318,7 +319,7 @@ def test_queued_messages_survive_a_broker_restart(tmp_path: Path) -> None:
         b.restart()  # clean stop: Mosquitto writes its persistence file, queued messages included
         assert (tmp_path / "broker" / "mosquitto.db").exists()
         ing = started(cfg)
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         try:
             wait_for(
                 lambda: store.prediction_count() == 3_000, timeout=60, what="all 3,000 after the restart"

@@ -21,7 +21,7 @@ def test_serve_runs_ingest_and_health_checks(tmp_path: Path, broker: EmbeddedBro
         dev.predict(20)
         dev.telemetry(temperatures={"cpu": 95.0})
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 20, what="stored")
         wait_for(
             lambda: store.device("box1")["health"] == "critical", what="overheating seen by the scheduler"

@@ -25,6 +25,12 @@ from tests.simdevice import SimDevice
 
 def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker: EmbeddedBroker) -> None:
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
+    from cloud.release.service import ReleaseChannel
+
+    # The group comes from provisioning; what the box says about its group is never used.
+    ch = ReleaseChannel(cfg)
+    ch.provision_device("park1", "box1", "production", tmp_path / "box1.secret", "ops")
+    ch.registry.close()
     ing = FleetIngest(cfg)
     ing.start()
     assert ing.wait_connected(10), "ingest did not connect"
@@ -32,9 +38,9 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
     try:
         dev.predict(5)
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 5, what="stored")
-        wait_for(lambda: store.device("box1")["grp"] == "production", what="group known from status")
+        wait_for(lambda: store.device("box1")["model_version"] == "m1", what="model known from status")
     finally:
         dev.disconnect()
         ing.stop()
@@ -47,7 +53,7 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
         details={"model_version": "m1"},
     )
     [a] = gov.apply([f], "drift")["opened"]
-    [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+    [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
     # Nothing was ever rolled out to this group, so the release channel itself refuses, with its reason.
     assert act["action"] == "rollback" and act["ok"] is False
     assert "production" in act["error"] and "roll back" in act["error"]
@@ -71,10 +77,10 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
         assert ing.wait_connected(10)
         s.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
         assert s.updater.check_once() == "active"
-        store = FleetStore(cfg.fleet_db)
-        # The group is not configured anywhere: the action learns it from what the box reported.
+        store = FleetStore(cfg.fleet_store)
+        # The group is not configured in governance: the action takes box1's provisioned group.
         wait_for(
-            lambda: (d := store.devices()) and d[0]["grp"] == "staging" and d[0]["model_version"] == "2.0.0",
+            lambda: (d := store.devices()) and d[0]["model_version"] == "2.0.0",
             what="box1 known in group staging on 2.0.0",
         )
         site = store.devices()[0]["site"]
@@ -86,7 +92,7 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
             details={"model_version": "2.0.0"},
         )
         [a] = open_governor(cfg, publish=False).apply([f], "drift")["opened"]
-        [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+        [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
         assert act["action"] == "rollback" and act["ok"] is True, act
         assert s.ch.repo.groups()["staging"] == "1.0.0"
         r = s.ch.latest_rollout("staging")
@@ -159,7 +165,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
             truth.append((p.snapshot, label))
         dev.send(preds)
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 6, what="stored")
     finally:
         dev.disconnect()
@@ -170,7 +176,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     gov = open_governor(cfg, publish=False)
     f = Finding("accuracy_drop", "park1", "accuracy 80% vs baseline 97%", subject="m1")
     [a] = gov.apply([f], "drift")["opened"]
-    [act] = AlertStore(cfg.fleet_db).get(a["id"])["actions"]
+    [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
     assert act["ok"] is True, act
     assert act["base_dataset"] == base and act["dataset"] != base and act["feedback_frames"] == 6
 
@@ -194,7 +200,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     assert all(old_side[f.sha256] == f.split for f in files if f.sha256 in old_side)
     # A second alert inside the cooldown does not start another run.
     [b] = gov.apply([Finding("accuracy_drop", "park2", "again", subject="m1")], "drift")["opened"]
-    [act2] = AlertStore(cfg.fleet_db).get(b["id"])["actions"]
+    [act2] = AlertStore(cfg.fleet_store).get(b["id"])["actions"]
     assert act2["ok"] is False and "cooldown" in act2["error"]
 
 
@@ -216,7 +222,7 @@ def test_two_analyses_in_one_second_keep_both_reports(tmp_path: Path, broker: Em
 
     cfg = cloud_cfg(tmp_path, broker)
     now = time.time()
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.fleet_store) as fs:
         a = run_analysis(cfg, fs, None, now=now)
         b = run_analysis(cfg, fs, None, now=now + 0.2)
     assert a["run_id"] != b["run_id"]

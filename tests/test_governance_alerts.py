@@ -76,7 +76,7 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
         assert headers[SIGNATURE_HEADER] == sign("s3cret", body)
         assert json.loads(body)["rule"] == "overheating"
         # Rollback asked for: no group is known for this site, so it is recorded as failed, not raised.
-        acts = {x["action"]: x for x in AlertStore(cfg.fleet_db).get(a["id"])["actions"]}
+        acts = {x["action"]: x for x in AlertStore(cfg.fleet_store).get(a["id"])["actions"]}
         assert acts["notify"]["ok"] is True
         assert acts["rollback"]["ok"] is False and acts["rollback"]["error"]
 
@@ -97,7 +97,7 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
         # Condition gone at the next check: the governor resolves it itself.
         assert gov.apply([], "health")["resolved"][0]["resolved_by"] == "parkwatch-analysis"
         with pytest.raises(AlertStateError):
-            AlertStore(cfg.fleet_db).resolve(a["id"], "olga")
+            AlertStore(cfg.fleet_store).resolve(a["id"], "olga")
         wait_for(
             lambda: (
                 [m["state"] for m in listener.msgs if m["id"] == a["id"]]
@@ -115,7 +115,7 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
             "alert.resolve",
         ]
         assert log.verify().ok
-        events = AlertStore(cfg.fleet_db).events(a["id"])
+        events = AlertStore(cfg.fleet_store).events(a["id"])
         assert [(e["actor"], e["event"]) for e in events][3] == ("olga", "ack")
     finally:
         listener.close()
@@ -147,7 +147,7 @@ def test_a_state_change_the_broker_missed_is_published_by_the_next_run(tmp_path:
     broker = EmbeddedBroker(tmp_path / "b")  # not running yet
     cfg = cloud_cfg(tmp_path, broker)
     gov = open_governor(cfg)
-    store = AlertStore(cfg.fleet_db)
+    store = AlertStore(cfg.fleet_store)
     hot = Finding("overheating", "park1", "box1: 91 °C > 80 °C", device="box1")
     try:
         [a] = gov.apply([hot], "health")["opened"]

@@ -39,7 +39,7 @@ def _batch(device: str = "box1", site: str = "bcn") -> PredictionBatch:
         predictions=[
             Prediction(
                 seq=i,
-                ts=1.0 + i,
+                ts=1_795_500_000.0 + i,
                 camera="gate",
                 label="dog",
                 confidence=0.9,
@@ -78,7 +78,7 @@ EXAMPLES = [
             site="bcn",
             id="gate-1795500000000-1a2b3c4d",
             camera="gate",
-            ts=1.0,
+            ts=1_795_500_000.0,
             jpeg="/9j/4AAQSkZJRg==",
         ),
     ),

@@ -45,7 +45,7 @@ class AnalysisScheduler:
             self._thread = None
 
     def _loop(self) -> None:
-        fleet = FleetStore(self.cfg.fleet_db)
+        fleet = FleetStore(self.cfg.fleet_store)
         gov = open_governor(self.cfg, publish=self.publish)
         a = self.cfg.analysis
         next_health = time.monotonic()

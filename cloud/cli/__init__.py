@@ -7,6 +7,7 @@ import click
 from shared.cli import LazyGroup
 
 COMMANDS = {
+    "init": "cloud.cli.init:init",
     "config": "cloud.cli.base:config",
     "serve": "cloud.cli.serve:serve",
     "demo": "cloud.cli.demo:demo",

@@ -81,6 +81,8 @@ def require_data(cfg: CloudConfig, config_path: Path, need: Need | None = "fleet
             f"{data_dir} {what}; check data_dir in the config (this command does not create it), "
             "or start `parkwatch cloud serve` with this config first: it creates the data folder",
         )
+    if need == "fleet" and cfg.fleet.database_url:
+        need = None  # the fleet store is a PostgreSQL server, not a file here: connecting says more
     if need is not None:
         db = cfg.fleet_db if need == "fleet" else cfg.registry_db
         if not db.is_file():

@@ -88,9 +88,18 @@ def rollout_status(svc: Services) -> list[dict[str, Any]]:
     return out
 
 
-def start_rollout(svc: Services, *, version: str, group: str, actor: str, reason: str) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).rollout(version, group, actor, reason)
+def start_rollout(
+    svc: Services, *, version: str, group: str, actor: str, reason: str, allow_empty_group: bool = False
+) -> dict[str, Any]:
+    result: dict[str, Any] = release_channel(svc).rollout(
+        version, group, actor, reason, allow_empty_group=allow_empty_group
+    )
     return result
+
+
+def known_groups(svc: Services) -> list[str]:
+    groups: list[str] = release_channel(svc).known_groups()
+    return groups
 
 
 def rollback(svc: Services, *, group: str, actor: str, reason: str) -> dict[str, Any]:

@@ -84,7 +84,7 @@ class Services:
         def make() -> Any:
             from cloud.fleet.store import FleetStore
 
-            return FleetStore(self.cfg.fleet_db)
+            return FleetStore(self.cfg.fleet_store)
 
         return self._lazy("fleet", make)
 
@@ -95,7 +95,7 @@ class Services:
                 raise ServiceUnavailable(
                     "alerts are not available: cloud.governance.alerts.AlertStore is not installed yet"
                 )
-            return mod.AlertStore(self.cfg.fleet_db)
+            return mod.AlertStore(self.cfg.fleet_store)
 
         return self._lazy("alerts", make)
 
@@ -105,9 +105,7 @@ class Services:
         def make() -> Any:
             from cloud.governance.notify import AlertPublisher
 
-            return AlertPublisher(
-                self.cfg.mqtt, f"{self.cfg.governance.publish_client_id}-dashboard", timeout_s=3.0
-            )
+            return AlertPublisher(self.cfg.mqtt, f"{self.cfg.client_id('alerts')}-dashboard", timeout_s=3.0)
 
         with self._lock:
             if "alert_publisher" not in self.extras:

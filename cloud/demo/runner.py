@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloud.demo.configs import DEMO_DEVICE, DEMO_GROUP, cloud_toml, edge_toml
+from cloud.demo.configs import DEMO_DEVICE, DEMO_GROUP, DEMO_SITE, cloud_toml, edge_toml
 from shared.broker import EmbeddedBroker, free_port
 from shared.errors import ParkwatchError
 from shared.paths import sample_lake
@@ -161,10 +161,43 @@ class Demo:
             )
         except DemoError:  # first run: no repository yet
             keys = _run_json(
-                ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
+                [
+                    "cloud",
+                    "keys",
+                    "init",
+                    "--as",
+                    "demo-admin",
+                    "--allow-approver-key-on-server",  # a one-machine demo: no separate approver
+                    "--config",
+                    str(self.cloud_cfg),
+                ],
                 self.logs / "cli.log",
             )
         trusted_root = Path(keys.get("trusted_root") or Path(keys["repo"]) / "metadata" / "root.json")
+        # Provision the box like a real one: its group (which the update responder and rollout
+        # status read) comes from here, never from what the box says.
+        device_secret = self.workdir / "edge" / "mqtt.secret"
+        if not device_secret.exists():
+            device_secret.parent.mkdir(parents=True, exist_ok=True)
+            _run_json(
+                [
+                    "cloud",
+                    "devices",
+                    "add",
+                    DEMO_DEVICE,
+                    "--site",
+                    DEMO_SITE,
+                    "--group",
+                    DEMO_GROUP,
+                    "--secret-out",
+                    str(device_secret),
+                    "--as",
+                    "demo-admin",
+                    "--config",
+                    str(self.cloud_cfg),
+                ],
+                self.logs / "cli.log",
+            )
 
         from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
 
@@ -263,6 +296,7 @@ class Demo:
                     "demo-engineer",
                     "--reason",
                     "demo rollout",
+                    "--allow-empty-group",  # the demo box talks to a local anonymous broker, unprovisioned
                     *cfg,
                 ],
                 log,

@@ -232,6 +232,11 @@ class Inbox:
         with self._lock:
             return _backlog(self.conn)[0]
 
+    def backlog_and_oldest(self) -> tuple[int, float | None]:
+        """Rows waiting and the oldest one's arrival time."""
+        with self._lock:
+            return _backlog(self.conn)
+
     def close(self) -> None:
         with self._lock:
             self.conn.close()

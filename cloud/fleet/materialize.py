@@ -23,11 +23,12 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cloud.fleet.backends import open_writer
 from cloud.fleet.errors import BadRecord, FleetError
 from cloud.fleet.inbox import Inbox, InboxRow, inbox_path, materializer_lock_path, try_flock
-from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
-from cloud.fleet.writer import BatchWriter, DeadLetter, Incoming, WriteResult
+from cloud.fleet.workers import Beat, write_beat
+from cloud.fleet.writer import DeadLetter, Incoming, WriteResult
 from shared.protocol import ProtocolError, decode
 from shared.protocol.counter import RejectCounter
 
@@ -62,6 +63,7 @@ _SLOTS = (
 )
 _IX = {name: i for i, name in enumerate(_SLOTS)}
 LOCK_WAIT_S = 30.0
+HEARTBEAT_S = 2.0  # how often the worker's row in the shared store is refreshed
 # Burst mode: while the receiver commits this many messages at a time (the broker is pushing as
 # fast as we take), materialize in small steps with pauses, so the receiver keeps the CPU and the
 # broker's queue drains first. Progress never stops: about a sixth of the time still goes to rows.
@@ -116,7 +118,7 @@ class Materializer:
             materializer_lock_path(path), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         )
         self.inbox = Inbox(path, synchronous="NORMAL")
-        self.writer = BatchWriter(connect(cfg.fleet_db, synchronous="FULL"))
+        self.writer = open_writer(cfg.fleet_store)
         inbox_id, upto = self.writer.progress(worker)
         if inbox_id != self.inbox.id:
             if upto:
@@ -129,6 +131,8 @@ class Materializer:
             upto = 0
         self.upto = upto
         self.inbox.delete_upto(self.upto)  # rows applied before a crash that skipped the trim
+        self._started = time.time()
+        self._next_beat = 0.0
 
     def close(self) -> None:
         self.inbox.close()
@@ -250,8 +254,39 @@ class Materializer:
         """Until ``should_stop``: then drain for up to STOP_DRAIN_S. An orphan stops at once."""
         self._prune()  # at start-up, before this run's rows, then every retention_interval_s
         next_prune = time.monotonic() + self.cfg.fleet.retention_interval_s
+        try:
+            self._run(orphaned, next_prune)
+        finally:
+            # An orphan's worker died: say so rather than "stopped", which is a clean stop.
+            self.beat("down" if orphaned() else "stopped", force=True)
+
+    def beat(self, state: str = "running", force: bool = False) -> None:
+        """This worker's row in the shared store (cloud/fleet/workers.py), every HEARTBEAT_S."""
+        now = time.monotonic()
+        if not force and now < self._next_beat:
+            return
+        self._next_beat = now + HEARTBEAT_S
+        try:
+            n, oldest = self.inbox.backlog_and_oldest()
+            write_beat(
+                self.writer.conn,
+                Beat(
+                    worker=self.worker,
+                    started_ts=self._started,
+                    state=state,
+                    backlog=n,
+                    oldest_age_s=None if oldest is None else round(max(0.0, time.time() - oldest), 1),
+                    stored_predictions=int(self.stats.get("stored_predictions")),
+                    write_errors=int(self.stats.get("write_errors")),
+                ),
+            )
+        except Exception as e:  # the heartbeat is a report: never let it stop materializing
+            log.warning("cannot write this worker's heartbeat row: %s", e)
+
+    def _run(self, orphaned: Callable[[], bool], next_prune: float) -> None:
         stopping_since: float | None = None
         while not orphaned():
+            self.beat()
             self.stats.set("heartbeat_ts", time.time())
             if stopping_since is None and self.should_stop():
                 stopping_since = time.monotonic()
@@ -273,7 +308,7 @@ class Materializer:
 
     def _prune(self) -> None:
         try:
-            with FleetStore(self.cfg.fleet_db) as store:
+            with FleetStore(self.cfg.fleet_store) as store:
                 out = store.prune(time.time() - self.cfg.fleet.retention_days * 86400)
             if any(out.values()):
                 log.info("retention removed %s", out)

@@ -40,7 +40,7 @@ from cloud.fleet.errors import FleetError
 from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
 from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
-from cloud.fleet.snapshots import store_snapshot
+from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
 from shared.mqtt import make_client
 from shared.protocol import (
     PREDICTION_SCHEMAS,
@@ -90,7 +90,7 @@ class FleetIngest:
     def __init__(self, cfg: CloudConfig, client_id: str | None = None, retiring: bool = False) -> None:
         self.cfg = cfg
         self.fcfg = cfg.fleet
-        self.client_id = client_id or self.fcfg.client_id
+        self.client_id = client_id or cfg.client_id("ingest")
         # Retiring: resume the session only to take what the broker queued for it, subscribed to
         # nothing new, then end it (see retire()).
         self.retiring = retiring
@@ -121,6 +121,7 @@ class FleetIngest:
         self.accepted = 0
         self.ignored = 0
         self.snapshots: dict[str, int] = {}
+        self._snapshot_quota = SnapshotQuota(cfg.fleet.snapshot_quota_per_day)
         self.inbox_errors = 0
         self.materializer_restarts = 0
         self.last_error: str | None = None
@@ -137,7 +138,7 @@ class FleetIngest:
 
     def _start(self) -> None:
         # Open (and create) both databases before taking messages, so a bad path fails fast.
-        connect(self.cfg.fleet_db, synchronous="FULL").close()
+        connect(self.cfg.fleet_store, synchronous="FULL").close()
         path = inbox_path(self.cfg.data_dir, self.client_id)
         self._worker_lock = hold_worker_lock(path)
         self._inbox = Inbox(path)
@@ -437,7 +438,7 @@ class FleetIngest:
         try:
             _, snap = decode(topic, payload, self.cfg.mqtt.max_payload_bytes)
             assert isinstance(snap, Snapshot)
-            outcome = store_snapshot(self.cfg, snap)
+            outcome = store_snapshot(self.cfg, snap, self._snapshot_quota)
         except ProtocolError as e:
             self._reject(e)
             return

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.schema import connect
 from cloud.governance.errors import AlertNotFound, AlertStateError, GovernanceError
 from cloud.governance.rules import Finding, Severity
@@ -89,10 +90,15 @@ def to_message(row: dict[str, Any]) -> Alert:
 
 
 class AlertStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.db = connect(self.path, synchronous="NORMAL")
-        self.db.conn.executescript(DDL)
+    def __init__(self, path: str | Path | PgTarget) -> None:
+        # On PostgreSQL the alert tables come with the fleet schema's migrations (pg_ddl.py).
+        self.path: Path | PgTarget = path if isinstance(path, PgTarget) else Path(path)
+        self.db: Any
+        if isinstance(path, PgTarget):
+            self.db = connect(path)
+        else:
+            self.db = connect(Path(path), synchronous="NORMAL")
+            self.db.conn.executescript(DDL)
         self._lock = threading.RLock()
 
     def close(self) -> None:

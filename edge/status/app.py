@@ -38,6 +38,8 @@ class StatusSource(Protocol):
 
     def camera_view(self, camera_id: str) -> Any: ...
 
+    # optional: ``retry_camera(id) -> bool | None`` (None: no such camera) enables "retry now"
+
 
 def _ago(ts: float | None) -> str:
     if not ts:
@@ -170,9 +172,10 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        snap = source.snapshot()
-        ok = bool(snap.get("healthy"))
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+        failing = health_failures(source.snapshot())
+        if not failing:
+            return JSONResponse({"ok": True})
+        return JSONResponse({"ok": False, "failing": failing}, status_code=503)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -193,11 +196,37 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
         jpg = draw_prediction(view.frame.image, view.prediction, view.flags, getattr(view, "zones", ()))
         return Response(jpg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
+    @app.post("/cameras/{camera_id}/retry")
+    def retry(camera_id: str, request: Request) -> Response:
+        """Try a failing camera again now instead of after its backoff (a power-cycled camera
+        waited 54 s). Token-protected like every route but /healthz; the cookie is SameSite."""
+        fn = getattr(source, "retry_camera", None)
+        result = fn(camera_id) if fn is not None else None
+        if result is None:
+            return JSONResponse({"ok": False, "error": f"no camera {camera_id!r}"}, status_code=404)
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/", status_code=303)
+        return JSONResponse({"ok": True, "retrying": result})
+
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(render_metrics(source.snapshot()), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def health_failures(snap: dict[str, Any]) -> list[str]:
+    """What makes the quick check fail: a box classifies nothing without its loop, a model, or
+    one camera giving frames. Names only (``/healthz`` needs no token)."""
+    failing = []
+    if not snap.get("healthy"):
+        failing.append("inference-loop")
+    if snap.get("model") is None:
+        failing.append("model")
+    cams = snap.get("cameras", [])
+    if not any(c["state"] in ("streaming", "stalled") for c in cams):
+        failing.append("cameras")
+    return failing
 
 
 def verdict(snap: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +238,12 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
     if snap.get("model") is None:
         problems.append("no model is loaded: predictions cannot be made")
     if not snap["broker"]["connected"]:
-        warnings.append("not connected to the cloud broker: predictions are kept in the outbox")
+        why = snap["broker"].get("last_error")
+        warnings.append(
+            "not connected to the cloud broker"
+            + (f" ({why})" if why else "")
+            + ": predictions are kept in the outbox"
+        )
     for cam in snap.get("cameras", []):
         if cam["state"] in ("offline", "reconnecting"):
             problems.append(f"camera {cam['id']} is {cam['state']}")
@@ -217,11 +251,30 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
             warnings.append(f"camera {cam['id']} is stalled (no frames)")
         for f in cam.get("flags") or []:
             warnings.append(f"camera {cam['id']}: {f}")
+    # Counters only ever grow: warn on what happened lately (snap["recent"]), so the banner
+    # returns to green once the cause is gone; the lifetime totals stay in the tables below.
     ob = snap["outbox"]
-    if ob["write_errors"]:
-        problems.append(f"outbox write errors: {ob['write_errors']} ({ob.get('last_error') or ''})")
-    if ob["evicted_total"]:
-        warnings.append(f"{ob['evicted_total']} prediction(s) evicted by the outbox bound")
+    und = ob.get("undelivered")
+    if und and snap["broker"]["connected"]:
+        what = (
+            "broker has no subscriber for predictions"
+            if und["no_subscriber"]
+            else f"broker does not accept predictions ({und['reason']})"
+        )
+        warnings.append(f"{what}; {ob['backlog']} waiting, retrying in {und['retry_in_s']:.0f} s")
+    recent = snap.get("recent") or {}
+    minutes = f"{recent.get('window_s', 600) / 60:.0f} min"
+    if recent.get("write_errors"):
+        problems.append(
+            f"{recent['write_errors']} outbox write error(s) in the last {minutes} "
+            f"({ob.get('last_error') or ''})"
+        )
+    if recent.get("lost_predictions"):
+        problems.append(f"{recent['lost_predictions']} prediction(s) lost in the last {minutes} (disk full?)")
+    if recent.get("evicted"):
+        warnings.append(
+            f"{recent['evicted']} prediction(s) evicted by the outbox bound in the last {minutes}"
+        )
     level = "bad" if problems else "warn" if warnings else "ok"
     return {
         "level": level,

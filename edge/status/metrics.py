@@ -102,6 +102,14 @@ def render_metrics(s: dict[str, Any]) -> str:
             lab,
         )
         o.add("camera_reconnects_total", "counter", "reconnections after a failure", cam["reconnects"], lab)
+        for kind, n in (cam.get("refused") or {}).items():
+            o.add(
+                "camera_refused_frames_total",
+                "counter",
+                "frames refused before decoding (too many pixels, bad shape, ...)",
+                n,
+                {**lab, "kind": kind},
+            )
         for flag, n in (cam.get("integrity") or {}).items():
             if flag != "frames":
                 o.add(

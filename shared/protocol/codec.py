@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from pydantic import ValidationError
 
+from shared.protocol.bounds import problem
 from shared.protocol.errors import InvalidPayload, MalformedPayload, PayloadTooLarge, UnsupportedSchema
 from shared.protocol.messages import (
     PREDICTION_SCHEMAS,
@@ -107,6 +109,10 @@ def _check_scope(topic: str, parsed: ParsedTopic, msg: Message) -> tuple[ParsedT
         device = getattr(msg, "device", parsed.device)
         if (site, device) != (parsed.site, parsed.device):
             raise InvalidPayload(f"{topic}: payload names {site}/{device}, topic another device")
+        # What a device sends is also bounded (timestamps, ids, sizes): see bounds.py.
+        why = problem(msg, time.time())
+        if why is not None:
+            raise InvalidPayload(f"{topic}: {why}")
     if parsed.group is not None and getattr(msg, "group", parsed.group) != parsed.group:
         raise InvalidPayload(f"{topic}: payload names another group")
     return parsed, msg

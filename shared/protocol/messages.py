@@ -188,6 +188,9 @@ class CameraTelemetry(BaseModel):
     last_frame_ts: float | None = None
     error: str | None = None
     integrity: dict[str, int] = Field(default_factory=dict)
+    # Added after schema 1 shipped: optional, and left out of the wire form while empty (see
+    # Telemetry.to_wire), so an older cloud keeps accepting a box with nothing to report here.
+    refused: dict[str, int] = Field(default_factory=dict, description="frames refused undecoded, by kind")
 
 
 class Telemetry(Message):
@@ -221,6 +224,20 @@ class Telemetry(Message):
     outbox_errors: int = Field(0, ge=0)
     model_version: str | None = None
     invalid_messages: dict[str, int] = Field(default_factory=dict)
+    lost_predictions: int = Field(
+        0, ge=0, description="predictions lost before the outbox (disk full, write errors); added later"
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Fields added after schema 1 shipped are sent only when they carry news, so a box
+        that lost nothing and refused nothing stays readable by a cloud that predates them."""
+        wire = super().to_wire()
+        if not wire.get("lost_predictions"):
+            wire.pop("lost_predictions", None)
+        for cam in (wire.get("cameras") or {}).values():
+            if not cam.get("refused"):
+                cam.pop("refused", None)
+        return wire
 
     @model_validator(mode="after")
     def _fields_of_schema(self) -> Telemetry:

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import sparkline
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.workers import workers_in
 
 router = APIRouter()
 
@@ -82,7 +83,9 @@ def fleet_rows(
         d["cameras"] = _camera_states(latest)
     if live_sort:
         rows = _sorted(rows, sort, desc)[size * (page - 1) : size * page]
+    seen = store.outcomes_by_device([d["device"] for d in rows], since=now - TREND_WINDOW_S)
     for d in rows:
+        d["outcomes"] = seen.get(d["device"])
         trend = store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
         d["cpu_spark"] = sparkline([t["cpu_percent"] for t in trend], label=f"CPU % last hour, {d['device']}")
         d["temp_spark"] = sparkline(
@@ -94,6 +97,7 @@ def fleet_rows(
     return {
         "rows": rows,
         "counts": counts,
+        "outcomes": store.outcomes(since=now - TREND_WINDOW_S),
         "sites": sites,
         "healths": healths,
         "pages": pages,
@@ -126,6 +130,10 @@ def fleet_page(
 ) -> Response:
     require(request)
     data = fleet_rows(request, site, status, health, q, sort, desc, page)
+    if request.headers.get("hx-request") != "true":
+        svc = services(request)
+        # Ingest workers on every host, from their heartbeat rows in the fleet store.
+        data["workers"] = workers_in(svc.get_fleet(), svc.cfg.fleet.worker_stale_s)
     params = {"site": site, "status": status, "health": health, "q": q, "sort": sort, "desc": desc}
     template = "fleet_live.html.j2" if request.headers.get("hx-request") == "true" else "fleet.html.j2"
     return render(request, template, title="Fleet", params=params, sorts=SORTS, **data)

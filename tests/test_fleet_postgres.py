@@ -1,0 +1,277 @@
+"""The PostgreSQL fleet store against a real PostgreSQL 15 (and SQLite where both must agree):
+migrations, several writers at once, retention by arrival day, and ingest workers in separate
+processes sharing one store while one of them is killed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cloud.config import CloudConfig
+from cloud.fleet.backends import open_writer
+from cloud.fleet.backends.migrations import migrate_pg, pg_migrations
+from cloud.fleet.backends.pg_writer import DAY_S
+from cloud.fleet.backends.target import PgTarget
+from cloud.fleet.schema import connect
+from cloud.fleet.store import FleetStore
+from cloud.fleet.workers import worker_rows
+from cloud.fleet.writer import Incoming
+from shared.broker import EmbeddedBroker
+from shared.protocol import Kind, Prediction, PredictionBatch, Telemetry, Topics, parse_topic
+from tests.fleetutil import cloud_cfg, wait_for
+from tests.simdevice import SimDevice
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def batch(device: str, seqs: list[int], received: float, ts: float | None = None) -> Incoming:
+    preds = [
+        Prediction(seq=s, ts=ts or received, camera="cam1", label="cat", confidence=0.9, model_version="m1")
+        for s in seqs
+    ]
+    msg = PredictionBatch(device=device, site="park1", predictions=preds)
+    return Incoming(parse_topic(Topics.device("park1", device, Kind.PREDICTIONS)), msg, received)
+
+
+def test_migrations_are_numbered_and_applied_once_on_both_backends(tmp_path: Path, pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        latest = pg_migrations()[-1][0]
+        assert migrate_pg(c) == latest
+        assert migrate_pg(c) == latest  # a second worker starting: nothing to do
+        rows = c.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == list(range(1, latest + 1))
+        parts = c.execute("SELECT relname FROM pg_class WHERE relname LIKE 'predictions%'").fetchall()
+        assert ("predictions_kept",) in parts
+    db = connect(tmp_path / "fleet.db")
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    # A fleet.db from before numbered migrations (user_version 0, tables present) is adopted.
+    raw = sqlite3.connect(tmp_path / "fleet.db")
+    raw.execute("PRAGMA user_version = 0")
+    raw.close()
+    db = connect(tmp_path / "fleet.db")
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_config_refuses_a_password_inside_the_url(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="database_password"):
+        CloudConfig.model_validate({"fleet": {"database_url": "postgresql://u:secret@db/fleet"}})
+    cfg = CloudConfig.model_validate(
+        {"fleet": {"database_url": "postgresql://u@db/fleet", "database_password": {"env": "PW"}}}
+    )
+    assert isinstance(cfg.fleet_store, PgTarget) and "secret" not in str(cfg.fleet_store)
+
+
+def test_concurrent_writers_store_every_seq_once_and_detect_gaps_exactly(pg_url: str) -> None:
+    """Four writers apply interleaved, overlapping batches of the same devices at once: every seq
+    is stored once, duplicates are counted, and the only gaps are the seqs nobody sent."""
+    target = PgTarget(pg_url)
+    now = time.time()
+    missing = {"a": set(range(301, 311)), "b": set(), "c": {1, 2, 3}}
+    work: list[Incoming] = []
+    for dev, holes in missing.items():
+        seqs = [s for s in range(1, 601) if s not in holes]
+        chunks = [seqs[i : i + 20] for i in range(0, len(seqs), 20)]
+        chunks += chunks[::7]  # redeliveries
+        work += [batch(dev, ch, now) for ch in chunks]
+    random.Random(3).shuffle(work)
+    shares = [work[i::4] for i in range(4)]
+    errors: list[BaseException] = []
+
+    def run(items: list[Incoming]) -> None:
+        try:
+            w = open_writer(target)
+            for i in range(0, len(items), 5):
+                w.write(items[i : i + 5])
+            w.db.close()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with FleetStore(target) as fs:
+        sent = sum(600 - len(h) for h in missing.values())
+        assert fs.prediction_count() == sent
+        for dev, holes in missing.items():
+            got = {(g["first_seq"], g["last_seq"]) for g in fs.gaps(dev)}
+            want = set()
+            if holes:
+                want = {(min(holes), max(holes))}
+            assert got == want, dev
+            assert fs.device(dev)["max_seq"] == 600
+            assert fs.device(dev)["predictions_total"] == 600 - len(holes)
+        n_dup = (
+            sum(len(ch.msg.predictions) for s in shares for ch in s if isinstance(ch.msg, PredictionBatch))
+            - sent
+        )
+        assert fs.counters()["duplicates.predictions"] == n_dup
+
+
+def test_a_redelivery_on_a_later_day_is_stored_once_and_fills_gaps(pg_url: str) -> None:
+    target = PgTarget(pg_url)
+    day1 = (time.time() // DAY_S - 3) * DAY_S + 100
+    w = open_writer(target)
+    w.write([batch("x", [1, 2, 3], day1), batch("x", [6, 7], day1)])
+    # Two days later the box resends everything (its outbox lost the PUBACKs), plus the gap.
+    w.write([batch("x", [1, 2, 3, 4, 5, 6, 7, 8], day1 + 2 * DAY_S)])
+    w.db.close()
+    with FleetStore(target) as fs:
+        assert fs.prediction_count() == 8
+        assert fs.gaps("x") == []
+        assert fs.counters()["duplicates.predictions"] == 5
+        assert fs.counters()["gaps.recovered_seqs"] == 2
+
+
+def test_retention_drops_whole_days_by_arrival_and_keeps_labelled_predictions(pg_url: str) -> None:
+    target = PgTarget(pg_url)
+    now = time.time()
+    old = now - 5 * DAY_S
+    w = open_writer(target)
+    # Received five days ago (box clock right), and received today from a box whose clock is
+    # five days behind: retention goes by arrival, so only the first are old.
+    w.write([batch("old", list(range(1, 11)), old)])
+    w.write([batch("skew", list(range(1, 11)), now, ts=old)])
+    tel = Telemetry(
+        device="old", site="park1", ts=old, seq=1, cpu_percent=5.0, memory_percent=1.0, disk_percent=1.0,
+        uptime_process_s=1.0, uptime_system_s=1.0,
+    )  # fmt: skip
+    w.write([Incoming(parse_topic(Topics.device("park1", "old", Kind.TELEMETRY)), tel, old)])
+    w.db.close()
+    with FleetStore(target) as fs:
+        fs.add_feedback(fs.prediction("old:4"), "dog", actor="qa")
+        out = fs.prune(now - 2 * DAY_S)
+        assert out["predictions"] == 9 and out["telemetry"] == 1
+        assert fs.prediction_count() == 11  # the labelled one kept, the skewed box's rows kept
+        assert fs.prediction("old:4")["label"] == "cat"
+        assert fs.telemetry("old") == []
+        assert len(fs.feedback()) == 1
+        parts = fs.query("SELECT relname FROM pg_class WHERE relname LIKE 'predictions_d%' AND relkind='r'")
+        assert len(parts) == 2  # today and tomorrow; the old day is gone as a whole
+
+
+def test_explain_plans_use_indexes_for_the_dashboard_and_analysis(pg_url: str) -> None:
+    """The device page and the analysis window read through indexes, not sequential scans."""
+    target = PgTarget(pg_url)
+    w = open_writer(target)
+    now = time.time()
+    w.write([batch(f"d{i}", list(range(1, 51)), now) for i in range(50)])
+    w.db.close()
+    with psycopg.connect(pg_url) as c:
+        c.execute("ANALYZE")
+        c.execute("SET enable_seqscan = off")  # tiny tables: ask what the plan would be at size
+        for sql, params in (
+            (
+                "SELECT * FROM predictions WHERE device=%s AND ts>=%s ORDER BY ts DESC LIMIT 100",
+                ("d1", now - 3600),
+            ),
+            ("SELECT label FROM predictions WHERE ts>=%s AND ts<=%s", (now - 3600, now)),
+            ("SELECT * FROM devices ORDER BY site, device", None),
+        ):
+            plan = "\n".join(r[0] for r in c.execute("EXPLAIN " + sql, params).fetchall())
+            assert "Index" in plan, plan
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_the_store_and_a_killed_one_loses_nothing(
+    tmp_path: Path, broker: EmbeddedBroker, pg_url: str
+) -> None:
+    cfg = cloud_cfg(tmp_path, broker, fleet={"database_url": pg_url})
+    cfg_json = cfg.model_dump_json()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def worker(name: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "tests.ingest_worker_proc", cfg_json, name],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    w1, w2 = worker("w1"), worker("w2")
+    devs = [SimDevice("127.0.0.1", broker.port, device=f"box{i}", seed=i).connect() for i in range(4)]
+    store = FleetStore(cfg.fleet_store)
+    try:
+        for d in devs:
+            d.predict(1_000, batch_size=20)
+        wait_for(lambda: store.prediction_count() > 500, timeout=60, what="both workers storing")
+        w2.send_signal(signal.SIGKILL)  # a crash: acknowledged rows wait in its inbox
+        w2.wait()
+        for d in devs:
+            d.predict(1_000, batch_size=20)
+            d.flush()
+        w2 = worker("w2")  # restarted: takes its inbox and what the broker kept for its session
+        wait_for(lambda: store.prediction_count() == 8_000, timeout=120, what="all 8,000 stored")
+        rows = store.query("SELECT count(*) AS n, count(DISTINCT (device, seq)) AS d FROM predictions")
+        assert rows[0]["n"] == rows[0]["d"] == 8_000
+        assert store.gaps() == []
+        for d in devs:
+            assert store.device(d.device)["max_seq"] == 2_000
+        stats = store.counters()
+        assert stats["stored.predictions"] == 8_000
+        workers = {r.worker: r for r in worker_rows(cfg.fleet_store, cfg.fleet.worker_stale_s)}
+        assert {"w1", "w2"} <= set(workers)
+        assert workers["w1"].state == "running" and workers["w1"].stored_predictions > 0
+    finally:
+        for d in devs:
+            d.disconnect()
+        for p in (w1, w2):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=90)
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_cloud_inbox_lists_the_workers_of_every_host_from_the_shared_store(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A worker on another host has no inbox file here; its heartbeat row in the store is what
+    `parkwatch cloud inbox` shows, with its backlog, and ``down`` once the heartbeat is stale."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cloud.cli import cloud
+    from cloud.fleet.workers import Beat, write_beat
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    data = tmp_path / "cloud"
+    data.mkdir()
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(
+        f'data_dir = "{data}"\n[fleet]\n' + (f'database_url = "{url}"\n' if url else ""), encoding="utf-8"
+    )
+    cfg = CloudConfig.model_validate({"data_dir": str(data), "fleet": {"database_url": url} if url else {}})
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="host-b-ingest", started_ts=time.time(), backlog=42, oldest_age_s=7.0))
+    write_beat(w.conn, Beat(worker="host-c-ingest", started_ts=time.time()))
+    mark = "%s" if url else "?"
+    w.conn.execute(
+        f"UPDATE ingest_workers SET heartbeat_ts={mark} WHERE worker='host-c-ingest'", (time.time() - 600,)
+    )
+    if not url:
+        w.conn.commit()
+    w.db.close()
+    res = CliRunner().invoke(cloud, ["inbox", "--json", "--config", str(toml)])
+    assert res.exit_code == 0, res.output
+    got = {x["worker"]: x for x in json.loads(res.output)["fleet_workers"]}
+    assert got["host-b-ingest"]["state"] == "running" and got["host-b-ingest"]["backlog"] == 42
+    assert got["host-c-ingest"]["state"] == "down"
+    res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
+    assert "host-b-ingest" in res.output and "down" in res.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import socket
 import socketserver
 import subprocess
 import sys
@@ -145,6 +146,21 @@ def test_broker_refusing_the_login_says_not_authorised(tmp_path: Path) -> None:
     finally:
         link.stop()
         broker.stop()
+
+
+def test_connect_failures_are_told_apart() -> None:
+    from edge.mqttlink import connect_failure
+
+    assert connect_failure(ConnectionRefusedError(111, "Connection refused"))[0] == "connection refused"
+    assert connect_failure(TimeoutError("timed out"))[0] == "timed out"
+    assert connect_failure(socket.gaierror(-2, "Name or service not known"))[0] == "host name not found"
+    link = MqttLink(MqttConfig(host="no-such-broker.invalid", port=1883, keepalive=5), "s", "d2")
+    try:
+        link.start()
+        assert wait_for(lambda: link.last_error is not None, 30)
+        assert link.last_error == "cannot reach no-such-broker.invalid:1883: host name not found"
+    finally:
+        link.stop()
 
 
 # -- 11: the banner warns on recent events, not lifetime totals ---------------------------------------

@@ -31,6 +31,7 @@ def booted_rootfs(tmp_path: Path) -> Iterator[Container]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # pip puts ~5 GB of torch into the container: 8-9 min on a loaded machine
 def test_install_cloud_starts_its_units_under_systemd(booted_rootfs: Container) -> None:
     c = booted_rootfs
     copy_checkout(REPO, c.path("/src/parkwatch"))

@@ -275,3 +275,19 @@ def test_cloud_inbox_lists_the_workers_of_every_host_from_the_shared_store(
     assert got["host-c-ingest"]["state"] == "down"
     res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
     assert "host-b-ingest" in res.output and "down" in res.output
+
+
+def test_rows_already_stored_are_skipped_even_when_the_device_row_was_recreated(pg_url: str) -> None:
+    """The fast path COPYs rows judged new; if some exist anyway (the device row deleted and
+    recreated, so its max_seq is gone), the batch falls back to ON CONFLICT DO NOTHING."""
+    target = PgTarget(pg_url)
+    now = time.time()
+    w = open_writer(target)
+    w.write([batch("z", [1, 2, 3, 4, 5], now)])
+    w.conn.execute("DELETE FROM devices WHERE device='z'")
+    res = w.write([batch("z", [1, 2, 3, 4, 5, 6], now)])
+    w.db.close()
+    assert res.predictions_stored == 1 and res.duplicates == 5
+    with FleetStore(target) as fs:
+        assert fs.prediction_count("z") == 6
+        assert fs.device("z")["predictions_total"] == 1 and fs.device("z")["max_seq"] == 6

@@ -345,10 +345,13 @@ class PgBatchWriter:
                 # The rows were judged new under the devices' locks: COPY them straight into the
                 # table, in a savepoint. Only if one exists after all (a device row deleted and
                 # recreated, say) does the slower path below sort them out row by row.
-                with c.transaction(), c.cursor() as cur:
-                    with cur.copy(f"COPY predictions ({_PRED_COLS}) FROM STDIN") as cp:
-                        for r in rows:
-                            cp.write_row(r)
+                with (
+                    c.transaction(),
+                    c.cursor() as cur,
+                    cur.copy(f"COPY predictions ({_PRED_COLS}) FROM STDIN") as cp,
+                ):
+                    for r in rows:
+                        cp.write_row(r)
                 for r in rows:
                     stored[r[0]] = stored.get(r[0], 0) + 1
                 rows = []

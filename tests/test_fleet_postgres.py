@@ -291,3 +291,33 @@ def test_rows_already_stored_are_skipped_even_when_the_device_row_was_recreated(
     with FleetStore(target) as fs:
         assert fs.prediction_count("z") == 6
         assert fs.device("z")["predictions_total"] == 1 and fs.device("z")["max_seq"] == 6
+
+
+def test_writer_and_store_reconnect_after_the_database_restarts(tmp_path: Path) -> None:
+    """A server restart (or fail-over) fails the batch in flight, which stays in the inbox and is
+    retried; the retry opens a new connection. A long-lived store (the dashboard's) does the same."""
+    from cloud.fleet.backends.pgserver import EmbeddedPostgres
+    from cloud.fleet.errors import FleetError
+
+    server = EmbeddedPostgres()
+    server.start()
+    try:
+        target = PgTarget(server.create_database("r"))
+        w = open_writer(target)
+        store = FleetStore(target)
+        now = time.time()
+        w.write([batch("r", [1, 2], now)])
+        assert store.prediction_count() == 2
+        server.stop()
+        server.start()
+        with pytest.raises(FleetError):
+            w.write([batch("r", [3, 4], now)])  # the old connection is gone: retried later
+        w.write([batch("r", [3, 4], now)])
+        with pytest.raises(sqlite3.OperationalError):
+            store.prediction_count()
+        assert store.prediction_count() == 4
+        assert store.gaps("r") == []
+        store.close()
+        w.db.close()
+    finally:
+        server.cleanup()

@@ -321,3 +321,27 @@ def test_writer_and_store_reconnect_after_the_database_restarts(tmp_path: Path) 
         w.db.close()
     finally:
         server.cleanup()
+
+
+def test_a_backlog_on_another_host_raises_ingest_backlog_from_its_heartbeat_row(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The analysis host has no inbox of the other hosts' workers: their heartbeat rows stand in."""
+    from cloud.analysis.job import open_governor, run_health
+    from cloud.fleet.workers import Beat, write_beat
+    from cloud.governance.alerts import AlertStore
+
+    cfg = CloudConfig.model_validate(
+        {"data_dir": str(tmp_path / "cloud"), "fleet": {"database_url": pg_url, "inbox_lag_alert_s": 60}}
+    )
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="host-b-ingest", started_ts=time.time(), backlog=900, oldest_age_s=400.0))
+    write_beat(w.conn, Beat(worker="host-c-ingest", started_ts=time.time(), backlog=3, oldest_age_s=1.0))
+    w.db.close()
+    gov = open_governor(cfg, publish=False)
+    with FleetStore(cfg.fleet_store) as fs:
+        run_health(cfg, fs, gov)
+    with AlertStore(cfg.fleet_store) as st:
+        alerts = st.list(rule="ingest_backlog")
+    assert [a["subject"] for a in alerts] == ["inbox:host-b-ingest"]
+    assert "900 acknowledged messages" in alerts[0]["message"]

@@ -127,7 +127,7 @@ def remote_inbox_states(
     now = time.time() if now is None else now
     out: list[dict[str, Any]] = []
     for w in workers_in(store, stale_s, now):
-        if w.worker in local or w.state == "stopped" and not w.backlog:
+        if w.worker in local or (w.state == "stopped" and not w.backlog):
             continue
         oldest = None
         if w.backlog and w.oldest_age_s is not None:

@@ -230,8 +230,10 @@ class Telemetry(Message):
 
     def to_wire(self) -> dict[str, Any]:
         """Fields added after schema 1 shipped are sent only when they carry news, so a box
-        that lost nothing and refused nothing stays readable by a cloud that predates them."""
-        wire = super().to_wire()
+        that lost nothing and refused nothing stays readable by a cloud that predates them.
+        Schema 1 never has ``none_rate`` (schema 2 only, negotiated: see CloudCapabilities)."""
+        exclude = {"none_rate"} if self.schema_version == 1 else None
+        wire = self.model_dump(mode="json", by_alias=True, exclude_none=False, exclude=exclude)
         if not wire.get("lost_predictions"):
             wire.pop("lost_predictions", None)
         for cam in (wire.get("cameras") or {}).values():
@@ -244,11 +246,6 @@ class Telemetry(Message):
         if self.schema_version == 1 and self.none_rate is not None:
             raise ValueError("none_rate needs schema 2 telemetry")
         return self
-
-    def to_wire(self) -> dict[str, Any]:
-        # Schema 1 on the wire is exactly what an old cloud knows: no none_rate key.
-        exclude = {"none_rate"} if self.schema_version == 1 else None
-        return self.model_dump(mode="json", by_alias=True, exclude_none=False, exclude=exclude)
 
 
 ModelStateName = Literal["downloading", "verifying", "self-testing", "active", "failed", "idle"]

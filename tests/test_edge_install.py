@@ -1,9 +1,9 @@
 """install-edge.sh / uninstall-edge.sh for real, into a temporary tree on this machine.
 
-systemd does not run as PID 1 here, so the unit is checked with ``systemd-analyze verify`` and
-its ExecStart is run by hand with a real notify socket (what systemd would do); enabling and
-starting the service, the service user and the sandbox directives are listed as untested in
-docs/park-staff.md.
+systemd is not PID 1 here, so this file checks the unit with ``systemd-analyze verify`` and runs
+its ExecStart by hand with a real notify socket (what systemd would do).
+tests/test_systemd_edge.py does the rest under a real systemd in a booted Debian container:
+enabling and starting the service, the service user, the sandbox, the watchdog and reboots.
 """
 
 from __future__ import annotations

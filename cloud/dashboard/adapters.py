@@ -114,4 +114,14 @@ def lineage_of(svc: Services, ref: str) -> dict[str, Any]:
     if fn is None:
         raise ServiceUnavailable(f"lineage is not available: {LINEAGE}.lineage does not exist yet")
     result = fn(svc.cfg, ref)
-    return result if isinstance(result, dict) else dict(result)
+    out: dict[str, Any] = result if isinstance(result, dict) else dict(result)
+    pred = out.get("prediction")
+    if isinstance(pred, dict) and pred.get("snapshot"):
+        import time
+
+        from cloud.dashboard.snapshots import visible
+
+        if not visible(svc.cfg, pred, time.time()):
+            # The snapshot privacy gate: a snapshot the dashboard may not show is not named either.
+            out["prediction"] = {**pred, "snapshot": None}
+    return out

@@ -228,24 +228,24 @@ class Telemetry(Message):
         0, ge=0, description="predictions lost before the outbox (disk full, write errors); added later"
     )
 
-    def to_wire(self) -> dict[str, Any]:
-        """Fields added after schema 1 shipped are sent only when they carry news, so a box
-        that lost nothing and refused nothing stays readable by a cloud that predates them.
-        Schema 1 never has ``none_rate`` (schema 2 only, negotiated: see CloudCapabilities)."""
-        exclude = {"none_rate"} if self.schema_version == 1 else None
-        wire = self.model_dump(mode="json", by_alias=True, exclude_none=False, exclude=exclude)
-        if not wire.get("lost_predictions"):
-            wire.pop("lost_predictions", None)
-        for cam in (wire.get("cameras") or {}).values():
-            if not cam.get("refused"):
-                cam.pop("refused", None)
-        return wire
-
     @model_validator(mode="after")
     def _fields_of_schema(self) -> Telemetry:
         if self.schema_version == 1 and self.none_rate is not None:
             raise ValueError("none_rate needs schema 2 telemetry")
         return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """Schema 1 on the wire is exactly what an old cloud knows (it refuses unknown keys): the
+        fields added since (``none_rate``, ``lost_predictions``, a camera's ``refused``) travel
+        only in schema 2, which a box sends only to a cloud that advertised it."""
+        if self.schema_version != 1:
+            return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        wire = self.model_dump(
+            mode="json", by_alias=True, exclude_none=False, exclude={"none_rate", "lost_predictions"}
+        )
+        for cam in (wire.get("cameras") or {}).values():
+            cam.pop("refused", None)
+        return wire
 
 
 ModelStateName = Literal["downloading", "verifying", "self-testing", "active", "failed", "idle"]

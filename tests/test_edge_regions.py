@@ -186,14 +186,14 @@ def test_motion_boxes_are_in_frame_pixels() -> None:
 @pytest.mark.parametrize(
     ("zone", "key", "words"),
     [
-        ({"name": "z", "rect": [0, 0, 0, 10]}, "cameras[0].zones[0].rect", "at least 1"),
-        ({"name": "z", "rect": [0, 0, 10]}, "cameras[0].zones[0].rect", "four whole numbers"),
-        ({"name": "z", "polygon": [[0, 0], [5, 5]]}, "cameras[0].zones[0].polygon", "3 to 64"),
-        ({"name": "z", "polygon": [[0, 0], [5, 5], [9, 9]]}, "cameras[0].zones[0].polygon", "no area"),
-        ({"name": "z", "polygon": [[0, 0], [5, -1], [9, 9]]}, "cameras[0].zones[0].polygon", "between 0"),
-        ({"name": "z"}, "cameras[0].zones[0]", "exactly one of rect"),
-        ({"name": "z", "rect": [0, 0, 5, 5], "shape": "x"}, "cameras[0].zones[0].shape", "unknown key"),
-        ({"name": "../x", "rect": [0, 0, 5, 5]}, "cameras[0].zones[0].name", "zone name"),
+        ({"name": "z", "rect": [0, 0, 0, 10]}, "cameras[1].zones[1].rect", "at least 1"),
+        ({"name": "z", "rect": [0, 0, 10]}, "cameras[1].zones[1].rect", "four whole numbers"),
+        ({"name": "z", "polygon": [[0, 0], [5, 5]]}, "cameras[1].zones[1].polygon", "3 to 64"),
+        ({"name": "z", "polygon": [[0, 0], [5, 5], [9, 9]]}, "cameras[1].zones[1].polygon", "no area"),
+        ({"name": "z", "polygon": [[0, 0], [5, -1], [9, 9]]}, "cameras[1].zones[1].polygon", "between 0"),
+        ({"name": "z"}, "cameras[1].zones[1]", "exactly one of rect"),
+        ({"name": "z", "rect": [0, 0, 5, 5], "shape": "x"}, "cameras[1].zones[1].shape", "unknown key"),
+        ({"name": "../x", "rect": [0, 0, 5, 5]}, "cameras[1].zones[1].name", "zone name"),
     ],
 )
 def test_zone_config_errors_name_the_key(zone: dict[str, Any], key: str, words: str) -> None:

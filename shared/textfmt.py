@@ -18,7 +18,10 @@ def utc(ts: float | str | None) -> str:
         return "-"
     if isinstance(ts, str):
         return ts.replace("T", " ").replace("+00:00", " UTC")
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):  # a row stored before timestamps were bounded
+        return f"{ts:g} (not a date)"
 
 
 def num(v: Any, digits: int = 4) -> str:

@@ -240,7 +240,6 @@ class Setup:
         for v, p in (("1.0.0", self.v1), ("2.0.0", self.v2)):
             register(self.cfg, p, v)
             self.ch.approve(v, "staging", "qa-anna", "staging test")
-        self.ch.provision_device("park1", "box1", "staging", tmp / "box1.secret", "ops")
         self.ch.rollout("1.0.0", "staging", "eng-bob", "initial")
         root = tmp / "trusted-root.json"
         root.write_bytes(self.ch.repo.trusted_root_bytes())

@@ -379,7 +379,7 @@ def test_the_updater_refuses_a_signed_bomb_tarball_before_writing_it(
     cannot make the box write more than its manifest declares."""
     from cloud.registry.models import ModelRecord
     from cloud.registry.store import Registry
-    from tests.release_support import Setup, make_version
+    from tests.release_support import PASSING_METRICS, Setup, make_version
 
     s = Setup(tmp_path, broker, baseline_package)
     try:
@@ -394,6 +394,7 @@ def test_the_updater_refuses_a_signed_bomb_tarball_before_writing_it(
                 ModelRecord(
                     version="3.0.0",
                     gate_passed=True,
+                    metrics=PASSING_METRICS,
                     package_dir=str(pkg),
                     tarball=str(tarball),
                     tarball_sha256="",

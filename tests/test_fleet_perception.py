@@ -153,8 +153,8 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
     assert json.loads(r.output)["outcomes"]["pets"] == {"cat": 2, "dog": 2}
     r = CliRunner().invoke(main, ["cloud", "lineage", "box1:1"], env=env)
     assert r.exit_code == 0, r.output
-    assert "day frame" in r.output
-    assert "regions cat 0.93 at (10,20 300x200); dog 0.81 at (900,400 256x256)" in r.output
+    assert "lighting   day" in r.output
+    assert "regions    cat 0.93 at (10,20 300x200); dog 0.81 at (900,400 256x256)" in r.output
 
 
 def _old_fleet_db(path: Path) -> None:

@@ -176,6 +176,7 @@ def _temp_max(t: Telemetry) -> float | None:
     return max(t.temperatures.values()) if t.temperatures else None
 
 
+_MAX_TS = float(2**53)
 _OUTCOME_COLS = {"cat": 1, "dog": 2, NONE_LABEL: 4, "neither": 4, "abstain": 5}  # else 3: other pets
 _UPSERT_OUTCOMES = (
     "INSERT INTO outcome_hours(device, hour, site, n, n_cat, n_dog, n_other, n_none, n_abstain, n_ir, "
@@ -201,7 +202,9 @@ class _Tally:
         for p in b.predictions:
             if p.seq in skip:
                 continue
-            h = int(p.ts // 3600)
+            # Clamped: rows from before the protocol bounded timestamps (ts=1e300) still count,
+            # in a far-future hour, instead of overflowing SQLite's INTEGER and losing the batch.
+            h = int(min(max(p.ts, 0.0), _MAX_TS) // 3600)
             v = hours.get(h)
             if v is None:
                 v = hours[h] = [0] * 8

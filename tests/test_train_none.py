@@ -25,6 +25,7 @@ CONFIG = """
 data_dir = "{data}"
 [train]
 augment_copies = 1
+val_fraction = 0.3
 scene_tiles = 6
 scene_tiles_empty = 4
 calibration_scenes = 4
@@ -72,7 +73,7 @@ def with_none(tmp_path_factory: pytest.TempPathFactory, pets_sample: Path, nopet
     pets = make_lake(pets_sample, root / "pets", per_label=30)
     none = root / "nopet" / "none"
     none.mkdir(parents=True)
-    for f in sorted(nopet.glob("*.JPEG"))[::8][:40]:
+    for f in sorted(nopet.glob("*.JPEG"))[::6][:60]:
         shutil.copy(f, none / f.name)
     lake = root / "lake"
     lake.mkdir()
@@ -119,17 +120,13 @@ def test_evaluate_reports_perception_and_the_gate_can_require_it(with_none: dict
     assert res.exit_code == 0, res.output
     ev = json.loads(res.output)
     assert ev["metrics"]["perception"]["empty_scenes_rejected"] is not None
-    strict = GateConfig(
-        min_accuracy=0.0,
-        min_recall_per_class=0.0,
-        max_recall_gap=1.0,
-        max_ece=1.0,
-        min_empty_scene_rejection=1.01 - 1e-9,
-        max_rejection_fpr_at_95_tpr=0.0,
-    )
-    gate = check_gate(ev["metrics"], strict)
-    assert not gate["passed"]
-    assert any(f.startswith("empty_scenes_rejected") for f in gate["failures"])
+    loose = {"min_accuracy": 0.0, "min_recall_per_class": 0.0, "max_recall_gap": 1.0, "max_ece": 1.0}
+    fig = ev["metrics"]["perception"]["empty_scenes_rejected"]
+    gate = check_gate(ev["metrics"], GateConfig(**loose, min_empty_scene_rejection=1.0))
+    assert gate["passed"] == (fig >= 1.0)
+    worse = {**ev["metrics"], "perception": {**ev["metrics"]["perception"], "empty_scenes_rejected": 0.5}}
+    gate = check_gate(worse, GateConfig(**loose, min_empty_scene_rejection=0.95))
+    assert not gate["passed"] and gate["failures"] == ["empty_scenes_rejected 0.5000 < 0.95"]
 
 
 def test_gate_names_a_required_figure_that_was_not_measured() -> None:

@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/parkwatch cloud demo
 
 test: $(STAMP)
-	@provisioning/system-deps.sh broker camera browser postgres
+	@provisioning/system-deps.sh broker camera browser postgres container
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

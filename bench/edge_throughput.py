@@ -1,13 +1,20 @@
 """Edge daemon speed against its targets (issue 4), measured in one run on this machine.
 
 Prints, each with its ratio against the limit:
-  1. classifications/s of the daemon (`parkwatch edge run`, one 640x480 camera, no fps cap)
-     vs raw ONNX Runtime ``session.run`` on the same model and thread count  (target >= 0.9)
+  1. classifications/s of the daemon (`parkwatch edge run`, one 640x480 camera, no fps cap,
+     regions off so every frame is one model input) vs raw ONNX Runtime ``session.run`` on the
+     same model, thread count and batch shape (1)                            (target >= 0.9)
   2. frame-to-outbox and frame-to-PUBACK latency p50/p99 (printed; no limit set)
   3. daemon resident memory with the model loaded                            (target <= 300 MB)
   4. daemon CPU while every camera is offline                                 (target < 5 %)
+  5. with regions on, one 1280x720 camera, no fps cap (issue 11): frames/s and regions/s for
+     a still camera (one scene, motion gating on), a pet moving across a still background
+     (motion boxes), and every frame a new scene (the whole frame tiled each time: the worst
+     case); for the busiest, regions/s against raw ``session.run`` at the daemon's mean batch
+     shape (printed; cropping the regions is the difference)
 
     .venv/bin/python bench/edge_throughput.py [--model PKG] [--threads N] [--seconds S] [--json]
+        [--region-seconds S] [--scenes N]
 
 Without --model it uses the EfficientNet-Lite0 baseline package (built once into the test cache).
 The camera is an H.264 640x480 clip made from sample photos, read as a "file" camera: frames
@@ -52,21 +59,71 @@ def baseline_model() -> Path:
     return cached_package("baseline", lambda out: build_baseline_package(out))
 
 
-def raw_throughput(m: LoadedModel, seconds: float) -> tuple[float, int]:
-    """Plain ``session.run`` on one preprocessed 640x480 frame, back to back."""
+def raw_throughput(m: LoadedModel, seconds: float, batch: int = 1) -> tuple[float, int]:
+    """Plain ``session.run`` on ``batch`` preprocessed 640x480 frames, back to back; returns
+    model inputs (rows) per second and how many runs were made."""
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    x = m.preprocessor([frame])
+    x = m.preprocessor([frame] * batch)
     for _ in range(3):
         m.session.run(None, {m.input_name: x})
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         m.session.run(None, {m.input_name: x})
         n += 1
-    return n / (time.perf_counter() - t0), n
+    return n * batch / (time.perf_counter() - t0), n * batch
+
+
+def region_scenes(tmp: Path, n_scenes: int) -> dict[str, tuple[Path, bool]]:
+    """Folders of 1280x720 frames for the regions figures, built from the sample photos: a still
+    scene (one frame, looped), a pet walking across a still background, and ``n_scenes``
+    different scenes (pets anywhere, empty ones). Name -> (folder, motion gating on)."""
+    import cv2
+
+    from cloud.evaluation.scenes import FRAME, build_specs, cover, render
+    from edge.preprocess import load_image
+
+    def photos(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+    lake = sample_lake()
+    pets = [(p, lab) for lab in ("cat", "dog") for p in photos(lake / lab)]
+    backgrounds = photos(lake.parent / "nopet-dev" / "none")
+    specs = build_specs(
+        pets, backgrounds, n_pet=n_scenes * 2 // 3, n_empty=n_scenes - n_scenes * 2 // 3, seed=3
+    )
+    specs = [s for s in specs if s.kind != "grey"]
+    out: dict[str, tuple[Path, bool]] = {}
+    still = tmp / "still"
+    still.mkdir(parents=True)
+    cv2.imwrite(str(still / "0.jpg"), render(specs[0]))
+    out["still, gating on"] = (still, True)
+    walk = tmp / "walk"
+    walk.mkdir()
+    bg = cover(load_image(backgrounds[0]), FRAME)
+    pet = load_image(pets[0][0])
+    ph = round(FRAME[1] * 0.3)
+    pw = round(pet.shape[1] * ph / pet.shape[0])
+    small = cv2.resize(pet, (pw, ph), interpolation=cv2.INTER_AREA)
+    for i, x in enumerate(range(0, FRAME[0] - pw, 24)):
+        f = bg.copy()
+        f[400 : 400 + ph, x : x + pw] = small
+        cv2.imwrite(str(walk / f"{i:04d}.jpg"), f)
+    out["pet walking, gating on"] = (walk, True)
+    busy = tmp / "busy"
+    busy.mkdir()
+    for i, spec in enumerate(specs):
+        cv2.imwrite(str(busy / f"{i:04d}.jpg"), render(spec))
+    out["new scene every frame"] = (busy, False)
+    return out
 
 
 def daemon_config(
-    tmp: Path, broker: EmbeddedBroker, model: Path, threads: int, cameras: list[dict[str, Any]]
+    tmp: Path,
+    broker: EmbeddedBroker,
+    model: Path,
+    threads: int,
+    cameras: list[dict[str, Any]],
+    inference: dict[str, Any] | None = None,
 ) -> Path:
     cfg = EdgeConfig.model_validate(
         {
@@ -75,7 +132,7 @@ def daemon_config(
             "mqtt": {"host": "127.0.0.1", "port": broker.port},
             "cameras": cameras,
             "model": {"initial": str(model)},
-            "inference": {"threads": threads},
+            "inference": {"threads": threads, **(inference or {"regions": {"enabled": False}})},
             "telemetry": {"interval_s": 5.0},
             "status_page": {"enabled": True, "port": 0, "token": {"env": "BENCH_TOKEN"}},
             "updater": {"enabled": False},
@@ -134,6 +191,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="total per side, split into rounds")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--region-seconds", type=float, default=20.0, help="per regions scenario")
+    ap.add_argument("--scenes", type=int, default=60, help="different 1280x720 scenes for the busy camera")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     model = a.model or baseline_model()
@@ -205,6 +264,7 @@ def main() -> None:
             out["idle_cpu_percent"] = round(
                 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0), 2
             )
+            out["regions"] = regions_figures(tmp, broker, model, a, bench_model)
         finally:
             broker.stop()
 
@@ -235,6 +295,62 @@ def main() -> None:
     print(
         f"(busy daemon CPU {out['busy_cpu_percent']} % of one core; backlog at end {out['backlog_at_end']})"
     )
+    print("regions on, one 1280x720 camera, no fps cap:")
+    for name, r in out["regions"].items():
+        extra = (
+            f"  vs raw session.run at batch {r['mean_batch']}: {r['raw_rows_per_s']} rows/s, ratio "
+            f"{r['regions_ratio']}"
+            if "regions_ratio" in r
+            else ""
+        )
+        print(
+            f"  {name:<24} {r['frames_per_s']:7.2f} frames/s  {r['regions_per_s']:7.2f} regions/s  "
+            f"{r['regions_per_frame']:5.2f} regions per classified frame  "
+            f"{r['skipped_share']:.2f} skipped (no motion)  CPU {r['cpu_percent']} %{extra}"
+        )
+
+
+def regions_figures(
+    tmp: Path, broker: EmbeddedBroker, model: Path, a: argparse.Namespace, bench_model: LoadedModel
+) -> dict[str, dict[str, Any]]:
+    """Frames/s and regions/s with regions on, per scenario (see the module docstring)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for i, (name, (folder, gating)) in enumerate(region_scenes(tmp / "scenes-root", a.scenes).items()):
+        cam = {"id": f"wide{i}", "kind": "folder", "url": str(folder), "fps": 0, "loop": True}
+        inference = {"motion_gating": gating}
+        daemon = RunningDaemon(
+            daemon_config(tmp, broker, model, a.threads, [cam], inference), tmp / f"r{i}.log"
+        )
+        try:
+            time.sleep(4)
+            s0, t0, c0 = daemon.status(), time.monotonic(), daemon.ps.cpu_times()
+            time.sleep(a.region_seconds)
+            s1, t1, c1 = daemon.status(), time.monotonic(), daemon.ps.cpu_times()
+        finally:
+            daemon.stop()
+        i0, i1, dt = s0["inference"], s1["inference"], t1 - t0
+        classified = i1["classified"] - i0["classified"]
+        skipped = i1["skipped_static"] - i0["skipped_static"]
+        regions = i1["regions_run"] - i0["regions_run"]
+        runs = i1["batches"] - i0["batches"]
+        r: dict[str, Any] = {
+            "frames_per_s": round((classified + skipped) / dt, 2),
+            "classified_per_s": round(classified / dt, 2),
+            "regions_per_s": round(regions / dt, 2),
+            "regions_per_frame": round(regions / classified, 2) if classified else 0.0,
+            "skipped_share": round(skipped / (classified + skipped), 3) if classified + skipped else 0.0,
+            "cpu_percent": round(100 * ((c1.user + c1.system) - (c0.user + c0.system)) / dt, 1),
+        }
+        if not gating and runs:
+            batch = max(1, round(regions / runs))
+            raw_rows, _ = raw_throughput(bench_model, min(a.region_seconds, 10.0), batch)
+            r.update(
+                mean_batch=batch,
+                raw_rows_per_s=round(raw_rows, 2),
+                regions_ratio=round((regions / dt) / raw_rows, 3),
+            )
+        figures[name] = r
+    return figures
 
 
 if __name__ == "__main__":

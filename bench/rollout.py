@@ -85,7 +85,7 @@ def main() -> int:
         assert svc.wait_connected()
         ch = svc.channel
         assert ch is not None
-        ch.keys_init("bench")
+        ch.keys_init("bench", allow_approver_key_on_server=True)
         v1 = make_version(base, work / "pkgs", "1.0.0")
         v2 = make_version(base, work / "pkgs", "2.0.0")
         register(cfg, v1, "1.0.0")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cloud.fleet.outcomes import mode_of, outcome
 from cloud.fleet.store import FleetStore
 from shared.errors import ParkwatchError
 
@@ -173,12 +174,26 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
                 "snapshot",
                 "model_version",
                 "received_ts",
+                "regions",  # where in the frame the pet was: [{box: [x, y, w, h], label, confidence}]
+                "ir",  # 1 an IR (night) frame, 0 a day frame, None: the box did not say
             )
         },
-        "device": {k: dev.get(k) for k in ("device", "site", "grp", "software", "model_version")},
+        "device": {
+            **{k: dev.get(k) for k in ("device", "site", "software", "model_version")},
+            "grp": _provisioned_group(cfg, p["site"], p["device"]),
+        },
         "feedback": fb[0] if fb else None,
     }
+    out["prediction"]["outcome"] = outcome(str(p["label"]), p.get("abstain"))
+    out["prediction"]["lighting"] = mode_of(p.get("ir"))
     model = model_lineage(cfg, p["model_version"], with_files, must_exist=False)
     model["missing"] = missing + model["missing"]
     out.update(model)
     return out
+
+
+def _provisioned_group(cfg: CloudConfig, site: str, device: str) -> str | None:
+    """The device's group as provisioned (``devices add``): the one owner of membership."""
+    from cloud.release.store import read_membership
+
+    return read_membership(cfg.data_dir).get(f"{site}/{device}")

@@ -30,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from edge.config import CameraConfig
 from edge.errors import CameraError
-from edge.sources import FrameSource, make_source, redact_url
+from edge.sources import FrameSource, make_source, redact_text, redact_url
 from shared.protocol import CameraTelemetry
 
 log = logging.getLogger("parkwatch.edge.cameras")
@@ -103,6 +103,13 @@ class Camera:
         self._fps_ema = 0.0
         self._last_mono: float | None = None
         self._ended = False
+        #: frames refused before decoding, by kind (too-many-pixels, bad-shape, ...)
+        self.refused: Counter[str] = Counter()
+        #: frames identical to the one before (a frozen camera re-sending its last picture)
+        self.repeated = 0
+        self._last_new_mono: float | None = None
+        self._prev_img: U8 | None = None
+        self._retry_now = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +140,13 @@ class Camera:
             self._consumed.notify_all()
             return frame
 
+    def retry_now(self) -> bool:
+        """Skip the rest of the backoff wait (the status page's "retry now"); False if not waiting."""
+        if not self.cfg.enabled or self._ended or self._connected:
+            return False
+        self._retry_now.set()
+        return True
+
     def due_in(self, now_mono: float) -> float | None:
         """Seconds until :meth:`take` could return a frame, or None if no frame is waiting."""
         with self._lock:
@@ -147,10 +161,11 @@ class Camera:
         with self._lock:
             state = self._state
             started = self._read_started
-        if (
-            state == "streaming"
-            and started is not None
-            and time.monotonic() - started > self.cfg.stall_after_s
+            last_new = self._last_new_mono
+        now = time.monotonic()
+        if state == "streaming" and (
+            (started is not None and now - started > self.cfg.stall_after_s)
+            or (last_new is not None and now - last_new > self.cfg.stall_after_s)
         ):
             return "stalled"
         return state
@@ -168,6 +183,7 @@ class Camera:
             last_frame_ts=self.last_frame_ts,
             error=self.last_error,
             integrity=integrity or {},
+            refused=dict(self.refused),
         )
 
     # -- reader thread ---------------------------------------------------------------------------
@@ -178,6 +194,7 @@ class Camera:
             self._state = state
 
     def _error(self, msg: str) -> None:
+        msg = redact_text(msg)  # an OpenCV or socket error may quote the URL with its password
         if msg != self.last_error:
             log.warning("%s", msg)
         self.last_error = msg
@@ -189,11 +206,12 @@ class Camera:
         timeout = max(self.cfg.stall_after_s * 1.5, 2.0)
         while not self._stop.is_set():
             source = self._factory(self.cfg, timeout)
+            source.refused = self.refused  # counts outlive the source, which each retry replaces
             try:
                 source.open()
                 self._connected = True
-                self.failures = 0
-                self._set_state("streaming")
+                # failures are reset and the state says "streaming" only once a frame arrived:
+                # a URL that opens but never gives a frame (a web page) must keep backing off
                 self._pump(source)
                 if self._ended:
                     return
@@ -213,7 +231,15 @@ class Camera:
             delay = backoff_delay(self.failures, self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
             at_max = self.cfg.reconnect_initial_s * (2 ** (self.failures - 1)) >= self.cfg.reconnect_max_s
             self._set_state("offline" if at_max else "reconnecting")
-            self._stop.wait(delay)
+            self._retry_now.clear()
+            deadline = time.monotonic() + delay
+            while not self._stop.is_set() and not self._retry_now.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._retry_now.wait(min(left, 0.25))
+            if self._retry_now.is_set():
+                log.info("camera %s: retrying now (asked on the status page)", self.id)
 
     def _pump(self, source: FrameSource) -> None:
         while not self._stop.is_set():
@@ -229,9 +255,11 @@ class Camera:
                         self._consumed.wait(min(wait, 0.5))
                 if self._stop.is_set():
                     return
-            self._read_started = time.monotonic()
+            self._read_started = started = time.monotonic()
             img = source.read()
             self._read_started = None
+            if img is not None and source.live:
+                self._check_fresh(img, started)
             if img is None:  # end of file or folder
                 if self.cfg.loop:
                     source.close()
@@ -259,10 +287,50 @@ class Camera:
                     self._ready.clear()
                 self._ready.append(frame)
                 self._state = "streaming"
+            if self.failures:
+                log.info("camera %s: first frame after %d failed attempt(s)", self.id, self.failures)
+            self.failures = 0
             self.frames += 1
             self.last_frame_ts = frame.ts
             if self._last_mono is not None:
                 dt = max(now_mono - self._last_mono, 1e-6)
-                self._fps_ema = 0.9 * self._fps_ema + 0.1 * (1.0 / dt) if self._fps_ema else 1.0 / dt
+                # after a gap (a stall, a reconnect) the average starts again: blending a burst
+                # of buffered frames into an old average showed 57 fps for a frozen camera
+                if dt > min(self.cfg.stall_after_s, 2.0):
+                    self._fps_ema = 0.0  # the gap is no frame interval: the next one starts afresh
+                else:
+                    self._fps_ema = 0.9 * self._fps_ema + 0.1 / dt if self._fps_ema else 1.0 / dt
             self._last_mono = now_mono
             self.wake.set()
+
+    def _check_fresh(self, img: U8, started: float) -> None:
+        """Raise CameraError (so the reader reconnects) when a live camera gives no *new* frame
+        for ``stall_after_s``: one read that long, or only copies of the last picture that long
+        (FFmpeg re-yielding its last frame after a timeout, a camera whose encoder froze)."""
+        now = time.monotonic()
+        limit = self.cfg.stall_after_s
+        if now - started > limit:
+            self._last_new_mono = None
+            raise CameraError(
+                f"camera {self.id}: one frame took {now - started:.0f} s (stalled): reconnecting"
+            )
+        prev = self._prev_img
+        same = (
+            prev is not None
+            and prev.shape == img.shape
+            and np.array_equal(prev[::16, ::16], img[::16, ::16])
+            and np.array_equal(prev, img)
+        )
+        self._prev_img = img
+        if not same or self._last_new_mono is None:
+            with self._lock:
+                self._last_new_mono = now
+            return
+        self.repeated += 1
+        if now - self._last_new_mono > limit:
+            with self._lock:
+                self._last_new_mono = None
+            raise CameraError(
+                f"camera {self.id}: only repeats of the same picture for {limit:g} s (camera frozen?): "
+                "reconnecting"
+            )

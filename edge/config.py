@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from edge.perception.config import RegionsConfig
 from edge.updater.config import UpdaterConfig
 from shared.config import MqttConfig, SecretRef, Section, load_config
 from shared.errors import ConfigError, SecretError
+from shared.images import DEFAULT_MAX_PIXELS
 from shared.protocol.topics import check_segment
 
 DEFAULT_PATH = Path("/etc/parkwatch/edge.toml")
@@ -27,6 +29,69 @@ class DeviceSection(Section):
         return check_segment(v, "id")
 
 
+MAX_PIXELS = 16384  # the protocol's bound on a region box (shared.protocol MAX_COORD)
+
+
+class ZoneConfig(Section):
+    """A named area of one camera's view that is always classified as a region of its own
+    (a gate, a lawn): a rectangle ``rect = [x, y, w, h]`` or a ``polygon = [[x, y], ...]``, in
+    pixels of the camera's frames."""
+
+    name: str
+    rect: list[int] | None = Field(None, description="[x, y, w, h] in frame pixels")
+    polygon: list[list[float]] | None = Field(None, description="[[x, y], ...]: 3 to 64 points, frame pixels")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_segment(v, "zone name")
+
+    @field_validator("rect")
+    @classmethod
+    def _rect(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if len(v) != 4:
+            raise ValueError("a rect is [x, y, w, h]: four whole numbers of frame pixels")
+        x, y, w, h = v
+        if min(x, y) < 0 or w < 1 or h < 1 or x + w > MAX_PIXELS or y + h > MAX_PIXELS:
+            raise ValueError(
+                f"rect {v}: x and y must be at least 0, w and h at least 1, and the rect inside "
+                f"{MAX_PIXELS}x{MAX_PIXELS} pixels"
+            )
+        return v
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is None:
+            return v
+        if not 3 <= len(v) <= 64:
+            raise ValueError(f"a polygon needs 3 to 64 [x, y] points, not {len(v)}")
+        for pt in v:
+            if len(pt) != 2 or not all(0 <= c <= MAX_PIXELS for c in pt):
+                raise ValueError(f"polygon point {pt} must be [x, y] with both between 0 and {MAX_PIXELS}")
+        area = 0.5 * abs(sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(v, v[1:] + v[:1], strict=True)))
+        if area < 1:
+            raise ValueError("the polygon encloses no area (points in a line, or repeated)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> ZoneConfig:
+        if (self.rect is None) == (self.polygon is None):
+            raise ValueError(
+                f"zone {self.name!r}: give exactly one of rect = [x, y, w, h] or polygon = [[x, y], ...]"
+            )
+        return self
+
+    def points(self) -> tuple[tuple[float, float], ...]:
+        if self.rect is not None:
+            x, y, w, h = self.rect
+            return ((x, y), (x + w, y), (x + w, y + h), (x, y + h))
+        assert self.polygon is not None
+        return tuple((float(p[0]), float(p[1])) for p in self.polygon)
+
+
 class CameraConfig(Section):
     id: str
     kind: Literal["rtsp", "mjpeg", "usb", "file", "folder"]
@@ -37,11 +102,53 @@ class CameraConfig(Section):
     stall_after_s: float = Field(10.0, gt=0)
     reconnect_initial_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=64 * 64,
+        le=100_000_000,
+        description="frames declaring more are refused undecoded",
+    )
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=16)
 
     @field_validator("id")
     @classmethod
     def _segment(cls, v: str) -> str:
         return check_segment(v, "camera id")
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, v: list[ZoneConfig]) -> list[ZoneConfig]:
+        names = [z.name for z in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"zone name {dup!r} appears twice")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url_fits_kind(cls, v: str, info: ValidationInfo) -> str:
+        """An http:// URL on an rtsp camera (or the reverse) can never work: say so at check time."""
+        kind = info.data.get("kind")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        wanted = {"rtsp": ("rtsp", "rtsps"), "mjpeg": ("http", "https")}.get(str(kind))
+        if wanted and scheme not in wanted:
+            raise ValueError(
+                f"a {kind} camera needs a {wanted[0]}:// URL, "
+                f"got {scheme + '://' if scheme else repr(v[:20])}"
+                + (
+                    ' (an http:// URL is an mjpeg camera: set kind = "mjpeg")'
+                    if kind == "rtsp" and scheme in ("http", "https")
+                    else ""
+                )
+                + (
+                    ' (an rtsp:// URL is an rtsp camera: set kind = "rtsp")'
+                    if kind == "mjpeg" and scheme.startswith("rtsp")
+                    else ""
+                )
+            )
+        if kind in ("usb", "file", "folder") and scheme:
+            raise ValueError(f"a {kind} camera takes a device or path, not a {scheme}:// URL")
+        return v
 
 
 class IntegrityConfig(Section):
@@ -68,6 +175,19 @@ class InferenceConfig(Section):
     max_batch: int = Field(8, ge=1, le=256)
     motion_gating: bool = False
     motion_threshold: float = Field(2.0, ge=0)
+    max_batch_regions: int = Field(
+        32, ge=1, le=1024, description="model inputs per session.run: regions of all cameras' frames together"
+    )
+    motion_pixel_diff: float = Field(
+        25.0, gt=0, le=255, description="grey-level change that counts a thumbnail pixel as moving"
+    )
+    motion_min_area: int = Field(
+        6, ge=1, le=19200, description="thumbnail pixels (of 160x120) a moving blob needs to become a region"
+    )
+    full_scan_s: float = Field(
+        60.0, gt=0, description="tile the whole frame at least this often, even while motion boxes are known"
+    )
+    regions: RegionsConfig = Field(default_factory=RegionsConfig)
 
     @property
     def effective_threads(self) -> int:
@@ -143,6 +263,30 @@ class EdgeConfig(Section):
 
 def load(path: str | Path = DEFAULT_PATH) -> EdgeConfig:
     return load_config(EdgeConfig, path)
+
+
+#: values the shipped edge.example.toml carries until someone edits them
+TEMPLATE_MARK = "CHANGE-ME"
+TEMPLATE_DEVICE = ("box-01", "bcn-park-1")
+
+
+def template_leftovers(cfg: EdgeConfig) -> list[tuple[str, str]]:
+    """(key, problem) for every value still as provisioning/edge.example.toml ships it: a box with
+    them runs, but talks to the wrong camera password or under another box's name."""
+    found = []
+    if (cfg.device.id, cfg.device.site) == TEMPLATE_DEVICE:
+        found.append(
+            (
+                "device.id",
+                f"still the example's {cfg.device.id!r} at {cfg.device.site!r}: set this box's name and park",
+            )
+        )
+    for n, cam in enumerate(cfg.cameras, 1):
+        if TEMPLATE_MARK in cam.url:
+            found.append(
+                (f"cameras[{n}].url", f"camera {cam.id!r} still has the example's {TEMPLATE_MARK} password")
+            )
+    return found
 
 
 def preflight(cfg: EdgeConfig, path: str | Path) -> list[str]:

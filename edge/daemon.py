@@ -38,15 +38,16 @@ from typing import Any
 from edge.cameras import Camera
 from edge.config import EdgeConfig
 from edge.errors import ModelError
-from edge.events import RecentErrors
+from edge.events import RecentDeltas, RecentErrors
 from edge.inference import InferenceEngine
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
 from edge.outbox import Outbox
+from edge.perception.regions import Zone
 from edge.publisher import Publisher
 from edge.sdnotify import Notifier, watchdog_interval_s
 from edge.snapshots import SnapshotStore
-from edge.sources import redact_url
+from edge.sources import redact_text, redact_url
 from edge.telemetry import HostSampler
 from shared.atomic import atomic_write_text
 from shared.protocol import Kind, ModelState, Snapshot, Telemetry, Topics, encode
@@ -70,6 +71,8 @@ class Daemon:
         self.software = software_version()
         self.started_ts = time.time()
         self.errors = RecentErrors()
+        #: growth of the lifetime counters over the last 10 minutes: what the banner warns on
+        self.recent = RecentDeltas(600.0)
         # Messages the box receives (release notices, update responses) that fail validation:
         # counted by kind, logged once per kind, reported in telemetry; never a crash.
         self.rejects = RejectCounter()
@@ -142,6 +145,7 @@ class Daemon:
             self.errors,
             snapshots,
             on_commit=self.publisher.notify,
+            zones={c.id: [Zone(z.name, z.points()) for z in c.zones] for c in cfg.cameras},
         )
         self.mqtt.on_connection_change(self._on_connection)
         self.mqtt.start()
@@ -162,6 +166,7 @@ class Daemon:
             except Exception as e:  # the daemon keeps classifying with the model it has
                 self.errors.add("updater", f"cannot start the updater: {type(e).__name__}: {e}")
                 log.exception("cannot start the updater")
+        self._observe_counters()  # the baseline: totals from before this start are not "recent"
         log.info(
             "parkwatch edge %s started: device %s/%s, %d camera(s), model %s",
             self.software,
@@ -287,8 +292,19 @@ class Daemon:
             self.mqtt.publish(self.model_topic, encode(self.model_state), qos=1, retain=True)
 
     # -- telemetry ----------------------------------------------------------------------------------
+    def _observe_counters(self) -> dict[str, Any]:
+        ob, e = self.outbox, self.engine
+        return {
+            "window_s": self.recent.window_s,
+            "evicted": self.recent.observe("evicted", ob.evicted_total if ob else 0),
+            "write_errors": self.recent.observe("write_errors", ob.write_errors if ob else 0),
+            "lost_predictions": self.recent.observe("lost", e.lost_predictions if e else 0),
+            "inference_errors": self.recent.observe("inference_errors", e.inference_errors if e else 0),
+        }
+
     def build_telemetry(self) -> Telemetry:
         assert self.host is not None and self.engine is not None and self.outbox is not None
+        self._observe_counters()
         host = self.host.sample()
         self.last_host = host
         e = self.engine
@@ -298,7 +314,14 @@ class Daemon:
         self._telemetry_seq += 1
         cur = self.model_slot.current
         host_fields = {k: v for k, v in host.items() if k in Telemetry.model_fields}
+        # none_rate only to a cloud that said it takes schema-2 telemetry (an old one refuses it)
+        extra = (
+            {"schema_version": 2, "none_rate": e.none_rate()}
+            if 2 in self.mqtt.cloud_telemetry_schemas
+            else {}
+        )
         return Telemetry(
+            **extra,
             device=self.cfg.device.id,
             site=self.cfg.device.site,
             seq=self._telemetry_seq,
@@ -312,6 +335,7 @@ class Daemon:
             outbox_errors=self.outbox.write_errors,
             model_version=cur.version if cur else None,
             invalid_messages=self.rejects.snapshot(),
+            lost_predictions=e.lost_predictions,
             **host_fields,
         )
 
@@ -404,6 +428,8 @@ class Daemon:
                     "last_error_ts": c.last_error_ts,
                     "prediction": view.prediction if view else None,
                     "flags": view.flags if view else [],
+                    "zones": [z.model_dump(exclude_none=True) for z in c.cfg.zones],
+                    "regions_evaluated": len(view.evaluated) if view else 0,
                     "has_frame": view is not None,
                 }
             )
@@ -427,6 +453,7 @@ class Daemon:
                 "connects": self.mqtt.connects,
                 "disconnects": self.mqtt.disconnects,
                 "last_error": self.mqtt.last_error,
+                "failed_attempts": self.mqtt.failed_attempts,
                 "since_ts": self.mqtt.last_change_ts,
             },
             "outbox": {
@@ -438,6 +465,7 @@ class Daemon:
                 "path": str(self.cfg.outbox_path),
                 "inflight": self.publisher.inflight if self.publisher else 0,
                 "publish_latency_ms": self.publisher.ack_latency_percentiles() if self.publisher else {},
+                "undelivered": self.publisher.undelivered() if self.publisher else None,
             },
             "inference": {
                 "classified": e.classified if e else 0,
@@ -445,17 +473,26 @@ class Daemon:
                 "latency_ms": e.latency_percentiles() if e else {},
                 "errors": e.inference_errors if e else 0,
                 "abstain_rate": e.abstain_rate() if e else None,
+                "none_rate": e.none_rate() if e else None,
+                "regions_run": e.regions_run if e else 0,
+                "batches": e.batches if e else 0,
+                "pet_regions": e.pet_regions if e else 0,
+                "regions_enabled": self.cfg.inference.regions.enabled,
                 "skipped_static": e.skipped_static if e else 0,
                 "skipped_no_model": e.skipped_no_model if e else 0,
                 "lost_predictions": e.lost_predictions if e else 0,
                 "threshold": self.cfg.inference.confidence_threshold,
             },
             "telemetry": {"sent": self.telemetry_sent, "skipped_offline": self.telemetry_skipped},
+            "recent": self._observe_counters(),
             "snapshots": (
                 {
                     "saved": snaps.saved,
                     "uploaded": snaps.uploaded,
                     "upload_skipped": snaps.upload_skipped,
+                    "reduced": snaps.reduced,
+                    "too_large": snaps.too_large,
+                    "upload_errors": snaps.upload_errors,
                     "upload_allowed": self.cfg.snapshots.upload_allowed,
                 }
                 if (snaps := e.snapshots if e else None) is not None
@@ -467,8 +504,26 @@ class Daemon:
             "errors": self.errors.list(),
         }
 
+    def retry_camera(self, camera_id: str) -> bool | None:
+        """The status page's "retry now": None if no such camera, False if it is not waiting."""
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam.retry_now()
+        return None
+
     def camera_view(self, camera_id: str) -> Any:
         return self.engine.views.get(camera_id) if self.engine else None
+
+
+class RedactingFilter(logging.Filter):
+    """Hides URL passwords in every log line (a camera URL may sit in any message or argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
 
 
 def _configure_logging() -> None:
@@ -482,6 +537,9 @@ def _configure_logging() -> None:
             else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )  # journald adds its own timestamps
         logging.basicConfig(level=logging.WARNING, format=fmt)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     ours = logging.getLogger("parkwatch")
     level = os.environ.get("PARKWATCH_LOG_LEVEL")
     if level:

@@ -4,6 +4,7 @@ Contract (the updater loads candidates through the same function)::
 
     load_model(path, inference: InferenceConfig | None = None, *, verification: str | None = None)
         -> LoadedModel
+    LoadedModel.run(batch) -> probabilities (N, labels); run_full(batch) -> ModelOutput
     ModelSlot.current -> LoadedModel | None
     ModelSlot.swap(new: LoadedModel) -> LoadedModel | None      # returns the one replaced
     ModelSlot.previous -> LoadedModel | None                     # kept for rollback
@@ -51,6 +52,15 @@ log = logging.getLogger("parkwatch.edge.model")
 F32 = npt.NDArray[np.float32]
 
 
+@dataclass(frozen=True)
+class ModelOutput:
+    """Everything one ``session.run`` gives: class probabilities and, if the package has it, the
+    backbone's ImageNet pet score per row (see ``shared.modelpkg.RejectionSpec``)."""
+
+    probs: F32  # (N, len(labels))
+    pet_score: F32 | None  # (N,) in [0, 1], or None for packages without that output
+
+
 @dataclass
 class LoadedModel:
     version: str
@@ -65,6 +75,7 @@ class LoadedModel:
     input_name: str
     max_batch: int | None  # None = dynamic batch dimension
     verification: str  # human words for the status page: how we know this model is genuine
+    score_output: str | None = None  # name of the pet-score output, when the graph has one
     preprocessor: Preprocessor = field(init=False)
     loaded_ts: float = field(default_factory=time.time)
 
@@ -80,6 +91,24 @@ class LoadedModel:
             return np.concatenate(parts)
         out = self.session.run(None, {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32).reshape(batch.shape[0], -1)
+
+    def run_full(self, batch: F32) -> ModelOutput:
+        """Probabilities and the pet score (when the graph has it) from one ``session.run``."""
+        n = batch.shape[0]
+        if self.max_batch is not None and n > self.max_batch:
+            parts = [self.run_full(batch[i : i + self.max_batch]) for i in range(0, n, self.max_batch)]
+            scores = [p.pet_score for p in parts]
+            return ModelOutput(
+                np.concatenate([p.probs for p in parts]),
+                None if any(s is None for s in scores) else np.concatenate(scores),  # type: ignore[arg-type]
+            )
+        outs = self.session.run(None, {self.input_name: batch})
+        probs = np.asarray(outs[0], dtype=np.float32).reshape(n, -1)
+        score = None
+        if self.score_output is not None:
+            names = [o.name for o in self.session.get_outputs()]
+            score = np.asarray(outs[names.index(self.score_output)], dtype=np.float32).reshape(n)
+        return ModelOutput(probs, score)
 
     def classify(self, frames: list[npt.NDArray[np.uint8]]) -> F32:
         return self.run(self.preprocessor(frames))
@@ -176,7 +205,17 @@ def load_model(
             f"{onnx_path}: the model outputs {n_out} classes but its metadata lists "
             f"{len(meta.labels)} labels; repackage it"
         )
+    score_output = None
+    rej = meta.rejection
+    if rej is not None and rej.score_output is not None:
+        if rej.score_output not in [o.name for o in outs]:
+            raise ModelMetadataError(
+                f"{onnx_path}: the metadata names a {rej.score_output!r} output the graph does not have; "
+                "repackage it"
+            )
+        score_output = rej.score_output
     return LoadedModel(
+        score_output=score_output,
         version=meta.model_version,
         labels=meta.labels,
         spec=meta.preprocess,

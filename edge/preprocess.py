@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import ParkwatchError
+from shared.images import FILE_MAX_PIXELS, ImageRefused, decode_capped
 from shared.modelpkg import PreprocessSpec
 
 U8 = npt.NDArray[np.uint8]
@@ -28,13 +29,18 @@ class ImageError(ParkwatchError):
     """An image cannot be decoded or is not a 3-channel 8-bit picture."""
 
 
-def decode_image(data: bytes, source: str = "image") -> U8:
-    """Decode encoded bytes (JPEG/PNG/...) to BGR uint8."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise ImageError(f"{source}: cannot decode as an image")
-    return np.asarray(img, dtype=np.uint8)
+#: the shorter-side resize may make at most this many times ``resize_to`` squared (or the input
+#: area): a 2x8192 frame would otherwise become 256x1048576 (800 MB) before the crop
+MAX_RESIZE_AREA_FACTOR = 64
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = FILE_MAX_PIXELS) -> U8:
+    """Decode encoded bytes (JPEG/PNG/BMP/WebP) to BGR uint8, refusing decompression bombs
+    from their header before decoding (see shared/images.py)."""
+    try:
+        return decode_capped(data, max_pixels, source=source)
+    except ImageRefused as e:
+        raise ImageError(str(e)) from e
 
 
 def load_image(path: str | Path) -> U8:
@@ -67,6 +73,11 @@ def geometry(img_bgr: U8, spec: PreprocessSpec) -> U8:
     else:
         scale = spec.resize_to / min(h, w)
         nh, nw = max(out_h, round(h * scale)), max(out_w, round(w * scale))
+        if nh * nw > MAX_RESIZE_AREA_FACTOR * max(out_h * out_w, spec.resize_to**2):
+            raise ImageError(
+                f"a {w}x{h} frame would be resized to {nw}x{nh}: its sides' ratio is too extreme "
+                "for a camera image (refused to bound memory)"
+            )
         resized = cv2.resize(img, (nw, nh), interpolation=interp)
     if spec.crop == "center":
         rh, rw = resized.shape[:2]

@@ -6,6 +6,12 @@ seq already handed to paho, so nothing is sent twice by this process; paho itsel
 unacknowledged batch after a reconnect, and after a restart the outbox still holds every row
 that was not acknowledged, so the cloud sees each seq at least once and de-duplicates by seq.
 
+A PUBACK is not always a delivery: with reason code 16 ("no matching subscribers", a fresh install
+before the cloud subscribed, a broker restarted before ingest resubscribed) the broker has thrown
+the batch away. Its rows stay in the outbox and the publisher holds off, retrying with one probe
+batch at a time and a doubling back-off (:data:`BACKOFF_MIN_S` to :data:`BACKOFF_MAX_S`) until a
+PUBACK says someone got it; :meth:`Publisher.undelivered` tells the status page why rows wait.
+
 PUBACKs are only queued on paho's network thread and handled on the publisher's own thread:
 paho calls ``on_publish`` holding its outgoing-message lock, so taking any lock there that a
 thread calling ``publish`` may hold deadlocks both (seen under a burst after a reconnect).
@@ -24,13 +30,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.errors import OutboxError
-from edge.mqttlink import MqttLink
+from edge.mqttlink import NO_MATCHING_SUBSCRIBERS, MqttLink
 from edge.outbox import Outbox
 from shared.protocol import Kind, Prediction, PredictionBatch, Topics, encode
 
 log = logging.getLogger("parkwatch.edge.publisher")
 
 RESEND_AFTER_S = 120.0
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 60.0
 
 
 @dataclass
@@ -61,7 +69,7 @@ class Publisher:
         self._new_rows = 0
         self._kick = False  # pump at the next wake-up, not at the next tick
         self._lock = threading.Lock()  # guards _inflight/_sent_upto for readers on other threads
-        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[tuple[int, int, str]] = queue.SimpleQueue()  # mid, code, text
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,9 +77,16 @@ class Publisher:
         self.batches_acked = 0
         self.errors = 0
         self.unsendable = 0
+        self.not_delivered = 0  # batches the broker took but delivered to nobody (kept, resent)
+        self._backoff_s = 0.0
+        self._retry_at: float | None = None  # monotonic; no new batch before it
+        self._refused_since: float | None = None  # wall clock of the first refusal in this episode
+        self._refused_reason: str | None = None
+        self._refused_code = 0
         # wall-clock seconds from frame capture to the broker's PUBACK, most recent first
         self.ack_latency_s: deque[float] = deque(maxlen=2048)
         link.on_ack(self._on_ack)
+        link.on_refused(self._on_refused)
         link.on_connection_change(self._on_conn)
 
     def start(self) -> None:
@@ -107,6 +122,20 @@ class Publisher:
         with self._lock:
             return sum(f.last - f.first + 1 for f in self._inflight.values())
 
+    def undelivered(self) -> dict[str, Any] | None:
+        """Why rows wait although the broker is connected, or None: the broker answered that
+        nobody receives predictions (or refused them), so they are kept and retried later."""
+        since, reason, retry_at = self._refused_since, self._refused_reason, self._retry_at
+        if since is None:
+            return None
+        return {
+            "reason": reason,
+            "no_subscriber": self._refused_code == NO_MATCHING_SUBSCRIBERS,
+            "since_ts": since,
+            "retry_in_s": round(max(0.0, retry_at - time.monotonic()), 1) if retry_at else 0.0,
+            "batches_not_delivered": self.not_delivered,
+        }
+
     def ack_latency_percentiles(self) -> dict[str, float]:
         """Frame capture to broker PUBACK, in ms (what "frame-to-publish" means for the cloud)."""
         if not self.ack_latency_s:
@@ -125,19 +154,33 @@ class Publisher:
 
     def _on_ack(self, mid: int) -> None:
         # paho's thread, paho's lock held: only hand over, never block here
-        self._acks.put(mid)
+        self._acks.put((mid, 0, ""))
+        self._wake.set()
+
+    def _on_refused(self, mid: int, code: int, text: str) -> None:
+        self._acks.put((mid, code, text))  # same thread rule as _on_ack
         self._wake.set()
 
     def _handle_acks(self) -> None:
         while True:
             try:
-                mid = self._acks.get_nowait()
+                mid, code, text = self._acks.get_nowait()
             except queue.Empty:
                 return
             with self._lock:
                 f = self._inflight.pop(mid, None)
+                if f is not None and code:
+                    self._sent_upto = min(self._sent_upto, f.first - 1)  # send these rows again
             if f is None:
                 continue  # status, telemetry or model-state messages share the client
+            if code:
+                self._hold_off(f, code, text)
+                continue
+            if self._refused_since is not None:
+                log.info("broker delivers predictions again; sending the %d waiting", self.outbox.backlog)
+                self._refused_since = self._refused_reason = self._retry_at = None
+                self._refused_code = 0
+                self._backoff_s = 0.0
             try:
                 self.outbox.ack(f.first, f.last)
             except OutboxError:
@@ -145,6 +188,37 @@ class Publisher:
             self.batches_acked += 1
             now = time.time()
             self.ack_latency_s.extend(now - t for t in f.frame_ts)
+
+    def _hold_off(self, f: _InFlight, code: int, text: str) -> None:
+        """The broker took batch ``f`` but delivered it to nobody: keep its rows, send nothing
+        new until the back-off ends, then probe with one batch. One doubling per episode step,
+        not per refused batch (a full window of refusals arrives at once)."""
+        self.not_delivered += 1
+        now = time.monotonic()
+        if self._retry_at is not None and now < self._retry_at:
+            return
+        self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff_s * 2))
+        self._retry_at = now + self._backoff_s
+        first_time = self._refused_since is None
+        if first_time:
+            self._refused_since = time.time()
+        self._refused_code = code
+        self._refused_reason = (
+            text.lower() if code == NO_MATCHING_SUBSCRIBERS else f"refused: {text} ({code})"
+        )
+        what = (
+            "broker has no subscriber for predictions (is the cloud ingest running?)"
+            if code == NO_MATCHING_SUBSCRIBERS
+            else f"broker refused predictions: {text} (reason code {code})"
+        )
+        (log.warning if first_time else log.info)(
+            "%s; seq %d-%d kept, %d waiting in the outbox, retrying in %.0f s",
+            what,
+            f.first,
+            f.last,
+            self.outbox.backlog,
+            self._backoff_s,
+        )
 
     def _run(self) -> None:
         next_flush = time.monotonic()
@@ -168,9 +242,14 @@ class Publisher:
         if not self.link.connected:
             return
         self._resend_stuck()
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            return  # the next flush tick after the back-off ends sends the probe
         while not self._stop.is_set() and self.link.connected:
             with self._lock:
-                if len(self._inflight) >= self.max_inflight:
+                # While nobody receives: one probe batch at a time, so no rows are in flight
+                # twice once the rows are rewound, and a refusal costs one batch, not a window.
+                window = 1 if self._refused_since is not None else self.max_inflight
+                if len(self._inflight) >= window:
                     self._kick = True  # a backlog: continue as soon as acks free the window
                     return
                 after = self._sent_upto
@@ -180,10 +259,11 @@ class Publisher:
             preds = self._valid(rows)
             if not preds:
                 continue
-            batch = PredictionBatch(
-                device=self.link.device,
-                site=self.link.site,
-                predictions=preds,
+            batch = PredictionBatch.for_cloud(  # schema 2 only if the cloud accepts it
+                self.link.device,
+                self.link.site,
+                preds,
+                self.link.cloud_prediction_schemas,
                 evicted_total=self.outbox.evicted_total,
             )
             # Acks are handled on this thread, so one cannot overtake the record below.

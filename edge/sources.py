@@ -11,6 +11,7 @@ import http.client
 import os
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,10 @@ import numpy.typing as npt
 
 from edge.config import CameraConfig
 from edge.errors import CameraError
+from shared.images import ImageRefused, check_size, decode_capped
+from shared.redact import redact_text, redact_url
+
+__all__ = ["FrameSource", "make_source", "redact_text", "redact_url"]
 
 U8 = npt.NDArray[np.uint8]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -33,20 +38,51 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 
-def redact_url(url: str) -> str:
-    """Camera URLs often embed a password (rtsp://user:pass@host/...): never log or show it."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+#: a folder image above this is not read at all (the pixel cap then guards the decode)
+MAX_FILE_BYTES = 64 * 1024 * 1024
+#: consecutive refused or undecodable MJPEG frames before the connection is dropped
+MAX_BAD_RUN = 20
+
+
+def http_hint(status: int) -> str:
+    """What an HTTP error status from a camera usually means, for the technician."""
+    return {
+        401: ": the camera wants a user and password (put them in the URL: http://user:pass@host/...)",
+        403: ": the user in the URL may not view the stream (check its rights in the camera's settings)",
+        404: ": wrong path: the camera has no stream at this URL (see its manual for the MJPEG path)",
+    }.get(status, "")
+
+
+def mjpeg_content_problem(content_type: str | None) -> str | None:
+    """None if ``content_type`` can be an MJPEG stream; else what the URL returned instead.
+
+    Why: a camera's web page answers 200 too. Taken for a stream, it "connected" and failed
+    about once a second for ever; now the technician reads what the URL is."""
+    if not content_type:
+        return None  # some cameras send no header; the frames will tell
+    ct = content_type.split(";", 1)[0].strip().lower()
+    if ct.startswith("multipart/") or ct in ("application/octet-stream", "video/x-motion-jpeg"):
+        return None
+    if ct in ("text/html", "application/xhtml+xml"):
+        return (
+            "returned a web page (text/html), not an MJPEG stream: this is the camera's web "
+            "interface; use its stream URL (often /video.mjpg, /mjpg/video.mjpg or /videostream.cgi)"
+        )
+    if ct == "image/jpeg":
+        return (
+            "returned a single JPEG (image/jpeg): this is a snapshot URL, not a stream; use the "
+            "camera's MJPEG stream URL (multipart/x-mixed-replace)"
+        )
+    return f"returned {ct}, not an MJPEG stream (multipart/x-mixed-replace)"
 
 
 class FrameSource(ABC):
     #: a live source produces frames whether or not we read them (stale ones are dropped);
     #: a non-live one (file, folder) gives the next frame only when asked.
     live = True
+    #: frames refused before decoding, by kind (shared.images); the Camera replaces this with
+    #: its own counter so the counts outlive reconnects
+    refused: Counter[str]
 
     @abstractmethod
     def open(self) -> None: ...
@@ -67,6 +103,7 @@ class CvSource(FrameSource):
         self.timeout_ms = int(timeout_s * 1000)
         self.cap: cv2.VideoCapture | None = None
         self.live = cfg.kind != "file"
+        self.refused = Counter()
 
     def _target(self) -> tuple[str | int, int]:
         url = self.cfg.url
@@ -99,7 +136,24 @@ class CvSource(FrameSource):
             raise CameraError(f"camera {self.cfg.id}: cannot open {redact_url(self.cfg.url)}: {hint}")
         if self.cfg.kind == "usb":
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        # The stream's declared size, before any frame is decoded into memory we keep.
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w > 0 and h > 0:
+            try:
+                self._check(w, h)
+            except CameraError:
+                cap.release()
+                raise
         self.cap = cap
+
+    def _check(self, w: int, h: int) -> None:
+        try:
+            check_size(w, h, self.cfg.max_pixels, source=f"camera {self.cfg.id}: {redact_url(self.cfg.url)}")
+        except ImageRefused as e:
+            self.refused[e.kind] += 1
+            raise CameraError(
+                f"{e} (raise [[cameras]] max_pixels if this camera really is that large)"
+            ) from e
 
     def read(self) -> U8 | None:
         if self.cap is None:
@@ -109,6 +163,7 @@ class CvSource(FrameSource):
             if self.cfg.kind == "file":
                 return None
             raise CameraError(f"camera {self.cfg.id}: stream ended or timed out")
+        self._check(frame.shape[1], frame.shape[0])  # a stream may change size mid-way
         return np.asarray(frame, dtype=np.uint8)
 
     def close(self) -> None:
@@ -127,6 +182,7 @@ class FolderSource(FrameSource):
         self.files: list[Path] = []
         self.pos = 0
         self.bad_files = 0
+        self.refused = Counter()
 
     def open(self) -> None:
         root = Path(self.cfg.url)
@@ -142,9 +198,16 @@ class FolderSource(FrameSource):
         while self.pos < len(self.files):
             p = self.files[self.pos]
             self.pos += 1
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is not None:
-                return np.asarray(img, dtype=np.uint8)
+            try:
+                with p.open("rb") as fh:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    raise ImageRefused("too-large", f"{p} is larger than {MAX_FILE_BYTES} bytes")
+                return decode_capped(data, self.cfg.max_pixels, source=str(p))
+            except ImageRefused as e:
+                self.refused[e.kind] += 1
+            except OSError:
+                pass
             self.bad_files += 1
             tried += 1
             if tried >= len(self.files):
@@ -174,6 +237,8 @@ class MjpegSource(FrameSource):
         self.buf = bytearray()
         self.bad_frames = 0
         self._bad_run = 0
+        self.refused = Counter()
+        self.last_refusal: str | None = None
 
     def open(self) -> None:
         u = urllib.parse.urlsplit(self.cfg.url)
@@ -200,7 +265,11 @@ class MjpegSource(FrameSource):
             conn.close()
             raise CameraError(
                 f"camera {self.cfg.id}: HTTP {resp.status} {resp.reason} from {redact_url(self.cfg.url)}"
+                + http_hint(resp.status)
             )
+        if problem := mjpeg_content_problem(resp.getheader("Content-Type")):
+            conn.close()
+            raise CameraError(f"camera {self.cfg.id}: {redact_url(self.cfg.url)} {problem}")
         self.conn, self.resp, self.buf = conn, resp, bytearray()
 
     def read(self) -> U8 | None:
@@ -213,17 +282,22 @@ class MjpegSource(FrameSource):
                 if end >= 0:
                     jpg = bytes(self.buf[start : end + 2])
                     del self.buf[: end + 2]
-                    img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
-                    if img is not None:
-                        self._bad_run = 0
-                        return np.asarray(img, dtype=np.uint8)
-                    self.bad_frames += 1
-                    self._bad_run += 1
-                    if self._bad_run >= 20:
-                        raise CameraError(
-                            f"camera {self.cfg.id}: {redact_url(self.cfg.url)} sends data that is not JPEG"
-                        )
-                    continue
+                    try:
+                        # the header's size is checked before a pixel is decoded (JPEG bombs)
+                        img = decode_capped(jpg, self.cfg.max_pixels, source=f"camera {self.cfg.id}: frame")
+                    except ImageRefused as e:
+                        self.refused[e.kind] += 1
+                        self.last_refusal = str(e)
+                        self.bad_frames += 1
+                        self._bad_run += 1
+                        if self._bad_run >= MAX_BAD_RUN:
+                            raise CameraError(
+                                f"camera {self.cfg.id}: {redact_url(self.cfg.url)}: {MAX_BAD_RUN} frames "
+                                f"in a row refused; last: {self.last_refusal}"
+                            ) from e
+                        continue
+                    self._bad_run = 0
+                    return img
             elif len(self.buf) > 2:
                 del self.buf[:-2]
             if len(self.buf) > self.MAX_FRAME_BYTES:

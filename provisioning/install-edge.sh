@@ -83,6 +83,30 @@ fi
 "$venv/bin/pip" install -q --disable-pip-version-check "${pip_args[@]}" -c "$here/constraints.txt" "$here[edge]" \
   || die "pip could not install parkwatch[edge]; see the messages above (offline box: PARKWATCH_PIP_ARGS='--no-index --find-links WHEELS')"
 if "$venv/bin/python" -c 'import torch' 2>/dev/null; then die "torch got into the edge venv; it must not"; fi
+# The new model is checked by the installed edge code before anything else changes; a bad one
+# stops the script here and the box keeps the model it had (step 5 swaps only a good one in).
+models=$root$prefix/models
+rm -rf "$models"/.incoming.* "$models"/.initial.link.*  # left by an interrupted run
+staged=""
+trap 'if [[ -n $staged ]]; then rm -rf "$staged"; fi' EXIT
+if [[ -n $model ]]; then
+  staged=$(mktemp -d "$models/.incoming.XXXXXX")
+  chmod 0755 "$staged"
+  if [[ -d $model ]]; then
+    cp -a "$model/." "$staged/"
+    candidate=$staged
+  else
+    install -m 0644 "$model" "$staged/model.onnx"
+    candidate=$staged/model.onnx
+  fi
+  # The service user must read every file (a package copied from a 0600 download would not be).
+  chmod -R u+rwX,go+rX,go-w "$staged"
+  own -R root:root "$staged"
+  if ! verdict=$("$venv/bin/python" "$here/provisioning/check_model.py" "$candidate" 2>&1); then
+    die "--model $model cannot be used, so the installed model was left as it was: $(tail -n 1 <<< "$verdict")"
+  fi
+  say "$(tail -n 1 <<< "$verdict")"
+fi
 install -m 0644 "$here/provisioning/mosquitto/parkwatch.conf" "$root$prefix/share/mosquitto/parkwatch.conf"
 for doc in park-staff.md technician.md; do
   [[ -f $here/docs/$doc ]] && install -m 0644 "$here/docs/$doc" "$root$prefix/share/doc/$doc"
@@ -116,19 +140,21 @@ fi
 install -d -m 0750 "$root$state"
 own "$user:$user" "$root$state"
 
-# 5. the initial model
-if [[ -n $model ]]; then
-  rm -rf "$root$prefix/models/initial.new"
-  if [[ -d $model ]]; then
-    cp -a "$model" "$root$prefix/models/initial.new"
-  else
-    install -d "$root$prefix/models/initial.new"
-    install -m 0644 "$model" "$root$prefix/models/initial.new/model.onnx"
+# 5. the initial model: the copy checked above replaces the old one in one rename of a symlink
+#    (models/initial -> initial-STAMP), so a power cut leaves either the old model or the new one.
+if [[ -n $staged ]]; then
+  target=initial-$(date +%Y%m%d%H%M%S)-$$
+  mv "$staged" "$models/$target"
+  staged=""
+  if [[ -d $models/initial && ! -L $models/initial ]]; then  # a folder left by an older installer
+    mv "$models/initial" "$models/initial-old-$$"
   fi
-  rm -rf "$root$prefix/models/initial"
-  mv "$root$prefix/models/initial.new" "$root$prefix/models/initial"
-  "$venv/bin/python" -c "import sys; from edge.model import load_model; m = load_model(sys.argv[1]); print('install-edge: model', m.version, 'loads:', m.verification)" \
-    "$root$prefix/models/initial" || die "the model in --model cannot run on the edge (message above)"
+  ln -s "$target" "$models/.initial.link.$$"
+  mv -T "$models/.initial.link.$$" "$models/initial"
+  for old in "$models"/initial-*; do
+    [[ $old == "$models/$target" ]] || rm -rf "$old"
+  done
+  say "installed the model as $prefix/models/initial"
 fi
 
 # the trusted TUF root: replaced only by a newer root, which the updater also does by itself
@@ -148,7 +174,9 @@ sed -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@STATE@#$state#g" -e "s#
 chmod 0644 "$root$unit_dir/parkwatch-edge.service.tmp"
 mv "$root$unit_dir/parkwatch-edge.service.tmp" "$root$unit_dir/parkwatch-edge.service"
 
-"$venv/bin/parkwatch" edge config check "$root$etc/edge.toml" \
+# --allow-placeholders: right after install the example's CHANGE-ME values are expected (warned);
+# the technician's own 'edge config check' after editing refuses them.
+"$venv/bin/parkwatch" edge config check --allow-placeholders "$root$etc/edge.toml" \
   || die "$etc/edge.toml is invalid (message above); fix it and run this script again"
 
 systemd_up=0; [[ -d /run/systemd/system ]] && systemd_up=1

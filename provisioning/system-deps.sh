@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages a parkwatch target needs, or say exactly how to.
-# usage: provisioning/system-deps.sh broker|camera|browser|postgres ...
+# usage: provisioning/system-deps.sh broker|camera|browser|postgres|container ...
+#   container: systemd-nspawn and debootstrap, for the tests that boot a Debian container with
+#              systemd as PID 1 (tests/test_systemd_*.py)
 set -euo pipefail
 
 pkgs=()
@@ -22,7 +24,9 @@ for what in "$@"; do
     browser) need chromium chromium ;;
     # The PostgreSQL fleet store's tests start their own cluster from these binaries (no service).
     postgres) need /usr/lib/postgresql/15/bin/initdb postgresql-15 ;;
-    *) echo "system-deps.sh: unknown set '$what' (broker, camera, browser, postgres)" >&2; exit 64 ;;
+    container) need /usr/bin/systemd-nspawn systemd-container
+               need /usr/sbin/debootstrap debootstrap ;;
+    *) echo "system-deps.sh: unknown set '$what' (broker, camera, browser, postgres, container)" >&2; exit 64 ;;
   esac
 done
 

@@ -43,6 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def device_listener_conf() -> str:
+    """The options every box-facing listener carries (client id bound to the username)."""
+    return tuning_conf().with_name("device-listener.conf").read_text()
+
+
 def mosquitto_binary() -> str:
     for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if candidate and Path(candidate).exists():
@@ -51,7 +56,12 @@ def mosquitto_binary() -> str:
 
 
 class EmbeddedBroker:
-    """A Mosquitto child process on 127.0.0.1; ``stop``/``start`` keep port and persistence."""
+    """A Mosquitto child process on 127.0.0.1; ``stop``/``start`` keep port and persistence.
+
+    With ``device_listener`` a second port (``device_port``) is configured like production's
+    box-facing listener (``provisioning/mosquitto/device-listener.conf``), while ``port`` plays
+    the cloud's loopback listener.
+    """
 
     def __init__(
         self,
@@ -59,11 +69,13 @@ class EmbeddedBroker:
         port: int | None = None,
         extra_conf: str = "",
         allow_anonymous: bool = True,
+        device_listener: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.device_port: int | None = free_port() if device_listener else None
         self.allow_anonymous = allow_anonymous
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
@@ -87,6 +99,9 @@ class EmbeddedBroker:
             tuning_conf().read_text(),
             self.extra_conf,
         ]
+        if self.device_port is not None:
+            # Listener options follow their 'listener' line, so this block comes last.
+            lines += [f"listener {self.device_port} 127.0.0.1", device_listener_conf()]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:

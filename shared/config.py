@@ -77,10 +77,12 @@ class MqttConfig(Section):
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
+    """``cameras[1].url`` for the first ``[[cameras]]`` block: positions count from 1, as a
+    person counts the blocks in the file."""
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+            parts[-1:] = [f"{parts[-1]}[{item + 1}]"] if parts else [f"[{item + 1}]"]
         else:
             parts.append(str(item))
     return ".".join(parts) or "<root>"

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ParkwatchError
 
@@ -29,6 +30,7 @@ FORMAT_VERSION: Literal[1] = 1
 META_LABELS = "parkwatch.labels"
 META_PREPROCESS = "parkwatch.preprocess"
 META_VERSION = "parkwatch.model_version"
+META_REJECTION = "parkwatch.rejection"  # optional: how the model says "no pet" (RejectionSpec)
 REQUIRED_META = (META_LABELS, META_PREPROCESS, META_VERSION)
 
 MODEL_FILE = "model.onnx"
@@ -40,6 +42,9 @@ EVALUATION_JSON = "evaluation.json"
 EVALUATION_HTML = "evaluation.html"
 
 ABSTAIN = "abstain"
+NONE_LABEL = "none"
+PET_SCORE_OUTPUT = "pet_score"
+MAX_FIGURES = 32
 
 
 class PackageError(ParkwatchError):
@@ -58,6 +63,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+
+
 class PreprocessSpec(_Strict):
     """Exactly how pixels become the model input; training and edge both obey it.
 
@@ -66,15 +74,19 @@ class PreprocessSpec(_Strict):
     float32 ``x * scale`` → ``(x - mean) / std`` per channel → ``layout``.
     """
 
-    input_size: tuple[int, int] = Field((224, 224), description="height, width")
+    # Bounded: the metadata comes from a package file, and a side of 0 or 100000 would crash or
+    # exhaust a box on the first frame instead of being refused at load.
+    input_size: tuple[Annotated[int, Field(ge=8, le=4096)], Annotated[int, Field(ge=8, le=4096)]] = Field(
+        (224, 224), description="height, width"
+    )
     resize: Literal["shorter_side", "stretch"] = "shorter_side"
-    resize_to: int = Field(256, ge=1, description="shorter side after resize (shorter_side only)")
+    resize_to: int = Field(256, ge=8, le=4096, description="shorter side after resize (shorter_side only)")
     crop: Literal["center", "none"] = "center"
     interpolation: Literal["area", "linear", "cubic"] = "linear"
     colour: Literal["RGB", "BGR"] = "RGB"
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale: float = Field(1.0 / 255.0, gt=0, le=1.0, allow_inf_nan=False)
+    mean: tuple[Finite, Finite, Finite] = (0.485, 0.456, 0.406)
+    std: tuple[Finite, Finite, Finite] = (0.229, 0.224, 0.225)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
     @field_validator("std")
@@ -85,18 +97,69 @@ class PreprocessSpec(_Strict):
         return v
 
 
+class RejectionSpec(_Strict):
+    """How a package says "no pet here" (``parkwatch.rejection``); absent in older packages.
+
+    A region's *pet evidence* is the geometric mean of the signals the package has: the
+    backbone's own ImageNet pet score (output ``score_output``) and the trained head's
+    ``1 - P(none_label)``. Requiring both to agree is what keeps a busy empty frame, tiled into
+    many regions, from producing a pet in one of them. ``threshold`` applies to a photo's
+    whole-frame view, ``region_threshold`` to the tiles/motion/zone regions of a wide frame (there
+    are many of them per frame, so it is stricter). Both are chosen on validation data only.
+    """
+
+    none_label: str | None = Field(None, min_length=1, max_length=32)
+    score_output: Literal["pet_score"] | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    region_threshold: float | None = Field(None, ge=0, le=1)
+    method: str = Field("pet-evidence-v1", min_length=1, max_length=64)
+    chosen_on: Literal["validation", "default"] = "default"
+    figures: dict[str, float] = Field(default_factory=dict, max_length=MAX_FIGURES)
+
+    @field_validator("figures")
+    @classmethod
+    def _finite(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if len(k) > 64 or not math.isfinite(x):
+                raise ValueError(f"figure {k[:64]!r}: names up to 64 characters, finite values only")
+        return v
+
+    @property
+    def active(self) -> bool:
+        """Whether the package can reject at all (a signal and a threshold)."""
+        return self.threshold is not None and (self.score_output is not None or self.none_label is not None)
+
+
 class ModelMetadata(_Strict):
     labels: tuple[str, ...] = Field(min_length=2)
     preprocess: PreprocessSpec
     model_version: str = Field(min_length=1)
+    rejection: RejectionSpec | None = None
+
+    @model_validator(mode="after")
+    def _none_label_known(self) -> ModelMetadata:
+        rej = self.rejection
+        if rej is not None and rej.none_label is not None and rej.none_label not in self.labels:
+            raise ValueError(f"rejection.none_label {rej.none_label!r} is not one of the labels")
+        if rej is not None and len([lab for lab in self.labels if lab != rej.none_label]) < 1:
+            raise ValueError("a model needs at least one pet label besides the none label")
+        return self
+
+    @property
+    def pet_labels(self) -> tuple[str, ...]:
+        none = self.rejection.none_label if self.rejection else None
+        return tuple(lab for lab in self.labels if lab != none)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` strings written into the ONNX file."""
-        return {
+        props = {
             META_LABELS: json.dumps(list(self.labels)),
             META_PREPROCESS: self.preprocess.model_dump_json(),
             META_VERSION: self.model_version,
         }
+        if self.rejection is not None:
+            props[META_REJECTION] = self.rejection.model_dump_json()
+        return props
 
 
 def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMetadata:
@@ -112,7 +175,10 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         preprocess = json.loads(props[META_PREPROCESS])
         if ABSTAIN in labels:
             raise ValueError(f"'{ABSTAIN}' is reserved and cannot be a label")
-        return ModelMetadata(labels=labels, preprocess=preprocess, model_version=props[META_VERSION])
+        rejection = json.loads(props[META_REJECTION]) if META_REJECTION in props else None
+        return ModelMetadata(
+            labels=labels, preprocess=preprocess, model_version=props[META_VERSION], rejection=rejection
+        )
     except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as e:
         raise MissingMetadata(f"{source}: invalid parkwatch metadata: {e}") from e
 

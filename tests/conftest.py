@@ -107,3 +107,36 @@ def fleet_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         yield backend
     finally:
         fu.PG_URL = None
+
+
+# Tests that need a live process beside the test (a broker, PostgreSQL, an RTSP server, a browser,
+# a subprocess) or run torch are marked ``integration``; ``make test-fast`` leaves them and the slow ones out,
+# for the edit-run loop. ``make test`` (CI) runs everything.
+_LIVE_FIXTURES = {"broker", "pg_server", "pg_url", "baseline_package", "trained_package"}
+_LIVE_MARKS = (
+    "EmbeddedBroker",
+    "subprocess",
+    "playwright",
+    "rtsp_server",
+    "uvicorn",
+    "systemd-nspawn",
+    "cloud.training",  # trains or extracts features with torch: tens of seconds per test
+    "cloud.packaging",
+)
+_module_is_live: dict[str, bool] = {}
+
+
+def _live_module(path: Path) -> bool:
+    key = str(path)
+    if key not in _module_is_live:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        _module_is_live[key] = any(m in text for m in _LIVE_MARKS)
+    return _module_is_live[key]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        backend = getattr(getattr(item, "callspec", None), "params", {}).get("fleet_backend")
+        if names & _LIVE_FIXTURES or backend == "postgresql" or _live_module(Path(str(item.fspath))):
+            item.add_marker(pytest.mark.integration)

@@ -28,14 +28,19 @@ def make_tiny_onnx(
     with_metadata: bool = True,
     spec: PreprocessSpec = DEFAULT_SPEC,
     seed: int = 0,
+    weight: Any = None,
+    bias: Any = None,
+    rejection: Any = None,
 ) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     h, w = spec.input_size
     rng = np.random.default_rng(seed)
-    weight = rng.normal(0, 3, size=(3, len(labels))).astype(np.float32)
-    bias = np.zeros(len(labels), dtype=np.float32)
+    if weight is None:
+        weight = rng.normal(0, 3, size=(3, len(labels)))
+    weight = np.asarray(weight, dtype=np.float32)
+    bias = np.asarray(np.zeros(len(labels)) if bias is None else bias, dtype=np.float32)
     nodes = [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
@@ -52,7 +57,7 @@ def make_tiny_onnx(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if with_metadata:
-        meta = ModelMetadata(labels=labels, preprocess=spec, model_version=version)
+        meta = ModelMetadata(labels=labels, preprocess=spec, model_version=version, rejection=rejection)
         for k, v in meta.to_props().items():
             entry = model.metadata_props.add()
             entry.key, entry.value = k, v
@@ -60,6 +65,24 @@ def make_tiny_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def colour_model_args(gain: float = 8.0, none_bias: float = 3.0) -> dict[str, Any]:
+    """A tiny model that sees colour: mostly red = cat, mostly blue = dog, grey = none.
+
+    Logits from the pooled normalised channels (R, G, B): cat = gain*(R - G), dog = gain*(B - G),
+    none = ``none_bias``, each measured against mid-grey, so a grey scene is a sure ``none`` and a
+    region mostly covered by a red (blue) patch a sure cat (dog). It lets tests put a "pet" at a
+    known place in a wide frame and check the box that comes back.
+    """
+    spec = DEFAULT_SPEC
+    grey = [(0.5 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+    w = np.array([[gain, 0.0, 0.0], [-gain, -gain, 0.0], [0.0, gain, 0.0]])  # rows R, G, B
+    b = np.array([-gain * (grey[0] - grey[1]), -gain * (grey[2] - grey[1]), none_bias])
+    from shared.modelpkg import RejectionSpec
+
+    rej = RejectionSpec(none_label="none", threshold=0.5, region_threshold=0.5, chosen_on="default")
+    return {"labels": ("cat", "dog", "none"), "weight": w, "bias": b, "rejection": rej}
 
 
 def make_tiny_package(folder: Path, version: str = "tiny-1", **kw: Any) -> Path:

@@ -53,12 +53,28 @@ def make_version(base: Path, dest_root: Path, version: str, break_golden: bool =
     return dst
 
 
-def register(cfg: CloudConfig, package: Path, version: str, gate_passed: bool = True) -> None:
+# Test-split figures that pass the default [gate]; approval re-checks the stored metrics.
+PASSING_METRICS = {
+    "accuracy": 0.985,
+    "per_class": {"cat": {"recall": 0.98}, "dog": {"recall": 0.99}},
+    "recall_gap": 0.01,
+    "ece": 0.02,
+}
+
+
+def register(
+    cfg: CloudConfig,
+    package: Path,
+    version: str,
+    gate_passed: bool = True,
+    metrics: dict[str, Any] | None = None,
+) -> None:
     with Registry(cfg.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version,
                 gate_passed=gate_passed,
+                metrics=PASSING_METRICS if metrics is None else metrics,
                 package_dir=str(package),
                 tarball="",
                 tarball_sha256="",
@@ -215,13 +231,16 @@ class Setup:
         assert self.svc.wait_connected()
         self.ch = self.svc.channel
         assert self.ch is not None
-        self.ch.keys_init("tester")
+        self.ch.keys_init("tester", allow_approver_key_on_server=True)
+        # Provisioned like a real box: its group, for the responder and rollout status, comes from here.
+        self.ch.provision_device("park1", "box1", "staging", tmp / "box1.secret", "ops")
         self.pkgs = tmp / "pkgs"
         self.v1 = make_version(base, self.pkgs, "1.0.0")
         self.v2 = make_version(base, self.pkgs, "2.0.0")
         for v, p in (("1.0.0", self.v1), ("2.0.0", self.v2)):
             register(self.cfg, p, v)
             self.ch.approve(v, "staging", "qa-anna", "staging test")
+        self.ch.provision_device("park1", "box1", "staging", tmp / "box1.secret", "ops")
         self.ch.rollout("1.0.0", "staging", "eng-bob", "initial")
         root = tmp / "trusted-root.json"
         root.write_bytes(self.ch.repo.trusted_root_bytes())

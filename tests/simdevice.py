@@ -42,6 +42,9 @@ class SimDevice:
         model_version: str = "m1",
         seed: int = 0,
         cameras: tuple[str, ...] = ("cam1",),
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.site, self.device, self.group = site, device, group
@@ -54,9 +57,11 @@ class SimDevice:
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"sim-{site}-{device}",
+            client_id=client_id or f"sim-{site}-{device}",
             protocol=mqtt.MQTTv5,
         )
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         offline = DeviceStatus(device=device, site=site, state="offline", group=group, reason="last-will")

@@ -134,6 +134,14 @@ def test_device_is_confined_to_its_own_topics_and_group(
         box1.publish(own_status, b"sentinel")
         assert wait_for(lambda: cloud.saw(own_status, b"sentinel"), 10, "the cloud to get the sentinel")
         assert (Topics.release("staging"), b"fake notice") not in cloud.got
+        # every box reads the cloud's retained capabilities, and no box can forge them
+        cloud.publish(Topics.CAPABILITIES, b"caps", retain=True)
+        box1.publish(Topics.CAPABILITIES, b"forged caps", retain=True)
+        box1.subscribe(Topics.CAPABILITIES)
+        assert wait_for(lambda: box1.saw(Topics.CAPABILITIES, b"caps"), 10, "box1 to read the capabilities")
+        box1.publish(own_status, b"sentinel2")
+        assert wait_for(lambda: cloud.saw(own_status, b"sentinel2"), 10, "the cloud to get sentinel2")
+        assert (Topics.CAPABILITIES, b"forged caps") not in cloud.got
     finally:
         cloud.close()
         box1.close()

@@ -108,3 +108,15 @@ def test_frame_totals_are_not_flags_and_an_idle_box_is_not_an_anomaly() -> None:
     assert rules(evaluate(dev(), t, [], NOW, ACFG, 60)) == []
     assert rules(evaluate(dev(), tel(cpu_percent=0.5), [], NOW, ACFG, 60)) == []
     assert rules(evaluate(dev(), tel(inference_fps=0.1), [], NOW, ACFG, 60)) == ["telemetry_anomaly"]
+
+
+def test_predictions_lost_on_the_box_reach_health_when_the_count_grows() -> None:
+    """They never got a sequence number, so no gap shows them; the box's own count does."""
+    t = tel()
+    t[-2]["body"]["lost_predictions"] = 4
+    t[-1]["body"] = {**t[-1]["body"], "lost_predictions": 9}
+    h = evaluate(dev(), t, [], NOW, ACFG, 60)
+    assert rules(h) == ["predictions_lost"]
+    assert any("9 prediction(s) lost on the device" in r for r in h.reasons)
+    t[-1]["body"]["lost_predictions"] = 4  # nothing new since the previous sample: no alert
+    assert rules(evaluate(dev(), t, [], NOW, ACFG, 60)) == []

@@ -20,7 +20,8 @@ from tests.release_support import cloud_config, make_version, mqtt_cfg, register
 def ch(tmp_path: Path, baseline_package: Path) -> ReleaseChannel:  # noqa: F811
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(1))
     channel = ReleaseChannel(cfg, notify=lambda *a: True)
-    channel.keys_init("ops")
+    channel.keys_init("ops", allow_approver_key_on_server=True)
+    channel.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")
     for v in ("1.0.0", "2.0.0"):
         register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
     register(cfg, make_version(baseline_package, tmp_path / "pkgs", "0.9.0"), "0.9.0", gate_passed=False)
@@ -39,7 +40,7 @@ def test_rules_history_signatures_and_audit(ch: ReleaseChannel) -> None:
     # a staging rollout that reached every device unlocks production
     ch.rollout("1.0.0", "staging", "eng", "try")
     with pytest.raises(Exception, match="not approved for production"):
-        ch.rollout("1.0.0", "production", "eng", "too early")
+        ch.rollout("1.0.0", "production", "eng", "too early", allow_empty_group=True)
     r = ch.rollouts.latest("staging")
     assert r is not None
     ch.rollouts.set_status(r.id, "succeeded", "1/1 active")
@@ -140,3 +141,25 @@ def test_keys_are_private_files_outside_db_and_repo(ch: ReleaseChannel) -> None:
     f.chmod(0o644)
     with pytest.raises(Exception, match="chmod 600"):
         ch.keys.load("rollout")
+
+
+def test_approval_rechecks_the_gate_of_the_serving_config(ch: ReleaseChannel, tmp_path: Path) -> None:
+    """The trainer's own [gate] was loose (ECE 0.062 passed there); the serving config decides."""
+    from tests.release_support import PASSING_METRICS
+
+    pkg = Path(ch.registry.get_model("1.0.0").package_dir)
+    loose = {**PASSING_METRICS, "ece": 0.062}
+    register(ch.cfg, pkg, "1.5.0", gate_passed=True, metrics=loose)
+    register(ch.cfg, pkg, "1.6.0", gate_passed=True, metrics={})
+    before = len(ch.audit.entries())
+    with pytest.raises(
+        approvals.ApprovalError, match=r"ECE 0\.0620 > 0\.05.*serving config|serving config.*ECE"
+    ):
+        ch.approve("1.5.0", "staging", "qa-anna", "looks fine")
+    with pytest.raises(approvals.ApprovalError, match="evaluate the model first"):
+        ch.approve("1.6.0", "staging", "qa-anna", "looks fine")
+    assert ch.registry.get_model("1.5.0").stage == "candidate"
+    assert len(ch.audit.entries()) == before and "1.5.0" not in ch.repo.approvals()
+    d = ch.approve("1.0.0", "staging", "qa-anna", "report ok")
+    entry = ch.audit.entries("model:1.0.0")[-1]
+    assert d["to_stage"] == "staging" and entry.details["gate_at_approval"]["max_ece"] == 0.05

@@ -50,16 +50,19 @@ def test_approve_then_rollout_reaches_n_of_n(
     try:
         assert svc.wait_connected(), "release service did not connect"
         ch = svc.channel
-        ch.keys_init("setup")
+        ch.keys_init("setup", allow_approver_key_on_server=True)
         v1 = make_version(baseline_package, tmp_path / "pkgs", "1.0.0")
         v2 = make_version(baseline_package, tmp_path / "pkgs", "2.0.0")
         register(cfg, v1, "1.0.0")
         register(cfg, v2, "2.0.0")
         ch.approve("1.0.0", "staging", "qa-anna", "first model")
+        for i in range(N):
+            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "ops")
         ch.rollout("1.0.0", "staging", "eng-bob", "first model")
         root = tmp_path / "trusted-root.json"
         root.write_bytes(ch.repo.trusted_root_bytes())
         for i in range(N):
+            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "setup")
             ecfg = edge_config(tmp_path / f"edge{i}", mqtt_cfg(broker.port), root, f"box{i}", group="staging")
             hosts.append(EdgeHost(ecfg, initial_model(v1)).start())
             updaters.append(UpdaterService(hosts[-1]).start())
@@ -84,7 +87,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 ratio = page.locator('tr[data-group="staging"] .ratio')
                 assert ratio.inner_text() == f"{N}/{N}"  # 1.0.0 everywhere
                 page.get_by_label("Approved version").select_option("2.0.0")
-                page.get_by_label("Device group").first.fill("staging")
+                page.get_by_label("Device group").first.select_option("staging")  # the known groups
                 page.get_by_role("button", name="Start rollout").click()
                 page.wait_for_selector("p.flash:has-text('Rollout of 2.0.0 to group staging started')")
                 # the page refreshes itself; the updaters download, verify, self-test, swap

@@ -32,7 +32,7 @@ def test_shipped_examples_are_valid() -> None:
         ('[device]\nid = "a b"\nsite = "b"\n', "device.id", "letters, digits"),
         (
             '[device]\nid = "a"\nsite = "b"\n[[cameras]]\nid = "c"\nkind = "vhs"\nurl = "x"\n',
-            "cameras[0].kind",
+            "cameras[1].kind",  # positions count from 1, as people count [[cameras]] blocks
             "Input should be",
         ),
         ('[device\nid = "a"', "<syntax>", "invalid TOML"),
@@ -97,6 +97,8 @@ def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     token = tmp_path / "status-token"  # the example names the token file install-edge.sh creates
     token.write_text("t0ken\n")
     text = (REPO / "provisioning" / f"{side}.example.toml").read_text()
+    # the example's placeholders (CHANGE-ME, box-01) are refused until edited: edit them as a user would
+    text = text.replace("CHANGE-ME", "s3cret").replace('id = "box-01"', 'id = "box-07"')
     good.write_text(text.replace("/etc/parkwatch/status-token", str(token)))
     res = subprocess.run(
         [*PARKWATCH, side, "config", "check", "--json", str(good)],
@@ -106,6 +108,14 @@ def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert '"ok": true' in res.stdout
+    # no PATH: $PARKWATCH_CONFIG names the file, as for every other command (issue 15, D20)
+    res = subprocess.run(
+        [*PARKWATCH, side, "config", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PARKWATCH_CONFIG": str(bad)},
+    )
+    assert res.returncode == 2 and str(bad) in res.stderr and "mqtt.hots" in res.stderr, res.stderr
 
 
 def test_inference_threads_auto_leaves_a_core_for_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,6 +106,35 @@ def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-unt
         assert f'aria-label="{title}"' in r.text
     assert "cam2" in r.text and "p99" in r.text
     assert "active" in r.text  # model-state history
+    # the limit lines docs/operator-dashboard.md promises on the latency and fps charts too
+    latency = r.text.split('aria-label="Inference latency"')[1].split("</svg>")[0]
+    assert "p99 limit (rollback)" in latency
+    fps = r.text.split('aria-label="Frames per second per camera"')[1].split("</svg>")[0]
+    assert "anomaly limit (box)" in fps
+
+
+def test_fps_floor_is_where_the_anomaly_rule_starts_flagging() -> None:
+    from cloud.analysis.stats import robust_z
+    from cloud.dashboard.views.devices import fps_floor
+
+    history = [10.0, 10.5, 9.5, 10.2, 9.8, 10.1, 9.9]
+    floor = fps_floor(history, 4.0, 60)
+    assert floor is not None and 0 < floor < 10
+    assert robust_z(history, floor - 0.01) < -4.0 < robust_z(history, floor + 0.01)
+    assert fps_floor([10.0, 10.0], 4.0, 60) is None  # too little history to judge
+
+
+def test_quality_page_says_not_judged_for_a_model_without_baseline(cfg) -> None:  # type: ignore[no-untyped-def]
+    """It said "✔ no drift" for cohorts never compared (the untrained baseline model, n=14)."""
+    from cloud.analysis.job import run_analysis
+    from cloud.fleet.store import FleetStore
+
+    with FleetStore(cfg.fleet_store) as fleet:
+        run_analysis(cfg, fleet, None, baseline_of=lambda v: None, write_report=False)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    page = c.get("/quality").text
+    assert "not judged: no baseline" in page and "✔ no drift" not in page
     assert c.get("/devices/nope").status_code == 404
 
 
@@ -237,6 +266,10 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     assert 'data-version="v1"' in r.text and "accuracy 0.970" in r.text and "✖ failed" in r.text
     r = c.get("/models/v2")
     assert "accuracy 0.80 &lt; 0.90" in r.text and "Only approvers decide" in r.text
+    # the gate approval checks (this server's [gate]) with its thresholds: v1 stored no recall
+    # figures, so it cannot pass it whatever the trainer said
+    assert "thresholds: min_accuracy 0.97" in page and "max_ece 0.05" in page
+    assert "no stored per_class, recall_gap: evaluate the model first" in page
     r = c.get("/audit")
     assert "Chain verified" in r.text and "model:v1" in r.text
     # tamper with the file directly: the page must say the chain is broken
@@ -287,3 +320,44 @@ def test_feedback_api_needs_role_and_token(cfg) -> None:  # type: ignore[no-unty
     assert c2.post("/api/feedback", json=body).status_code == 403  # no token
     r = c2.post("/api/feedback", json=body, headers={"X-CSRF-Token": token})
     assert r.status_code == 201 and r.json()["actor"] == "engineer"
+
+
+def test_lineage_page_is_sections_and_tables_and_audit_details_wrap(
+    cfg, tmp_path: Path, pets_sample: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The lineage page was an 11,000-px raw dump of nested lists; the audit page cut off its
+    details column. Now: one section per hop, files folded in a table, details that wrap."""
+    from cloud.data.config import IngestConfig
+    from cloud.data.ingest import ingest
+    from tests.test_ingest import make_lake
+
+    lake = make_lake(pets_sample, tmp_path / "lake")
+    with Registry(cfg.registry_db) as reg:
+        ds = ingest(lake, reg, cfg.datasets_dir, IngestConfig(), show_progress=False)
+        reg.register_model(
+            ModelRecord(
+                version="m2",
+                gate_passed=True,
+                package_dir="/pkgs/m2",
+                tarball="",
+                tarball_sha256="",
+                dataset_id=ds.dataset_version,
+                metrics={"accuracy": 0.981, "ece": 0.02},
+                lineage={
+                    "code": {"commit": "feedbeef", "dirty": False, "packages": {"torch": "2.14.1"}},
+                    "parameters": {"head": {"lr": 0.001, "dropout": 0.2}, "seed": 7},
+                },
+            )
+        )
+        reg.audit.append("qa-anna", "approve", "model:m2", {"reason": "x" * 300, "signed_by": ["a" * 64]})
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    page = c.get("/lineage", params={"q": "m2"}).text
+    for heading in ("Model m2", "Parameters", f"Dataset {ds.dataset_version[:16]}", "Audit entries"):
+        assert f">{heading}" in page, heading
+    assert "<dt>head.lr</dt><dd>0.001</dd>" in page  # flattened, not a nested dump
+    assert "<details><summary>24 files</summary>" in page and "<th>SHA-256</th>" in page
+    assert "<li><dl" not in page and "{&#39;" not in page
+    audit = c.get("/audit").text
+    cell = audit.split('<td class="wrap details">')[1].split("</td>")[0]
+    assert '<span class="kvline"><b>signed_by</b> ' + "a" * 64 in cell

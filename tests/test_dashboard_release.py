@@ -20,7 +20,9 @@ from tests.release_support import make_version, register
 def cfg(tmp_path: Path, broker: EmbeddedBroker, baseline_package: Path):  # type: ignore[no-untyped-def]  # noqa: F811
     c = make_cfg(tmp_path, mqtt={"host": "127.0.0.1", "port": broker.port})
     seed_users(c)
-    ReleaseChannel(c).keys_init("test-setup")
+    ch = ReleaseChannel(c)
+    ch.keys_init("test-setup", allow_approver_key_on_server=True)
+    ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "test-setup")
     for v in ("v1", "v2"):
         register(c, make_version(baseline_package, tmp_path / "pkgs", v), v)
     return c
@@ -63,6 +65,11 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
     assert viewer.post("/rollouts/start", data={**start, "csrf_token": tv}).status_code == 403
     r = engineer.post("/rollouts/start", data={**start, "version": "v2", "csrf_token": te})
     assert r.status_code == 400 and "not approved for staging" in r.text
+    # a typo'd group is refused (nothing signed), and the form offers the known groups instead
+    r = engineer.post("/rollouts/start", data={**start, "group": "stagign", "csrf_token": te})
+    assert r.status_code == 400 and "has no provisioned device" in r.text and "stagign" in r.text
+    page = engineer.get("/rollouts").text
+    assert '<select id="r-group" name="group" required><option selected>staging</option></select>' in page
     r = engineer.post("/rollouts/start", data={**start, "csrf_token": te})
     assert r.status_code == 200 and "Rollout of v1 to group staging started" in r.text
     assert 'data-group="staging"' in r.text and "v1" in r.text

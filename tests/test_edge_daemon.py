@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -203,6 +204,7 @@ def test_full_disk_under_the_outbox_is_counted_and_the_daemon_stays_up(
         assert "full" in (d.snapshot()["outbox"]["last_error"] or "")
         tel = d.build_telemetry()
         assert tel.outbox_errors > 0
+        assert tel.lost_predictions > 0  # sent to the cloud, whose health raises predictions_lost
         outbox = d.outbox
         assert outbox is not None and outbox.backlog > 0
     n = outbox.backlog  # after the stop's last commit; the count outlives the closed connection
@@ -269,13 +271,13 @@ def test_frames_ready_together_are_one_batch_through_one_session_run(
 
     model = load_model(make_tiny_package(tmp_path / "p", "b1"), InferenceConfig(threads=1))
     calls: list[int] = []
-    real_run = model.run
+    real_run = model.run_full
 
     def counting_run(batch: Any) -> Any:
         calls.append(batch.shape[0])
         return real_run(batch)
 
-    model.run = counting_run  # type: ignore[method-assign]
+    model.run_full = counting_run  # type: ignore[method-assign]
     cams = [Camera(CameraConfig(id=f"c{i}", kind="folder", url=str(pets_sample))) for i in range(3)]
     outbox = Outbox(tmp_path / "o.db")
     engine = InferenceEngine(
@@ -358,3 +360,60 @@ def test_two_daemons_with_one_device_id_are_told_why_they_keep_dropping(
             lambda: any("same [device] id" in (d.mqtt.last_error or "") for d in (da, db)),  # type: ignore[union-attr]
             60,
         )
+
+
+def _high_detail_frame(pets_sample: Path, width: int, height: int) -> Any:
+    """Real photos tiled edge to edge plus sensor noise: the kind of frame a 4K camera sends at
+    dusk, whose JPEG at quality 90 is several times the snapshot message bound."""
+    import cv2
+    import numpy as np
+
+    photos = sorted(pets_sample.glob("*/*.jpg"))[:24]
+    tiles = [cv2.resize(np.asarray(cv2.imread(str(p)), dtype=np.uint8), (480, 360)) for p in photos]
+    cols, rows = -(-width // 480), -(-height // 360)
+    grid = np.vstack(
+        [np.hstack([tiles[(r * cols + c) % len(tiles)] for c in range(cols)]) for r in range(rows)]
+    )[:height, :width]
+    noise = np.random.default_rng(0).normal(0, 18, grid.shape)
+    return np.clip(grid + noise, 0, 255).astype(np.uint8)
+
+
+def test_a_huge_snapshot_costs_no_prediction_and_is_sent_smaller(
+    tmp_path: Path, broker: EmbeddedBroker, collector: Collector, pets_sample: Path
+) -> None:
+    """Issue 12 item 8: a high-detail 4K low-confidence frame used to fail the snapshot size
+    check inside the batch, dropping every camera's predictions of that batch, uncounted."""
+    import base64
+
+    import cv2
+
+    from shared.protocol import Snapshot
+    from shared.protocol.messages import SNAPSHOT_B64_MAX
+
+    max_jpeg = SNAPSHOT_B64_MAX // 4 * 3
+
+    big = tmp_path / "big"
+    big.mkdir()
+    frame = _high_detail_frame(pets_sample, 3840, 2160)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok and len(buf) > 3 * max_jpeg  # far over the bound at the old fixed quality
+    (big / "frame.jpg").write_bytes(buf.tobytes())
+    cfg = edge_config(
+        tmp_path,
+        broker,
+        [{"id": "big", "kind": "folder", "url": str(big), "fps": 5}, folder_cam(pets_sample, 5, "small")],
+        make_tiny_package(tmp_path / "p"),
+        snapshots={"enabled": True, "max_confidence": 1.0, "upload_allowed": True},
+        inference={"max_batch": 8},
+    )
+    with Daemon(cfg) as d:
+        cams = lambda: {p.camera for b in collector.of(PredictionBatch) for p in b.predictions}  # noqa: E731
+        assert wait_for(lambda: cams() == {"big", "small"}, 30), f"predictions only from {cams()}"
+        assert wait_for(lambda: any(s.camera == "big" for s in collector.of(Snapshot)), 20)
+        assert d.engine is not None and d.engine.lost_predictions == 0
+        assert d.engine.snapshots is not None and d.engine.snapshots.reduced >= 1
+        assert d.engine.inference_errors == 0
+    snap = next(s for s in collector.of(Snapshot) if s.camera == "big")
+    jpeg = base64.b64decode(snap.jpeg)
+    assert len(jpeg) <= max_jpeg
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None

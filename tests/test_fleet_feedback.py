@@ -46,7 +46,8 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     http = TestClient(app)
     r = http.post("/api/feedback", json={"prediction_id": "box1:3", "label": "neither", "actor": "ana"})
     assert r.status_code == 201, r.text
-    assert r.json()["predicted"] == preds[2].label and r.json()["label"] == "neither"
+    # "neither" (the older name) is stored as "none", the model's own no-pet outcome.
+    assert r.json()["predicted"] == preds[2].label and r.json()["label"] == "none"
     r = http.post("/api/feedback", json={"snapshot": snap.snapshot, "label": "cat", "actor": "ana"})
     assert r.status_code == 201 and r.json()["prediction_id"] == f"box1:{snap.seq}"
     assert (
@@ -85,7 +86,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     )
     assert r.exit_code == 1 and "exactly one" in r.output
     fb = {f["seq"]: f["label"] for f in store.feedback()}
-    assert fb == {3: "neither", snap.seq: "cat", 5: "dog"}
+    assert fb == {3: "none", snap.seq: "cat", 5: "dog"}
     assert [e.action for e in AuditLog(cfg.registry_db).entries()][-3:] == ["feedback.label"] * 3
 
     r = CliRunner().invoke(main, ["cloud", "lineage", "box1:5", "--json"], env=env)

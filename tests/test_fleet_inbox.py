@@ -279,8 +279,10 @@ def test_a_lagging_worker_does_not_put_back_an_older_status(tmp_path: Path) -> N
     w = BatchWriter(db)
     topic = Topics.device("park1", "box-s", Kind.STATUS)
     parsed = parse_topic(topic)
-    online = DeviceStatus(device="box-s", site="park1", state="online", ts=100.0)
-    offline = DeviceStatus(device="box-s", site="park1", state="offline", ts=100.0, reason="last-will")
+    online = DeviceStatus(device="box-s", site="park1", state="online", ts=1_795_500_000.0)
+    offline = DeviceStatus(
+        device="box-s", site="park1", state="offline", ts=1_795_500_000.0, reason="last-will"
+    )
     w.write([Incoming(parsed, online, 1000.0)])  # worker A
     w.write([Incoming(parsed, offline, 1060.0)])  # worker A, a minute later
     w.write([Incoming(parsed, online, 1000.5)])  # worker B catching up with its inbox
@@ -309,7 +311,14 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         dev.telemetry()
         dev.flush()
         dev.kill()  # dies: the broker publishes its retained last-will
-        wait_for(lambda: store.device("box-r")["status_reason"] == "last-will", what="last-will stored")
+        # The device row appears only once the materializer has applied its first message.
+        wait_for(
+            lambda: (
+                store.query("SELECT status_reason FROM devices WHERE device='box-r'")
+                == [{"status_reason": "last-will"}]
+            ),
+            what="last-will stored",
+        )
         before = store.device("box-r")
         n_events = events()
         ing.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,7 @@ def test_snapshots_stored_only_for_allowed_sites(tmp_path: Path, broker: Embedde
         def snap(dev: SimDevice, sid: str, jpeg: str) -> None:
             dev.publish(
                 Kind.SNAPSHOT,
-                Snapshot(device=dev.device, site=dev.site, id=sid, camera="cam1", ts=1.0, jpeg=jpeg),
+                Snapshot(device=dev.device, site=dev.site, id=sid, camera="cam1", ts=time.time(), jpeg=jpeg),
             )
             dev.flush()
 

@@ -25,6 +25,12 @@ from tests.simdevice import SimDevice
 
 def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker: EmbeddedBroker) -> None:
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
+    from cloud.release.service import ReleaseChannel
+
+    # The group comes from provisioning; what the box says about its group is never used.
+    ch = ReleaseChannel(cfg)
+    ch.provision_device("park1", "box1", "production", tmp_path / "box1.secret", "ops")
+    ch.registry.close()
     ing = FleetIngest(cfg)
     ing.start()
     assert ing.wait_connected(10), "ingest did not connect"
@@ -34,7 +40,7 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
         dev.flush()
         store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 5, what="stored")
-        wait_for(lambda: store.device("box1")["grp"] == "production", what="group known from status")
+        wait_for(lambda: store.device("box1")["model_version"] == "m1", what="model known from status")
     finally:
         dev.disconnect()
         ing.stop()
@@ -72,9 +78,9 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
         s.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
         assert s.updater.check_once() == "active"
         store = FleetStore(cfg.fleet_store)
-        # The group is not configured anywhere: the action learns it from what the box reported.
+        # The group is not configured in governance: the action takes box1's provisioned group.
         wait_for(
-            lambda: (d := store.devices()) and d[0]["grp"] == "staging" and d[0]["model_version"] == "2.0.0",
+            lambda: (d := store.devices()) and d[0]["model_version"] == "2.0.0",
             what="box1 known in group staging on 2.0.0",
         )
         site = store.devices()[0]["site"]

@@ -191,7 +191,12 @@ def test_the_covered_predicate_spares_only_telemetry_alerts_of_unjudged_devices(
     # Every health rule is classified: a new telemetry rule must be added to TELEMETRY_RULES.
     health_rules = {n for n, r in RULES.items() if r.scope == "health"}
     assert health_rules >= TELEMETRY_RULES
-    assert health_rules - TELEMETRY_RULES == {"device_offline", "ingest_gap", "ingest_backlog"}
+    assert health_rules - TELEMETRY_RULES == {
+        "device_offline",
+        "ingest_gap",
+        "ingest_backlog",
+        "update_failed",
+    }
 
 
 # -- defect B: gaps before first contact are reported, not alerted --------------------------------
@@ -250,3 +255,15 @@ def test_only_harmful_gaps_count_in_the_ingest_gap_finding() -> None:
     assert h.state == "degraded" and f.rule == "ingest_gap"
     assert f.details["missing"] == 5 and [g["cause"] for g in f.details["gaps"]] == [CAUSE_LOST]
     assert "5 prediction(s) missing in 1 gap(s)" in h.reasons[0]
+
+
+def test_a_refused_model_update_degrades_health_with_its_reason() -> None:
+    """`health` said ok while the box refused every update: a failed update is a reason now."""
+    acfg = AnalysisConfig()
+    refused = dev(
+        update_state="failed", update_version=None, update_reason="untrusted signature, metadata refused"
+    )
+    h = evaluate(refused, tel(), [], NOW, acfg, HEARTBEAT_S)
+    assert h.state == "degraded" and [f.rule for f in h.findings] == ["update_failed"]
+    assert "model update failed: untrusted signature" in h.reasons[0]
+    assert evaluate(dev(update_state="active"), tel(), [], NOW, acfg, HEARTBEAT_S).state == "ok"

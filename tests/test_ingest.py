@@ -237,3 +237,27 @@ def test_a_crashing_worker_is_a_clear_error_not_a_hang(
     with pytest.raises(IngestError, match="worker died"):
         run(lake, reg, tmp_path, workers=2)
     assert reg.list_datasets() == []
+
+
+def test_the_same_data_from_another_folder_keeps_the_first_source(
+    lake: Path, reg: Registry, tmp_path: Path
+) -> None:
+    """Re-ingesting a copy repointed the dataset at the copy; training then failed once the copy
+    was gone and lineage named the wrong folder. The first source stays; the copy is recorded."""
+    first = run(lake, reg, tmp_path)
+    copy = tmp_path / "copy-of-lake"
+    shutil.copytree(lake, copy)
+    again = run(copy, reg, tmp_path)
+    assert again["dataset_version"] == first["dataset_version"] and again["new"] is False
+    assert again["kept_source"] == str(lake.resolve())
+    assert again["sources"] == [str(lake.resolve()), str(copy.resolve())]
+    assert reg.get_dataset(first["dataset_version"]).source == str(lake.resolve())
+    shutil.rmtree(copy)  # the copy goes away: the version still points at files that exist
+    ds = reg.get_dataset(first["dataset_version"])
+    assert all((Path(ds.source) / f.path).is_file() for f in reg.dataset_files(ds.id))
+    entry = reg.audit.entries(subject=f"dataset:{ds.id}")[-1]
+    assert entry.action == "dataset.reingested" and entry.details["kept_source"] == str(lake.resolve())
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    res = CliRunner().invoke(cloud, ["datasets", "show", ds.id[:12], "--config", str(toml)])
+    assert res.exit_code == 0 and f"also from  {copy.resolve()}" in res.output, res.output

@@ -59,9 +59,11 @@ def test_prediction_of_unregistered_model_keeps_the_prediction(cfg, tmp_path: Pa
 
     r = run(cfg, tmp_path, "box0000:3")
     assert r.exit_code == 0, r.output
-    assert "prediction box0000:3:" in r.output and "camera cam1" in r.output
-    assert "(missing: model version m1: no model version 'm1'" in r.output
-    assert "(missing: training run: model version m1 is not registered)" in r.output
+    assert "prediction box0000:3\n" in r.output and "camera cam1" in r.output
+    assert "  - model version m1: no model version 'm1'" in r.output
+    assert "  - training run: model version m1 is not registered\n" in r.output
+    # for people: UTC times, no Python reprs (issue 15, D19)
+    assert "UTC" in r.output and "{'" not in r.output and "['" not in r.output
 
     # The dashboard's lineage page shows the same answer instead of an error.
     seed_users(cfg)
@@ -86,7 +88,7 @@ def test_model_without_run_dataset_or_commit_lists_them_missing(cfg, tmp_path: P
     r = run(cfg, tmp_path, "m-bare")
     assert r.exit_code == 0, r.output
     for what in ("training run", "parameters", "dataset", "code commit"):
-        assert f"(missing: {what}: model version m-bare records none)" in r.output, r.output
+        assert f"  - {what}: model version m-bare records none" in r.output, r.output
     # A model version asked for by name must exist: that is still an error, not a partial answer.
     r = run(cfg, tmp_path, "m-nowhere")
     assert r.exit_code == 1 and "no model version 'm-nowhere'" in r.output

@@ -8,6 +8,7 @@ import pytest
 
 from shared.protocol import (
     Alert,
+    CloudCapabilities,
     DeviceStatus,
     InvalidPayload,
     Kind,
@@ -38,7 +39,7 @@ def _batch(device: str = "box1", site: str = "bcn") -> PredictionBatch:
         predictions=[
             Prediction(
                 seq=i,
-                ts=1.0 + i,
+                ts=1_795_500_000.0 + i,
                 camera="gate",
                 label="dog",
                 confidence=0.9,
@@ -77,13 +78,14 @@ EXAMPLES = [
             site="bcn",
             id="gate-1795500000000-1a2b3c4d",
             camera="gate",
-            ts=1.0,
+            ts=1_795_500_000.0,
             jpeg="/9j/4AAQSkZJRg==",
         ),
     ),
     (Topics.device("bcn", "box1", Kind.UPDATE_REQUEST), UpdateRequest(path="metadata/timestamp.json")),
     (Topics.device("bcn", "box1", Kind.UPDATE_RESPONSE), UpdateResponse(path="x", status="not_found")),
     (Topics.release("production"), ReleaseNotice(group="production", version="m2")),
+    (Topics.CAPABILITIES, CloudCapabilities(predictions=[1, 2])),
     (
         Topics.alerts("bcn"),
         Alert(
@@ -129,7 +131,12 @@ def test_bad_payloads_raise_typed_errors() -> None:
     with pytest.raises(MalformedPayload, match="nests too deeply"):
         decode(topic, b"[" * 100_000 + b"]" * 100_000, max_bytes=10**6)
     with pytest.raises(UnsupportedSchema):
-        decode(topic, json.dumps({**good, "schema": 2}))
+        decode(topic, json.dumps({**good, "schema": 3}))  # prediction batches speak 1 and 2
+    with pytest.raises(UnsupportedSchema):
+        decode(
+            Topics.device("bcn", "box1", Kind.STATUS),
+            encode(EXAMPLES[0][1]).replace(b'"schema":1', b'"schema":2'),
+        )
     with pytest.raises(UnsupportedSchema):
         decode(topic, json.dumps({k: v for k, v in good.items() if k != "schema"}))
     with pytest.raises(PayloadTooLarge):

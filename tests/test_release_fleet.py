@@ -67,7 +67,7 @@ def test_good_model_reaches_20_updaters_and_status_shows_20_of_20(
         assert svc.wait_connected(), "the cloud account was refused by the broker"
         ch = svc.channel
         assert ch is not None
-        ch.keys_init("ops")
+        ch.keys_init("ops", allow_approver_key_on_server=True)
         v1 = make_version(baseline_package, tmp_path / "pkgs", "1.0.0")
         v2 = make_version(baseline_package, tmp_path / "pkgs", "2.0.0")
         for v, p in (("1.0.0", v1), ("2.0.0", v2)):

@@ -78,10 +78,10 @@ def test_timestamp_is_re_signed_before_it_expires(tmp_path: Path) -> None:
 
 def test_keys_init_refuses_to_overwrite(tmp_path: Path) -> None:
     ch = ReleaseChannel(cloud_config(tmp_path / "cloud", mqtt_cfg(1)), notify=lambda *a: True)
-    out = ch.keys_init("ops")
+    out = ch.keys_init("ops", allow_approver_key_on_server=True)
     assert len(out["created"]) == 6 and Path(out["trusted_root"]).exists()
     with pytest.raises(RepositoryError, match="refusing to overwrite"):
-        ch.keys_init("ops")
+        ch.keys_init("ops", allow_approver_key_on_server=True)
 
 
 def test_responder_serves_only_repository_files(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_approver_keys_can_live_apart_from_the_others(tmp_path: Path) -> None:
         tmp_path / "cloud", mqtt_cfg(1), approver_keys_dir=tmp_path / "usb-stick", targets_threshold=2
     )
     ch = ReleaseChannel(cfg, notify=lambda *a: True)
-    ch.keys_init("ops")
+    ch.keys_init("ops", allow_approver_key_on_server=True)
     assert sorted(p.name for p in (tmp_path / "usb-stick").glob("*.pem")) == [
         "approver-1.pem",
         "approver-2.pem",
@@ -182,7 +182,7 @@ def test_cloud_serve_keeps_the_timestamp_fresh(tmp_path: Path, broker: EmbeddedB
     svc.start()
     try:
         assert svc.channel is not None and svc.wait_connected()
-        svc.channel.keys_init("ops")
+        svc.channel.keys_init("ops", allow_approver_key_on_server=True)
         stale = svc.channel.repo.write_expired_timestamp().signed.version
         wait_for(lambda: svc.channel.repo.timestamp().signed.version > stale, 10, "a re-signed timestamp")
         assert svc.channel.repo.timestamp().signed.expires > datetime.now(UTC)

@@ -115,3 +115,62 @@ def test_health_rules() -> None:
     assert judge("v2", 100, 150, Progress(2, 2), base, cfg).action == "succeeded"
     failed = Progress(2, 1, failed=[{"device": "b", "reason": "self-testing: golden sample"}])
     assert judge("v2", 100, 150, failed, base, cfg).action == "rollback"
+
+
+def test_a_refused_release_is_counted_shown_and_rolled_back_as_a_rollback(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    baseline_package: Path,  # noqa: F811
+) -> None:
+    """A TUF refusal happens before the box knows the version: its failed state names none.
+    It must still count against the rollout, show with its reason, and roll the group back;
+    the rollback must then be reported as a rollback from 2.0.0, not as a rollout."""
+    from tuf.api.metadata import Metadata
+
+    from cloud.cli.release import _status_text
+    from cloud.release.repo import PIPELINE, TOP
+
+    s = Setup(tmp_path, broker, baseline_package)
+    try:
+        ch = s.ch
+        assert ch is not None and s.updater.check_once() == "current"
+        ch.repo.set_approval("2.0.0", ["staging"])  # a new targets version the box must fetch
+        ch.rollout("2.0.0", "staging", "eng", "new")
+        v = ch.repo.snapshot().signed.meta[f"{TOP}.json"].version
+        path = ch.repo.metadata_dir / f"{v}.{TOP}.json"
+        md = Metadata.from_bytes(path.read_bytes())
+        md.signatures.clear()
+        md.sign(ch.keys.load(PIPELINE)[0].signer)  # not a key root trusts for targets
+        path.write_bytes(md.to_bytes())
+        assert s.updater.check_once() == "failed"
+        last = s.host.states[-1]
+        assert last.version is None and "untrusted signature" in (last.reason or "")
+        wait_for(
+            lambda: any(e.action == "auto-rollback" for e in ch.audit_entries()),
+            20,
+            "automatic rollback after a refusal that names no version",
+        )
+        withdrawn = ch.rollouts.history("staging")[1]
+        assert withdrawn.version == "2.0.0" and withdrawn.status == "rolled_back"
+        assert "untrusted signature" in (withdrawn.status_reason or "")
+        g = ch.status("staging")["groups"]["staging"]
+        assert g["rollout"]["kind"] == "auto-rollback" and g["rollout"]["rolled_back_from"] == "2.0.0"
+        text = _status_text(ch.status("staging"))
+        assert "auto-rollback 2.0.0 -> 1.0.0 by" in text and "untrusted signature" in text
+        # the repository is repaired (targets re-signed with the approver key): the box settles
+        # on 1.0.0 and the rollback is reported as a rollback
+        ch.repo._update_targets(TOP, lambda t: None)
+        assert s.updater.check_once() == "current"
+        wait_for(
+            lambda: any(e.action == "rollback-succeeded" for e in ch.audit_entries()),
+            20,
+            "the rollback reported as succeeded",
+        )
+        e = next(e for e in ch.audit_entries() if e.action == "rollback-succeeded")
+        assert e.details["rolled_back_from"] == "2.0.0" and e.details["version"] == "1.0.0"
+        assert not any(
+            e.action == "rollout-succeeded" and e.details["version"] == "1.0.0"
+            for e in ch.audit_entries()[-3:]
+        )
+    finally:
+        s.close()

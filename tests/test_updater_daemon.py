@@ -58,12 +58,14 @@ def test_daemon_swaps_model_between_inferences_without_losing_frames(
     try:
         ch = svc.channel
         assert ch is not None and svc.wait_connected()
-        ch.keys_init("ops")
+        ch.keys_init("ops", allow_approver_key_on_server=True)
+        ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")  # its group
         v1 = make_version(baseline_package, tmp_path / "pkgs", "1.0.0")
         v2 = make_version(baseline_package, tmp_path / "pkgs", "2.0.0")
         for v, p in (("1.0.0", v1), ("2.0.0", v2)):
             register(cfg, p, v)
             ch.approve(v, "staging", "qa", "ok")
+        ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")
         ch.rollout("1.0.0", "staging", "eng", "start")
         (tmp_path / "root.json").write_bytes(ch.repo.trusted_root_bytes())
         ecfg = EdgeConfig.model_validate(
@@ -116,7 +118,8 @@ def test_garbage_on_the_release_topic_is_counted_and_never_stops_the_daemon(
     try:
         ch = svc.channel
         assert ch is not None and svc.wait_connected()
-        ch.keys_init("ops")
+        ch.keys_init("ops", allow_approver_key_on_server=True)
+        ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")  # its group
         (tmp_path / "root.json").write_bytes(ch.repo.trusted_root_bytes())
         ecfg = EdgeConfig.model_validate(
             {

@@ -81,6 +81,7 @@ def test_the_pipelines_own_tarball_is_shipped_as_is(setup: Setup, baseline_packa
     from cloud.registry.models import ModelRecord
     from cloud.registry.store import Registry
     from shared.modelpkg import read_manifest
+    from tests.release_support import PASSING_METRICS
 
     version = read_manifest(baseline_package).model_version
     tarball = baseline_package.parent / f"{baseline_package.name}.tar.gz"
@@ -90,6 +91,7 @@ def test_the_pipelines_own_tarball_is_shipped_as_is(setup: Setup, baseline_packa
             ModelRecord(
                 version=version,
                 gate_passed=True,
+                metrics=PASSING_METRICS,
                 package_dir=str(baseline_package),
                 tarball=str(tarball),
                 tarball_sha256="",

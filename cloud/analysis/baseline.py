@@ -15,6 +15,11 @@ The format (``Baseline.to_dict``) is the contract with the build pipeline::
 
     {"class_mix": {"cat": 0.49, "dog": 0.51}, "abstain_rate": 0.02, "accuracy": 0.97, "n": 400,
      "confidence_hist": {"edges": [0.5, 0.55, ..., 1.0], "counts": [3, 1, ...]}}
+
+A model with a ``none`` class has ``none`` in ``class_mix`` like any label. Optional keys:
+``confidence_hist_by_class`` (``{label: counts}`` on the same edges) and ``modes``
+(``{"day": {...}, "ir": {...}}``, each a baseline in this same format, e.g. from the greyscale
+scene copies); ``cloud.analysis.drift`` uses them when present.
 """
 
 from __future__ import annotations
@@ -48,13 +53,19 @@ class Baseline:
     source: str = ""
     mean_confidence: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Confidence histogram per predicted label on the same edges (optional): lets drift compare
+    # the confidence of pet calls alone, whatever share of frames the field calls ``none``.
+    by_class: dict[str, list[float]] = field(default_factory=dict)
+    # A baseline per lighting mode (optional; ``day``/``ir``, e.g. from greyscale scene copies):
+    # drift of IR frames is then judged against IR-like test frames, mix included.
+    modes: dict[str, Baseline] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return sorted(self.class_mix)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "class_mix": self.class_mix,
             "confidence_hist": {"edges": self.edges, "counts": self.counts},
             "abstain_rate": self.abstain_rate,
@@ -63,6 +74,11 @@ class Baseline:
             "mean_confidence": self.mean_confidence,
             "source": self.source,
         }
+        if self.by_class:
+            out["confidence_hist_by_class"] = self.by_class
+        if self.modes:
+            out["modes"] = {k: b.to_dict() for k, b in self.modes.items()}
+        return out
 
     @classmethod
     def from_dict(
@@ -101,6 +117,17 @@ class Baseline:
             below = sum(c for c, hi in zip(counts, edges[1:], strict=True) if hi <= abstain_threshold + 1e-9)
             abstain = below / sum(counts) if sum(counts) > 0 else 0.0
         acc = d.get("accuracy", accuracy)
+        by_class: dict[str, list[float]] = {}
+        for lab, h in (d.get("confidence_hist_by_class") or {}).items():
+            c = [float(x) for x in ((h.get("counts") if isinstance(h, dict) else h) or [])]
+            if len(c) != len(counts):
+                raise ValueError(f"confidence_hist_by_class[{lab!r}] has {len(c)} counts, not {len(counts)}")
+            by_class[str(lab)] = c
+        modes = {
+            str(m): cls.from_dict(version, sub, f"{source}.modes.{m}", abstain_threshold=abstain_threshold)
+            for m, sub in (d.get("modes") or {}).items()
+            if isinstance(sub, dict)
+        }
         return cls(
             version=version,
             class_mix=mix,
@@ -111,6 +138,8 @@ class Baseline:
             n=int(d.get("n") or sum(counts)),
             source=source,
             mean_confidence=mean,
+            by_class=by_class,
+            modes=modes,
         )
 
 
@@ -130,6 +159,13 @@ def from_samples(
     mix: dict[str, float] = {}
     for lab in kept:
         mix[lab] = mix.get(lab, 0.0) + 1.0
+    by_class = {
+        lab: histogram(
+            np.asarray([c for la, c in zip(labels, confidences, strict=True) if la == lab], dtype=float),
+            DEFAULT_EDGES,
+        ).tolist()
+        for lab in sorted(set(labels) - {"abstain"})
+    }
     return Baseline(
         version=version,
         class_mix={k: v / max(len(kept), 1) for k, v in mix.items()},
@@ -140,6 +176,7 @@ def from_samples(
         n=len(labels),
         source=source,
         mean_confidence=float(conf.mean()) if len(conf) else None,
+        by_class=by_class,
     )
 
 

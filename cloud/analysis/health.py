@@ -115,6 +115,17 @@ def evaluate(
             missing=missing,
             gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in lost[:20]],
         )
+    if device.get("update_state") == "failed":
+        # A refused update (a TUF refusal, a failed self-test) leaves the box on its old model:
+        # not an outage, but the fleet is not running what was rolled out, and nothing else says so.
+        target = device.get("update_version")
+        add(
+            "update_failed",
+            f"{dev}: model update{' to ' + target if target else ''} failed: "
+            f"{device.get('update_reason') or 'no reason given'}",
+            version=target,
+            reason=device.get("update_reason"),
+        )
     tel_age = _telemetry_age(telemetry, now)
     stale = tel_age is not None and tel_age > heartbeat_timeout_s
     judged = not offline and tel_age is not None and not stale
@@ -196,6 +207,17 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
             disk_percent=last["disk_percent"],
         )
     body = _body(last)
+    # Predictions that never got a sequence number (the outbox could not write them) leave no
+    # gap for ingest to find: the box counts them in telemetry (since its start); raise on growth.
+    lost = int(body.get("lost_predictions") or 0)
+    before = int(_body(telemetry[-2]).get("lost_predictions") or 0) if len(telemetry) > 1 else 0
+    if lost > before or (lost and len(telemetry) == 1):
+        add(
+            "predictions_lost",
+            f"{dev}: {lost} prediction(s) lost on the device since its start (the outbox could not "
+            "write them: disk full?)",
+            lost=lost,
+        )
     prev_cams = _body(telemetry[-2]).get("cameras", {}) if len(telemetry) > 1 else {}
     for cam, c in (body.get("cameras") or {}).items():
         state = c.get("state")

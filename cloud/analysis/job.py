@@ -26,7 +26,7 @@ def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatc
     """A governor wired to the fleet's alert store, the registry's audit log and the broker."""
     from cloud.registry.audit import AuditLog
 
-    publisher = AlertPublisher(cfg.mqtt, cfg.governance.publish_client_id) if publish else None
+    publisher = AlertPublisher(cfg.mqtt, cfg.client_id("alerts")) if publish else None
     return Governor(cfg, AlertStore(cfg.fleet_store), AuditLog(cfg.registry_db), publisher, actor=actor)
 
 
@@ -69,6 +69,21 @@ def accuracy_over_time(fleet: FleetStore, bucket_s: float = 86400) -> dict[str, 
     }
 
 
+def outcome_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cats and dogs (``pets``), ``none`` and ``abstain`` over the site-level cohorts, each apart."""
+    pets: dict[str, int] = {}
+    none = abstain = 0
+    for r in rows:
+        c = (r.get("details") or {}).get("counts")
+        if r["device"] or not c:
+            continue
+        for k, v in c["pets"].items():
+            pets[k] = pets.get(k, 0) + int(v)
+        none += int(c.get("none", 0))
+        abstain += int(c.get("abstain", 0))
+    return {"pets": dict(sorted(pets.items())), "none": none, "abstain": abstain}
+
+
 def run_analysis(
     cfg: CloudConfig,
     fleet: FleetStore,
@@ -96,6 +111,7 @@ def run_analysis(
         "totals": {
             "predictions": sum(r["n"] for r in rows if not r["device"]),
             "devices": len(health_results),
+            **outcome_totals(rows),
         },
         "health": [h.to_dict() for h in health_results],
         "drift": rows,

@@ -11,12 +11,83 @@ from cloud.analysis import svg
 from shared.atomic import atomic_write_json, atomic_write_text
 
 
+def drift_state(d: dict[str, Any]) -> tuple[str, str]:
+    """One site-level drift row as "drift", "no drift" or "not judged" with why. A row without a
+    baseline (the untrained baseline model) or with too few predictions was never compared: it
+    must not read as "no drift"."""
+    det = d.get("details") or {}
+    if d.get("drifted"):
+        return "drift", "; ".join(d.get("reasons") or []) or "over a threshold"
+    if det.get("baseline") is None:
+        return "not judged", "no baseline"
+    if det.get("enough_samples") is False:
+        return "not judged", f"too few predictions (n={d.get('n')})"
+    return "no drift", ""
+
+
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
         return f"{v:.1%}" if pct else f"{v:.3f}"
     return escape(str(v))
+
+
+def mode_verdict(m: dict[str, Any], has_baseline: bool, min_samples: int | None = None) -> str:
+    """DRIFT, no drift, or why one lighting mode's frames were not judged."""
+    if m.get("verdict"):
+        return "DRIFT"
+    if not has_baseline:
+        return "no baseline (not judged)"
+    if not m.get("enough_samples"):
+        below = f"fewer than {min_samples}" if min_samples else "too few"
+        return f"{below} frames (not judged)"
+    return "no drift"
+
+
+def outcome_text(det: dict[str, Any]) -> str:
+    """``cat 120 · dog 80 · none 300 · abstain 12``: pets, none and abstentions each apart."""
+    c = det.get("counts") or {}
+    parts = [f"{k} {v}" for k, v in (c.get("pets") or {}).items()]
+    return " · ".join([*parts, f"none {c.get('none', 0)}", f"abstain {c.get('abstain', 0)}"])
+
+
+def _modes_html(d: dict[str, Any], min_samples: int | None) -> list[str]:
+    det = d["details"]
+    modes = det.get("modes") or {}
+    unknown = det.get("lighting_unknown") or 0
+    if not modes:
+        return ["<p class='note'>Lighting (day/IR) not reported by these boxes: no per-mode figures.</p>"]
+    out = [
+        "<h4>Per lighting mode</h4><table><tr><th>mode</th><th>n</th><th>verdict</th><th>outcomes</th>"
+        "<th>none share</th><th>abstain</th><th>K-S</th><th>K-S p</th><th>PSI (pets)</th>"
+        "<th>est. accuracy</th><th>accuracy (labels)</th></tr>"
+    ]
+    for mode, m in modes.items():
+        verdict = mode_verdict(m, det.get("baseline") is not None, min_samples)
+        cls = "bad" if verdict == "DRIFT" else "note" if "not judged" in verdict else "ok"
+        psi = _fmt(m.get("psi")) if m.get("baseline_for_mode") else "– (no mode baseline)"
+        out.append(
+            f"<tr class='mode-{escape(mode)}'><td>{escape(mode)}</td><td>{m['n']}</td>"
+            f"<td class='{cls}'>{verdict}</td><td>{escape(outcome_text(m))}</td>"
+            f"<td>{_fmt(m.get('none_share'), True)}</td><td>{_fmt(m.get('abstain_rate'), True)}</td>"
+            f"<td>{_fmt(m.get('ks'))}</td><td>{_fmt(m.get('ks_p'))}</td><td>{psi}</td>"
+            f"<td>{_fmt(m.get('est_accuracy'), True)} (estimate)</td>"
+            f"<td>{_fmt(m.get('accuracy'), True)} (n={m.get('n_labels', 0)})</td></tr>"
+        )
+    out.append("</table>")
+    for mode, m in modes.items():
+        if m.get("verdict"):
+            out.append(
+                "<ul>"
+                + "".join(f"<li>{escape(mode)}: {escape(msg)}</li>" for _, msg in m["verdict"])
+                + "</ul>"
+            )
+    if unknown:
+        out.append(
+            f"<p class='note'>{unknown} frame(s) of unknown lighting (older boxes) count only above.</p>"
+        )
+    return out
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -31,6 +102,9 @@ def render_html(report: dict[str, Any]) -> str:
         f"<p>{when}; window {report['window_s'] / 3600:.1f} h; {report['totals']['predictions']} "
         "predictions, "
         f"{report['totals']['devices']} devices, {len(report['alerts']['opened'])} new alert(s).</p>",
+        f"<p id='totals-outcomes'>Outcomes: {escape(outcome_text({'counts': report['totals']}))}</p>"
+        if "none" in report["totals"]
+        else "",
         "<h2>Device health</h2><table><tr><th>device</th><th>site</th><th>state</th><th>reasons</th></tr>",
     ]
     for h in report["health"]:
@@ -50,14 +124,11 @@ def render_html(report: dict[str, Any]) -> str:
             continue
         det = d["details"]
         base = det.get("baseline")
-        if d["drifted"]:
-            cls, verdict = "bad", "DRIFT"
-        elif base is None:
-            cls, verdict = "note", "no baseline (drift not judged)"
-        elif det.get("enough_samples") is False:
-            cls, verdict = "note", "too few predictions (drift not judged)"
-        else:
-            cls, verdict = "ok", "no drift"
+        state, why = drift_state(d)
+        cls, verdict = {
+            "drift": ("bad", "DRIFT"),
+            "not judged": ("note", f"{why} (drift not judged)"),
+        }.get(state, ("ok", "no drift"))
         out.append(
             f"<h3>model {escape(d['model_version'])} at {escape(d['site'])} "
             f"<span class='{cls}'>{verdict}</span></h3>"
@@ -75,6 +146,21 @@ def render_html(report: dict[str, Any]) -> str:
         )
         if d["reasons"]:
             out.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in d["reasons"]) + "</ul>")
+        out.append(
+            f"<p>Outcomes: {escape(outcome_text(det))} (none = sure there is no pet; abstain = unsure)"
+            + (
+                f"; none share {_fmt(det.get('none_share'), True)}"
+                + (
+                    f" (test set {_fmt(det.get('baseline_none_share'), True)})"
+                    if det.get("baseline_none_share") is not None
+                    else ""
+                )
+                if det.get("none_share") is not None
+                else ""
+            )
+            + "</p>"
+        )
+        out += _modes_html(d, (report.get("thresholds") or {}).get("min_samples"))
         if base is None:
             out.append(
                 "<p class='note'>No test-set baseline for this model version: figures only, no "

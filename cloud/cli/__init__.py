@@ -7,6 +7,7 @@ import click
 from shared.cli import LazyGroup
 
 COMMANDS = {
+    "init": "cloud.cli.init:init",
     "config": "cloud.cli.base:config",
     "serve": "cloud.cli.serve:serve",
     "demo": "cloud.cli.demo:demo",
@@ -16,6 +17,7 @@ COMMANDS = {
     "train": "cloud.cli.models:train",
     "evaluate": "cloud.cli.models:evaluate",
     "models": "cloud.cli.models:models",
+    "baseline": "cloud.cli.models:baseline",
     # secure delivery
     "keys": "cloud.cli.release:keys",
     "approve": "cloud.cli.release:approve",

@@ -16,6 +16,12 @@ def _human_ingest(r: dict[str, Any]) -> str:
         f"dataset {r['dataset_version']} ({'new' if r['new'] else 'unchanged, already registered'})",
         f"  source   {r['source']}",
     ]
+    kept = r.get("kept_source")
+    if kept and kept != r["source"]:
+        lines.append(
+            f"  kept     {kept} (where this data was first ingested from: training and lineage keep "
+            "reading it there; this folder is recorded as another source)"
+        )
     for split in ("train", "test", "total"):
         lines.append(f"  {split:<8} " + ", ".join(f"{k}={v}" for k, v in r["counts"][split].items()))
     lines.append(f"  duplicates dropped: {len(r['duplicates'])}")
@@ -96,6 +102,7 @@ def datasets_show(dataset_id: str, config_path: Path, with_files: bool, as_json:
         out["duplicate_files"] = [x.model_dump() for x in reg.dataset_duplicates(d.id)]
         out["runs"] = [r.model_dump() for r in reg.list_runs(d.id)]
         out["models"] = [m.version for m in reg.list_models() if m.dataset_id == d.id]
+        out["sources"] = reg.dataset_sources(d.id)
         if with_files:
             out["files"] = [f.model_dump() for f in reg.dataset_files(d.id)]
 
@@ -103,6 +110,10 @@ def datasets_show(dataset_id: str, config_path: Path, with_files: bool, as_json:
         lines = [
             f"dataset {o['id']}",
             f"  source     {o['source']}",
+            *(
+                f"  also from  {s['source']} (same data, ingested {s['first_ingested_at']})"
+                for s in o["sources"][1:]
+            ),
             f"  created    {o['created_at']}",
             f"  labels     {', '.join(o['labels'])}",
             f"  manifest   {o['manifest_path']}",

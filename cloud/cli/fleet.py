@@ -15,6 +15,7 @@ from cloud.cli.common import ACTOR, PositiveSeconds, load_existing
 from cloud.config import DEFAULT_PATH
 from cloud.governance.rules import RULES
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import block, pairs, table, utc
 
 
 def _ago(ts: float | None) -> str:
@@ -25,6 +26,10 @@ def _human_report(r: dict[str, Any]) -> str:
     lines = [
         f"analysis {r['run_id']}: {r['totals']['predictions']} predictions, {r['totals']['devices']} devices"
     ]
+    if "none" in r["totals"]:
+        from cloud.analysis.report import outcome_text
+
+        lines[0] += f" ({outcome_text({'counts': r['totals']})})"
     min_samples = (r.get("thresholds") or {}).get("min_samples")
     for d in r["drift"]:
         if d["device"]:
@@ -36,11 +41,31 @@ def _human_report(r: dict[str, Any]) -> str:
             f"est. accuracy {est}; {_verdict(d, min_samples)}"
         )
         lines += [f"      {x}" for x in d["reasons"]]
+        lines += _human_modes(d, min_samples)
     lines.append(f"alerts opened: {len(r['alerts']['opened'])}, resolved: {len(r['alerts']['resolved'])}")
     lines += [f"  [{a['severity']}] {a['id']} {a['rule']}: {a['message']}" for a in r["alerts"]["opened"]]
     if r.get("files"):
         lines.append(f"report: {r['files']['html']}")
     return "\n".join(lines)
+
+
+def _human_modes(d: dict[str, Any], min_samples: int | None) -> list[str]:
+    """The outcome counts and one line per lighting mode (day / ir) under a cohort."""
+    from cloud.analysis.report import mode_verdict, outcome_text
+
+    det = d.get("details") or {}
+    lines = [f"      outcomes: {outcome_text(det)}"] if det.get("counts") else []
+    for mode, m in (det.get("modes") or {}).items():
+        figs = ", ".join(f"{k} {m[k]:.3f}" for k in ("ks",) if m.get(k) is not None)
+        est = f"{m['est_accuracy']:.1%} (estimate)" if m.get("est_accuracy") is not None else "–"
+        lines.append(
+            f"    {mode}: n={m['n']}{' ' + figs if figs else ''}; {outcome_text(m)}; est. accuracy {est}; "
+            f"{mode_verdict(m, det.get('baseline') is not None, min_samples)}"
+        )
+        lines += [f"      {msg}" for _, msg in m.get("verdict") or []]
+    if det.get("lighting_unknown"):
+        lines.append(f"    lighting not reported: {det['lighting_unknown']} frame(s)")
+    return lines
 
 
 def _verdict(d: dict[str, Any], min_samples: int | None) -> str:
@@ -98,9 +123,9 @@ def analyze(config_path: Path, window_s: float | None, no_alerts: bool, as_json:
 @click.option(
     "--as",
     "label",
-    type=click.Choice(["cat", "dog", "neither"]),
+    type=click.Choice(["cat", "dog", "none", "neither"]),
     required=True,
-    help="What the frame really shows.",
+    help="What the frame really shows: cat, dog, or none (no cat or dog; 'neither' is the same).",
 )
 @click.option("--actor", type=ACTOR, required=True, envvar="PARKWATCH_ACTOR", help="Who says so (audited).")
 @click.option("--comment", default=None)
@@ -140,36 +165,119 @@ def label(
 
 
 def _human_lineage(r: dict[str, Any]) -> str:
-    lines = []
-    if "prediction" in r:
-        p = r["prediction"]
-        lines.append(
-            f"prediction {p['id']}: {p['label']} ({p['confidence']:.2f}) camera {p['camera']} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(p['ts']))} UTC, site {p['site']}"
-        )
+    """``lineage`` for people: one section per hop, UTC times, figures not reprs."""
+    lines: list[str] = []
+    p = r.get("prediction")
+    if p:
+        lines += [
+            f"prediction {p['id']}",
+            f"  result     {p['label']} (confidence {p['confidence']:.2f})"
+            + (f", probabilities {pairs(p.get('probs'))}" if p.get("probs") else ""),
+            f"  where      site {p['site']}, camera {p['camera']}",
+            f"  when       {utc(p['ts'])} (received {utc(p.get('received_ts'))})",
+        ]
+        if p.get("flags"):
+            lines.append(f"  flags      {', '.join(p['flags'])}")
+        d = r.get("device") or {}
+        if d.get("device"):
+            lines.append(
+                f"  device     {d['device']} (group {d.get('grp') or '-'}, "
+                f"software {d.get('software') or '-'})"
+            )
+        if p.get("lighting"):
+            lines.append(f"  lighting   {p['lighting']}")
+        if p.get("regions"):
+            from cloud.fleet.outcomes import regions_text
+
+            lines.append(f"  regions    {regions_text(p['regions'])}")
+        fb = r.get("feedback")
+        if fb:
+            lines.append(
+                f"  label      {fb.get('label')} by {fb.get('actor') or fb.get('labelled_by') or '-'}"
+            )
     m = r.get("model")
     if m is None:
         lines.append(f"model {r['model_version']}: not in the registry (see missing below)")
     else:
-        lines.append(
-            f"model {r['model_version']}: stage {m.get('stage')}, gate "
-            f"{'passed' if m.get('gate_passed') else 'failed'}"
-        )
+        gate = "passed" if m.get("gate_passed") else "FAILED"
+        lines += [
+            f"model {r['model_version']}",
+            f"  stage      {m.get('stage')}, gate {gate}, created {utc(m.get('created_at'))}",
+        ]
+        met = {k: v for k, v in (m.get("metrics") or {}).items() if not isinstance(v, dict | list)}
+        if met:
+            lines.append(f"  metrics    {pairs(met)}")
+        lines.append(f"  package    {m.get('package_dir') or '-'}")
+    code = r.get("code") or {}
+    if code:
+        commit = code.get("commit") or code.get("code_commit") or "-"
+        dirty = code.get("dirty", code.get("code_dirty"))
+        lines.append(f"  code       {commit}" + (" (uncommitted changes)" if dirty else ""))
+        pk = code.get("packages") or code.get("package_versions")
+        if pk:
+            lines.append(f"  libraries  {pairs(pk)}")
     run = r.get("training_run")
     if run:
-        lines.append(f"  training run {run['id']} ({run['status']}), best params {run.get('best_params')}")
+        lines.append(
+            f"training run {run['id']} ({run['status']}), started {utc(run.get('started_at'))}, "
+            f"finished {utc(run.get('finished_at'))}"
+        )
+        if run.get("best_params"):
+            lines.append(f"  best       {pairs(run['best_params'])}")
     if r.get("parameters"):
-        lines.append(f"  parameters {r['parameters']}")
+        lines.append("parameters")
+        lines += block(r["parameters"], indent="  ")
     ds = r.get("dataset")
     if ds:
-        lines.append(f"  dataset {ds['id']}: {ds['n_files']} files from {ds['source']}")
-    if r.get("code"):
-        lines.append(f"  code {r['code']}")
-    for a in r.get("approvals", []):
-        lines.append(f"  approval: {a}")
-    for ro in r.get("rollouts", []):
-        lines.append(f"  rollout {ro['kind']} to {ro['group']} by {ro['actor']}: {ro['status']}")
-    lines += [f"  (missing: {x})" for x in r.get("missing", [])]
+        lines.append(f"dataset {ds['id']}")
+        lines.append(
+            f"  files      {ds['n_files']} from {ds['source']} (ingested {utc(ds.get('created_at'))})"
+        )
+        counts = ds.get("counts") or {}
+        for split in ("train", "test"):
+            if counts.get(split):
+                lines.append(f"  {split:<10} {pairs(counts[split])}")
+        if ds.get("files"):
+            more = " (truncated)" if ds.get("files_truncated") else ""
+            lines.append(
+                f"  file list  {len(ds['files'])} files{more} (--json lists them; --no-files leaves them out)"
+            )
+    approvals = r.get("approvals") or []
+    if approvals:
+        lines.append("approvals")
+        lines += table(
+            (
+                [
+                    utc(a["ts"]),
+                    a["decision"],
+                    f"{a['from_stage']} -> {a['to_stage']}",
+                    a["actor"],
+                    ("FORCED: " if a.get("forced") else "") + a["reason"],
+                ]
+                for a in approvals
+            ),
+            ["when", "decision", "stage", "by", "reason"],
+        )
+    rollouts = r.get("rollouts") or []
+    if rollouts:
+        lines.append("rollouts")
+        lines += table(
+            (
+                [
+                    utc(ro["started_ts"]),
+                    ro["kind"],
+                    ro["group"],
+                    ro["actor"],
+                    ro["status"] + (f": {ro['status_reason']}" if ro.get("status_reason") else ""),
+                ]
+                for ro in rollouts
+            ),
+            ["when", "kind", "group", "by", "status"],
+        )
+    missing = r.get("missing") or []
+    if missing:
+        lines.append("missing")
+        lines += [f"  - {x}" for x in missing]
     return "\n".join(lines)
 
 
@@ -236,7 +344,7 @@ def _transition(
     from cloud.registry.audit import AuditLog
 
     cfg = load_existing(config_path)
-    pub = AlertPublisher(cfg.mqtt, f"{cfg.governance.publish_client_id}-cli", timeout_s=3.0)
+    pub = AlertPublisher(cfg.mqtt, f"{cfg.client_id('alerts')}-cli", timeout_s=3.0)
     fn = ack_alert if which == "ack" else resolve_alert
     try:
         with AlertStore(cfg.fleet_store) as st:
@@ -287,10 +395,15 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             run_health(cfg, fs, None)
         if device:
             d = fs.device(device)
+            from cloud.release.store import read_membership
+
+            d["grp"] = read_membership(cfg.data_dir).get(f"{d['site']}/{d['device']}")  # provisioned
             d["gaps"] = fs.gaps(device)
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)
             d["latest_telemetry"] = latest[-1] if latest else None
+            d["outcomes_window_s"] = cfg.analysis.window_s
+            d["outcomes"] = fs.outcomes(device=device, since=time.time() - cfg.analysis.window_s)
             emit(d, as_json, _human_device)
             return
         rows = fs.devices()
@@ -354,6 +467,16 @@ def _human_device(d: dict[str, Any]) -> str:
         f"  predictions {d.get('predictions_total', 0)} stored, last seq {d.get('max_seq') or '-'}, "
         f"{d.get('evicted_total', 0)} evicted on the device"
     )
+    o = d.get("outcomes")
+    if o is not None:
+        pets = ", ".join(f"{k} {v}" for k, v in o["pets"].items())
+        ir = "lighting not reported" if o["ir_share"] is None else f"IR {o['ir_share']:.0%} of frames"
+        win = float(d.get("outcomes_window_s") or 0)
+        span = f"{win / 3600:g} h" if win >= 3600 else f"{win / 60:g} min"
+        lines.append(
+            f"  outcomes since {_utc(o.get('from'))} (window {span}, whole hours): {pets} (cats and dogs "
+            f"{o['pet_total']}), none {o['none']}, abstain {o['abstain']}; {ir}"
+        )
     t = d.get("latest_telemetry")
     if t:
         lines.append(

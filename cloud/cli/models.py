@@ -9,6 +9,7 @@ import click
 
 from cloud.config import DEFAULT_PATH
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import block, num, pairs, table, utc
 
 
 def _human_train(r: dict[str, Any]) -> str:
@@ -20,13 +21,14 @@ def _human_train(r: dict[str, Any]) -> str:
         f"recall_gap {m['recall_gap']:.4f}  (test n={m['n']})",
     ]
     lines += [f"  gate: {f}" for f in r["gate"]["failures"]]
-    lines.append(f"  best params {r['best_params']}")
+    lines.append(f"  best params {pairs(r['best_params'])}")
     for t in r["trials"]:
         lines.append(
             f"    trial {t['index']}: val_acc {t['metrics']['val_accuracy']:.4f} "
-            f"val_loss {t['metrics']['val_loss']:.4f} {t['duration_s']:.1f}s {t['params']}"
+            f"val_loss {t['metrics']['val_loss']:.4f} {t['duration_s']:.1f}s {pairs(t['params'])}"
         )
-    lines += [f"  package {r['package']}", f"  tarball {r['tarball']}", f"  timings {r['timings_s']}"]
+    timings = {k: f"{num(v, 1)} s" for k, v in (r.get("timings_s") or {}).items()}
+    lines += [f"  package {r['package']}", f"  tarball {r['tarball']}", f"  timings {pairs(timings)}"]
     return "\n".join(lines)
 
 
@@ -103,8 +105,12 @@ def evaluate(version: str, dataset_id: str | None, config_path: Path, as_json: b
             lines.append(
                 f"  {lab:<8} precision {pc['precision']:.4f} recall {pc['recall']:.4f} f1 {pc['f1']:.4f}"
             )
-        lines.append(f"  confusion {m['confusion_matrix']}")
-        lines.append(f"  gate {'passed' if o['gate']['passed'] else 'FAILED'} {o['gate']['failures']}")
+        lines.append(
+            f"  confusion {' | '.join(' '.join(str(c) for c in row) for row in m['confusion_matrix'])}"
+        )
+        g = o["gate"]
+        lines.append(f"  gate {'passed' if g['passed'] else 'FAILED'} ({pairs(g.get('thresholds'))})")
+        lines += [f"    - {f}" for f in g["failures"]]
         lines.append(f"  report {o['report_html']}")
         return "\n".join(lines)
 
@@ -150,35 +156,126 @@ def models_list(stage: str | None, config_path: Path, as_json: bool) -> None:
 def models_show(version: str, config_path: Path, as_json: bool) -> None:
     """One model version with its metrics, gate verdict, lineage, and the run's trials."""
     from cloud.cli.common import load_existing
+    from cloud.evaluation.gate import recheck_gate
     from cloud.registry.store import Registry
 
-    with Registry(load_existing(config_path, "registry").registry_db) as reg:
+    cfg = load_existing(config_path, "registry")
+    with Registry(cfg.registry_db) as reg:
         m = reg.get_model(version)
         out: dict[str, Any] = m.model_dump()
         if m.run_id:
             out["run"] = reg.get_run(m.run_id).model_dump()
             out["trials"] = [t.model_dump() for t in reg.list_trials(m.run_id)]
+    # What approval checks: the stored metrics against this config's [gate], not the trainer's.
+    out["gate_now"] = recheck_gate(m.metrics, cfg.gate)
+    emit(out, as_json, model_text)
 
-    def human(o: dict[str, Any]) -> str:
-        lin = o["lineage"]
-        met = o["metrics"]
-        lines = [
-            f"model {o['version']}  stage {o['stage']}  gate {'passed' if o['gate_passed'] else 'FAILED'}",
-            f"  created   {o['created_at']}",
-            f"  package   {o['package_dir']}",
-            f"  tarball   {o['tarball']} (sha256 {o['tarball_sha256']})",
-            f"  dataset   {lin.get('dataset_version')}",
-            f"  code      {lin.get('code', {}).get('commit')} dirty={lin.get('code', {}).get('dirty')}",
-            f"  params    {lin.get('parameters')}",
-            f"  parity    {lin.get('parity')}",
-            f"  metrics   accuracy={met.get('accuracy')} roc_auc={met.get('roc_auc')} ece={met.get('ece')} "
-            f"recall_gap={met.get('recall_gap')}",
-        ]
-        lines += [f"  gate      {f}" for f in o["gate"].get("failures", [])]
-        lines.append(f"  packages  {lin.get('packages')}")
-        lines.append(f"  host      {lin.get('host')}")
-        for t in o.get("trials", []):
-            lines.append(f"  trial {t['index']}: {t['metrics']} {t['duration_s']}s {t['params']}")
-        return "\n".join(lines)
 
-    emit(out, as_json, human)
+def _gate_line(verdict: dict[str, Any]) -> str:
+    ok = "passed" if verdict.get("passed") else "FAILED"
+    return f"{ok}  ({pairs(verdict.get('thresholds'))})"
+
+
+def model_text(o: dict[str, Any]) -> str:
+    """``models show`` for people: sections, aligned figures, UTC times, no Python reprs."""
+    lin = o.get("lineage") or {}
+    met = o.get("metrics") or {}
+    code = lin.get("code") or {}
+    lines = [
+        f"model {o['version']}",
+        f"  stage          {o['stage']}"
+        + (f" (since {utc(o['stage_changed_at'])})" if o.get("stage_changed_at") else ""),
+        f"  created        {utc(o.get('created_at'))}",
+        f"  gate (config)  {_gate_line(o['gate_now'])}" if "gate_now" in o else "",
+        f"  gate (trained) {_gate_line({**(o.get('gate') or {}), 'passed': o['gate_passed']})}",
+    ]
+    failures = list(
+        dict.fromkeys(
+            (o.get("gate_now") or {}).get("failures", []) + (o.get("gate") or {}).get("failures", [])
+        )
+    )
+    lines += [f"                 - {f}" for f in failures]
+    lines.append("  metrics")
+    top = {k: met[k] for k in ("n", "accuracy", "roc_auc", "ece", "recall_gap") if k in met}
+    lines += block(top) if top else ["    - (not evaluated)"]
+    per_class = met.get("per_class") or {}
+    if per_class:
+        lines += table(
+            ([lab, pc.get("precision"), pc.get("recall"), pc.get("f1")] for lab, pc in per_class.items()),
+            ["class", "precision", "recall", "f1"],
+            indent="    ",
+        )
+    lines += [
+        "  lineage",
+        f"    dataset      {lin.get('dataset_version') or o.get('dataset_id') or '-'}",
+        f"    run          {o.get('run_id') or lin.get('run_id') or '-'}",
+        f"    code         {code.get('commit') or '-'}"
+        + (" (uncommitted changes)" if code.get("dirty") else ""),
+        f"    package      {o['package_dir']}",
+        f"    tarball      {o['tarball'] or '-'}"
+        + (f" (sha256 {o['tarball_sha256']})" if o.get("tarball_sha256") else ""),
+    ]
+    if lin.get("parameters"):
+        lines.append("  parameters")
+        lines += block(lin["parameters"])
+    if lin.get("parity"):
+        lines.append(f"  parity         {pairs(lin['parity'])}")
+    if lin.get("packages"):
+        lines.append(f"  packages       {pairs(lin['packages'])}")
+    if lin.get("host"):
+        lines.append(f"  host           {pairs(lin['host'])}")
+    trials = o.get("trials") or []
+    if trials:
+        lines.append("  trials")
+        lines += table(
+            (
+                [
+                    t["index"],
+                    pairs(t.get("metrics")),
+                    f"{num(t.get('duration_s'), 1)} s",
+                    pairs(t.get("params")),
+                ]
+                for t in trials
+            ),
+            ["#", "metrics", "time", "parameters"],
+            indent="    ",
+        )
+    return "\n".join(x for x in lines if x)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="Version name of the package (default: the builder's baseline version).",
+)
+@json_option
+@handle_errors
+def baseline(out: Path, version: str | None, as_json: bool) -> None:
+    """Build the untrained baseline package into OUT/VERSION (the box's first model).
+
+    edge.example.toml's [model] initial points at the folder install-edge.sh --model installs;
+    this builds that folder without any training (ImageNet classes grouped into cat and dog).
+    """
+    from cloud.packaging.baseline import BASELINE_VERSION, build_baseline
+
+    built = build_baseline(out, version or BASELINE_VERSION)
+    result = {
+        "version": built.version,
+        "package": str(built.directory),
+        "tarball": str(built.tarball),
+        "tarball_sha256": built.tarball_sha256,
+        "parity_max_abs_diff": built.parity_max_abs_diff,
+    }
+    emit(
+        result,
+        as_json,
+        lambda o: (
+            f"baseline package {o['version']} in {o['package']} (tarball {o['tarball']})\n"
+            f"  ONNX against torch: max abs difference {o['parity_max_abs_diff']:.2g}\n"
+            f"  install it as a box's first model: sudo provisioning/install-edge.sh --model {o['package']}\n"
+            "  (it lands in /opt/parkwatch/models/initial, which edge.example.toml's [model] initial names)"
+        ),
+    )

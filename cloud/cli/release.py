@@ -14,6 +14,7 @@ import click
 from cloud.cli.common import ACTOR
 from cloud.config import DEFAULT_PATH
 from shared.clitools import config_option, emit, handle_errors, json_option
+from shared.textfmt import utc
 
 
 def _channel(config_path: Path) -> Any:
@@ -35,12 +36,41 @@ def keys() -> None:
 
 @keys.command("init")
 @click.option("--as", "actor", type=ACTOR, help="Who does this (audit log); default: the OS user.")
+@click.option(
+    "--approver",
+    "approvers",
+    multiple=True,
+    type=ACTOR,
+    help="One key per approver, named after them (repeat); 'approve --as NAME' then signs with "
+    "NAME's key only. Default: numbered approver keys the approvers share.",
+)
+@click.option(
+    "--allow-approver-key-on-server",
+    is_flag=True,
+    help="Create the approver key on this server although release.approver_keys_dir is unset "
+    "(test and demo installs only: whoever controls the server can then approve models).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
-def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
-    """Create the ed25519 keys (files 0600) and version 1 of the TUF repository."""
-    out = _channel(config_path).keys_init(_actor(actor))
+def keys_init(
+    actor: str | None,
+    approvers: tuple[str, ...],
+    allow_approver_key_on_server: bool,
+    config_path: Path,
+    as_json: bool,
+) -> None:
+    """Create the ed25519 keys (files 0600) and version 1 of the TUF repository.
+
+    Refuses unless release.approver_keys_dir is set (or --allow-approver-key-on-server).
+    """
+    out = _channel(config_path).keys_init(
+        _actor(actor),
+        allow_approver_key_on_server=allow_approver_key_on_server,
+        approvers=list(approvers),
+    )
+    for w in out["warnings"]:
+        click.secho(w, err=True, fg="red", bold=True)
     emit(
         out,
         as_json,
@@ -49,6 +79,26 @@ def keys_init(actor: str | None, config_path: Path, as_json: bool) -> None:
             f"(approver keys in {o['approver_keys_dir']})\n"
             f"TUF repository {o['repo']} at root version {o['root_version']}\n"
             f"install {o['trusted_root']} on every box as updater.trusted_root"
+        ),
+    )
+
+
+@keys.command("add-approver")
+@click.argument("name", type=ACTOR)
+@click.option("--as", "actor", type=ACTOR, help="Who does this (audit log); default: the OS user.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@config_option(DEFAULT_PATH)
+@json_option
+@handle_errors
+def keys_add_approver(name: str, actor: str | None, reason: str, config_path: Path, as_json: bool) -> None:
+    """Give approver NAME a key of their own that root trusts (needs the root key files)."""
+    out = _channel(config_path).keys_add_approver(name, _actor(actor), reason)
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"approver {o['approver']}: key {o['path']} (key id {o['keyid'][:16]}), root version "
+            f"{o['root_version']}; hand the file to {o['approver']} and keep it off this server"
         ),
     )
 
@@ -90,19 +140,40 @@ def keys_rotate(role: str, actor: str | None, reason: str, config_path: Path, as
 @json_option
 @handle_errors
 def keys_status(config_path: Path, as_json: bool) -> None:
-    """Repository versions, expiry, builds, approvals and group assignments."""
+    """Repository versions, expiry, builds, approvals and group assignments (--json for scripts)."""
     ch = _channel(config_path)
     from cloud.release.errors import RepositoryError
 
     if not ch.repo.exists():
         raise RepositoryError(f"no TUF repository in {ch.repo.dir}; run 'parkwatch cloud keys init'")
-    emit(ch.repo.status(), as_json, None)
+    emit(ch.repo.status(), as_json, _keys_status_text)
+
+
+def _keys_status_text(o: dict[str, Any]) -> str:
+    approvals = "; ".join(f"{v}: {', '.join(st)}" for v, st in sorted(o["approvals"].items())) or "none"
+    groups = ", ".join(f"{g} -> {v}" for g, v in sorted(o["groups"].items())) or "none"
+    expires = o["timestamp_expires"].replace("T", " ").replace("+00:00", " UTC")
+    return "\n".join(
+        [
+            f"TUF repository {o['repo']}",
+            f"  root        version {o['root_version']}",
+            f"  timestamp   version {o['timestamp_version']}, expires {expires}",
+            f"  snapshot    version {o['snapshot_version']}",
+            f"  builds      {', '.join(o['builds']) or 'none'}",
+            f"  approved    {approvals}",
+            f"  groups      {groups}",
+        ]
+    )
 
 
 # ---- approvals -----------------------------------------------------------------------------------
 def _decision_text(d: dict[str, Any]) -> str:
     forced = " (FORCED)" if d["forced"] else ""
-    return f"{d['version']}: {d['from_stage']} -> {d['to_stage']} by {d['actor']}{forced}: {d['reason']}"
+    keys = ", ".join(k[:16] for k in d.get("signed_by") or [])
+    signed = f" (signed with approver key {keys})" if keys else ""
+    return (
+        f"{d['version']}: {d['from_stage']} -> {d['to_stage']} by {d['actor']}{forced}: {d['reason']}{signed}"
+    )
 
 
 @click.command()
@@ -137,15 +208,38 @@ def reject(version: str, actor: str, reason: str, config_path: Path, as_json: bo
 
 # ---- rollout / rollback --------------------------------------------------------------------------
 def _status_text(o: dict[str, Any]) -> str:
-    lines = []
+    """``rollout status`` for people: per group what it should run, how far it got, and why not."""
+    lines: list[str] = []
     for g, s in o["groups"].items():
-        r = s["rollout"] or {}
-        lines.append(
-            f"{g}: target {s['target_version'] or '-'}  {s['active']}/{s['devices']} active"
-            f"  rollout {r.get('status', '-')}  versions {s['by_version']}  states {s['by_state']}"
-        )
+        r = s["rollout"]
+        lines.append(f"group {g}: target {s['target_version'] or '(none)'}")
+        if r:
+            if r["kind"] == "rollout":
+                change = f"{r['previous_version'] or 'nothing'} -> {r['version']}"
+            else:
+                change = f"{r.get('rolled_back_from') or '?'} -> {r['version']}"
+            lines.append(
+                f"  latest    #{r['id']} {r['kind']} {change} by {r['actor']}, started {utc(r['started_ts'])}"
+            )
+            status = r["status"].replace("_", " ")
+            if r.get("status_reason"):
+                status += f": {r['status_reason']}"
+            if r.get("finished_ts"):
+                status += f" (at {utc(r['finished_ts'])})"
+            lines.append(f"  status    {status}")
+            if r.get("reason"):
+                lines.append(f"  reason    {r['reason']}")
+        running = ", ".join(f"{v} x{n}" for v, n in sorted(s["by_version"].items())) or "-"
+        states = ", ".join(f"{k} {n}" for k, n in sorted(s["by_state"].items())) or "-"
+        lines.append(f"  devices   {s['active']}/{s['devices']} active on the target; running {running}")
+        lines.append(f"  states    {states}")
+        if not s["devices"]:
+            lines.append("            no device is provisioned in or reports from this group")
         for f in s["failed"]:
-            lines.append(f"    failed {f['device']}: {f['reason']}")
+            about = f" (version {f['version']})" if f.get("version") else ""
+            lines.append(
+                f"  FAILED    {f['device']}{about} at {utc(f.get('ts'))}: {f['reason'] or 'no reason given'}"
+            )
     return "\n".join(lines) or "no groups yet"
 
 
@@ -154,11 +248,22 @@ def _status_text(o: dict[str, Any]) -> str:
 @click.option("--group", help="Device group to roll out to (required unless VERSION is 'status').")
 @click.option("--as", "actor", type=ACTOR, help="Who does this (audit log).")
 @click.option("--reason", default="", help="Why (audit log).")
+@click.option(
+    "--allow-empty-group",
+    is_flag=True,
+    help="Roll out to a group that has no provisioned device yet (refused otherwise: a typo).",
+)
 @config_option(DEFAULT_PATH)
 @json_option
 @handle_errors
 def rollout(
-    version: str, group: str | None, actor: str | None, reason: str, config_path: Path, as_json: bool
+    version: str,
+    group: str | None,
+    actor: str | None,
+    reason: str,
+    allow_empty_group: bool,
+    config_path: Path,
+    as_json: bool,
 ) -> None:
     """Roll VERSION out to --group G, or 'rollout status' for where every group stands."""
     ch = _channel(config_path)
@@ -167,7 +272,7 @@ def rollout(
         return
     if not group:
         raise click.UsageError("--group is required: which device group gets this version?")
-    out = ch.rollout(version, group, _actor(actor), reason)
+    out = ch.rollout(version, group, _actor(actor), reason, allow_empty_group=allow_empty_group)
     emit(
         out,
         as_json,
@@ -206,19 +311,37 @@ def audit() -> None:
 @json_option
 @handle_errors
 def audit_verify(config_path: Path, as_json: bool) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
+    """Check the hash chain and its head against the signed checkpoint; exit 1 naming what broke."""
     from shared.clitools import fail
 
-    check = _channel(config_path).audit.verify()
+    ch = _channel(config_path)
+    check = ch.audit.verify()
+    anchor = ch.verify_audit_anchor()
+    unanchored = anchor.status == "missing" and not ch.repo.exists()  # a registry-only install
     out = {
-        "ok": check.ok,
+        "ok": check.ok and (anchor.ok or unanchored),
         "entries": check.entries,
         "first_bad_id": check.first_bad_id,
         "reason": check.reason,
+        "anchor": {
+            "ok": anchor.ok,
+            "status": anchor.status,
+            "reason": anchor.reason,
+            "checkpoint": anchor.checkpoint,
+        },
     }
     if not check.ok:
         fail(f"audit log broken at entry {check.first_bad_id}: {check.reason}", 1, as_json, **out)
-    emit(out, as_json, lambda o: f"audit log ok: {o['entries']} entries, chain intact")
+    if not out["ok"]:
+        fail(f"audit log does not match its signed checkpoint: {anchor.reason}", 1, as_json, **out)
+    emit(
+        out,
+        as_json,
+        lambda o: (
+            f"audit log ok: {o['entries']} entries, chain intact; "
+            + (o["anchor"]["reason"] if o["anchor"]["ok"] else f"NOT anchored: {o['anchor']['reason']}")
+        ),
+    )
 
 
 @audit.command("list")

@@ -88,9 +88,18 @@ def rollout_status(svc: Services) -> list[dict[str, Any]]:
     return out
 
 
-def start_rollout(svc: Services, *, version: str, group: str, actor: str, reason: str) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).rollout(version, group, actor, reason)
+def start_rollout(
+    svc: Services, *, version: str, group: str, actor: str, reason: str, allow_empty_group: bool = False
+) -> dict[str, Any]:
+    result: dict[str, Any] = release_channel(svc).rollout(
+        version, group, actor, reason, allow_empty_group=allow_empty_group
+    )
     return result
+
+
+def known_groups(svc: Services) -> list[str]:
+    groups: list[str] = release_channel(svc).known_groups()
+    return groups
 
 
 def rollback(svc: Services, *, group: str, actor: str, reason: str) -> dict[str, Any]:
@@ -105,4 +114,14 @@ def lineage_of(svc: Services, ref: str) -> dict[str, Any]:
     if fn is None:
         raise ServiceUnavailable(f"lineage is not available: {LINEAGE}.lineage does not exist yet")
     result = fn(svc.cfg, ref)
-    return result if isinstance(result, dict) else dict(result)
+    out: dict[str, Any] = result if isinstance(result, dict) else dict(result)
+    pred = out.get("prediction")
+    if isinstance(pred, dict) and pred.get("snapshot"):
+        import time
+
+        from cloud.dashboard.snapshots import visible
+
+        if not visible(svc.cfg, pred, time.time()):
+            # The snapshot privacy gate: a snapshot the dashboard may not show is not named either.
+            out["prediction"] = {**pred, "snapshot": None}
+    return out

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import AuthError, CsrfError
 from cloud.dashboard.security import CSRF_HEADER, csrf_ok
+from cloud.dashboard.snapshots import visible
 from cloud.dashboard.users import User
 from cloud.dashboard.web import require, session
 
@@ -64,12 +66,14 @@ def _basic_credentials(header: str) -> tuple[str, str]:
     return name.strip(), password
 
 
-def _basic_user(request: Request, header: str) -> User:
-    from cloud.dashboard.views.auth import TooManyFailures, verify_password
+async def _basic_user(request: Request, header: str) -> User:
+    from cloud.dashboard.views.auth import ChecksBusy, TooManyFailures, verify_password
 
     name, password = _basic_credentials(header)
     try:
-        found = verify_password(request, name, password)
+        found = await verify_password(request, name, password)
+    except ChecksBusy as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": "5"}) from None
     except TooManyFailures as e:
         raise HTTPException(
             429,
@@ -83,14 +87,15 @@ def _basic_user(request: Request, header: str) -> User:
     return found
 
 
-def api_user(action: str) -> Callable[[Request], User]:
-    """A dependency: the caller (Basic credentials or cookie session + CSRF) if allowed ``action``."""
+def api_user(action: str) -> Callable[[Request], Awaitable[User]]:
+    """A dependency: the caller (Basic credentials or cookie session + CSRF) if allowed ``action``.
+    Async, so a caller waiting for its password check holds no server thread."""
 
-    def dependency(request: Request) -> User:
+    async def dependency(request: Request) -> User:
         header = request.headers.get("authorization")
         if header is not None:
             # Explicit credentials: they name the user, not the cookie; and no cookie is issued.
-            request.state.user = _basic_user(request, header)
+            request.state.user = await _basic_user(request, header)
             request.state.session_dirty = False
         elif request.state.user is None:
             raise AuthError(
@@ -132,7 +137,14 @@ def mount_feedback_api(app: FastAPI, svc: Services) -> None:
         u = request.state.user
         return u.name if u is not None else None
 
+    def snapshot_visible(pred: dict[str, Any]) -> bool:
+        # The labelling page's privacy gate: only sites in [dashboard] snapshot_sites, within
+        # snapshot_keep_days; anything else is answered as if it did not exist.
+        return visible(svc.cfg, pred, time.time())
+
     app.include_router(
-        feedback_router(svc.get_fleet, audit=_LockedAudit(svc), actor_of=actor_of),
+        feedback_router(
+            svc.get_fleet, audit=_LockedAudit(svc), actor_of=actor_of, snapshot_visible=snapshot_visible
+        ),
         dependencies=[Depends(api_user("label"))],
     )

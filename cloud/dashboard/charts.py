@@ -44,7 +44,10 @@ def thin(points: Sequence[Point], max_points: int = 300) -> list[Point]:
 
 
 def _fmt_time(ts: float, span: float) -> str:
-    d = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    try:
+        d = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return "?"  # a row stored before the protocol bounded timestamps: never a 500
     return d.strftime("%H:%M" if span <= 2 * 86400 else "%m-%d")
 
 

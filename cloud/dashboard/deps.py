@@ -105,9 +105,7 @@ class Services:
         def make() -> Any:
             from cloud.governance.notify import AlertPublisher
 
-            return AlertPublisher(
-                self.cfg.mqtt, f"{self.cfg.governance.publish_client_id}-dashboard", timeout_s=3.0
-            )
+            return AlertPublisher(self.cfg.mqtt, f"{self.cfg.client_id('alerts')}-dashboard", timeout_s=3.0)
 
         with self._lock:
             if "alert_publisher" not in self.extras:

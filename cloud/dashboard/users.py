@@ -2,7 +2,9 @@
 
 Users live apart from the registry so a backup of the registry never carries password hashes,
 and so the dashboard can be reset without touching models or the audit log. ``session_epoch``
-rises on every password or role change, which ends every session signed before it.
+rises on every password or role change, which ends every session signed before it. It starts
+at a random 62-bit number, not at 1: a removed user's cookie must not work again when the name is
+re-added (with a restarting epoch it did, even with another role).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def generate_password() -> str:
     return secrets.token_urlsafe(12)
 
 
+def new_epoch() -> int:
+    """A fresh session generation: random, so no earlier holder of the name can have signed it."""
+    return secrets.randbits(62) + 1
+
+
 class UserStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -145,7 +152,7 @@ class UserStore:
                 "name": name,
                 "role": role.value,
                 "pw_hash": _HASHER.hash(password),
-                "session_epoch": 1,
+                "session_epoch": new_epoch(),
                 "created_at": time.time(),
                 "last_login": None,
             }

@@ -55,6 +55,7 @@ class IngestResult:
             "quarantined": self.quarantined,
             "manifest": self.manifest,
             "files_seen": self.files_seen,
+            **self.extra,
         }
 
 
@@ -191,12 +192,14 @@ def ingest(
         for ln in lines
     )
     new = registry.register_dataset(record, files, duplicates, quarantined)
+    kept = registry.get_dataset(version).source  # the first source stays; another is only recorded
     registry.audit.append(
         "ingest",
         "dataset.registered" if new else "dataset.reingested",
         f"dataset:{version}",
         {
             "source": str(root),
+            "kept_source": kept,
             "counts": counts,
             "duplicates": len(duplicates),
             "quarantined": len(quarantined),
@@ -206,6 +209,7 @@ def ingest(
         dataset_version=version,
         new=new,
         source=str(root),
+        extra={"kept_source": kept, "sources": [s["source"] for s in registry.dataset_sources(version)]},
         labels=labels,
         counts=counts,
         duplicates=[{"path": d.path, "kept": d.kept_path, "sha256": d.sha256} for d in duplicates],

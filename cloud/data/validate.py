@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shared.images import DEFAULT_MAX_ASPECT, FILE_MAX_PIXELS
+
 JPEG_EOI = b"\xff\xd9"
 PNG_IEND = b"IEND"
 
@@ -105,6 +107,25 @@ def check_file(path: str, min_side: int, max_bytes: int) -> Checked:
         return Checked(path, digest, size, problem=("not-an-image", "not a recognised image format"))
     if why := structural_problem(fmt, data):
         return Checked(path, digest, size, width, height, ("corrupt", why))
+    # Before decoding: a 333-byte JPEG can declare 12000x12000 and cost the trainer ~890 MB.
+    if width * height > FILE_MAX_PIXELS:
+        return Checked(
+            path,
+            digest,
+            size,
+            width,
+            height,
+            ("too-many-pixels", f"{width}x{height} is more than {FILE_MAX_PIXELS} pixels"),
+        )
+    if min(width, height) and max(width, height) / min(width, height) > DEFAULT_MAX_ASPECT:
+        return Checked(
+            path,
+            digest,
+            size,
+            width,
+            height,
+            ("bad-shape", f"{width}x{height}: sides more than {DEFAULT_MAX_ASPECT:g}:1 apart"),
+        )
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
     if img is None or img.size == 0:
         return Checked(path, digest, size, width, height, ("corrupt", f"{fmt} data does not decode"))

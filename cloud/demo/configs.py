@@ -67,6 +67,8 @@ id = "gate"
 kind = "folder"
 url = {_q(camera_folder)}
 fps = 2.0
+# drawn on the status page; always classified as a region of its own
+zones = [{{ name = "lawn", rect = [0, 400, 640, 320] }}]
 
 [model]
 initial = {_q(initial_model)}

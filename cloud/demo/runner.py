@@ -1,5 +1,10 @@
 """Runs the demo: broker, cloud side, one edge daemon, then the build → release loop.
 
+The demo camera shows wide 1280x720 park scenes built at start from the sample photos: pets
+pasted anywhere in no-pet backgrounds, empty scenes, and a night stretch in greyscale, so the box
+publishes ``cat``, ``dog`` and ``none`` with the regions that held the pets, and ``ir`` at night.
+The training lake is composed of symlinked label folders (``cat``, ``dog``, ``none``).
+
 Everything runs through the same commands and configs an installation uses (``parkwatch cloud
 serve``, ``parkwatch edge run``, ``parkwatch cloud ingest/train/approve/rollout``), so the demo is
 also a smoke test of the real paths. The edge starts on the untrained grouped-ImageNet baseline,
@@ -24,13 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloud.demo.configs import DEMO_DEVICE, DEMO_GROUP, cloud_toml, edge_toml
+from cloud.demo.configs import DEMO_DEVICE, DEMO_GROUP, DEMO_SITE, cloud_toml, edge_toml
 from shared.broker import EmbeddedBroker, free_port
 from shared.errors import ParkwatchError
 from shared.paths import sample_lake
 
 Say = Callable[[str], None]
-CAMERA_IMAGES = 400
 
 
 class DemoError(ParkwatchError):
@@ -57,17 +61,64 @@ def _run_json(args: list[str], log: Path, timeout: float = 1800) -> Any:
     return out
 
 
-def _camera_folder(lake: Path, dest: Path) -> Path:
-    """A shuffled mix of the lake's photos, so the demo camera shows cats and dogs in turn."""
-    if dest.exists() and any(dest.iterdir()):
+SCENES_MARK = ".scenes-v1"
+DAY_PETS, DAY_EMPTY, NIGHT_PETS, NIGHT_EMPTY = 48, 32, 12, 8
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
+def _camera_folder(lake: Path, nopet: Path, dest: Path) -> Path:
+    """What the demo camera shows: wide 1280x720 park scenes, built here at start from the sample
+    photos (never stored in the repository). Daytime first (pets pasted at 20-40 % of the frame
+    height anywhere, and empty scenes), then a night stretch in greyscale (an IR camera); the
+    folder camera plays them in name order and loops, so the box publishes cat, dog and none,
+    with ``ir`` at night."""
+    if (dest / SCENES_MARK).exists():
         return dest
-    files = sorted(p for p in lake.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not files:
-        raise DemoError(f"no images under {lake}; set PARKWATCH_DATASETS to the folder holding pets-sample/")
-    random.Random(7).shuffle(files)
+    pets = [(p, label) for label in ("cat", "dog") for p in _images(lake / label)]
+    backgrounds = _images(nopet)
+    if not pets or not backgrounds:
+        raise DemoError(
+            f"the demo camera needs pet photos under {lake}/cat|dog and no-pet photos under {nopet}; "
+            "set PARKWATCH_DATASETS to the folder holding pets-sample/ and nopet-dev/"
+        )
+    import cv2
+
+    from cloud.evaluation.scenes import build_specs, render
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    day = build_specs(pets, backgrounds, DAY_PETS, DAY_EMPTY, seed=7, grey=False)
+    night = [
+        s
+        for s in build_specs(pets, backgrounds, NIGHT_PETS, NIGHT_EMPTY, seed=8, grey=True)
+        if s.kind != "pet"
+    ]
+    random.Random(7).shuffle(day)
+    random.Random(8).shuffle(night)
+    for stretch, specs in (("0-day", day), ("1-night", night)):
+        for i, spec in enumerate(specs):
+            img: Any = render(spec)
+            if stretch == "1-night" and spec.kind == "empty":  # the pets' night copies are grey already
+                img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+            cv2.imwrite(
+                str(dest / f"{stretch}-{i:03d}-{spec.label}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 85]
+            )
+    (dest / SCENES_MARK).write_text(f"{len(day)} day and {len(night)} night scenes\n")
+    return dest
+
+
+def _demo_lake(pets: Path, nopet: Path, dest: Path) -> Path:
+    """The training lake: ``cat``, ``dog`` and ``none`` label folders as symlinks to the sample
+    sets, composed without copying a photo (ingest follows symlinked label folders)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for i, src in enumerate(files[:CAMERA_IMAGES]):
-        (dest / f"{i:04d}{src.suffix.lower()}").symlink_to(src.resolve())
+    links = {"cat": pets / "cat", "dog": pets / "dog", "none": nopet}
+    for label, target in links.items():
+        link = dest / label
+        if target.is_dir() and not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
     return dest
 
 
@@ -93,7 +144,10 @@ class Demo:
                 "checkout or set PARKWATCH_DATASETS"
             )
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.lake = lake
+        nopet = lake.parent / "nopet-dev" / "none"
+        self.lake = _demo_lake(lake, nopet, self.workdir / "lake")
+        self.say("camera      building wide 1280x720 park scenes (day with and without pets, then night) ...")
+        self.camera = _camera_folder(lake, nopet, self.workdir / "camera")
         self.broker = EmbeddedBroker(self.workdir / "broker").start()
         self.dashboard_port = free_port()
         self.status_port = free_port()
@@ -107,10 +161,43 @@ class Demo:
             )
         except DemoError:  # first run: no repository yet
             keys = _run_json(
-                ["cloud", "keys", "init", "--as", "demo-admin", "--config", str(self.cloud_cfg)],
+                [
+                    "cloud",
+                    "keys",
+                    "init",
+                    "--as",
+                    "demo-admin",
+                    "--allow-approver-key-on-server",  # a one-machine demo: no separate approver
+                    "--config",
+                    str(self.cloud_cfg),
+                ],
                 self.logs / "cli.log",
             )
         trusted_root = Path(keys.get("trusted_root") or Path(keys["repo"]) / "metadata" / "root.json")
+        # Provision the box like a real one: its group (which the update responder and rollout
+        # status read) comes from here, never from what the box says.
+        device_secret = self.workdir / "edge" / "mqtt.secret"
+        if not device_secret.exists():
+            device_secret.parent.mkdir(parents=True, exist_ok=True)
+            _run_json(
+                [
+                    "cloud",
+                    "devices",
+                    "add",
+                    DEMO_DEVICE,
+                    "--site",
+                    DEMO_SITE,
+                    "--group",
+                    DEMO_GROUP,
+                    "--secret-out",
+                    str(device_secret),
+                    "--as",
+                    "demo-admin",
+                    "--config",
+                    str(self.cloud_cfg),
+                ],
+                self.logs / "cli.log",
+            )
 
         from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
 
@@ -130,7 +217,7 @@ class Demo:
             edge_toml(
                 self.workdir / "edge",
                 self.broker.port,
-                _camera_folder(lake, self.workdir / "camera"),
+                self.camera,
                 baseline,
                 self.status_port,
                 token_file,
@@ -209,6 +296,7 @@ class Demo:
                     "demo-engineer",
                     "--reason",
                     "demo rollout",
+                    "--allow-empty-group",  # the demo box talks to a local anonymous broker, unprovisioned
                     *cfg,
                 ],
                 log,
@@ -238,11 +326,15 @@ class Demo:
                         "SELECT camera, label, confidence, model_version FROM predictions "
                         "ORDER BY ts DESC LIMIT 1"
                     )
+                    by_label = store.query(
+                        "SELECT label, COUNT(*) AS n FROM predictions GROUP BY label ORDER BY label"
+                    )
                 if count != last_count and latest:
                     p = latest[0]
+                    labels = ", ".join(f"{r['label']} {r['n']}" for r in by_label)
                     self.say(
-                        f"cloud store {count} predictions from {DEMO_DEVICE}; latest: camera {p['camera']} "
-                        f"{p['label']} ({p['confidence']:.2f}) by model {p['model_version']}"
+                        f"cloud store {count} predictions from {DEMO_DEVICE} ({labels}); latest: camera "
+                        f"{p['camera']} {p['label']} ({p['confidence']:.2f}) by model {p['model_version']}"
                     )
                     if last_version and p["model_version"] != last_version:
                         self.say(

@@ -19,3 +19,21 @@ def check_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     if metrics["ece"] > gate.max_ece:
         failures.append(f"ECE {metrics['ece']:.4f} > {gate.max_ece}")
     return {"passed": not failures, "failures": failures, "thresholds": gate.model_dump()}
+
+
+GATE_METRICS = ("accuracy", "per_class", "recall_gap", "ece")
+
+
+def recheck_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
+    """The stored metrics against ``gate`` (the serving config's, at approval time): the trainer's
+    own ``[gate]`` may have been looser. Metrics without every gated figure cannot pass: an
+    unmeasured model is not a measured good one."""
+    missing = [k for k in GATE_METRICS if k not in metrics]
+    if missing:
+        return {
+            "passed": False,
+            "failures": [f"no stored {', '.join(missing)}: evaluate the model first"],
+            "thresholds": gate.model_dump(),
+            "missing": missing,
+        }
+    return check_gate(metrics, gate)

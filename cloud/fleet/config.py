@@ -12,7 +12,12 @@ class FleetConfig(Section):
     """Fleet ingest. Defaults suit one ingest worker beside a Mosquitto on the same host."""
 
     share_group: str = Field("parkwatch-ingest", description="MQTT shared-subscription group")
-    client_id: str = Field("parkwatch-cloud-ingest", description="persistent session id; unique per worker")
+    client_id: str | None = Field(
+        None,
+        description="persistent session id, unique per worker; default parkwatch-cloud-ingest-<install "
+        "id>: a client that connects with this id takes the session and its queue over, so never make "
+        "it guessable",
+    )
     session_expiry_s: int = Field(
         14 * 24 * 3600, ge=60, description="how long the broker keeps our queue while ingest is away"
     )
@@ -41,6 +46,12 @@ class FleetConfig(Section):
         gt=0,
         description="alert (ingest_backlog) when an acknowledged message has waited this long in a "
         "worker's inbox for the materializer: the fleet tables are behind",
+    )
+    snapshot_quota_per_day: int = Field(
+        200,
+        ge=0,
+        description="snapshots kept per device per 24 h at most (per ingest worker); beyond, dropped "
+        "and counted as over_quota, so one box cannot fill the disk",
     )
     snapshots_dir: Path | None = Field(
         None, description="where snapshot images land (<id>.jpg); default <data_dir>/snapshots"

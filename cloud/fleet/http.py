@@ -22,7 +22,9 @@ class FeedbackIn(BaseModel):
 
     prediction_id: str | None = Field(None, description="DEVICE:SEQ")
     snapshot: str | None = None
-    label: Literal["cat", "dog", "neither"]
+    label: Literal["cat", "dog", "none", "neither"] = Field(
+        description="what the frame shows; none = no cat or dog (neither is its older name, stored as none)"
+    )
     actor: str | None = Field(None, min_length=1, max_length=100)
     comment: str | None = Field(None, max_length=2000)
 
@@ -37,7 +39,9 @@ def feedback_router(
     store: FleetStore | Callable[[], FleetStore],
     audit: Any | None = None,
     actor_of: Callable[[Request], str | None] | None = None,
+    snapshot_visible: Callable[[dict[str, Any]], bool] | None = None,
 ) -> APIRouter:
+    """``snapshot_visible``: the mounting app's snapshot privacy gate (see ``label_prediction``)."""
     router = APIRouter()
 
     def get_store() -> FleetStore:
@@ -57,6 +61,7 @@ def feedback_router(
                 snapshot=body.snapshot,
                 comment=body.comment,
                 audit=audit,
+                snapshot_visible=snapshot_visible,
             )
         except NotFound as e:
             raise HTTPException(404, str(e)) from e

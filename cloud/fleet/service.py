@@ -40,9 +40,21 @@ from cloud.fleet.errors import FleetError
 from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
 from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
-from cloud.fleet.snapshots import store_snapshot
+from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
 from shared.mqtt import make_client
-from shared.protocol import Kind, PayloadTooLarge, ProtocolError, Snapshot, Topics, decode, parse_topic
+from shared.protocol import (
+    PREDICTION_SCHEMAS,
+    TELEMETRY_SCHEMAS,
+    CloudCapabilities,
+    Kind,
+    PayloadTooLarge,
+    ProtocolError,
+    Snapshot,
+    Topics,
+    decode,
+    encode,
+    parse_topic,
+)
 from shared.protocol.counter import RejectCounter
 
 if TYPE_CHECKING:
@@ -78,7 +90,7 @@ class FleetIngest:
     def __init__(self, cfg: CloudConfig, client_id: str | None = None, retiring: bool = False) -> None:
         self.cfg = cfg
         self.fcfg = cfg.fleet
-        self.client_id = client_id or self.fcfg.client_id
+        self.client_id = client_id or cfg.client_id("ingest")
         # Retiring: resume the session only to take what the broker queued for it, subscribed to
         # nothing new, then end it (see retire()).
         self.retiring = retiring
@@ -109,6 +121,7 @@ class FleetIngest:
         self.accepted = 0
         self.ignored = 0
         self.snapshots: dict[str, int] = {}
+        self._snapshot_quota = SnapshotQuota(cfg.fleet.snapshot_quota_per_day)
         self.inbox_errors = 0
         self.materializer_restarts = 0
         self.last_error: str | None = None
@@ -360,6 +373,10 @@ class FleetIngest:
             client.unsubscribe([t for t, _ in subscriptions(self.fcfg.share_group)])
         else:
             client.subscribe(subscriptions(self.fcfg.share_group))
+            # Retained, so every box (now or later) learns which prediction schemas this cloud
+            # stores; a box that never sees it sends schema 1, which every cloud accepts.
+            caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS), telemetry=list(TELEMETRY_SCHEMAS))
+            client.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 
     def _on_subscribe(
@@ -421,7 +438,7 @@ class FleetIngest:
         try:
             _, snap = decode(topic, payload, self.cfg.mqtt.max_payload_bytes)
             assert isinstance(snap, Snapshot)
-            outcome = store_snapshot(self.cfg, snap)
+            outcome = store_snapshot(self.cfg, snap, self._snapshot_quota)
         except ProtocolError as e:
             self._reject(e)
             return

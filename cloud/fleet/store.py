@@ -15,12 +15,20 @@ from typing import Any
 
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRequest, FleetError, NotFound
+from cloud.fleet.outcomes import (
+    FEEDBACK_INPUT,
+    FEEDBACK_LABELS,
+    LEGACY_NONE,
+    NONE,
+    canonical_label,
+    summarize,
+)
 from cloud.fleet.schema import connect
 from shared.protocol.messages import SEQ_MAX
 
-LABELS = ("cat", "dog", "neither")
+LABELS = FEEDBACK_LABELS  # what an operator may say a frame shows ("neither" is read as "none")
 
-_JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body"}
+_JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body", "regions"}
 
 
 def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
@@ -29,6 +37,31 @@ def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
         if name in _JSON_COLS and isinstance(v, str):
             v = json.loads(v)
         out[name] = v
+    return out
+
+
+_SUMS = "sum(n), sum(n_cat), sum(n_dog), sum(n_other), sum(n_none), sum(n_abstain), sum(n_ir), sum(n_day)"
+
+
+def _hour(ts: float | None) -> int:
+    return int((ts or 0.0) // 3600)
+
+
+def _summary(row: tuple[Any, ...] | None, since: float | None) -> dict[str, Any]:
+    n, cat, dog, other, none, abstain, ir, day = (int(v or 0) for v in (row or (0,) * 8))
+    groups: list[tuple[str, Any, Any, int]] = [
+        ("cat", 0, None, cat),
+        ("dog", 0, None, dog),
+        ("other pets", 0, None, other),
+        (NONE, 0, None, none),
+        ("abstain", 1, None, abstain),
+    ]
+    out = summarize([g for g in groups if g[3]])
+    if not other:
+        out["pets"].pop("other pets", None)
+    # Lighting comes from its own columns (the groups above carry none).
+    out.update(ir=ir, day=day, lighting_unknown=n - ir - day, ir_share=ir / (ir + day) if ir + day else None)
+    out["from"] = _hour(since) * 3600.0
     return out
 
 
@@ -193,6 +226,43 @@ class FleetStore:
             return int(self.query("SELECT count(*) AS n FROM predictions WHERE device=?", (device,))[0]["n"])
         return int(self.query("SELECT count(*) AS n FROM predictions")[0]["n"])
 
+    def outcomes(
+        self,
+        device: str | None = None,
+        site: str | None = None,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """Cats, dogs, ``none`` and abstentions apart, and the IR share, from ``since`` on
+        (:func:`cloud.fleet.outcomes.summarize`): ``pets`` never counts a ``none`` frame.
+
+        Read from the hourly counts ingest keeps (``outcome_hours``), so the window starts at the
+        top of the hour holding ``since``; ``from`` in the answer says when it really starts."""
+        where: list[str] = ["hour>=?"]
+        params: list[Any] = [_hour(since)]
+        for col, val in (("device", device), ("site", site)):
+            if val is not None:
+                where.append(f"{col}=?")
+                params.append(val)
+        with self._lock:
+            row = self.db.conn.execute(
+                f"SELECT {_SUMS} FROM outcome_hours WHERE {' AND '.join(where)}", params
+            ).fetchone()
+        return _summary(row, since)
+
+    def outcomes_by_device(self, devices: list[str], since: float) -> dict[str, dict[str, Any]]:
+        """:meth:`outcomes` of several devices in one query (the fleet page)."""
+        if not devices:
+            return {}
+        marks = ",".join("?" for _ in devices)
+        with self._lock:
+            rows = self.db.conn.execute(
+                f"SELECT device, {_SUMS} FROM outcome_hours WHERE hour>=? AND device IN ({marks}) "
+                "GROUP BY device",
+                [_hour(since), *devices],
+            ).fetchall()
+        found = {r[0]: r[1:] for r in rows}
+        return {d: _summary(found.get(d), since) for d in devices}
+
     def gaps(self, device: str | None = None) -> list[dict[str, Any]]:
         """Seq ranges still missing, with the cause ingest inferred; a row that turns up later
         removes them."""
@@ -208,9 +278,16 @@ class FleetStore:
     def add_feedback(
         self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None
     ) -> dict[str, Any]:
-        """Ground truth for one prediction; a later label for the same prediction replaces it."""
-        if label not in LABELS:
-            raise BadRequest(f"label {label!r} is not one of {', '.join(LABELS)}")
+        """Ground truth for one prediction; a later label for the same prediction replaces it.
+
+        ``none`` says the frame holds no cat or dog (``neither``, its older name, is stored as
+        ``none``), so it scores against the model's own ``none`` outcome."""
+        if label not in FEEDBACK_INPUT:
+            raise BadRequest(
+                f"label {label!r} is not one of {', '.join(LABELS)} "
+                f"(none: no cat or dog in the frame; {LEGACY_NONE!r} is accepted for {NONE!r})"
+            )
+        label = canonical_label(label)
         if not actor:
             raise BadRequest("a label needs an actor (who says so)")
         row = {
@@ -244,7 +321,10 @@ class FleetStore:
             if val is not None:
                 where.append(f"{col}=?")
                 params.append(val)
-        return self.query(f"SELECT * FROM feedback WHERE {' AND '.join(where)} ORDER BY pred_ts", params)
+        rows = self.query(f"SELECT * FROM feedback WHERE {' AND '.join(where)} ORDER BY pred_ts", params)
+        for r in rows:
+            r["label"] = canonical_label(r["label"])  # rows stored as "neither" before issue 11
+        return rows
 
     # drift results -------------------------------------------------------------------------
     def add_drift(self, rows: list[dict[str, Any]]) -> None:
@@ -317,6 +397,10 @@ class FleetStore:
                 ).rowcount
                 out["model_states"] = c.execute("DELETE FROM model_states WHERE ts<?", (before_ts,)).rowcount
                 out["drift"] = c.execute("DELETE FROM drift WHERE ts<?", (before_ts,)).rowcount
+                # Whole hours only: the hour still partly inside the retention window stays.
+                out["outcome_hours"] = c.execute(
+                    "DELETE FROM outcome_hours WHERE hour<?", (int(before_ts // 3600),)
+                ).rowcount
                 out["gaps"] = c.execute("DELETE FROM gaps WHERE detected_ts<?", (before_ts,)).rowcount
                 out["dead_letters"] = c.execute(
                     "DELETE FROM dead_letters WHERE received_ts<?", (before_ts,)

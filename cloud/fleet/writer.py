@@ -21,10 +21,13 @@ import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
 from shared.protocol import (
+    IR_FLAG,
+    NONE_LABEL,
     DeviceStatus,
     Message,
     ModelState,
     ParsedTopic,
+    Prediction,
     PredictionBatch,
     Telemetry,
 )
@@ -99,33 +102,60 @@ def _probs_json(probs: dict[str, float]) -> str:
     return "{" + ",".join([f"{_esc(k)}:{v!r}" for k, v in probs.items()]) + "}"
 
 
+def _regions_json(p: Prediction) -> str | None:
+    """The regions that held a pet, as sent (``box`` [x, y, w, h] in frame pixels, label,
+    confidence); None for a frame without any (``none``, abstain, or a box that sends none)."""
+    if not p.regions:
+        return None
+    return _enc([r.model_dump(mode="json") for r in p.regions])
+
+
+def _ir_flags(p: Prediction) -> tuple[int | None, list[str]]:
+    """The frame's lighting (1 IR, 0 day, None unknown) and its integrity flags.
+
+    A box speaking schema 1 says "IR frame" with the flag ``ir``: it is moved to the ``ir`` column
+    and out of the flags, which count integrity problems (an IR frame is not one)."""
+    ir = p.ir
+    flags = p.flags
+    if IR_FLAG in flags:
+        flags = [f for f in flags if f != IR_FLAG]
+        if ir is None:
+            ir = True
+    return (None if ir is None else int(ir)), flags
+
+
 def _pred_rows(b: PredictionBatch, received: float) -> list[tuple[object, ...]]:
-    return [
-        (
-            b.device,
-            p.seq,
-            b.site,
-            p.camera,
-            p.ts,
-            p.label,
-            p.confidence,
-            _probs_json(p.probs) if p.probs else None,
-            p.model_version,
-            int(p.abstain),
-            _enc(p.flags) if p.flags else None,
-            p.latency_ms,
-            p.frame_ts,
-            p.snapshot,
-            received,
+    rows: list[tuple[object, ...]] = []
+    for p in b.predictions:
+        ir, flags = _ir_flags(p)
+        rows.append(
+            (
+                b.device,
+                p.seq,
+                b.site,
+                p.camera,
+                p.ts,
+                p.label,
+                p.confidence,
+                _probs_json(p.probs) if p.probs else None,
+                p.model_version,
+                int(p.abstain),
+                _enc(flags) if flags else None,
+                p.latency_ms,
+                p.frame_ts,
+                p.snapshot,
+                received,
+                _regions_json(p),
+                ir,
+            )
         )
-        for p in b.predictions
-    ]
+    return rows
 
 
 _INSERT_PRED = (
     "INSERT OR IGNORE INTO predictions(device, seq, site, camera, ts, label, confidence, probs, "
-    "model_version, abstain, flags, latency_ms, frame_ts, snapshot, received_ts) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "model_version, abstain, flags, latency_ms, frame_ts, snapshot, received_ts, regions, ir) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _TOUCH_DEVICE = (
@@ -144,6 +174,48 @@ _TOUCH_DEVICE_REPLAY = (
 
 def _temp_max(t: Telemetry) -> float | None:
     return max(t.temperatures.values()) if t.temperatures else None
+
+
+_OUTCOME_COLS = {"cat": 1, "dog": 2, NONE_LABEL: 4, "neither": 4, "abstain": 5}  # else 3: other pets
+_UPSERT_OUTCOMES = (
+    "INSERT INTO outcome_hours(device, hour, site, n, n_cat, n_dog, n_other, n_none, n_abstain, n_ir, "
+    "n_day) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(device, hour) DO UPDATE SET n=n+excluded.n, "
+    "site=excluded.site, n_cat=n_cat+excluded.n_cat, n_dog=n_dog+excluded.n_dog, "
+    "n_other=n_other+excluded.n_other, n_none=n_none+excluded.n_none, "
+    "n_abstain=n_abstain+excluded.n_abstain, n_ir=n_ir+excluded.n_ir, n_day=n_day+excluded.n_day"
+)
+
+
+class _Tally:
+    """Outcome counts per hour of the predictions a write really inserts (``outcome_hours``).
+
+    In Python, one upsert per device and hour per write: an SQL trigger doing it per row cost 2.7
+    times the row insert itself (16,900 against 45,500 rows/s on this 2-core machine)."""
+
+    def __init__(self) -> None:
+        # hour -> [n, cat, dog, other, none, abstain, ir, day]
+        self.hours: dict[int, list[int]] = {}
+
+    def add(self, b: PredictionBatch, skip: set[int]) -> None:
+        hours = self.hours
+        for p in b.predictions:
+            if p.seq in skip:
+                continue
+            h = int(p.ts // 3600)
+            v = hours.get(h)
+            if v is None:
+                v = hours[h] = [0] * 8
+            v[0] += 1
+            v[5 if p.abstain else _OUTCOME_COLS.get(p.label, 3)] += 1
+            ir = p.ir
+            if ir is None and IR_FLAG in p.flags:
+                ir = True
+            if ir is not None:
+                v[6 if ir else 7] += 1
+
+    def write(self, c: sqlite3.Connection, device: str, site: str) -> None:
+        if self.hours:
+            c.executemany(_UPSERT_OUTCOMES, [(device, h, site, *v) for h, v in self.hours.items()])
 
 
 class BatchWriter:
@@ -276,9 +348,15 @@ class BatchWriter:
         site = blist[0][0].site
         late: list[int] = []
         stored = 0
+        tally = _Tally()
         for b, received in sorted(blist, key=lambda x: x[0].predictions[0].seq):
+            # Only a seq at or below the highest stored can already be there (a redelivery, an
+            # outbox resending): those are looked up, so the outcome counts take new rows only.
+            again = [p.seq for p in b.predictions if max_seq is not None and p.seq <= max_seq]
+            there = self._existing(device, again) if again else set()
             cur = c.executemany(_INSERT_PRED, _pred_rows(b, received))
             stored += max(cur.rowcount, 0)
+            tally.add(b, there)
             for p in b.predictions:
                 if max_seq is None:
                     if p.seq > FIRST_SEQ:
@@ -302,6 +380,7 @@ class BatchWriter:
                 else:
                     late.append(p.seq)
             evicted = max(evicted, b.evicted_total)
+        tally.write(c, device, site)
         n = sum(len(b.predictions) for b, _ in blist)
         res.predictions_stored += stored
         res.duplicates += n - stored
@@ -318,6 +397,19 @@ class BatchWriter:
                 device,
             ),
         )
+
+    def _existing(self, device: str, seqs: list[int]) -> set[int]:
+        found: set[int] = set()
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT seq FROM predictions WHERE device=? AND seq IN ({marks})", (device, *chunk)
+                )
+            )
+        return found
 
     def _open_gap(
         self, device: str, site: str, first: int, last: int, cause: str, ts: float, res: WriteResult
@@ -401,9 +493,9 @@ class BatchWriter:
 
     def _status_details(self, s: DeviceStatus) -> None:
         self.conn.execute(
-            "UPDATE devices SET grp=coalesce(?, grp), software=coalesce(?, software), "
+            "UPDATE devices SET software=coalesce(?, software), "
             "model_version=coalesce(?, model_version) WHERE device=?",
-            (s.group, s.software, s.model_version, s.device),
+            (s.software, s.model_version, s.device),
         )
 
     def _status(self, s: DeviceStatus, received: float) -> None:
@@ -418,10 +510,10 @@ class BatchWriter:
         # Every worker stores every status (see service.py), so a worker whose inbox lags must not
         # put back a state another worker has already replaced: the later arrival wins.
         self.conn.execute(
-            "UPDATE devices SET status=?, status_ts=?, status_reason=?, status_rx=?, grp=coalesce(?, grp), "
+            "UPDATE devices SET status=?, status_ts=?, status_reason=?, status_rx=?, "
             "software=coalesce(?, software), model_version=coalesce(?, model_version) "
             "WHERE device=? AND (status_rx IS NULL OR status_rx<=?)",
-            (s.state, ts, s.reason, received, s.group, s.software, s.model_version, s.device, received),
+            (s.state, ts, s.reason, received, s.software, s.model_version, s.device, received),
         )
 
     def _model_state(self, m: ModelState, received: float) -> None:
@@ -436,7 +528,7 @@ class BatchWriter:
             "active_version), "
             "previous_version=coalesce(?, previous_version), update_reason=?, update_progress=?, "
             "update_ts=?, "
-            "grp=coalesce(?, grp), model_version=coalesce(?, model_version) "
+            "model_version=coalesce(?, model_version) "
             "WHERE device=? AND (update_ts IS NULL OR update_ts<=?)",
             (
                 m.state,
@@ -446,7 +538,6 @@ class BatchWriter:
                 m.reason,
                 m.progress,
                 m.ts,
-                m.group,
                 m.active_version,
                 m.device,
                 m.ts,

@@ -28,24 +28,26 @@ ROLLBACK_FN = "cloud.release.rollout:rollback"
 
 
 def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
-    """Which device groups an alert is about: configured, or those of the alerted devices."""
+    """Which device groups an alert is about: configured, or the provisioned groups of the alerted
+    devices (``devices add``), never the group a device names in its own messages."""
     if cfg.governance.rollback_group:
         return [cfg.governance.rollback_group]
     from cloud.fleet.store import FleetStore
+    from cloud.release.store import read_membership
 
+    members = read_membership(cfg.data_dir)
     with FleetStore(cfg.fleet_store) as fs:
-        devices = fs.devices(site=alert["site"])
+        running = {d["device"]: d["model_version"] for d in fs.devices(site=alert["site"])}
     model = alert["details"].get("model_version")
-    groups = sorted(
-        {
-            d["grp"]
-            for d in devices
-            if d["grp"]
-            and (alert["device"] is None or d["device"] == alert["device"])
-            and (model is None or d["model_version"] == model)
-        }
-    )
-    return groups
+    groups = set()
+    for key, group in members.items():
+        site, device = key.split("/", 1)
+        if site != alert["site"] or (alert["device"] is not None and device != alert["device"]):
+            continue
+        if model is not None and running.get(device) != model:
+            continue
+        groups.add(group)
+    return sorted(groups)
 
 
 def _rollback_fn(cfg: CloudConfig) -> Any:
@@ -77,7 +79,7 @@ def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, A
     if not groups:
         raise ActionUnavailable(
             f"alert {alert['id']}: no device group known for site {alert['site']}; set "
-            "governance.rollback_group or let devices report their group"
+            "governance.rollback_group, or provision the devices ('parkwatch cloud devices add')"
         )
     fn = _rollback_fn(cfg)
     reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"
@@ -126,6 +128,7 @@ def _strip_none(d: Any) -> Any:
 def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str]]:
     """Labelled snapshots whose image reached the cloud (``<snapshots_dir>/<id>.*``), as (file, label)."""
     from cloud.fleet.store import FleetStore
+    from shared.protocol.bounds import SNAPSHOT_ID
 
     snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
     out = []
@@ -133,9 +136,16 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
         for fb in fs.feedback():
             if fb["label"] not in labels or not fb["snapshot"]:
                 continue
-            found = sorted(snap_dir.glob(f"{fb['snapshot']}.*")) if snap_dir.is_dir() else []
-            if found:
-                out.append((found[0], fb["label"]))
+            # The id came from a device: it names one file, never a pattern or a path (an id
+            # like '../registry' used to be globbed here). Ingest stores '<id>.jpg' only.
+            if not SNAPSHOT_ID.match(fb["snapshot"]):
+                log.warning(
+                    "feedback names snapshot %r, which is not a snapshot id; skipped", fb["snapshot"][:80]
+                )
+                continue
+            path = snap_dir / f"{fb['snapshot']}.jpg"
+            if path.is_file() and path.resolve().parent == snap_dir.resolve():
+                out.append((path, fb["label"]))
     return out
 
 

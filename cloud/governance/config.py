@@ -26,8 +26,8 @@ class GovernanceConfig(Section):
         None, description="HMAC-SHA256 key: X-Parkwatch-Signature header"
     )
     webhook_timeout_s: float = Field(5.0, gt=0)
-    publish_client_id: str = Field(
-        "parkwatch-cloud-alerts", description="MQTT client id for alert publishing"
+    publish_client_id: str | None = Field(
+        None, description="MQTT client id for alert publishing; default parkwatch-cloud-alerts-<install id>"
     )
     rules: dict[str, RuleConfig] = Field(default_factory=dict, description="per-rule overrides")
     retrain_cooldown_s: float = Field(

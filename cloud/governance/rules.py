@@ -71,7 +71,20 @@ RULES: dict[str, Rule] = {
             "a telemetry figure is far from its own recent history",
             from_telemetry=True,
         ),
+        Rule(
+            "predictions_lost",
+            "health",
+            "warning",
+            "the device lost predictions before its outbox (disk full, write errors)",
+            from_telemetry=True,
+        ),
         Rule("ingest_gap", "health", "warning", "predictions from this device are missing (sequence gap)"),
+        Rule(
+            "update_failed",
+            "health",
+            "warning",
+            "the device refused or failed its model update (it keeps running its current model)",
+        ),
         Rule(
             "ingest_backlog",
             "health",

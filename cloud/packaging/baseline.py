@@ -14,10 +14,15 @@ from pathlib import Path
 from cloud.packaging.errors import PackagingError
 from cloud.packaging.lineage import base_lineage
 from cloud.packaging.package import BuiltPackage, PackageSpec, build_package
-from shared.modelpkg import ModelMetadata
+from shared.modelpkg import PET_SCORE_OUTPUT, ModelMetadata, RejectionSpec
 from shared.paths import sample_lake
 
 BASELINE_VERSION = "baseline-imagenet-grouped"
+# Pet-score thresholds of the untrained baseline. It has no training data to choose them on, so
+# they are fixed here, from the validation part of the sample lake (pets-sample + nopet-dev) under
+# the trainer's rule (see cloud/training/rejection.py); trained packages choose their own.
+BASELINE_THRESHOLD = 0.15
+BASELINE_REGION_THRESHOLD = 0.5
 PER_LABEL = 4
 
 
@@ -43,7 +48,19 @@ def build_baseline(
     from cloud.training.backbone import IMAGENET_CAT, IMAGENET_DOG, LABELS, PREPROCESS, baseline_classifier
 
     golden = list(images) if images is not None else default_golden_images()
-    meta = ModelMetadata(labels=LABELS, preprocess=PREPROCESS, model_version=version)
+    meta = ModelMetadata(
+        labels=LABELS,
+        preprocess=PREPROCESS,
+        model_version=version,
+        rejection=RejectionSpec(
+            none_label=None,
+            score_output=PET_SCORE_OUTPUT,
+            threshold=BASELINE_THRESHOLD,
+            region_threshold=BASELINE_REGION_THRESHOLD,
+            method="imagenet-pet-score",
+            chosen_on="default",
+        ),
+    )
     lineage = {
         **base_lineage(),
         "dataset_version": None,
@@ -64,7 +81,8 @@ def build_baseline(
         lineage=lineage,
         description=(
             "Untrained baseline: ImageNet-pretrained EfficientNet-Lite0 whose cat (281-285) and "
-            "dog (151-268) classes are grouped into two probabilities inside the graph."
+            "dog (151-268) classes are grouped into two probabilities inside the graph; a second "
+            "output, pet_score, is their summed ImageNet probability, used to reject frames with no pet."
         ),
     )
     return build_package(spec, Path(out_dir))

@@ -23,11 +23,13 @@ from shared.modelpkg import ModelMetadata
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+SCORE_NAME = "pet_score"  # optional second output (shared.modelpkg.PET_SCORE_OUTPUT)
 PARITY_TOLERANCE = 1e-4
 
 
-def _export_proto(model: nn.Module, example: torch.Tensor, output_name: str) -> onnx.ModelProto:
+def _export_proto(model: nn.Module, example: torch.Tensor, output_name: str | list[str]) -> onnx.ModelProto:
     model.eval()
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -37,8 +39,8 @@ def _export_proto(model: nn.Module, example: torch.Tensor, output_name: str) -> 
                 (example,),
                 buf,  # type: ignore[arg-type]
                 input_names=[INPUT_NAME],
-                output_names=[output_name],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+                output_names=names,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -54,8 +56,11 @@ def export_graph(model: nn.Module, path: Path, example: torch.Tensor, output_nam
 
 
 def export_onnx(model: nn.Module, path: Path, metadata: ModelMetadata, example: torch.Tensor) -> None:
-    """Export ``model`` (emitting probabilities) with a dynamic batch axis and our metadata_props."""
-    proto = _export_proto(model, example, OUTPUT_NAME)
+    """Export ``model`` (emitting probabilities, and the pet score when it returns two outputs)
+    with a dynamic batch axis and our metadata_props."""
+    with torch.no_grad():
+        two = isinstance(model.eval()(example), tuple)
+    proto = _export_proto(model, example, [OUTPUT_NAME, SCORE_NAME] if two else OUTPUT_NAME)
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -78,28 +83,52 @@ def ort_session(path: Path, threads: int = 0) -> object:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session: object, batch: npt.NDArray[np.float32], chunk: int = 32) -> npt.NDArray[np.float32]:
+def output_names(session: object) -> list[str]:
+    return [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+
+
+def run_onnx(
+    session: object, batch: npt.NDArray[np.float32], chunk: int = 32, output: str = OUTPUT_NAME
+) -> npt.NDArray[np.float32]:
     outs = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + chunk]})[0]  # type: ignore[attr-defined]
+        session.run([output], {INPUT_NAME: batch[i : i + chunk]})[0]  # type: ignore[attr-defined]
         for i in range(0, len(batch), chunk)
     ]
     return np.concatenate(outs).astype(np.float32)
 
 
-def run_torch(model: nn.Module, batch: npt.NDArray[np.float32], chunk: int = 32) -> npt.NDArray[np.float32]:
+def run_torch_all(
+    model: nn.Module, batch: npt.NDArray[np.float32], chunk: int = 32
+) -> list[npt.NDArray[np.float32]]:
+    """Every output of ``model`` (probabilities first), concatenated over chunks."""
     model.eval()
+    parts: list[list[npt.NDArray[np.float32]]] = []
     with torch.no_grad():
-        outs = [model(torch.from_numpy(batch[i : i + chunk])).numpy() for i in range(0, len(batch), chunk)]
-    return np.concatenate(outs).astype(np.float32)
+        for i in range(0, len(batch), chunk):
+            out = model(torch.from_numpy(batch[i : i + chunk]))
+            outs = out if isinstance(out, tuple) else (out,)
+            parts.append([o.numpy() for o in outs])
+    return [np.concatenate([p[k] for p in parts]).astype(np.float32) for k in range(len(parts[0]))]
+
+
+def run_torch(model: nn.Module, batch: npt.NDArray[np.float32], chunk: int = 32) -> npt.NDArray[np.float32]:
+    return run_torch_all(model, batch, chunk)[0]
 
 
 def parity(
     model: nn.Module, onnx_path: Path, batch: npt.NDArray[np.float32], tolerance: float = PARITY_TOLERANCE
 ) -> float:
-    """Max abs difference of torch and ONNX Runtime probabilities on ``batch``; raises above tolerance."""
-    want = run_torch(model, batch)
-    got = run_onnx(ort_session(onnx_path), batch)
-    diff = float(np.max(np.abs(want - got)))
+    """Max abs difference of torch and ONNX Runtime outputs (probabilities, pet score) on ``batch``;
+    raises above tolerance."""
+    wants = run_torch_all(model, batch)
+    sess = ort_session(onnx_path)
+    names = output_names(sess)
+    if len(names) != len(wants):
+        raise ParityError(f"torch gives {len(wants)} outputs, the ONNX file {len(names)}: {names}")
+    diff = max(
+        float(np.max(np.abs(want - run_onnx(sess, batch, output=name))))
+        for want, name in zip(wants, names, strict=True)
+    )
     if not diff <= tolerance:
         raise ParityError(
             f"ONNX output differs from torch by {diff:.2e} (> {tolerance:.0e}); "

@@ -3,14 +3,18 @@
 The CLI and the dashboard both call these functions, so the rules live in one place:
 
 * a named actor and a non-empty reason for every decision;
-* a version that failed the promotion gate is refused (the registry's own rule);
+* a version that failed the promotion gate is refused (the registry's own rule), and when the
+  caller passes the serving config's ``gate``, the stored metrics are checked against it again:
+  the verdict stored at training time used the trainer's ``[gate]``, which may have been looser;
 * ``production`` needs a successful ``staging`` rollout of the same version first
   (the seed's application-testing step) unless ``force=True`` - and a forced approval must say
   why, which the audit log keeps;
 * every decision lands in ``stage_history`` and in the hash-chained audit log.
 
 Signing the decision into the TUF repository (the approver key) is done by the caller-supplied
-``signer`` before anything is recorded, so a missing approver key records nothing.
+``signer`` before anything is recorded, so a missing approver key, or one the repository's root
+does not trust, records nothing. What the signer returns (the key ids it signed with) goes into
+the audit entry.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 import sqlite_utils
 
+from cloud.evaluation.config import GateConfig
+from cloud.evaluation.gate import recheck_gate
 from cloud.registry.audit import AuditLog
 from cloud.registry.errors import RegistryError, StageError
 from cloud.registry.models import check_stage_change
@@ -33,8 +39,9 @@ HISTORY = "stage_history"
 ROLLOUTS = "rollouts"
 ROLLOUT_STATUSES = ("in_progress", "succeeded", "failed", "rolled_back", "superseded")
 
-# signer(version, stages): puts the approver-signed entry into the release channel.
-ApprovalSigner = Callable[[str, list[str]], None]
+# signer(version, stages) -> audit details (e.g. the key ids it signed with) or None: puts the
+# approver-signed entry into the release channel.
+ApprovalSigner = Callable[[str, list[str]], dict[str, Any] | None]
 
 
 class ApprovalError(RegistryError):
@@ -97,6 +104,10 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     db.table(ROLLOUTS).create_index(["grp"], if_not_exists=True)
 
 
+def _thresholds(t: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in t.items())
+
+
 def _check_words(actor: str, reason: str) -> None:
     if not actor or not actor.strip():
         raise ApprovalError("name who decides (--as NAME)")
@@ -154,6 +165,7 @@ def approve(
     *,
     signer: ApprovalSigner | None = None,
     require_staging: bool = True,
+    gate: GateConfig | None = None,
 ) -> Decision:
     """Approve ``version`` for ``stage``; raises :class:`ApprovalError`/:class:`StageError` if not allowed."""
     _check_words(actor, reason)
@@ -166,6 +178,17 @@ def approve(
         raise ApprovalError(f"model {version} was rejected; approve a new version instead")
     if stage == "staging" and model.stage == "production":
         raise ApprovalError(f"model {version} is already approved for production (which includes staging)")
+    gate_note: dict[str, Any] = {}
+    if gate is not None:
+        verdict = recheck_gate(model.metrics, gate)
+        if not verdict["passed"]:
+            raise ApprovalError(
+                f"model {version} does not pass the promotion gate of the serving config "
+                f"({'; '.join(verdict['failures'])}; thresholds {_thresholds(verdict['thresholds'])}); "
+                "the gate stored at training time is not what decides. Train a better model, or "
+                "evaluate it again with 'parkwatch cloud evaluate VERSION'"
+            )
+        gate_note = {"gate_at_approval": verdict["thresholds"]}
     forced = False
     if stage == "production" and require_staging and not staging_succeeded(registry, version):
         if not force:
@@ -176,8 +199,7 @@ def approve(
             )
         forced = True
     stages = ["staging", "production"] if stage == "production" else ["staging"]
-    if signer is not None:
-        signer(version, stages)
+    signed = signer(version, stages) if signer is not None else None
     registry.set_stage(version, stage)
     return _record(
         registry,
@@ -189,7 +211,7 @@ def approve(
         actor,
         reason,
         forced,
-        {"signed_stages": stages, "signed": signer is not None},
+        {"signed_stages": stages, "signed": signer is not None, **gate_note, **(signed or {})},
     )
 
 
@@ -214,8 +236,7 @@ def reject(
             "group's first version, 'parkwatch cloud rollout OTHER --group G') so devices are never "
             "left without an approved model"
         )
-    if signer is not None:
-        signer(version, [])
+    signed = signer(version, []) if signer is not None else None
     registry.set_stage(version, "rejected")
     return _record(
         registry,
@@ -227,7 +248,7 @@ def reject(
         actor,
         reason,
         False,
-        {"signed": signer is not None},
+        {"signed": signer is not None, **(signed or {})},
     )
 
 

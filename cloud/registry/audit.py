@@ -3,7 +3,9 @@
 Each entry's hash covers its content and the previous entry's hash, so editing, deleting or
 re-ordering any past entry breaks every hash after it and ``verify`` names the first bad one.
 SQLite triggers refuse UPDATE and DELETE so honest code cannot rewrite history by accident;
-the chain is what catches someone who edits the file directly.
+the chain is what catches someone who edits the file directly. The chain alone cannot tell that
+the *newest* entries were removed (what is left is still a valid chain): the release channel
+signs a checkpoint of the head outside the database for that (cloud/release/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -190,6 +192,17 @@ class AuditLog:
             sql += " LIMIT ?"
             params.append(limit)
         return [self._row(r) for r in self.db.execute(sql, params).fetchall()]
+
+    def head(self) -> tuple[int, int, str]:
+        """(entries, last id, last hash); (0, 0, GENESIS) for an empty log."""
+        row = self.db.execute(f"SELECT COUNT(*), MAX(id) FROM {TABLE}").fetchone()
+        if not row or not row[1]:
+            return 0, 0, GENESIS
+        return int(row[0]), int(row[1]), self.hash_of(int(row[1])) or GENESIS
+
+    def hash_of(self, entry_id: int) -> str | None:
+        row = self.db.execute(f"SELECT hash FROM {TABLE} WHERE id = ?", [entry_id]).fetchone()
+        return str(row[0]) if row else None
 
     def verify(self) -> ChainCheck:
         try:

@@ -102,6 +102,12 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
         foreign_keys=[("dataset_id", "datasets", "id")],
         if_not_exists=True,
     )
+    db.table("dataset_sources").create(
+        {"dataset_id": str, "source": str, "first_ingested_at": str, "last_ingested_at": str},
+        pk=("dataset_id", "source"),
+        foreign_keys=[("dataset_id", "datasets", "id")],
+        if_not_exists=True,
+    )
     db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_files_split ON dataset_files(dataset_id, split)")
 
 
@@ -133,13 +139,27 @@ class DatasetTables:
     ) -> bool:
         """Store a dataset version in one transaction; returns False when the id already existed.
 
-        Re-ingesting unchanged data yields the same id: the files are then already stored, so
-        only the source and time of this ingest (and its duplicate/quarantine lists) are refreshed.
+        Re-ingesting unchanged data yields the same id: the files are then already stored. The
+        version keeps the source it was first ingested from (training and lineage read files
+        from it; repointing it to a copy broke training once the copy was gone): another folder
+        holding the same data is recorded in ``dataset_sources``, and only the time of this
+        ingest (and, for the same folder, its duplicate/quarantine lists) is refreshed.
         """
         stamp = now()
         with transaction(self.db) as conn:
-            existing = conn.execute("SELECT created_at FROM datasets WHERE id = ?", (record.id,)).fetchone()
+            existing = conn.execute(
+                "SELECT created_at, source FROM datasets WHERE id = ?", (record.id,)
+            ).fetchone()
             created = existing[0] if existing else stamp
+            if existing and existing[1] != record.source:
+                conn.execute("UPDATE datasets SET last_ingested_at = ? WHERE id = ?", (stamp, record.id))
+                conn.execute(
+                    "INSERT INTO dataset_sources (dataset_id, source, first_ingested_at, last_ingested_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(dataset_id, source) DO UPDATE SET "
+                    "last_ingested_at = excluded.last_ingested_at",
+                    (record.id, record.source, stamp, stamp),
+                )
+                return False
             conn.execute(
                 "INSERT OR REPLACE INTO datasets (id, source, labels, counts, n_files, duplicates, "
                 "quarantined, manifest_path, params, created_at, last_ingested_at) "
@@ -157,6 +177,12 @@ class DatasetTables:
                     created,
                     stamp,
                 ),
+            )
+            conn.execute(
+                "INSERT INTO dataset_sources (dataset_id, source, first_ingested_at, last_ingested_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(dataset_id, source) DO UPDATE SET "
+                "last_ingested_at = excluded.last_ingested_at",
+                (record.id, record.source, stamp, stamp),
             )
             if not existing:
                 conn.executemany(
@@ -180,6 +206,25 @@ class DatasetTables:
                 ((record.id, q.path, q.label, q.reason, q.detail) for q in quarantine),
             )
         return existing is None
+
+    def dataset_sources(self, dataset_id: str) -> list[dict[str, Any]]:
+        """Every folder this version was ingested from, the kept (first) one first."""
+        ds = self.get_dataset(dataset_id)
+        rows = list(
+            self.db["dataset_sources"].rows_where(
+                "dataset_id = ?", [ds.id], order_by="first_ingested_at, rowid"
+            )
+        )
+        kept = [r for r in rows if r["source"] == ds.source] or [
+            # a version registered before sources were recorded
+            {
+                "dataset_id": ds.id,
+                "source": ds.source,
+                "first_ingested_at": ds.created_at,
+                "last_ingested_at": None,
+            }
+        ]
+        return kept + [r for r in rows if r["source"] != ds.source]
 
     def get_dataset(self, dataset_id: str) -> DatasetRecord:
         """Look up a dataset by its full id or a unique prefix (at least 6 characters)."""

@@ -1,7 +1,12 @@
 """Per-device MQTT credentials and the Mosquitto ACL that confines each device.
 
+The ACL confines topics; the box-facing listener binds each box's client id to its username
+(``provisioning/mosquitto/device-listener.conf``), so a box can neither take the cloud's
+persistent sessions nor another box's.
+
 A device may publish only under ``parkwatch/v1/dev/{site}/{device}/#`` and read only its own
-``update/response`` and its group's ``parkwatch/v1/release/{group}``; the cloud account reads
+``update/response``, its group's ``parkwatch/v1/release/{group}`` and the cloud's retained
+``parkwatch/v1/cloud/capabilities`` (which prediction schemas the cloud accepts); the cloud account reads
 and writes the whole ``parkwatch/v1/`` tree. Passwords are random, shown once (written to a
 0600 file for the box), and only their Mosquitto hash is kept (``$7$``: PBKDF2-SHA512, the
 format ``mosquitto_passwd`` writes). Rendering is pure; ``write_broker_files`` does the I/O.
@@ -24,6 +29,9 @@ from shared.protocol import ROOT, Kind, Topics
 from shared.protocol.topics import check_segment
 
 ITERATIONS = 101  # what mosquitto_passwd 2.0 uses for $7$
+# Every client id the cloud uses starts with this; no box may be named so (its username is its
+# client id on the box-facing listener).
+CLOUD_PREFIX = "parkwatch-cloud"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ def device_acl(acct: DeviceAccount) -> list[str]:
         f"topic write {own}",
         f"topic read {Topics.device(acct.site, acct.device, Kind.UPDATE_RESPONSE)}",
         f"topic read {Topics.release(acct.group)}",
+        f"topic read {Topics.CAPABILITIES}",
     ]
 
 

@@ -9,7 +9,9 @@ its error.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -20,13 +22,14 @@ from cloud.config import CloudConfig
 from cloud.registry import approvals
 from cloud.registry.audit import AuditEntry, AuditLog
 from cloud.registry.store import Registry
-from cloud.release import brokerauth
+from cloud.release import brokerauth, checkpoint
 from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
-from cloud.release.keys import ROLES, KeyStore, load_key
+from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
 from cloud.release.repo import TufRepository
 from cloud.release.store import DeviceStates, Rollout, RolloutTable
 from cloud.release.watch import progress
+from shared.errors import ParkwatchError
 from shared.protocol import ReleaseNotice, Topics, encode
 from shared.protocol.topics import check_segment
 
@@ -49,7 +52,7 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
     """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
     from shared.mqtt import make_client
 
-    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{time.time_ns()}")
+    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{secrets.token_hex(8)}")
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
     except OSError as e:
@@ -121,9 +124,45 @@ class ReleaseChannel:
 
     # ---- keys ---------------------------------------------------------------------------------
     @_serialised
-    def keys_init(self, actor: str) -> dict[str, Any]:
-        """Create missing keys (as many per role as its threshold) and version 1 of the repository."""
+    def keys_init(
+        self,
+        actor: str,
+        *,
+        allow_approver_key_on_server: bool = False,
+        approvers: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create missing keys (as many per role as its threshold) and version 1 of the repository.
+
+        Refuses while ``release.approver_keys_dir`` is unset: the approver's key would then sit on
+        the server beside the online keys, and whoever controls the server could approve models.
+        ``approvers`` makes one key per named approver (``approver-<name>.pem``) instead of
+        numbered shared ones, so ``approve --as NAME`` is tied to NAME's key.
+        """
         c = self.cfg.release
+        if (self.repo.metadata_dir / "root.json").exists():
+            self.repo.init()  # refuses, naming what to do instead; before any key is made
+        warnings: list[str] = []
+        if c.approver_keys_dir is None:
+            if not allow_approver_key_on_server:
+                raise ReleaseError(
+                    "release.approver_keys_dir is not set, so 'keys init' would put the approver's "
+                    f"signing key on this server ({self.keys.keys_dir}) beside the online keys, and "
+                    "whoever controls the server could approve models. Set [release] "
+                    "approver_keys_dir to a folder only the approver holds (a removable disk, their "
+                    "own account) and run it again; for a test or demo install, pass "
+                    "--allow-approver-key-on-server. Nothing was created"
+                )
+            warnings.append(
+                f"WARNING: the approver key is on this server ({self.keys.keys_dir}): anyone who "
+                "controls the server can approve models. Move it to the approver (set "
+                "[release] approver_keys_dir) before this install ships a model"
+            )
+        names = list(dict.fromkeys(approvers or []))
+        if names and len(names) < c.targets_threshold:
+            raise ReleaseError(
+                f"release.targets_threshold is {c.targets_threshold}: name at least that many approvers "
+                f"(--approver NAME, got {len(names)})"
+            )
         wanted = {
             "root": c.root_threshold,
             "approver": c.targets_threshold,
@@ -134,6 +173,13 @@ class ReleaseChannel:
         }
         created: list[str] = []
         for role in ROLES:
+            if role == "approver" and names:
+                created += [
+                    str(self.keys.generate_named(n).path)
+                    for n in names
+                    if not self.keys.named_path(n).exists()
+                ]
+                continue
             have = len(self.keys.paths(role))
             if have < wanted[role]:
                 created += [str(k.path) for k in self.keys.generate(role, wanted[role] - have)]
@@ -142,15 +188,38 @@ class ReleaseChannel:
             actor,
             "keys-init",
             "release:repository",
-            {"created": created, "root_version": status["root_version"]},
+            {
+                "created": created,
+                "root_version": status["root_version"],
+                "approver_keyids": sorted(self.repo.trusted_keyids("targets")),
+                "approver_key_on_server": c.approver_keys_dir is None,
+            },
         )
+        self.checkpoint_audit(force=True)
         return {
+            "warnings": warnings,
             "created": created,
             "keys_dir": str(self.keys.keys_dir),
             "approver_keys_dir": str(self.keys.approver_keys_dir),
             "trusted_root": str(self.repo.metadata_dir / "root.json"),
             **status,
         }
+
+    @_serialised
+    def keys_add_approver(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+        """A key of approver ``name``'s own that root trusts (needs the root key files online)."""
+        if not reason.strip():
+            raise ReleaseError("give a reason (--reason); it is kept in the audit log")
+        key = self.repo.add_approver(name)
+        root_version = self.repo.root().signed.version
+        self.audit.append(
+            actor,
+            "keys-add-approver",
+            f"release:key:approver:{name}",
+            {"keyid": key.keyid, "path": str(key.path), "root_version": root_version, "reason": reason},
+        )
+        self._checkpoint()
+        return {"approver": name, "keyid": key.keyid, "path": str(key.path), "root_version": root_version}
 
     @_serialised
     def keys_list(self) -> dict[str, Any]:
@@ -165,8 +234,56 @@ class ReleaseChannel:
             raise ReleaseError("give a reason for the rotation (--reason)")
         result = self.repo.rotate(role)
         self.audit.append(actor, "keys-rotate", f"release:key:{role}", {**result, "reason": reason})
+        self._checkpoint()
         self._notify_all()
         return result
+
+    # ---- audit anchor -------------------------------------------------------------------------
+    @_serialised
+    def checkpoint_audit(self, force: bool = False) -> dict[str, Any] | None:
+        """Sign the audit log's head with the online timestamp key into the release repository,
+        if it moved since the last checkpoint. None without a repository or a usable key."""
+        if not self.repo.exists():
+            return None
+        entries, last_id, last_hash = self.audit.head()
+        path = self.repo.dir / checkpoint.FILE
+        if not force and path.exists():
+            try:
+                if json.loads(path.read_text())["signed"]["head_hash"] == last_hash:
+                    return None
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: write a good one
+        trusted = self.repo.trusted_keyids("timestamp")
+        keys = [k for k in self.keys.load("timestamp") if k.keyid in trusted]
+        if not keys:
+            log.error("no timestamp key root trusts: the audit checkpoint is not updated")
+            return None
+        head = checkpoint.Head(entries, last_id, last_hash, time.time())
+        checkpoint.write(self.repo.dir, head, keys[0])
+        return head.to_dict()
+
+    def _checkpoint(self) -> None:
+        """After an action: its audit entry is anchored at once, not at cloud serve's next tick.
+        A failure here is logged, never raised: the action itself is done and recorded."""
+        try:
+            self.checkpoint_audit()
+        except ParkwatchError as e:
+            log.warning("audit checkpoint not written: %s", e)
+
+    @_serialised
+    def verify_audit_anchor(self) -> checkpoint.AnchorCheck:
+        """The database's head against the signed checkpoint (see cloud/release/checkpoint.py)."""
+        if not self.repo.exists():
+            return checkpoint.AnchorCheck(
+                False, "missing", f"no release repository in {self.repo.dir}, so no signed checkpoint"
+            )
+        root = self.repo.root().signed
+        trusted = {kid: root.keys[kid] for kid in root.roles["timestamp"].keyids}
+        got = checkpoint.read(self.repo.dir, trusted)
+        if isinstance(got, checkpoint.AnchorCheck):
+            return got
+        _, last_id, _ = self.audit.head()
+        return checkpoint.compare(got, last_id, self.audit.hash_of(got.head_id))
 
     # ---- builds and approvals -----------------------------------------------------------------
     @_serialised
@@ -187,11 +304,19 @@ class ReleaseChannel:
         )
         return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
 
-    def _signer(self, actor: str) -> approvals.ApprovalSigner:
-        def sign(version: str, stages: list[str]) -> None:
+    def approver_keys(self, actor: str) -> list[RoleKey]:
+        """``actor``'s approver key(s), checked against the key ids root trusts for approvals
+        before anything is published, signed or recorded."""
+        keys = self.keys.approver_keys(actor)
+        self.repo.check_signers("targets", keys)
+        return keys
+
+    def _signer(self, keys: list[RoleKey]) -> approvals.ApprovalSigner:
+        def sign(version: str, stages: list[str]) -> dict[str, Any]:
             if version not in self.repo.builds():
                 self.publish_build(version, actor="pipeline")
-            self.repo.set_approval(version, stages)
+            self.repo.set_approval(version, stages, keys)
+            return {"signed_by": [k.keyid for k in keys], "key_files": [k.path.name for k in keys]}
 
         return sign
 
@@ -199,6 +324,7 @@ class ReleaseChannel:
     def approve(
         self, version: str, stage: str, actor: str, reason: str, force: bool = False
     ) -> dict[str, Any]:
+        keys = self.approver_keys(actor)
         d = approvals.approve(
             self.registry,
             self.audit,
@@ -207,24 +333,38 @@ class ReleaseChannel:
             actor,
             reason,
             force,
-            signer=self._signer(actor),
+            signer=self._signer(keys),
             require_staging=self.cfg.release.require_staging_before_production,
+            gate=self.cfg.gate,
         )
-        return d.to_dict()
+        self._checkpoint()
+        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     @_serialised
     def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
         groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
-        signer = self._signer(actor) if self.repo.exists() and version in self.repo.approvals() else None
+        keys = self.approver_keys(actor) if self.repo.exists() and version in self.repo.approvals() else []
+        signer = self._signer(keys) if keys else None
         d = approvals.reject(
             self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
         )
-        return d.to_dict()
+        self._checkpoint()
+        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
 
     # ---- rollout and rollback ----------------------------------------------------------------
     @_serialised
-    def rollout(self, version: str, group: str, actor: str, reason: str = "") -> dict[str, Any]:
+    def rollout(
+        self, version: str, group: str, actor: str, reason: str = "", *, allow_empty_group: bool = False
+    ) -> dict[str, Any]:
         stage = self.stage_for_group(group)
+        if not allow_empty_group and not self.states.provisioned(group):
+            # A typo ('stagign') would otherwise say "devices notified" and wait at 0/0 for ever.
+            known = ", ".join(self.known_groups()) or "none yet"
+            raise RolloutError(
+                f"group {group!r} has no provisioned device (groups with devices or a release: "
+                f"{known}). Check the name; to prepare a group before its boxes are added "
+                "('parkwatch cloud devices add BOX --group G'), pass --allow-empty-group"
+            )
         if stage not in approvals.approved_stages(self.registry, version):
             raise RolloutError(
                 f"model {version} is not approved for {stage} (group {group} runs {stage} models): "
@@ -241,6 +381,7 @@ class ReleaseChannel:
             f"group:{group}",
             {"version": version, "previous": previous, "stage": stage, "reason": reason, "rollout_id": r.id},
         )
+        self._checkpoint()
         notified = self._notify_group(group, version)
         return {**r.to_dict(), "notified": notified}
 
@@ -281,8 +422,20 @@ class ReleaseChannel:
             f"group:{group}",
             {"from": latest.version, "to": target, "reason": reason, "rollout_id": r.id},
         )
+        self._checkpoint()
         notified = self._notify_group(group, target)
         return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
+
+    def rolled_back_from(self, r: Rollout) -> str | None:
+        """For a rollback row, the version it withdrew: the group's rollout just before it.
+        (``previous_version`` of a rollback names what ran before its target, so that a second
+        rollback goes further back; it is not what the rollback replaced.)"""
+        if r.kind == "rollout":
+            return None
+        for older in self.rollouts.history(r.group, limit=1000):  # newest first
+            if older.id < r.id:
+                return older.version
+        return None
 
     def _ran_before(self, group: str, version: str) -> str | None:
         for r in self.rollouts.history(group, limit=1000):  # newest first
@@ -319,11 +472,18 @@ class ReleaseChannel:
         taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
         if taken or device == self.cfg.release.cloud_username:
             raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
+        if device.startswith(brokerauth.CLOUD_PREFIX):
+            # A box's client id is its username (device-listener.conf): it must never be one of ours.
+            raise ProvisioningError(
+                f"device id {device!r} starts with {brokerauth.CLOUD_PREFIX!r}, which the cloud's own "
+                "MQTT client ids use; choose another id"
+            )
         password = brokerauth.new_password()
         brokerauth.write_secret(secret_out, password)
         self.states.add_device(site, device, group, device, brokerauth.hash_password(password))
         files = self.render_broker()
         self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
+        self._checkpoint()
         return {
             "site": site,
             "device": device,
@@ -340,6 +500,7 @@ class ReleaseChannel:
         user = self.cfg.release.cloud_username
         self.states.set_account(user, brokerauth.hash_password(password))
         self.audit.append(actor, "cloud-account", f"account:{user}", {})
+        self._checkpoint()
         files = self.render_broker()
         return {"username": user, "secret_file": str(secret_out), **files}
 
@@ -349,6 +510,7 @@ class ReleaseChannel:
             raise ProvisioningError(f"no provisioned device {site}/{device}")
         files = self.render_broker()
         self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
+        self._checkpoint()
         return {"site": site, "device": device, "revoked": True, **files}
 
     @_serialised
@@ -373,29 +535,34 @@ class ReleaseChannel:
 
     @_serialised
     def members(self, group: str) -> list[str]:
-        keys = {f"{d['site']}/{d['device']}" for d in self.states.provisioned(group)}
-        keys |= {f"{d['site']}/{d['device']}" for d in self.states.states(group)}
-        return sorted(keys)
+        """The group's provisioned devices; what a device claims about its group counts for nothing."""
+        return sorted(k for k, g in self.states.membership().items() if g == group)
+
+    @_serialised
+    def known_groups(self) -> list[str]:
+        """Groups a rollout can sensibly target: those with provisioned devices, those that already
+        have a release, and the configured staging groups (the dashboard's select list)."""
+        groups = {d["grp"] for d in self.states.provisioned()}
+        if self.repo.exists():
+            groups |= set(self.repo.groups())
+        return sorted(groups | set(self.cfg.release.staging_groups))
 
     @_serialised
     def status(self, group: str | None = None) -> dict[str, Any]:
         assignments = self.repo.groups() if self.repo.exists() else {}
         states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
-        groups = sorted(
-            {
-                *assignments,
-                *(s["grp"] for s in states.values() if s["grp"]),
-                *(d["grp"] for d in self.states.provisioned()),
-            }
-        )
+        groups = sorted({*assignments, *self.states.membership().values()})
         if group is not None:
             groups = [group]
         out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}
         for g in groups:
             target = assignments.get(g)
             members = self.members(g)
-            prog = progress(target or "", members, states)
             latest = self.rollouts.latest(g)
+            prog = progress(target or "", members, states, since_ts=latest.started_ts if latest else None)
+            rollout = latest.to_dict() if latest else None
+            if latest is not None and rollout is not None:
+                rollout["rolled_back_from"] = self.rolled_back_from(latest)
             out["groups"][g] = {
                 "target_version": target,
                 "devices": prog.total,
@@ -403,7 +570,7 @@ class ReleaseChannel:
                 "by_version": prog.by_version,
                 "by_state": prog.by_state,
                 "failed": prog.failed,
-                "rollout": latest.to_dict() if latest else None,
+                "rollout": rollout,
                 "device_states": [states[k] for k in members if k in states],
             }
         return out

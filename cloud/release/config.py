@@ -27,6 +27,13 @@ class ReleaseConfig(Section):
     refresh_check_s: float = Field(30.0, gt=0, description="how often cloud serve checks expiries")
     chunk_bytes: int = Field(256 * 1024, ge=4096, le=1024 * 1024)
     responder_workers: int = Field(2, ge=1, le=32)
+    responder_rate_per_device: float = Field(
+        20.0, gt=0, description="update requests per second one device is served at most (token bucket)"
+    )
+    responder_burst: int = Field(40, ge=1, description="requests a device may send at once before pacing")
+    responder_queue_per_device: int = Field(
+        8, ge=1, le=1000, description="requests of one device waiting at most; beyond, a refusal"
+    )
     require_staging_before_production: bool = True
     staging_groups: list[str] = Field(
         default_factory=lambda: ["staging"],
@@ -44,4 +51,7 @@ class ReleaseConfig(Section):
         "(default: <data_dir>/broker)",
     )
     cloud_username: str = Field("parkwatch-cloud", description="the cloud's own broker account")
-    client_id: str = Field("parkwatch-cloud-release", description="MQTT client id of the release service")
+    client_id: str | None = Field(
+        None,
+        description="MQTT client id of the release service; default parkwatch-cloud-release-<install id>",
+    )

@@ -13,11 +13,17 @@ Role names and what each key may sign (docs/release-channel.md explains why):
 * ``rollout``   - delegated role ``rollout`` (paths ``groups/*``): which approved version each
                   device group should run. Online.
 * ``snapshot``, ``timestamp`` - online, re-signed by ``cloud serve`` to keep metadata fresh.
+
+Approver keys may be numbered (``approver-1.pem``, one key the approvers share) or named after
+one approver each (``approver-<name>.pem``, from ``keys init --approver NAME`` or ``keys
+add-approver NAME``). Once named keys exist, ``approve --as NAME`` signs with NAME's key only, so
+the name in the audit log is tied to a key, and the key id goes into the audit entry.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +58,28 @@ def key_path(folder: Path, role: str, index: int) -> Path:
     return folder / f"{role}-{index}{KEY_SUFFIX}"
 
 
+def approver_slug(name: str) -> str:
+    """The part of an approver's key file name that ``--as NAME`` maps to: "Anna (QA)" -> "anna-qa"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.strip().lower()).strip("-")
+    if not slug or slug.isdigit():
+        raise KeyError_(f"approver name {name!r} needs at least one letter (it names the key file)")
+    return slug
+
+
+def role_of(path: Path) -> str:
+    return path.name.split("-", 1)[0]
+
+
+def is_named(path: Path) -> bool:
+    """``approver-anna.pem`` (one approver's key) rather than ``approver-1.pem`` (a shared one)."""
+    return not path.stem.split("-", 1)[1].isdigit()
+
+
+def untrusted(keys: list[RoleKey], trusted_keyids: set[str]) -> list[RoleKey]:
+    """The keys root does not list for the role: what they sign, a box counts as unsigned."""
+    return [k for k in keys if k.keyid not in trusted_keyids]
+
+
 def _check_mode(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -71,7 +99,7 @@ def generate_key(path: Path) -> RoleKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     atomic_write_bytes(path, pem, mode=0o600)
-    role = path.name.rsplit("-", 1)[0]
+    role = role_of(path)
     return RoleKey(role, path, CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key())))
 
 
@@ -80,10 +108,7 @@ def load_key(path: Path) -> RoleKey:
         _check_mode(path)
         data = path.read_bytes()
     except FileNotFoundError as e:
-        raise KeyError_(
-            f"signing key {path} not found; run 'parkwatch cloud keys init' or point "
-            "release.keys_dir / release.approver_keys_dir at the key folder"
-        ) from e
+        raise KeyError_(missing_key_hint(role_of(path), path.parent)) from e
     except OSError as e:
         raise KeyError_(f"cannot read signing key {path}: {e.strerror}") from e
     try:
@@ -92,8 +117,25 @@ def load_key(path: Path) -> RoleKey:
         raise KeyError_(f"{path} is not a PEM private key: {e}") from e
     if not isinstance(priv, Ed25519PrivateKey):
         raise KeyError_(f"{path} is not an ed25519 key")
-    role = path.name.rsplit("-", 1)[0]
+    role = role_of(path)
     return RoleKey(role, path, CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key())))
+
+
+def missing_key_hint(role: str, folder: Path) -> str:
+    """What to do about a missing key file. ``keys init`` only helps a new install: on an
+    existing repository it refuses, so the hint names what works there."""
+    where = "release.approver_keys_dir" if role == "approver" else "release.keys_dir"
+    fix = {
+        "approver": "a lost approver key is replaced by a new one of your own: 'parkwatch cloud keys "
+        "add-approver NAME --reason ...' (needs the root key)",
+        "root": "without any root key the repository cannot change its keys: restore root-*.pem from "
+        "the offline copies made at setup",
+    }.get(role, f"restore {role}-*.pem from your backup")
+    return (
+        f"no {role} key in {folder}: mount or copy the {role} key files there (or point {where} at "
+        f"them). If the TUF repository does not exist yet, 'parkwatch cloud keys init' creates all "
+        f"keys; if it does, {fix}"
+    )
 
 
 class KeyStore:
@@ -112,26 +154,54 @@ class KeyStore:
         folder = self.folder(role)
         if not folder.is_dir():
             return []
-        found = [p for p in folder.glob(f"{role}-*{KEY_SUFFIX}") if p.stem.rsplit("-", 1)[1].isdigit()]
-        return sorted(found, key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        found = list(folder.glob(f"{role}-*{KEY_SUFFIX}"))
+        numbered = sorted((p for p in found if not is_named(p)), key=lambda p: int(p.stem.split("-", 1)[1]))
+        named = sorted(p for p in found if is_named(p)) if role == "approver" else []
+        return numbered + named
+
+    def named_path(self, name: str) -> Path:
+        return self.folder("approver") / f"approver-{approver_slug(name)}{KEY_SUFFIX}"
+
+    def approver_names(self) -> list[str]:
+        return [p.stem.split("-", 1)[1] for p in self.paths("approver") if is_named(p)]
+
+    def approver_keys(self, actor: str) -> list[RoleKey]:
+        """The key(s) ``actor`` signs approvals with: their own named key; or, on an install
+        without named keys, the shared numbered ones. Another approver's key is never used."""
+        own = self.named_path(actor)
+        if own.exists():
+            return [load_key(own)]
+        names = self.approver_names()
+        if names:
+            raise KeyError_(
+                f"no approver key for {actor!r} ({own.name}) in {own.parent}; approver keys there "
+                f"belong to: {', '.join(names)}. Use --as with your own name, or have the root key "
+                f"holder create yours: 'parkwatch cloud keys add-approver \"{actor}\" --reason ...'"
+            )
+        return self.load("approver")
 
     def load(self, role: str) -> list[RoleKey]:
         keys = [load_key(p) for p in self.paths(role)]
         if not keys:
-            raise KeyError_(
-                f"no {role} key in {self.folder(role)}; run 'parkwatch cloud keys init' "
-                f"(or mount the {role} key folder)"
-            )
+            raise KeyError_(missing_key_hint(role, self.folder(role)))
         return keys
+
+    def generate_named(self, name: str) -> RoleKey:
+        return generate_key(self.named_path(name))
+
+    def generate_at(self, path: Path) -> RoleKey:
+        return generate_key(path)
 
     def generate(self, role: str, count: int = 1) -> list[RoleKey]:
         existing = self.paths(role)
-        start = max((int(p.stem.rsplit("-", 1)[1]) for p in existing), default=0) + 1
+        start = max((int(p.stem.split("-", 1)[1]) for p in existing if not is_named(p)), default=0) + 1
         return [generate_key(key_path(self.folder(role), role, start + i)) for i in range(count)]
 
     def retire(self, key: RoleKey) -> Path:
         """Move a replaced key aside (``retired/``) rather than delete it: audits may need it."""
         dest = key.path.parent / "retired" / key.path.name
+        if dest.exists():  # a named key rotated before: keep both retired files
+            dest = dest.with_name(f"{key.path.stem}.{key.keyid[:12]}{KEY_SUFFIX}")
         dest.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(key.path, dest)
         return dest

@@ -43,7 +43,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from cloud.release.config import ReleaseConfig
 from cloud.release.errors import RepositoryError
-from cloud.release.keys import KeyStore, RoleKey
+from cloud.release.keys import KeyStore, RoleKey, is_named, untrusted
 from shared.atomic import atomic_write_bytes
 from shared.protocol.topics import check_segment
 
@@ -187,14 +187,53 @@ class TufRepository:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _signers(self, role: str, threshold: int) -> list[RoleKey]:
-        keys = self.keys.load(SIGNER_ROLE[role])
-        if len(keys) < threshold:
+    def trusted_keyids(self, role: str, root: Root | None = None, top: Targets | None = None) -> set[str]:
+        """The key ids a box accepts for ``role``: root's list, or the top-level delegation's."""
+        if role in (PIPELINE, ROLLOUT):
+            top = top or self.role(TOP).signed
+            assert top.delegations is not None and top.delegations.roles is not None
+            return set(top.delegations.roles[role].keyids)
+        root = root or self.root().signed
+        return set(root.roles[role].keyids)
+
+    def check_signers(self, role: str, keys: list[RoleKey]) -> None:
+        """Refuse keys root does not trust for ``role``, or fewer than its threshold: a box would
+        count their signatures as none ("targets was signed by 0/1 keys") and refuse every update."""
+        self._require()
+        root = self.root().signed
+        top = self.role(TOP).signed if role in (PIPELINE, ROLLOUT) else None
+        self._check_signers(role, keys, root, top, strict=True)
+
+    def _check_signers(
+        self, role: str, keys: list[RoleKey], root: Root, top: Targets | None, strict: bool
+    ) -> list[RoleKey]:
+        threshold = self._threshold(root, top, role)
+        trusted = self.trusted_keyids(role, root, top)
+        bad = untrusted(keys, trusted)
+        if bad and strict:
+            names = ", ".join(f"{k.path.name} (key id {k.keyid[:16]})" for k in bad)
             raise RepositoryError(
-                f"role {role} needs {threshold} signatures but only {len(keys)} "
-                f"{SIGNER_ROLE[role]} key(s) are available in {self.keys.folder(SIGNER_ROLE[role])}"
+                f"{names} is not a key the repository's root trusts for {role} (it trusts key id(s) "
+                f"{', '.join(sorted(i[:16] for i in trusted)) or 'none'}); boxes would refuse "
+                "everything it signs. Nothing was signed or recorded. Use the right key file, or have "
+                "the root key holder add one: 'parkwatch cloud keys add-approver NAME --reason ...'"
             )
-        return keys
+        good = [k for k in keys if k.keyid in trusted]
+        if len(good) < threshold:
+            extra = f"; not trusted by root: {', '.join(k.path.name for k in bad)}" if bad else ""
+            raise RepositoryError(
+                f"role {role} needs {threshold} signatures but only {len(good)} "
+                f"{SIGNER_ROLE[role]} key(s) are available in {self.keys.folder(SIGNER_ROLE[role])}{extra}"
+            )
+        return good
+
+    def _signers(
+        self, role: str, root: Root, top: Targets | None, keys: list[RoleKey] | None = None
+    ) -> list[RoleKey]:
+        """Explicit ``keys`` (an approver's own) must all be trusted; from the key folder, only the
+        trusted ones are used (a stray file signs nothing a box would count anyway)."""
+        strict = keys is not None
+        return self._check_signers(role, keys or self.keys.load(SIGNER_ROLE[role]), root, top, strict)
 
     @staticmethod
     def _sign(md: Metadata[Any], signers: Sequence[Signer]) -> None:
@@ -211,9 +250,17 @@ class TufRepository:
             return targets.delegations.roles[role].threshold
         return root.roles[role].threshold
 
-    def _sign_role(self, md: Metadata[Any], role: str, root: Root, top: Targets | None = None) -> None:
-        threshold = self._threshold(root, top, role)
-        self._sign(md, [k.signer for k in self._signers(role, threshold)])
+    def _sign_role(
+        self,
+        md: Metadata[Any],
+        role: str,
+        root: Root,
+        top: Targets | None = None,
+        keys: list[RoleKey] | None = None,
+    ) -> list[RoleKey]:
+        signers = self._signers(role, root, top, keys)
+        self._sign(md, [k.signer for k in signers])
+        return signers
 
     def init(self) -> dict[str, Any]:
         """Create version 1 of every role. Refuses to touch an existing repository."""
@@ -279,17 +326,18 @@ class TufRepository:
         self._sign_role(ts, "timestamp", root)
         self._write("timestamp.json", ts)
 
-    def _update_targets(self, role: str, mutate: Any) -> Metadata[Targets]:
+    def _update_targets(self, role: str, mutate: Any, keys: list[RoleKey] | None = None) -> Metadata[Targets]:
         """Apply ``mutate(targets)`` to a targets role, re-sign it, then snapshot and timestamp."""
         with self._locked():
             self._require()
             root = self.root().signed
             top = self.role(TOP)
             md = top if role == TOP else self.role(role)
+            self._signers(role, root, top.signed, keys)  # refuse before changing anything
             mutate(md.signed)
             md.signed.version += 1
             md.signed.expires = _expiry(self._role_expiry(role))
-            self._sign_role(md, role, root, top.signed)
+            self._sign_role(md, role, root, top.signed, keys)
             self._write(f"{md.signed.version}.{role}.json", md)
             snap = self.snapshot()
             snap.signed.meta[f"{role}.json"] = MetaFile(md.signed.version)
@@ -333,8 +381,11 @@ class TufRepository:
         self._update_targets(PIPELINE, mutate)
         return tf
 
-    def set_approval(self, version: str, stages: list[str]) -> TargetFile | None:
-        """Approver key: the stages ``version`` is approved for (empty list withdraws it)."""
+    def set_approval(
+        self, version: str, stages: list[str], keys: list[RoleKey] | None = None
+    ) -> TargetFile | None:
+        """Approver key: the stages ``version`` is approved for (empty list withdraws it), signed
+        with ``keys`` (one approver's own) or every trusted approver key in the folder."""
         bad = [s for s in stages if s not in STAGES]
         if bad:
             raise RepositoryError(f"unknown stage(s) {bad}; stages are {', '.join(STAGES)}")
@@ -352,7 +403,7 @@ class TufRepository:
             else:
                 t.targets.pop(path, None)
 
-        self._update_targets(TOP, mutate)
+        self._update_targets(TOP, mutate, keys)
         return tf if stages else None
 
     def set_group(self, group: str, version: str, required_stage: str) -> TargetFile:
@@ -403,6 +454,38 @@ class TufRepository:
             return ts
 
     # ---- key rotation ---------------------------------------------------------------------
+    def _renew_approver_keys(self, old: list[RoleKey]) -> list[RoleKey]:
+        """New approver keys: numbered ones get new numbers, a named one keeps its approver's
+        name (the old file moves to ``retired/`` first, its signer stays in memory)."""
+        numbered = [k for k in old if not is_named(k.path)]
+        new = self.keys.generate("approver", len(numbered)) if numbered else []
+        for k in old:
+            if is_named(k.path):
+                self.keys.retire(k)
+                new.append(self.keys.generate_at(k.path))
+        return new
+
+    def add_approver(self, name: str) -> RoleKey:
+        """A key of approver ``name``'s own (``approver-<name>.pem``) that root trusts for
+        approvals; root is re-signed with the root keys, boxes walk to the new root by themselves."""
+        path = self.keys.named_path(name)
+        if path.exists():
+            raise RepositoryError(
+                f"{path} exists already; 'parkwatch cloud keys rotate approver' replaces approver keys"
+            )
+        with self._locked():
+            self._require()
+            root_md = self.root()
+            root = root_md.signed
+            root_keys = self._check_signers("root", self.keys.load("root"), root, None, strict=False)
+            key = self.keys.generate_at(path)
+            root.add_key(key.public, "targets")
+            root.version += 1
+            self._sign(root_md, [k.signer for k in root_keys])
+            self._write(f"{root.version}.root.json", root_md)
+            self._write("root.json", root_md)
+        return key
+
     def rotate(self, key_role: str) -> dict[str, Any]:
         """Replace every key of ``key_role`` with a fresh one and re-sign what it signs.
 
@@ -417,7 +500,10 @@ class TufRepository:
             root_md = self.root()
             root = root_md.signed
             count = len(old)
-            new = self.keys.generate(key_role, count)
+            if key_role == "approver":
+                new = self._renew_approver_keys(old)
+            else:
+                new = self.keys.generate(key_role, count)
             if key_role in ("root", "approver", "snapshot", "timestamp"):
                 md_role = next(r for r, k in SIGNER_ROLE.items() if k == key_role)
                 for k in old:
@@ -433,7 +519,8 @@ class TufRepository:
                 self._write(f"{root.version}.root.json", root_md)
                 self._write("root.json", root_md)
         for k in old:
-            self.keys.retire(k)
+            if k.path.exists():  # a named approver key was moved aside already
+                self.keys.retire(k)
         if key_role == "approver":
             self._update_targets(TOP, lambda t: None)
         elif key_role in (PIPELINE, ROLLOUT):

@@ -27,6 +27,7 @@ from cloud.release.channel import (
 )
 from cloud.release.errors import ReleaseError
 from cloud.release.responder import Responder
+from cloud.release.store import read_membership
 from cloud.release.watch import HealthSample, judge, progress
 from shared.protocol import ModelState, ProtocolError, Telemetry, Topics, decode
 
@@ -42,7 +43,16 @@ class ReleaseService:
         self.cfg = cfg
         self.client: mqtt.Client | None = None
         self.channel: ReleaseChannel | None = None
-        self.responder = Responder(cfg.repo_dir, cfg.release.chunk_bytes, cfg.release.responder_workers)
+        rel = cfg.release
+        self.responder = Responder(
+            cfg.repo_dir,
+            rel.chunk_bytes,
+            rel.responder_workers,
+            membership=lambda: read_membership(cfg.data_dir),  # provisioned groups, never claimed
+            rate_per_device=rel.responder_rate_per_device,
+            burst=rel.responder_burst,
+            queue_per_device=rel.responder_queue_per_device,
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,7 +71,7 @@ class ReleaseService:
                 "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
                 self.cfg.repo_dir,
             )
-        c = make_client(self.cfg.mqtt, self.cfg.release.client_id)
+        c = make_client(self.cfg.mqtt, self.cfg.client_id("release"))
         c.max_inflight_messages_set(200)
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._connected.clear()
@@ -161,6 +171,7 @@ class ReleaseService:
         if not ch.repo.exists():
             return
         ch.repo.refresh()
+        ch.checkpoint_audit()  # entries from other writers (alerts, dashboard users) too
         ts_version = ch.repo.timestamp().signed.version
         for group, version in ch.repo.groups().items():
             if self._published.get(group, (None, -1))[0] != version:
@@ -176,7 +187,7 @@ class ReleaseService:
             if r is None or r.status not in ("in_progress", "succeeded"):
                 continue
             members = ch.members(group)
-            prog = progress(r.version, members, states)
+            prog = progress(r.version, members, states, since_ts=r.started_ts)
             samples = [s for m in members for s in self._health.get(m, ())]
             verdict = judge(r.version, r.started_ts, now, prog, samples, self.cfg.release)
             if (prog.total, prog.active) != (r.devices_total, r.devices_active):
@@ -185,11 +196,18 @@ class ReleaseService:
                 ch.rollouts.set_status(
                     r.id, "succeeded", f"{prog.active}/{prog.total} active", prog.total, prog.active
                 )
+                back = r.kind != "rollout"
                 ch.audit.append(
                     "release-service",
-                    "rollout-succeeded",
+                    "rollback-succeeded" if back else "rollout-succeeded",
                     f"group:{group}",
-                    {"version": r.version, "devices": prog.total, "rollout_id": r.id},
+                    {
+                        "version": r.version,
+                        "kind": r.kind,
+                        "devices": prog.total,
+                        "rollout_id": r.id,
+                        **({"rolled_back_from": ch.rolled_back_from(r)} if back else {}),
+                    },
                 )
             elif verdict.action == "rollback" and self.cfg.release.auto_rollback:
                 if r.previous_version is None:

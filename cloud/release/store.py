@@ -4,6 +4,13 @@
   because "a successful staging rollout" is part of the approval rules;
 * the latest ``model/state`` of every device and the provisioned devices live in
   ``<data_dir>/release.db`` (WAL), written by ``cloud serve`` and read by ``rollout status``.
+
+A device's group is what provisioning (``devices add``) gave it, stored once in the ``devices``
+table beside its credential, and read through :meth:`DeviceStates.membership` (or
+:func:`read_membership`) by rollout status, automatic rollback, governance and the dashboard. The
+group a device names in its own model-state or status messages is never used for a decision: a
+box holding valid credentials could otherwise claim any group (a forged self-test failure from a
+staging box would roll production back; a fake member would keep a rollout from succeeding).
 """
 
 from __future__ import annotations
@@ -209,6 +216,16 @@ class DeviceStates:
         args = [group] if group else []
         return list(self.db.table("devices").rows_where(where, args, order_by="site, device"))
 
+    def membership(self) -> dict[str, str]:
+        """THE device-to-group map: ``"site/device" -> group`` of every provisioned, unrevoked device."""
+        return {
+            f"{r['site']}/{r['device']}": r["grp"]
+            for r in self.db.execute(
+                "SELECT site, device, grp FROM devices WHERE revoked = 0 ORDER BY site, device"
+            ).fetchall()
+            for r in [dict(zip(("site", "device", "grp"), r, strict=True))]
+        }
+
     def add_device(self, site: str, device: str, group: str, username: str, pw_hash: str) -> None:
         self.db.table("devices").upsert(
             {
@@ -241,3 +258,12 @@ class DeviceStates:
 
     def close(self) -> None:
         self.db.close()
+
+
+def read_membership(data_dir: Path) -> dict[str, str]:
+    """:meth:`DeviceStates.membership` for a reader outside the release channel (governance, fleet)."""
+    states = DeviceStates(Path(data_dir) / "release.db")
+    try:
+        return states.membership()
+    finally:
+        states.close()

@@ -4,8 +4,11 @@ Inputs are plain data (device states, telemetry samples), so every rule is unit-
 the component that feeds them (service.ReleaseService) holds no policy of its own.
 
 Rolled back automatically, within ``release.watch_window_s`` of the rollout's start, when:
-* at least ``max_self_test_failures`` devices of the group report ``failed: self-testing ...``
-  for the version, or
+* at least ``max_self_test_failures`` devices of the group report ``failed`` for the rollout:
+  a self-test failure, or a refusal (untrusted signature, expired metadata, hash mismatch...)
+  that a box reports before it even knows the version (its ``version`` is then empty, so it is
+  matched by time: reported after the rollout started). A download that failed is not counted:
+  the box retries it by itself. Or
 * post-deploy health on the new version breaks a threshold: inference errors grew by more than
   ``max_inference_errors`` on a device, the group's median p99 latency exceeds
   ``max_latency_p99_ms``, or the group's mean abstain rate rose by more than
@@ -47,8 +50,26 @@ class Verdict:
     reason: str | None = None
 
 
-def progress(version: str, members: Iterable[str], states: Mapping[str, Mapping[str, Any]]) -> Progress:
-    """Count a group's devices: ``members`` are device keys, ``states`` their latest model/state."""
+# A failure at this stage is retried by the box itself; it says nothing about the release.
+TRANSIENT_FAILURE = ("downloading",)
+
+
+def counts_against(f: Mapping[str, Any]) -> bool:
+    return not str(f.get("reason") or "").startswith(TRANSIENT_FAILURE)
+
+
+def progress(
+    version: str,
+    members: Iterable[str],
+    states: Mapping[str, Mapping[str, Any]],
+    *,
+    since_ts: float | None = None,
+) -> Progress:
+    """Count a group's devices: ``members`` are device keys, ``states`` their latest model/state.
+
+    A ``failed`` state counts for ``version`` when it names it, or names no version at all (a
+    TUF refusal happens before the box reads the version) and was reported at or after
+    ``since_ts`` (the rollout's start), so an old refusal is not blamed on a new rollout."""
     total = active = 0
     failed: list[dict[str, Any]] = []
     by_state: dict[str, int] = {}
@@ -62,9 +83,17 @@ def progress(version: str, members: Iterable[str], states: Mapping[str, Mapping[
         by_version[running] = by_version.get(running, 0) + 1
         if st and st["state"] == "active" and st.get("active_version") == version:
             active += 1
-        elif st and st["state"] == "failed" and st.get("version") == version:
-            failed.append({"device": key, "reason": st.get("reason"), "ts": st.get("ts")})
+        elif st and st["state"] == "failed" and _about(st, version, since_ts):
+            failed.append(
+                {"device": key, "reason": st.get("reason"), "ts": st.get("ts"), "version": st.get("version")}
+            )
     return Progress(total, active, failed, by_state, by_version)
+
+
+def _about(st: Mapping[str, Any], version: str, since_ts: float | None) -> bool:
+    if st.get("version") == version:
+        return True
+    return not st.get("version") and (since_ts is None or float(st.get("ts") or 0) >= since_ts)
 
 
 def health_breach(
@@ -113,10 +142,15 @@ def judge(
     cfg: ReleaseConfig,
 ) -> Verdict:
     in_window = now - started_ts <= cfg.watch_window_s
-    self_test = [f for f in prog.failed if str(f.get("reason") or "").startswith("self-testing")]
-    if in_window and len(self_test) >= cfg.max_self_test_failures:
-        names = ", ".join(f"{f['device']} ({f['reason']})" for f in self_test[:3])
-        return Verdict("rollback", f"{len(self_test)} device(s) failed the self-test of {version}: {names}")
+    refused = [f for f in prog.failed if counts_against(f)]
+    if in_window and len(refused) >= cfg.max_self_test_failures:
+        names = ", ".join(f"{f['device']} ({f['reason']})" for f in refused[:3])
+        what = (
+            "failed the self-test of"
+            if all(str(f.get("reason") or "").startswith("self-testing") for f in refused)
+            else "failed or refused"
+        )
+        return Verdict("rollback", f"{len(refused)} device(s) {what} {version}: {names}")
     if in_window:
         breach = health_breach(version, started_ts, samples, cfg)
         if breach:

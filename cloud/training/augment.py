@@ -14,7 +14,10 @@ import numpy as np
 
 from edge.preprocess import U8
 
-AUG_VERSION = "aug-v1"  # bump when the recipe changes: it is part of the feature-cache key
+AUG_VERSION = "aug-v2"  # bump when the recipe changes: it is part of the feature-cache key
+
+
+IR_PROB = 1 / 3
 
 
 def view_rng(seed: int, sha256: str, view: int) -> np.random.Generator:
@@ -23,7 +26,9 @@ def view_rng(seed: int, sha256: str, view: int) -> np.random.Generator:
 
 
 def augment(img: U8, rng: np.random.Generator) -> U8:
-    """Random resized crop (50-100 % of the area), horizontal flip, brightness/contrast/saturation."""
+    """Random resized crop (50-100 % of the area), horizontal flip, brightness/contrast/saturation,
+    and in a third of the views a night (IR) look: greyscale with its own gamma and contrast, so
+    the head has seen pets without colour before a camera switches to infrared."""
     h, w = img.shape[:2]
     area = h * w
     for _ in range(10):
@@ -42,6 +47,10 @@ def augment(img: U8, rng: np.random.Generator) -> U8:
     sat = rng.uniform(0.7, 1.3)
     grey = out.mean(axis=2, keepdims=True)
     out = grey + (out - grey) * sat
+    if rng.random() < IR_PROB:
+        lum = out[..., 2:3] * 0.299 + out[..., 1:2] * 0.587 + out[..., 0:1] * 0.114  # BGR
+        lum = 255.0 * (np.clip(lum, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
+        out = np.repeat(lum, 3, axis=2)
     return np.ascontiguousarray(np.clip(out, 0, 255).astype(np.uint8))
 
 

@@ -21,6 +21,7 @@ LABELS = ("cat", "dog")
 # ImageNet-1k classes grouped for the untrained baseline: 281-285 are domestic cats, 151-268 dogs.
 IMAGENET_CAT = tuple(range(281, 286))
 IMAGENET_DOG = tuple(range(151, 269))
+IMAGENET_PET = IMAGENET_DOG + IMAGENET_CAT
 
 # EfficientNet-Lite was trained with (x - 127) / 128, i.e. mean 127/255 and std 128/255 after
 # scaling to [0, 1]; on the sample this gives the untrained baseline ~1.5 points more than the
@@ -105,19 +106,57 @@ def make_head(hidden: int, dropout: float, n_classes: int = len(LABELS)) -> nn.M
     )
 
 
-class Classifier(nn.Module):
-    """Backbone + head + softmax: the exact graph that is exported, so the ONNX file emits probabilities."""
+class PetScore(nn.Module):
+    """The backbone's own ImageNet head, reduced to one number: the softmax mass on dogs and cats.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    It was trained on 1.28 M photos of 1000 things, 995 of which are not cats or dogs, so it
+    knows what a bench, a bicycle or a heron is without any ``none`` photos of ours; that is
+    what lets a model trained on cat/dog alone still reject a frame with no pet.
+    """
+
+    def __init__(self, fc: nn.Linear) -> None:
+        super().__init__()
+        self.fc = fc
+        self.pet_idx: torch.Tensor
+        self.register_buffer("pet_idx", torch.tensor(IMAGENET_PET, dtype=torch.long))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.fc(feats), dim=1)
+        return p.index_select(1, self.pet_idx).sum(dim=1).clamp(0.0, 1.0)
+
+
+def pet_score_np(fc_weight: Any, fc_bias: Any, feats: Any) -> Any:
+    """The same pet score from cached features in numpy (threshold selection without torch runs)."""
+    import numpy as np
+
+    logits = feats @ fc_weight.T + fc_bias
+    logits = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e[:, list(IMAGENET_PET)].sum(axis=1) / e.sum(axis=1)).astype(np.float32)
+
+
+class Classifier(nn.Module):
+    """Backbone + head + softmax: the exact graph that is exported, so the ONNX file emits probabilities.
+
+    With ``pet_score`` it also emits the backbone's ImageNet pet score, computed from the same
+    pooled features in the same graph (one pass, two outputs).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, pet_score: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.pet = PetScore(backbone._fc) if pet_score else None  # type: ignore[arg-type]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(pooled_features(self.backbone, x)), dim=1)
+    def forward(self, x: torch.Tensor) -> Any:
+        feats = pooled_features(self.backbone, x)
+        probs = torch.softmax(self.head(feats), dim=1)
+        if self.pet is None:
+            return probs
+        return probs, self.pet(feats)
 
 
-def baseline_classifier() -> Classifier:
+def baseline_classifier(pet_score: bool = True) -> Classifier:
     backbone = load_backbone()
     fc: Any = backbone._fc
-    return Classifier(backbone, GroupedImageNetHead(fc)).eval()
+    return Classifier(backbone, GroupedImageNetHead(fc), pet_score=pet_score).eval()

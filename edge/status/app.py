@@ -5,8 +5,9 @@
 or a stand-in built from real parts in tests), ``token`` the shared secret.
 
 Routes: ``/`` (HTML), ``/api/status`` (JSON), ``/cameras/{id}/frame.jpg`` (latest classified
-frame with the prediction drawn on it), ``/metrics`` (Prometheus text), ``/healthz`` (open:
-load balancers and ``systemctl`` probes need no secret; it reveals only ok/not ok).
+frame with the camera's zones, the prediction's pet regions and its label drawn on it),
+``/metrics`` (Prometheus text), ``/healthz`` (open: load balancers and ``systemctl`` probes need
+no secret; it reveals only ok/not ok).
 Everything else needs the token: ``Authorization: Bearer …``, the ``parkwatch_token`` cookie,
 or ``?token=…`` once (which sets the cookie, so a technician pastes one link).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hmac
 import html
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +38,8 @@ class StatusSource(Protocol):
 
     def camera_view(self, camera_id: str) -> Any: ...
 
+    # optional: ``retry_camera(id) -> bool | None`` (None: no such camera) enables "retry now"
+
 
 def _ago(ts: float | None) -> str:
     if not ts:
@@ -52,18 +56,60 @@ def _clock(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def draw_prediction(image: np.ndarray, pred: dict[str, Any] | None, flags: list[str]) -> bytes:
-    """JPEG of ``image`` with label, confidence and integrity flags written on a dark band."""
-    img = image.copy()
+LABEL_COLOURS = {"cat": (0, 165, 255), "dog": (255, 120, 60)}  # BGR: orange, blue
+ZONE_COLOUR = (230, 230, 0)  # cyan
+
+
+def _text(
+    img: np.ndarray, text: str, org: tuple[int, int], scale: float, colour: tuple[int, int, int]
+) -> None:
+    """Text with a dark outline, readable on any part of a frame."""
+    thick = max(int(2 * scale), 1)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, text, org, font, 0.7 * scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, org, font, 0.7 * scale, colour, thick, cv2.LINE_AA)
+
+
+def draw_prediction(
+    image: np.ndarray,
+    pred: dict[str, Any] | None,
+    flags: list[str],
+    zones: Sequence[Any] = (),
+) -> bytes:
+    """JPEG of ``image`` with the camera's zones (cyan outlines, named), the regions of the last
+    prediction that held a pet (a box per region with its label and confidence), and a band with
+    the frame's label (a pet, ``none`` or ``abstain``), ``IR`` for a night frame, and the integrity
+    flags. Zones are ``edge.perception.regions.Zone`` (``name``, ``points`` in frame pixels)."""
+    img = np.ascontiguousarray(image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)).copy()
     w = img.shape[1]
     scale = max(w / 640, 0.5)
+    line = max(int(2 * scale), 1)
     band = int(36 * scale)
+    below_band = band + int(24 * scale)  # labels of boxes at the top edge go under the band
+    for z in zones:
+        pts = np.array([[round(x), round(y)] for x, y in z.points], dtype=np.int32)
+        cv2.polylines(img, [pts], isClosed=True, color=ZONE_COLOUR, thickness=line, lineType=cv2.LINE_AA)
+        x0, y0 = int(pts[:, 0].min()), int(pts[:, 1].min())
+        _text(img, f"zone {z.name}", (x0 + 4, max(y0 + int(22 * scale), below_band)), scale, ZONE_COLOUR)
+    for r in (pred or {}).get("regions") or []:
+        x, y, bw, bh = (int(v) for v in r["box"])
+        colour = LABEL_COLOURS.get(r["label"], (80, 220, 80))
+        cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), colour, line + 1)
+        label = f"{r['label']} {r['confidence'] * 100:.0f}%"
+        _text(img, label, (x + 4, max(y + int(24 * scale), below_band)), scale, colour)
     cv2.rectangle(img, (0, 0), (w, band), (0, 0, 0), -1)
     if pred is None:
         text, colour = "no prediction (no model?)", (200, 200, 200)
     else:
         text = f"{pred['label']} {pred['confidence'] * 100:.0f}%"
-        colour = (0, 200, 255) if pred.get("abstain") else (80, 220, 80)
+        if pred.get("abstain"):
+            colour = (0, 200, 255)
+        elif pred["label"] == "none":
+            colour = (200, 200, 200)
+        else:
+            colour = (80, 220, 80)
+        if pred.get("ir"):
+            text += "  IR"
     if flags:
         text += "  [" + ", ".join(flags) + "]"
         colour = (0, 140, 255)
@@ -126,9 +172,10 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        snap = source.snapshot()
-        ok = bool(snap.get("healthy"))
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+        failing = health_failures(source.snapshot())
+        if not failing:
+            return JSONResponse({"ok": True})
+        return JSONResponse({"ok": False, "failing": failing}, status_code=503)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -146,14 +193,40 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
         view = source.camera_view(camera_id)
         if view is None:
             return PlainTextResponse(f"no frame from camera {camera_id} yet", status_code=404)
-        jpg = draw_prediction(view.frame.image, view.prediction, view.flags)
+        jpg = draw_prediction(view.frame.image, view.prediction, view.flags, getattr(view, "zones", ()))
         return Response(jpg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.post("/cameras/{camera_id}/retry")
+    def retry(camera_id: str, request: Request) -> Response:
+        """Try a failing camera again now instead of after its backoff (a power-cycled camera
+        waited 54 s). Token-protected like every route but /healthz; the cookie is SameSite."""
+        fn = getattr(source, "retry_camera", None)
+        result = fn(camera_id) if fn is not None else None
+        if result is None:
+            return JSONResponse({"ok": False, "error": f"no camera {camera_id!r}"}, status_code=404)
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/", status_code=303)
+        return JSONResponse({"ok": True, "retrying": result})
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(render_metrics(source.snapshot()), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def health_failures(snap: dict[str, Any]) -> list[str]:
+    """What makes the quick check fail: a box classifies nothing without its loop, a model, or
+    one camera giving frames. Names only (``/healthz`` needs no token)."""
+    failing = []
+    if not snap.get("healthy"):
+        failing.append("inference-loop")
+    if snap.get("model") is None:
+        failing.append("model")
+    cams = snap.get("cameras", [])
+    if not any(c["state"] in ("streaming", "stalled") for c in cams):
+        failing.append("cameras")
+    return failing
 
 
 def verdict(snap: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +238,12 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
     if snap.get("model") is None:
         problems.append("no model is loaded: predictions cannot be made")
     if not snap["broker"]["connected"]:
-        warnings.append("not connected to the cloud broker: predictions are kept in the outbox")
+        why = snap["broker"].get("last_error")
+        warnings.append(
+            "not connected to the cloud broker"
+            + (f" ({why})" if why else "")
+            + ": predictions are kept in the outbox"
+        )
     for cam in snap.get("cameras", []):
         if cam["state"] in ("offline", "reconnecting"):
             problems.append(f"camera {cam['id']} is {cam['state']}")
@@ -173,11 +251,30 @@ def verdict(snap: dict[str, Any]) -> dict[str, Any]:
             warnings.append(f"camera {cam['id']} is stalled (no frames)")
         for f in cam.get("flags") or []:
             warnings.append(f"camera {cam['id']}: {f}")
+    # Counters only ever grow: warn on what happened lately (snap["recent"]), so the banner
+    # returns to green once the cause is gone; the lifetime totals stay in the tables below.
     ob = snap["outbox"]
-    if ob["write_errors"]:
-        problems.append(f"outbox write errors: {ob['write_errors']} ({ob.get('last_error') or ''})")
-    if ob["evicted_total"]:
-        warnings.append(f"{ob['evicted_total']} prediction(s) evicted by the outbox bound")
+    und = ob.get("undelivered")
+    if und and snap["broker"]["connected"]:
+        what = (
+            "broker has no subscriber for predictions"
+            if und["no_subscriber"]
+            else f"broker does not accept predictions ({und['reason']})"
+        )
+        warnings.append(f"{what}; {ob['backlog']} waiting, retrying in {und['retry_in_s']:.0f} s")
+    recent = snap.get("recent") or {}
+    minutes = f"{recent.get('window_s', 600) / 60:.0f} min"
+    if recent.get("write_errors"):
+        problems.append(
+            f"{recent['write_errors']} outbox write error(s) in the last {minutes} "
+            f"({ob.get('last_error') or ''})"
+        )
+    if recent.get("lost_predictions"):
+        problems.append(f"{recent['lost_predictions']} prediction(s) lost in the last {minutes} (disk full?)")
+    if recent.get("evicted"):
+        warnings.append(
+            f"{recent['evicted']} prediction(s) evicted by the outbox bound in the last {minutes}"
+        )
     level = "bad" if problems else "warn" if warnings else "ok"
     return {
         "level": level,

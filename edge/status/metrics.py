@@ -64,10 +64,14 @@ def render_metrics(s: dict[str, Any]) -> str:
     o.add(
         "lost_predictions_total",
         "counter",
-        "predictions lost because the outbox could not be written",
+        "predictions lost: the outbox could not be written, or one could not be built",
         inf["lost_predictions"],
     )
     o.add("skipped_static_total", "counter", "frames skipped by motion gating", inf["skipped_static"])
+    o.add("regions_total", "counter", "regions (model inputs) classified", inf.get("regions_run"))
+    o.add("pet_regions_total", "counter", "regions reported as holding a pet", inf.get("pet_regions"))
+    o.add("abstain_rate", "gauge", "share of classified frames that abstained", inf.get("abstain_rate"))
+    o.add("none_rate", "gauge", "share of classified frames sure to hold no pet", inf.get("none_rate"))
     for q, v in (inf.get("latency_ms") or {}).items():
         o.add("latency_ms", "gauge", "frame-to-result latency percentiles", v, {"quantile": q})
     model = s.get("model")
@@ -98,6 +102,14 @@ def render_metrics(s: dict[str, Any]) -> str:
             lab,
         )
         o.add("camera_reconnects_total", "counter", "reconnections after a failure", cam["reconnects"], lab)
+        for kind, n in (cam.get("refused") or {}).items():
+            o.add(
+                "camera_refused_frames_total",
+                "counter",
+                "frames refused before decoding (too many pixels, bad shape, ...)",
+                n,
+                {**lab, "kind": kind},
+            )
         for flag, n in (cam.get("integrity") or {}).items():
             if flag != "frames":
                 o.add(

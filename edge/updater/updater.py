@@ -28,6 +28,7 @@ from edge.updater.selftest import load_candidate, run_self_test
 from edge.updater.transport import UpdateChannel
 from shared.atomic import atomic_write_json
 from shared.modelpkg import PackageError, verify_package
+from shared.pkgtar import extract_package
 from shared.protocol import ModelState
 
 log = logging.getLogger("parkwatch.edge.updater")
@@ -263,10 +264,9 @@ class ModelUpdater:
         dest = self.models_dir / version
         tmp = self.models_dir / f".{version}.unpacking"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with tarfile.open(tar_path, "r:*") as tar:
-                tar.extractall(tmp, filter="data")
+            extract_package(tar_path, tmp)  # bounded by the manifest's sizes, refused early
             manifest = verify_package(tmp)
         except (tarfile.TarError, OSError, PackageError) as e:
             shutil.rmtree(tmp, ignore_errors=True)

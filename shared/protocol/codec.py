@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from pydantic import ValidationError
 
+from shared.protocol.bounds import problem
 from shared.protocol.errors import InvalidPayload, MalformedPayload, PayloadTooLarge, UnsupportedSchema
 from shared.protocol.messages import (
+    PREDICTION_SCHEMAS,
     SCHEMA_VERSION,
+    TELEMETRY_SCHEMAS,
     Alert,
+    CloudCapabilities,
     DeviceStatus,
     Message,
     ModelState,
@@ -35,6 +40,12 @@ MODEL_FOR_KIND: dict[Kind, type[Message]] = {
     Kind.UPDATE_RESPONSE: UpdateResponse,
     Kind.RELEASE: ReleaseNotice,
     Kind.ALERT: Alert,
+    Kind.CAPABILITIES: CloudCapabilities,
+}
+# The schema versions this build accepts per kind (all others: SCHEMA_VERSION only).
+SCHEMAS_FOR_KIND: dict[Kind, tuple[int, ...]] = {
+    Kind.PREDICTIONS: PREDICTION_SCHEMAS,
+    Kind.TELEMETRY: TELEMETRY_SCHEMAS,
 }
 
 
@@ -60,14 +71,19 @@ def decode(
         # json.loads + model_validate). The payload must also have *said* its schema version.
         msg = model.model_validate_json(raw)
         if "schema_version" not in msg.model_fields_set:
-            raise UnsupportedSchema(f"{topic}: schema None is not supported (this build speaks 1)")
+            raise UnsupportedSchema(f"{topic}: schema None is not supported ({_speaks(parsed.kind)})")
     except ValidationError:
         # Slow path only to tell the sender precisely what is wrong, by kind.
-        msg = _validate_slowly(topic, raw, model)
+        msg = _validate_slowly(topic, raw, model, parsed.kind)
     return _check_scope(topic, parsed, msg)
 
 
-def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
+def _speaks(kind: Kind) -> str:
+    versions = SCHEMAS_FOR_KIND.get(kind, (SCHEMA_VERSION,))
+    return "this build speaks " + " and ".join(str(v) for v in versions)
+
+
+def _validate_slowly(topic: str, raw: bytes, model: type[Message], kind: Kind) -> Message:
     try:
         obj: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -77,8 +93,8 @@ def _validate_slowly(topic: str, raw: bytes, model: type[Message]) -> Message:
     if not isinstance(obj, dict):
         raise MalformedPayload(f"{topic}: payload must be a JSON object")
     version = obj.get("schema")
-    if version != SCHEMA_VERSION:
-        raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported (this build speaks 1)")
+    if type(version) is not int or version not in SCHEMAS_FOR_KIND.get(kind, (SCHEMA_VERSION,)):
+        raise UnsupportedSchema(f"{topic}: schema {version!r} is not supported ({_speaks(kind)})")
     try:
         return model.model_validate(obj)
     except ValidationError as e:
@@ -93,6 +109,10 @@ def _check_scope(topic: str, parsed: ParsedTopic, msg: Message) -> tuple[ParsedT
         device = getattr(msg, "device", parsed.device)
         if (site, device) != (parsed.site, parsed.device):
             raise InvalidPayload(f"{topic}: payload names {site}/{device}, topic another device")
+        # What a device sends is also bounded (timestamps, ids, sizes): see bounds.py.
+        why = problem(msg, time.time())
+        if why is not None:
+            raise InvalidPayload(f"{topic}: {why}")
     if parsed.group is not None and getattr(msg, "group", parsed.group) != parsed.group:
         raise InvalidPayload(f"{topic}: payload names another group")
     return parsed, msg

@@ -26,6 +26,7 @@ class Kind(StrEnum):
     UPDATE_RESPONSE = "update/response"
     RELEASE = "release"
     ALERT = "alert"
+    CAPABILITIES = "cloud/capabilities"
 
 
 _DEVICE_KINDS = {
@@ -71,6 +72,7 @@ class Topics:
     ALL_SNAPSHOTS = f"{ROOT}/dev/+/+/snapshot"
     ALL_UPDATE_REQUESTS = f"{ROOT}/dev/+/+/update/request"
     ALL_ALERTS = f"{ROOT}/alerts/+"
+    CAPABILITIES = f"{ROOT}/cloud/capabilities"  # retained by the cloud; every device may read it
 
     @staticmethod
     def device(site: str, device: str, kind: Kind) -> str:
@@ -108,6 +110,8 @@ def parse_topic(topic: str) -> ParsedTopic:
             return ParsedTopic(kind=Kind.RELEASE, group=rest[1])
         elif rest[0] == "alerts" and len(rest) == 2 and _SEGMENT.match(rest[1]):
             return ParsedTopic(kind=Kind.ALERT, site=rest[1])
+        elif rest == ["cloud", "capabilities"]:
+            return ParsedTopic(kind=Kind.CAPABILITIES)
     except IndexError:
         pass
     raise UnknownTopic(f"topic {topic!r} is not a parkwatch v1 topic")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import Response
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.regions import decorate
 from cloud.dashboard.views.fleet import health_class
 from cloud.dashboard.web import render, require, services
 
@@ -19,6 +21,7 @@ router = APIRouter()
 
 WINDOWS = {"1h": 3600.0, "6h": 6 * 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 MAX_POINTS = 720
+RECENT_PREDICTIONS = 20
 
 _SERIES_SQL = (
     "SELECT min(ts) AS ts, avg(cpu_percent) AS cpu_percent, max(temp_max) AS temp_max, "
@@ -57,7 +60,25 @@ def telemetry_series(store: Any, device: str, since: float, span_s: float) -> li
     return rows
 
 
-def device_charts(rows: list[dict[str, Any]], cfg_analysis: Any) -> list[tuple[str, Any]]:
+def fps_floor(values: list[float], z: float, history: int) -> float | None:
+    """Where ``telemetry_anomaly`` starts flagging a box's frame rate: the median of its last
+    ``history`` samples minus ``z`` robust SDs (1.4826 x MAD); None with too little history."""
+    recent = [v for v in values if v is not None][-history:]
+    if len(recent) < 5:
+        return None
+    med = statistics.median(recent)
+    mad = statistics.median(abs(v - med) for v in recent) * 1.4826
+    scale = mad if mad >= 1e-9 else max(abs(med) * 0.01, 1.0)  # as robust_z does for a flat history
+    return max(med - z * scale, 0.0)
+
+
+def device_charts(
+    rows: list[dict[str, Any]], cfg_analysis: Any, max_latency_p99_ms: float | None = None
+) -> list[tuple[str, Any]]:
+    """The device page's charts, each with the limit that judges it as a dashed line: CPU,
+    temperature and memory from ``[analysis]``, p99 latency from ``release.max_latency_p99_ms``
+    (a rollout is rolled back above it), frames per second from the ``telemetry_anomaly`` rule."""
+
     def s(label: str, col: str) -> Series:
         return Series(label, [(r["ts"], r[col]) for r in rows if r.get(col) is not None])
 
@@ -65,6 +86,11 @@ def device_charts(rows: list[dict[str, Any]], cfg_analysis: Any) -> list[tuple[s
     for r in rows:
         for cam, c in (r.get("cameras") or {}).items():
             fps.setdefault(cam, []).append((r["ts"], float(c.get("fps", 0.0))))
+    floor = fps_floor(
+        [r["inference_fps"] for r in rows if r.get("inference_fps") is not None],
+        cfg_analysis.anomaly_z,
+        cfg_analysis.anomaly_history,
+    )
     charts = [
         line_chart(
             [s("CPU", "cpu_percent")],
@@ -89,13 +115,18 @@ def device_charts(rows: list[dict[str, Any]], cfg_analysis: Any) -> list[tuple[s
             thresholds=[("limit", cfg_analysis.max_memory_percent)],
         ),
         line_chart(
-            [s("p50", "latency_p50"), s("p99", "latency_p99")], title="Inference latency", unit="ms", y_min=0
+            [s("p50", "latency_p50"), s("p99", "latency_p99")],
+            title="Inference latency",
+            unit="ms",
+            y_min=0,
+            thresholds=[("p99 limit (rollback)", max_latency_p99_ms)] if max_latency_p99_ms else [],
         ),
         line_chart(
             [Series(cam, pts) for cam, pts in sorted(fps.items())] or [s("all cameras", "inference_fps")],
             title="Frames per second per camera",
             unit="fps",
             y_min=0,
+            thresholds=[("anomaly limit (box)", floor)] if floor is not None else [],
         ),
     ]
     titles = ("CPU", "Temperature", "Memory", "Inference latency p50 / p99", "Frames per second per camera")
@@ -119,6 +150,7 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         alerts_error = None
     except ServiceUnavailable as e:
         alerts, alerts_error = [], str(e)
+    recent = [decorate(p) for p in store.predictions(device=device, limit=RECENT_PREDICTIONS)]
     return render(
         request,
         "device.html.j2",
@@ -126,7 +158,7 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         d=dev,
         window=window,
         windows=list(WINDOWS),
-        charts=device_charts(rows, svc.cfg.analysis),
+        charts=device_charts(rows, svc.cfg.analysis, svc.cfg.release.max_latency_p99_ms),
         n_points=sum(r["samples"] for r in rows),
         latest=latest,
         model_states=store.model_states(device, limit=50),
@@ -134,7 +166,17 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         gaps=store.gaps(device),
         alerts=alerts,
         alerts_error=alerts_error,
+        outcomes=store.outcomes(device=device, since=now - span),
+        recent=recent,
+        drift=_latest_drift(store, device),
+        min_samples=svc.cfg.analysis.min_samples,
     )
+
+
+def _latest_drift(store: Any, device: str) -> dict[str, Any] | None:
+    """The newest analysis figures of this device (per lighting mode in ``details.modes``)."""
+    rows = store.drift_results(device=device, limit=1)
+    return rows[0] if rows else None
 
 
 def _alerts_for(svc: Any, device: str) -> list[dict[str, Any]]:

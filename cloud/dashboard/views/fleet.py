@@ -83,7 +83,9 @@ def fleet_rows(
         d["cameras"] = _camera_states(latest)
     if live_sort:
         rows = _sorted(rows, sort, desc)[size * (page - 1) : size * page]
+    seen = store.outcomes_by_device([d["device"] for d in rows], since=now - TREND_WINDOW_S)
     for d in rows:
+        d["outcomes"] = seen.get(d["device"])
         trend = store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
         d["cpu_spark"] = sparkline([t["cpu_percent"] for t in trend], label=f"CPU % last hour, {d['device']}")
         d["temp_spark"] = sparkline(
@@ -95,6 +97,7 @@ def fleet_rows(
     return {
         "rows": rows,
         "counts": counts,
+        "outcomes": store.outcomes(since=now - TREND_WINDOW_S),
         "sites": sites,
         "healths": healths,
         "pages": pages,

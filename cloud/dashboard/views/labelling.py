@@ -1,4 +1,5 @@
-"""Labelling: the low-confidence snapshots boxes kept, labelled cat / dog / neither.
+"""Labelling: the low-confidence snapshots boxes kept, labelled cat / dog / none (no cat or dog;
+``neither``, its older name, is still accepted and stored as ``none``).
 
 Privacy (GDPR; CCTV frames can show people): a snapshot is shown only if its site is listed in
 ``[dashboard] snapshot_sites`` — the cloud half of a double opt-in whose box half is the edge's
@@ -17,11 +18,13 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard.deps import Services
+from cloud.dashboard.regions import decorate, fits, jpeg_size, overlay
 from cloud.dashboard.snapshots import snapshots_dir, visible
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
+from cloud.fleet.outcomes import FEEDBACK_LABELS
 
 router = APIRouter()
-LABELS = ("cat", "dog", "neither")
+LABELS = FEEDBACK_LABELS
 SCAN_LIMIT = 2000
 
 
@@ -34,7 +37,7 @@ def unlabelled(svc: Services, limit: int) -> list[dict[str, Any]]:
     return list(
         svc.get_fleet().query(
             "SELECT p.device, p.seq, p.site, p.camera, p.ts, p.label, p.confidence, p.model_version, "
-            "p.snapshot "
+            "p.snapshot, p.abstain, p.regions, p.ir "
             "FROM predictions p LEFT JOIN feedback f ON f.device = p.device AND f.seq = p.seq "
             f"WHERE p.snapshot IS NOT NULL AND f.device IS NULL AND p.ts >= ? AND p.site IN ({marks}) "
             "ORDER BY p.ts DESC LIMIT ?",
@@ -52,11 +55,18 @@ def labelling_page(request: Request) -> Response:
     candidates = unlabelled(svc, SCAN_LIMIT)
     items = [it for it in candidates if (folder / f"{it['snapshot']}.jpg").is_file()]
     waiting = len(candidates) - len(items)
+    items = items[: svc.cfg.dashboard.page_size]
+    for it in items:
+        decorate(it)
+        # The regions that held a pet, drawn over the frame (boxes are in its pixels).
+        size = jpeg_size(folder / f"{it['snapshot']}.jpg")
+        it["overlay"] = overlay(it.get("regions"), size)
+        it["scaled"] = bool(it.get("regions") and size and not fits(it["regions"], size))
     return render(
         request,
         "labelling.html.j2",
         title="Labelling",
-        items=items[: svc.cfg.dashboard.page_size],
+        items=items,
         waiting=waiting,
         labels=LABELS,
         sites=svc.cfg.dashboard.snapshot_sites,

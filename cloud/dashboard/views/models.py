@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard import adapters
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
+from cloud.evaluation.gate import recheck_gate
 
 router = APIRouter()
 
@@ -53,6 +54,8 @@ def model_page(request: Request, version: str) -> Response:
         history_error=history_error,
         reports=[label for label, _ in reports],
         headline=headline(m.metrics),
+        # what approval checks: the stored metrics against this server's [gate], not the trainer's
+        gate_now=recheck_gate(m.metrics, svc.cfg.gate),
         audit=svc.get_audit().entries(subject=f"model:{version}", newest_first=True, limit=50),
     )
 

@@ -14,8 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from cloud.analysis.report import drift_state
 from cloud.dashboard.charts import Series, bar_chart, line_chart
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.outcomes import ABSTAIN, LEGACY_NONE, NONE, PETS
 
 router = APIRouter()
 DAY = 86400.0
@@ -71,7 +73,18 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
             y_min=0,
             thresholds=[("PSI limit", a.psi_threshold), ("JS limit", a.js_threshold)],
         )
-        panels.append({"model": key[0], "site": key[1], "r": r, "mix_chart": mix_chart, "trend": trend})
+        state, why = drift_state(r)
+        panels.append(
+            {
+                "model": key[0],
+                "site": key[1],
+                "r": r,
+                "state": state,
+                "why": why,
+                "mix_chart": mix_chart,
+                "trend": trend,
+            }
+        )
     from cloud.analysis.drift import performance
     from cloud.analysis.job import accuracy_over_time
 
@@ -82,13 +95,15 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
     over_time = accuracy_over_time(store, bucket_s=DAY)
     feedback = []
     for mv, rows in sorted(per_model.items()):
-        classes = sorted({r["label"] for r in rows} | {r["predicted"] for r in rows} - {"abstain", "neither"})
+        # Pets first, then none: the confusion matrix reads cat / dog / none like the labelling buttons.
+        seen = {r["label"] for r in rows} | {r["predicted"] for r in rows}
+        classes = [*sorted((seen | set(PETS)) - {ABSTAIN, NONE, LEGACY_NONE}), NONE]
         s = performance(rows, classes)
         s.update(
             model=mv,
             n=len(rows),
-            neither=sum(r["label"] == "neither" for r in rows),
-            abstained=sum(r["predicted"] == "abstain" for r in rows),
+            none=sum(r["label"] == NONE for r in rows),
+            abstained=sum(r["predicted"] == ABSTAIN for r in rows),
         )
         s["chart"] = line_chart(
             [Series("labelled accuracy", [(b["ts"], b["accuracy"] * 100) for b in over_time.get(mv, [])])],

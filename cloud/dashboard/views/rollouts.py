@@ -21,15 +21,18 @@ def _view(request: Request, template: str) -> Response:
     svc = services(request)
     try:
         groups, error = adapters.rollout_status(svc), None
+        known = adapters.known_groups(svc)
     except ServiceUnavailable as e:
-        groups, error = [], str(e)
+        groups, error, known = [], str(e), []
     for g in groups:
         # "done" means active on the group's target version, as the release channel counts it.
         total, done = int(g.get("total") or 0), int(g.get("done") or 0)
         g["total_n"], g["done_n"] = total, done
         g["pct"] = 100.0 * done / total if total else 0.0
     versions = [m.version for m in svc.get_registry().list_models() if m.stage in ("staging", "production")]
-    return render(request, template, title="Rollouts", groups=groups, error=error, versions=versions)
+    return render(
+        request, template, title="Rollouts", groups=groups, error=error, versions=versions, known_groups=known
+    )
 
 
 @router.get("/rollouts")
@@ -54,6 +57,7 @@ async def start(request: Request) -> Response:
         group=group,
         actor=u.name,
         reason=f.get("reason", "").strip() or "started from the dashboard",
+        allow_empty_group=f.get("allow_empty_group") == "yes",
     )
     return redirect("/rollouts", request, f"Rollout of {version} to group {group} started.")
 

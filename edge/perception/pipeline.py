@@ -1,0 +1,183 @@
+"""From a frame to a :class:`FrameResult`: plan regions, batch them, decide, aggregate.
+
+Aggregation: a frame holds a pet when at least one region is a confident pet (its decision is
+a pet label and its confidence reaches the abstain threshold); the frame's label is the pet of
+the region with the most pet evidence, and every confident pet region is listed (a frame may
+hold a cat and a dog). A frame is ``none`` only when every region is a sure ``none``; any
+borderline region makes it ``abstain``. Because one false region makes a false frame, the
+thresholds of the many tiles are stricter than the whole-frame view's (``region_threshold``),
+and both were chosen on validation frames, not per region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge.model import LoadedModel, ModelOutput
+from edge.perception.config import RegionsConfig
+from edge.perception.ir import is_ir
+from edge.perception.regions import Box, Region, Zone, plan_regions
+from edge.preprocess import Preprocessor, _as_bgr
+from shared.modelpkg import ABSTAIN, NONE_LABEL, RejectionSpec
+from shared.perception import decide, pet_evidence
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+
+_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+MAX_REPORTED = 8  # pet regions listed per frame
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    region: Region
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    label: str  # a pet label, "none" or "abstain"
+    confidence: float
+    probs: dict[str, float]
+    regions: list[RegionResult] = field(default_factory=list)  # regions that held a pet
+    ir: bool = False
+    evaluated: int = 0  # regions classified for this frame
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    label: str
+    confidence: float
+    main: int  # the row whose probabilities stand for the frame
+    pets: list[int]  # rows of confident pet regions, strongest first
+    decisions: list[tuple[str, float]]
+
+
+def aggregate(
+    sources: Sequence[str],
+    probs: F32,
+    pet_score: F32 | None,
+    labels: Sequence[str],
+    rejection: RejectionSpec | None,
+    threshold: float | None,
+    region_threshold: float | None,
+    abstain: float,
+) -> Aggregate:
+    """The frame's outcome from its regions' outputs. Pure, so the cloud picks thresholds with
+    exactly the rule the box applies."""
+    n = len(sources)
+    decisions: list[tuple[str, float]] = []
+    for k, src in enumerate(sources):
+        t = threshold if src == "full" else region_threshold
+        score = None if pet_score is None else pet_score[k : k + 1]
+        decisions += decide(probs[k : k + 1], score, labels, rejection, t)
+    ev = pet_evidence(probs, pet_score, labels, rejection)
+    strength = np.ones(n, dtype=np.float64) if ev is None else ev.astype(np.float64)
+    pets = [k for k, (lab, _) in enumerate(decisions) if lab != NONE_LABEL]
+    sure = [k for k in pets if decisions[k][1] >= abstain]
+    if sure:
+        ranked = sorted(sure, key=lambda k: strength[k] * decisions[k][1], reverse=True)
+        return Aggregate(decisions[ranked[0]][0], decisions[ranked[0]][1], ranked[0], ranked, decisions)
+    if pets:  # a pet, but not sure which: abstain with the strongest one's figures
+        best = max(pets, key=lambda k: strength[k])
+        return Aggregate(ABSTAIN, decisions[best][1], best, [], decisions)
+    # Every region says none: the frame is as sure as its least sure region.
+    weakest = min(range(n), key=lambda k: decisions[k][1])
+    conf = decisions[weakest][1]
+    main = next((k for k, src in enumerate(sources) if src == "full"), weakest)
+    return Aggregate(NONE_LABEL if conf >= abstain else ABSTAIN, conf, main, [], decisions)
+
+
+def region_tensors(image: U8, regions: Sequence[Region], pre: Preprocessor) -> F32:
+    """Model input for each region: the package's own preprocessing for the whole-frame view,
+    a square crop brought to the input size for the others."""
+    img = _as_bgr(image)
+    spec = pre.spec
+    pics = [
+        pre.geometry(img) if r.source == "full" else crop_input(img, r, spec.input_size, spec.interpolation)
+        for r in regions
+    ]
+    return pre.normalise(np.stack(pics))
+
+
+def crop_input(image: U8, region: Region, size: tuple[int, int], interpolation: str) -> U8:
+    """One region as a model-sized BGR picture. Shrinking more than 2x uses area averaging: a
+    720-pixel tile brought to 224 by bilinear sampling aliases fur into noise."""
+    out_h, out_w = size
+    crop = image[region.y : region.y + region.h, region.x : region.x + region.w]
+    shrink = min(crop.shape[0] / out_h, crop.shape[1] / out_w)
+    interp = cv2.INTER_AREA if shrink > 2 else _INTERP[interpolation]
+    return np.asarray(cv2.resize(crop, (out_w, out_h), interpolation=interp), dtype=np.uint8)
+
+
+class FramePipeline:
+    def __init__(self, model: LoadedModel, cfg: RegionsConfig | None, abstain_threshold: float) -> None:
+        self.model = model
+        self.cfg = cfg or RegionsConfig()
+        self.abstain = abstain_threshold
+        rej = model.metadata.rejection
+        self.rejection = rej
+        self.can_reject = rej is not None and rej.active
+        base = rej.threshold if rej is not None else None
+        self.threshold = self.cfg.threshold if self.cfg.threshold is not None else base
+        region = rej.region_threshold if rej is not None and rej.region_threshold is not None else base
+        self.region_threshold = self.cfg.region_threshold if self.cfg.region_threshold is not None else region
+
+    def plan(
+        self, image: U8, motion: Sequence[Box] | None = None, zones: Sequence[Zone] = ()
+    ) -> list[Region]:
+        h, w = image.shape[:2]
+        return plan_regions(w, h, self.cfg, self.model.spec, motion, zones, self.can_reject)
+
+    def tensors(self, image: U8, regions: Sequence[Region]) -> F32:
+        return region_tensors(image, regions, self.model.preprocessor)
+
+    def finish(self, image: U8, regions: Sequence[Region], out: ModelOutput) -> FrameResult:
+        n = len(regions)
+        if out.probs.shape[0] != n:
+            raise ValueError(f"{out.probs.shape[0]} output rows for {n} regions")
+        agg = aggregate(
+            [r.source for r in regions],
+            out.probs,
+            out.pet_score,
+            self.model.labels,
+            self.rejection,
+            self.threshold,
+            self.region_threshold,
+            self.abstain,
+        )
+        probs = {
+            lab: round(float(p), 6) for lab, p in zip(self.model.labels, out.probs[agg.main], strict=True)
+        }
+        return FrameResult(
+            label=agg.label,
+            confidence=round(agg.confidence, 6),
+            probs=probs,
+            regions=[RegionResult(regions[k], *agg.decisions[k]) for k in agg.pets[:MAX_REPORTED]],
+            ir=is_ir(image),
+            evaluated=n,
+        )
+
+    def classify(self, images: list[U8]) -> list[FrameResult]:
+        """Stills: plan (tiles, no motion), one batched run over every region, finish each."""
+        if not images:
+            return []
+        plans = [self.plan(img) for img in images]
+        batch = np.concatenate([self.tensors(img, p) for img, p in zip(images, plans, strict=True)])
+        out = self.model.run_full(batch)
+        results: list[FrameResult] = []
+        start = 0
+        for img, p in zip(images, plans, strict=True):
+            end = start + len(p)
+            part = ModelOutput(
+                out.probs[start:end], None if out.pet_score is None else out.pet_score[start:end]
+            )
+            results.append(self.finish(img, p, part))
+            start = end
+        return results

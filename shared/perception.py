@@ -1,0 +1,97 @@
+"""The per-region decision: a pet label or ``none``, with a confidence. Pure numpy, no I/O.
+
+Shared by the box (every region of every frame), ``parkwatch edge classify`` and the cloud's
+evaluation, so the figures a build reports are the decisions a box makes.
+
+*Pet evidence* of a row is the geometric mean of the signals the package carries (see
+:class:`shared.modelpkg.RejectionSpec`): the backbone's ImageNet pet score, and the trained
+head's ``1 - P(none)``. A geometric mean needs both to agree: one signal alone fooled by a
+cat-shaped cushion cannot outvote the other. Below the threshold the row is ``none``; its
+confidence falls from 1 (no evidence at all) to 0.5 at the threshold, so a borderline row is
+abstained by the edge's confidence threshold rather than called ``none`` with conviction.
+Above it, the confidence is the head's certainty between the pet labels. ``none`` (sure there is
+no pet) and ``abstain`` (unsure) stay distinct: the edge adds ``abstain`` on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.modelpkg import NONE_LABEL, RejectionSpec
+
+F32 = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.floating[Any]]
+
+__all__ = ["NONE_LABEL", "decide", "pet_evidence", "pet_probs"]
+
+
+def _none_index(labels: Sequence[str], rejection: RejectionSpec | None) -> int | None:
+    if rejection is None or rejection.none_label is None or rejection.none_label not in labels:
+        return None
+    return list(labels).index(rejection.none_label)
+
+
+def pet_probs(probs: Floats, labels: Sequence[str], rejection: RejectionSpec | None) -> tuple[list[str], F32]:
+    """The pet labels and the head's probabilities renormalised over them (rows sum to 1)."""
+    p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
+    ni = _none_index(labels, rejection)
+    keep = [i for i in range(len(labels)) if i != ni]
+    q = p[:, keep]
+    s = q.sum(axis=1, keepdims=True)
+    q = np.where(s > 0, q / np.where(s > 0, s, 1.0), 1.0 / len(keep))
+    return [labels[i] for i in keep], q.astype(np.float32)
+
+
+def pet_evidence(
+    probs: Floats, pet_score: Floats | None, labels: Sequence[str], rejection: RejectionSpec | None
+) -> F32 | None:
+    """Per-row evidence in [0, 1] that a pet is present, or None when the package has no signal."""
+    if rejection is None:
+        return None
+    p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
+    signals: list[npt.NDArray[np.float64]] = []
+    if rejection.score_output is not None and pet_score is not None:
+        signals.append(np.clip(np.asarray(pet_score, dtype=np.float64).reshape(len(p)), 0.0, 1.0))
+    ni = _none_index(labels, rejection)
+    if ni is not None:
+        signals.append(np.clip(1.0 - p[:, ni], 0.0, 1.0))
+    if not signals:
+        return None
+    e = np.exp(np.mean([np.log(np.maximum(s, 1e-12)) for s in signals], axis=0))
+    return e.astype(np.float32)
+
+
+def decide(
+    probs: Floats,
+    pet_score: Floats | None,
+    labels: Sequence[str],
+    rejection: RejectionSpec | None,
+    threshold: float | None = None,
+) -> list[tuple[str, float]]:
+    """One ``(label, confidence)`` per row: a pet label or ``"none"``.
+
+    ``threshold`` overrides ``rejection.threshold`` (the frame pipeline passes the stricter
+    ``region_threshold`` for tiles). A package without rejection behaves as before: the argmax
+    label and its probability.
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
+    if rejection is None or not rejection.active:
+        idx = p.argmax(axis=1)
+        return [(labels[i], float(p[k, i])) for k, i in enumerate(idx)]
+    pets, q = pet_probs(p, labels, rejection)
+    best = q.argmax(axis=1)
+    ev = pet_evidence(p, pet_score, labels, rejection)
+    t = rejection.threshold if threshold is None else threshold
+    assert t is not None  # rejection.active
+    out: list[tuple[str, float]] = []
+    for k, b in enumerate(best):
+        e = 1.0 if ev is None else float(ev[k])
+        if t > 0 and e < t:
+            out.append((NONE_LABEL, float(np.clip(1.0 - 0.5 * e / t, 0.5, 1.0))))
+        else:
+            out.append((pets[b], float(q[k, b])))
+    return out

@@ -357,3 +357,38 @@ def test_hourly_outcomes_count_each_stored_prediction_once(pg_url: str) -> None:
     with FleetStore(target) as fs:
         assert fs.prediction_count("o") == 30
         assert fs.outcomes(device="o", since=now - 3600)["total"] == 30
+
+
+def _raw_pred(c: psycopg.Connection, device: str, seq: int, ts: float, label: str, ir: int | None) -> None:
+    c.execute(
+        "INSERT INTO predictions (device, seq, site, camera, ts, label, confidence, model_version, "
+        "abstain, received_ts, day) VALUES (%s, %s, 'park1', 'cam1', %s, %s, 0.9, 'm1', %s, %s, 0)",
+        (device, seq, ts, label, int(label == "abstain"), ts),
+    )
+    if ir is not None:
+        c.execute("UPDATE predictions SET ir = %s WHERE device = %s AND seq = %s", (ir, device, seq))
+
+
+def test_an_older_store_counts_the_outcomes_of_the_predictions_it_already_holds(pg_url: str) -> None:
+    """Upgrading a version-2 store (rows, no outcome_hours) counts those rows once; an hour a
+    version-3 store's writer already counted is not counted again."""
+    h0 = 1_795_500_000 // 3600 * 3600.0
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        migrate_pg(c, pg_migrations()[:3])
+        for seq, (label, ir) in enumerate(
+            [("cat", 1), ("dog", 0), ("none", None), ("neither", 1), ("abstain", 0), ("fox", None)], 1
+        ):
+            _raw_pred(c, "old", seq, h0 + seq, label, ir)
+        _raw_pred(c, "old", 7, h0 + 3600 + 1, "cat", None)  # the next hour: counted below already
+        c.execute(
+            "INSERT INTO outcome_hours VALUES ('old', %s, 'park1', 1, 1, 0, 0, 0, 0, 0, 0)",
+            (int(h0 // 3600) + 1,),
+        )
+    with FleetStore(PgTarget(pg_url)) as fs:
+        out = fs.outcomes(device="old", since=h0 - 1)
+        assert out["total"] == 7
+        assert out["pets"] == {"cat": 2, "dog": 1, "other pets": 1}, out
+        assert out["ir"] == 2 and out["day"] == 2 and out["lighting_unknown"] == 3
+        assert out["none"] == 2 and out["abstain"] == 1, out
+    with FleetStore(PgTarget(pg_url)) as fs:  # opened again: nothing counted twice
+        assert fs.outcomes(device="old", since=h0 - 1)["total"] == 7

@@ -285,3 +285,29 @@ CREATE TABLE outcome_hours (
 );
 CREATE INDEX outcome_hours_hour ON outcome_hours (hour);
 """
+
+# Migration 3 created outcome_hours empty, so a store upgraded from version 2 showed no outcomes
+# for the predictions it already held (SQLite's upgrade counts them: cloud/fleet/schema.py).
+# This counts them, as the writer would have (cloud.fleet.writer._Tally: hour of the clamped
+# box timestamp; abstain, then none/neither, then pets; IR/day from the stored ``ir``), for the
+# (device, hour)s that have no row yet. An hour the writer already counted is left alone, so
+# nothing is counted twice (ON CONFLICT also covers a writer committing the same hour meanwhile);
+# the one hour a device was in when a version-3 store started counting stays partial.
+V4_OUTCOMES_BACKFILL = """
+INSERT INTO outcome_hours (device, hour, site, n, n_cat, n_dog, n_other, n_none, n_abstain, n_ir, n_day)
+SELECT device, h, max(site), count(*),
+    count(*) FILTER (WHERE abstain = 0 AND label = 'cat'),
+    count(*) FILTER (WHERE abstain = 0 AND label = 'dog'),
+    count(*) FILTER (WHERE abstain = 0 AND label NOT IN ('cat', 'dog', 'none', 'neither', 'abstain')),
+    count(*) FILTER (WHERE abstain = 0 AND label IN ('none', 'neither')),
+    count(*) FILTER (WHERE abstain <> 0 OR label = 'abstain'),
+    count(*) FILTER (WHERE ir = 1),
+    count(*) FILTER (WHERE ir = 0)
+FROM (
+    SELECT device, site, label, abstain, ir,
+        floor(least(greatest(ts, 0), 9007199254740992) / 3600)::bigint AS h
+    FROM predictions
+) AS p
+GROUP BY device, h
+ON CONFLICT (device, hour) DO NOTHING;
+"""

@@ -345,3 +345,15 @@ def test_a_backlog_on_another_host_raises_ingest_backlog_from_its_heartbeat_row(
         alerts = st.list(rule="ingest_backlog")
     assert [a["subject"] for a in alerts] == ["inbox:host-b-ingest"]
     assert "900 acknowledged messages" in alerts[0]["message"]
+
+
+def test_hourly_outcomes_count_each_stored_prediction_once(pg_url: str) -> None:
+    target = PgTarget(pg_url)
+    now = time.time()
+    w = open_writer(target)
+    w.write([batch("o", list(range(1, 21)), now)])
+    w.write([batch("o", list(range(1, 31)), now), batch("o", list(range(21, 31)), now)])  # resends
+    w.db.close()
+    with FleetStore(target) as fs:
+        assert fs.prediction_count("o") == 30
+        assert fs.outcomes(device="o", since=now - 3600)["total"] == 30

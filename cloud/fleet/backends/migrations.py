@@ -49,7 +49,7 @@ def sqlite_migrations(base_ddl: str) -> list[Migration]:
 
 
 def pg_migrations() -> list[Migration]:
-    return [(1, pg_ddl.V1), (2, pg_ddl.V2_WORKERS)]
+    return [(1, pg_ddl.V1), (2, pg_ddl.V2_WORKERS), (3, pg_ddl.V3_OUTCOMES)]
 
 
 def _statements(script: str) -> list[str]:

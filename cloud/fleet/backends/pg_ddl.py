@@ -263,3 +263,25 @@ CREATE TABLE ingest_workers (
     last_error text
 );
 """
+
+# Issue 11 (perc-cloud): the regions that held a pet and the frame's lighting, and the hourly
+# outcome counts the ingest writer keeps (cloud/fleet/schema.py has the SQLite side).
+V3_OUTCOMES = """
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS regions text;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS ir integer;
+CREATE TABLE outcome_hours (
+    device text NOT NULL,
+    hour bigint NOT NULL,
+    site text NOT NULL,
+    n bigint NOT NULL,
+    n_cat bigint NOT NULL,
+    n_dog bigint NOT NULL,
+    n_other bigint NOT NULL,
+    n_none bigint NOT NULL,
+    n_abstain bigint NOT NULL,
+    n_ir bigint NOT NULL,
+    n_day bigint NOT NULL,
+    PRIMARY KEY (device, hour)
+);
+CREATE INDEX outcome_hours_hour ON outcome_hours (hour);
+"""

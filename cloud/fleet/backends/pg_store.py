@@ -17,6 +17,7 @@ from typing import Any
 from cloud.fleet.backends.pg_writer import DAY_S
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRequest, FleetError
+from cloud.fleet.outcomes import FEEDBACK_INPUT, LEGACY_NONE, NONE, canonical_label
 from cloud.fleet.schema import connect
 from cloud.fleet.store import LABELS, FleetStore, prediction_id
 
@@ -39,8 +40,12 @@ class PgFleetStore(FleetStore):
     def add_feedback(
         self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None
     ) -> dict[str, Any]:
-        if label not in LABELS:
-            raise BadRequest(f"label {label!r} is not one of {', '.join(LABELS)}")
+        if label not in FEEDBACK_INPUT:
+            raise BadRequest(
+                f"label {label!r} is not one of {', '.join(LABELS)} "
+                f"(none: no cat or dog in the frame; {LEGACY_NONE!r} is accepted for {NONE!r})"
+            )
+        label = canonical_label(label)
         if not actor:
             raise BadRequest("a label needs an actor (who says so)")
         row = {
@@ -132,6 +137,9 @@ class PgFleetStore(FleetStore):
                     ("dead_letters", "received_ts"),
                 ):
                     out[table] = raw.execute(f"DELETE FROM {table} WHERE {col} < %s", (before_ts,)).rowcount
+                out["outcome_hours"] = raw.execute(
+                    "DELETE FROM outcome_hours WHERE hour < %s", (int(before_ts // 3600),)
+                ).rowcount
         except Exception as e:  # psycopg.Error, wrapped at the boundary
             raise FleetError(f"retention prune failed on {self.target.display()}: {e}") from e
         return out

@@ -26,6 +26,7 @@ from cloud.fleet.backends.pg import raw_connect
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRecord, FleetError
 from cloud.fleet.writer import (
+    _UPSERT_OUTCOMES,
     CAUSE_BEFORE,
     CAUSE_EVICTED,
     CAUSE_LOST,
@@ -35,12 +36,27 @@ from cloud.fleet.writer import (
     Incoming,
     WriteResult,
     _enc,
+    _ir_flags,
     _probs_json,
+    _regions_json,
+    _Tally,
     _temp_max,
 )
 from shared.protocol import DeviceStatus, ModelState, PredictionBatch, Telemetry
 
 DAY_S = 86400
+# The SQLite upsert with the target table named where PostgreSQL needs it.
+_UPSERT_OUTCOMES_PG = (
+    _UPSERT_OUTCOMES.replace("?", "%s")
+    .replace("DO UPDATE SET n=n+", "DO UPDATE SET n=outcome_hours.n+")
+    .replace("n_cat=n_cat+", "n_cat=outcome_hours.n_cat+")
+    .replace("n_dog=n_dog+", "n_dog=outcome_hours.n_dog+")
+    .replace("n_other=n_other+", "n_other=outcome_hours.n_other+")
+    .replace("n_none=n_none+", "n_none=outcome_hours.n_none+")
+    .replace("n_abstain=n_abstain+", "n_abstain=outcome_hours.n_abstain+")
+    .replace("n_ir=n_ir+", "n_ir=outcome_hours.n_ir+")
+    .replace("n_day=n_day+", "n_day=outcome_hours.n_day+")
+)
 
 
 def day_of(ts: float) -> int:
@@ -49,7 +65,7 @@ def day_of(ts: float) -> int:
 
 _PRED_COLS = (
     "device, seq, site, camera, ts, label, confidence, probs, model_version, abstain, flags, latency_ms, "
-    "frame_ts, snapshot, received_ts, day"
+    "frame_ts, snapshot, received_ts, day, regions, ir"
 )
 _TEL_COLS = (
     "device, ts, site, seq, cpu_percent, memory_percent, disk_percent, temp_max, latency_p50, latency_p95, "
@@ -320,6 +336,7 @@ class PgBatchWriter:
                     if not is_new:
                         continue
                     seen.add(p.seq)
+                    ir, flags = _ir_flags(p)
                     rows.append(
                         (
                             device,
@@ -332,12 +349,14 @@ class PgBatchWriter:
                             _probs_json(p.probs) if p.probs else None,
                             p.model_version,
                             int(p.abstain),
-                            _enc(p.flags) if p.flags else None,
+                            _enc(flags) if flags else None,
                             p.latency_ms,
                             p.frame_ts,
                             p.snapshot,
                             received,
                             day,
+                            _regions_json(p),
+                            ir,
                         )
                     )
                 evicted = max(evicted, b.evicted_total)
@@ -351,6 +370,7 @@ class PgBatchWriter:
                 )
             )
         stored: dict[str, int] = {}
+        copied = rows
         if rows:
             try:
                 # The rows were judged new under the devices' locks: COPY them straight into the
@@ -365,7 +385,7 @@ class PgBatchWriter:
                         cp.write_row(r)
                 for r in rows:
                     stored[r[0]] = stored.get(r[0], 0) + 1
-                rows = []
+                copied, rows = rows, []
             except psycopg.errors.UniqueViolation:
                 pass
         if rows:
@@ -375,11 +395,15 @@ class PgBatchWriter:
                         cp.write_row(r)
                 cur.execute(
                     f"WITH ins AS (INSERT INTO predictions ({_PRED_COLS}) "
-                    f"SELECT {_PRED_COLS} FROM pred_stage ON CONFLICT DO NOTHING RETURNING device) "
-                    "SELECT device, count(*) FROM ins GROUP BY device"
+                    f"SELECT {_PRED_COLS} FROM pred_stage ON CONFLICT DO NOTHING RETURNING device, seq) "
+                    "SELECT device, seq FROM ins"
                 )
-                stored = {str(d): int(k) for d, k in cur.fetchall()}
+                inserted = {(str(d), int(s)) for d, s in cur.fetchall()}
+                for d, _ in inserted:
+                    stored[d] = stored.get(d, 0) + 1
+                rows = [r for r in rows if (r[0], r[1]) in inserted]
                 cur.execute("TRUNCATE pred_stage")
+                copied = rows
         with c.cursor() as cur:
             if new_gaps:
                 cur.executemany(
@@ -396,9 +420,32 @@ class PgBatchWriter:
                 "WHERE device=%s",
                 [(u[0], u[1], stored.get(u[3], 0), u[2], u[3]) for u in updates],
             )
+        self._outcomes(batches, copied)
         total = sum(stored.values())
         res.predictions_stored += total
         res.duplicates += sum(expected.values()) - total
+
+    def _outcomes(
+        self, batches: dict[str, list[tuple[PredictionBatch, float]]], inserted: list[tuple[Any, ...]]
+    ) -> None:
+        """The hourly outcome counts (``outcome_hours``) of the rows this batch really inserted."""
+        new: dict[str, set[int]] = {}
+        for r in inserted:
+            new.setdefault(r[0], set()).add(r[1])
+        upserts: list[tuple[Any, ...]] = []
+        for device in sorted(batches):
+            todo = new.get(device, set())
+            if not todo:
+                continue
+            tally = _Tally()
+            for b, _ in batches[device]:
+                seqs = {p.seq for p in b.predictions}
+                tally.add(b, seqs - todo)
+                todo = todo - seqs  # a seq sent twice in this batch is counted once
+            upserts += [(device, h, batches[device][0][0].site, *v) for h, v in sorted(tally.hours.items())]
+        if upserts:
+            with self.conn.cursor() as cur:
+                cur.executemany(_UPSERT_OUTCOMES_PG, upserts)
 
     def _fill(self, device: str, seqs: list[int]) -> int:
         c = self.conn
@@ -489,9 +536,9 @@ class PgBatchWriter:
 
     def _status_details(self, s: DeviceStatus) -> None:
         self.conn.execute(
-            "UPDATE devices SET grp=coalesce(%s, grp), software=coalesce(%s, software), "
+            "UPDATE devices SET software=coalesce(%s, software), "
             "model_version=coalesce(%s, model_version) WHERE device=%s",
-            (s.group, s.software, s.model_version, s.device),
+            (s.software, s.model_version, s.device),
         )
 
     def _status(self, s: DeviceStatus, received: float) -> None:
@@ -503,10 +550,9 @@ class PgBatchWriter:
         )
         self.conn.execute(
             "UPDATE devices SET status=%s, status_ts=%s, status_reason=%s, status_rx=%s, "
-            "grp=coalesce(%s, grp), "
             "software=coalesce(%s, software), model_version=coalesce(%s, model_version) "
             "WHERE device=%s AND (status_rx IS NULL OR status_rx<=%s)",
-            (s.state, ts, s.reason, received, s.group, s.software, s.model_version, s.device, received),
+            (s.state, ts, s.reason, received, s.software, s.model_version, s.device, received),
         )
 
     def _model_state(self, m: ModelState, received: float) -> None:
@@ -519,7 +565,7 @@ class PgBatchWriter:
             "UPDATE devices SET update_state=%s, update_version=%s, "
             "active_version=coalesce(%s, active_version), "
             "previous_version=coalesce(%s, previous_version), update_reason=%s, update_progress=%s, "
-            "update_ts=%s, grp=coalesce(%s, grp), model_version=coalesce(%s, model_version) "
+            "update_ts=%s, model_version=coalesce(%s, model_version) "
             "WHERE device=%s AND (update_ts IS NULL OR update_ts<=%s)",
             (
                 m.state,
@@ -529,7 +575,6 @@ class PgBatchWriter:
                 m.reason,
                 m.progress,
                 m.ts,
-                m.group,
                 m.active_version,
                 m.device,
                 m.ts,

@@ -174,7 +174,7 @@ def test_help_parses(path: list[str]) -> None:
 
 
 # --- where the docs name config keys ------------------------------------------------------------
-def _model_of(annotation: object) -> type[BaseModel] | None | bool:
+def _model_of(annotation: object) -> type[BaseModel] | bool | None:
     """The pydantic model a field holds (through Optional, list[...] and dict[str, ...]);
     True for a mapping whose keys are free (names the user picks), None for a plain value."""
     origin = typing.get_origin(annotation)

@@ -288,7 +288,7 @@ def _toml_keys(body: str, where: str) -> list[str]:
                 walk(v, key + ".")
             elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
                 for x in v:
-                    walk(x, key + ".")  # type: ignore[arg-type]
+                    walk(x, key + ".")
 
     walk(data, "")
     return out

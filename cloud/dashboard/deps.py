@@ -80,7 +80,6 @@ class Services:
         """The release channel the ``approve``/``rollout``/``rollback`` commands use, on this
         object's registry and audit log."""
         return self._lazy(
-            self.release_channel,
             "release_channel",
             lambda: ReleaseChannel(self.cfg, registry=self.get_registry(), audit=self.get_audit()),
         )
@@ -88,7 +87,6 @@ class Services:
     def get_alert_publisher(self) -> AlertPublisher:
         """Publishes alert state changes on MQTT, as the CLI does (never blocks a page for long)."""
         return self._lazy(
-            self.alert_publisher,
             "alert_publisher",
             lambda: AlertPublisher(self.cfg.mqtt, f"{self.cfg.client_id('alerts')}-dashboard", timeout_s=3.0),
         )

@@ -188,6 +188,11 @@ def ingest_rate(
         ing.start()
     for ing in ings:
         ing.wait_connected(10)
+    # Measure the steady state, not the materializer processes' start-up (imports, connecting
+    # and migrating the store): wait for their first heartbeat.
+    deadline = time.monotonic() + 120
+    while any(i.mstats.get("heartbeat_ts") == 0 for i in ings) and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(0.3)
     total = devices * batches * batch_size
     pubs = Publishers(b.port, devices, batches, batch_size, "ing")

@@ -18,7 +18,7 @@ from pydantic import Field
 from cloud.analysis.config import AnalysisConfig
 from cloud.dashboard.config import DashboardConfig
 from cloud.data.config import IngestConfig
-from cloud.evaluation.config import GateConfig
+from cloud.evaluation.config import EvaluationConfig, GateConfig
 from cloud.fleet.backends.target import FleetTarget, PgTarget
 from cloud.fleet.config import FleetConfig
 from cloud.governance.config import GovernanceConfig
@@ -74,6 +74,7 @@ class CloudConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)

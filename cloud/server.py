@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
@@ -63,6 +64,41 @@ class CloudServer:
             self.stop()
             raise
 
+    def banner(self) -> str:
+        """What an installer needs to see once it runs: which components, where they connect,
+        the dashboard URL, and what is still to do (no repository yet)."""
+        c = self.cfg
+        lines = [f"parkwatch cloud serve: data in {c.data_dir}"]
+        for name in self.names:
+            comp = self.components.get(name)
+            if name == "fleet-ingest":
+                what = (
+                    f"broker {c.mqtt.host}:{c.mqtt.port} as {c.fleet.client_id}, persistent shared "
+                    f"subscription $share/{c.fleet.share_group}/... (boxes may send now)"
+                )
+            elif name == "release":
+                what = (
+                    f"release channel, repository {c.repo_dir}"
+                    if (c.repo_dir / "metadata" / "root.json").exists()
+                    else f"release channel: no repository in {c.repo_dir} yet; "
+                    "run 'parkwatch cloud keys init'"
+                )
+            elif name == "analysis":
+                what = (
+                    f"health every {c.analysis.health_interval_s:g} s, drift and performance every "
+                    f"{c.analysis.interval_s / 3600:g} h"
+                )
+            elif name == "dashboard":
+                url = getattr(comp, "url", None)
+                what = (
+                    f"dashboard at {url}" if c.dashboard.enabled and url else "dashboard disabled in config"
+                )
+            else:
+                what = ""
+            lines.append(f"  {name:<13} {what}")
+        lines.append("stop with Ctrl-C (or SIGTERM); the log says more with -v")
+        return "\n".join(lines)
+
     def stop(self) -> None:
         for name, comp in reversed(list(self.components.items())):
             try:
@@ -72,7 +108,7 @@ class CloudServer:
         self.components.clear()
         self._stopped.set()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_started: Callable[[str], None] | None = None) -> None:
         def _on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("signal %d: shutting down", signum)
             self._stopped.set()
@@ -80,6 +116,8 @@ class CloudServer:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         self.start()
+        if on_started is not None:
+            on_started(self.banner())
         try:
             self._stopped.wait()
         finally:

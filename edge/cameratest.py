@@ -8,6 +8,8 @@ the layers in order and stops at the first that fails, saying what it means:
    and, for MJPEG, whether the URL is a stream or a web page;
 3. one frame decoded through the same reader the daemon uses, saved as a JPEG.
 
+Step 2 runs only when step 3 failed, to say why (a working camera is not disturbed by probes).
+
 The meaning of replies is pure (:func:`explain_rtsp`); the probes are small I/O functions.
 """
 
@@ -71,13 +73,17 @@ def guess_kind(url: str) -> str:
     return "folder" if Path(url).is_dir() else "file"
 
 
-def explain_rtsp(status: int, reason: str) -> tuple[bool, str]:
+def explain_rtsp(status: int, reason: str, had_credentials: bool = False) -> tuple[bool, str]:
     """Pure: what an RTSP DESCRIBE status means for the technician."""
     if status == 200:
         return True, "RTSP 200 OK: the camera has a stream at this path"
     text = {
-        401: "RTSP 401 Unauthorized: the camera wants a user and password, or the ones in the URL are "
-        "wrong (rtsp://user:password@host/path)",
+        401: (
+            "RTSP 401 Unauthorized: the user or password in the URL is wrong"
+            if had_credentials
+            else "RTSP 401 Unauthorized: the camera wants a user and password: put them in the URL "
+            "(rtsp://user:password@host/path)"
+        ),
         403: "RTSP 403 Forbidden: this user may not view the stream (check its rights on the camera)",
         404: "RTSP 404 Not Found: wrong path: the camera answers, but has no stream at this path "
         "(see its manual, e.g. /Streaming/Channels/102 or /stream2)",
@@ -136,7 +142,7 @@ def probe_rtsp(url: str, timeout: float) -> tuple[bool, str]:
             else:
                 auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             status, reason, headers = _rtsp_describe(sock, bare, 2, auth)
-    return explain_rtsp(status, reason)
+    return explain_rtsp(status, reason, bool(user))
 
 
 def probe_http(url: str, timeout: float) -> tuple[bool, str]:
@@ -183,27 +189,19 @@ def check_camera(url: str, out: Path, kind: str | None = None, timeout: float = 
             }.get(reason, hint)
             report.add("reach", False, f"cannot reach {u.hostname}:{port}: {reason}: {what}")
             return report
+    # The frame first, through the daemon's own reader; only if it fails is the camera asked
+    # directly what is wrong (a bare DESCRIBE just before the reader's own session made a
+    # GStreamer camera refuse the reader now and then).
+    img, why = _grab(url, kind, timeout)
+    if img is None and kind in ("rtsp", "mjpeg"):
         try:
             ok, detail = probe_rtsp(url, timeout) if kind == "rtsp" else probe_http(url, timeout)
         except (OSError, ssl.SSLError) as e:
             ok, detail = False, f"the {kind} reply could not be read: {e}"
         if not report.add("reply", ok, detail):
             return report
-    cfg = CameraConfig.model_validate({"id": "test", "kind": kind, "url": url})
-    source = make_source(cfg, timeout)
-    try:
-        source.open()
-        deadline = time.monotonic() + timeout * 2
-        img = None
-        while img is None and time.monotonic() < deadline:
-            img = source.read()
-    except CameraError as e:
-        report.add("frame", False, str(e))
-        return report
-    finally:
-        source.close()
     if img is None:
-        report.add("frame", False, "no frame arrived")
+        report.add("frame", False, why)
         return report
     import cv2
 
@@ -212,6 +210,23 @@ def check_camera(url: str, out: Path, kind: str | None = None, timeout: float = 
     report.frame, report.height, report.width = str(out), int(img.shape[0]), int(img.shape[1])
     report.add("frame", True, f"one {img.shape[1]}x{img.shape[0]} frame saved to {out}")
     return report
+
+
+def _grab(url: str, kind: str, timeout: float) -> tuple[Any, str]:
+    """(one frame or None, why not) through the same source class the daemon uses."""
+    cfg = CameraConfig.model_validate({"id": "test", "kind": kind, "url": url})
+    source = make_source(cfg, timeout * 2)  # opening a stream (FFmpeg probing it) takes longer than a reply
+    try:
+        source.open()
+        deadline = time.monotonic() + timeout * 2
+        img = None
+        while img is None and time.monotonic() < deadline:
+            img = source.read()
+    except CameraError as e:
+        return None, str(e)
+    finally:
+        source.close()
+    return (img, "") if img is not None else (None, "no frame arrived")
 
 
 def render(report: Report) -> str:

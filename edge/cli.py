@@ -23,7 +23,9 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH)
+@click.argument(
+    "path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH, envvar="PARKWATCH_CONFIG"
+)
 @click.option(
     "--allow-placeholders",
     is_flag=True,
@@ -32,7 +34,10 @@ def config() -> None:
 @json_option
 @handle_errors
 def config_check(path: Path, allow_placeholders: bool, as_json: bool) -> None:
-    """Validate PATH; exit 2 naming the key if it is wrong, or if it is still the untouched example."""
+    """Validate PATH; exit 2 naming the key if it is wrong, or if it is still the untouched example.
+
+    PATH defaults to $PARKWATCH_CONFIG, then the installed path.
+    """
     from edge.config import load, preflight, template_leftovers
     from shared.errors import ConfigError
 

@@ -314,7 +314,14 @@ class Daemon:
         self._telemetry_seq += 1
         cur = self.model_slot.current
         host_fields = {k: v for k, v in host.items() if k in Telemetry.model_fields}
+        # none_rate only to a cloud that said it takes schema-2 telemetry (an old one refuses it)
+        extra = (
+            {"schema_version": 2, "none_rate": e.none_rate()}
+            if 2 in self.mqtt.cloud_telemetry_schemas
+            else {}
+        )
         return Telemetry(
+            **extra,
             device=self.cfg.device.id,
             site=self.cfg.device.site,
             seq=self._telemetry_seq,

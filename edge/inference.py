@@ -35,7 +35,8 @@ from edge.events import RecentErrors
 from edge.integrity import Box, FrameCheck, IntegrityChecker, motion_boxes
 from edge.model import LoadedModel, ModelOutput, ModelSlot
 from edge.outbox import Outbox
-from edge.perception.pipeline import FramePipeline, FrameResult
+from edge.perception.ir import is_ir
+from edge.perception.pipeline import MAX_REPORTED, FramePipeline, FrameResult, RegionResult, aggregate
 from edge.perception.regions import Region, Zone
 from edge.snapshots import SnapshotStore
 from edge.writer import OutboxWriter
@@ -53,6 +54,7 @@ class Prepared:
     thumb: Any
     tensor: Any  # (1, …) float32 model input, or None when no model was loaded
     spec: PreprocessSpec | None
+    ir: bool | None = None  # colour saturation near zero (an IR camera at night)
 
 
 @dataclass
@@ -200,7 +202,7 @@ class InferenceEngine:
         check, thumb = self._check(camera, image)
         model = self.slot.current
         tensor = model.preprocessor([image]) if model is not None else None
-        return Prepared(check, thumb, tensor, model.spec if model is not None else None)
+        return Prepared(check, thumb, tensor, model.spec if model is not None else None, is_ir(image))
 
     def pipeline(self, model: LoadedModel) -> FramePipeline:
         """The frame pipeline of ``model`` (one per model: a swap brings its own thresholds)."""
@@ -260,7 +262,7 @@ class InferenceEngine:
             )
             first = last_row
             try:  # one frame's failure must not cost the other frames of the batch; it is counted
-                res = pipe.finish(job.frame.image, job.regions, part)
+                res = self._finish(pipe, model, job, part)
                 preds.append(self._prediction(model, job, res, done))
                 done_jobs.append(job)
             except Exception as e:
@@ -312,6 +314,35 @@ class InferenceEngine:
             job.rows = np.concatenate([full, pipe.tensors(f.image, rest)]) if rest else full
             return
         job.rows = pipe.tensors(f.image, job.regions)
+
+    def _finish(self, pipe: FramePipeline, model: LoadedModel, job: _Job, out: ModelOutput) -> FrameResult:
+        """``FramePipeline.finish`` with the ``ir`` measured on the camera's reader thread
+        (``prepare``), so the inference thread spends its time on the model: the same pure
+        ``aggregate`` decides the frame, exactly as ``parkwatch edge classify`` does."""
+        prep = job.frame.prepared if isinstance(job.frame.prepared, Prepared) else None
+        if prep is None or prep.ir is None:
+            return pipe.finish(job.frame.image, job.regions, out)
+        regions = job.regions
+        if out.probs.shape[0] != len(regions):
+            raise ValueError(f"{out.probs.shape[0]} output rows for {len(regions)} regions")
+        agg = aggregate(
+            [r.source for r in regions],
+            out.probs,
+            out.pet_score,
+            model.labels,
+            pipe.rejection,
+            pipe.threshold,
+            pipe.region_threshold,
+            pipe.abstain,
+        )
+        return FrameResult(
+            label=agg.label,
+            confidence=round(agg.confidence, 6),
+            probs={lab: round(float(p), 6) for lab, p in zip(model.labels, out.probs[agg.main], strict=True)},
+            regions=[RegionResult(regions[k], *agg.decisions[k]) for k in agg.pets[:MAX_REPORTED]],
+            ir=prep.ir,
+            evaluated=len(regions),
+        )
 
     def _run_model(self, model: LoadedModel, batch: np.ndarray) -> ModelOutput:
         """All regions of all cameras' frames, at most ``max_batch_regions`` per session.run."""

@@ -93,6 +93,7 @@ class MqttLink:
         self._started = False
         # Until the cloud says otherwise it is assumed old: schema 1 is what every cloud accepts.
         self.cloud_prediction_schemas: tuple[int, ...] = (1,)
+        self.cloud_telemetry_schemas: tuple[int, ...] = (1,)
 
         c = make_client(cfg, self.client_id)  # credentials and TLS as on the cloud side
         c.max_inflight_messages_set(100)
@@ -279,6 +280,7 @@ class MqttLink:
     def _on_capabilities(self, msg: mqtt.MQTTMessage) -> None:
         """A cleared (empty) or unreadable message means: assume an old cloud again."""
         schemas: tuple[int, ...] = (1,)
+        telemetry: tuple[int, ...] = (1,)
         if msg.payload:
             try:
                 _, caps = decode(msg.topic, msg.payload)
@@ -287,9 +289,11 @@ class MqttLink:
             else:
                 assert isinstance(caps, CloudCapabilities)
                 schemas = tuple(sorted(set(caps.predictions)))
+                telemetry = tuple(sorted(set(caps.telemetry)))
         if schemas != self.cloud_prediction_schemas:
             log.info("the cloud accepts prediction schemas %s", list(schemas))
         self.cloud_prediction_schemas = schemas
+        self.cloud_telemetry_schemas = telemetry
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("unrouted message on %s", msg.topic)

@@ -1,67 +1,162 @@
 #!/usr/bin/env bash
-# Install the parkwatch cloud on this Debian/Ubuntu host (run as root from a parkwatch checkout):
+# Install (or update) the parkwatch cloud on this Debian/Ubuntu host. Run as root from a checkout:
 #
 #   sudo provisioning/install-cloud.sh
 #
-# Idempotent: re-running keeps existing config, keys, credentials and data. Steps:
+# Idempotent: re-running updates the software and keeps config, keys, credentials and data. Steps:
 #  1. system packages (mosquitto) via provisioning/system-deps.sh
-#  2. system user 'parkwatch', venv in /opt/parkwatch with the cloud extra (pinned by constraints.txt)
-#  3. /etc/parkwatch/cloud.toml from provisioning/cloud.example.toml (if absent)
-#  4. data folder, TUF keys and repository ('parkwatch cloud keys init'), the cloud's broker account
-#  5. Mosquitto: tuning file, password/ACL config (provisioning/mosquitto/mosquitto.conf.example)
-#  6. systemd unit (if systemd/parkwatch-cloud.service exists in the checkout)
+#  2. system user 'parkwatch', venv /opt/parkwatch/cloud-venv with the cloud extra (constraints.txt)
+#  3. /etc/parkwatch/cloud.toml from provisioning/cloud.example.toml (only if absent)
+#     and the dashboard's session secret /etc/parkwatch/secrets/dashboard-session (named in it)
+#  4. data folder, TUF keys and repository ('parkwatch cloud keys init'), the cloud's broker
+#     account (its password in /etc/parkwatch/secrets/mqtt-cloud, named in cloud.toml)
+#  5. Mosquitto: the tuning file and the password/ACL config in /etc/mosquitto/conf.d/ (from
+#     provisioning/mosquitto/); the TLS listener stays commented out until its certificates exist
+#  6. systemd/parkwatch-cloud.service ('parkwatch cloud serve'), enabled and started with mosquitto
 # Afterwards: move the root key offline (docs/release-channel.md, "First setup").
+#
+# Environment overrides (defaults in brackets):
+#   PARKWATCH_PREFIX [/opt/parkwatch]   PARKWATCH_ETC [/etc/parkwatch]
+#   PARKWATCH_CLOUD_DATA [/var/lib/parkwatch-cloud]   PARKWATCH_PYTHON [python3]
+#   PARKWATCH_MQTT_PORT [1883] (loopback listener)   PARKWATCH_MQTT_TLS_PORT [8883]
+#   PARKWATCH_DASHBOARD_PORT [8000]   (ports are written only into files this script creates)
+#   PARKWATCH_PIP_ARGS [""]   extra pip arguments (e.g. --no-index --find-links DIR)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${PARKWATCH_PREFIX:-/opt/parkwatch}
-etc=/etc/parkwatch
-data=/var/lib/parkwatch-cloud
-[[ $(id -u) -eq 0 ]] || { echo "run as root: sudo $0" >&2; exit 1; }
+etc=${PARKWATCH_ETC:-/etc/parkwatch}
+data=${PARKWATCH_CLOUD_DATA:-/var/lib/parkwatch-cloud}
+python=${PARKWATCH_PYTHON:-python3}
+mqtt_port=${PARKWATCH_MQTT_PORT:-1883}
+tls_port=${PARKWATCH_MQTT_TLS_PORT:-8883}
+dashboard_port=${PARKWATCH_DASHBOARD_PORT:-8000}
+read -r -a pip_args <<< "${PARKWATCH_PIP_ARGS:-}"
+venv=$prefix/cloud-venv
+conf_d=/etc/mosquitto/conf.d
+certs=/etc/mosquitto/certs
 
+die() { echo "install-cloud: $*" >&2; exit 1; }
+say() { echo "install-cloud: $*"; }
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -euo/{/^set/!p}' "$0"; exit 0 ;;
+  "") ;;
+  *) die "unknown argument '$1' (see --help)" ;;
+esac
+[[ $(id -u) -eq 0 ]] || die "run as root: sudo $0"
+[[ -f $here/pyproject.toml && -d $here/cloud ]] || die "$here is not a parkwatch checkout"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || die "$python is missing or older than 3.11: sudo apt-get install -y python3 python3-venv"
+"$python" -c 'import venv, ensurepip' 2>/dev/null || die "python venv support is missing: sudo apt-get install -y python3-venv"
+
+# 1. system packages
 "$here/provisioning/system-deps.sh" broker
-id parkwatch >/dev/null 2>&1 || useradd --system --home-dir "$data" --shell /usr/sbin/nologin parkwatch
 
-if [[ ! -x $prefix/venv/bin/parkwatch ]]; then
-  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "needs Python >= 3.11" >&2; exit 1; }
-  python3 -m venv "$prefix/venv"
-  "$prefix/venv/bin/pip" install -q -c "$here/constraints.txt" "$here[cloud]"
+# 2. user and software
+if ! id parkwatch >/dev/null 2>&1; then
+  useradd --system --home-dir "$data" --no-create-home --shell /usr/sbin/nologin parkwatch
+  say "created system user parkwatch"
 fi
-pw="$prefix/venv/bin/parkwatch"
+install -d -m 0755 "$prefix" "$prefix/share/doc"
+if [[ ! -x $venv/bin/python ]]; then
+  "$python" -m venv "$venv"
+  say "created $venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check "${pip_args[@]}" -c "$here/constraints.txt" "$here[cloud]" \
+  || die "pip could not install parkwatch[cloud]; see the messages above"
+for doc in operator.md operator-dashboard.md release-channel.md approver.md cloud-engineer-build.md; do
+  if [[ -f $here/docs/$doc ]]; then install -m 0644 "$here/docs/$doc" "$prefix/share/doc/$doc"; fi
+done
+pw=$venv/bin/parkwatch
 
+# 3. config: created once, never overwritten
 install -d -m 0755 "$etc"
 install -d -m 0750 -g parkwatch "$etc/secrets"
-[[ -e $etc/cloud.toml ]] || install -m 0640 -g parkwatch "$here/provisioning/cloud.example.toml" "$etc/cloud.toml"
+fresh_config=0
+if [[ ! -e $etc/cloud.toml ]]; then
+  sed -e "s#^data_dir = .*#data_dir = \"$data\"#" \
+      -e "s#^port = 1883#port = $mqtt_port#" \
+      -e "s#^port = 8000#port = $dashboard_port\nsession_secret = { file = \"$etc/secrets/dashboard-session\" }#" \
+      -e "s#^username = \"parkwatch-cloud\"#&\npassword = { file = \"$etc/secrets/mqtt-cloud\" }#" \
+      "$here/provisioning/cloud.example.toml" > "$etc/cloud.toml.new"
+  chmod 0640 "$etc/cloud.toml.new"
+  chgrp parkwatch "$etc/cloud.toml.new"
+  mv "$etc/cloud.toml.new" "$etc/cloud.toml"
+  fresh_config=1
+  say "wrote $etc/cloud.toml"
+else
+  say "kept existing $etc/cloud.toml"
+fi
+
+# The dashboard's cookie-signing secret: kept across restarts, so nobody is signed out by one.
+if [[ ! -s $etc/secrets/dashboard-session ]]; then
+  (umask 027; "$python" -c 'import secrets; print(secrets.token_hex(32))' > "$etc/secrets/dashboard-session")
+  chgrp parkwatch "$etc/secrets/dashboard-session"
+  say "generated the dashboard session secret in $etc/secrets/dashboard-session"
+fi
+
+# 4. data, keys, the cloud's broker account
 install -d -m 0711 -o parkwatch -g parkwatch "$data"
 as_pw() { runuser -u parkwatch -- "$pw" cloud "$@" --config "$etc/cloud.toml"; }
-
 if [[ ! -e $data/tuf-repo/metadata/root.json ]]; then
   # Refused while [release] approver_keys_dir is unset (the approver's key must not live here).
-  if ! as_pw keys init --as "install-cloud"; then
-    echo "keys and TUF repository NOT created (see above): set [release] approver_keys_dir in" \
+  if ! as_pw keys init --as install-cloud; then
+    say "keys and TUF repository NOT created (see above): set [release] approver_keys_dir in" \
       "$etc/cloud.toml to the approver's own folder, then run:" \
-      "runuser -u parkwatch -- $pw cloud keys init --as NAME --config $etc/cloud.toml" >&2
+      "runuser -u parkwatch -- $pw cloud keys init --as NAME --config $etc/cloud.toml"
   fi
 fi
 install -d -m 2750 -o parkwatch -g mosquitto "$data/broker"  # setgid: files stay group mosquitto
-if [[ ! -e $etc/secrets/mqtt-cloud ]]; then
-  as_pw devices cloud-account --secret-out "$data/mqtt-cloud.secret" --as "install-cloud"
-  install -m 0640 -g parkwatch "$data/mqtt-cloud.secret" "$etc/secrets/mqtt-cloud"
-  rm -f "$data/mqtt-cloud.secret"
-  echo "set [mqtt] password = { file = \"$etc/secrets/mqtt-cloud\" } in $etc/cloud.toml"
+if [[ ! -s $etc/secrets/mqtt-cloud ]]; then
+  secret_tmp=$(runuser -u parkwatch -- mktemp -d "$data/.secret.XXXXXX")
+  as_pw devices cloud-account --secret-out "$secret_tmp/mqtt-cloud" --as install-cloud
+  install -m 0640 -g parkwatch "$secret_tmp/mqtt-cloud" "$etc/secrets/mqtt-cloud"
+  rm -rf "$secret_tmp"
+  say "created the cloud's broker account; its password is in $etc/secrets/mqtt-cloud"
+fi
+if ! grep -q "^password = { file = \"$etc/secrets/mqtt-cloud\" }" "$etc/cloud.toml"; then
+  say "note: $etc/cloud.toml does not name $etc/secrets/mqtt-cloud as [mqtt] password; set it if the cloud cannot log in"
+fi
+runuser -u parkwatch -- "$pw" cloud config check "$etc/cloud.toml" \
+  || die "$etc/cloud.toml is invalid or names a secret the parkwatch user cannot read (message above)"
+
+# 5. Mosquitto. Debian's mosquitto.conf reads conf.d/*.conf (alphabetically: the tuning first);
+#    Mosquitto ignores include_dir inside an included file, so both files live in conf.d itself.
+install -d "$conf_d"
+install -m 0644 "$here/provisioning/mosquitto/parkwatch.conf" "$conf_d/parkwatch-tuning.conf"
+rm -f /etc/mosquitto/parkwatch.d/parkwatch.conf  # where older versions of this script put it
+rmdir /etc/mosquitto/parkwatch.d 2>/dev/null || true
+if [[ ! -e $conf_d/parkwatch.conf ]]; then
+  tls_block=''  # without certificates Mosquitto would not start at all: comment the TLS listener out
+  [[ -s $certs/ca.crt && -s $certs/server.crt && -s $certs/server.key ]] \
+    || tls_block="/^listener $tls_port\$/,/^tls_version/ s/^/#/"
+  sed -e "s#/var/lib/parkwatch-cloud#$data#g" \
+      -e "s#^listener 1883 #listener $mqtt_port #" \
+      -e "s#^listener 8883#listener $tls_port#" \
+      -e "${tls_block:-b}" \
+      "$here/provisioning/mosquitto/mosquitto.conf.example" > "$conf_d/parkwatch.conf.new"
+  mv "$conf_d/parkwatch.conf.new" "$conf_d/parkwatch.conf"
+  if [[ -n $tls_block ]]; then
+    say "the TLS listener (port $tls_port) in $conf_d/parkwatch.conf is commented out: make certificates with provisioning/mosquitto/gen-tls.sh into $certs, uncomment it, systemctl restart mosquitto"
+  fi
+else
+  say "kept existing $conf_d/parkwatch.conf"
 fi
 
-install -d /etc/mosquitto/parkwatch.d /etc/mosquitto/conf.d
-install -m 0644 "$here/provisioning/mosquitto/parkwatch.conf" /etc/mosquitto/parkwatch.d/parkwatch.conf
-if [[ ! -e /etc/mosquitto/conf.d/parkwatch.conf ]]; then
-  sed "s#/var/lib/parkwatch-cloud#$data#g" "$here/provisioning/mosquitto/mosquitto.conf.example" \
-    > /etc/mosquitto/conf.d/parkwatch.conf
-  echo "edit /etc/mosquitto/conf.d/parkwatch.conf: TLS listener certificates (provisioning/mosquitto/gen-tls.sh)"
+# 6. services
+systemd_up=0; [[ -d /run/systemd/system ]] && systemd_up=1
+sed -e "s#@VENV@#$venv#g" -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@DATA@#$data#g" \
+  "$here/systemd/parkwatch-cloud.service" > /etc/systemd/system/parkwatch-cloud.service.tmp
+chmod 0644 /etc/systemd/system/parkwatch-cloud.service.tmp
+mv /etc/systemd/system/parkwatch-cloud.service.tmp /etc/systemd/system/parkwatch-cloud.service
+if [[ $systemd_up == 1 ]]; then
+  systemctl daemon-reload
+  systemctl enable mosquitto.service parkwatch-cloud.service
+  systemctl restart mosquitto.service || die "mosquitto does not start: journalctl -u mosquitto; /var/log/mosquitto/mosquitto.log"
+  systemctl restart parkwatch-cloud.service || die "parkwatch-cloud does not start: journalctl -u parkwatch-cloud"
+  say "mosquitto and parkwatch-cloud enabled and (re)started: systemctl status parkwatch-cloud"
+else
+  say "systemd is not running here: start mosquitto and '$pw cloud serve --config $etc/cloud.toml' yourself"
 fi
-systemctl reload-or-restart mosquitto 2>/dev/null || echo "start mosquitto: systemctl restart mosquitto"
-
-if [[ -e $here/systemd/parkwatch-cloud.service ]]; then
-  install -m 0644 "$here/systemd/parkwatch-cloud.service" /etc/systemd/system/parkwatch-cloud.service
-  systemctl daemon-reload && systemctl enable --now parkwatch-cloud || true
-fi
-echo "done. Trusted root for the boxes: $data/tuf-repo/metadata/root.json"
-echo "next: parkwatch cloud devices add BOX --site SITE --group GROUP --secret-out BOX.secret"
+[[ $fresh_config == 0 ]] || say "review $etc/cloud.toml ([gate], [release], [dashboard]) and restart: systemctl restart parkwatch-cloud"
+say "done. Trusted root for the boxes: $data/tuf-repo/metadata/root.json"
+say "next: sudo -u parkwatch $pw cloud devices add BOX --site SITE --group GROUP --secret-out BOX.secret --config $etc/cloud.toml"

@@ -77,3 +77,7 @@ def main(verbose: int) -> None:
         level=env_level.upper() if env_level else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+if __name__ == "__main__":  # python -m shared.cli, where the console script is not installed
+    main()

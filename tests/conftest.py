@@ -110,10 +110,19 @@ def fleet_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 # Tests that need a live process beside the test (a broker, PostgreSQL, an RTSP server, a browser,
-# a subprocess) are marked ``integration``; ``make test-fast`` leaves them and the slow ones out,
+# a subprocess) or run torch are marked ``integration``; ``make test-fast`` leaves them and the slow ones out,
 # for the edit-run loop. ``make test`` (CI) runs everything.
 _LIVE_FIXTURES = {"broker", "pg_server", "pg_url", "baseline_package", "trained_package"}
-_LIVE_MARKS = ("EmbeddedBroker", "subprocess", "playwright", "rtsp_server", "uvicorn", "systemd-nspawn")
+_LIVE_MARKS = (
+    "EmbeddedBroker",
+    "subprocess",
+    "playwright",
+    "rtsp_server",
+    "uvicorn",
+    "systemd-nspawn",
+    "cloud.training",  # trains or extracts features with torch: tens of seconds per test
+    "cloud.packaging",
+)
 _module_is_live: dict[str, bool] = {}
 
 

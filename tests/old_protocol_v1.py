@@ -1,5 +1,5 @@
-"""The v1 prediction payload models exactly as a cloud built before schema 2 had them (a frozen
-copy of shared/protocol/messages.py at 77923ea, trimmed to what a prediction batch needs).
+"""The v1 prediction and telemetry payload models exactly as a cloud built before schema 2 had
+them (a frozen copy of shared/protocol/messages.py at 77923ea, trimmed to those two messages).
 
 Tests validate what a new box sends to a cloud that has not advertised schema 2 against these:
 with ``extra="forbid"`` and ``schema: Literal[1]`` they refuse anything an old cloud would refuse."""
@@ -78,3 +78,45 @@ class PredictionBatch(Message):
             if b.seq <= a.seq:
                 raise ValueError("prediction seq numbers must be strictly increasing in a batch")
         return v
+
+
+class CameraTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    state: Literal["streaming", "stalled", "reconnecting", "offline"]
+    fps: float = Field(0.0, ge=0)
+    frames: int = Field(0, ge=0)
+    dropped: int = Field(0, ge=0)
+    reconnects: int = Field(0, ge=0)
+    last_frame_ts: float | None = None
+    error: str | None = None
+    integrity: dict[str, int] = Field(default_factory=dict)
+
+
+class Telemetry(Message):
+    device: str
+    site: str
+    ts: float = Field(default_factory=now)
+    seq: int = Field(0, ge=0, le=SEQ_MAX)
+    cpu_percent: float = Field(ge=0)
+    cpu_per_core: list[float] = Field(default_factory=list)
+    load_avg: list[float] = Field(default_factory=list)
+    memory_percent: float = Field(ge=0, le=100)
+    memory_used_mb: float = Field(0, ge=0)
+    disk_percent: float = Field(ge=0, le=100)
+    disk_free_mb: float = Field(0, ge=0)
+    temperatures: dict[str, float] | None = Field(
+        None, description="sensor -> °C; None when the host has no sensors"
+    )
+    uptime_process_s: float = Field(ge=0)
+    uptime_system_s: float = Field(ge=0)
+    latency_ms: dict[str, float] = Field(default_factory=dict, description="p50/p95/p99")
+    inference_fps: float = Field(0.0, ge=0)
+    inference_errors: int = Field(0, ge=0)
+    abstain_rate: float | None = Field(None, ge=0, le=1)
+    cameras: dict[str, CameraTelemetry] = Field(default_factory=dict)
+    outbox_backlog: int = Field(0, ge=0)
+    outbox_evicted: int = Field(0, ge=0)
+    outbox_errors: int = Field(0, ge=0)
+    model_version: str | None = None
+    invalid_messages: dict[str, int] = Field(default_factory=dict)

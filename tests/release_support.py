@@ -117,6 +117,8 @@ def write_cloud_toml(cfg: CloudConfig, path: Path) -> Path:
             lines.append(f"{k} = {json.dumps(v)}")
         else:
             lines.append(f'{k} = "{v}"')
+    if cfg.fleet.database_url:  # a test on the PostgreSQL fleet store: the CLI must use it too
+        lines += ["[fleet]", f'database_url = "{cfg.fleet.database_url}"']
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -127,10 +127,17 @@ def make_clip(images: list[Path], out: Path, seconds_per_image: float = 0.5, fps
 class RtspServer:
     """Controls one server process; port and mount stay the same across kill()/start()."""
 
-    def __init__(self, port: int | None = None, mount: str = "/cam1", clip: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        mount: str = "/cam1",
+        clip: Path | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.mount = mount
         self.clip = clip
+        self.auth = auth  # (user, password): the camera answers 401 without them (HTTP Basic)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -141,6 +148,8 @@ class RtspServer:
         args = [SYSTEM_PYTHON, str(Path(__file__).resolve()), "--port", str(self.port), "--mount", self.mount]
         if self.clip is not None:
             args += ["--clip", str(self.clip)]
+        if self.auth is not None:
+            args += ["--user", self.auth[0], "--password", self.auth[1]]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         assert self.proc.stdout is not None
@@ -176,7 +185,8 @@ class RtspServer:
         self.kill()
 
 
-def _serve(port: int, mount: str, clip: str | None) -> None:  # runs under /usr/bin/python3
+def _serve(port: int, mount: str, clip: str | None, user: str | None = None, password: str = "") -> None:
+    # runs under /usr/bin/python3
     import gi
 
     gi.require_version("Gst", "1.0")
@@ -190,6 +200,16 @@ def _serve(port: int, mount: str, clip: str | None) -> None:  # runs under /usr/
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(clip_launch(clip) if clip else TESTSRC)
     factory.set_shared(True)
+    if user:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role("viewer", "media.factory.access", True)
+        permissions.add_permission_for_role("viewer", "media.factory.construct", True)
+        factory.set_permissions(permissions)
     server.get_mount_points().add_factory(mount, factory)
     if server.attach(None) == 0:
         print(f"cannot listen on port {port}", file=sys.stderr, flush=True)
@@ -207,5 +227,7 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=8554)
     ap.add_argument("--mount", default="/cam1")
     ap.add_argument("--clip", default=None, help="H.264 MP4 to serve instead of a test pattern")
+    ap.add_argument("--user", default=None, help="require HTTP Basic credentials (401 without)")
+    ap.add_argument("--password", default="")
     a = ap.parse_args()
-    _serve(a.port, a.mount, a.clip)
+    _serve(a.port, a.mount, a.clip, a.user, a.password)

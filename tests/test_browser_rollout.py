@@ -87,7 +87,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 ratio = page.locator('tr[data-group="staging"] .ratio')
                 assert ratio.inner_text() == f"{N}/{N}"  # 1.0.0 everywhere
                 page.get_by_label("Approved version").select_option("2.0.0")
-                page.get_by_label("Device group").first.fill("staging")
+                page.get_by_label("Device group").first.select_option("staging")  # the known groups
                 page.get_by_role("button", name="Start rollout").click()
                 page.wait_for_selector("p.flash:has-text('Rollout of 2.0.0 to group staging started')")
                 # the page refreshes itself; the updaters download, verify, self-test, swap

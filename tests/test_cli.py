@@ -66,10 +66,11 @@ def test_edge_never_imports_torch() -> None:
         "from click.testing import CliRunner\n"
         "from shared.cli import main\n"
         "r = CliRunner()\n"
-        "cmds = (['edge', '--help'], ['edge', 'run', '--help'], ['edge', 'config', 'check', '--help'])\n"
+        "cmds = (['edge', '--help'], ['edge', 'run', '--help'], ['edge', 'config', 'check', '--help'],\n"
+        "        ['edge', 'classify', '--help'])\n"
         "for args in cmds:\n"
         "    assert r.invoke(main, args).exit_code == 0, args\n"
-        "import edge.daemon, edge.model\n"
+        "import edge.daemon, edge.model, edge.perception.pipeline, shared.perception\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'cloud'})\n"
         "print(','.join(bad))\n"
     )

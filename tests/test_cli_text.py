@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
@@ -96,3 +97,36 @@ def test_lineage_of_a_model_is_readable(tmp_path: Path) -> None:
     assert "model 1.0.0" in out and "abc123 (uncommitted changes)" in out
     assert re.search(r"head\.lr\s+0\.001", out), out
     assert "missing" in out and "  - training run: model version 1.0.0 records none" in out
+
+
+@pytest.mark.slow
+def test_cloud_baseline_builds_the_package_the_edge_runs_first(tmp_path: Path) -> None:
+    """edge.example.toml's [model] initial needs a package no command built (issue 15, D20)."""
+    from edge.config import InferenceConfig
+    from edge.model import load_model
+
+    code, out = run("baseline", str(tmp_path / "models"), "--version", "baseline-test", "--json")
+    assert code == 0, out
+    built = json.loads(out)
+    pkg = Path(built["package"])
+    assert pkg == tmp_path / "models" / "baseline-test" and (pkg / "manifest.json").is_file()
+    model = load_model(pkg, InferenceConfig(threads=1))  # the edge's own loader accepts it
+    assert model.version == "baseline-test"
+    code, out = run("baseline", str(tmp_path / "models"), "--version", "baseline-test")
+    assert code == 1 and "already exists" in out  # versions are immutable: never overwritten
+
+
+def test_the_exit_codes_the_docs_give_are_the_ones_the_cli_uses(tmp_path: Path) -> None:
+    """The docs said 1/2 while usage errors exit 64 (issue 15, D20)."""
+    from shared.cli import EXIT_USAGE, main
+    from shared.clitools import EXIT_CONFIG, EXIT_ERROR
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cloud-engineer-build.md").read_text()
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \| ", doc, flags=re.M)}
+    assert documented == {0, EXIT_ERROR, EXIT_CONFIG, EXIT_USAGE}
+    res = CliRunner().invoke(main, ["cloud", "models", "show", "--no-such-option"])
+    assert res.exit_code == EXIT_USAGE == 64
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nhots = 1\n")
+    res = CliRunner().invoke(main, ["cloud", "models", "list", "--config", str(bad)])
+    assert res.exit_code == EXIT_CONFIG

@@ -108,6 +108,14 @@ def test_config_check_cli_exit_codes(tmp_path: Path, side: str) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert '"ok": true' in res.stdout
+    # no PATH: $PARKWATCH_CONFIG names the file, as for every other command (issue 15, D20)
+    res = subprocess.run(
+        [*PARKWATCH, side, "config", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PARKWATCH_CONFIG": str(bad)},
+    )
+    assert res.returncode == 2 and str(bad) in res.stderr and "mqtt.hots" in res.stderr, res.stderr
 
 
 def test_inference_threads_auto_leaves_a_core_for_the_cameras(monkeypatch: pytest.MonkeyPatch) -> None:

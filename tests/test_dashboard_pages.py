@@ -129,7 +129,7 @@ def test_quality_page_says_not_judged_for_a_model_without_baseline(cfg) -> None:
     from cloud.analysis.job import run_analysis
     from cloud.fleet.store import FleetStore
 
-    with FleetStore(cfg.fleet_db) as fleet:
+    with FleetStore(cfg.fleet_store) as fleet:
         run_analysis(cfg, fleet, None, baseline_of=lambda v: None, write_report=False)
     c = client_for(cfg)
     sign_in(c, "viewer")
@@ -320,3 +320,44 @@ def test_feedback_api_needs_role_and_token(cfg) -> None:  # type: ignore[no-unty
     assert c2.post("/api/feedback", json=body).status_code == 403  # no token
     r = c2.post("/api/feedback", json=body, headers={"X-CSRF-Token": token})
     assert r.status_code == 201 and r.json()["actor"] == "engineer"
+
+
+def test_lineage_page_is_sections_and_tables_and_audit_details_wrap(
+    cfg, tmp_path: Path, pets_sample: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The lineage page was an 11,000-px raw dump of nested lists; the audit page cut off its
+    details column. Now: one section per hop, files folded in a table, details that wrap."""
+    from cloud.data.config import IngestConfig
+    from cloud.data.ingest import ingest
+    from tests.test_ingest import make_lake
+
+    lake = make_lake(pets_sample, tmp_path / "lake")
+    with Registry(cfg.registry_db) as reg:
+        ds = ingest(lake, reg, cfg.datasets_dir, IngestConfig(), show_progress=False)
+        reg.register_model(
+            ModelRecord(
+                version="m2",
+                gate_passed=True,
+                package_dir="/pkgs/m2",
+                tarball="",
+                tarball_sha256="",
+                dataset_id=ds.dataset_version,
+                metrics={"accuracy": 0.981, "ece": 0.02},
+                lineage={
+                    "code": {"commit": "feedbeef", "dirty": False, "packages": {"torch": "2.14.1"}},
+                    "parameters": {"head": {"lr": 0.001, "dropout": 0.2}, "seed": 7},
+                },
+            )
+        )
+        reg.audit.append("qa-anna", "approve", "model:m2", {"reason": "x" * 300, "signed_by": ["a" * 64]})
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    page = c.get("/lineage", params={"q": "m2"}).text
+    for heading in ("Model m2", "Parameters", f"Dataset {ds.dataset_version[:16]}", "Audit entries"):
+        assert f">{heading}" in page, heading
+    assert "<dt>head.lr</dt><dd>0.001</dd>" in page  # flattened, not a nested dump
+    assert "<details><summary>24 files</summary>" in page and "<th>SHA-256</th>" in page
+    assert "<li><dl" not in page and "{&#39;" not in page
+    audit = c.get("/audit").text
+    cell = audit.split('<td class="wrap details">')[1].split("</td>")[0]
+    assert '<span class="kvline"><b>signed_by</b> ' + "a" * 64 in cell

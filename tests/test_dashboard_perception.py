@@ -156,3 +156,31 @@ def test_jpeg_size_refuses_what_is_not_a_jpeg(tmp_path: Path) -> None:
     p.write_bytes(b"PNG....")
     assert jpeg_size(p) is None
     assert jpeg_size(tmp_path / "missing.jpg") is None
+
+
+def test_pages_render_without_a_baseline_and_for_an_analysis_older_than_the_modes(cfg: Any) -> None:
+    store = FleetStore(cfg.fleet_db)
+    now = time.time()
+    run_analysis(cfg, store, None, now=now + 1, baseline_of=lambda v: None)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    html = c.get("/quality").text
+    assert "no baseline (not judged)" in html and "none share" in html and "(test set" not in html
+    # A drift row written before this version: no counts, no modes in its details.
+    old = {
+        "run_id": "old",
+        "ts": now + 2,
+        "window_start": now - 3600,
+        "window_end": now + 2,
+        "model_version": "m1",
+        "site": "park1",
+        "device": "boxpet",
+        "n": 350,
+        "drifted": 0,
+        "reasons": [],
+        "details": {"n": 350, "class_mix": {"cat": 0.5, "dog": 0.5}},
+    }
+    store.add_drift([old])
+    page = c.get("/devices/boxpet")
+    assert page.status_code == 200, page.text[:2000]
+    assert "This analysis ran before per-lighting-mode figures existed" in page.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import socket
 import socketserver
 import subprocess
 import sys
@@ -147,6 +148,21 @@ def test_broker_refusing_the_login_says_not_authorised(tmp_path: Path) -> None:
         broker.stop()
 
 
+def test_connect_failures_are_told_apart() -> None:
+    from edge.mqttlink import connect_failure
+
+    assert connect_failure(ConnectionRefusedError(111, "Connection refused"))[0] == "connection refused"
+    assert connect_failure(TimeoutError("timed out"))[0] == "timed out"
+    assert connect_failure(socket.gaierror(-2, "Name or service not known"))[0] == "host name not found"
+    link = MqttLink(MqttConfig(host="no-such-broker.invalid", port=1883, keepalive=5), "s", "d2")
+    try:
+        link.start()
+        assert wait_for(lambda: link.last_error is not None, 30)
+        assert link.last_error == "cannot reach no-such-broker.invalid:1883: host name not found"
+    finally:
+        link.stop()
+
+
 # -- 11: the banner warns on recent events, not lifetime totals ---------------------------------------
 
 
@@ -277,7 +293,7 @@ def test_fps_starts_afresh_after_a_gap(http_cam: HttpCam) -> None:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PARKWATCH, "edge", *args],
+        [PARKWATCH, "edge", *args, *(["--timeout", "20"] if args[:2] == ("camera", "test") else [])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -292,13 +308,14 @@ def test_camera_test_tells_path_from_host_and_saves_a_frame(tmp_path: Path) -> N
     with RtspServer() as srv:
         ok = run_cli("camera", "test", srv.url, "--out", str(tmp_path / "f.jpg"), cwd=tmp_path)
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        assert "RTSP 200 OK" in ok.stdout and "640x480 frame saved" in ok.stdout
+        assert "ok   reach" in ok.stdout and "640x480 frame saved" in ok.stdout
         saved = cv2.imread(str(tmp_path / "f.jpg"))
         assert saved is not None and saved.shape == (480, 640, 3)
         wrong_path = run_cli("camera", "test", srv.url + "-nope", "--json", cwd=tmp_path)
         assert wrong_path.returncode == 1
         report = json.loads(wrong_path.stdout)
         assert report["steps"][0]["ok"] and "RTSP 404" in report["steps"][1]["detail"]
+        assert [st["name"] for st in report["steps"]] == ["reach", "reply"]
         assert "wrong path" in report["steps"][1]["detail"]
     dead = run_cli("camera", "test", f"rtsp://127.0.0.1:{free_port()}/cam1", cwd=tmp_path)
     assert (
@@ -307,6 +324,22 @@ def test_camera_test_tells_path_from_host_and_saves_a_frame(tmp_path: Path) -> N
         and "connection refused" in dead.stdout
     )
     assert "reply" not in dead.stdout  # it stops at the first layer that fails
+
+
+def test_camera_test_tells_a_missing_password_from_a_wrong_one(tmp_path: Path) -> None:
+    if problem := check_prerequisites():
+        pytest.fail(problem, pytrace=False)
+    with RtspServer(auth=("viewer", "s3cret")) as srv:
+        bare = run_cli("camera", "test", srv.url, cwd=tmp_path)
+        assert bare.returncode == 1 and "RTSP 401" in bare.stdout and "put them in the URL" in bare.stdout
+        with_creds = srv.url.replace("rtsp://", "rtsp://viewer:{}@")
+        wrong = run_cli("camera", "test", with_creds.format("nope"), cwd=tmp_path)
+        assert wrong.returncode == 1 and "the user or password in the URL is wrong" in wrong.stdout
+        assert "nope" not in wrong.stdout and "viewer:***@" in wrong.stdout
+        good = run_cli(
+            "camera", "test", with_creds.format("s3cret"), "--out", str(tmp_path / "a.jpg"), cwd=tmp_path
+        )
+        assert good.returncode == 0 and "s3cret" not in good.stdout, good.stdout
 
 
 @pytest.mark.parametrize("http_cam", ["401"], indirect=True)

@@ -139,12 +139,15 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
         "PARKWATCH_CONFIG": str(
             _write_cfg(
                 tmp_path,
-                cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"window_s": 1e10})}),
+                cfg.model_copy(
+                    update={"analysis": cfg.analysis.model_copy(update={"window_s": 2_592_000.0})}
+                ),
             )
         )
     }
     r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1"], env=env)
     assert r.exit_code == 0, r.output
+    assert "outcomes since 2026-11-0" in r.output and "(window 720 h, whole hours)" in r.output
     assert "cat 2, dog 2 (cats and dogs 4), none 4, abstain 1; IR 62% of frames" in r.output
     r = CliRunner().invoke(main, ["cloud", "health", "--device", "box1", "--json"], env=env)
     assert json.loads(r.output)["outcomes"]["pets"] == {"cat": 2, "dog": 2}
@@ -444,3 +447,11 @@ def test_a_baseline_with_none_per_class_histograms_and_lighting_modes_is_read_an
     assert "class_mix_drift" in [r for r, _ in fig["verdict"]]
     assert fig["confidence_compared"] == "pet calls and abstentions"
     assert fig["counts"] == {"pets": {"cat": 80, "dog": 160}, "none": 160, "abstain": 0}
+
+
+def test_regions_text_lists_a_few_and_says_how_many_more() -> None:
+    from cloud.fleet.outcomes import regions_text
+
+    regions = [{"box": [i, 0, 10, 10], "label": "dog", "confidence": 0.9} for i in range(6)]
+    assert regions_text(regions, limit=2) == "dog 0.90 at (0,0 10x10); dog 0.90 at (1,0 10x10) (+4 more)"
+    assert regions_text(regions).count("dog") == 6 and regions_text(None) == ""

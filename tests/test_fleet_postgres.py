@@ -275,3 +275,73 @@ def test_cloud_inbox_lists_the_workers_of_every_host_from_the_shared_store(
     assert got["host-c-ingest"]["state"] == "down"
     res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
     assert "host-b-ingest" in res.output and "down" in res.output
+
+
+def test_rows_already_stored_are_skipped_even_when_the_device_row_was_recreated(pg_url: str) -> None:
+    """The fast path COPYs rows judged new; if some exist anyway (the device row deleted and
+    recreated, so its max_seq is gone), the batch falls back to ON CONFLICT DO NOTHING."""
+    target = PgTarget(pg_url)
+    now = time.time()
+    w = open_writer(target)
+    w.write([batch("z", [1, 2, 3, 4, 5], now)])
+    w.conn.execute("DELETE FROM devices WHERE device='z'")
+    res = w.write([batch("z", [1, 2, 3, 4, 5, 6], now)])
+    w.db.close()
+    assert res.predictions_stored == 1 and res.duplicates == 5
+    with FleetStore(target) as fs:
+        assert fs.prediction_count("z") == 6
+        assert fs.device("z")["predictions_total"] == 1 and fs.device("z")["max_seq"] == 6
+
+
+def test_writer_and_store_reconnect_after_the_database_restarts(tmp_path: Path) -> None:
+    """A server restart (or fail-over) fails the batch in flight, which stays in the inbox and is
+    retried; the retry opens a new connection. A long-lived store (the dashboard's) does the same."""
+    from cloud.fleet.backends.pgserver import EmbeddedPostgres
+    from cloud.fleet.errors import FleetError
+
+    server = EmbeddedPostgres()
+    server.start()
+    try:
+        target = PgTarget(server.create_database("r"))
+        w = open_writer(target)
+        store = FleetStore(target)
+        now = time.time()
+        w.write([batch("r", [1, 2], now)])
+        assert store.prediction_count() == 2
+        server.stop()
+        server.start()
+        with pytest.raises(FleetError):
+            w.write([batch("r", [3, 4], now)])  # the old connection is gone: retried later
+        w.write([batch("r", [3, 4], now)])
+        with pytest.raises(sqlite3.OperationalError):
+            store.prediction_count()
+        assert store.prediction_count() == 4
+        assert store.gaps("r") == []
+        store.close()
+        w.db.close()
+    finally:
+        server.cleanup()
+
+
+def test_a_backlog_on_another_host_raises_ingest_backlog_from_its_heartbeat_row(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The analysis host has no inbox of the other hosts' workers: their heartbeat rows stand in."""
+    from cloud.analysis.job import open_governor, run_health
+    from cloud.fleet.workers import Beat, write_beat
+    from cloud.governance.alerts import AlertStore
+
+    cfg = CloudConfig.model_validate(
+        {"data_dir": str(tmp_path / "cloud"), "fleet": {"database_url": pg_url, "inbox_lag_alert_s": 60}}
+    )
+    w = open_writer(cfg.fleet_store)
+    write_beat(w.conn, Beat(worker="host-b-ingest", started_ts=time.time(), backlog=900, oldest_age_s=400.0))
+    write_beat(w.conn, Beat(worker="host-c-ingest", started_ts=time.time(), backlog=3, oldest_age_s=1.0))
+    w.db.close()
+    gov = open_governor(cfg, publish=False)
+    with FleetStore(cfg.fleet_store) as fs:
+        run_health(cfg, fs, gov)
+    with AlertStore(cfg.fleet_store) as st:
+        alerts = st.list(rule="ingest_backlog")
+    assert [a["subject"] for a in alerts] == ["inbox:host-b-ingest"]
+    assert "900 acknowledged messages" in alerts[0]["message"]

@@ -30,3 +30,49 @@ def test_serve_runs_ingest_and_health_checks(tmp_path: Path, broker: EmbeddedBro
     finally:
         dev.disconnect()
         srv.stop()
+
+
+def test_serve_prints_a_banner_with_components_and_the_dashboard_url(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """`cloud serve` printed nothing: an installer could not tell what runs or where the dashboard is."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from shared.broker import free_port
+
+    port = free_port()
+    cfg = cloud_cfg(tmp_path, broker)
+    toml = tmp_path / "cloud.toml"
+    toml.write_text(
+        f'data_dir = "{cfg.data_dir}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'[fleet]\nclient_id = "{cfg.fleet.client_id}"\n[dashboard]\nport = {port}\n'
+        'session_secret = { env = "PW_SESSION" }\n'
+    )
+    env = {**os.environ, "PW_SESSION": "s" * 48}
+    exe = Path(sys.executable).parent / "parkwatch"
+    proc = subprocess.Popen(
+        [str(exe), "cloud", "serve", "--config", str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("stop with Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert "parkwatch cloud serve: data in" in text, text
+        for name in ("fleet-ingest", "release", "analysis", "dashboard"):
+            assert f"  {name}" in text, text
+        assert f"dashboard at http://127.0.0.1:{port}/" in text
+        assert "run 'parkwatch cloud keys init'" in text  # no repository yet: says what to do
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

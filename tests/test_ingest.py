@@ -261,3 +261,27 @@ def test_the_same_data_from_another_folder_keeps_the_first_source(
     toml.write_text(f'data_dir = "{tmp_path / "data"}"\n')
     res = CliRunner().invoke(cloud, ["datasets", "show", ds.id[:12], "--config", str(toml)])
     assert res.exit_code == 0 and f"also from  {copy.resolve()}" in res.output, res.output
+
+
+def test_symlinked_label_folders_and_a_none_label_are_a_lake(
+    tmp_path: Path, reg: Registry, pets_sample: Path
+) -> None:
+    """A lake composed without copying: cat/ and dog/ link to one collection, none/ to another."""
+    src = make_lake(pets_sample, tmp_path / "pets", per_label=20)
+    nopet = tmp_path / "nopet" / "none"
+    nopet.mkdir(parents=True)
+    for f in sorted((pets_sample.parent / "nopet-dev" / "none").glob("*.JPEG"))[:20]:
+        shutil.copy(f, nopet / f.name)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for label, target in (("cat", src / "cat"), ("dog", src / "dog"), ("none", nopet)):
+        (lake / label).symlink_to(target, target_is_directory=True)
+    res = run(lake, reg, tmp_path)
+    assert res["labels"] == ["cat", "dog", "none"]
+    assert res["counts"]["total"] == {"cat": 20, "dog": 20, "none": 20}
+    assert res["quarantined"] == []
+    files = reg.dataset_files(res["dataset_version"], "train") + reg.dataset_files(
+        res["dataset_version"], "test"
+    )
+    assert {f.path.split("/")[0] for f in files} == {"cat", "dog", "none"}
+    assert all((lake / f.path).is_file() for f in files)  # paths resolve through the links

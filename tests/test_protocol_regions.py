@@ -28,6 +28,7 @@ from shared.protocol import (
     Prediction,
     PredictionBatch,
     PredRegion,
+    Telemetry,
     Topics,
     UnsupportedSchema,
     decode,
@@ -81,6 +82,34 @@ def test_schema1_batch_is_exactly_what_an_old_cloud_accepts() -> None:
     assert new.predictions[0].ir is True and new.predictions[1].label == "none"
     _, new1 = decode(TOPIC, wire)
     assert isinstance(new1, PredictionBatch) and new1.predictions[0].regions == []
+
+
+def test_telemetry_none_rate_only_in_schema2_and_schema1_is_what_an_old_cloud_accepts() -> None:
+    topic = Topics.device("bcn", "box1", Kind.TELEMETRY)
+    base: dict[str, Any] = {
+        "device": "box1",
+        "site": "bcn",
+        "cpu_percent": 1.0,
+        "memory_percent": 2.0,
+        "disk_percent": 3.0,
+        "uptime_process_s": 4.0,
+        "uptime_system_s": 5.0,
+        "abstain_rate": 0.1,
+    }
+    t1 = Telemetry(**base)
+    assert "none_rate" not in json.loads(encode(t1))
+    old.Telemetry.model_validate_json(encode(t1))
+    t2 = Telemetry(**base, schema_version=2, none_rate=0.7)
+    with pytest.raises(ValidationError):
+        old.Telemetry.model_validate_json(encode(t2))
+    _, back = decode(topic, encode(t2))
+    assert isinstance(back, Telemetry) and back.none_rate == 0.7 and back.schema_version == 2
+    with pytest.raises(ValidationError, match="schema 2"):
+        Telemetry(**base, none_rate=0.7)
+    bad = json.loads(encode(t2))
+    bad["schema"] = 1
+    with pytest.raises(InvalidPayload, match="schema 2"):
+        decode(topic, json.dumps(bad))
 
 
 def test_regions_are_bounded_and_schema1_cannot_carry_them() -> None:

@@ -64,6 +64,7 @@ class Collector:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 3.5 min with a cached rootfs on a loaded machine; +1 min to build it
 def test_edge_service_under_systemd(booted_rootfs: Container, tmp_path: Path, pets_sample: Path) -> None:
     c = booted_rootfs
     broker_port, status_port = free_port(), free_port()

@@ -147,3 +147,10 @@ def test_seeded_layout(cfg: CloudConfig) -> None:
     """The fixture's assumption: box0001's snapshot exists, at a site outside snapshot_sites."""
     pred = FleetStore(cfg.fleet_db).prediction_by_snapshot("box0001-snap-1")
     assert pred["site"] not in cfg.dashboard.snapshot_sites
+
+
+def test_lineage_page_does_not_name_a_hidden_snapshot(cfg: CloudConfig) -> None:
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    assert "box0000-snap-1" in c.get("/lineage", params={"q": "box0000:1"}).text  # park1: allowed
+    assert "box0001-snap-1" not in c.get("/lineage", params={"q": "box0001:1"}).text  # park2: hidden

@@ -200,6 +200,7 @@ def _figures(
         "ks_p": None,
         "wasserstein": None,
         "est_accuracy_note": "estimate from confidence (CBPE-style), not measured",
+        "baseline_none_share": None,
         "verdict": [],
         "enough_samples": n >= acfg.min_samples,
     }

@@ -13,6 +13,7 @@ from cloud.analysis import baseline as baselines
 from cloud.analysis import drift, health, report
 from cloud.fleet.inbox import inbox_states
 from cloud.fleet.store import FleetStore
+from cloud.fleet.workers import remote_inbox_states
 from cloud.governance.alerts import AlertStore
 from cloud.governance.engine import Governor
 from cloud.governance.notify import AlertPublisher
@@ -34,6 +35,8 @@ def run_health(
 ) -> list[health.DeviceHealth]:
     now = time.time() if now is None else now
     inboxes = inbox_states(cfg.data_dir, now)
+    # Workers on other hosts (a shared PostgreSQL fleet store): their heartbeat rows.
+    inboxes += remote_inbox_states(fleet, {str(s["worker"]) for s in inboxes}, cfg.fleet.worker_stale_s, now)
     # The fleet tables are current only up to the oldest message still waiting in an inbox; judge
     # silence from there, or an ingest backlog would read as a fleet of offline boxes. Only up to
     # the backlog alert's limit: past it, ingest_backlog is open and explains any offline alerts,

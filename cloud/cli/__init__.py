@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "cloud.cli.models:train",
     "evaluate": "cloud.cli.models:evaluate",
     "models": "cloud.cli.models:models",
+    "baseline": "cloud.cli.models:baseline",
     # secure delivery
     "keys": "cloud.cli.release:keys",
     "approve": "cloud.cli.release:approve",

@@ -70,11 +70,16 @@ def check_secrets(cfg: CloudConfig) -> list[dict[str, Any]]:
 
 
 @config.command("check")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH)
+@click.argument(
+    "path", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_PATH, envvar="PARKWATCH_CONFIG"
+)
 @json_option
 @handle_errors
 def config_check(path: Path, as_json: bool) -> None:
-    """Validate PATH and read every secret it names; exit 2 naming the key if one is wrong."""
+    """Validate PATH and read every secret it names; exit 2 naming the key if one is wrong.
+
+    PATH defaults to $PARKWATCH_CONFIG, then the installed path.
+    """
     from cloud.config import load
 
     cfg = load(path)

@@ -471,8 +471,10 @@ def _human_device(d: dict[str, Any]) -> str:
     if o is not None:
         pets = ", ".join(f"{k} {v}" for k, v in o["pets"].items())
         ir = "lighting not reported" if o["ir_share"] is None else f"IR {o['ir_share']:.0%} of frames"
+        win = float(d.get("outcomes_window_s") or 0)
+        span = f"{win / 3600:g} h" if win >= 3600 else f"{win / 60:g} min"
         lines.append(
-            f"  seen     last {d.get('outcomes_window_s', 0) / 3600:.0f} h: {pets} (cats and dogs "
+            f"  outcomes since {_utc(o.get('from'))} (window {span}, whole hours): {pets} (cats and dogs "
             f"{o['pet_total']}), none {o['none']}, abstain {o['abstain']}; {ir}"
         )
     t = d.get("latest_telemetry")

@@ -241,3 +241,41 @@ def model_text(o: dict[str, Any]) -> str:
             indent="    ",
         )
     return "\n".join(x for x in lines if x)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="Version name of the package (default: the builder's baseline version).",
+)
+@json_option
+@handle_errors
+def baseline(out: Path, version: str | None, as_json: bool) -> None:
+    """Build the untrained baseline package into OUT/VERSION (the box's first model).
+
+    edge.example.toml's [model] initial points at the folder install-edge.sh --model installs;
+    this builds that folder without any training (ImageNet classes grouped into cat and dog).
+    """
+    from cloud.packaging.baseline import BASELINE_VERSION, build_baseline
+
+    built = build_baseline(out, version or BASELINE_VERSION)
+    result = {
+        "version": built.version,
+        "package": str(built.directory),
+        "tarball": str(built.tarball),
+        "tarball_sha256": built.tarball_sha256,
+        "parity_max_abs_diff": built.parity_max_abs_diff,
+    }
+    emit(
+        result,
+        as_json,
+        lambda o: (
+            f"baseline package {o['version']} in {o['package']} (tarball {o['tarball']})\n"
+            f"  ONNX against torch: max abs difference {o['parity_max_abs_diff']:.2g}\n"
+            f"  install it as a box's first model: sudo provisioning/install-edge.sh --model {o['package']}\n"
+            "  (it lands in /opt/parkwatch/models/initial, which edge.example.toml's [model] initial names)"
+        ),
+    )

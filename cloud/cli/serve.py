@@ -21,4 +21,4 @@ def serve(config_path: Path, only: tuple[str, ...]) -> None:
     from cloud.config import load
     from cloud.server import CloudServer
 
-    CloudServer(load(config_path), only=list(only) or None).serve_forever()
+    CloudServer(load(config_path), only=list(only) or None).serve_forever(on_started=click.echo)

@@ -8,11 +8,13 @@ the TUF repository and writes the audit log. Nothing here re-implements a rule.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from cloud import lineage
 from cloud.dashboard.deps import Services
+from cloud.dashboard.snapshots import visible
 from cloud.registry import approvals
 from cloud.registry.models import ModelRecord
 from cloud.release.channel import ReleaseChannel
@@ -91,4 +93,9 @@ def rollback(svc: Services, *, group: str, actor: str, reason: str) -> dict[str,
 
 # --- lineage --------------------------------------------------------------------------------
 def lineage_of(svc: Services, ref: str) -> dict[str, Any]:
-    return lineage.lineage(svc.cfg, ref)
+    out = lineage.lineage(svc.cfg, ref)
+    pred = out.get("prediction")
+    if isinstance(pred, dict) and pred.get("snapshot") and not visible(svc.cfg, pred, time.time()):
+        # The snapshot privacy gate: a snapshot the dashboard may not show is not named either.
+        out["prediction"] = {**pred, "snapshot": None}
+    return out

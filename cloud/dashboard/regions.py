@@ -23,6 +23,7 @@ from cloud.fleet.outcomes import mode_of, outcome, regions_text
 # JPEG start-of-frame markers that carry the image size (baseline, progressive, lossless...).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _COLOURS = {"cat": "#f79009", "dog": "#2e90fa"}
+TEXT_LIMIT = 4  # regions listed per prediction in a table row (all are drawn; lineage lists all)
 
 
 def jpeg_size(path: Path, limit: int = 1 << 20) -> tuple[int, int] | None:
@@ -57,7 +58,7 @@ def decorate(p: dict[str, Any]) -> dict[str, Any]:
     """Adds ``outcome`` (a pet label, ``none`` or ``abstain``), ``lighting`` and ``regions_text``."""
     p["outcome"] = outcome(str(p.get("label")), p.get("abstain"))
     p["lighting"] = mode_of(p.get("ir")) or "—"
-    p["regions_text"] = regions_text(p.get("regions"))
+    p["regions_text"] = regions_text(p.get("regions"), limit=TEXT_LIMIT)
     return p
 
 

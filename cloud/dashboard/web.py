@@ -20,6 +20,7 @@ from cloud.dashboard.deps import Services
 from cloud.dashboard.errors import AuthError, Forbidden
 from cloud.dashboard.security import CSRF_FIELD, Session
 from cloud.dashboard.users import PERMISSIONS, User, allowed
+from shared.textfmt import flat
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 T = TypeVar("T")
@@ -177,6 +178,7 @@ def render(request: Request, template: str, status_code: int = 200, **ctx: Any) 
         "refresh_s": svc.cfg.dashboard.refresh_s,
         "partial": request.headers.get("hx-request") == "true",
         "now": time.time(),
+        "flat": flat,  # nested details as (dotted key, readable value) pairs
     }
     templates: Jinja2Templates = request.app.state.templates
     return templates.TemplateResponse(request, template, {**base, **ctx}, status_code=status_code)

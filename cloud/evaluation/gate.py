@@ -6,6 +6,17 @@ from typing import Any
 
 from cloud.evaluation.config import GateConfig
 
+# gate key -> (figure in metrics["perception"], at least (True) or at most (False))
+PERCEPTION_KEYS = {
+    "min_closeup_pets_right": ("closeup_pets_right", True),
+    "min_none_rejection": ("closeup_none_rejected", True),
+    "min_rejection_auroc": ("rejection_auroc", True),
+    "max_rejection_fpr_at_95_tpr": ("rejection_fpr_at_95_tpr", False),
+    "min_scene_accuracy": ("scene_pets_right", True),
+    "min_grey_scene_accuracy": ("grey_scene_pets_right", True),
+    "min_empty_scene_rejection": ("empty_scenes_rejected", True),
+}
+
 
 def check_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     failures: list[str] = []
@@ -18,6 +29,19 @@ def check_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
         failures.append(f"recall gap {metrics['recall_gap']:.4f} > {gate.max_recall_gap}")
     if metrics["ece"] > gate.max_ece:
         failures.append(f"ECE {metrics['ece']:.4f} > {gate.max_ece}")
+    perception = metrics.get("perception") or {}
+    for key, (figure, at_least) in PERCEPTION_KEYS.items():
+        want = getattr(gate, key)
+        if want is None:
+            continue
+        got = perception.get(figure)
+        if got is None:
+            failures.append(
+                f"{figure} is required by gate.{key} but was not measured (it needs a model with "
+                "rejection and none photos in the test split)"
+            )
+        elif (got < want) if at_least else (got > want):
+            failures.append(f"{figure} {got:.4f} {'<' if at_least else '>'} {want}")
     return {"passed": not failures, "failures": failures, "thresholds": gate.model_dump()}
 
 

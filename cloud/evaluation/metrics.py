@@ -132,4 +132,15 @@ def summary(m: dict[str, Any]) -> dict[str, Any]:
         "n": m["n"],
         "per_class": m["per_class"],
         "confusion_matrix": m["confusion_matrix"],
+        **({"perception": m["perception"]} if m.get("perception") else {}),
     }
+
+
+def rejection_roc(pos: F32, neg: F32) -> dict[str, float]:
+    """AUROC of a pet score (pets positive, no-pet photos negative) and the false-positive rate
+    at 95 % true-positive rate: the share of no-pet photos let through when 95 % of pets are."""
+    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    s = np.r_[np.asarray(pos, np.float64), np.asarray(neg, np.float64)]
+    fpr, tpr = roc_curve(y, s)
+    k = int(np.searchsorted(tpr, 0.95, side="left"))
+    return {"auroc": auc(fpr, tpr), "fpr_at_95_tpr": float(fpr[min(k, len(fpr) - 1)])}

@@ -119,6 +119,36 @@ def reliability_svg(bins: list[dict[str, float]], ece: float) -> str:
     return "".join(out)
 
 
+PERCEPTION_ROWS = (
+    ("closeup_pets_right", "close-up pets right (frame pipeline)"),
+    ("closeup_none_rejected", "no-pet photos rejected"),
+    ("rejection_auroc", "rejection AUROC (pet evidence, whole-frame view)"),
+    ("rejection_fpr_at_95_tpr", "rejection false-positive rate at 95 % true-positive rate"),
+    ("scene_pets_right", "pets in 1280x720 scenes right"),
+    ("grey_scene_pets_right", "the same in greyscale right"),
+    ("empty_scenes_rejected", "empty scenes rejected"),
+    ("closeup_abstained", "close-ups abstained"),
+)
+
+
+def _perception_html(p: dict[str, Any] | None) -> str:
+    if not p:
+        return (
+            "<h2>Perception</h2><p>This model cannot reject frames without a pet (no rejection metadata).</p>"
+        )
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{_esc(text)}</td><td>"
+        f"{'not measured' if p.get(key) is None else f'{p[key]:.4f}'}</td></tr>"
+        for key, text in PERCEPTION_ROWS
+    )
+    return (
+        "<h2>Perception (what a box says about frames)</h2><table>"
+        f"<tr><th>figure</th><th>value</th></tr>{rows}</table>"
+        f"<p>Thresholds: whole-frame view {_esc(p.get('threshold'))}, regions "
+        f"{_esc(p.get('region_threshold'))}, abstain below {_esc(p.get('abstain_threshold'))}.</p>"
+    )
+
+
 def render_html(version: str, metrics: dict[str, Any], gate: dict[str, Any], context: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{_esc(lab)}</td><td>{pc['precision']:.4f}</td><td>{pc['recall']:.4f}</td>"
@@ -141,6 +171,7 @@ ECE {metrics["ece"]:.4f}; recall gap {metrics["recall_gap"]:.4f}.</p>
 <table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>
 <div class="plots">{confusion_svg(metrics["confusion_matrix"], metrics["labels"])}
 {roc_svg(metrics["roc"], auc)}{reliability_svg(metrics["reliability"], metrics["ece"])}</div>
+{_perception_html(metrics.get("perception"))}
 <h2>Context</h2><pre>{_esc(json.dumps(context, indent=2, sort_keys=True, default=str))}</pre>
 </body></html>
 """

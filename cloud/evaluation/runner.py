@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from cloud.evaluation.config import GateConfig
+from cloud.evaluation.config import EvaluationConfig, GateConfig
 from cloud.evaluation.gate import check_gate
 from cloud.evaluation.metrics import evaluate
 from cloud.evaluation.report import render_html
@@ -78,6 +78,7 @@ def evaluate_onnx(
     gate_cfg: GateConfig,
     context: dict[str, Any],
     progress: Callable[[int], None] | None = None,
+    eval_cfg: EvaluationConfig | None = None,
 ) -> Evaluation:
     """Score ``onnx_path`` on ``items`` (image path, true label) and render the report."""
     try:
@@ -96,6 +97,12 @@ def evaluate_onnx(
     probs = onnx_probs(onnx_path, [p for p, _ in items], meta, progress=progress)
     y = np.array([labels.index(lab) for _, lab in items], dtype=np.int64)
     metrics = evaluate(y, probs, labels)
+    if eval_cfg is not None:
+        from cloud.evaluation.perception import evaluate_perception
+
+        perception = evaluate_perception(onnx_path, items, eval_cfg)
+        if perception is not None:
+            metrics["perception"] = perception
     gate = check_gate(metrics, gate_cfg)
     html = render_html(meta.model_version, metrics, gate, context)
     preds = [

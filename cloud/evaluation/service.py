@@ -35,7 +35,11 @@ def evaluate_version(
             "re-ingest and evaluate on the new dataset version"
         )
     ev = evaluate_onnx(
-        pkg / MODEL_FILE, items, cfg.gate, {"dataset_version": ds.id, "split": "test", "re_evaluation": True}
+        pkg / MODEL_FILE,
+        items,
+        cfg.gate,
+        {"dataset_version": ds.id, "split": "test", "re_evaluation": True},
+        eval_cfg=cfg.evaluation,
     )
     out_dir = cfg.reports_dir / version / ds.id[:16]
     out = {

@@ -87,14 +87,16 @@ def summarize(rows: Iterable[tuple[str, Any, Any, int]]) -> dict[str, Any]:
     }
 
 
-def regions_text(regions: list[dict[str, Any]] | None) -> str:
-    """``cat 0.93 at (12,40 200x180); dog …`` for the CLI and the dashboard's tables."""
+def regions_text(regions: list[dict[str, Any]] | None, limit: int | None = None) -> str:
+    """``cat 0.93 at (12,40 200x180); dog …`` for the CLI and the dashboard's tables; at most
+    ``limit`` regions, then how many more (a tiled frame can hold a pet in many tiles)."""
     if not regions:
         return ""
     out = []
-    for r in regions:
+    for r in regions[:limit]:
         box = r.get("box") or []
         where = f" at ({box[0]},{box[1]} {box[2]}x{box[3]})" if len(box) == 4 else ""
         conf = r.get("confidence")
         out.append(f"{r.get('label', '?')}{f' {conf:.2f}' if isinstance(conf, (int, float)) else ''}{where}")
-    return "; ".join(out)
+    more = len(regions) - len(out)
+    return "; ".join(out) + (f" (+{more} more)" if more > 0 else "")

@@ -44,6 +44,7 @@ from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
 from shared.mqtt import make_client
 from shared.protocol import (
     PREDICTION_SCHEMAS,
+    TELEMETRY_SCHEMAS,
     CloudCapabilities,
     Kind,
     PayloadTooLarge,
@@ -374,7 +375,7 @@ class FleetIngest:
             client.subscribe(subscriptions(self.fcfg.share_group))
             # Retained, so every box (now or later) learns which prediction schemas this cloud
             # stores; a box that never sees it sends schema 1, which every cloud accepts.
-            caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS))
+            caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS), telemetry=list(TELEMETRY_SCHEMAS))
             client.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
         log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
 

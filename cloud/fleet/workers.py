@@ -115,3 +115,31 @@ def workers_in(store: Any, stale_s: float, now: float | None = None) -> list[Wor
             )
         )
     return out
+
+
+def remote_inbox_states(
+    store: Any, local: set[str], stale_s: float, now: float | None = None
+) -> list[dict[str, Any]]:
+    """Inbox states (the shape of :func:`cloud.fleet.inbox.inbox_states`) of workers whose inbox
+    is not on this host, from their heartbeat rows, so the health check's ``ingest_backlog`` and
+    its silence allowance see the whole cluster. A worker that stopped beating with rows waiting
+    keeps ageing them: nobody applies them until it comes back (or is drained on its host)."""
+    now = time.time() if now is None else now
+    out: list[dict[str, Any]] = []
+    for w in workers_in(store, stale_s, now):
+        if w.worker in local or (w.state == "stopped" and not w.backlog):
+            continue
+        oldest = None
+        if w.backlog and w.oldest_age_s is not None:
+            oldest = round(w.oldest_age_s + w.heartbeat_age_s, 1)
+        out.append(
+            {
+                "worker": w.worker,
+                "path": f"{w.host}:(inbox of {w.worker})",
+                "host": w.host,
+                "backlog": w.backlog,
+                "oldest_age_s": oldest,
+                "state": w.state,
+            }
+        )
+    return out

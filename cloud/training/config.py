@@ -33,5 +33,19 @@ class TrainConfig(Section):
     finetune_epochs: int = Field(0, ge=0, description="end-to-end epochs after the head search (GPU advised)")
     finetune_lr: float = Field(1e-4, gt=0)
     finetune_blocks: int = Field(3, ge=0, description="last MBConv blocks unfrozen when fine-tuning")
+    scene_tiles: int = Field(
+        250,
+        ge=0,
+        le=20000,
+        description="training scenes (plus greyscale copies) whose tiles train the head; needs none/",
+    )
+    scene_tiles_empty: int = Field(120, ge=0, le=20000, description="empty training scenes (none tiles)")
+    calibration_scenes: int = Field(
+        100,
+        ge=0,
+        le=20000,
+        description="validation scenes (plus greyscale copies) the thresholds are chosen on",
+    )
+    calibration_empty_scenes: int = Field(100, ge=0, le=20000)
     feature_cache_dir: Path | None = Field(None, description="default: <data_dir>/feature-cache")
     space: SearchSpace = Field(default_factory=SearchSpace)

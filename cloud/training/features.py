@@ -151,6 +151,11 @@ class FeatureStore:
                 if progress:
                     progress(len(batch))
 
+    def forward(self, x: F32) -> F32:
+        """Backbone features of a model-input batch (same engine as the cache)."""
+        with torch.inference_mode():
+            return self._forward(x)
+
     def _forward(self, x: F32) -> F32:
         if self.engine == "onnxruntime":
             if self._ort is None:

@@ -243,17 +243,6 @@ def choose_thresholds(
     return t, tr, figures(p, t, tr, abstain), "best worst-margin to the targets on validation frames"
 
 
-def rejection_figures(pos: F32, neg: F32) -> dict[str, float]:
-    """AUROC of pet evidence (pets positive) and the false-positive rate at 95 % true-positive rate."""
-    from cloud.evaluation.metrics import auc, roc_curve
-
-    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    s = np.r_[pos, neg].astype(np.float64)
-    fpr, tpr = roc_curve(y, s)
-    k = int(np.searchsorted(tpr, 0.95, side="left"))
-    return {"auroc": auc(fpr, tpr), "fpr_at_95_tpr": float(fpr[min(k, len(fpr) - 1)])}
-
-
 __all__ = [
     "TARGETS",
     "FrameFeatures",
@@ -261,6 +250,5 @@ __all__ = [
     "choose_thresholds",
     "figures",
     "frame_features",
-    "rejection_figures",
     "signals",
 ]

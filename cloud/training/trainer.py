@@ -23,17 +23,23 @@ import torch
 
 from cloud.config import CloudConfig
 from cloud.evaluation.runner import evaluate_onnx
+from cloud.evaluation.scenes import build_specs, render
 from cloud.packaging.lineage import base_lineage
 from cloud.packaging.package import PackageSpec, build_package
 from cloud.registry.models import ModelRecord, TrialRecord
 from cloud.registry.store import Registry
 from cloud.training import search
-from cloud.training.backbone import PREPROCESS, Classifier, load_backbone
+from cloud.training.backbone import FEATURE_DIM, PREPROCESS, Classifier, load_backbone, pet_score_np
 from cloud.training.data import Item, RunData, load_run_data
 from cloud.training.errors import TrainingInterrupted
 from cloud.training.features import FeatureStore, pick_device, pick_engine
 from cloud.training.head import HeadParams, log_loss, predict_proba, train_head
-from shared.modelpkg import ModelMetadata
+from cloud.training.rejection import choose_thresholds, frame_features, signals
+from cloud.training.scenetiles import scene_rows
+from edge.config import InferenceConfig
+from edge.perception.config import RegionsConfig
+from edge.preprocess import load_image
+from shared.modelpkg import NONE_LABEL, PET_SCORE_OUTPUT, ModelMetadata, RejectionSpec
 
 GOLDEN_PER_LABEL = 4
 PARITY_IMAGES = 16
@@ -134,6 +140,79 @@ def golden_items(test: list[Item], train: list[Item], labels: list[str]) -> list
     return out
 
 
+def _none_label(labels: list[str]) -> str | None:
+    return NONE_LABEL if NONE_LABEL in labels else None
+
+
+def scene_training_rows(
+    data: RunData, store: FeatureStore, cfg: CloudConfig, seed: int, show_progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Head-training rows from tiles of scenes built from the fit part (pets on none photos)."""
+    none = _none_label(data.labels)
+    pets = [(i.path, i.label) for i in data.fit if i.label != none]
+    bgs = [i.path for i in data.fit if i.label == none]
+    if none is None or not bgs or not pets or not (cfg.train.scene_tiles or cfg.train.scene_tiles_empty):
+        return np.zeros((0, FEATURE_DIM), np.float32), np.zeros(0, np.int64)
+    specs = build_specs(pets, bgs, cfg.train.scene_tiles, cfg.train.scene_tiles_empty, seed)
+    with _bar(len(specs), "scene tiles", show_progress) as bar:
+        x, labs = scene_rows(
+            specs,
+            RegionsConfig(),
+            PREPROCESS,
+            store.forward,
+            store.dir.name,
+            store.dir / "scenetiles",
+            seed,
+            progress=bar.update,
+        )
+    if not labs:
+        return np.zeros((0, FEATURE_DIM), np.float32), np.zeros(0, np.int64)
+    return x, np.array([data.labels.index(lab) for lab in labs], dtype=np.int64)
+
+
+def calibrate(
+    data: RunData, store: FeatureStore, cfg: CloudConfig, head: Any, seed: int, show_progress: bool
+) -> RejectionSpec:
+    """Thresholds chosen on validation frames (close-ups and scenes of the validation part) with
+    a head that never saw them; see cloud/training/rejection.py."""
+    none = _none_label(data.labels)
+    base = RejectionSpec(none_label=none, score_output=PET_SCORE_OUTPUT, threshold=0.5)
+    frames: list[tuple[str, str, str, Any]] = [
+        (i.sha256, "closeup", i.label, lambda p=i.path: load_image(p)) for i in data.val
+    ]
+    pets = [(i.path, i.label) for i in data.val if i.label != none]
+    bgs = [i.path for i in data.val if i.label == none]
+    if bgs and pets:
+        specs = build_specs(
+            pets, bgs, cfg.train.calibration_scenes, cfg.train.calibration_empty_scenes, seed + 1
+        )
+        frames += [(repr(s), s.kind, s.label, lambda s=s: render(s)) for s in specs]
+    with _bar(len(frames), "calibrate", show_progress) as bar:
+        feats = frame_features(
+            frames,
+            RegionsConfig(),
+            PREPROCESS,
+            store.forward,
+            store.dir.name,
+            store.dir / "regions",
+            progress=bar.update,
+        )
+    fc: Any = load_backbone()._fc
+    w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    sig = signals(feats, lambda f: predict_proba(head, f), lambda f: pet_score_np(w, b, f))
+    abstain = InferenceConfig().confidence_threshold
+    t, tr, figs, how = choose_thresholds(sig, data.labels, base, abstain)
+    return RejectionSpec(
+        none_label=none,
+        score_output=PET_SCORE_OUTPUT,
+        threshold=t,
+        region_threshold=tr,
+        method=f"pet-evidence-v1: {how}"[:64],
+        chosen_on="validation",
+        figures={f"val_{k}": round(v, 4) for k, v in figs.items()} | {"val_frames": float(len(frames))},
+    )
+
+
 def run_search(
     data: RunData,
     store: FeatureStore,
@@ -142,6 +221,7 @@ def run_search(
     reg: Registry,
     run_id: str,
     seed: int,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[HeadParams, list[dict[str, Any]], np.ndarray]:
     views = 1 + cfg.train.augment_copies
     train = data.train
@@ -154,6 +234,8 @@ def run_search(
     fit_f = feats[[index[i.sha256] for i in data.fit]]
     val_f = feats[[index[i.sha256] for i in data.val]]
     x_fit, y_fit = _xy(fit_f, data.fit, data.labels, views)
+    if extra is not None and len(extra[1]):
+        x_fit, y_fit = np.concatenate([x_fit, extra[0]]), np.concatenate([y_fit, extra[1]])
     x_val, y_val = _xy(val_f, data.val, data.labels, 1)
     cands = search.candidates(
         cfg.train.space,
@@ -227,20 +309,41 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 engine=cfg.train.feature_engine,
             )
             t0 = time.monotonic()
-            best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed)
+            extra = scene_training_rows(data, store, cfg, seed, opts.show_progress)
+            timings["scene_tiles"] = round(time.monotonic() - t0, 2)
+            t0 = time.monotonic()
+            best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed, extra)
             timings["features_and_search"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
             views = 1 + cfg.train.augment_copies
+            index = {i.sha256: k for k, i in enumerate(data.train)}
+            x_fit, y_fit = _xy(feats[[index[i.sha256] for i in data.fit]], data.fit, data.labels, views)
+            fit_head = train_head(
+                np.concatenate([x_fit, extra[0]]),
+                np.concatenate([y_fit, extra[1]]),
+                best,
+                seed,
+                len(data.labels),
+            )
+            rejection = calibrate(data, store, cfg, fit_head, seed, opts.show_progress)
+            timings["calibrate"] = round(time.monotonic() - t0, 2)
+            t0 = time.monotonic()
             x_all, y_all = _xy(feats, data.train, data.labels, views)
-            head = train_head(x_all, y_all, best, seed, len(data.labels))
+            head = train_head(
+                np.concatenate([x_all, extra[0]]),
+                np.concatenate([y_all, extra[1]]),
+                best,
+                seed,
+                len(data.labels),
+            )
             timings["final_fit"] = round(time.monotonic() - t0, 2)
-            model = Classifier(load_backbone(), head).eval()
+            model = Classifier(load_backbone(), head, pet_score=True).eval()
             if cfg.train.finetune_epochs:
                 t0 = time.monotonic()
                 model = _finetune(cfg, data, model, seed, opts)
                 timings["finetune"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
-            built = _package(cfg, data, model, version, seed, best, trials, run_id, opts)
+            built = _package(cfg, data, model, version, seed, best, trials, run_id, opts, rejection)
             timings["export_evaluate_package"] = round(time.monotonic() - t0, 2)
     except KeyboardInterrupt as e:
         reg.finish_run(run_id, "interrupted", error="interrupted (Ctrl-C or SIGTERM)")
@@ -316,6 +419,7 @@ def _package(
     trials: list[dict[str, Any]],
     run_id: str,
     opts: TrainOptions,
+    rejection: RejectionSpec | None = None,
 ) -> Any:
     test_items = [(i.path, i.label) for i in data.test]
     golden = golden_items(data.test, data.train, data.labels)
@@ -333,6 +437,13 @@ def _package(
             "search": opts.search or cfg.train.search,
             "trials": len(trials),
             "base_model": "efficientnet-lite0 (frozen, ImageNet-1k)",
+            "rejection": rejection.model_dump(mode="json") if rejection is not None else None,
+            "scene_tiles": {
+                "scenes": cfg.train.scene_tiles,
+                "empty": cfg.train.scene_tiles_empty,
+                "calibration_scenes": cfg.train.calibration_scenes,
+                "calibration_empty": cfg.train.calibration_empty_scenes,
+            },
             "preprocess": PREPROCESS.model_dump(mode="json"),
             "finetune": {
                 "epochs": cfg.train.finetune_epochs,
@@ -351,6 +462,7 @@ def _package(
                 cfg.gate,
                 {"dataset_version": data.dataset.id, "run_id": run_id, "split": "test"},
                 bar.update,
+                eval_cfg=cfg.evaluation,
             )
         return (
             ev.metrics,
@@ -360,7 +472,9 @@ def _package(
         )
 
     spec = PackageSpec(
-        metadata=ModelMetadata(labels=tuple(data.labels), preprocess=PREPROCESS, model_version=version),
+        metadata=ModelMetadata(
+            labels=tuple(data.labels), preprocess=PREPROCESS, model_version=version, rejection=rejection
+        ),
         model=model,
         golden=golden,
         parity_images=parity,

@@ -20,10 +20,13 @@ class RegionsConfig(Section):
 
     enabled: bool = Field(True, description="false = only the whole-frame view (the old behaviour)")
     full_frame: bool = True
-    tile_scales: list[float] = Field(default_factory=lambda: [1.0, 0.6], max_length=4)
+    tile_scales: list[float] = Field(default_factory=lambda: [0.7, 0.45], max_length=4)
     tile_overlap: float = Field(0.25, ge=0, le=0.75, description="least overlap of neighbouring tiles")
     min_region: int = Field(
-        96, ge=16, le=4096, description="pixels; smaller tiles/boxes are enlarged or skipped"
+        192,
+        ge=16,
+        le=4096,
+        description="pixels; smaller tiles are skipped (they add no detail), smaller boxes enlarged",
     )
     max_regions: int = Field(24, ge=1, le=128)
     motion_margin: float = Field(0.25, ge=0, le=2, description="margin added around a motion box")

@@ -84,17 +84,19 @@ def draw_prediction(
     w = img.shape[1]
     scale = max(w / 640, 0.5)
     line = max(int(2 * scale), 1)
+    band = int(36 * scale)
+    below_band = band + int(24 * scale)  # labels of boxes at the top edge go under the band
     for z in zones:
         pts = np.array([[round(x), round(y)] for x, y in z.points], dtype=np.int32)
         cv2.polylines(img, [pts], isClosed=True, color=ZONE_COLOUR, thickness=line, lineType=cv2.LINE_AA)
         x0, y0 = int(pts[:, 0].min()), int(pts[:, 1].min())
-        _text(img, f"zone {z.name}", (x0 + 4, max(y0 + int(22 * scale), int(60 * scale))), scale, ZONE_COLOUR)
+        _text(img, f"zone {z.name}", (x0 + 4, max(y0 + int(22 * scale), below_band)), scale, ZONE_COLOUR)
     for r in (pred or {}).get("regions") or []:
         x, y, bw, bh = (int(v) for v in r["box"])
         colour = LABEL_COLOURS.get(r["label"], (80, 220, 80))
         cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), colour, line + 1)
-        _text(img, f"{r['label']} {r['confidence'] * 100:.0f}%", (x + 4, y + int(24 * scale)), scale, colour)
-    band = int(36 * scale)
+        label = f"{r['label']} {r['confidence'] * 100:.0f}%"
+        _text(img, label, (x + 4, max(y + int(24 * scale), below_band)), scale, colour)
     cv2.rectangle(img, (0, 0), (w, band), (0, 0, 0), -1)
     if pred is None:
         text, colour = "no prediction (no model?)", (200, 200, 200)

@@ -13,6 +13,7 @@ from shared.protocol.errors import InvalidPayload, MalformedPayload, PayloadTooL
 from shared.protocol.messages import (
     PREDICTION_SCHEMAS,
     SCHEMA_VERSION,
+    TELEMETRY_SCHEMAS,
     Alert,
     CloudCapabilities,
     DeviceStatus,
@@ -42,7 +43,10 @@ MODEL_FOR_KIND: dict[Kind, type[Message]] = {
     Kind.CAPABILITIES: CloudCapabilities,
 }
 # The schema versions this build accepts per kind (all others: SCHEMA_VERSION only).
-SCHEMAS_FOR_KIND: dict[Kind, tuple[int, ...]] = {Kind.PREDICTIONS: PREDICTION_SCHEMAS}
+SCHEMAS_FOR_KIND: dict[Kind, tuple[int, ...]] = {
+    Kind.PREDICTIONS: PREDICTION_SCHEMAS,
+    Kind.TELEMETRY: TELEMETRY_SCHEMAS,
+}
 
 
 def encode(msg: Message) -> bytes:

@@ -19,6 +19,8 @@ SCHEMA_VERSION: Literal[1] = 1
 # A box sends schema 2 only to a cloud that advertised it (``CloudCapabilities``), because an
 # old cloud refuses unknown fields; everything else stays schema 1.
 PREDICTION_SCHEMAS: tuple[int, ...] = (1, 2)
+# Telemetry schema 2 adds ``none_rate``; negotiated the same way.
+TELEMETRY_SCHEMAS: tuple[int, ...] = (1, 2)
 IR_FLAG = "ir"  # how a schema-1 batch carries a prediction's ``ir`` (in ``flags``)
 NONE_LABEL = "none"  # sure there is no pet; distinct from ``abstain`` (unsure)
 MAX_REGIONS = 32
@@ -192,6 +194,7 @@ class CameraTelemetry(BaseModel):
 
 
 class Telemetry(Message):
+    schema_version: Literal[1, 2] = Field(SCHEMA_VERSION, alias="schema")  # type: ignore[assignment]
     device: str
     site: str
     ts: float = Field(default_factory=now)
@@ -212,6 +215,9 @@ class Telemetry(Message):
     inference_fps: float = Field(0.0, ge=0)
     inference_errors: int = Field(0, ge=0)
     abstain_rate: float | None = Field(None, ge=0, le=1)
+    none_rate: float | None = Field(
+        None, ge=0, le=1, description="schema 2: share of classified frames that were 'none'"
+    )
     cameras: dict[str, CameraTelemetry] = Field(default_factory=dict)
     outbox_backlog: int = Field(0, ge=0)
     outbox_evicted: int = Field(0, ge=0)
@@ -222,15 +228,23 @@ class Telemetry(Message):
         0, ge=0, description="predictions lost before the outbox (disk full, write errors); added later"
     )
 
+    @model_validator(mode="after")
+    def _fields_of_schema(self) -> Telemetry:
+        if self.schema_version == 1 and self.none_rate is not None:
+            raise ValueError("none_rate needs schema 2 telemetry")
+        return self
+
     def to_wire(self) -> dict[str, Any]:
-        """Fields added after schema 1 shipped are sent only when they carry news, so a box
-        that lost nothing and refused nothing stays readable by a cloud that predates them."""
-        wire = super().to_wire()
-        if not wire.get("lost_predictions"):
-            wire.pop("lost_predictions", None)
+        """Schema 1 on the wire is exactly what an old cloud knows (it refuses unknown keys): the
+        fields added since (``none_rate``, ``lost_predictions``, a camera's ``refused``) travel
+        only in schema 2, which a box sends only to a cloud that advertised it."""
+        if self.schema_version != 1:
+            return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        wire = self.model_dump(
+            mode="json", by_alias=True, exclude_none=False, exclude={"none_rate", "lost_predictions"}
+        )
         for cam in (wire.get("cameras") or {}).values():
-            if not cam.get("refused"):
-                cam.pop("refused", None)
+            cam.pop("refused", None)
         return wire
 
 
@@ -268,6 +282,9 @@ class CloudCapabilities(Message):
     versions the cloud accepts. A box that has not seen it assumes an old cloud (schema 1 only)."""
 
     predictions: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16
+    )
+    telemetry: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
         default_factory=lambda: [1], min_length=1, max_length=16
     )
     ts: float = Field(default_factory=now)

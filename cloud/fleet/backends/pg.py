@@ -101,7 +101,15 @@ class PgConnection:
         self.raw = raw_connect(target)
         self._tx: list[Any] = []
 
+    def _reconnect_if_broken(self) -> None:
+        """A long-lived store (the dashboard's) survives a database restart: outside a
+        transaction, a broken connection is replaced by a new one on the next statement."""
+        if (self.raw.broken or self.raw.closed) and not self._tx:
+            self.raw.close()
+            self.raw = raw_connect(self.target)
+
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> psycopg.ClientCursor[Any]:
+        self._reconnect_if_broken()
         has = bool(params)
         try:
             cur = self.raw.cursor()
@@ -111,6 +119,7 @@ class PgConnection:
             raise as_sqlite_error(e) from e
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.ClientCursor[Any]:
+        self._reconnect_if_broken()
         try:
             cur = self.raw.cursor()
             cur.executemany(translate(sql, True), list(seq))
@@ -123,6 +132,7 @@ class PgConnection:
         return bool(self._tx)
 
     def __enter__(self) -> PgConnection:
+        self._reconnect_if_broken()
         tx = self.raw.transaction()
         tx.__enter__()
         self._tx.append(tx)

@@ -78,8 +78,10 @@ class _PgDb:
 class PgBatchWriter:
     def __init__(self, target: PgTarget) -> None:
         self.target = target
-        self.conn: psycopg.Connection[Any] = raw_connect(target)  # autocommit; transactions explicit
-        self.db = _PgDb(self.conn)
+        self.db = _PgDb(self._connect())
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        self.conn: psycopg.Connection[Any] = raw_connect(self.target)  # autocommit; transactions explicit
         self._days: set[tuple[str, int]] = set()
         self.conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS pred_stage AS SELECT {_PRED_COLS} FROM predictions WITH NO DATA"
@@ -87,6 +89,14 @@ class PgBatchWriter:
         self.conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS tel_stage AS SELECT {_TEL_COLS} FROM telemetry WITH NO DATA"
         )
+        return self.conn
+
+    def _reconnect_if_broken(self) -> None:
+        """After a lost connection (server restart, fail-over to the replica) the next batch opens
+        a new one; the batch that failed was rolled back and is still in the inbox."""
+        if self.conn.broken or self.conn.closed:
+            self.conn.close()
+            self.db.conn = self._connect()  # raises FleetError while the server is unreachable
 
     # partitions ------------------------------------------------------------------------------
     def ensure_days(self, table: str, days: set[int]) -> None:
@@ -109,6 +119,7 @@ class PgBatchWriter:
         isolate: bool = False,
     ) -> WriteResult:
         res = WriteResult(messages=len(items))
+        self._reconnect_if_broken()
         try:
             days = {day_of(it.received_ts) for it in items}
             if days:
@@ -340,6 +351,23 @@ class PgBatchWriter:
                 )
             )
         stored: dict[str, int] = {}
+        if rows:
+            try:
+                # The rows were judged new under the devices' locks: COPY them straight into the
+                # table, in a savepoint. Only if one exists after all (a device row deleted and
+                # recreated, say) does the slower path below sort them out row by row.
+                with (
+                    c.transaction(),
+                    c.cursor() as cur,
+                    cur.copy(f"COPY predictions ({_PRED_COLS}) FROM STDIN") as cp,
+                ):
+                    for r in rows:
+                        cp.write_row(r)
+                for r in rows:
+                    stored[r[0]] = stored.get(r[0], 0) + 1
+                rows = []
+            except psycopg.errors.UniqueViolation:
+                pass
         if rows:
             with c.cursor() as cur:
                 with cur.copy(f"COPY pred_stage ({_PRED_COLS}) FROM STDIN") as cp:

@@ -50,6 +50,7 @@ def test_approve_then_rollout_reaches_n_of_n(
     try:
         assert svc.wait_connected(), "release service did not connect"
         ch = svc.channel
+        assert ch is not None
         ch.keys_init("setup", allow_approver_key_on_server=True)
         v1 = make_version(baseline_package, tmp_path / "pkgs", "1.0.0")
         v2 = make_version(baseline_package, tmp_path / "pkgs", "2.0.0")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.config import CloudConfig
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
 from cloud.governance.rules import Finding
@@ -323,8 +324,8 @@ def test_feedback_api_needs_role_and_token(cfg) -> None:  # type: ignore[no-unty
 
 
 def test_lineage_page_is_sections_and_tables_and_audit_details_wrap(
-    cfg, tmp_path: Path, pets_sample: Path
-) -> None:  # type: ignore[no-untyped-def]
+    cfg: CloudConfig, tmp_path: Path, pets_sample: Path
+) -> None:
     """The lineage page was an 11,000-px raw dump of nested lists; the audit page cut off its
     details column. Now: one section per hop, files folded in a table, details that wrap."""
     from cloud.data.config import IngestConfig

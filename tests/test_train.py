@@ -105,6 +105,12 @@ def test_models_list_show_and_evaluate_commands(env: dict) -> None:
     ev = json.loads(res.output)
     assert ev["metrics"]["accuracy"] == env["trained"]["metrics"]["accuracy"]
     assert Path(ev["report_html"]).read_text().count("<svg") == 3
+    res = runner.invoke(cloud, ["evaluate", version, "--config", cfg])
+    assert res.exit_code == 0, res.output
+    # text for people: the verdict with its thresholds, never "gate passed []" (issue 15, D19)
+    assert "gate passed (min_accuracy" in res.output and "[]" not in res.output and "{'" not in res.output
+    res = runner.invoke(cloud, ["models", "show", version, "--config", cfg])
+    assert "gate (config)  passed" in res.output and "{'" not in res.output
 
 
 def test_same_seed_same_model(env: dict) -> None:

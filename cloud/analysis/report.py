@@ -21,7 +21,7 @@ def drift_state(d: dict[str, Any]) -> tuple[str, str]:
     if det.get("baseline") is None:
         return "not judged", "no baseline"
     if det.get("enough_samples") is False:
-        return "not judged", f"too few predictions (n={d.get('n')})"
+        return "not judged", "too few predictions"
     return "no drift", ""
 
 

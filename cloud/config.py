@@ -10,8 +10,9 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import tomli_w
 from pydantic import Field
 
 from cloud.analysis.config import AnalysisConfig
@@ -135,3 +136,17 @@ def load(path: str | Path = DEFAULT_PATH) -> CloudConfig:
             "(then export PARKWATCH_CONFIG=DIR/cloud.toml), or pass --config PATH",
         )
     return load_config(CloudConfig, path)
+
+
+def _without_none(d: Any) -> Any:
+    """TOML has no null: an unset optional key is left out, which loads back as the same default."""
+    if isinstance(d, dict):
+        return {k: _without_none(v) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [_without_none(x) for x in d]
+    return d
+
+
+def to_toml(cfg: CloudConfig) -> str:
+    """``cfg`` as a ``cloud.toml`` that loads back to an equal config (secrets stay references)."""
+    return tomli_w.dumps(_without_none(cfg.model_dump(mode="json")))

@@ -8,8 +8,12 @@
 #  2. system user 'parkwatch', venv /opt/parkwatch/cloud-venv with the cloud extra (constraints.txt)
 #  3. /etc/parkwatch/cloud.toml from provisioning/cloud.example.toml (only if absent)
 #     and the dashboard's session secret /etc/parkwatch/secrets/dashboard-session (named in it)
-#  4. data folder, TUF keys and repository ('parkwatch cloud keys init'), the cloud's broker
-#     account (its password in /etc/parkwatch/secrets/mqtt-cloud, named in cloud.toml)
+#  4. data folder, the cloud's broker account (its password in /etc/parkwatch/secrets/mqtt-cloud,
+#     named in cloud.toml), and the TUF keys and repository ('parkwatch cloud keys init') ONLY
+#     when told where the approver's own folder is (PARKWATCH_APPROVER_KEYS_DIR, or [release]
+#     approver_keys_dir already in cloud.toml): the approver's key must never be made on this
+#     server. Without it the script says exactly what to run, and the cloud runs without a
+#     release channel until then.
 #  5. Mosquitto: the tuning file and the password/ACL config in /etc/mosquitto/conf.d/ (from
 #     provisioning/mosquitto/); the TLS listener stays commented out until its certificates exist
 #  6. systemd/parkwatch-cloud.service ('parkwatch cloud serve'), enabled and started with mosquitto
@@ -21,6 +25,9 @@
 #   PARKWATCH_MQTT_PORT [1883] (loopback listener)   PARKWATCH_MQTT_TLS_PORT [8883]
 #   PARKWATCH_DASHBOARD_PORT [8000]   (ports are written only into files this script creates)
 #   PARKWATCH_PIP_ARGS [""]   extra pip arguments (e.g. --no-index --find-links DIR)
+#   PARKWATCH_APPROVER_KEYS_DIR [unset]   the approver's folder (their removable disk, mounted
+#     here while this runs): written into cloud.toml as [release] approver_keys_dir if that is
+#     unset there, and 'keys init' puts the approver key there, the online keys on the server
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${PARKWATCH_PREFIX:-/opt/parkwatch}
@@ -31,6 +38,7 @@ mqtt_port=${PARKWATCH_MQTT_PORT:-1883}
 tls_port=${PARKWATCH_MQTT_TLS_PORT:-8883}
 dashboard_port=${PARKWATCH_DASHBOARD_PORT:-8000}
 read -r -a pip_args <<< "${PARKWATCH_PIP_ARGS:-}"
+approver_dir=${PARKWATCH_APPROVER_KEYS_DIR:-}
 venv=$prefix/cloud-venv
 conf_d=/etc/mosquitto/conf.d
 certs=/etc/mosquitto/certs
@@ -44,6 +52,8 @@ case ${1:-} in
 esac
 [[ $(id -u) -eq 0 ]] || die "run as root: sudo $0"
 [[ -f $here/pyproject.toml && -d $here/cloud ]] || die "$here is not a parkwatch checkout"
+[[ -z $approver_dir || $approver_dir == /* ]] \
+  || die "PARKWATCH_APPROVER_KEYS_DIR must be an absolute path (got '$approver_dir')"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
   || die "$python is missing or older than 3.11: sudo apt-get install -y python3 python3-venv"
 "$python" -c 'import venv, ensurepip' 2>/dev/null || die "python venv support is missing: sudo apt-get install -y python3-venv"
@@ -97,12 +107,41 @@ fi
 # 4. data, keys, the cloud's broker account
 install -d -m 0711 -o parkwatch -g parkwatch "$data"
 as_pw() { runuser -u parkwatch -- "$pw" cloud "$@" --config "$etc/cloud.toml"; }
+# The approver's folder: named in cloud.toml once (an existing different value is an error).
+configured_approver_dir() {
+  sed -n '/^\[release\]/,/^\[/{s/^approver_keys_dir *= *"\([^"]*\)".*/\1/p}' "$etc/cloud.toml"
+}
+if [[ -n $approver_dir ]]; then
+  have=$(configured_approver_dir)
+  if [[ -z $have ]]; then
+    grep -q '^\[release\]' "$etc/cloud.toml" || printf '\n[release]\n' >> "$etc/cloud.toml"
+    sed -e "/^\[release\]/a approver_keys_dir = \"$approver_dir\"  # the approver's own folder, not on this server" \
+      "$etc/cloud.toml" > "$etc/cloud.toml.new"
+    chmod 0640 "$etc/cloud.toml.new"; chgrp parkwatch "$etc/cloud.toml.new"
+    mv "$etc/cloud.toml.new" "$etc/cloud.toml"
+    say "set [release] approver_keys_dir = \"$approver_dir\" in $etc/cloud.toml"
+  elif [[ $have != "$approver_dir" ]]; then
+    die "$etc/cloud.toml has [release] approver_keys_dir = \"$have\", not $approver_dir: edit one of them"
+  fi
+fi
+approver_dir=$(configured_approver_dir)
 if [[ ! -e $data/tuf-repo/metadata/root.json ]]; then
-  # Refused while [release] approver_keys_dir is unset (the approver's key must not live here).
-  if ! as_pw keys init --as install-cloud; then
-    say "keys and TUF repository NOT created (see above): set [release] approver_keys_dir in" \
-      "$etc/cloud.toml to the approver's own folder, then run:" \
-      "runuser -u parkwatch -- $pw cloud keys init --as NAME --config $etc/cloud.toml"
+  if [[ -z $approver_dir ]]; then
+    say "release channel NOT set up: the TUF keys and repository are made only once the approver's"
+    say "  own folder is known, so the approver's signing key never lands on this server. With the"
+    say "  approver's disk mounted (e.g. at /media/approver), run this script again as:"
+    say "  sudo PARKWATCH_APPROVER_KEYS_DIR=/media/approver/parkwatch-keys $0"
+    say "  then unmount the disk; the cloud serves without it (docs/operator.md, docs/approver.md)"
+  else
+    if [[ ! -e $approver_dir ]]; then
+      install -d -m 0700 -o parkwatch -g parkwatch "$approver_dir" \
+        || die "cannot create the approver's folder $approver_dir (is the approver's disk mounted?)"
+    fi
+    runuser -u parkwatch -- test -w "$approver_dir" \
+      || die "the parkwatch user cannot write $approver_dir: chown parkwatch $approver_dir (or mount the disk so) and run again"
+    as_pw keys init --as install-cloud \
+      || die "keys init failed (message above); nothing on the boxes depends on it yet: fix and run again"
+    say "the approver's key is in $approver_dir (NOT on this server): unmount it and give it back to the approver"
   fi
 fi
 install -d -m 2750 -o parkwatch -g mosquitto "$data/broker"  # setgid: files stay group mosquitto
@@ -158,5 +197,9 @@ else
   say "systemd is not running here: start mosquitto and '$pw cloud serve --config $etc/cloud.toml' yourself"
 fi
 [[ $fresh_config == 0 ]] || say "review $etc/cloud.toml ([gate], [release], [dashboard]) and restart: systemctl restart parkwatch-cloud"
-say "done. Trusted root for the boxes: $data/tuf-repo/metadata/root.json"
+if [[ -e $data/tuf-repo/metadata/root.json ]]; then
+  say "done. Trusted root for the boxes: $data/tuf-repo/metadata/root.json"
+else
+  say "done, without a release channel yet (see 'release channel NOT set up' above)"
+fi
 say "next: sudo -u parkwatch $pw cloud devices add BOX --site SITE --group GROUP --secret-out BOX.secret --config $etc/cloud.toml"

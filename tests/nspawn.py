@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,64 @@ def cached_rootfs() -> Path:
         (work / ".complete").write_text(" ".join(cmd[:-2]) + "\n")
         work.rename(final)
         return final
+
+
+def venv_key(repo: Path) -> str:
+    """What decides a venv's third-party contents: the rootfs (its Python), the dependency lists
+    of pyproject.toml and constraints.txt. parkwatch's own code is not part of it: pip always
+    re-installs a local checkout, so a restored venv gets the code under test."""
+    project = tomllib.loads((repo / "pyproject.toml").read_text())
+    blob = json.dumps(
+        {
+            "rootfs": rootfs_key(),
+            "build": project.get("build-system", {}),
+            "deps": project["project"].get("dependencies", []),
+            "extras": project["project"].get("optional-dependencies", {}),
+            "constraints": (repo / "constraints.txt").read_text(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard links when both sides share a file system (seconds for ~5 GB), else a copy.
+
+    Safe to share inodes: pip unlinks a file before writing it and compiles .pyc by rename,
+    and the container's services cannot write the root-owned venv.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["cp", "-al", str(src), str(dest)], capture_output=True).returncode != 0:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(dest)], check=False)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dest)], check=True)
+
+
+def restore_venv(name: str, key: str, dest: Path) -> bool:
+    """Put the cached venv ``name``-``key`` at ``dest`` (inside a container copy); False if none."""
+    cached = cache_dir() / f"{name}-{key}"
+    if not (cached / ".complete").exists():
+        return False
+    _link_tree(cached / "venv", dest)
+    return True
+
+
+def save_venv(name: str, key: str, src: Path) -> None:
+    """Keep the venv a container built (after its install passed) for the next run; older
+    keys of ``name`` are dropped (a cloud venv is ~5 GB)."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{name}-{key}"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").exists():
+            return
+        for old in root.glob(f"{name}-*"):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(old)], check=False)
+        work = root / f"{name}-{key}.building"
+        work.mkdir(parents=True)
+        _link_tree(src, work / "venv")
+        (work / ".complete").write_text(f"{src}\n")
+        work.rename(final)
 
 
 def _pip_config_files() -> list[tuple[Path, str]]:

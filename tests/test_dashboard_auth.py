@@ -132,7 +132,7 @@ def test_users_cli_and_demo_user(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from cloud.cli import cloud
-    from cloud.cli.dashboard import ensure_demo_user
+    from cloud.dashboard.users import ensure_demo_user
 
     cfg_file = tmp_path / "cloud.toml"
     cfg_file.write_text(f'data_dir = "{tmp_path / "data"}"\n')

@@ -134,10 +134,10 @@ def test_disabled_rule_raises_nothing_and_unknown_rule_is_a_config_error(
 
 
 def _write_cfg(tmp_path: Path, cfg: Any) -> Path:
-    from cloud.governance.actions import _strip_none, dump_toml
+    from cloud.config import to_toml
 
     p = tmp_path / "cloud.toml"
-    p.write_text(dump_toml(_strip_none(cfg.model_dump(mode="json"))))
+    p.write_text(to_toml(cfg))
     return p
 
 

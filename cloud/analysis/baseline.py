@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cloud.analysis.stats import histogram
+from cloud.registry.store import Registry
 
 log = logging.getLogger("parkwatch.cloud.analysis")
 
@@ -207,10 +208,6 @@ def _from_evaluation(version: str, path: Path, abstain_threshold: float = DEFAUL
 
 def resolve(registry_db: Path, version: str, abstain_threshold: float = DEFAULT_ABSTAIN) -> Baseline | None:
     """The baseline of ``version`` from the registry or its package; ``None`` when neither has one."""
-    try:
-        from cloud.registry.store import Registry
-    except ImportError:  # the registry is an optional neighbour for this module's tests
-        return None
     if not registry_db.exists():
         return None
     try:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from cloud.config import CloudConfig
 
 
-class PositiveSeconds(click.ParamType):
+class PositiveSeconds(click.ParamType[float, Any]):
     """A finite number of seconds above zero: ``0``, ``-5``, ``nan``, ``inf`` and ``1e400`` are
     refused as a usage error naming the option (they used to bypass the config's own ``gt=0``)."""
 
@@ -38,7 +38,7 @@ class PositiveSeconds(click.ParamType):
         return v
 
 
-class NonBlank(click.ParamType):
+class NonBlank(click.ParamType[str, Any]):
     """Text that is not empty or only whitespace (who did something, for the audit log); stripped."""
 
     name = "text"

@@ -1,52 +1,26 @@
-"""``parkwatch cloud users …``: local dashboard accounts, plus the demo's account helper."""
+"""``parkwatch cloud users …``: local dashboard accounts (the demo's account: ``cloud.dashboard.users``)."""
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 
 import click
 
 from cloud.config import DEFAULT_PATH, CloudConfig
+from cloud.dashboard.users import UserStore, cli_actor, users_db_path
 from shared.clitools import config_option, emit, handle_errors, json_option
 
 ROLES = ("viewer", "engineer", "approver", "admin")
 
 
-def _store(cfg: CloudConfig):  # type: ignore[no-untyped-def]
-    from cloud.dashboard.deps import users_db_path
-    from cloud.dashboard.users import UserStore
-
+def _store(cfg: CloudConfig) -> UserStore:
     return UserStore(users_db_path(cfg))
 
 
 def _audit(cfg: CloudConfig, action: str, subject: str, details: dict[str, object]) -> None:
     from cloud.registry.audit import AuditLog
 
-    actor = f"cli:{os.environ.get('SUDO_USER') or getpass.getuser()}"
-    AuditLog(cfg.registry_db).append(actor, action, subject, details)
-
-
-def ensure_demo_user(cfg: CloudConfig) -> tuple[str, str]:
-    """Create (or reset) the demo admin and return its (name, password) for ``make demo`` to print.
-
-    The password is random each time so a demo box left running is not open to a known password.
-    """
-    from cloud.dashboard.users import Role, generate_password
-
-    store = _store(cfg)
-    name, password = cfg.dashboard.demo_user, generate_password()
-    try:
-        if store.find(name) is None:
-            store.add(name, Role.ADMIN, password)
-            _audit(cfg, "user.add", f"user:{name}", {"role": "admin", "demo": True})
-        else:
-            store.set_password(name, password)
-            store.set_role(name, Role.ADMIN)
-    finally:
-        store.close()
-    return name, password
+    AuditLog(cfg.registry_db).append(cli_actor(), action, subject, details)
 
 
 def _password(given: str | None, generate: bool) -> tuple[str, bool]:

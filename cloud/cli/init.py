@@ -13,34 +13,33 @@ import secrets
 from pathlib import Path
 
 import click
+import tomli_w
 
 from shared.atomic import atomic_write_text
 from shared.clitools import fail, handle_errors
 
-
-def _q(p: Path) -> str:
-    return '"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
+#: the header ``init`` writes above the keys (TOML writers keep no comments, so they go here)
+INIT_HEADER = """\
+# written by 'parkwatch cloud init'; see provisioning/cloud.example.toml for every key.
+# [release] approver_keys_dir: the approver's signing keys live apart from the server's online
+# keys. On a real install that folder is on the approver's own token or machine, never on the server.
+"""
 
 
 def init_toml(root: Path, mqtt_port: int, dashboard_port: int) -> str:
     """The config ``init`` writes; every key is one ``provisioning/cloud.example.toml`` documents."""
-    return f"""# written by 'parkwatch cloud init'; see provisioning/cloud.example.toml for every key
-data_dir = {_q(root / "data")}
-
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-
-[release]
-# The approver's signing keys live apart from the server's online keys. On a real install this
-# folder is on the approver's own token or machine, never on the server.
-approver_keys_dir = {_q(root / "approver-keys")}
-
-[dashboard]
-host = "127.0.0.1"
-port = {dashboard_port}
-session_secret = {{ file = {_q(root / "secrets" / "dashboard-session")} }}
-"""
+    return INIT_HEADER + tomli_w.dumps(
+        {
+            "data_dir": str(root / "data"),
+            "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+            "release": {"approver_keys_dir": str(root / "approver-keys")},
+            "dashboard": {
+                "host": "127.0.0.1",
+                "port": dashboard_port,
+                "session_secret": {"file": str(root / "secrets" / "dashboard-session")},
+            },
+        }
+    )
 
 
 def write_install(root: Path, mqtt_port: int = 1883, dashboard_port: int = 8000) -> Path:

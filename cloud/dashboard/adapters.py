@@ -1,57 +1,46 @@
 """The one place where the dashboard binds to the other domains' service layers.
 
-Approvals, rejections, rollouts and rollbacks go through ``cloud.release.service.ReleaseChannel``
+Approvals, rejections, rollouts and rollbacks go through ``cloud.release.channel.ReleaseChannel``
 — the object the ``parkwatch cloud approve/reject/rollout/rollback`` commands use — which applies
 ``cloud.registry.approvals`` (gate, staging-before-production, reasons), signs the decision into
-the TUF repository and writes the audit log. Nothing here re-implements a rule. When a domain's
-module is not installed yet the call raises ``ServiceUnavailable`` naming it.
+the TUF repository and writes the audit log. Nothing here re-implements a rule.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from cloud import lineage
 from cloud.dashboard.deps import Services
-from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.snapshots import visible
+from cloud.registry import approvals
+from cloud.registry.models import ModelRecord
+from cloud.release.channel import ReleaseChannel
 
-LINEAGE = "cloud.lineage"
 
-
-def release_channel(svc: Services) -> Any:
-    """The shared ReleaseChannel (tests may pass one in ``extras['release_channel']``)."""
-    with svc._lock:
-        ch = svc.extras.get("release_channel")
-        if ch is None:
-            mod = svc.module("cloud.release.service", "the release channel")
-            ch = mod.ReleaseChannel(svc.cfg, registry=svc.get_registry(), audit=svc.get_audit())
-            svc.extras["release_channel"] = ch
-            svc._owned["release_channel"] = True
-        return ch
+def release_channel(svc: Services) -> ReleaseChannel:
+    """The dashboard's one ReleaseChannel (tests may pass one to ``create_app``)."""
+    return svc.get_release_channel()
 
 
 # --- approvals ------------------------------------------------------------------------------
 def approve(
     svc: Services, *, version: str, stage: str, actor: str, reason: str, force: bool
 ) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).approve(version, stage, actor, reason, force)
-    return result
+    return release_channel(svc).approve(version, stage, actor, reason, force)
 
 
 def reject(svc: Services, *, version: str, actor: str, reason: str) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).reject(version, actor, reason)
-    return result
+    return release_channel(svc).reject(version, actor, reason)
 
 
-def stage_history(svc: Services, version: str) -> tuple[list[dict[str, Any]], str | None]:
-    try:
-        mod = svc.module("cloud.registry.approvals", "stage history")
-    except ServiceUnavailable as e:
-        return [], str(e)
-    return [d.to_dict() for d in mod.history(svc.get_registry(), version)], None
+def stage_history(svc: Services, version: str) -> list[dict[str, Any]]:
+    return [d.to_dict() for d in approvals.history(svc.get_registry(), version)]
 
 
-def report_files(svc: Services, model: Any) -> list[tuple[str, Path]]:
+def report_files(svc: Services, model: ModelRecord) -> list[tuple[str, Path]]:
     """Evaluation reports of a version: the one sealed in its package, then re-evaluations
     (``parkwatch cloud evaluate``, under ``reports/<version>/<dataset>/``), newest first."""
     from shared.modelpkg import EVALUATION_HTML
@@ -91,37 +80,22 @@ def rollout_status(svc: Services) -> list[dict[str, Any]]:
 def start_rollout(
     svc: Services, *, version: str, group: str, actor: str, reason: str, allow_empty_group: bool = False
 ) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).rollout(
-        version, group, actor, reason, allow_empty_group=allow_empty_group
-    )
-    return result
+    return release_channel(svc).rollout(version, group, actor, reason, allow_empty_group=allow_empty_group)
 
 
 def known_groups(svc: Services) -> list[str]:
-    groups: list[str] = release_channel(svc).known_groups()
-    return groups
+    return release_channel(svc).known_groups()
 
 
 def rollback(svc: Services, *, group: str, actor: str, reason: str) -> dict[str, Any]:
-    result: dict[str, Any] = release_channel(svc).rollback(group, actor, reason)
-    return result
+    return release_channel(svc).rollback(group, actor, reason)
 
 
 # --- lineage --------------------------------------------------------------------------------
 def lineage_of(svc: Services, ref: str) -> dict[str, Any]:
-    mod = svc.module(LINEAGE, "lineage")
-    fn = getattr(mod, "lineage", None)
-    if fn is None:
-        raise ServiceUnavailable(f"lineage is not available: {LINEAGE}.lineage does not exist yet")
-    result = fn(svc.cfg, ref)
-    out: dict[str, Any] = result if isinstance(result, dict) else dict(result)
+    out = lineage.lineage(svc.cfg, ref)
     pred = out.get("prediction")
-    if isinstance(pred, dict) and pred.get("snapshot"):
-        import time
-
-        from cloud.dashboard.snapshots import visible
-
-        if not visible(svc.cfg, pred, time.time()):
-            # The snapshot privacy gate: a snapshot the dashboard may not show is not named either.
-            out["prediction"] = {**pred, "snapshot": None}
+    if isinstance(pred, dict) and pred.get("snapshot") and not visible(svc.cfg, pred, time.time()):
+        # The snapshot privacy gate: a snapshot the dashboard may not show is not named either.
+        out["prediction"] = {**pred, "snapshot": None}
     return out

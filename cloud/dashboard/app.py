@@ -10,7 +10,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -21,14 +20,18 @@ from cloud.config import CloudConfig
 from cloud.dashboard.api import is_api, json_error, mount_feedback_api
 from cloud.dashboard.config import read_session_secret
 from cloud.dashboard.deps import Services
-from cloud.dashboard.errors import AuthError, CsrfError, Forbidden, ServiceUnavailable
+from cloud.dashboard.errors import AuthError, CsrfError, Forbidden
 from cloud.dashboard.security import COOKIE, CSRF_FIELD, CSRF_HEADER, Session, csrf_ok, sign, unsign
 from cloud.dashboard.users import UserStore
 from cloud.dashboard.web import make_templates, render, session
 from cloud.fleet.errors import NotFound as FleetNotFound
+from cloud.fleet.store import FleetStore
+from cloud.governance.alerts import AlertStore
 from cloud.governance.errors import AlertNotFound
 from cloud.registry.audit import AuditLog
 from cloud.registry.errors import NotFoundError
+from cloud.registry.store import Registry
+from cloud.release.channel import ReleaseChannel
 from shared.errors import ParkwatchError
 
 log = logging.getLogger("parkwatch.dashboard")
@@ -69,11 +72,11 @@ def create_app(
     cfg: CloudConfig,
     *,
     users: UserStore | None = None,
-    registry: Any | None = None,
-    fleet: Any | None = None,
+    registry: Registry | None = None,
+    fleet: FleetStore | None = None,
     audit: AuditLog | None = None,
-    alerts: Any | None = None,
-    extras: dict[str, Any] | None = None,
+    alerts: AlertStore | None = None,
+    release_channel: ReleaseChannel | None = None,
     secret: bytes | None = None,
 ) -> FastAPI:
     from cloud.dashboard.views import ROUTERS
@@ -85,7 +88,7 @@ def create_app(
         registry=registry,
         fleet=fleet,
         alerts=alerts,
-        extras=dict(extras or {}),
+        release_channel=release_channel,
     )
     app = FastAPI(
         title="parkwatch dashboard",
@@ -156,7 +159,6 @@ def create_app(
 
     app.add_exception_handler(Forbidden, _error_page(403, "Not allowed"))
     app.add_exception_handler(CsrfError, _error_page(403, "Form refused"))
-    app.add_exception_handler(ServiceUnavailable, _error_page(503, "Not available yet"))
     app.add_exception_handler(ParkwatchError, _error_page(400, "Cannot do that"))
     # Starlette picks the most specific class along the exception's MRO, so these win over the 400.
     for not_found in (FleetNotFound, NotFoundError, AlertNotFound):

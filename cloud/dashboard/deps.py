@@ -1,38 +1,31 @@
 """What the dashboard reads and changes, gathered in one object the app factory receives.
 
 Each back end is the other domains' own service layer (registry, approvals, release, fleet
-store, alerts, analysis, lineage): the dashboard calls it exactly as the CLI does and adds only
-who the signed-in user is. A back end that is not installed or configured yet is reported on its
-page (``ServiceUnavailable``) instead of failing the whole app.
+store, alerts, lineage): the dashboard calls it exactly as the CLI does and adds only who the
+signed-in user is. Every domain is installed with the cloud extra, so they are imported plainly
+and typed; a back end is still *opened* only when a page first needs it (a page that never
+touches the fleet store never opens ``fleet.db``).
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from cloud.config import CloudConfig
-from cloud.dashboard.errors import ServiceUnavailable
-from cloud.dashboard.users import UserStore
+from cloud.dashboard.users import UserStore, users_db_path
+from cloud.fleet.store import FleetStore
+from cloud.governance.alerts import AlertStore
+from cloud.governance.notify import AlertPublisher
 from cloud.registry.audit import AuditLog
+from cloud.registry.store import Registry
+from cloud.release.channel import ReleaseChannel
 
+__all__ = ["Services", "users_db_path"]
 
-def users_db_path(cfg: CloudConfig) -> Path:
-    return cfg.dashboard.users_db or cfg.data_dir / "dashboard.db"
-
-
-def optional_module(name: str) -> Any | None:
-    """Import a sibling domain's module if it exists yet (it may be written after the dashboard)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and (name == e.name or name.startswith(e.name + ".")):
-            return None
-        raise
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,93 +33,70 @@ class Services:
     """Back ends, created on first use so a page that does not need one never opens it.
 
     Tests and the benchmark pass ready-made instances; ``parkwatch cloud serve`` passes none and
-    everything is opened from the config.
+    everything is opened from the config. What this object opened it closes (``close``); what a
+    caller passed in is left to the caller.
     """
 
     cfg: CloudConfig
     users: UserStore | None = None
     audit: AuditLog | None = None
-    registry: Any | None = None
-    fleet: Any | None = None
-    alerts: Any | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    registry: Registry | None = None
+    fleet: FleetStore | None = None
+    alerts: AlertStore | None = None
+    release_channel: ReleaseChannel | None = None
+    alert_publisher: AlertPublisher | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    _owned: dict[str, bool] = field(default_factory=dict)
+    _owned: set[str] = field(default_factory=set)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _lazy(self, attr: str, make: Callable[[], Any]) -> Any:
+    def _lazy(self, attr: str, make: Callable[[], T]) -> T:
+        """The back end under ``attr``, or ``make()`` stored there (and owned by this object)."""
         with self._lock:
-            value = getattr(self, attr)
+            value: T | None = getattr(self, attr)
             if value is None:
                 value = make()
                 setattr(self, attr, value)
+                self._owned.add(attr)
             return value
 
     def get_users(self) -> UserStore:
-        u: UserStore = self._lazy("users", lambda: UserStore(users_db_path(self.cfg)))
-        return u
+        return self._lazy("users", lambda: UserStore(users_db_path(self.cfg)))
 
     def get_audit(self) -> AuditLog:
         # On the registry's own connection (opened for use from any thread), the way the
         # release channel opens it, so approvals and their audit entries share one file handle.
-        a: AuditLog = self._lazy("audit", lambda: AuditLog(self.get_registry().db))
-        return a
+        return self._lazy("audit", lambda: AuditLog(self.get_registry().db))
 
-    def get_registry(self) -> Any:
-        def make() -> Any:
-            from cloud.registry.store import Registry
+    def get_registry(self) -> Registry:
+        return self._lazy("registry", lambda: Registry(self.cfg.registry_db))
 
-            return Registry(self.cfg.registry_db)
+    def get_fleet(self) -> FleetStore:
+        return self._lazy("fleet", lambda: FleetStore(self.cfg.fleet_store))
 
-        return self._lazy("registry", make)
+    def get_alerts(self) -> AlertStore:
+        return self._lazy("alerts", lambda: AlertStore(self.cfg.fleet_store))
 
-    def get_fleet(self) -> Any:
-        def make() -> Any:
-            from cloud.fleet.store import FleetStore
+    def get_release_channel(self) -> ReleaseChannel:
+        """The release channel the ``approve``/``rollout``/``rollback`` commands use, on this
+        object's registry and audit log."""
+        return self._lazy(
+            "release_channel",
+            lambda: ReleaseChannel(self.cfg, registry=self.get_registry(), audit=self.get_audit()),
+        )
 
-            return FleetStore(self.cfg.fleet_store)
-
-        return self._lazy("fleet", make)
-
-    def get_alerts(self) -> Any:
-        def make() -> Any:
-            mod = optional_module("cloud.governance.alerts")
-            if mod is None or not hasattr(mod, "AlertStore"):
-                raise ServiceUnavailable(
-                    "alerts are not available: cloud.governance.alerts.AlertStore is not installed yet"
-                )
-            return mod.AlertStore(self.cfg.fleet_store)
-
-        return self._lazy("alerts", make)
-
-    def get_alert_publisher(self) -> Any:
+    def get_alert_publisher(self) -> AlertPublisher:
         """Publishes alert state changes on MQTT, as the CLI does (never blocks a page for long)."""
-
-        def make() -> Any:
-            from cloud.governance.notify import AlertPublisher
-
-            return AlertPublisher(self.cfg.mqtt, f"{self.cfg.client_id('alerts')}-dashboard", timeout_s=3.0)
-
-        with self._lock:
-            if "alert_publisher" not in self.extras:
-                self.extras["alert_publisher"] = make()
-            return self.extras["alert_publisher"]
+        return self._lazy(
+            "alert_publisher",
+            lambda: AlertPublisher(self.cfg.mqtt, f"{self.cfg.client_id('alerts')}-dashboard", timeout_s=3.0),
+        )
 
     def close(self) -> None:
         """Close what this object opened (connections passed in by a caller are left to it)."""
-        pub = self.extras.pop("alert_publisher", None)
-        if pub is not None:
-            pub.close()
-        ch = self.extras.get("release_channel")
-        states = getattr(ch, "_states", None) if ch is not None else None
-        if states is not None and self._owned.get("release_channel"):
-            states.close()
-
-    def module(self, name: str, what: str) -> Any:
-        """A service module by import path, or ServiceUnavailable naming what is missing."""
-        if name in self.extras:
-            return self.extras[name]
-        mod = optional_module(name)
-        if mod is None:
-            raise ServiceUnavailable(f"{what} is not available: module {name} is not installed yet")
-        return mod
+        with self._lock:
+            if "alert_publisher" in self._owned and self.alert_publisher is not None:
+                self.alert_publisher.close()
+                self.alert_publisher = None
+                self._owned.discard("alert_publisher")
+            if "release_channel" in self._owned and self.release_channel is not None:
+                self.release_channel.close()

@@ -23,7 +23,3 @@ class Forbidden(DashboardError):
 
 class CsrfError(DashboardError):
     """A form or request arrived without the session's CSRF token."""
-
-
-class ServiceUnavailable(DashboardError):
-    """A back-end service this page needs is not installed or not configured yet."""

@@ -9,6 +9,8 @@ re-added (with a restarting epoch it did, even with another role).
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
 import secrets
 import sqlite3
@@ -16,13 +18,17 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from cloud.dashboard.errors import UserError
+from cloud.registry.audit import AuditLog
+
+if TYPE_CHECKING:
+    from cloud.config import CloudConfig
 
 MIN_PASSWORD = 10
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,31}$")
@@ -205,3 +211,34 @@ class UserStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def users_db_path(cfg: CloudConfig) -> Path:
+    return cfg.dashboard.users_db or cfg.data_dir / "dashboard.db"
+
+
+def cli_actor() -> str:
+    """Who runs a command on this host, for the audit log (the sudo user, not root)."""
+    return f"cli:{os.environ.get('SUDO_USER') or getpass.getuser()}"
+
+
+def ensure_demo_user(cfg: CloudConfig) -> tuple[str, str]:
+    """Create (or reset) the demo admin and return its (name, password) for ``make demo`` to print.
+
+    The password is random each time so a demo box left running is not open to a known password.
+    Lives with the user store (not the CLI) because the demo runner calls it as a library.
+    """
+    store = UserStore(users_db_path(cfg))
+    name, password = cfg.dashboard.demo_user, generate_password()
+    try:
+        if store.find(name) is None:
+            store.add(name, Role.ADMIN, password)
+            AuditLog(cfg.registry_db).append(
+                cli_actor(), "user.add", f"user:{name}", {"role": "admin", "demo": True}
+            )
+        else:
+            store.set_password(name, password)
+            store.set_role(name, Role.ADMIN)
+    finally:
+        store.close()
+    return name, password

@@ -235,8 +235,8 @@ class Demo:
             self.procs[name] = subprocess.Popen(
                 [*_parkwatch(), *args], stdout=log, stderr=log, env=env, start_new_session=True
             )
-        from cloud.cli.dashboard import ensure_demo_user
         from cloud.config import load
+        from cloud.dashboard.users import ensure_demo_user
 
         user, password = ensure_demo_user(load(self.cloud_cfg))
         self.say(f"dashboard   http://127.0.0.1:{self.dashboard_port}/   login {user} / {password}")

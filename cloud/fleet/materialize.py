@@ -180,7 +180,10 @@ class Materializer:
         isolate = False
         while True:
             try:
-                return self.writer.write(items, deltas, progress, letters, isolate=isolate)
+                done: WriteResult | None = self.writer.write(
+                    items, deltas, progress, letters, isolate=isolate
+                )
+                return done
             except BadRecord as e:
                 if not isolate:
                     # A value the database refuses: retrying the batch would fail forever and hold

@@ -8,23 +8,19 @@ other and is never promoted here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cloud.config import CloudConfig, to_toml
 from cloud.governance.errors import ActionUnavailable
-
-if TYPE_CHECKING:
-    from cloud.config import CloudConfig
+from cloud.release.channel import ReleaseChannel
 
 log = logging.getLogger("parkwatch.cloud.governance")
-
-ROLLBACK_FN = "cloud.release.rollout:rollback"
 
 
 def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
@@ -50,29 +46,6 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
     return sorted(groups)
 
 
-def _rollback_fn(cfg: CloudConfig) -> Any:
-    """The secure-delivery helper's rollback, whichever form exists:
-    ``cloud.release.rollout.rollback(cfg, group=, actor=, reason=)`` or
-    ``cloud.release.service.ReleaseChannel(cfg).rollback(group, actor, reason, automatic=True)``."""
-    try:
-        from cloud.release import rollout as release_rollout  # type: ignore[attr-defined,unused-ignore]
-
-        fn = getattr(release_rollout, "rollback", None)
-        if fn is not None:
-            return lambda g, actor, reason: fn(cfg, group=g, actor=actor, reason=reason)
-    except ImportError:
-        pass
-    try:
-        from cloud.release.service import ReleaseChannel
-    except ImportError as e:
-        raise ActionUnavailable(
-            f"rollback needs {ROLLBACK_FN} or cloud.release.service.ReleaseChannel "
-            f"(secure delivery), which is not installed: {e}"
-        ) from e
-    channel = ReleaseChannel(cfg)
-    return lambda g, actor, reason: channel.rollback(g, actor, reason, automatic=True)
-
-
 def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, Any]:
     """Roll the alerted devices' group(s) back to their previous version through the release channel."""
     groups = rollback_groups(cfg, alert)
@@ -81,48 +54,13 @@ def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, A
             f"alert {alert['id']}: no device group known for site {alert['site']}; set "
             "governance.rollback_group, or provision the devices ('parkwatch cloud devices add')"
         )
-    fn = _rollback_fn(cfg)
+    channel = ReleaseChannel(cfg)
     reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"
-    results = []
-    for g in groups:
-        r = fn(g, actor, reason)
-        results.append(r.to_dict() if hasattr(r, "to_dict") else r)
+    try:
+        results = [channel.rollback(g, actor, reason, automatic=True) for g in groups]
+    finally:
+        channel.close()
     return {"action": "rollback", "groups": groups, "results": results}
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return json.dumps(str(v))
-
-
-def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Pure: a config dict (no None values) as TOML; enough for our config tree."""
-    lines, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict) and v:
-            tables.append((k, v))
-        else:
-            lines.append(f"{json.dumps(str(k))} = {_toml_value(v)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}.{json.dumps(str(k))}" if prefix else json.dumps(str(k))
-        out += f"\n[{name}]\n" + dump_toml(v, name)
-    return out
-
-
-def _strip_none(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _strip_none(v) for k, v in d.items() if v is not None}
-    if isinstance(d, list):
-        return [_strip_none(x) for x in d]
-    return d
 
 
 def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str]]:
@@ -185,7 +123,7 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
                 shutil.copyfile(src, dst)
             dataset_id = ingest(lake, reg, cfg.datasets_dir, cfg.ingest, show_progress=False).dataset_version
     conf = work / "cloud.toml"
-    conf.write_text(dump_toml(_strip_none(cfg.model_dump(mode="json"))))
+    conf.write_text(to_toml(cfg))
     cmd = [*cfg.governance.retrain_command, "--dataset", dataset_id, "--json", "--config", str(conf)]
     log_path = work / "train.log"
     with open(log_path, "wb") as logf:

@@ -119,6 +119,13 @@ class ReleaseChannel:
             self._states = DeviceStates(release_db(self.cfg))
         return self._states
 
+    def close(self) -> None:
+        """Close ``release.db`` if this channel opened it; the registry and audit log may be the
+        caller's (the dashboard shares its own), so they are left open."""
+        if self._states is not None:
+            self._states.close()
+            self._states = None
+
     def stage_for_group(self, group: str) -> str:
         return "staging" if group in self.cfg.release.staging_groups else "production"
 

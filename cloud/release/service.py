@@ -139,6 +139,8 @@ class ReleaseService:
         except ProtocolError:
             return
         assert isinstance(t, Telemetry)
+        if self.responder.group_of(f"{t.site}/{t.device}") is None:
+            return  # only provisioned devices are judged; keeps this map bounded by the fleet
         sample = HealthSample(
             f"{t.site}/{t.device}",
             t.ts,

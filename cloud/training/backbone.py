@@ -56,7 +56,7 @@ def load_backbone() -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise TrainingError("efficientnet-lite-pytorch is missing: install the cloud extra") from e
-    model = EfficientNet.from_name(MODEL_NAME)
+    model: nn.Module = EfficientNet.from_name(MODEL_NAME)
     try:
         state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:
@@ -69,7 +69,7 @@ def load_backbone() -> nn.Module:
 
 def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The 1280-d globally averaged features the ImageNet classifier sees (before dropout)."""
-    feats = backbone.extract_features(x)  # type: ignore[operator]
+    feats: torch.Tensor = backbone.extract_features(x)  # type: ignore[operator]
     return feats.mean(dim=(2, 3))
 
 

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from edge.status.metrics import render_metrics
+from edge.status.metrics import CONTENT_TYPE, render_metrics
 
 COOKIE = "parkwatch_token"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -210,7 +210,7 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
-        return PlainTextResponse(render_metrics(source.snapshot()), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render_metrics(source.snapshot()), media_type=CONTENT_TYPE)
 
     return app
 

@@ -1,26 +1,33 @@
-"""Prometheus text exposition of the status snapshot (hand-written: no client library needed)."""
+"""Prometheus exposition of the status snapshot, through ``prometheus_client``.
+
+Why a collector built per request rather than long-lived ``Gauge``/``Counter`` objects: the
+daemon already keeps every figure in its status snapshot, so the page only translates one
+snapshot into metric families. ``prometheus_client`` owns the text format (escaping, ``_total``
+suffixes, one block per family, number formatting) so none of it is hand-written here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 STATES = ("streaming", "stalled", "reconnecting", "offline")
 
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(d: dict[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in d.items()) + "}" if d else ""
+#: what ``/metrics`` answers with: the classic text format ``generate_latest`` writes
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-class _Out:
+class _Out(Collector):
     """Collects samples per metric family: the text format wants each family's lines together,
-    even when samples are added camera by camera."""
+    even when samples are added camera by camera. Also the registry's collector for one scrape."""
 
     def __init__(self) -> None:
-        self.families: dict[str, list[str]] = {}
+        self.families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
     def add(
         self,
@@ -33,12 +40,18 @@ class _Out:
         if value is None:
             return
         full = f"parkwatch_edge_{name}"
-        lines = self.families.setdefault(full, [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"])
-        lines.append(f"{full}{_labels(labels or {})} {float(value):g}")
+        labels = labels or {}
+        family = self.families.get(full)
+        if family is None:
+            family = self.families[full] = (
+                CounterMetricFamily(full, help_, labels=list(labels))
+                if kind == "counter"
+                else GaugeMetricFamily(full, help_, labels=list(labels))
+            )
+        family.add_metric(list(labels.values()), float(value))
 
-    @property
-    def lines(self) -> list[str]:
-        return [line for family in self.families.values() for line in family]
+    def collect(self) -> Iterable[Metric]:
+        return list(self.families.values())
 
 
 def render_metrics(s: dict[str, Any]) -> str:
@@ -126,4 +139,6 @@ def render_metrics(s: dict[str, Any]) -> str:
     o.add("process_rss_mb", "gauge", "daemon resident memory", host.get("process_rss_mb"))
     for sensor, c in (host.get("temperatures") or {}).items():
         o.add("temperature_celsius", "gauge", "temperature sensors", c, {"sensor": sensor})
-    return "\n".join(o.lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(o)
+    return generate_latest(registry).decode("utf-8")

@@ -42,12 +42,39 @@ def services_up(r: dict[str, Any], key: str) -> None:
         r[f"{key}_journal"] = diagnostics()
 
 
+DATA = Path("/var/lib/parkwatch-cloud")
+ROOT_JSON = DATA / "tuf-repo/metadata/root.json"
+DISK = Path("/media/approver")  # stands in for the approver's removable disk
+APPROVER_DIR = DISK / "parkwatch-keys"
+VENV_SITE = Path("/opt/parkwatch/cloud-venv/lib")
+
+
+def key_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.pem")) if folder.is_dir() else []
+
+
+def installed_mismatches() -> list[str]:
+    """Checkout .py files whose installed copy differs (a stale, restored venv would show here)."""
+    site = next(VENV_SITE.glob("python3*/site-packages"))
+    bad = []
+    for f in sorted(Path(SRC).glob("*/**/*.py")):
+        rel = f.relative_to(SRC)
+        if rel.parts[0] in ("cloud", "shared", "edge"):
+            inst = site / rel
+            if not inst.is_file() or inst.read_bytes() != f.read_bytes():
+                bad.append(str(rel))
+    return bad
+
+
 def body(r: dict[str, Any]) -> None:
     rc, out = sh("bash", f"{SRC}/provisioning/install-cloud.sh", env=install_env())
     r["install_rc"], r["install_out"] = rc, out
     if rc != 0:
         r["journal"] = diagnostics()
         return
+    r["installed_matches"] = installed_mismatches()
+    r["first_keys"] = key_files(DATA)
+    r["first_root"] = ROOT_JSON.exists()
     services_up(r, "first")
 
     # The broker runs the shipped tuning and refuses anonymous clients; the cloud logged in.
@@ -85,15 +112,40 @@ def body(r: dict[str, Any]) -> None:
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\S+)", out)
     r["exposure"] = float(m.group(1)) if m else None
 
-    # Re-running keeps config, keys and credentials and restarts the services.
+    # The operator follows the printed instruction with the approver's disk mounted.
     secret_before = Path("/etc/parkwatch/secrets/mqtt-cloud").read_text()
-    root_before = Path("/var/lib/parkwatch-cloud/tuf-repo/metadata/root.json").read_bytes()
+    DISK.mkdir(parents=True)
+    env = {**install_env(), "PARKWATCH_APPROVER_KEYS_DIR": str(APPROVER_DIR)}
+    rc, out = sh("bash", f"{SRC}/provisioning/install-cloud.sh", env=env)
+    r["approver_rc"], r["approver_out"] = rc, out
+    if rc != 0:
+        return
+    r["approver_config"] = (
+        f'approver_keys_dir = "{APPROVER_DIR}"' in Path("/etc/parkwatch/cloud.toml").read_text()
+    )
+    r["approver_disk_keys"] = key_files(APPROVER_DIR)
+    r["server_keys"] = key_files(DATA)
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from cloud.release.keys import load_key\n"
+        f"root = json.loads(Path('{ROOT_JSON}').read_text())['signed']\n"
+        "trusted = set(root['roles']['targets']['keyids'])\n"
+        f"disk = {{load_key(p).keyid for p in Path('{APPROVER_DIR}').glob('approver-*.pem')}}\n"
+        "print(bool(disk) and disk <= trusted)\n"
+    )
+    r["root_trusts_disk_key_out"] = sh("/opt/parkwatch/cloud-venv/bin/python", "-c", probe)[1]
+    r["root_trusts_disk_key"] = r["root_trusts_disk_key_out"].strip().endswith("True")
+    r["approver_kept_secret"] = Path("/etc/parkwatch/secrets/mqtt-cloud").read_text() == secret_before
+    services_up(r, "approver")
+
+    # The disk goes back to the approver; re-running keeps config, keys and credentials.
+    DISK.rename("/root/approver-disk-away")
+    root_before = ROOT_JSON.read_bytes()
     rc, out = sh("bash", f"{SRC}/provisioning/install-cloud.sh", env=install_env())
     r["rerun_rc"], r["rerun_out"] = rc, out
     r["rerun_kept_secret"] = Path("/etc/parkwatch/secrets/mqtt-cloud").read_text() == secret_before
-    r["rerun_kept_root"] = (
-        Path("/var/lib/parkwatch-cloud/tuf-repo/metadata/root.json").read_bytes() == root_before
-    )
+    r["rerun_kept_root"] = ROOT_JSON.read_bytes() == root_before
     services_up(r, "rerun")
 
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from cloud.dashboard.deps import Services
-from cloud.dashboard.errors import ServiceUnavailable
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
@@ -34,11 +33,8 @@ def alerts_page(request: Request, state: str = "open") -> Response:
     require(request)
     svc = services(request)
     state = state if state in (*STATES, "all") else "open"
-    try:
-        alerts, error = list_alerts(svc, None if state == "all" else state), None
-        counts = {s: len(list_alerts(svc, s)) for s in STATES}
-    except ServiceUnavailable as e:
-        alerts, error, counts = [], str(e), {}
+    alerts = list_alerts(svc, None if state == "all" else state)
+    counts = {s: len(list_alerts(svc, s)) for s in STATES}
     template = "alerts_live.html.j2" if request.headers.get("hx-request") == "true" else "alerts.html.j2"
     return render(
         request,
@@ -48,7 +44,6 @@ def alerts_page(request: Request, state: str = "open") -> Response:
         state=state,
         states=STATES,
         counts=counts,
-        error=error,
     )
 
 

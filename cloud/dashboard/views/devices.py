@@ -12,7 +12,6 @@ from fastapi.responses import Response
 
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import Series, line_chart
-from cloud.dashboard.errors import ServiceUnavailable
 from cloud.dashboard.regions import decorate
 from cloud.dashboard.views.fleet import health_class
 from cloud.dashboard.web import render, require, services
@@ -145,11 +144,7 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
     dev["health_cls"] = health_class(dev.get("health"))
     rows = telemetry_series(store, device, now - span, span)
     latest = store.latest_telemetry(device)
-    try:
-        alerts = _alerts_for(svc, device)
-        alerts_error = None
-    except ServiceUnavailable as e:
-        alerts, alerts_error = [], str(e)
+    alerts = _alerts_for(svc, device)
     recent = [decorate(p) for p in store.predictions(device=device, limit=RECENT_PREDICTIONS)]
     return render(
         request,
@@ -165,7 +160,6 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         status_events=store.status_events(device, limit=20),
         gaps=store.gaps(device),
         alerts=alerts,
-        alerts_error=alerts_error,
         outcomes=store.outcomes(device=device, since=now - span),
         recent=recent,
         drift=_latest_drift(store, device),

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from cloud.dashboard import adapters
-from cloud.dashboard.errors import ServiceUnavailable
+from cloud.dashboard.deps import Services
 from cloud.dashboard.web import render, require, services
 from shared.errors import ParkwatchError
 
@@ -25,17 +25,16 @@ def lineage_page(request: Request, q: str = "") -> Response:
     elif q:
         try:
             result = adapters.lineage_of(svc, q)
-        except (ServiceUnavailable, ParkwatchError) as e:
+        except ParkwatchError as e:
             error = str(e)
     if not q:
         recent = svc.get_fleet().predictions(limit=20)
     return render(request, "lineage.html.j2", title="Lineage", q=q, result=result, error=error, recent=recent)
 
 
-def _is_model(svc: object, q: str) -> bool:
+def _is_model(svc: Services, q: str) -> bool:
     try:
-        services_reg = svc.get_registry()  # type: ignore[attr-defined]
-        services_reg.get_model(q)
+        svc.get_registry().get_model(q)
         return True
     except ParkwatchError:
         return False

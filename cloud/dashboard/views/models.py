@@ -43,7 +43,7 @@ def model_page(request: Request, version: str) -> Response:
     require(request)
     svc = services(request)
     m = svc.get_registry().get_model(version)
-    history, history_error = adapters.stage_history(svc, version)
+    history = adapters.stage_history(svc, version)
     reports = adapters.report_files(svc, m)
     return render(
         request,
@@ -51,7 +51,6 @@ def model_page(request: Request, version: str) -> Response:
         title=f"Model {version}",
         m=m,
         history=history,
-        history_error=history_error,
         reports=[label for label, _ in reports],
         headline=headline(m.metrics),
         # what approval checks: the stored metrics against this server's [gate], not the trainer's

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from cloud.dashboard import adapters
-from cloud.dashboard.errors import ServiceUnavailable
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
 
 router = APIRouter()
@@ -19,20 +18,15 @@ router = APIRouter()
 
 def _view(request: Request, template: str) -> Response:
     svc = services(request)
-    try:
-        groups, error = adapters.rollout_status(svc), None
-        known = adapters.known_groups(svc)
-    except ServiceUnavailable as e:
-        groups, error, known = [], str(e), []
+    groups = adapters.rollout_status(svc)
+    known = adapters.known_groups(svc)
     for g in groups:
         # "done" means active on the group's target version, as the release channel counts it.
         total, done = int(g.get("total") or 0), int(g.get("done") or 0)
         g["total_n"], g["done_n"] = total, done
         g["pct"] = 100.0 * done / total if total else 0.0
     versions = [m.version for m in svc.get_registry().list_models() if m.stage in ("staging", "production")]
-    return render(
-        request, template, title="Rollouts", groups=groups, error=error, versions=versions, known_groups=known
-    )
+    return render(request, template, title="Rollouts", groups=groups, versions=versions, known_groups=known)
 
 
 @router.get("/rollouts")

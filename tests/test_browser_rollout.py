@@ -57,13 +57,12 @@ def test_approve_then_rollout_reaches_n_of_n(
         register(cfg, v1, "1.0.0")
         register(cfg, v2, "2.0.0")
         ch.approve("1.0.0", "staging", "qa-anna", "first model")
-        for i in range(N):
+        for i in range(N):  # like a real box: its group comes from provisioning, once
             ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "ops")
         ch.rollout("1.0.0", "staging", "eng-bob", "first model")
         root = tmp_path / "trusted-root.json"
         root.write_bytes(ch.repo.trusted_root_bytes())
-        for i in range(N):
-            ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"box{i}.secret", "setup")
+        for i in range(N):  # provisioned once above: the group membership the rollout counts
             ecfg = edge_config(tmp_path / f"edge{i}", mqtt_cfg(broker.port), root, f"box{i}", group="staging")
             hosts.append(EdgeHost(ecfg, initial_model(v1)).start())
             updaters.append(UpdaterService(hosts[-1]).start())

@@ -58,3 +58,19 @@ def test_init_never_overwrites_a_config(tmp_path: Path) -> None:
     code, out = _run("cloud", "init", str(root))
     assert code == 1 and "exists already" in out
     assert (root / "cloud.toml").read_text() == before
+
+
+def test_init_json_names_what_it_wrote(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "lap"
+    code, out = _run("cloud", "init", str(root), "--json")
+    assert code == 0, out
+    o = json.loads(out)
+    assert o["ok"] is True
+    assert o["config"] == str(root / "cloud.toml") and (root / "cloud.toml").is_file()
+    assert o["approver_keys_dir"] == str(root / "approver-keys")
+    assert f"export PARKWATCH_CONFIG={root / 'cloud.toml'}" in o["next"]
+    code, out = _run("cloud", "init", str(root), "--json")
+    assert code == 1
+    assert json.loads(out.splitlines()[0])["ok"] is False

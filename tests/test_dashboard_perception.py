@@ -146,7 +146,7 @@ def test_labelling_draws_the_regions_over_the_snapshot_and_lineage_lists_them(cf
     lin = c.get("/lineage", params={"q": "boxpet:1"}).text
     assert 'id="lineage-result"' in lin
     res = lin[lin.index('id="lineage-result"') :]
-    assert "<dt>regions</dt>" in res and "300" in res and "<dt>lighting</dt><dd>day</dd>" in res
+    assert "<dt>Regions</dt><dd>cat 0.93 at (10,20 300x200)" in res and "<dt>Lighting</dt><dd>day</dd>" in res
 
 
 def test_jpeg_size_refuses_what_is_not_a_jpeg(tmp_path: Path) -> None:

@@ -258,7 +258,8 @@ def test_daemon_log_filter_redacts_any_line() -> None:
 
 
 def test_new_telemetry_fields_stay_off_the_wire_while_empty() -> None:
-    """An older cloud refuses unknown fields: a box with nothing lost or refused sends the old form."""
+    """An older cloud refuses unknown fields: schema 1 (what a box sends to a cloud that has not
+    advertised schema 2) is the old form even with something lost or refused; schema 2 carries it."""
     base = dict(
         device="d",
         site="s",
@@ -270,10 +271,12 @@ def test_new_telemetry_fields_stay_off_the_wire_while_empty() -> None:
     )
     quiet = json.loads(encode(Telemetry.model_validate({**base, "cameras": {"c": {"state": "streaming"}}})))
     assert "lost_predictions" not in quiet and "refused" not in quiet["cameras"]["c"]
-    loud = Telemetry.model_validate(
-        {**base, "lost_predictions": 3, "cameras": {"c": {"state": "streaming", "refused": {"bad-shape": 1}}}}
-    )
-    back = json.loads(encode(loud))
+    cams = {"c": {"state": "streaming", "refused": {"bad-shape": 1}}}
+    loud = {**base, "lost_predictions": 3, "cameras": cams}
+    old_form = json.loads(encode(Telemetry.model_validate(loud)))
+    assert old_form["schema"] == 1
+    assert "lost_predictions" not in old_form and "refused" not in old_form["cameras"]["c"]
+    back = json.loads(encode(Telemetry.model_validate({**loud, "schema": 2})))
     assert back["lost_predictions"] == 3 and back["cameras"]["c"]["refused"] == {"bad-shape": 1}
 
 

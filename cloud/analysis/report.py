@@ -125,6 +125,8 @@ def render_html(report: dict[str, Any]) -> str:
         det = d["details"]
         base = det.get("baseline")
         state, why = drift_state(d)
+        if why == "too few predictions":
+            why += f" (n={d['n']})"  # how far short, as the dashboard badge says too
         cls, verdict = {
             "drift": ("bad", "DRIFT"),
             "not judged": ("note", f"{why} (drift not judged)"),

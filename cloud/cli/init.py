@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 import tomli_w
 
 from shared.atomic import atomic_write_text
-from shared.clitools import fail, handle_errors
+from shared.clitools import emit, fail, handle_errors, json_option
 
 #: the header ``init`` writes above the keys (TOML writers keep no comments, so they go here)
 INIT_HEADER = """\
@@ -58,22 +59,38 @@ def write_install(root: Path, mqtt_port: int = 1883, dashboard_port: int = 8000)
     return cfg
 
 
+def _init_text(o: dict[str, Any]) -> str:
+    lines = [
+        f"wrote {o['config']}",
+        f"data under {o['data_dir']}; approver keys under {o['approver_keys_dir']}",
+        "next:",
+    ]
+    return "\n".join(lines + [f"  {step}" for step in o["next"]])
+
+
 @click.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--mqtt-port", type=click.IntRange(1, 65535), default=1883, show_default=True)
 @click.option("--dashboard-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@json_option
 @handle_errors
-def init(directory: Path, mqtt_port: int, dashboard_port: int) -> None:
-    """Write a working cloud config and its folders under DIRECTORY (no root needed)."""
+def init(directory: Path, mqtt_port: int, dashboard_port: int, as_json: bool) -> None:
+    """Write a working cloud config and its folders under DIRECTORY (no root needed; --json for scripts)."""
     root = directory.resolve()
     try:
         cfg = write_install(root, mqtt_port, dashboard_port)
     except FileExistsError:
-        fail(f"{root / 'cloud.toml'} exists already; edit it, or pick another folder")
+        fail(f"{root / 'cloud.toml'} exists already; edit it, or pick another folder", as_json=as_json)
         return
-    click.echo(f"wrote {cfg}")
-    click.echo(f"data under {root / 'data'}; approver keys under {root / 'approver-keys'}")
-    click.echo("next:")
-    click.echo(f"  export PARKWATCH_CONFIG={cfg}")
-    click.echo(f"  parkwatch cloud config check {cfg}")
-    click.echo("  parkwatch cloud ingest ./lake      # a folder with one sub-folder per label")
+    out = {
+        "ok": True,
+        "config": str(cfg),
+        "data_dir": str(root / "data"),
+        "approver_keys_dir": str(root / "approver-keys"),
+        "next": [
+            f"export PARKWATCH_CONFIG={cfg}",
+            f"parkwatch cloud config check {cfg}",
+            "parkwatch cloud ingest ./lake      # a folder with one sub-folder per label",
+        ],
+    }
+    emit(out, as_json, _init_text)

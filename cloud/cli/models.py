@@ -172,8 +172,11 @@ def models_show(version: str, config_path: Path, as_json: bool) -> None:
 
 
 def _gate_line(verdict: dict[str, Any]) -> str:
+    """Only the thresholds in force: optional keys left unset (None) check nothing, so listing them
+    as ``-`` would bury the ones that decide the verdict (``--json`` still has every key)."""
     ok = "passed" if verdict.get("passed") else "FAILED"
-    return f"{ok}  ({pairs(verdict.get('thresholds'))})"
+    set_now = {k: v for k, v in (verdict.get("thresholds") or {}).items() if v is not None}
+    return f"{ok}  ({pairs(set_now)})"
 
 
 def model_text(o: dict[str, Any]) -> str:

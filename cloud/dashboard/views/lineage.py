@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from cloud.dashboard import adapters
 from cloud.dashboard.deps import Services
+from cloud.dashboard.regions import decorate
 from cloud.dashboard.web import render, require, services
 from shared.errors import ParkwatchError
 
@@ -25,6 +26,9 @@ def lineage_page(request: Request, q: str = "") -> Response:
     elif q:
         try:
             result = adapters.lineage_of(svc, q)
+            if isinstance(result.get("prediction"), dict):
+                # Lighting and the pet's regions as the device and labelling pages word them.
+                decorate(result["prediction"])
         except ParkwatchError as e:
             error = str(e)
     if not q:

@@ -73,7 +73,7 @@ class CloudServer:
             comp = self.components.get(name)
             if name == "fleet-ingest":
                 what = (
-                    f"broker {c.mqtt.host}:{c.mqtt.port} as {c.fleet.client_id}, persistent shared "
+                    f"broker {c.mqtt.host}:{c.mqtt.port} as {c.client_id('ingest')}, persistent shared "
                     f"subscription $share/{c.fleet.share_group}/... (boxes may send now)"
                 )
             elif name == "release":

@@ -306,8 +306,20 @@ def preflight(cfg: EdgeConfig, path: str | Path) -> list[str]:
     warnings = []
     if not cfg.cameras:
         warnings.append("no [[cameras]]: the box will classify nothing until one is added")
-    if cfg.model.initial is not None and not cfg.model.initial.exists():
-        warnings.append(f"model.initial {cfg.model.initial} does not exist: the box starts without a model")
+    initial = cfg.model.initial
+    if initial is not None and not initial.exists():
+        warnings.append(f"model.initial {initial} does not exist: the box starts without a model")
+    elif initial is not None and initial.is_dir() and not (initial / "model.onnx").is_file():
+        # `cloud baseline OUT` builds into OUT/VERSION: naming OUT itself is an easy slip, and the
+        # box would only say "no model loaded" once it runs.
+        inside = sorted(p.name for p in initial.iterdir() if (p / "model.onnx").is_file())
+        hint = f"; the package inside is {initial / inside[0]}" if len(inside) == 1 else ""
+        if len(inside) > 1:
+            hint = f"; packages inside: {', '.join(inside)}"
+        warnings.append(
+            f"model.initial {initial} is a folder without model.onnx, not a model package: the box "
+            f"starts without a model{hint}"
+        )
     root = cfg.updater.trusted_root
     if cfg.updater.enabled and root is not None and not root.exists():
         warnings.append(f"updater.trusted_root {root} does not exist: model updates are off")

@@ -76,3 +76,16 @@ def test_serve_prints_a_banner_with_components_and_the_dashboard_url(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_banner_names_the_ingest_client_id_when_none_is_configured(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """`cloud init`'s config sets no fleet.client_id: the banner printed "as None" instead of the
+    per-install id the ingest really connects with."""
+    cfg = cloud_cfg(tmp_path, broker)
+    cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(update={"client_id": None})})
+    text = CloudServer(cfg, only=["fleet-ingest"]).banner()
+    assert "as None" not in text, text
+    assert f"as {cfg.client_id('ingest')}," in text, text
+    assert cfg.client_id("ingest").startswith("parkwatch-cloud-ingest-")

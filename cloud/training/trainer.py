@@ -33,7 +33,15 @@ from cloud.training.backbone import FEATURE_DIM, PREPROCESS, Classifier, load_ba
 from cloud.training.data import Item, RunData, load_run_data
 from cloud.training.errors import TrainingInterrupted
 from cloud.training.features import FeatureStore, pick_device, pick_engine
-from cloud.training.head import HeadParams, log_loss, predict_proba, train_head
+from cloud.training.head import (
+    HeadParams,
+    apply_temperature,
+    fit_temperature,
+    log_loss,
+    logits,
+    predict_proba,
+    train_head,
+)
 from cloud.training.rejection import choose_thresholds, frame_features, signals
 from cloud.training.scenetiles import scene_rows
 from edge.config import InferenceConfig
@@ -325,6 +333,12 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 seed,
                 len(data.labels),
             )
+            # Confidence calibration on the validation carve-out (never the test split): the
+            # temperature is folded into the head before the rejection thresholds are chosen,
+            # so they are chosen on the probabilities the box will see.
+            x_val, y_val = _xy(feats[[index[i.sha256] for i in data.val]], data.val, data.labels, 1)
+            temperature = fit_temperature(logits(fit_head, x_val), y_val)
+            apply_temperature(fit_head, temperature)
             rejection = calibrate(data, store, cfg, fit_head, seed, opts.show_progress)
             timings["calibrate"] = round(time.monotonic() - t0, 2)
             t0 = time.monotonic()
@@ -336,6 +350,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 seed,
                 len(data.labels),
             )
+            apply_temperature(head, temperature)
             timings["final_fit"] = round(time.monotonic() - t0, 2)
             model = Classifier(load_backbone(), head, pet_score=True).eval()
             if cfg.train.finetune_epochs:
@@ -367,7 +382,9 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
         run_id=run_id,
     )
     reg.register_model(record)
-    reg.finish_run(run_id, "completed", best_params=best.to_dict(), model_version=version)
+    reg.finish_run(
+        run_id, "completed", best_params={**best.to_dict(), "temperature": temperature}, model_version=version
+    )
     reg.audit.append(
         "train",
         "model.registered",

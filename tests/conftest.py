@@ -60,6 +60,7 @@ BOTH_BACKENDS = {
     "tests.test_health_offline",
     "tests.test_feedback_api",
     "tests.test_dashboard_perception",
+    "tests.test_fleet_perception",
 }
 
 

@@ -59,6 +59,8 @@ BOTH_BACKENDS = {
     "tests.test_dashboard_pages",
     "tests.test_health_offline",
     "tests.test_feedback_api",
+    "tests.test_dashboard_perception",
+    "tests.test_fleet_perception",
 }
 
 

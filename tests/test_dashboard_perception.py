@@ -1,5 +1,6 @@
 """The dashboard's none / abstain / regions / IR views (issue 11), through the real app factory
-over HTTP, on a fleet.db written by the real ingest writer and a real analysis run."""
+over HTTP, on a fleet store (SQLite and PostgreSQL) written by the real ingest writer and a real
+analysis run."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from cloud.analysis.job import run_analysis
 from cloud.dashboard.regions import jpeg_size
+from cloud.fleet.backends import open_writer
 from cloud.fleet.store import FleetStore
-from cloud.fleet.writer import BatchWriter, Incoming
+from cloud.fleet.writer import Incoming
 from shared.protocol import Kind, Prediction, PredictionBatch, PredRegion, Topics, parse_topic
 from tests.dashutil import client_for, make_cfg, seed_fleet, seed_users, sign_in
 from tests.test_fleet_perception import _baseline
@@ -57,12 +59,14 @@ def cfg(tmp_path: Path) -> Any:
     seed_users(c)
     seed_fleet(c, devices=1, hours=0.2, step_s=60)  # box0000: telemetry only, no predictions
     now = time.time()
-    store = FleetStore(c.fleet_db)
+    store = FleetStore(c.fleet_store)
     batch = PredictionBatch(
         schema_version=2, device="boxpet", site="park1", predictions=_preds(now, 200, 150)
     )
     topic = parse_topic(Topics.device("park1", "boxpet", Kind.PREDICTIONS))
-    BatchWriter(store.db).write([Incoming(topic, batch, now)])
+    writer = open_writer(c.fleet_store)  # the backend's own writer (tests/conftest.py BOTH_BACKENDS)
+    writer.write([Incoming(topic, batch, now)])
+    writer.db.close()
     snaps = c.data_dir / "snapshots"
     snaps.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".jpg", np.zeros((720, 1280, 3), np.uint8))
@@ -120,7 +124,7 @@ def test_quality_page_shows_modes_none_share_and_the_cat_dog_none_confusion(cfg:
     r = c.post("/labelling/boxpet-snap-1", data={"label": "none", "csrf_token": token})
     c.post("/labelling/boxpet-snap-2", data={"label": "dog", "csrf_token": token})
     assert r.status_code == 200 and "Labelled boxpet:1 as none" in r.text
-    assert sorted(f["label"] for f in FleetStore(cfg.fleet_db).feedback()) == ["dog", "none"]
+    assert sorted(f["label"] for f in FleetStore(cfg.fleet_store).feedback()) == ["dog", "none"]
     html = c.get("/quality").text
     assert "1 labelled “none”" in html
     m = re.search(r'<tr data-label="none"><th scope="row">none</th>(.*?)</tr>', html)
@@ -159,7 +163,7 @@ def test_jpeg_size_refuses_what_is_not_a_jpeg(tmp_path: Path) -> None:
 
 
 def test_pages_render_without_a_baseline_and_for_an_analysis_older_than_the_modes(cfg: Any) -> None:
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.fleet_store)
     now = time.time()
     run_analysis(cfg, store, None, now=now + 1, baseline_of=lambda v: None)
     c = client_for(cfg)

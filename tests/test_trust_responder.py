@@ -90,7 +90,7 @@ def _service(tmp_path: Path, broker: EmbeddedBroker, base: Path, **release: Any)
     assert svc.wait_connected()
     ch = svc.channel
     assert ch is not None
-    ch.keys_init("ops")
+    ch.keys_init("ops", allow_approver_key_on_server=True)  # a test install
     for v in ("1.0.0", "2.0.0"):
         register(cfg, make_version(base, tmp_path / "pkgs", v), v)
     ch.approve("1.0.0", "staging", "qa-anna", "ok")

@@ -36,7 +36,7 @@ from edge.integrity import Box, FrameCheck, IntegrityChecker, motion_boxes
 from edge.model import LoadedModel, ModelOutput, ModelSlot
 from edge.outbox import Outbox
 from edge.perception.ir import is_ir
-from edge.perception.pipeline import MAX_REPORTED, FramePipeline, FrameResult, RegionResult, aggregate
+from edge.perception.pipeline import FramePipeline, FrameResult, aggregate, reported
 from edge.perception.regions import Region, Zone
 from edge.snapshots import SnapshotStore
 from edge.writer import OutboxWriter
@@ -339,7 +339,7 @@ class InferenceEngine:
             label=agg.label,
             confidence=round(agg.confidence, 6),
             probs={lab: round(float(p), 6) for lab, p in zip(model.labels, out.probs[agg.main], strict=True)},
-            regions=[RegionResult(regions[k], *agg.decisions[k]) for k in agg.pets[:MAX_REPORTED]],
+            regions=reported(regions, agg),
             ir=prep.ir,
             evaluated=len(regions),
         )

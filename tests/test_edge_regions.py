@@ -20,7 +20,7 @@ from edge.inference import InferenceEngine
 from edge.integrity import IntegrityChecker, motion_boxes
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.outbox import Outbox
-from edge.perception.regions import Zone
+from edge.perception.regions import Region, Zone
 from shared.broker import EmbeddedBroker
 from shared.config import validate_config
 from shared.errors import ConfigError
@@ -86,7 +86,9 @@ def covers(box: list[int], x: int, y: int, side: int = 200) -> bool:
 def test_pets_anywhere_in_wide_frames_batched_across_cameras_in_one_run(
     tmp_path: Path, colour_model: LoadedModel
 ) -> None:
-    engine, rows = engine_for(tmp_path, colour_model, ["a", "b", "c", "d"], max_batch_regions=64)
+    engine, rows = engine_for(
+        tmp_path, colour_model, ["a", "b", "c", "d"], max_batch_regions=256
+    )  # above 4 tilings
     frames = [
         frame("a", scene((10, 510, RED))),  # a cat in the bottom-left corner
         frame("b", scene((1070, 5, BLUE))),  # a dog in the top-right corner
@@ -346,3 +348,26 @@ def test_baseline_package_finds_a_pet_at_the_frame_edge_and_calls_an_empty_scene
         assert any(r["label"] == "dog" and r["box"][0] + r["box"][2] > 1280 - w // 2 for r in pred["regions"])
     assert engine.views["a"].evaluated[1].source == "motion"
     assert rows[-1] < rows[0] / 2  # the motion frame costs a few regions, not a tiling
+
+
+def test_one_pet_seen_by_two_tile_scales_is_reported_once() -> None:
+    """Multi-scale tiling finds a pet in a small tile and in the larger tile around it: one box is
+    sent, the strongest; a second pet elsewhere, another label, or a named zone stays listed."""
+    from edge.perception.pipeline import Aggregate, reported
+
+    regions = [
+        Region(0, 396, 324, 324, "tile"),
+        Region(0, 216, 504, 504, "tile"),
+        Region(900, 0, 324, 324, "tile"),
+        Region(0, 216, 504, 504, "tile"),
+        Region(10, 400, 300, 300, "zone", "gate"),
+    ]
+    decisions = [("cat", 0.99), ("cat", 0.97), ("cat", 0.95), ("dog", 0.9), ("cat", 0.9)]
+    agg = Aggregate("cat", 0.99, 0, [0, 1, 2, 3, 4], decisions)
+    out = reported(regions, agg)
+    assert [(r.region.box, r.label) for r in out] == [
+        ([0, 396, 324, 324], "cat"),
+        ([900, 0, 324, 324], "cat"),
+        ([0, 216, 504, 504], "dog"),
+        ([10, 400, 300, 300], "cat"),
+    ]

@@ -44,7 +44,7 @@ def production(
     ch = svc.channel
     assert ch is not None
     try:
-        ch.keys_init("tester")
+        ch.keys_init("tester", allow_approver_key_on_server=True)  # a test install
         for v in ("1.0.0", "2.0.0"):
             register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
             ch.approve(v, "production", "qa-anna", "tested")

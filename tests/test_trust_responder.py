@@ -90,15 +90,16 @@ def _service(tmp_path: Path, broker: EmbeddedBroker, base: Path, **release: Any)
     assert svc.wait_connected()
     ch = svc.channel
     assert ch is not None
-    ch.keys_init("ops")
+    ch.keys_init("ops", allow_approver_key_on_server=True)  # a test install
     for v in ("1.0.0", "2.0.0"):
         register(cfg, make_version(base, tmp_path / "pkgs", v), v)
     ch.approve("1.0.0", "staging", "qa-anna", "ok")
     ch.approve("2.0.0", "production", "qa-anna", "ok")
-    ch.rollout("1.0.0", "staging", "eng-bob", "first")
-    ch.rollout("2.0.0", "production", "eng-bob", "first")
+    # provisioned first: a rollout to a group with no provisioned device is refused
     ch.provision_device("park1", "stg1", "staging", tmp_path / "stg1.secret", "ops")
     ch.provision_device("park1", "prod1", "production", tmp_path / "prod1.secret", "ops")
+    ch.rollout("1.0.0", "staging", "eng-bob", "first")
+    ch.rollout("2.0.0", "production", "eng-bob", "first")
     return svc
 
 

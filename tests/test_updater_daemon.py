@@ -65,7 +65,6 @@ def test_daemon_swaps_model_between_inferences_without_losing_frames(
         for v, p in (("1.0.0", v1), ("2.0.0", v2)):
             register(cfg, p, v)
             ch.approve(v, "staging", "qa", "ok")
-        ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")
         ch.rollout("1.0.0", "staging", "eng", "start")
         (tmp_path / "root.json").write_bytes(ch.repo.trusted_root_bytes())
         ecfg = EdgeConfig.model_validate(

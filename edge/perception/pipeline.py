@@ -59,6 +59,41 @@ class Aggregate:
     decisions: list[tuple[str, float]]
 
 
+NESTED = 0.7  # share of the smaller box inside the larger one that makes two regions one find
+
+
+def nested(a: Box, b: Box) -> bool:
+    """One box mostly inside the other: the same pet seen by tiles of two scales."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    smaller = min(aw * ah, bw * bh)
+    return smaller > 0 and ix * iy >= NESTED * smaller
+
+
+def _box(r: Region) -> Box:
+    return (r.x, r.y, r.w, r.h)
+
+
+def reported(regions: Sequence[Region], agg: Aggregate) -> list[RegionResult]:
+    """The frame's pet regions as sent: strongest first, one per find. Multi-scale tiling sees a
+    pet in a small tile and again in the larger tile around it; listing both would draw two boxes
+    for one pet. A weaker region nested in a kept one with the same label is dropped, unless it is
+    a named zone (people asked about that area by name)."""
+    kept: list[RegionResult] = []
+    for k in agg.pets:
+        r = RegionResult(regions[k], *agg.decisions[k])
+        dup = r.region.source != "zone" and any(
+            q.label == r.label and nested(_box(q.region), _box(r.region)) for q in kept
+        )
+        if not dup:
+            kept.append(r)
+        if len(kept) == MAX_REPORTED:
+            break
+    return kept
+
+
 def aggregate(
     sources: Sequence[str],
     probs: F32,
@@ -159,7 +194,7 @@ class FramePipeline:
             label=agg.label,
             confidence=round(agg.confidence, 6),
             probs=probs,
-            regions=[RegionResult(regions[k], *agg.decisions[k]) for k in agg.pets[:MAX_REPORTED]],
+            regions=reported(regions, agg),
             ir=is_ir(image),
             evaluated=n,
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from shared.images import DEFAULT_MAX_ASPECT, FILE_MAX_PIXELS
+from shared.images import DEFAULT_MAX_ASPECT, FILE_MAX_PIXELS, PNG_SIGNATURE, jpeg_size
 
 JPEG_EOI = b"\xff\xd9"
 PNG_IEND = b"IEND"
@@ -30,37 +30,6 @@ class Checked:
     width: int = 0
     height: int = 0
     problem: tuple[str, str] | None = None
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
-SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Pure: (width, height) from the first start-of-frame segment, or None if not found."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in SOF_MARKERS and i + 9 <= n:
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (w, h) if w and h else None
-        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
-            return None
-        i += 2 + length
-    return None
 
 
 def _header(data: bytes) -> tuple[str | None, int, int]:

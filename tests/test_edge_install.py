@@ -66,7 +66,10 @@ def test_install_is_idempotent_runs_as_the_unit_says_and_uninstalls(tmp_path: Pa
     env = env_for(tree)
     pkg = make_tiny_package(tmp_path / "pkg", "inst-1")
     cloud_toml = tmp_path / "cloud.toml"
-    cloud_toml.write_text(f'data_dir = "{tmp_path / "cloud"}"\n')
+    # The approver's key lives off the server, as install-cloud.sh and docs/approver.md set it up.
+    cloud_toml.write_text(
+        f'data_dir = "{tmp_path / "cloud"}"\n[release]\napprover_keys_dir = "{tmp_path / "approver-keys"}"\n'
+    )
     keys = subprocess.run(
         [
             str(Path(sys.executable).parent / "parkwatch"),

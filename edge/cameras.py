@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -41,6 +40,7 @@ import numpy.typing as npt
 from edge.config import CameraConfig
 from edge.errors import CameraError
 from edge.sources import FrameSource, make_source, redact_text, redact_url
+from shared.backoff import at_maximum, backoff_delay
 from shared.protocol import CameraTelemetry
 
 log = logging.getLogger("parkwatch.edge.cameras")
@@ -58,10 +58,7 @@ class Frame:
     prepared: Any = None  # work done ahead on the reader thread (see Camera.prepare)
 
 
-def backoff_delay(failures: int, initial: float, maximum: float, jitter: float = 0.1) -> float:
-    """``initial * 2**(failures-1)`` capped at ``maximum``, ±``jitter`` so a site's cameras spread out."""
-    base = min(maximum, initial * (2 ** max(failures - 1, 0)))
-    return float(base * (1 + random.uniform(-jitter, jitter)))
+RECONNECT_JITTER = 0.1  # ± so a site's cameras, cut by one power failure, do not retry in step
 
 
 class Camera:
@@ -228,8 +225,9 @@ class Camera:
             self._connected = False
             self.failures += 1
             self.reconnects += 1  # attempts: a camera that never comes back still shows it is trying
-            delay = backoff_delay(self.failures, self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
-            at_max = self.cfg.reconnect_initial_s * (2 ** (self.failures - 1)) >= self.cfg.reconnect_max_s
+            initial, maximum = self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s
+            delay = backoff_delay(self.failures, initial, maximum, RECONNECT_JITTER)
+            at_max = at_maximum(self.failures, initial, maximum)
             self._set_state("offline" if at_max else "reconnecting")
             self._retry_now.clear()
             deadline = time.monotonic() + delay

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from edge.errors import OutboxError
 from edge.mqttlink import NO_MATCHING_SUBSCRIBERS, MqttLink
 from edge.outbox import Outbox
+from shared.backoff import Backoff
 from shared.protocol import Kind, Prediction, PredictionBatch, Topics, encode
 
 log = logging.getLogger("parkwatch.edge.publisher")
@@ -78,7 +79,7 @@ class Publisher:
         self.errors = 0
         self.unsendable = 0
         self.not_delivered = 0  # batches the broker took but delivered to nobody (kept, resent)
-        self._backoff_s = 0.0
+        self._backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         self._retry_at: float | None = None  # monotonic; no new batch before it
         self._refused_since: float | None = None  # wall clock of the first refusal in this episode
         self._refused_reason: str | None = None
@@ -180,7 +181,7 @@ class Publisher:
                 log.info("broker delivers predictions again; sending the %d waiting", self.outbox.backlog)
                 self._refused_since = self._refused_reason = self._retry_at = None
                 self._refused_code = 0
-                self._backoff_s = 0.0
+                self._backoff.reset()
             try:
                 self.outbox.ack(f.first, f.last)
             except OutboxError:
@@ -197,8 +198,7 @@ class Publisher:
         now = time.monotonic()
         if self._retry_at is not None and now < self._retry_at:
             return
-        self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff_s * 2))
-        self._retry_at = now + self._backoff_s
+        self._retry_at = now + self._backoff.next()
         first_time = self._refused_since is None
         if first_time:
             self._refused_since = time.time()
@@ -217,7 +217,7 @@ class Publisher:
             f.first,
             f.last,
             self.outbox.backlog,
-            self._backoff_s,
+            self._backoff.current,
         )
 
     def _run(self) -> None:

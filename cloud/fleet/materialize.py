@@ -29,6 +29,7 @@ from cloud.fleet.inbox import Inbox, InboxRow, inbox_path, materializer_lock_pat
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import Beat, write_beat
 from cloud.fleet.writer import DeadLetter, Incoming, WriteResult
+from shared.backoff import Backoff
 from shared.protocol import ProtocolError, decode
 from shared.protocol.counter import RejectCounter
 
@@ -176,7 +177,7 @@ class Materializer:
         progress: tuple[str, str, int],
         letters: list[DeadLetter],
     ) -> WriteResult | None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         isolate = False
         while True:
             try:
@@ -196,13 +197,13 @@ class Materializer:
                 err = e
             # Locked, full or broken database: the rows stay in the inbox, ingest keeps accepting.
             self.stats.add("write_errors")
+            delay = backoff.next()
             log.error("%s; retrying in %.1f s", err, delay)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if self.should_stop():
                     return None
                 time.sleep(0.1)
-            delay = min(delay * 2, 30.0)
 
     def _decode(self, rows: list[InboxRow]) -> tuple[list[Incoming], list[DeadLetter]]:
         items: list[Incoming] = []

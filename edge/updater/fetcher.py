@@ -18,6 +18,7 @@ from tuf.ngclient import FetcherInterface
 
 from edge.updater.errors import TransportError, UpdateError
 from edge.updater.transport import UpdateChannel
+from shared.backoff import Backoff
 
 BASE = "mqtt://parkwatch/"
 METADATA_URL = BASE + "metadata/"
@@ -79,7 +80,7 @@ def download_resumable(
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + deadline_s
-    backoff = 0.5
+    backoff = Backoff(0.5, 10.0)
     with part.open("ab") as fh:
         offset = fh.tell()
         if offset > max_length:
@@ -93,10 +94,9 @@ def download_resumable(
                     raise UpdateError(
                         "downloading", f"gave up after {deadline_s:.0f} s: {e}", transient=True
                     ) from e
-                sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                sleep(backoff.next())
                 continue
-            backoff = 0.5
+            backoff.reset()
             if chunk.status == "not_found":
                 raise UpdateError("downloading", f"{path} is not on the update channel", transient=True)
             if chunk.status != "ok":

@@ -33,15 +33,14 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from cloud.fleet.errors import FleetError
 from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
 from cloud.fleet.materialize import SharedStats, process_main, reject_kind
 from cloud.fleet.schema import connect
 from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
-from shared.mqtt import make_client
+from shared.backoff import Backoff
+from shared.mqttlink import MqttLink
 from shared.protocol import (
     PREDICTION_SCHEMAS,
     TELEMETRY_SCHEMAS,
@@ -106,9 +105,8 @@ class FleetIngest:
         self._q: collections.deque[Received] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._connected = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: mqtt.Client | None = None
+        self._link: MqttLink | None = None
         self._inbox: Inbox | None = None
         self._mp = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
@@ -142,34 +140,38 @@ class FleetIngest:
         path = inbox_path(self.cfg.data_dir, self.client_id)
         self._worker_lock = hold_worker_lock(path)
         self._inbox = Inbox(path)
-        c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
+        link = MqttLink(
+            self.cfg.mqtt,
+            self.client_id,
+            clean_start=False,
+            session_expiry_s=self.fcfg.session_expiry_s,
+            receive_maximum=self.fcfg.receive_maximum,
+            manual_ack=True,
+            on_message=self._on_message,
+            waiting="the broker keeps our queue",
+            logger=log,
+        )
+        filters = subscriptions(self.fcfg.share_group)
+        if self.retiring:
+            # The queued messages come anyway (they belong to the session); unsubscribing first
+            # means no new ones are routed here, so the other workers of the group take them.
+            link.forget_on_connect([t for t, _ in filters])
+        else:
+            for topic, qos in filters:
+                link.subscribe(topic, qos=qos)
+            link.on_connection_change(self._on_connection)
         self._stop.clear()
         self.mstats.set("stop", 0)
         self._start_materializer()
         self._thread = threading.Thread(target=self._writer_loop, name="fleet-ingest-inbox", daemon=True)
         self._thread.start()
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        c.on_unsubscribe = self._on_unsubscribe
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.fcfg.session_expiry_s
-        props.ReceiveMaximum = self.fcfg.receive_maximum
-        self._client = c
+        self._link = link
         try:
-            c.connect_async(
-                self.cfg.mqtt.host,
-                self.cfg.mqtt.port,
-                keepalive=self.cfg.mqtt.keepalive,
-                clean_start=False,
-                properties=props,
-            )
+            link.start()
         except (OSError, ValueError) as e:
             raise FleetError(
                 f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {e}"
             ) from e
-        c.loop_start()
 
     def stop(self) -> None:
         """Stop taking messages, make what is queued durable and acknowledge it, then disconnect.
@@ -177,23 +179,21 @@ class FleetIngest:
         The materializer gets a few seconds to drain the inbox; what it leaves is applied when
         this worker (same ``client_id``) starts again.
         """
-        c = self._client
-        if c is not None:
-            c.on_message = lambda *a: None
+        link = self._link
+        if link is not None:
+            link.client.on_message = lambda *a: None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        if c is not None:
+        if link is not None:
             # Only with nothing unacknowledged here: ending the session discards what the broker
             # still holds for it, and a batch not yet acknowledged is exactly that.
             end = self._end_session and not self._batch_pending and not self._q
-            c.disconnect()
-            c.loop_stop()
-            self._client = None
+            link.stop()
+            self._link = None
             if end:
                 self.session_ended = self._discard_session()
-        self._connected.clear()
         self.mstats.set("stop", 1)
         if self._proc is not None:
             self._proc.join(timeout=60)
@@ -216,27 +216,15 @@ class FleetIngest:
         """End this client_id's broker session: a clean start throws it away, and an expiry of 0
         keeps none after. Confirmed by the CONNACK, not assumed from a DISCONNECT that a closing
         socket may not have carried."""
-        done = threading.Event()
-        ok: list[bool] = []
-        c = make_client(self.cfg.mqtt, self.client_id)
-
-        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-            ok.append(not rc.is_failure)
-            done.set()
-
-        c.on_connect = on_connect
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
+        link = MqttLink(self.cfg.mqtt, self.client_id, clean_start=True, session_expiry_s=0, logger=log)
         try:
-            c.connect(self.cfg.mqtt.host, self.cfg.mqtt.port, clean_start=True, properties=props)
+            link.start(connect_now=True)
         except (OSError, ValueError):
             return False
-        c.loop_start()
         try:
-            return done.wait(10) and ok == [True]
+            return link.wait_connected(10)
         finally:
-            c.disconnect()
-            c.loop_stop()
+            link.stop()
 
     def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
         """Take in what the broker still holds for this worker, apply it, and end its session.
@@ -278,12 +266,14 @@ class FleetIngest:
         )
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Until connected and subscribed (SUBACK received)."""
-        return self._connected.wait(timeout)
+        """Until connected and subscribed (SUBACK received; UNSUBACK when retiring)."""
+        link = self._link
+        return link is not None and link.wait_ready(timeout)
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        link = self._link
+        return link is not None and link.ready
 
     def inbox_backlog(self) -> int:
         """Messages acknowledged to the broker but not yet in the fleet tables."""
@@ -315,7 +305,7 @@ class FleetIngest:
             "materializer_restarts": self.materializer_restarts,
             # A live process whose heartbeat is old is stuck (a long lock wait, a bug): see its log.
             "materializer_heartbeat_age_s": round(time.time() - beat, 1) if beat else None,
-            "last_error": self.last_error,
+            "last_error": (self._link.last_error if self._link is not None else None) or self.last_error,
             "last_write_ts": last_write or None,
         }
 
@@ -362,45 +352,13 @@ class FleetIngest:
         self._start_materializer()
 
     # MQTT callbacks (paho's network thread) ------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            self.last_error = f"broker refused the connection: {rc}"
-            log.error("%s", self.last_error)
-            return
-        if self.retiring:
-            # The queued messages come anyway (they belong to the session); unsubscribing first
-            # means no new ones are routed here, so the other workers of the group take them.
-            client.unsubscribe([t for t, _ in subscriptions(self.fcfg.share_group)])
-        else:
-            client.subscribe(subscriptions(self.fcfg.share_group))
+    def _on_connection(self, up: bool) -> None:
+        link = self._link
+        if up and link is not None:
             # Retained, so every box (now or later) learns which prediction schemas this cloud
             # stores; a box that never sees it sends schema 1, which every cloud accepts.
             caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS), telemetry=list(TELEMETRY_SCHEMAS))
-            client.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
-        log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
-
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
-    ) -> None:
-        bad = [rc for rc in rcs if rc.is_failure]
-        if bad:
-            self.last_error = (
-                f"broker refused a subscription: {bad}; check the broker ACL for the ingest account"
-            )
-            log.error("%s", self.last_error)
-        self._connected.set()  # connected *and* subscribed: nothing published from now on is missed
-
-    def _on_unsubscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
-    ) -> None:
-        self._connected.set()  # retiring: from now on only what was queued for this session arrives
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
-    ) -> None:
-        self._connected.clear()
-        if not self._stop.is_set():
-            log.warning("ingest lost the broker (%s); paho reconnects, the broker keeps our queue", rc)
+            link.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Route by topic only; everything that needs the payload parsed is the materializer's."""
@@ -482,7 +440,7 @@ class FleetIngest:
     def _append_until_done(self, batch: list[Received]) -> None:
         inbox = self._inbox
         assert inbox is not None
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         rows = [(t, p, ts, r) for t, p, ts, r, _, _ in batch]
         while True:
             try:
@@ -492,14 +450,14 @@ class FleetIngest:
                 # Keep the batch unacknowledged and retry: the broker holds everything behind it.
                 self.inbox_errors += 1
                 self.last_error = str(e)
+                delay = backoff.next()
                 log.error("%s; retrying in %.1f s", e, delay)
                 if self._stop.wait(delay):
                     return  # stopping: unacknowledged, so the broker resends it to the next run
-                delay = min(delay * 2, 30.0)
-        c = self._client
-        if c is not None:
+        link = self._link
+        if link is not None:
             for *_, mid, qos in batch:
-                c.ack(mid, qos)
+                link.ack(mid, qos)
         self.accepted += len(batch)
         self._batch_pending = False
         self.mstats.set("rx_batch", len(batch))  # the materializer yields while these are large

@@ -14,11 +14,10 @@ import threading
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 
 from cloud.governance.alerts import to_message
 from shared.config import MqttConfig
-from shared.mqtt import make_client
+from shared.mqttlink import MqttLink
 from shared.protocol import Topics, encode
 
 log = logging.getLogger("parkwatch.cloud.governance")
@@ -27,31 +26,27 @@ SIGNATURE_HEADER = "X-Parkwatch-Signature"
 
 
 class AlertPublisher:
-    """One lazily connected MQTT client; ``publish`` waits for the PUBACK (QoS 1)."""
+    """One lazily connected MQTT link; ``publish`` waits for the PUBACK (QoS 1)."""
 
     def __init__(self, cfg: MqttConfig, client_id: str, timeout_s: float = 5.0) -> None:
         self.cfg = cfg
         self.client_id = client_id
         self.timeout_s = timeout_s
-        self._client: mqtt.Client | None = None
-        self._connected = threading.Event()
+        self._link: MqttLink | None = None
         self._lock = threading.Lock()
 
-    def _ensure(self) -> mqtt.Client:
-        if self._client is None:
-            c = make_client(self.cfg, self.client_id)
-            c.on_connect = lambda cl, u, f, rc, p=None: self._connected.set() if not rc.is_failure else None
-            c.on_disconnect = lambda cl, u, f, rc, p=None: self._connected.clear()
-            c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
-            c.loop_start()
-            self._client = c
-        return self._client
+    def _ensure(self) -> MqttLink:
+        if self._link is None:
+            link = MqttLink(self.cfg, self.client_id, logger=log)
+            link.start()
+            self._link = link
+        return self._link
 
     def publish(self, alert: dict[str, Any]) -> bool:
         with self._lock:
             try:
                 c = self._ensure()
-                if not self._connected.wait(self.timeout_s):
+                if not c.wait_connected(self.timeout_s):
                     log.warning(
                         "alert %s not published: broker %s:%d unreachable",
                         alert["id"],
@@ -68,11 +63,9 @@ class AlertPublisher:
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.disconnect()
-                self._client.loop_stop()
-                self._client = None
-                self._connected.clear()
+            if self._link is not None:
+                self._link.stop()
+                self._link = None
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -50,11 +50,11 @@ def notice_payload(group: str, version: str | None, timestamp_version: int | Non
 
 def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], timeout: float = 5.0) -> bool:
     """Publish a few messages with a short-lived cloud client; False if the broker is unreachable."""
-    from shared.mqtt import make_client
+    from shared.mqttlink import MqttLink
 
-    client = make_client(cfg.mqtt, f"parkwatch-cloud-cli-{secrets.token_hex(8)}")
+    link = MqttLink(cfg.mqtt, f"parkwatch-cloud-cli-{secrets.token_hex(8)}", logger=log)
     try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive)
+        link.start(connect_now=True)
     except OSError as e:
         log.warning(
             "broker %s:%d unreachable (%s); devices pick the release up at their next check",
@@ -63,15 +63,13 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
             e,
         )
         return False
-    client.loop_start()
     try:
-        infos = [client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        infos = [link.publish(t, p, qos=1, retain=r) for t, p, r in messages]
         for info in infos:
             info.wait_for_publish(timeout)
         return all(i.is_published() for i in infos)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        link.stop()
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -29,6 +29,7 @@ from cloud.release.errors import ReleaseError
 from cloud.release.responder import Responder
 from cloud.release.store import read_membership
 from cloud.release.watch import HealthSample, judge, progress
+from shared.mqttlink import MqttLink
 from shared.protocol import ModelState, ProtocolError, Telemetry, Topics, decode
 
 log = logging.getLogger("parkwatch.cloud.release")
@@ -41,7 +42,7 @@ class ReleaseService:
 
     def __init__(self, cfg: CloudConfig) -> None:
         self.cfg = cfg
-        self.client: mqtt.Client | None = None
+        self.link: MqttLink | None = None
         self.channel: ReleaseChannel | None = None
         rel = cfg.release
         self.responder = Responder(
@@ -56,36 +57,33 @@ class ReleaseService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connected = threading.Event()
         self._published: dict[str, tuple[str | None, int]] = {}
         self._health: dict[str, deque[HealthSample]] = {}
         self.rollbacks: list[dict[str, Any]] = []
         self.errors = 0
 
     def start(self) -> None:
-        from shared.mqtt import make_client
-
         self.channel = ReleaseChannel(self.cfg, notify=self._notify)
         if not self.channel.repo.exists():
             log.warning(
                 "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
                 self.cfg.repo_dir,
             )
-        c = make_client(self.cfg.mqtt, self.cfg.client_id("release"))
-        c.max_inflight_messages_set(200)
-        c.on_connect = self._on_connect
-        c.on_disconnect = lambda *_a: self._connected.clear()
-        c.message_callback_add(Topics.ALL_MODEL_STATE, self._on_state)
-        c.message_callback_add(Topics.ALL_TELEMETRY, self._on_telemetry)
-        self.responder.attach(c)
-        self.client = c
-        c.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=self.cfg.mqtt.keepalive)
-        c.loop_start()
+        link = MqttLink(self.cfg.mqtt, self.cfg.client_id("release"), max_inflight=200, logger=log)
+        self.responder.attach(link.client)
+        for topic in self.responder.subscriptions():
+            link.subscribe(topic)  # routed by the responder's own callback
+        link.subscribe(Topics.ALL_MODEL_STATE, self._on_state)
+        link.subscribe(Topics.ALL_TELEMETRY, self._on_telemetry)
+        link.on_connection_change(self._on_connection)
+        self.link = link
+        link.start()
         self._thread = threading.Thread(target=self._run, name="release-service", daemon=True)
         self._thread.start()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        return self._connected.wait(timeout)
+        """Until connected and subscribed: no update request or device state is missed after."""
+        return self.link is not None and self.link.wait_ready(timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,35 +91,29 @@ class ReleaseService:
         if self._thread:
             self._thread.join(10)
         self.responder.stop()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
+        if self.link is not None:
+            self.link.stop()
         if self.channel is not None:
             self.channel.registry.close()
             if self.channel._states is not None:
                 self.channel._states.close()
 
     # ---- MQTT ---------------------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        if rc.is_failure:
-            log.error("broker refused the release service: %s (check [mqtt] credentials and the ACL)", rc)
-            return
-        for topic in (*self.responder.subscriptions(), Topics.ALL_MODEL_STATE, Topics.ALL_TELEMETRY):
-            client.subscribe(topic, qos=1)
-        self._published.clear()  # re-assert retained notices after a broker restart
-        self._connected.set()
-        self._wake.set()
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self._published.clear()  # re-assert retained notices after a broker restart
+            self._wake.set()
 
     def _notify(self, group: str, version: str | None, ts_version: int) -> bool:
-        if self.client is None or not self._connected.is_set():
+        if self.link is None or not self.link.connected:
             return False
-        self.client.publish(
+        self.link.publish(
             Topics.release(group), notice_payload(group, version, ts_version), qos=1, retain=True
         )
         self._published[group] = (version, ts_version)
         return True
 
-    def _on_state(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_state(self, msg: mqtt.MQTTMessage) -> None:
         try:
             _, m = decode(msg.topic, msg.payload)
         except ProtocolError as e:
@@ -133,7 +125,7 @@ class ReleaseService:
             self.channel.states.record(m)
         self._wake.set()
 
-    def _on_telemetry(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_telemetry(self, msg: mqtt.MQTTMessage) -> None:
         try:
             _, t = decode(msg.topic, msg.payload)
         except ProtocolError:

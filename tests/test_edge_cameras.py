@@ -122,6 +122,26 @@ def test_backoff_doubles_and_caps() -> None:
     assert got == [1, 2, 4, 8, 8, 8]
 
 
+def test_a_camera_down_for_days_keeps_retrying(tmp_path: Path) -> None:
+    """~1000 failures (8 h at a 30 s cap) used to overflow ``2**failures`` and end the reader."""
+    cam = Camera(
+        CameraConfig(
+            id="old",
+            kind="folder",
+            url=str(tmp_path / "missing"),
+            reconnect_initial_s=0.05,
+            reconnect_max_s=0.1,
+        )
+    )
+    cam.failures = 2000  # as after days of retrying
+    cam.start()
+    try:
+        assert wait_for(lambda: cam.reconnects >= 3, 10), (cam.reconnects, cam.last_error)
+        assert cam.state == "offline"  # at the slowest pace, still trying
+    finally:
+        cam.stop()
+
+
 def test_folder_camera_reads_every_image_on_demand_with_fps_cap(pets_sample: Path) -> None:
     cam = Camera(CameraConfig(id="f", kind="folder", url=str(pets_sample / "cat"), fps=10))
     cam.start()

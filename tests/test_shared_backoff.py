@@ -58,14 +58,11 @@ def test_other_factors() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"initial": 0.0, "maximum": 1.0},
-        {"initial": 2.0, "maximum": 1.0},
-        {"initial": 1.0, "maximum": 2.0, "factor": 0.5},
-        {"initial": 1.0, "maximum": 2.0, "jitter": 1.0},
-    ],
+    ("initial", "maximum", "jitter", "factor"),
+    [(0.0, 1.0, 0.0, 2.0), (2.0, 1.0, 0.0, 2.0), (1.0, 2.0, 0.0, 0.5), (1.0, 2.0, 1.0, 2.0)],
 )
-def test_nonsense_parameters_are_refused_with_their_values(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="back-off needs"):
-        Backoff(**kwargs)
+def test_nonsense_parameters_are_refused_with_their_values(
+    initial: float, maximum: float, jitter: float, factor: float
+) -> None:
+    with pytest.raises(ValueError, match=f"initial={initial}, maximum={maximum}"):
+        Backoff(initial, maximum, jitter, factor)

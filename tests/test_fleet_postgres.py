@@ -19,7 +19,7 @@ import pytest
 
 from cloud.config import CloudConfig
 from cloud.fleet.backends import open_writer
-from cloud.fleet.backends.migrations import migrate_pg, pg_migrations
+from cloud.fleet.backends.migrations import SQLITE_SCHEMA, migrate_pg, pg_migrations
 from cloud.fleet.backends.pg_writer import DAY_S
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.schema import connect
@@ -53,14 +53,14 @@ def test_migrations_are_numbered_and_applied_once_on_both_backends(tmp_path: Pat
         parts = c.execute("SELECT relname FROM pg_class WHERE relname LIKE 'predictions%'").fetchall()
         assert ("predictions_kept",) in parts
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA.latest == 5
     db.close()
     # A fleet.db from before numbered migrations (user_version 0, tables present) is adopted.
     raw = sqlite3.connect(tmp_path / "fleet.db")
     raw.execute("PRAGMA user_version = 0")
     raw.close()
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA.latest
     db.close()
 
 

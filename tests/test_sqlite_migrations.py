@@ -302,11 +302,11 @@ CREATE TABLE "audit_log" ("id" INTEGER PRIMARY KEY, "ts" REAL NOT NULL, "actor" 
    "hash" TEXT NOT NULL);
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-INSERT INTO datasets VALUES ('ds0001', '/lake', '["cat","dog"]', '{"train":{"cat":1}}', 1, 0, 0, '/m.json', '{}',
-   '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00');
+INSERT INTO datasets VALUES ('ds0001', '/lake', '["cat","dog"]', '{"train":{"cat":1}}', 1, 0, 0,
+   '/m.json', '{}', '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00');
 INSERT INTO dataset_files VALUES ('ds0001', 'aa', 'cat', 'train', '/lake/cat/1.jpg', 10, 10, 100);
-INSERT INTO model_versions VALUES ('v1', 'candidate', 1, '{}', '{}', '{}', '/p', '/p.tar', 'ff', 'ds0001', NULL,
-   '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00');
+INSERT INTO model_versions VALUES ('v1', 'candidate', 1, '{}', '{}', '{}', '/p', '/p.tar', 'ff', 'ds0001',
+   NULL, '2026-11-24T00:00:00+00:00', '2026-11-24T00:00:00+00:00');
 INSERT INTO rollouts VALUES (1, 'v1', 'staging', 'staging', NULL, 'rollout', 'ana', 'why', 'succeeded', NULL,
    1.0, 2.0, 1, 1);
 """

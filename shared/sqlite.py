@@ -83,8 +83,8 @@ def too_new_message(name: str, where: str, version: int, latest: int) -> str:
     return (
         f"{name} {where} is at schema version {version}, but this parkwatch release knows versions up "
         f"to {latest} only: it was written by a newer parkwatch. Run the newer release on this host "
-        "(upgrade parkwatch), or restore a backup of the file taken before that upgrade. The file "
-        "was left unchanged"
+        "(upgrade parkwatch), or restore a backup taken before that upgrade. Nothing in it was "
+        "changed"
     )
 
 

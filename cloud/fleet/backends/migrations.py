@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from cloud.fleet.backends import pg_ddl, sqlite_ddl
 from cloud.fleet.errors import FleetError
-from shared.sqlite import Migration, Schema, SchemaError, migrate_sqlite
+from shared.sqlite import Migration, Schema, SchemaError
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PG_SCHEMA", "SQLITE_SCHEMA", "Migration", "migrate_pg", "migrate_sqlite", "pg_migrations"]
+__all__ = ["PG_SCHEMA", "SQLITE_SCHEMA", "Migration", "migrate_pg", "pg_migrations"]
 
 SQLITE_SCHEMA = Schema(
     "fleet database",

@@ -30,8 +30,28 @@ from typing import Any
 import sqlite_utils
 
 from edge.errors import OutboxError, OutboxFullError
+from shared.sqlite import Migration, Schema, SchemaError, open_sqlite
 
 log = logging.getLogger("parkwatch.edge.outbox")
+
+# outbox.db's tables, as numbered migrations (shared/sqlite.py). 1: as they shipped before numbered
+# migrations, in the form sqlite-utils created them (IF NOT EXISTS: a box's older outbox is
+# adopted with its waiting rows). A change is a new migration at the end; never edit a shipped one.
+OUTBOX_V1 = """
+CREATE TABLE IF NOT EXISTS "predictions" (
+   "seq" INTEGER PRIMARY KEY,
+   "ts" REAL,
+   "camera" TEXT,
+   "body" TEXT
+);
+CREATE TABLE IF NOT EXISTS "meta" (
+   "key" TEXT PRIMARY KEY,
+   "value" INTEGER
+);
+"""
+OUTBOX_SCHEMA = Schema(
+    "edge outbox", (Migration(1, OUTBOX_V1, "predictions, meta (last_seq, evicted_total)"),)
+)
 
 _FULL_MARKERS = ("database or disk is full", "disk i/o error", "no space left")
 
@@ -48,18 +68,12 @@ class Outbox:
         self.max_rows = max_rows
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            # The one SQLite opener (WAL, the schema migrated); autocommit: append() and ack()
+            # issue their own BEGIN/COMMIT, so a batch and its seq counter move together.
+            self._conn = open_sqlite(
+                self.path, OUTBOX_SCHEMA, synchronous=synchronous, busy_timeout_s=5.0, autocommit=True
+            )
             self.db = sqlite_utils.Database(self._conn)
-            self.db.enable_wal()
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._conn.execute("PRAGMA busy_timeout=5000")
-            if not self.db["predictions"].exists():
-                self.db["predictions"].create(  # type: ignore[union-attr]
-                    {"seq": int, "ts": float, "camera": str, "body": str}, pk="seq", if_not_exists=True
-                )
-            if not self.db["meta"].exists():
-                self.db["meta"].create({"key": str, "value": int}, pk="key", if_not_exists=True)  # type: ignore[union-attr]
             if max_db_mb is not None:
                 page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
                 pages = max(int(max_db_mb * 1024 * 1024 / page), 8)
@@ -68,6 +82,8 @@ class Outbox:
             row = self._conn.execute("SELECT MAX(seq) FROM predictions").fetchone()
             self._last_seq = max(self._meta("last_seq"), int(row[0] or 0))
             self._evicted = self._meta("evicted_total")
+        except SchemaError as e:
+            raise OutboxError(str(e)) from e
         except (sqlite3.Error, OSError) as e:
             raise OutboxError(
                 f"cannot open the outbox {self.path}: {e}; check the folder exists, is writable by "

@@ -19,9 +19,10 @@ import pytest
 
 from cloud.config import CloudConfig
 from cloud.fleet.backends import open_writer
-from cloud.fleet.backends.migrations import migrate_pg, pg_migrations
+from cloud.fleet.backends.migrations import SQLITE_SCHEMA, migrate_pg, pg_migrations
 from cloud.fleet.backends.pg_writer import DAY_S
 from cloud.fleet.backends.target import PgTarget
+from cloud.fleet.errors import FleetError
 from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import worker_rows
@@ -53,15 +54,29 @@ def test_migrations_are_numbered_and_applied_once_on_both_backends(tmp_path: Pat
         parts = c.execute("SELECT relname FROM pg_class WHERE relname LIKE 'predictions%'").fetchall()
         assert ("predictions_kept",) in parts
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA.latest == 5
     db.close()
     # A fleet.db from before numbered migrations (user_version 0, tables present) is adopted.
     raw = sqlite3.connect(tmp_path / "fleet.db")
     raw.execute("PRAGMA user_version = 0")
     raw.close()
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_SCHEMA.latest
     db.close()
+
+
+def test_a_store_migrated_by_a_newer_release_is_refused_unchanged(pg_url: str) -> None:
+    """The same rule as every SQLite file (shared/sqlite.py): an older parkwatch must not write
+    tables it does not understand; the error says to run the newer release."""
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        latest = migrate_pg(c)
+        c.execute("INSERT INTO schema_version VALUES (%s, 0)", (latest + 1,))
+        with pytest.raises(
+            FleetError, match=rf"schema version {latest + 1}.*newer parkwatch.*upgrade parkwatch"
+        ):
+            migrate_pg(c)
+        rows = c.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == [*range(1, latest + 1), latest + 1]
 
 
 def test_config_refuses_a_password_inside_the_url(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from cloud.dashboard.errors import UserError
 from cloud.registry.audit import AuditLog
+from shared.sqlite import Migration, Schema, SchemaError, open_sqlite
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
@@ -104,28 +105,32 @@ def new_epoch() -> int:
     return secrets.randbits(62) + 1
 
 
+# dashboard.db's tables, as numbered migrations (shared/sqlite.py). 1: as it shipped before
+# numbered migrations (IF NOT EXISTS: an older file is adopted unchanged).
+USERS_V1 = """
+CREATE TABLE IF NOT EXISTS "users" (
+   "name" TEXT PRIMARY KEY,
+   "role" TEXT NOT NULL,
+   "pw_hash" TEXT NOT NULL,
+   "session_epoch" INTEGER NOT NULL,
+   "created_at" REAL NOT NULL,
+   "last_login" REAL
+);
+"""
+USERS_SCHEMA = Schema("dashboard users database", (Migration(1, USERS_V1, "users"),))
+
+
 class UserStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=10, check_same_thread=False)
+            # Through the one SQLite opener (WAL, a busy timeout, the schema migrated), with
+            # SQLite's default durability (FULL) as before.
+            conn = open_sqlite(self.path, USERS_SCHEMA, busy_timeout_s=10)
             self.db = sqlite_utils.Database(conn)
-            self.db.enable_wal()
             self.t = self.db.table("users")
-            self.db.table("users").create(
-                {
-                    "name": str,
-                    "role": str,
-                    "pw_hash": str,
-                    "session_epoch": int,
-                    "created_at": float,
-                    "last_login": float,
-                },
-                pk="name",
-                not_null={"role", "pw_hash", "session_epoch", "created_at"},
-                if_not_exists=True,
-            )
+        except SchemaError as e:
+            raise UserError(str(e)) from e
         except (OSError, sqlite3.Error) as e:
             raise UserError(
                 f"cannot open the users database {self.path}: {e}; check [dashboard] "

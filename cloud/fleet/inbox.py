@@ -25,19 +25,32 @@ from pathlib import Path
 from typing import IO, Any
 
 from cloud.fleet.errors import FleetError
+from shared.sqlite import Migration, Schema, SchemaError, add_column, open_sqlite
 
 BUSY_TIMEOUT_S = 10.0
 
-_DDL = """
+# Numbered migrations (shared/sqlite.py). 1: the tables as first shipped; 2: the retained flag,
+# which releases before numbered migrations added on the fly (so it may be there already).
+_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    received_ts REAL NOT NULL,
-    retained INTEGER NOT NULL DEFAULT 0  -- the broker's replay of a retained message on subscribe
+    received_ts REAL NOT NULL
 );
 """
+
+
+def _v2_retained(conn: sqlite3.Connection) -> None:
+    # The broker's replay of a retained message on subscribe, told apart from a live message.
+    add_column(conn, "inbox", "retained", "INTEGER NOT NULL DEFAULT 0")
+
+
+INBOX_SCHEMA = Schema(
+    "ingest inbox",
+    (Migration(1, _V1, "meta, inbox"), Migration(2, _v2_retained, "inbox.retained")),
+)
 
 InboxRow = tuple[int, str, bytes, float, bool]  # id, topic, payload, received_ts, retained
 
@@ -146,7 +159,7 @@ def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
     for f in sorted((data_dir / "ingest").glob(f"*{_SUFFIX}")):
         state: dict[str, Any] = {"worker": f.name[: -len(_SUFFIX)], "path": str(f)}
         try:
-            conn = sqlite3.connect(f"{f.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            conn = open_sqlite(f, read_only=True, busy_timeout_s=BUSY_TIMEOUT_S)
             try:
                 n, oldest = _backlog(conn)
             finally:
@@ -170,17 +183,12 @@ class Inbox:
         self.path = path
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
             # FULL for the receiver: a commit here is what the PUBACK promises. The materializer's
             # trims need no fsync of their own (fleet.db's progress mark decides, and a trim lost
             # to a power cut is redone at start), so they do not hold the receiver's lock as long.
-            self.conn.execute(f"PRAGMA synchronous={synchronous}")
-            self.conn.executescript(_DDL)
-            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(inbox)")}
-            if "retained" not in cols:  # an inbox written before retained replays were told apart
-                self.conn.execute("ALTER TABLE inbox ADD COLUMN retained INTEGER NOT NULL DEFAULT 0")
+            self.conn = open_sqlite(
+                path, INBOX_SCHEMA, synchronous=synchronous, busy_timeout_s=BUSY_TIMEOUT_S
+            )
             with self.conn:
                 # Identity of this file: the progress mark in fleet.db names it, so a deleted and
                 # recreated inbox (ids from 1 again) is not mistaken for the one already applied.
@@ -188,6 +196,8 @@ class Inbox:
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('id', ?)", (uuid.uuid4().hex,)
                 )
             self.id = str(self.conn.execute("SELECT value FROM meta WHERE key='id'").fetchone()[0])
+        except SchemaError as e:
+            raise FleetError(str(e)) from e
         except (OSError, sqlite3.Error) as e:
             raise FleetError(
                 f"cannot open the ingest inbox {path}: {e}; check data_dir in the cloud config and its "

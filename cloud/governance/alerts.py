@@ -24,45 +24,6 @@ from shared.protocol import Alert
 
 STATES = ("open", "acknowledged", "resolved")
 
-DDL = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY,
-    key TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    site TEXT NOT NULL,
-    device TEXT,
-    subject TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL,
-    details TEXT NOT NULL,
-    opened_ts REAL NOT NULL,
-    updated_ts REAL NOT NULL,
-    last_seen_ts REAL NOT NULL,
-    count INTEGER NOT NULL DEFAULT 1,
-    acked_by TEXT, acked_ts REAL, ack_comment TEXT,
-    resolved_by TEXT, resolved_ts REAL, resolve_comment TEXT,
-    actions TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS alerts_key ON alerts(key, state);
-CREATE INDEX IF NOT EXISTS alerts_state ON alerts(state, opened_ts);
-CREATE TABLE IF NOT EXISTS alert_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    alert_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    actor TEXT NOT NULL,
-    event TEXT NOT NULL,
-    comment TEXT
-);
-CREATE INDEX IF NOT EXISTS alert_events_alert ON alert_events(alert_id, id);
--- Alerts whose latest state change could not be published on MQTT (broker down): published by
--- the next governor run, so subscribers learn every alert's current state eventually.
-CREATE TABLE IF NOT EXISTS alerts_unpublished (
-    alert_id TEXT PRIMARY KEY,
-    since_ts REAL NOT NULL
-);
-"""
-
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     row["details"] = json.loads(row["details"])
@@ -91,14 +52,14 @@ def to_message(row: dict[str, Any]) -> Alert:
 
 class AlertStore:
     def __init__(self, path: str | Path | PgTarget) -> None:
-        # On PostgreSQL the alert tables come with the fleet schema's migrations (pg_ddl.py).
+        # The alert tables come with the fleet schema's migrations on both backends
+        # (cloud/fleet/backends/sqlite_ddl.py, pg_ddl.py).
         self.path: Path | PgTarget = path if isinstance(path, PgTarget) else Path(path)
         self.db: Any
         if isinstance(path, PgTarget):
             self.db = connect(path)
         else:
             self.db = connect(Path(path), synchronous="NORMAL")
-            self.db.conn.executescript(DDL)
         self._lock = threading.RLock()
 
     def close(self) -> None:

@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import sqlite_utils
-
 from cloud.evaluation.config import GateConfig
 from cloud.evaluation.gate import recheck_gate
 from cloud.registry.audit import AuditLog
@@ -64,46 +62,6 @@ class Decision:
         return asdict(self)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    db.table(HISTORY).create(
-        {
-            "id": int,
-            "version": str,
-            "decision": str,
-            "from_stage": str,
-            "to_stage": str,
-            "actor": str,
-            "reason": str,
-            "forced": int,
-            "ts": float,
-        },
-        pk="id",
-        if_not_exists=True,
-    )
-    db.table(ROLLOUTS).create(
-        {
-            "id": int,
-            "version": str,
-            "grp": str,
-            "stage": str,
-            "previous_version": str,
-            "kind": str,
-            "actor": str,
-            "reason": str,
-            "status": str,
-            "status_reason": str,
-            "started_ts": float,
-            "finished_ts": float,
-            "devices_total": int,
-            "devices_active": int,
-        },
-        pk="id",
-        if_not_exists=True,
-    )
-    db.table(HISTORY).create_index(["version"], if_not_exists=True)
-    db.table(ROLLOUTS).create_index(["grp"], if_not_exists=True)
-
-
 def _thresholds(t: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in t.items())
 
@@ -117,7 +75,6 @@ def _check_words(actor: str, reason: str) -> None:
 
 def staging_succeeded(registry: Registry, version: str) -> bool:
     """True once a rollout of ``version`` to a staging group reached every device, unrolled back."""
-    ensure_schema(registry.db)
     row = registry.db.execute(
         f"SELECT 1 FROM {ROLLOUTS} WHERE version = ? AND stage = 'staging' AND status = 'succeeded' LIMIT 1",
         [version],
@@ -171,7 +128,6 @@ def approve(
     _check_words(actor, reason)
     if stage not in APPROVABLE:
         raise ApprovalError(f"approve for one of {', '.join(APPROVABLE)}, not {stage!r}")
-    ensure_schema(registry.db)
     model = registry.get_model(version)
     check_stage_change(model, stage)  # refuses a model that failed the promotion gate
     if model.stage == "rejected":
@@ -227,7 +183,6 @@ def reject(
 ) -> Decision:
     """Reject ``version``: it leaves every stage and its approver signature is withdrawn."""
     _check_words(actor, reason)
-    ensure_schema(registry.db)
     model = registry.get_model(version)
     if deployed_groups:
         raise ApprovalError(
@@ -253,7 +208,6 @@ def reject(
 
 
 def history(registry: Registry, version: str | None = None) -> list[Decision]:
-    ensure_schema(registry.db)
     where, args = ("version = ?", [version]) if version else (None, [])
     return [
         Decision(
@@ -285,7 +239,6 @@ __all__ = [
     "StageError",
     "approve",
     "approved_stages",
-    "ensure_schema",
     "history",
     "reject",
     "staging_succeeded",

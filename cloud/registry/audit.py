@@ -108,37 +108,14 @@ def verify_chain(entries: Iterable[AuditEntry]) -> ChainCheck:
 class AuditLog:
     def __init__(self, db: sqlite_utils.Database | str | Path) -> None:
         if isinstance(db, (str, Path)):
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-            # Web apps call us from worker threads; the lock below serialises our own use.
-            db = sqlite_utils.Database(sqlite3.connect(str(db), check_same_thread=False))
-            db.enable_wal()
-            db.execute("PRAGMA busy_timeout=10000")
+            # The registry file, opened (and migrated: its tables are in cloud/registry/schema.py)
+            # by the one opener; FULL, as before, so an entry that was written survives a power
+            # cut. Web apps call us from worker threads; the lock below serialises our own use.
+            from cloud.registry.schema import open_db
+
+            db = open_db(db, synchronous="FULL")
         self.db = db
         self._lock = threading.Lock()
-        self._ensure_schema()
-
-    def _ensure_schema(self) -> None:
-        if TABLE not in self.db.table_names():
-            self.db[TABLE].create(  # type: ignore[union-attr]
-                {
-                    "id": int,
-                    "ts": float,
-                    "actor": str,
-                    "action": str,
-                    "subject": str,
-                    "details": str,
-                    "prev_hash": str,
-                    "hash": str,
-                },
-                pk="id",
-                not_null={"ts", "actor", "action", "subject", "details", "prev_hash", "hash"},
-            )
-            self.db[TABLE].create_index(["subject"])  # type: ignore[union-attr]
-        for op in ("UPDATE", "DELETE"):
-            self.db.execute(
-                f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON {TABLE} "
-                f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-            )
 
     def append(
         self, actor: str, action: str, subject: str, details: Mapping[str, Any] | None = None

@@ -57,60 +57,6 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    db.table("datasets").create(
-        {
-            "id": str,
-            "source": str,
-            "labels": str,
-            "counts": str,
-            "n_files": int,
-            "duplicates": int,
-            "quarantined": int,
-            "manifest_path": str,
-            "params": str,
-            "created_at": str,
-            "last_ingested_at": str,
-        },
-        pk="id",
-        if_not_exists=True,
-    )
-    db.table("dataset_files").create(
-        {
-            "dataset_id": str,
-            "sha256": str,
-            "label": str,
-            "split": str,
-            "path": str,
-            "width": int,
-            "height": int,
-            "bytes": int,
-        },
-        pk=("dataset_id", "sha256"),
-        foreign_keys=[("dataset_id", "datasets", "id")],
-        if_not_exists=True,
-    )
-    db.table("dataset_duplicates").create(
-        {"dataset_id": str, "sha256": str, "path": str, "kept_path": str},
-        pk=("dataset_id", "path"),
-        foreign_keys=[("dataset_id", "datasets", "id")],
-        if_not_exists=True,
-    )
-    db.table("dataset_quarantine").create(
-        {"dataset_id": str, "path": str, "label": str, "reason": str, "detail": str},
-        pk=("dataset_id", "path"),
-        foreign_keys=[("dataset_id", "datasets", "id")],
-        if_not_exists=True,
-    )
-    db.table("dataset_sources").create(
-        {"dataset_id": str, "source": str, "first_ingested_at": str, "last_ingested_at": str},
-        pk=("dataset_id", "source"),
-        foreign_keys=[("dataset_id", "datasets", "id")],
-        if_not_exists=True,
-    )
-    db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_files_split ON dataset_files(dataset_id, split)")
-
-
 def _row_to_dataset(row: dict[str, Any]) -> DatasetRecord:
     return DatasetRecord(
         id=row["id"],

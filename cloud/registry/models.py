@@ -64,59 +64,6 @@ class ModelRecord(BaseModel):
     stage_changed_at: str = ""
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    db.table("experiment_runs").create(
-        {
-            "id": str,
-            "dataset_id": str,
-            "status": str,
-            "search": str,
-            "seed": int,
-            "config": str,
-            "best_params": str,
-            "model_version": str,
-            "error": str,
-            "started_at": str,
-            "finished_at": str,
-        },
-        pk="id",
-        if_not_exists=True,
-    )
-    db.table("trials").create(
-        {
-            "run_id": str,
-            "idx": int,
-            "params": str,
-            "metrics": str,
-            "duration_s": float,
-            "status": str,
-            "created_at": str,
-        },
-        pk=("run_id", "idx"),
-        foreign_keys=[("run_id", "experiment_runs", "id")],
-        if_not_exists=True,
-    )
-    db.table("model_versions").create(
-        {
-            "version": str,
-            "stage": str,
-            "gate_passed": int,
-            "gate": str,
-            "metrics": str,
-            "lineage": str,
-            "package_dir": str,
-            "tarball": str,
-            "tarball_sha256": str,
-            "dataset_id": str,
-            "run_id": str,
-            "created_at": str,
-            "stage_changed_at": str,
-        },
-        pk="version",
-        if_not_exists=True,
-    )
-
-
 def _model(row: dict[str, Any]) -> ModelRecord:
     return ModelRecord(
         version=row["version"],

@@ -22,10 +22,51 @@ from typing import Any
 
 import sqlite_utils
 
-from cloud.registry.approvals import ROLLOUTS, ensure_schema
-from cloud.registry.store import Registry, open_db
+from cloud.registry.approvals import ROLLOUTS
+from cloud.registry.schema import open_db
+from cloud.registry.store import Registry
 from cloud.registry.tx import transaction
 from shared.protocol import ModelState
+from shared.sqlite import Migration, Schema
+
+# release.db's tables, as numbered migrations (shared/sqlite.py). 1: as they shipped before
+# numbered migrations, in the form sqlite-utils created them (IF NOT EXISTS: an older release.db is
+# adopted unchanged). A change is a new migration at the end; a shipped one is never edited.
+RELEASE_V1 = """
+CREATE TABLE IF NOT EXISTS "device_models" (
+   "site" TEXT,
+   "device" TEXT,
+   "grp" TEXT,
+   "state" TEXT,
+   "version" TEXT,
+   "active_version" TEXT,
+   "previous_version" TEXT,
+   "reason" TEXT,
+   "progress" REAL,
+   "ts" REAL,
+   "received_ts" REAL,
+   PRIMARY KEY ("site", "device")
+);
+CREATE TABLE IF NOT EXISTS "devices" (
+   "site" TEXT,
+   "device" TEXT,
+   "grp" TEXT,
+   "username" TEXT,
+   "pw_hash" TEXT,
+   "created_ts" REAL,
+   "revoked" INTEGER,
+   PRIMARY KEY ("site", "device")
+);
+CREATE TABLE IF NOT EXISTS "accounts" (
+   "username" TEXT PRIMARY KEY,
+   "pw_hash" TEXT,
+   "created_ts" REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "idx_devices_username" ON "devices" ("username");
+"""
+RELEASE_SCHEMA = Schema(
+    "release database", (Migration(1, RELEASE_V1, "device model states, provisioned devices, accounts"),)
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +111,7 @@ def _rollout(r: dict[str, Any]) -> Rollout:
 
 class RolloutTable:
     def __init__(self, registry: Registry) -> None:
-        self.db = registry.db
-        ensure_schema(self.db)
+        self.db = registry.db  # the rollouts table: cloud/registry/schema.py
 
     def start(
         self, version: str, group: str, stage: str, previous: str | None, kind: str, actor: str, reason: str
@@ -144,41 +184,7 @@ class DeviceStates:
     """Latest model state per device and the provisioned device list (release.db)."""
 
     def __init__(self, path: Path) -> None:
-        self.db: sqlite_utils.Database = open_db(path)
-        self.db.table("device_models").create(
-            {
-                "site": str,
-                "device": str,
-                "grp": str,
-                "state": str,
-                "version": str,
-                "active_version": str,
-                "previous_version": str,
-                "reason": str,
-                "progress": float,
-                "ts": float,
-                "received_ts": float,
-            },
-            pk=("site", "device"),
-            if_not_exists=True,
-        )
-        self.db.table("devices").create(
-            {
-                "site": str,
-                "device": str,
-                "grp": str,
-                "username": str,
-                "pw_hash": str,
-                "created_ts": float,
-                "revoked": int,
-            },
-            pk=("site", "device"),
-            if_not_exists=True,
-        )
-        self.db.table("accounts").create(
-            {"username": str, "pw_hash": str, "created_ts": float}, pk="username", if_not_exists=True
-        )
-        self.db.table("devices").create_index(["username"], unique=True, if_not_exists=True)
+        self.db: sqlite_utils.Database = open_db(path, RELEASE_SCHEMA)
 
     def record(self, m: ModelState) -> None:
         """Keep the newest report per device (an older, late-delivered one never overwrites it)."""

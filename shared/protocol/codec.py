@@ -67,7 +67,9 @@ def encode(msg: Message) -> bytes:
     it; the bytes stay the old encoder's, so nothing that compares, hashes or replays payloads
     can tell (``tests/test_protocol.py``). Floats it would spell differently are handed to it
     pre-spelled by ``repr`` (small probabilities first: nearly every batch has some); a payload
-    with non-ASCII text, which json escapes and orjson does not, goes through json itself.
+    with non-ASCII text, which json escapes and orjson does not, goes through json itself. The one
+    difference left: a NaN or infinity, which no validated message holds (``allow_inf_nan=False``),
+    is written as ``null`` where json wrote ``NaN``, a token no JSON parser of ours accepted.
     """
     wire = msg.to_wire()
     if isinstance(msg, PredictionBatch):

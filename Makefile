@@ -39,9 +39,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared edge cloud tests bench
-	$(VENV)/bin/ruff format --check shared edge cloud tests bench
+	$(VENV)/bin/ruff check shared edge cloud tests bench tools
+	$(VENV)/bin/ruff format --check shared edge cloud tests bench tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tools
 
 bench: $(STAMP)
 	@provisioning/system-deps.sh broker camera postgres

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlite_utils
 
 from edge.errors import OutboxError, OutboxFullError
@@ -54,6 +55,21 @@ OUTBOX_SCHEMA = Schema(
 )
 
 _FULL_MARKERS = ("database or disk is full", "disk i/o error", "no space left")
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    """A row's JSON. orjson: the body is encoded and decoded again for every prediction sent."""
+    try:
+        return orjson.dumps(body).decode("utf-8")
+    except TypeError:  # what orjson does not take (ints beyond 64 bits, float subclasses) json may
+        return json.dumps(body, separators=(",", ":"))
+
+
+def _loads(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or Infinity, as json.dumps wrote them before orjson did
+        return json.loads(text)
 
 
 class Outbox:
@@ -136,9 +152,7 @@ class Outbox:
             rows = []
             for seq, pred in zip(seqs, predictions, strict=True):
                 body = dict(pred, seq=seq)
-                rows.append(
-                    (seq, float(body["ts"]), str(body["camera"]), json.dumps(body, separators=(",", ":")))
-                )
+                rows.append((seq, float(body["ts"]), str(body["camera"]), _dumps(body)))
             evict = max(0, self._count + len(rows) - self.max_rows)
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -184,7 +198,7 @@ class Outbox:
                 cur = self._conn.execute(
                     "SELECT seq, body FROM predictions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
                 )
-                return [(int(s), json.loads(b)) for s, b in cur.fetchall()]
+                return [(int(s), _loads(b)) for s, b in cur.fetchall()]
             except sqlite3.Error as e:
                 raise self._fail(e, "reading pending predictions") from e
 

@@ -113,10 +113,10 @@ def main() -> None:
             ctx.close()
         b.close()
     shutil.rmtree(tmp)
-    for p in out.glob("dashboard-*.png"):
-        Image.open(p).convert("RGB").quantize(
+    for png in out.glob("dashboard-*.png"):
+        Image.open(png).convert("RGB").quantize(
             colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-        ).save(p, optimize=True)
+        ).save(png, optimize=True)
     print(f"screenshots written to {out}")
 
 

@@ -21,6 +21,7 @@ import onnx
 from cloud.config import CloudConfig
 from cloud.registry.models import ModelRecord
 from cloud.registry.store import Registry
+from cloud.release.channel import ReleaseChannel
 from cloud.release.config import ReleaseConfig
 from cloud.release.service import ReleaseService
 from edge.config import DeviceSection, EdgeConfig, InferenceConfig
@@ -216,6 +217,11 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def version_of(model: LoadedModel | None) -> str | None:
+    """The version a model slot holds (None: it holds none), for assertions."""
+    return None if model is None else model.version
+
+
 def initial_model(package: Path) -> LoadedModel:
     return load_model(package, InferenceConfig(threads=1))
 
@@ -229,8 +235,9 @@ class Setup:
         self.svc = ReleaseService(self.cfg)
         self.svc.start()
         assert self.svc.wait_connected()
-        self.ch = self.svc.channel
-        assert self.ch is not None
+        ch = self.svc.channel
+        assert ch is not None
+        self.ch: ReleaseChannel = ch
         self.ch.keys_init("tester", allow_approver_key_on_server=True)
         # Provisioned like a real box: its group, for the responder and rollout status, comes from here.
         self.ch.provision_device("park1", "box1", "staging", tmp / "box1.secret", "ops")

@@ -126,7 +126,7 @@ class SimDevice:
             DeviceStatus(
                 device=self.device,
                 site=self.site,
-                state=state,  # type: ignore[arg-type]
+                state=state,
                 group=self.group,
                 software="sim",
                 reason=reason,
@@ -141,7 +141,7 @@ class SimDevice:
             Kind.MODEL_STATE,
             ModelState(
                 device=self.device, site=self.site, group=self.group, state=state, version=v, active_version=v
-            ),  # type: ignore[arg-type]
+            ),
             retain=True,
         )
 

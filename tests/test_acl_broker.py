@@ -33,7 +33,7 @@ class Client:
         if user:
             c.username_pw_set(user, password)
         c.on_connect = self._on_connect
-        c.on_message = lambda _c, _u, m: self.got.append((m.topic, m.payload))
+        c.on_message = lambda _c, _u, m: self.got.append((m.topic, bytes(m.payload)))
         c.on_subscribe = self._on_subscribe
         self.c = c
         c.connect("127.0.0.1", port)

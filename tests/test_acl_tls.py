@@ -54,7 +54,7 @@ def test_device_talks_to_the_broker_over_tls_with_its_credentials(tmp_path: Path
         subscribed = threading.Event()
         cloud.on_subscribe = lambda *a: subscribed.set()
         cloud.on_connect = lambda c, *a: c.subscribe("parkwatch/v1/dev/#", qos=1)
-        cloud.on_message = lambda _c, _u, m: got.append(m.payload)
+        cloud.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
         cloud.connect("127.0.0.1", tls_port)
         cloud.loop_start()
         assert subscribed.wait(10)

@@ -58,7 +58,12 @@ class AlertListener:
         self.msgs: list[dict[str, Any]] = []
         self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         ready = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p=None: (c.subscribe(Topics.ALL_ALERTS, qos=1), ready.set())
+
+        def on_connect(c: mqtt.Client, *a: object) -> None:
+            c.subscribe(Topics.ALL_ALERTS, qos=1)
+            ready.set()
+
+        self.c.on_connect = on_connect
         self.c.on_message = lambda c, u, m: self.msgs.append(json.loads(m.payload))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()

@@ -23,6 +23,7 @@ from tests.release_support import (
     make_version,
     mqtt_cfg,
     register,
+    version_of,
     wait_for,
 )
 
@@ -99,7 +100,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                     timeout=90_000,
                 )
                 shot(page, "13-rollout-complete")
-        assert all(h.model_slot.current.version == "2.0.0" for h in hosts)
+        assert all(version_of(h.model_slot.current) == "2.0.0" for h in hosts)
         actions = [(e.actor, e.action) for e in AuditLog(cfg.registry_db).entries()]
         assert ("approver", "approve") in actions and ("engineer", "rollout") in actions
     finally:

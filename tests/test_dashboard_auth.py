@@ -102,6 +102,32 @@ def test_session_expiry_and_tamper() -> None:
     assert unsign(body[:-2] + "xx." + mac, b"k" * 32, 1000) is None
 
 
+def test_session_signature_is_bound_to_the_secret_and_its_purpose() -> None:
+    """A token the same secret signed for another purpose, or a bare HMAC of the body (the
+    format before itsdangerous), is not a session; nor is a body without the right fields."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    from itsdangerous import Signer
+
+    key = b"k" * 32
+    good = sign(Session(user="a", epoch=1), key)
+    assert unsign(good, key, 1000) is not None
+    assert unsign(good, b"j" * 32, 1000) is None
+    body = good.rsplit(".", 1)[0]
+    other_purpose = Signer(key, salt=b"something-else", digest_method=hashlib.sha256).sign(body.encode())
+    assert unsign(other_purpose.decode(), key, 1000) is None
+    bare = base64.urlsafe_b64encode(hmac.new(key, body.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    assert unsign(f"{body}.{bare.decode()}", key, 1000) is None
+    for payload in (b"[1]", b"{}", b'{"i": 1}'):
+        signed = Signer(key, salt=b"parkwatch.dashboard.session", digest_method=hashlib.sha256)
+        tok = signed.sign(base64.urlsafe_b64encode(payload).rstrip(b"=")).decode()
+        assert unsign(tok, key, 1000) is None, payload
+    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["u"] == "a"
+
+
 def test_roles_permissions() -> None:
     assert allowed("approver", "approve") and allowed("admin", "approve")
     assert not allowed("engineer", "approve") and not allowed("viewer", "approve")

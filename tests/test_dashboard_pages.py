@@ -281,9 +281,9 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     conn.execute("UPDATE audit_log SET actor='mallory' WHERE id=1")
     conn.commit()
     conn.close()
-    r = client_for(cfg)
-    sign_in(r, "viewer")
-    page = r.get("/audit").text
+    viewer = client_for(cfg)
+    sign_in(viewer, "viewer")
+    page = viewer.get("/audit").text
     assert "Chain BROKEN at entry 1" in page
 
 

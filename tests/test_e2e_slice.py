@@ -47,7 +47,7 @@ def _wait(predicate, timeout: float, what: str, procs: list[subprocess.Popen[byt
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
-            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
+            assert p.poll() is None, f"{p.args!r} exited with {p.returncode} while waiting for {what}"
         if predicate():
             return
         time.sleep(0.5)

@@ -357,7 +357,7 @@ def test_two_daemons_with_one_device_id_are_told_why_they_keep_dropping(
     with Daemon(a) as da, Daemon(b) as db:
         assert da.mqtt is not None and db.mqtt is not None
         assert wait_for(
-            lambda: any("same [device] id" in (d.mqtt.last_error or "") for d in (da, db)),  # type: ignore[union-attr]
+            lambda: any("same [device] id" in (d.mqtt.last_error or "") for d in (da, db)),
             60,
         )
 

@@ -112,3 +112,20 @@ def test_writer_counts_what_a_full_disk_loses(tmp_path: Path) -> None:
     assert w.lost > 0 and ob.write_errors > 0
     assert ob.backlog + w.lost == 400
     assert "full" in errors.list()[0]["message"]
+
+
+def test_rows_an_older_build_wrote_with_nan_still_come_out(tmp_path: Path) -> None:
+    """Before orjson the rows were json.dumps' text, which spells a NaN confidence ``NaN``
+    (orjson refuses to read it); such a row must not block the queue: the publisher drops it."""
+    ob = Outbox(tmp_path / "o.db")
+    ob.append([pred(1)])
+    with sqlite3.connect(tmp_path / "o.db") as c:
+        c.execute(
+            "INSERT INTO predictions(seq, ts, camera, body) VALUES(2, 1002.0, 'c1', ?)",
+            ('{"ts":1002.0,"camera":"c1","label":"cat","confidence":NaN,"model_version":"m1","seq":2}',),
+        )
+    rows = ob.pending()
+    assert [s for s, _ in rows] == [1, 2]
+    assert rows[0][1] == pred(1) | {"seq": 1}
+    assert rows[1][1]["confidence"] != rows[1][1]["confidence"]  # NaN, for the publisher to refuse
+    ob.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from cloud.fleet.store import FleetStore
@@ -29,7 +29,7 @@ def basic(name: str, password: str | None = None) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
-def assert_json_error(r: httpx.Response, status: int, words: str = "") -> str:
+def assert_json_error(r: httpx2.Response, status: int, words: str = "") -> str:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json"), r.text
     detail = r.json()["detail"]

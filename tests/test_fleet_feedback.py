@@ -76,32 +76,32 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     )
 
     env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
-    r = CliRunner().invoke(
+    cr = CliRunner().invoke(
         main, ["cloud", "label", "box1:5", "--as", "dog", "--actor", "ben", "--json"], env=env
     )
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["actor"] == "ben"
-    r = CliRunner().invoke(
+    assert cr.exit_code == 0, cr.output
+    assert json.loads(cr.output)["actor"] == "ben"
+    cr = CliRunner().invoke(
         main, ["cloud", "label", "box1:5", "--snapshot", "s", "--as", "dog", "--actor", "b"], env=env
     )
-    assert r.exit_code == 1 and "exactly one" in r.output
+    assert cr.exit_code == 1 and "exactly one" in cr.output
     fb = {f["seq"]: f["label"] for f in store.feedback()}
     assert fb == {3: "none", snap.seq: "cat", 5: "dog"}
     assert [e.action for e in AuditLog(cfg.registry_db).entries()][-3:] == ["feedback.label"] * 3
 
-    r = CliRunner().invoke(main, ["cloud", "lineage", "box1:5", "--json"], env=env)
-    assert r.exit_code == 0, r.output
-    lin = json.loads(r.output)
+    cr = CliRunner().invoke(main, ["cloud", "lineage", "box1:5", "--json"], env=env)
+    assert cr.exit_code == 0, cr.output
+    lin = json.loads(cr.output)
     assert lin["prediction"]["device"] == "box1" and lin["prediction"]["camera"] == "cam1"
     assert lin["model_version"] == "m1" and lin["model"]["gate_passed"] is True
     assert lin["feedback"]["label"] == "dog"
-    r = CliRunner().invoke(main, ["cloud", "lineage", "nope-version"], env=env)
-    assert r.exit_code == 1 and "nope-version" in r.output
+    cr = CliRunner().invoke(main, ["cloud", "lineage", "nope-version"], env=env)
+    assert cr.exit_code == 1 and "nope-version" in cr.output
 
-    r = CliRunner().invoke(main, ["cloud", "health", "--check", "--json"], env=env)
-    assert r.exit_code == 0, r.output
-    [d] = json.loads(r.output)
+    cr = CliRunner().invoke(main, ["cloud", "health", "--check", "--json"], env=env)
+    assert cr.exit_code == 0, cr.output
+    [d] = json.loads(cr.output)
     assert d["device"] == "box1" and d["health"] == "offline"  # it said goodbye
-    r = CliRunner().invoke(main, ["cloud", "analyze", "--json", "--no-alerts"], env=env)
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["totals"]["predictions"] == 200
+    cr = CliRunner().invoke(main, ["cloud", "analyze", "--json", "--no-alerts"], env=env)
+    assert cr.exit_code == 0, cr.output
+    assert json.loads(cr.output)["totals"]["predictions"] == 200

@@ -179,9 +179,9 @@ def test_a_stalled_inbox_raises_an_ingest_backlog_alert_and_clears(
         assert m.step() == 3
         m.close()
         run_health(cfg, fs, gov)
-        states = {a["rule"]: a["state"] for a in AlertStore(cfg.fleet_db).list()}
+        by_rule = {a["rule"]: a["state"] for a in AlertStore(cfg.fleet_db).list()}
         # Its rows arrived ten minutes late, so the box itself now reads as silent: that is right.
-        assert states == {"ingest_backlog": "resolved", "device_offline": "open"}
+        assert by_rule == {"ingest_backlog": "resolved", "device_offline": "open"}
     inbox.close()
 
 

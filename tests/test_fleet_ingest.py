@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cloud.analysis.health import check_fleet
 from cloud.cli import cloud
+from cloud.config import CloudConfig
 from cloud.fleet.errors import FleetError
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
@@ -63,8 +64,8 @@ def test_stores_all_kinds_and_a_duplicate_once(cfg, broker: EmbeddedBroker) -> N
 
 
 def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arrive(
-    cfg, broker: EmbeddedBroker
-) -> None:  # type: ignore[no-untyped-def]
+    cfg: CloudConfig, broker: EmbeddedBroker
+) -> None:
     ing = started(cfg)
     dev = SimDevice("127.0.0.1", broker.port, device="box2").connect()
     try:
@@ -110,7 +111,7 @@ def test_bad_payloads_are_counted_and_never_crash_ingest(tmp_path: Path, broker:
         dev.publish_raw(t, b'{"schema": 1, "device": "box3", "site": "park1", "predictions": []}')
         dev.publish_raw(t, b'{"schema": 1, "x": "' + b"a" * 5000 + b'"}')
         dev.publish_raw(
-            Topics.device("park1", "other", Kind.PREDICTIONS), dev.client and _batch_json(dev)
+            Topics.device("park1", "other", Kind.PREDICTIONS), _batch_json(dev)
         )  # names box3 on another device's topic
         dev.predict(10)
         dev.flush()

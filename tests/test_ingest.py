@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,7 @@ def test_same_bytes_under_two_labels_is_a_conflict(lake: Path, reg: Registry, tm
     ids=["empty", "single-label", "empty-labels", "odd-characters", "reserved-label", "stray-image"],
 )
 def test_bad_lakes_are_refused_and_nothing_is_registered(
-    tmp_path: Path, reg: Registry, setup, message
+    tmp_path: Path, reg: Registry, setup: Callable[[Path], object], message: str
 ) -> None:
     root = tmp_path / "lake"
     root.mkdir()

@@ -99,7 +99,7 @@ EXAMPLES = [
 def test_every_message_round_trips(topic: str, msg: object) -> None:
     parsed, back = decode(topic, encode(msg))  # type: ignore[arg-type]
     assert back == msg
-    assert json.loads(encode(msg))["schema"] == 1  # type: ignore[arg-type]
+    assert json.loads(encode(msg))["schema"] == 1
     assert parsed.kind == parse_topic(topic).kind
 
 
@@ -179,3 +179,73 @@ def test_reject_counter_counts_by_kind_and_logs_once(caplog: pytest.LogCaptureFi
     assert counter.snapshot() == {"malformed": 2, "unsupported_schema": 1}
     assert counter.total == 3
     assert sum("dropping invalid message" in r.message for r in caplog.records) == 2
+
+
+# -- the encoder: orjson writes, the bytes stay json.dumps' --------------------------------------
+
+
+def _json_dumps(msg: PredictionBatch | Telemetry) -> bytes:
+    """What every build before orjson put on the wire."""
+    return json.dumps(msg.to_wire(), separators=(",", ":")).encode("utf-8")
+
+
+def _pred(seq: int, probs: dict[str, float], **kw: object) -> Prediction:
+    base: dict[str, object] = {
+        "seq": seq,
+        "ts": 1_795_500_000.25 + seq,
+        "camera": "gate",
+        "label": "cat",
+        "confidence": 0.9,
+        "probs": probs,
+        "model_version": "m1",
+    }
+    return Prediction.model_validate(base | kw)
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        {"cat": 0.999982, "dog": 1.8e-05, "none": 0.0},  # orjson alone: 0.000018
+        {"cat": 0.99, "dog": 2.3e-06, "none": 1e-05},  # orjson alone: 2.3e-6, 0.00001
+        {"cat": 5e-324, "dog": 1e-100, "none": 0.0001},
+        {"cat": 0.1, "dog": 0.2, "none": 0.7},
+    ],
+)
+def test_encode_writes_the_bytes_json_dumps_wrote(probs: dict[str, float]) -> None:
+    b = PredictionBatch.for_cloud("box1", "bcn", [_pred(1, probs), _pred(2, probs, latency_ms=3e-05)], (1, 2))
+    assert encode(b) == _json_dumps(b)
+
+
+def test_encode_non_ascii_and_huge_ints_fall_back_to_json() -> None:
+    b = PredictionBatch.for_cloud("box1", "bcn", [_pred(1, {"chat": 0.5}, camera="Jardín 🐈")], (1,))
+    assert encode(b) == _json_dumps(b) and b"\\u00ed" in encode(b)  # escaped, as before
+    tel = Telemetry(
+        device="box1",
+        site="bcn",
+        cpu_percent=1e-05,
+        memory_percent=2,
+        disk_percent=3,
+        uptime_process_s=4,
+        uptime_system_s=2**70,  # beyond orjson's 64-bit ints
+    )
+    assert encode(tel) == _json_dumps(tel)
+
+
+def test_encode_matches_json_dumps_for_any_probabilities() -> None:
+    """Property check across magnitudes and rounding (the box rounds to 6 decimals)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    prob = st.one_of(
+        st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+        st.floats(min_value=0.0, max_value=1.0, allow_nan=False).map(lambda v: round(v, 6)),
+        st.floats(min_value=0.0, max_value=1e-3, allow_nan=False),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.dictionaries(st.sampled_from(["cat", "dog", "none"]), prob), min_size=1, max_size=5))
+    def check(rows: list[dict[str, float]]) -> None:
+        b = PredictionBatch.for_cloud("box1", "bcn", [_pred(i + 1, p) for i, p in enumerate(rows)], (1, 2))
+        assert encode(b) == _json_dumps(b)
+
+    check()

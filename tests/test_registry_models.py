@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def test_a_failed_dataset_write_leaves_nothing(reg: Registry) -> None:
         manifest_path="/m",
     )
 
-    def files():
+    def files() -> Iterator[DatasetFile]:
         yield DatasetFile(
             sha256="1" * 64, label="cat", split="train", path="cat/1.jpg", width=1, height=1, bytes=1
         )

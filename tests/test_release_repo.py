@@ -24,7 +24,7 @@ from tests.release_support import cloud_config, mqtt_cfg
 
 
 def repo_with(tmp_path: Path, **cfg: object) -> TufRepository:
-    rc = ReleaseConfig(**cfg)  # type: ignore[arg-type]
+    rc = ReleaseConfig(**cfg)
     ks = KeyStore(tmp_path / "keys")
     counts = {"root": rc.root_threshold, "approver": rc.targets_threshold}
     for r in ROLES:
@@ -107,13 +107,20 @@ def test_responder_serves_only_repository_files(tmp_path: Path) -> None:
 def test_fetcher_turns_not_found_into_404_over_the_real_broker(
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
+    import paho.mqtt.client as mqtt
+
     from shared.mqtt import make_client
 
     repo = repo_with(tmp_path)
     responder = Responder(repo.dir, 4096)
     cloud = make_client(mqtt_cfg(broker.port), "responder-test")
     responder.attach(cloud)
-    cloud.on_connect = lambda c, *a: [c.subscribe(t, qos=1) for t in responder.subscriptions()]
+
+    def subscribe(c: mqtt.Client, *a: object) -> None:
+        for t in responder.subscriptions():
+            c.subscribe(t, qos=1)
+
+    cloud.on_connect = subscribe
     subbed = threading.Event()  # so no request goes out before the responder listens (a retry would count)
     cloud.on_subscribe = lambda *a: subbed.set()
     cloud.connect("127.0.0.1", broker.port)
@@ -181,10 +188,11 @@ def test_cloud_serve_keeps_the_timestamp_fresh(tmp_path: Path, broker: EmbeddedB
     svc = ReleaseService(cloud_config(tmp_path / "cloud", mqtt_cfg(broker.port), refresh_check_s=0.2))
     svc.start()
     try:
-        assert svc.channel is not None and svc.wait_connected()
-        svc.channel.keys_init("ops", allow_approver_key_on_server=True)
-        stale = svc.channel.repo.write_expired_timestamp().signed.version
-        wait_for(lambda: svc.channel.repo.timestamp().signed.version > stale, 10, "a re-signed timestamp")
-        assert svc.channel.repo.timestamp().signed.expires > datetime.now(UTC)
+        ch = svc.channel
+        assert ch is not None and svc.wait_connected()
+        ch.keys_init("ops", allow_approver_key_on_server=True)
+        stale = ch.repo.write_expired_timestamp().signed.version
+        wait_for(lambda: ch.repo.timestamp().signed.version > stale, 10, "a re-signed timestamp")
+        assert ch.repo.timestamp().signed.expires > datetime.now(UTC)
     finally:
         svc.stop()

@@ -9,7 +9,7 @@ from cloud.release.watch import HealthSample, Progress, judge
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Telemetry, Topics, encode
 from tests.fixtures_models import baseline_package  # noqa: F401
-from tests.release_support import Setup, make_version, register, wait_for
+from tests.release_support import Setup, make_version, register, version_of, wait_for
 
 
 def test_self_test_failure_rolls_the_group_back(
@@ -27,7 +27,7 @@ def test_self_test_failure_rolls_the_group_back(
         assert s.updater.check_once() == "failed"
         last = s.host.states[-1]
         assert last.reason and last.reason.startswith("self-testing") and "golden sample" in last.reason
-        assert s.host.model_slot.current.version == "1.0.0"
+        assert version_of(s.host.model_slot.current) == "1.0.0"
         # the service sees the retained failure and rolls the group back on its own
         wait_for(
             lambda: any(e.action == "auto-rollback" for e in s.ch.audit_entries()),
@@ -72,7 +72,11 @@ def test_latency_breach_after_deploy_rolls_the_group_back(
         s.ch.rollout("2.0.0", "staging", "eng", "new")
         assert s.updater.check_once() == "active"
         telemetry("2.0.0", 45.0)  # healthy: nothing happens
-        wait_for(lambda: s.ch.latest_rollout("staging").status == "succeeded", 20, "rollout succeeded")
+        wait_for(
+            lambda: getattr(s.ch.latest_rollout("staging"), "status", None) == "succeeded",
+            20,
+            "rollout succeeded",
+        )
         telemetry("2.0.0", 900.0)  # the new model is far too slow on this box
         wait_for(
             lambda: any(e.action == "auto-rollback" for e in s.ch.audit_entries()),
@@ -82,7 +86,7 @@ def test_latency_breach_after_deploy_rolls_the_group_back(
         r = s.ch.latest_rollout("staging")
         assert r is not None and r.version == "1.0.0" and "latency" in r.reason
         assert s.updater.check_once() == "active"
-        assert s.host.model_slot.current.version == "1.0.0"
+        assert version_of(s.host.model_slot.current) == "1.0.0"
     finally:
         s.close()
 

@@ -29,10 +29,11 @@ def test_an_overconfident_head_is_cooled_and_its_predictions_stay() -> None:
     w = rng.normal(size=(d, 3)).astype(np.float32)
     true_logits = x @ w
     y = np.array([rng.choice(3, p=np.exp(r) / np.exp(r).sum()) for r in true_logits], dtype=np.int64)
-    head = nn.Sequential(nn.Linear(d, 3))
+    lin = nn.Linear(d, 3)
+    head = nn.Sequential(lin)
     with torch.no_grad():  # the right direction, four times too sure
-        head[0].weight.copy_(torch.from_numpy(4 * w.T))
-        head[0].bias.zero_()
+        lin.weight.copy_(torch.from_numpy(4 * w.T))
+        lin.bias.zero_()
     before = predict_proba(head, x)
     t = fit_temperature(logits(head, x), y)
     assert 3.0 < t < 5.5, t

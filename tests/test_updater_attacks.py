@@ -17,7 +17,7 @@ from tuf.api.metadata import Metadata
 from cloud.release.repo import PIPELINE, ROLLOUT, TOP
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
-from tests.release_support import Classifier, Setup, wait_for
+from tests.release_support import Classifier, Setup, version_of, wait_for
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def refused(s: Setup, *words: str) -> str:
         count = clf.count
         wait_for(lambda: clf.count > count + 2, 10, "classification after the refusal")
     assert not clf.errors and clf.versions == {"1.0.0"}
-    assert s.host.model_slot.current.version == "1.0.0"
+    assert version_of(s.host.model_slot.current) == "1.0.0"
     last = s.host.states[-1]
     assert last.state == "failed" and last.active_version == "1.0.0"
     reason = last.reason or ""
@@ -117,7 +117,7 @@ def test_expired_timestamp_is_refused(setup: Setup) -> None:
     # once the repository is fresh again the update goes through
     setup.ch.repo.refresh(force=True)
     assert setup.updater.check_once() == "active"
-    assert setup.host.model_slot.current.version == "2.0.0"
+    assert version_of(setup.host.model_slot.current) == "2.0.0"
 
 
 def test_mix_and_match_snapshot_is_refused(setup: Setup) -> None:

@@ -20,7 +20,7 @@ from edge.daemon import Daemon
 from shared.broker import EmbeddedBroker
 from shared.protocol import Topics
 from tests.fixtures_models import baseline_package  # noqa: F401
-from tests.release_support import cloud_config, make_version, mqtt_cfg, register, wait_for
+from tests.release_support import cloud_config, make_version, mqtt_cfg, register, version_of, wait_for
 
 
 class Predictions:
@@ -86,7 +86,7 @@ def test_daemon_swaps_model_between_inferences_without_losing_frames(
         daemon = Daemon(ecfg).start()
         wait_for(lambda: len(preds.items) >= 5, 30, "predictions from 1.0.0")
         ch.rollout("2.0.0", "staging", "eng", "better")
-        wait_for(lambda: daemon.model_slot.current.version == "2.0.0", 120, "the daemon to run 2.0.0")
+        wait_for(lambda: version_of(daemon.model_slot.current) == "2.0.0", 120, "the daemon to run 2.0.0")
         wait_for(lambda: sum(1 for _, v in preds.items if v == "2.0.0") >= 5, 30, "predictions from 2.0.0")
         with preds.lock:
             seqs = sorted(s for s, _ in preds.items)

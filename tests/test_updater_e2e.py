@@ -12,7 +12,7 @@ from cloud.release.repo import ROLLOUT
 from edge.updater.updater import active_package
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
-from tests.release_support import Classifier, Setup, wait_for
+from tests.release_support import Classifier, Setup, version_of, wait_for
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_good_model_is_verified_self_tested_and_swapped_while_classifying(setup:
     assert not clf.errors
     assert clf.versions == {"1.0.0", "2.0.0"}
     slot = setup.host.model_slot
-    assert slot.current.version == "2.0.0" and slot.previous.version == "1.0.0"
+    assert version_of(slot.current) == "2.0.0" and version_of(slot.previous) == "1.0.0"
     names = [s.state for s in setup.host.states]
     assert names[-4:] == ["downloading", "verifying", "self-testing", "active"]
     assert active_package(setup.ecfg) == setup.ecfg.state_dir / "updater" / "models" / "2.0.0"
@@ -50,8 +50,8 @@ def test_rollback_reinstalls_the_previous_version(setup: Setup) -> None:
     result = setup.ch.rollback("staging", "eng-bob", "customer complaint")
     assert result["version"] == "1.0.0" and result["rolled_back"] == "2.0.0"
     assert setup.updater.check_once() == "active"
-    assert setup.host.model_slot.current.version == "1.0.0"
-    assert setup.host.model_slot.previous.version == "2.0.0"
+    assert version_of(setup.host.model_slot.current) == "1.0.0"
+    assert version_of(setup.host.model_slot.previous) == "2.0.0"
 
 
 def test_boxes_follow_key_rotation_and_refuse_the_retired_key(setup: Setup) -> None:
@@ -62,7 +62,7 @@ def test_boxes_follow_key_rotation_and_refuse_the_retired_key(setup: Setup) -> N
     assert setup.ch.repo.root().signed.version == 4  # root, timestamp and approver changed root.json
     setup.ch.rollout("2.0.0", "staging", "eng-bob", "after rotation")
     assert setup.updater.check_once() == "active"  # the box walked 1 -> 4.root.json by itself
-    assert setup.host.model_slot.current.version == "2.0.0"
+    assert version_of(setup.host.model_slot.current) == "2.0.0"
     # the retired rollout key is worthless now: metadata signed with it is refused
     setup.ch.rollback("staging", "eng-bob", "test")
     snap = setup.ch.repo.snapshot().signed.meta[f"{ROLLOUT}.json"].version
@@ -73,7 +73,7 @@ def test_boxes_follow_key_rotation_and_refuse_the_retired_key(setup: Setup) -> N
     path.write_bytes(md.to_bytes())
     assert setup.updater.check_once() == "failed"
     assert "untrusted signature" in (setup.host.states[-1].reason or "")
-    assert setup.host.model_slot.current.version == "2.0.0"
+    assert version_of(setup.host.model_slot.current) == "2.0.0"
     assert (setup.ch.keys.keys_dir / "retired" / old_rollout.path.name).exists()
 
 
@@ -105,4 +105,4 @@ def test_the_pipelines_own_tarball_is_shipped_as_is(setup: Setup, baseline_packa
     )
     setup.ch.rollout(version, "staging", "eng-bob", "baseline as shipped")
     assert setup.updater.check_once() == "active"
-    assert setup.host.model_slot.current.version == version
+    assert version_of(setup.host.model_slot.current) == version

@@ -1,9 +1,16 @@
 """Signed session cookies and CSRF tokens: pure functions, no I/O, so they are tested alone.
 
 A session is a small JSON payload (user, sign-in time, the user's session epoch, a CSRF token)
-signed with HMAC-SHA256 under the dashboard secret. Nothing secret is inside it; the signature
-is what stops a visitor from editing it. Every visitor, signed in or not, gets a session with a
-CSRF token, so even the sign-in form is protected (synchronizer-token pattern).
+signed by ``itsdangerous`` (HMAC-SHA256 under a key derived from the dashboard secret and a
+salt of its own, so a signature made for anything else the secret might sign never passes as a
+session). Nothing secret is inside it; the signature is what stops a visitor from editing it.
+Every visitor, signed in or not, gets a session with a CSRF token, so even the sign-in form is
+protected (synchronizer-token pattern).
+
+Why not Starlette's ``SessionMiddleware``: it measures age from the last time the cookie was
+written, which here happens on every flash message, so a session would never expire while it is
+used. Expiry counts from the sign-in (``issued`` in the payload), and a signed-in session also
+needs the user's current epoch (``app.py``), neither of which that middleware can check.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from itsdangerous import BadData, Signer
+
 COOKIE = "parkwatch_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+_SALT = b"parkwatch.dashboard.session"
 
 
 @dataclass
@@ -33,27 +43,32 @@ class Session:
         return {"u": self.user, "e": self.epoch, "i": self.issued, "c": self.csrf, "f": self.flash}
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+def _signer(secret: bytes) -> Signer:
+    return Signer(secret, salt=_SALT, digest_method=hashlib.sha256)
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _unb64(data: bytes) -> bytes:
+    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
 
 
 def sign(session: Session, secret: bytes) -> str:
+    """``<base64 JSON>.<signature>``: cookie-safe characters only, never compressed."""
     body = _b64(json.dumps(session.to_dict(), separators=(",", ":")).encode("utf-8"))
-    mac = hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}"
+    return _signer(secret).sign(body).decode("ascii")
 
 
 def unsign(token: str, secret: bytes, max_age_s: float, now: float | None = None) -> Session | None:
-    """The session in ``token`` if its signature is good and it is not older than ``max_age_s``."""
+    """The session in ``token`` if its signature is good and it is not older than ``max_age_s``.
+
+    The age counts from the sign-in, not from when the cookie was last written. A session
+    nobody signed into (only a CSRF token) does not expire here; the cookie's own max-age ends it.
+    """
     try:
-        body, mac = token.split(".", 1)
-        expected = hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, _unb64(mac)):
-            return None
+        body = _signer(secret).unsign(token.encode("ascii"))
         d = json.loads(_unb64(body))
         s = Session(
             user=d.get("u"),
@@ -62,7 +77,7 @@ def unsign(token: str, secret: bytes, max_age_s: float, now: float | None = None
             csrf=str(d["c"]),
             flash=d.get("f"),
         )
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (BadData, ValueError, KeyError, TypeError, AttributeError, UnicodeError):
         return None
     now = time.time() if now is None else now
     if s.user is not None and now - s.issued > max_age_s:

@@ -15,8 +15,8 @@ import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _esc
 
+import orjson
 import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
@@ -97,9 +97,10 @@ _enc = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _probs_json(probs: dict[str, float]) -> str:
-    """The same text as ``_enc(probs)`` at half the cost (50 of these per message): the values are
-    validated finite floats, whose repr is valid JSON, and keys go through json's own escaper."""
-    return "{" + ",".join([f"{_esc(k)}:{v!r}" for k, v in probs.items()]) + "}"
+    """orjson: a sixth of the cost of json's encoder (a row per prediction, 200 per message). The
+    stored text may spell a small float as ``0.00001`` where json wrote ``1e-05``: readers parse
+    it, no query looks inside it, and PostgreSQL's jsonb normalises numbers anyway."""
+    return orjson.dumps(probs).decode("utf-8")
 
 
 def _regions_json(p: Prediction) -> str | None:
@@ -107,7 +108,7 @@ def _regions_json(p: Prediction) -> str | None:
     confidence); None for a frame without any (``none``, abstain, or a box that sends none)."""
     if not p.regions:
         return None
-    return _enc([r.model_dump(mode="json") for r in p.regions])
+    return orjson.dumps([r.model_dump(mode="json") for r in p.regions]).decode("utf-8")
 
 
 def _ir_flags(p: Prediction) -> tuple[int | None, list[str]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _esc
 
@@ -249,7 +249,7 @@ class FillPlan:
     insert: list[GapRow] = field(default_factory=list)  # new gap rows (id None)
 
 
-def plan_fill(stored: Iterable[GapRow], opened: list[GapRow], late: Iterable[int]) -> FillPlan:
+def plan_fill(stored: Iterable[GapRow], opened: Sequence[GapRow], late: Iterable[int]) -> FillPlan:
     """Shrink or split the gaps that late seqs fall into, in one pass for the whole write.
 
     ``stored`` are the device's gaps already in the database (with ids), ``opened`` the ones this

@@ -117,24 +117,26 @@ def main() -> int:
             r = client.get("/")
             assert r.status_code == 200 and r.text.count('data-device="') == min(size, args.devices)
 
-        def fleet_queries() -> None:
+        def page_queries(names: list[str]) -> None:
             now = time.time()
-            devs = store.devices()
-            for d in devs[:size]:
-                store.latest_telemetry(d["device"])
-                store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
+            store.devices_named(names)
+            store.latest_telemetry_of(names)
+            store.telemetry_of(names, since=now - TREND_WINDOW_S, limit=120)
+            store.outcomes_by_device(names, since=now - TREND_WINDOW_S)
+            store.outcomes(since=now - TREND_WINDOW_S)
+
+        def fleet_queries() -> None:
+            page_queries([d["device"] for d in store.devices_brief()[:size]])
 
         def fleet_page_by_cpu() -> None:
             r = client.get("/", params={"sort": "cpu", "desc": "true"})
             assert r.status_code == 200
 
         def fleet_queries_all() -> None:
-            now = time.time()
-            devs = store.devices()
-            for d in devs:
-                store.latest_telemetry(d["device"])
-            for d in devs[:size]:
-                store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
+            store.devices_brief()
+            figures = store.latest_figures()
+            top = sorted(figures, key=lambda d: figures[d]["cpu_percent"] or 0.0, reverse=True)
+            page_queries(top[:size])
 
         def device_page() -> None:
             r = client.get(f"/devices/{device}", params={"window": "24h"})

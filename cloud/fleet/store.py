@@ -219,6 +219,44 @@ class FleetStore:
         rows = self.query("SELECT * FROM telemetry WHERE device=? ORDER BY ts DESC LIMIT 1", (device,))
         return rows[0] if rows else None
 
+    def latest_telemetry_of(self, devices: list[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`latest_telemetry` of several devices in one query (the fleet page's rows): on
+        PostgreSQL each statement on the partitioned table costs a planning over every day
+        partition, so a page of 100 devices must not be 100 statements."""
+        if not devices:
+            return {}
+        if self.dialect == "postgresql":
+            rows = self.query(
+                "SELECT t.* FROM unnest(?::text[]) AS d(device) CROSS JOIN LATERAL (SELECT * FROM "
+                "telemetry x WHERE x.device = d.device ORDER BY x.ts DESC LIMIT 1) AS t",
+                (devices,),
+            )
+            return {r["device"]: r for r in rows}
+        out: dict[str, dict[str, Any]] = {}
+        for d in devices:  # in-process SQLite: a primary-key probe each, no round trip
+            r = self.latest_telemetry(d)
+            if r is not None:
+                out[d] = r
+        return out
+
+    def telemetry_of(
+        self, devices: list[str], since: float, limit: int = 120
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The newest ``limit`` samples since ``since`` of each of ``devices``, oldest first, in
+        one query (the fleet page's sparklines)."""
+        out: dict[str, list[dict[str, Any]]] = {d: [] for d in devices}
+        for i in range(0, len(devices), 500):
+            chunk = devices[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            for r in self.query(
+                "SELECT device, ts, cpu_percent, temp_max FROM (SELECT device, ts, cpu_percent, temp_max, "
+                "row_number() OVER (PARTITION BY device ORDER BY ts DESC) AS k FROM telemetry "
+                f"WHERE device IN ({marks}) AND ts >= ?) AS w WHERE k <= ? ORDER BY device, ts",
+                [*chunk, since, limit],
+            ):
+                out[r["device"]].append(r)
+        return out
+
     # predictions ---------------------------------------------------------------------------
     def predictions(
         self,

@@ -88,16 +88,19 @@ def fleet_rows(
     rows = _sorted(shown, sort, desc)[size * (page - 1) : size * page]
     full = {r["device"]: r for r in store.devices_named([d["device"] for d in rows])}
     rows = [{**full.get(d["device"], {}), **d} for d in rows]
+    names = [d["device"] for d in rows]
+    latests = store.latest_telemetry_of(names)
+    trends = store.telemetry_of(names, since=now - TREND_WINDOW_S, limit=120)
     for d in rows:
-        latest = store.latest_telemetry(d["device"])
+        latest = latests.get(d["device"])
         d["cpu"] = latest.get("cpu_percent") if latest else None
         d["temp"] = latest.get("temp_max") if latest else None
         d["backlog"] = latest.get("outbox_backlog") if latest else None
         d["cameras"] = _camera_states(latest)
-    seen = store.outcomes_by_device([d["device"] for d in rows], since=now - TREND_WINDOW_S)
+    seen = store.outcomes_by_device(names, since=now - TREND_WINDOW_S)
     for d in rows:
         d["outcomes"] = seen.get(d["device"])
-        trend = store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
+        trend = trends[d["device"]]
         d["cpu_spark"] = sparkline([t["cpu_percent"] for t in trend], label=f"CPU % last hour, {d['device']}")
         d["temp_spark"] = sparkline(
             [t["temp_max"] for t in trend],

@@ -70,7 +70,7 @@ def main() -> int:
 
         tests.fleetutil.PG_URL = args.database_url  # make_cfg below points fleet.database_url at it
 
-    from bench.seed_pages import seed_bulk
+    from bench.seed_pages import check_disk, seed_bulk
     from cloud.analysis.config import AnalysisConfig  # noqa: F401  (import cost outside timings)
     from cloud.dashboard.views.devices import WINDOWS, telemetry_series
     from cloud.dashboard.views.fleet import TREND_WINDOW_S
@@ -78,9 +78,12 @@ def main() -> int:
     from tests.dashutil import client_for, make_cfg, seed_fleet, seed_users, sign_in
 
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="parkwatch-bench-dash-"))
+    size_of = {"devices": args.devices, "hours": args.hours, "step_s": args.step}
     cfg = make_cfg(tmp)
     try:
         if args.store == "postgresql" or not cfg.fleet_db.exists():
+            # PostgreSQL: bench/ingest_fleet.py's private server keeps its data under TMPDIR.
+            check_disk(Path(tempfile.gettempdir()) if args.store == "postgresql" else tmp, **size_of)
             t = time.perf_counter()
             if args.seed == "bulk":
                 names = seed_bulk(

@@ -419,3 +419,19 @@ def test_late_rows_fill_a_gap_with_a_fixed_number_of_gap_writes(pg_url: str) -> 
 
         ins, upd, dele = wait_for(stats, timeout=30, what="the writer's statistics flushed")
     assert (ins, upd, dele) == (1, 0, 1)  # the gap opened, then deleted once all of it came
+
+
+def test_dead_letters_and_the_inbox_mark_are_stored_with_the_batch(pg_url: str) -> None:
+    from cloud.fleet.writer import DeadLetter
+
+    target = PgTarget(pg_url)
+    w = open_writer(target)
+    now = time.time()
+    letter = DeadLetter("parkwatch/v1/dev/park1/x/predictions", "malformed", "not JSON", now, b"\xff{")
+    w.write([batch("x", [1, 2], now)], progress=("w1", "inbox-a", 7), dead_letters=[letter])
+    assert w.progress("w1") == ("inbox-a", 7) and w.progress("other") == ("", 0)
+    w.db.close()
+    with FleetStore(target) as fs:
+        (got,) = fs.dead_letters()
+        assert (got["worker"], got["kind"], got["reason"], got["bytes"]) == ("w1", "malformed", "not JSON", 2)
+        assert fs.prediction_count("x") == 2

@@ -88,6 +88,22 @@ class DeadLetter:
 
 
 DEAD_LETTER_MAX_BYTES = 64 * 1024
+# The statements of a write's bookkeeping, the same on both backends (PostgreSQL runs them through
+# cloud.fleet.backends.pg.translate).
+INSERT_DEAD_LETTER = (
+    "INSERT INTO dead_letters(worker, topic, kind, reason, received_ts, payload) VALUES (?,?,?,?,?,?)"
+)
+UPSERT_PROGRESS = (
+    "INSERT INTO inbox_progress(worker, inbox_id, upto) VALUES (?, ?, ?) "
+    "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto"
+)
+SELECT_PROGRESS = "SELECT inbox_id, upto FROM inbox_progress WHERE worker=?"
+
+
+def dead_letter_rows(worker: str, letters: list[DeadLetter]) -> list[tuple[object, ...]]:
+    return [
+        (worker, d.topic, d.kind, d.reason, d.received_ts, d.payload[:DEAD_LETTER_MAX_BYTES]) for d in letters
+    ]
 
 
 @dataclass
@@ -170,11 +186,7 @@ class BatchWriter:
                 if letters:
                     self._dead_letters(progress[0] if progress else "", letters)
                 if progress is not None:
-                    self.conn.execute(
-                        "INSERT INTO inbox_progress(worker, inbox_id, upto) VALUES (?, ?, ?) "
-                        "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
-                        progress,
-                    )
+                    self.conn.execute(UPSERT_PROGRESS, progress)
                 self._add_counters(res.counter_deltas(counters))
         except _RECORD_ERRORS as e:
             raise BadRecord(f"the fleet database refused a record of this batch: {e}") from e
@@ -207,20 +219,11 @@ class BatchWriter:
 
     def progress(self, worker: str) -> tuple[str, int]:
         """(inbox id, last applied inbox row id) of ``worker``; ("", 0) before its first batch."""
-        row = self.conn.execute(
-            "SELECT inbox_id, upto FROM inbox_progress WHERE worker=?", (worker,)
-        ).fetchone()
+        row = self.conn.execute(SELECT_PROGRESS, (worker,)).fetchone()
         return (str(row[0]), int(row[1])) if row else ("", 0)
 
     def _dead_letters(self, worker: str, letters: list[DeadLetter]) -> None:
-        self.conn.executemany(
-            "INSERT INTO dead_letters(worker, topic, kind, reason, received_ts, payload) "
-            "VALUES (?,?,?,?,?,?)",
-            [
-                (worker, d.topic, d.kind, d.reason, d.received_ts, d.payload[:DEAD_LETTER_MAX_BYTES])
-                for d in letters
-            ],
-        )
+        self.conn.executemany(INSERT_DEAD_LETTER, dead_letter_rows(worker, letters))
 
     def _write(self, items: list[Incoming], res: WriteResult) -> None:
         c = self.conn

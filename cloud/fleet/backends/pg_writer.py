@@ -43,7 +43,15 @@ from cloud.fleet.rows import (
     status_rows,
     telemetry_row,
 )
-from cloud.fleet.writer import DEAD_LETTER_MAX_BYTES, DeadLetter, Incoming, WriteResult
+from cloud.fleet.writer import (
+    INSERT_DEAD_LETTER,
+    SELECT_PROGRESS,
+    UPSERT_PROGRESS,
+    DeadLetter,
+    Incoming,
+    WriteResult,
+    dead_letter_rows,
+)
 from shared.protocol import DeviceStatus, ModelState, PredictionBatch, Telemetry
 
 DAY_S = 86400
@@ -150,27 +158,12 @@ class PgBatchWriter:
                 letters = [*(dead_letters or []), *res.refused]
                 if letters:
                     with self.conn.cursor() as cur:
+                        worker = progress[0] if progress else ""
                         cur.executemany(
-                            "INSERT INTO dead_letters(worker, topic, kind, reason, received_ts, payload) "
-                            "VALUES (%s,%s,%s,%s,%s,%s)",
-                            [
-                                (
-                                    progress[0] if progress else "",
-                                    d.topic,
-                                    d.kind,
-                                    d.reason,
-                                    d.received_ts,
-                                    d.payload[:DEAD_LETTER_MAX_BYTES],
-                                )
-                                for d in letters
-                            ],
+                            translate(INSERT_DEAD_LETTER, True), dead_letter_rows(worker, letters)
                         )
                 if progress is not None:
-                    self.conn.execute(
-                        "INSERT INTO inbox_progress(worker, inbox_id, upto) VALUES (%s, %s, %s) "
-                        "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
-                        progress,
-                    )
+                    self.conn.execute(translate(UPSERT_PROGRESS, True), progress)
                 rows = sorted((k, v) for k, v in res.counter_deltas(counters).items() if v)
                 if rows:
                     with self.conn.cursor() as cur:
@@ -211,9 +204,7 @@ class PgBatchWriter:
             res.merge(one)
 
     def progress(self, worker: str) -> tuple[str, int]:
-        row = self.conn.execute(
-            "SELECT inbox_id, upto FROM inbox_progress WHERE worker=%s", (worker,)
-        ).fetchone()
+        row = self.conn.execute(translate(SELECT_PROGRESS, True), (worker,)).fetchone()
         return (str(row[0]), int(row[1])) if row else ("", 0)
 
     def _write(self, items: list[Incoming], res: WriteResult) -> None:

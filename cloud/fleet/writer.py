@@ -4,9 +4,10 @@ Why one transaction for many messages: the broker's acknowledgement is sent only
 commit, so the commit is the durability point, and an fsync per batch instead of per message is
 what makes ingest keep up with the broker.
 
-Gap detection lives here because it must see exactly the rows that were new: a prediction whose
+Gap detection runs here because it must see exactly the rows that were new: a prediction whose
 seq jumps past ``max_seq + 1`` opens a gap; a late row (an outbox resending its backlog, a
-redelivery after restart) that falls inside a recorded gap shrinks or splits it.
+redelivery after restart) that falls inside a recorded gap shrinks or splits it. The rows and
+the gap logic are shared with the PostgreSQL writer (cloud/fleet/rows.py); only the SQL is here.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ days the max_seq/gap decision is what excludes a redelivery, see pg_ddl.py).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
@@ -101,6 +102,7 @@ class _PgDb:
 class PgBatchWriter:
     def __init__(self, target: PgTarget) -> None:
         self.target = target
+        self._rows: dict[int, list[tuple[Any, ...]]] = {}  # prediction rows of the current write
         self.db = _PgDb(self._connect())
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -148,6 +150,18 @@ class PgBatchWriter:
             if days:
                 self.ensure_days("predictions", days)
                 self.ensure_days("telemetry", days)
+            # Every prediction's row, built before the transaction: it is most of this write's
+            # Python work, and another worker applying the same devices waits on our locks for
+            # as long as the transaction lasts.
+            self._rows = {}
+            for it in items:
+                if isinstance(it.msg, PredictionBatch):
+                    # A value that cannot become a row fails again inside, item by item (isolate).
+                    with contextlib.suppress(*_RECORD_ERRORS):
+                        day = day_of(it.received_ts)
+                        self._rows[id(it.msg)] = [
+                            (*prediction_row(it.msg, p, it.received_ts), day) for p in it.msg.predictions
+                        ]
             with self.conn.transaction():
                 if items:
                     self._lock_devices(items)
@@ -312,13 +326,15 @@ class PgBatchWriter:
             res.seqs_recovered += len(plan.recovered)
             seen: set[int] = set()
             for (b, received), late in zip(blist, lates[device], strict=True):
-                day = day_of(received)
-                for p in b.predictions:
+                built = self._rows.get(id(b)) or [
+                    (*prediction_row(b, p, received), day_of(received)) for p in b.predictions
+                ]
+                for p, row in zip(b.predictions, built, strict=True):
                     # A late seq is new only if it fills a gap; a seq sent twice in one write once.
                     if p.seq in seen or (p.seq in late and p.seq not in plan.recovered):
                         continue
                     seen.add(p.seq)
-                    rows.append((*prediction_row(b, p, received), day))
+                    rows.append(row)
             expected[device] = sum(len(b.predictions) for b, _ in blist)
             updates.append(
                 (

@@ -16,7 +16,8 @@ a private PostgreSQL 15 started for the run, cloud/fleet/backends/pgserver.py) a
 with that many ingest workers (each its own receiver, inbox and materializer process, joined in
 one shared subscription; here in one process, in production on separate hosts). ``--pages-devices
 10000`` then times the fleet page and one device page over that many devices with 24 h of
-telemetry on each store (bench/dashboard.py).
+telemetry (one sample every ``--pages-step`` s, the edge's 10 s by default) on each store
+(bench/dashboard.py, filled by bench/seed_pages.py).
 """
 
 from __future__ import annotations
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--pages-devices", type=int, default=0, help="then time the dashboard pages over this many devices"
     )
     ap.add_argument("--pages-hours", type=float, default=24.0)
+    ap.add_argument(
+        "--pages-step", type=float, default=10.0, help="seconds between telemetry samples (edge default: 10)"
+    )
+    ap.add_argument("--pages-predictions", type=int, default=200, help="predictions per device")
+    ap.add_argument("--pages-runs", type=int, default=20, help="timed runs of each page (median, p95)")
     a = ap.parse_args(args)
     if a.store is None and a.workers is None and not a.pages_devices:
         r = run(a.devices, a.batches, a.batch_size, a.batch_max, a.repeat)
@@ -348,7 +354,8 @@ def _matrix(a: argparse.Namespace) -> dict[str, Any]:
                     "--devices",
                     str(a.pages_devices),
                 ]
-                cmd += ["--hours", str(a.pages_hours), "--store", store]
+                cmd += ["--hours", str(a.pages_hours), "--step", str(a.pages_step), "--store", store]
+                cmd += ["--predictions", str(a.pages_predictions), "--runs", str(a.pages_runs)]
                 if store == "postgresql":
                     assert pg is not None
                     cmd += ["--database-url", pg.create_database("bench_pages")]

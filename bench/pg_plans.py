@@ -1,10 +1,12 @@
 """Issue 13: the PostgreSQL plans of the queries the dashboard and the analysis run.
 
-Fills a private PostgreSQL 15 (cloud/fleet/backends/pgserver.py) through the real ingest writer
-with N devices, H hours of telemetry each and P predictions each, runs ANALYZE, then prints
+Fills a private PostgreSQL 15 (cloud/fleet/backends/pgserver.py) with N devices, H hours of
+telemetry each (one sample every STEP s) and P predictions each, by bench/seed_pages.py (or,
+``--seed writer``, every message through the real ingest writer), runs ANALYZE, then prints
 ``EXPLAIN (ANALYZE, BUFFERS)`` for each query.
 
-Usage: python bench/pg_plans.py [--devices 1000] [--hours 2] [--predictions 200]
+Usage: python bench/pg_plans.py [--devices 1000] [--hours 2] [--step 60] [--predictions 200]
+                                [--seed bulk|writer]
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--predictions", type=int, default=200)
+    ap.add_argument("--step", type=float, default=60.0)
+    ap.add_argument("--seed", choices=("bulk", "writer"), default="bulk")
     args = ap.parse_args()
 
     import psycopg
 
     import tests.fleetutil as fu
+    from bench.seed_pages import seed_bulk
     from cloud.dashboard.views.devices import _CAMERAS_SQL_PG, _SERIES_SQL_PG
     from cloud.fleet.backends.pg import translate
     from cloud.fleet.backends.pgserver import EmbeddedPostgres
+    from cloud.fleet.store import FleetStore
     from tests.dashutil import make_cfg, seed_fleet
 
     pg = EmbeddedPostgres()
@@ -40,18 +46,58 @@ def main() -> int:
         fu.PG_URL = url
         cfg = make_cfg(Path(tempfile.mkdtemp(prefix="parkwatch-plans-")))
         t = time.perf_counter()
-        seed_fleet(cfg, devices=args.devices, hours=args.hours, step_s=60, predictions=args.predictions)
+        if args.seed == "bulk":
+            seed_bulk(cfg, args.devices, args.hours, args.step, predictions=args.predictions)
+        else:
+            seed_fleet(cfg, args.devices, hours=args.hours, step_s=args.step, predictions=args.predictions)
         print(f"seeded {args.devices} devices in {time.perf_counter() - t:.0f} s", flush=True)
         now = time.time()
+        with FleetStore(cfg.fleet_store) as fs:
+            page = [d["device"] for d in fs.devices_brief()[:100]]
         queries = [
-            ("fleet page: devices", "SELECT * FROM devices ORDER BY site, device", ()),
             (
-                "fleet page: latest telemetry per device",
+                "fleet page: every device, the columns counted, filtered and sorted on",
+                "SELECT device, site, status, status_reason, last_seen, health, update_state, model_version "
+                "FROM devices ORDER BY site, device",
+                (),
+            ),
+            (
+                "fleet page: full rows of the shown page",
+                "SELECT * FROM devices WHERE device = ANY(?)",
+                (page,),
+            ),
+            (
+                "fleet page: newest sample of the shown page (one query)",
+                "SELECT t.* FROM unnest(?::text[]) AS d(device) CROSS JOIN LATERAL (SELECT * FROM "
+                "telemetry x WHERE x.device = d.device ORDER BY x.ts DESC LIMIT 1) AS t",
+                (page,),
+            ),
+            (
+                "fleet page: last hour sparklines of the shown page (one query)",
+                "SELECT device, ts, cpu_percent, temp_max FROM (SELECT device, ts, cpu_percent, temp_max, "
+                "row_number() OVER (PARTITION BY device ORDER BY ts DESC) AS k FROM telemetry "
+                "WHERE device = ANY(?) AND ts >= ?) AS w WHERE k <= ? ORDER BY device, ts",
+                (page, now - 3600, 120),
+            ),
+            (
+                "fleet page sorted by a live figure: newest sample of every device (one query)",
+                "SELECT d.device, t.cpu_percent, t.temp_max, t.outbox_backlog FROM devices d CROSS JOIN "
+                "LATERAL (SELECT cpu_percent, temp_max, outbox_backlog FROM telemetry x "
+                "WHERE x.device = d.device ORDER BY x.ts DESC LIMIT 1) AS t",
+                (),
+            ),
+            (
+                "fleet page: devices (SELECT *, before issue 13)",
+                "SELECT * FROM devices ORDER BY site, device",
+                (),
+            ),
+            (
+                "device page: newest sample",
                 "SELECT * FROM telemetry WHERE device=? ORDER BY ts DESC LIMIT 1",
                 ("box0007",),
             ),
             (
-                "fleet page: last hour trend per device",
+                "fleet page before: last hour trend, one device at a time",
                 "SELECT device, ts, cpu_percent, temp_max FROM telemetry WHERE device=? AND ts>=? AND ts<=? "
                 "ORDER BY ts DESC LIMIT ?",
                 ("box0007", now - 3600, 1e18, 120),

@@ -362,3 +362,25 @@ def test_lineage_page_is_sections_and_tables_and_audit_details_wrap(
     audit = c.get("/audit").text
     cell = audit.split('<td class="wrap details">')[1].split("</td>")[0]
     assert '<span class="kvline"><b>signed_by</b> ' + "a" * 64 in cell
+
+
+def test_fleet_page_sorts_every_device_by_a_live_figure_across_pages(tmp_path: Path) -> None:
+    """Sorting by CPU reads every device's newest sample in one query (cloud/fleet/store.py
+    ``latest_figures``) and pages the result; the page reads full rows for its own devices only."""
+    cfg = make_cfg(tmp_path, dashboard={"page_size": 10}, fleet={"heartbeat_timeout_s": 600})
+    seed_users(cfg)
+    seed_fleet(cfg, devices=25, hours=0.1, step_s=60, hot=(7,))
+    with FleetStore(cfg.fleet_store) as fs:
+        cpu = {d["device"]: (fs.latest_telemetry(d["device"]) or {})["cpu_percent"] for d in fs.devices()}
+    ranked = sorted(cpu, key=lambda d: (cpu[d], d), reverse=True)
+    c = client_for(cfg)
+    sign_in(c, "viewer")
+    shown: list[str] = []
+    for page in (1, 2, 3):
+        r = c.get("/", params={"sort": "cpu", "desc": "true", "page": page})
+        assert r.status_code == 200 and 'id="count-online">25<' in r.text
+        shown += [part.split('"', 1)[0] for part in r.text.split('data-device="')[1:]]
+    assert shown == ranked
+    r = c.get("/", params={"sort": "temp", "desc": "true"})
+    assert r.text.split('data-device="')[1].startswith('box0007"')  # the hot one, 85 °C
+    assert "cam1: streaming" in r.text  # full rows and the newest sample's cameras for the page

@@ -407,3 +407,46 @@ def test_an_older_store_counts_the_outcomes_of_the_predictions_it_already_holds(
         assert out["none"] == 2 and out["abstain"] == 1, out
     with FleetStore(PgTarget(pg_url)) as fs:  # opened again: nothing counted twice
         assert fs.outcomes(device="old", since=h0 - 1)["total"] == 7
+
+
+def test_late_rows_fill_a_gap_with_a_fixed_number_of_gap_writes(pg_url: str) -> None:
+    """Two workers sharing a subscription split each device's stream, so about half of what each
+    applies lands in a gap the other opened. Each such seq used to cost a SELECT and an UPDATE of
+    the gap row: with two workers the store fell to a few thousand predictions/s (the "stall").
+    Now a write touches each gap once, however many seqs fill it."""
+    target = PgTarget(pg_url)
+    now = time.time()
+    w = open_writer(target)
+    w.write([batch("late", [1, 1000], now)])  # one worker got the ends: gap 2..999
+    w.write([batch("late", list(range(k, min(k + 50, 1000))), now) for k in range(2, 1000, 50)])
+    w.db.close()  # the backend flushes its table statistics as it exits
+    with FleetStore(target) as fs:
+        assert fs.gaps("late") == []
+        assert fs.prediction_count("late") == 1000
+        assert fs.counters()["gaps.recovered_seqs"] == 998
+    with psycopg.connect(pg_url, autocommit=True) as c:
+
+        def stats() -> tuple[int, int, int] | None:
+            row = c.execute(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = 'gaps'"
+            ).fetchone()
+            return row if row and row[0] else None
+
+        ins, upd, dele = wait_for(stats, timeout=30, what="the writer's statistics flushed")
+    assert (ins, upd, dele) == (1, 0, 1)  # the gap opened, then deleted once all of it came
+
+
+def test_dead_letters_and_the_inbox_mark_are_stored_with_the_batch(pg_url: str) -> None:
+    from cloud.fleet.writer import DeadLetter
+
+    target = PgTarget(pg_url)
+    w = open_writer(target)
+    now = time.time()
+    letter = DeadLetter("parkwatch/v1/dev/park1/x/predictions", "malformed", "not JSON", now, b"\xff{")
+    w.write([batch("x", [1, 2], now)], progress=("w1", "inbox-a", 7), dead_letters=[letter])
+    assert w.progress("w1") == ("inbox-a", 7) and w.progress("other") == ("", 0)
+    w.db.close()
+    with FleetStore(target) as fs:
+        (got,) = fs.dead_letters()
+        assert (got["worker"], got["kind"], got["reason"], got["bytes"]) == ("w1", "malformed", "not JSON", 2)
+        assert fs.prediction_count("x") == 2

@@ -31,12 +31,17 @@ LABELS = FEEDBACK_LABELS  # what an operator may say a frame shows ("neither" is
 _JSON_COLS = {"probs", "flags", "health_reasons", "reasons", "details", "body", "regions"}
 
 
-def _row(cur_desc: Any, values: tuple[Any, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for (name, *_), v in zip(cur_desc, values, strict=True):
-        if name in _JSON_COLS and isinstance(v, str):
-            v = json.loads(v)
-        out[name] = v
+def _rows(cur_desc: Any, values: list[Any]) -> list[dict[str, Any]]:
+    """Rows as dicts, JSON columns decoded. The column names are looked at once per query, not
+    per value: the fleet page reads every device (10,000 rows x 27 columns), where per-value
+    checks took most of the page's time."""
+    names = [d[0] for d in cur_desc]
+    out = [dict(zip(names, r, strict=True)) for r in values]
+    for name in _JSON_COLS.intersection(names):
+        for row in out:
+            v = row[name]
+            if isinstance(v, str):
+                row[name] = json.loads(v)
     return out
 
 
@@ -112,7 +117,7 @@ class FleetStore:
     def query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             cur = self.db.conn.execute(sql, params)
-            return [_row(cur.description, r) for r in cur.fetchall()]
+            return _rows(cur.description, cur.fetchall())
 
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> int:
         with self._lock, self.db.conn:
@@ -124,6 +129,41 @@ class FleetStore:
         if site:
             return self.query("SELECT * FROM devices WHERE site=? ORDER BY site, device", (site,))
         return self.query("SELECT * FROM devices ORDER BY site, device")
+
+    def devices_brief(self) -> list[dict[str, Any]]:
+        """Every device with only what the fleet page counts, filters and sorts by; the page
+        reads the full rows of the devices it shows (:meth:`devices_named`)."""
+        return self.query(
+            "SELECT device, site, status, status_reason, last_seen, health, update_state, model_version "
+            "FROM devices ORDER BY site, device"
+        )
+
+    def devices_named(self, names: list[str]) -> list[dict[str, Any]]:
+        """Full rows of ``names`` (any order; unknown names are left out)."""
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            out += self.query(f"SELECT * FROM devices WHERE device IN ({marks})", chunk)
+        return out
+
+    def latest_figures(self) -> dict[str, dict[str, Any]]:
+        """CPU, temperature and outbox backlog of each device's newest telemetry sample, for all
+        devices in one query (the fleet page sorted by a live figure): one index probe per device
+        for its newest ts, then one per row, instead of a query per device."""
+        if self.dialect == "postgresql":
+            sql = (
+                "SELECT d.device, t.cpu_percent, t.temp_max, t.outbox_backlog FROM devices d CROSS JOIN "
+                "LATERAL (SELECT cpu_percent, temp_max, outbox_backlog FROM telemetry x "
+                "WHERE x.device = d.device ORDER BY x.ts DESC LIMIT 1) AS t"
+            )
+        else:  # no LATERAL: CROSS JOIN keeps the devices outside (else SQLite scans all telemetry)
+            sql = (
+                "SELECT t.device, t.cpu_percent, t.temp_max, t.outbox_backlog FROM "
+                "(SELECT device, (SELECT max(x.ts) FROM telemetry x WHERE x.device = d.device) AS ts "
+                "FROM devices d) AS m CROSS JOIN telemetry t WHERE t.device = m.device AND t.ts = m.ts"
+            )
+        return {r["device"]: r for r in self.query(sql)}
 
     def device(self, device: str) -> dict[str, Any]:
         rows = self.query("SELECT * FROM devices WHERE device=?", (device,))
@@ -178,6 +218,44 @@ class FleetStore:
     def latest_telemetry(self, device: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM telemetry WHERE device=? ORDER BY ts DESC LIMIT 1", (device,))
         return rows[0] if rows else None
+
+    def latest_telemetry_of(self, devices: list[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`latest_telemetry` of several devices in one query (the fleet page's rows): on
+        PostgreSQL each statement on the partitioned table costs a planning over every day
+        partition, so a page of 100 devices must not be 100 statements."""
+        if not devices:
+            return {}
+        if self.dialect == "postgresql":
+            rows = self.query(
+                "SELECT t.* FROM unnest(?::text[]) AS d(device) CROSS JOIN LATERAL (SELECT * FROM "
+                "telemetry x WHERE x.device = d.device ORDER BY x.ts DESC LIMIT 1) AS t",
+                (devices,),
+            )
+            return {r["device"]: r for r in rows}
+        out: dict[str, dict[str, Any]] = {}
+        for d in devices:  # in-process SQLite: a primary-key probe each, no round trip
+            r = self.latest_telemetry(d)
+            if r is not None:
+                out[d] = r
+        return out
+
+    def telemetry_of(
+        self, devices: list[str], since: float, limit: int = 120
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The newest ``limit`` samples since ``since`` of each of ``devices``, oldest first, in
+        one query (the fleet page's sparklines)."""
+        out: dict[str, list[dict[str, Any]]] = {d: [] for d in devices}
+        for i in range(0, len(devices), 500):
+            chunk = devices[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            for r in self.query(
+                "SELECT device, ts, cpu_percent, temp_max FROM (SELECT device, ts, cpu_percent, temp_max, "
+                "row_number() OVER (PARTITION BY device ORDER BY ts DESC) AS k FROM telemetry "
+                f"WHERE device IN ({marks}) AND ts >= ?) AS w WHERE k <= ? ORDER BY device, ts",
+                [*chunk, since, limit],
+            ):
+                out[r["device"]].append(r)
+        return out
 
     # predictions ---------------------------------------------------------------------------
     def predictions(

@@ -288,7 +288,7 @@ CREATE INDEX outcome_hours_hour ON outcome_hours (hour);
 
 # Migration 3 created outcome_hours empty, so a store upgraded from version 2 showed no outcomes
 # for the predictions it already held (SQLite's upgrade counts them: cloud/fleet/schema.py).
-# This counts them, as the writer would have (cloud.fleet.writer._Tally: hour of the clamped
+# This counts them, as the writer would have (cloud.fleet.rows.Tally: hour of the clamped
 # box timestamp; abstain, then none/neither, then pets; IR/day from the stored ``ir``), for the
 # (device, hour)s that have no row yet. An hour the writer already counted is left alone, so
 # nothing is counted twice (ON CONFLICT also covers a writer committing the same hour meanwhile);

@@ -16,46 +16,57 @@ days the max_seq/gap decision is what excludes a redelivery, see pg_ddl.py).
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections import defaultdict
 from typing import Any
 
 import psycopg
 
-from cloud.fleet.backends.pg import raw_connect
+from cloud.fleet.backends.pg import raw_connect, translate
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRecord, FleetError
+from cloud.fleet.rows import (
+    INSERT_MODEL_STATE,
+    INSERT_STATUS_EVENT,
+    PRED_COLS,
+    SELECT_STATUS,
+    TEL_COLS,
+    UPDATE_MODEL_STATE,
+    UPDATE_STATUS,
+    UPDATE_STATUS_DETAILS,
+    UPSERT_OUTCOMES,
+    GapRow,
+    SeqWalk,
+    Tally,
+    model_state_rows,
+    plan_fill,
+    prediction_row,
+    status_rows,
+    telemetry_row,
+)
 from cloud.fleet.writer import (
-    _UPSERT_OUTCOMES,
-    CAUSE_BEFORE,
-    CAUSE_EVICTED,
-    CAUSE_LOST,
-    DEAD_LETTER_MAX_BYTES,
-    FIRST_SEQ,
+    INSERT_DEAD_LETTER,
+    SELECT_PROGRESS,
+    UPSERT_PROGRESS,
     DeadLetter,
     Incoming,
     WriteResult,
-    _enc,
-    _ir_flags,
-    _probs_json,
-    _regions_json,
-    _Tally,
-    _temp_max,
+    dead_letter_rows,
 )
 from shared.protocol import DeviceStatus, ModelState, PredictionBatch, Telemetry
 
 DAY_S = 86400
-# The SQLite upsert with the target table named where PostgreSQL needs it.
-_UPSERT_OUTCOMES_PG = (
-    _UPSERT_OUTCOMES.replace("?", "%s")
-    .replace("DO UPDATE SET n=n+", "DO UPDATE SET n=outcome_hours.n+")
+# The shared upsert with the target table named where PostgreSQL needs it.
+_UPSERT_OUTCOMES_PG = translate(
+    UPSERT_OUTCOMES.replace("DO UPDATE SET n=n+", "DO UPDATE SET n=outcome_hours.n+")
     .replace("n_cat=n_cat+", "n_cat=outcome_hours.n_cat+")
     .replace("n_dog=n_dog+", "n_dog=outcome_hours.n_dog+")
     .replace("n_other=n_other+", "n_other=outcome_hours.n_other+")
     .replace("n_none=n_none+", "n_none=outcome_hours.n_none+")
     .replace("n_abstain=n_abstain+", "n_abstain=outcome_hours.n_abstain+")
     .replace("n_ir=n_ir+", "n_ir=outcome_hours.n_ir+")
-    .replace("n_day=n_day+", "n_day=outcome_hours.n_day+")
+    .replace("n_day=n_day+", "n_day=outcome_hours.n_day+"),
+    True,
 )
 
 
@@ -63,14 +74,11 @@ def day_of(ts: float) -> int:
     return int(ts // DAY_S)
 
 
-_PRED_COLS = (
-    "device, seq, site, camera, ts, label, confidence, probs, model_version, abstain, flags, latency_ms, "
-    "frame_ts, snapshot, received_ts, day, regions, ir"
-)
-_TEL_COLS = (
-    "device, ts, site, seq, cpu_percent, memory_percent, disk_percent, temp_max, latency_p50, latency_p95, "
-    "latency_p99, inference_fps, inference_errors, abstain_rate, outbox_backlog, outbox_evicted, "
-    "model_version, body, received_ts, day"
+# The shared row, then the arrival day (the partition key).
+_PRED_COLS = f"{PRED_COLS}, day"
+_TEL_COLS = f"{TEL_COLS}, day"
+_INSERT_GAP = (
+    "INSERT INTO gaps(device, site, first_seq, last_seq, cause, detected_ts) VALUES (%s,%s,%s,%s,%s,%s)"
 )
 _RECORD_ERRORS = (
     psycopg.errors.DataError,
@@ -94,6 +102,7 @@ class _PgDb:
 class PgBatchWriter:
     def __init__(self, target: PgTarget) -> None:
         self.target = target
+        self._rows: dict[int, list[tuple[Any, ...]]] = {}  # prediction rows of the current write
         self.db = _PgDb(self._connect())
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -141,6 +150,18 @@ class PgBatchWriter:
             if days:
                 self.ensure_days("predictions", days)
                 self.ensure_days("telemetry", days)
+            # Every prediction's row, built before the transaction: it is most of this write's
+            # Python work, and another worker applying the same devices waits on our locks for
+            # as long as the transaction lasts.
+            self._rows = {}
+            for it in items:
+                if isinstance(it.msg, PredictionBatch):
+                    # A value that cannot become a row fails again inside, item by item (isolate).
+                    with contextlib.suppress(*_RECORD_ERRORS):
+                        day = day_of(it.received_ts)
+                        self._rows[id(it.msg)] = [
+                            (*prediction_row(it.msg, p, it.received_ts), day) for p in it.msg.predictions
+                        ]
             with self.conn.transaction():
                 if items:
                     self._lock_devices(items)
@@ -151,34 +172,13 @@ class PgBatchWriter:
                 letters = [*(dead_letters or []), *res.refused]
                 if letters:
                     with self.conn.cursor() as cur:
+                        worker = progress[0] if progress else ""
                         cur.executemany(
-                            "INSERT INTO dead_letters(worker, topic, kind, reason, received_ts, payload) "
-                            "VALUES (%s,%s,%s,%s,%s,%s)",
-                            [
-                                (
-                                    progress[0] if progress else "",
-                                    d.topic,
-                                    d.kind,
-                                    d.reason,
-                                    d.received_ts,
-                                    d.payload[:DEAD_LETTER_MAX_BYTES],
-                                )
-                                for d in letters
-                            ],
+                            translate(INSERT_DEAD_LETTER, True), dead_letter_rows(worker, letters)
                         )
                 if progress is not None:
-                    self.conn.execute(
-                        "INSERT INTO inbox_progress(worker, inbox_id, upto) VALUES (%s, %s, %s) "
-                        "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
-                        progress,
-                    )
-                deltas = dict(counters or {})
-                deltas["stored.predictions"] = res.predictions_stored
-                deltas["duplicates.predictions"] = res.duplicates
-                deltas["gaps.recovered_seqs"] = res.seqs_recovered
-                if res.refused:
-                    deltas["rejected.invalid"] = deltas.get("rejected.invalid", 0) + len(res.refused)
-                rows = sorted((k, v) for k, v in deltas.items() if v)
+                    self.conn.execute(translate(UPSERT_PROGRESS, True), progress)
+                rows = sorted((k, v) for k, v in res.counter_deltas(counters).items() if v)
                 if rows:
                     with self.conn.cursor() as cur:
                         cur.executemany(
@@ -218,9 +218,7 @@ class PgBatchWriter:
             res.merge(one)
 
     def progress(self, worker: str) -> tuple[str, int]:
-        row = self.conn.execute(
-            "SELECT inbox_id, upto FROM inbox_progress WHERE worker=%s", (worker,)
-        ).fetchone()
+        row = self.conn.execute(translate(SELECT_PROGRESS, True), (worker,)).fetchone()
         return (str(row[0]), int(row[1])) if row else ("", 0)
 
     def _write(self, items: list[Incoming], res: WriteResult) -> None:
@@ -281,6 +279,13 @@ class PgBatchWriter:
 
     # predictions -----------------------------------------------------------------------------
     def _predictions(self, batches: dict[str, list[tuple[PredictionBatch, float]]], res: WriteResult) -> None:
+        """New rows of every device of the write, judged under the devices' locks, in a fixed
+        number of statements whatever the batch holds: one read of the devices, one of the gaps
+        late rows may fill, one COPY, then one statement each for gaps, devices and outcomes.
+
+        Two workers sharing a subscription split a device's stream between them, so about half
+        of what each applies arrives after the other's later seqs, i.e. fills a gap: that path
+        must cost no more than the in-order one (it used to take two statements per seq)."""
         c = self.conn
         devs = sorted(batches)
         state = {
@@ -289,221 +294,129 @@ class PgBatchWriter:
                 "SELECT device, max_seq, evicted_total FROM devices WHERE device = ANY(%s)", (devs,)
             ).fetchall()
         }
+        walks: dict[str, SeqWalk] = {}
+        lates: dict[str, list[set[int]]] = {}
+        for device in devs:
+            blist = batches[device] = sorted(batches[device], key=lambda x: x[0].predictions[0].seq)
+            max_seq, evicted = state.get(device, (None, 0))
+            walk = walks[device] = SeqWalk(device, blist[0][0].site, max_seq, evicted)
+            lates[device] = [walk.batch(b, received) for b, received in blist]
+        stored_gaps: dict[str, list[GapRow]] = {}
+        late_devs = [d for d in devs if walks[d].late]
+        if late_devs:
+            for g in c.execute(
+                "SELECT device, id, site, first_seq, last_seq, cause, detected_ts FROM gaps "
+                "WHERE device = ANY(%s)",
+                (late_devs,),
+            ).fetchall():
+                stored_gaps.setdefault(g[0], []).append(tuple(g[1:]))
         rows: list[tuple[Any, ...]] = []
         expected: dict[str, int] = {}
-        new_gaps: list[tuple[str, str, int, int, str, float]] = []
-        late: dict[str, list[int]] = {}
+        gaps_delete: list[tuple[int]] = []
+        gaps_update: list[tuple[int, int, int]] = []
+        gaps_insert: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         for device in devs:
-            blist = batches[device]
-            max_seq, evicted = state.get(device, (None, 0))
-            site = blist[0][0].site
-            gaps: list[tuple[int, int]] | None = None
+            blist, walk = batches[device], walks[device]
+            plan = plan_fill(stored_gaps.get(device, []), walk.opened, walk.late)
+            gaps_delete += [(i,) for i in plan.delete]
+            gaps_update += plan.update
+            gaps_insert += [(device, *g[1:]) for g in plan.insert]
+            res.gaps_opened += [(device, g[2], g[3]) for g in walk.opened]
+            res.seqs_recovered += len(plan.recovered)
             seen: set[int] = set()
-            n = 0
-            for b, received in sorted(blist, key=lambda x: x[0].predictions[0].seq):
-                day = day_of(received)
-                for p in b.predictions:
-                    n += 1
-                    if p.seq in seen:
-                        continue
-                    is_new = True
-                    if max_seq is None:
-                        if p.seq > FIRST_SEQ:
-                            cause = CAUSE_EVICTED if b.evicted_total else CAUSE_BEFORE
-                            new_gaps.append((device, site, FIRST_SEQ, p.seq - 1, cause, received))
-                            if gaps is not None:
-                                gaps.append((FIRST_SEQ, p.seq - 1))
-                        max_seq = p.seq
-                    elif p.seq > max_seq:
-                        if p.seq > max_seq + 1:
-                            cause = CAUSE_EVICTED if b.evicted_total > evicted else CAUSE_LOST
-                            new_gaps.append((device, site, max_seq + 1, p.seq - 1, cause, received))
-                            if gaps is not None:
-                                gaps.append((max_seq + 1, p.seq - 1))
-                        max_seq = p.seq
-                    else:
-                        if gaps is None:
-                            gaps = [
-                                (int(g[0]), int(g[1]))
-                                for g in c.execute(
-                                    "SELECT first_seq, last_seq FROM gaps WHERE device=%s", (device,)
-                                ).fetchall()
-                            ] + [(g[2], g[3]) for g in new_gaps if g[0] == device]
-                        is_new = any(lo <= p.seq <= hi for lo, hi in gaps)
-                        if is_new:
-                            late.setdefault(device, []).append(p.seq)
-                    if not is_new:
+            for (b, received), late in zip(blist, lates[device], strict=True):
+                built = self._rows.get(id(b)) or [
+                    (*prediction_row(b, p, received), day_of(received)) for p in b.predictions
+                ]
+                for p, row in zip(b.predictions, built, strict=True):
+                    # A late seq is new only if it fills a gap; a seq sent twice in one write once.
+                    if p.seq in seen or (p.seq in late and p.seq not in plan.recovered):
                         continue
                     seen.add(p.seq)
-                    ir, flags = _ir_flags(p)
-                    rows.append(
-                        (
-                            device,
-                            p.seq,
-                            b.site,
-                            p.camera,
-                            p.ts,
-                            p.label,
-                            p.confidence,
-                            _probs_json(p.probs) if p.probs else None,
-                            p.model_version,
-                            int(p.abstain),
-                            _enc(flags) if flags else None,
-                            p.latency_ms,
-                            p.frame_ts,
-                            p.snapshot,
-                            received,
-                            day,
-                            _regions_json(p),
-                            ir,
-                        )
-                    )
-                evicted = max(evicted, b.evicted_total)
-            expected[device] = n
+                    rows.append(row)
+            expected[device] = sum(len(b.predictions) for b, _ in blist)
             updates.append(
                 (
-                    max_seq,
+                    walk.max_seq,
                     max(b.evicted_total for b, _ in blist),
                     blist[-1][0].predictions[-1].model_version,
                     device,
                 )
             )
-        stored: dict[str, int] = {}
-        copied = rows
-        if rows:
-            try:
-                # The rows were judged new under the devices' locks: COPY them straight into the
-                # table, in a savepoint. Only if one exists after all (a device row deleted and
-                # recreated, say) does the slower path below sort them out row by row.
-                with (
-                    c.transaction(),
-                    c.cursor() as cur,
-                    cur.copy(f"COPY predictions ({_PRED_COLS}) FROM STDIN") as cp,
-                ):
-                    for r in rows:
-                        cp.write_row(r)
-                for r in rows:
-                    stored[r[0]] = stored.get(r[0], 0) + 1
-                copied, rows = rows, []
-            except psycopg.errors.UniqueViolation:
-                pass
-        if rows:
-            with c.cursor() as cur:
-                with cur.copy(f"COPY pred_stage ({_PRED_COLS}) FROM STDIN") as cp:
-                    for r in rows:
-                        cp.write_row(r)
-                cur.execute(
-                    f"WITH ins AS (INSERT INTO predictions ({_PRED_COLS}) "
-                    f"SELECT {_PRED_COLS} FROM pred_stage ON CONFLICT DO NOTHING RETURNING device, seq) "
-                    "SELECT device, seq FROM ins"
-                )
-                inserted = {(str(d), int(s)) for d, s in cur.fetchall()}
-                for d, _ in inserted:
-                    stored[d] = stored.get(d, 0) + 1
-                rows = [r for r in rows if (r[0], r[1]) in inserted]
-                cur.execute("TRUNCATE pred_stage")
-                copied = rows
+        stored, inserted = self._copy_predictions(rows)
         with c.cursor() as cur:
-            if new_gaps:
-                cur.executemany(
-                    "INSERT INTO gaps(device, site, first_seq, last_seq, cause, detected_ts) "
-                    "VALUES (%s,%s,%s,%s,%s,%s)",
-                    new_gaps,
-                )
-                res.gaps_opened += [(g[0], g[2], g[3]) for g in new_gaps]
-            for device, seqs in late.items():
-                res.seqs_recovered += self._fill(device, seqs)
+            if gaps_delete:
+                cur.executemany("DELETE FROM gaps WHERE id=%s", gaps_delete)
+            if gaps_update:
+                cur.executemany("UPDATE gaps SET first_seq=%s, last_seq=%s WHERE id=%s", gaps_update)
+            if gaps_insert:
+                cur.executemany(_INSERT_GAP, gaps_insert)
             cur.executemany(
                 "UPDATE devices SET max_seq=%s, evicted_total=greatest(evicted_total, %s), "
                 "predictions_total=predictions_total+%s, model_version=coalesce(%s, model_version) "
                 "WHERE device=%s",
                 [(u[0], u[1], stored.get(u[3], 0), u[2], u[3]) for u in updates],
             )
-        self._outcomes(batches, copied)
+        self._outcomes(inserted)
         total = sum(stored.values())
         res.predictions_stored += total
         res.duplicates += sum(expected.values()) - total
 
-    def _outcomes(
-        self, batches: dict[str, list[tuple[PredictionBatch, float]]], inserted: list[tuple[Any, ...]]
-    ) -> None:
-        """The hourly outcome counts (``outcome_hours``) of the rows this batch really inserted."""
-        new: dict[str, set[int]] = {}
+    def _copy_predictions(self, rows: list[tuple[Any, ...]]) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+        """Insert ``rows``; returns the count per device and the rows really inserted."""
+        c = self.conn
+        stored: dict[str, int] = {}
+        if not rows:
+            return stored, rows
+        try:
+            # The rows were judged new under the devices' locks: COPY them straight into the
+            # table, in a savepoint (no staging table, no second pass over the rows on the
+            # server). Only if one exists after all (a device row deleted and recreated, say)
+            # does the staging path below sort them out with ON CONFLICT DO NOTHING.
+            with (
+                c.transaction(),
+                c.cursor() as cur,
+                cur.copy(f"COPY predictions ({_PRED_COLS}) FROM STDIN") as cp,
+            ):
+                for r in rows:
+                    cp.write_row(r)
+            for r in rows:
+                stored[r[0]] = stored.get(r[0], 0) + 1
+            return stored, rows
+        except psycopg.errors.UniqueViolation:
+            pass
+        with c.cursor() as cur:
+            with cur.copy(f"COPY pred_stage ({_PRED_COLS}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+            cur.execute(
+                f"WITH ins AS (INSERT INTO predictions ({_PRED_COLS}) "
+                f"SELECT {_PRED_COLS} FROM pred_stage ON CONFLICT DO NOTHING RETURNING device, seq) "
+                "SELECT device, seq FROM ins"
+            )
+            inserted = {(str(d), int(s)) for d, s in cur.fetchall()}
+            cur.execute("TRUNCATE pred_stage")
+        for d, _ in inserted:
+            stored[d] = stored.get(d, 0) + 1
+        return stored, [r for r in rows if (r[0], r[1]) in inserted]
+
+    def _outcomes(self, inserted: list[tuple[Any, ...]]) -> None:
+        """The hourly outcome counts (``outcome_hours``) of the rows this write really inserted."""
+        tallies: dict[str, tuple[str, Tally]] = {}
         for r in inserted:
-            new.setdefault(r[0], set()).add(r[1])
-        upserts: list[tuple[Any, ...]] = []
-        for device in sorted(batches):
-            todo = new.get(device, set())
-            if not todo:
-                continue
-            tally = _Tally()
-            for b, _ in batches[device]:
-                seqs = {p.seq for p in b.predictions}
-                tally.add(b, seqs - todo)
-                todo = todo - seqs  # a seq sent twice in this batch is counted once
-            upserts += [(device, h, batches[device][0][0].site, *v) for h, v in sorted(tally.hours.items())]
+            t = tallies.get(r[0])
+            if t is None:
+                t = tallies[r[0]] = (r[2], Tally())
+            t[1].add_row(r)
+        upserts = [row for d, (site, t) in sorted(tallies.items()) for row in t.rows(d, site)]
         if upserts:
             with self.conn.cursor() as cur:
                 cur.executemany(_UPSERT_OUTCOMES_PG, upserts)
 
-    def _fill(self, device: str, seqs: list[int]) -> int:
-        c = self.conn
-        recovered = 0
-        for seq in sorted(set(seqs)):
-            g = c.execute(
-                "SELECT id, site, first_seq, last_seq, cause, detected_ts FROM gaps "
-                "WHERE device=%s AND first_seq<=%s AND last_seq>=%s",
-                (device, seq, seq),
-            ).fetchone()
-            if g is None:
-                continue
-            gid, site, first, last, cause, detected = g
-            recovered += 1
-            if first == last:
-                c.execute("DELETE FROM gaps WHERE id=%s", (gid,))
-            elif seq == first:
-                c.execute("UPDATE gaps SET first_seq=%s WHERE id=%s", (seq + 1, gid))
-            elif seq == last:
-                c.execute("UPDATE gaps SET last_seq=%s WHERE id=%s", (seq - 1, gid))
-            else:
-                c.execute("UPDATE gaps SET last_seq=%s WHERE id=%s", (seq - 1, gid))
-                c.execute(
-                    "INSERT INTO gaps(device, site, first_seq, last_seq, cause, detected_ts) VALUES "
-                    "(%s,%s,%s,%s,%s,%s)",
-                    (device, site, seq + 1, last, cause, detected),
-                )
-        return recovered
-
     # telemetry, status, model state ------------------------------------------------------------
     def _telemetry(self, items: list[tuple[Telemetry, float]]) -> int:
-        rows = []
-        for t, received in items:
-            lat = t.latency_ms
-            rows.append(
-                (
-                    t.device,
-                    t.ts,
-                    t.site,
-                    t.seq,
-                    t.cpu_percent,
-                    t.memory_percent,
-                    t.disk_percent,
-                    _temp_max(t),
-                    lat.get("p50"),
-                    lat.get("p95"),
-                    lat.get("p99"),
-                    t.inference_fps,
-                    t.inference_errors,
-                    t.abstain_rate,
-                    t.outbox_backlog,
-                    t.outbox_evicted,
-                    t.model_version,
-                    json.dumps(t.to_wire(), separators=(",", ":")),
-                    received,
-                    day_of(received),
-                )
-            )
+        rows = [(*telemetry_row(t, received), day_of(received)) for t, received in items]
         with self.conn.cursor() as cur:
             # COPY into the staging table, then one INSERT: a fleet reporting every minute is
             # thousands of rows per batch, too many for a statement each.
@@ -529,54 +442,18 @@ class PgBatchWriter:
         return stored
 
     def _known_status(self, s: DeviceStatus) -> bool:
-        row = self.conn.execute(
-            "SELECT status, status_reason FROM devices WHERE device=%s", (s.device,)
-        ).fetchone()
+        row = self.conn.execute(translate(SELECT_STATUS, True), (s.device,)).fetchone()
         return row is not None and (row[0], row[1]) == (s.state, s.reason)
 
     def _status_details(self, s: DeviceStatus) -> None:
-        self.conn.execute(
-            "UPDATE devices SET software=coalesce(%s, software), "
-            "model_version=coalesce(%s, model_version) WHERE device=%s",
-            (s.software, s.model_version, s.device),
-        )
+        self.conn.execute(translate(UPDATE_STATUS_DETAILS, True), (s.software, s.model_version, s.device))
 
     def _status(self, s: DeviceStatus, received: float) -> None:
-        ts = received if s.reason == "last-will" else s.ts
-        self.conn.execute(
-            "INSERT INTO status_events(device, ts, state, reason, received_ts) VALUES (%s,%s,%s,%s,%s) "
-            "ON CONFLICT DO NOTHING",
-            (s.device, ts, s.state, s.reason, received),
-        )
-        self.conn.execute(
-            "UPDATE devices SET status=%s, status_ts=%s, status_reason=%s, status_rx=%s, "
-            "software=coalesce(%s, software), model_version=coalesce(%s, model_version) "
-            "WHERE device=%s AND (status_rx IS NULL OR status_rx<=%s)",
-            (s.state, ts, s.reason, received, s.software, s.model_version, s.device, received),
-        )
+        event, update = status_rows(s, received)
+        self.conn.execute(translate(INSERT_STATUS_EVENT, True), event)
+        self.conn.execute(translate(UPDATE_STATUS, True), update)
 
     def _model_state(self, m: ModelState, received: float) -> None:
-        self.conn.execute(
-            "INSERT INTO model_states(device, ts, state, version, active_version, reason, received_ts) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-            (m.device, m.ts, m.state, m.version, m.active_version, m.reason, received),
-        )
-        self.conn.execute(
-            "UPDATE devices SET update_state=%s, update_version=%s, "
-            "active_version=coalesce(%s, active_version), "
-            "previous_version=coalesce(%s, previous_version), update_reason=%s, update_progress=%s, "
-            "update_ts=%s, model_version=coalesce(%s, model_version) "
-            "WHERE device=%s AND (update_ts IS NULL OR update_ts<=%s)",
-            (
-                m.state,
-                m.version,
-                m.active_version,
-                m.previous_version,
-                m.reason,
-                m.progress,
-                m.ts,
-                m.active_version,
-                m.device,
-                m.ts,
-            ),
-        )
+        event, update = model_state_rows(m, received)
+        self.conn.execute(translate(INSERT_MODEL_STATE, True), event)
+        self.conn.execute(translate(UPDATE_MODEL_STATE, True), update)

@@ -39,6 +39,7 @@ def main() -> int:
     from edge.updater.fetcher import download_resumable
     from edge.updater.service import start_updater
     from shared.broker import EmbeddedBroker
+    from shared.protocol.targets import group_download_path
     from tests.release_support import (
         EdgeHost,
         cloud_config,
@@ -131,7 +132,7 @@ def main() -> int:
         channel = ups[0].updater.channel  # type: ignore[union-attr]
         part = work / "bench.part"
         t1 = time.perf_counter()
-        download_resumable(channel, f"targets/groups/staging/{sha}.model.tar", part, size, chunk, 30.0, 120.0)
+        download_resumable(channel, group_download_path("staging", sha), part, size, chunk, 30.0, 120.0)
         mqtt_s = time.perf_counter() - t1
         assert part.stat().st_size == size
         t2 = time.perf_counter()

@@ -35,9 +35,10 @@ def main() -> int:
     ap.add_argument("--package", type=Path, help="a model package folder to use as the base")
     args = ap.parse_args()
 
-    from cloud.release.service import ReleaseChannel, ReleaseService
+    from cloud.release.channel import ReleaseChannel
+    from cloud.release.server import ReleaseService
     from edge.updater.fetcher import download_resumable
-    from edge.updater.service import start_updater
+    from edge.updater.runner import start_updater
     from shared.broker import EmbeddedBroker
     from shared.protocol.targets import group_download_path
     from tests.release_support import (
@@ -59,7 +60,7 @@ def main() -> int:
     try:
         base = args.package
         if base is None:
-            from cloud.packaging.baseline import build_baseline_package
+            from cloud.training.untrained import build_baseline_package
 
             print("building the baseline package once ...", flush=True)
             base = build_baseline_package(work / "base")

@@ -24,9 +24,9 @@ log = logging.getLogger("parkwatch.cloud.server")
 # the release channel next, then analysis and the dashboard that read what ingest wrote.
 COMPONENTS: dict[str, str] = {
     "fleet-ingest": "cloud.fleet.service:FleetIngest",
-    "release": "cloud.release.service:ReleaseService",
+    "release": "cloud.release.server:ReleaseService",
     "analysis": "cloud.analysis.scheduler:AnalysisScheduler",
-    "dashboard": "cloud.dashboard.service:DashboardServer",
+    "dashboard": "cloud.dashboard.server:DashboardServer",
 }
 
 

@@ -22,7 +22,7 @@ from cloud.config import CloudConfig
 from cloud.registry.models import ModelRecord
 from cloud.registry.store import Registry
 from cloud.release.config import ReleaseConfig
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from edge.config import DeviceSection, EdgeConfig, InferenceConfig
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.analysis import stats
-from cloud.analysis.baseline import resolve
+from cloud.analysis.drift_baseline import resolve
 from cloud.analysis.job import open_governor, run_analysis
 from cloud.analysis.scheduler import AnalysisScheduler
 from cloud.evaluation.metrics import evaluate

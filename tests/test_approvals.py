@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cloud.cli import cloud
 from cloud.registry import approvals
 from cloud.registry.errors import StageError
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import cloud_config, make_version, mqtt_cfg, register, write_cloud_toml
 

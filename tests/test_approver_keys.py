@@ -18,10 +18,10 @@ from tuf.api.metadata import Metadata
 
 from cloud.cli import cloud
 from cloud.registry import approvals
+from cloud.release.channel import ReleaseChannel
 from cloud.release.errors import KeyError_, RepositoryError, RolloutError
 from cloud.release.keys import generate_key
 from cloud.release.repo import TOP
-from cloud.release.service import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import (

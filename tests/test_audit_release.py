@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cloud.cli import cloud
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from tests.release_support import cloud_config, mqtt_cfg, write_cloud_toml
 
 

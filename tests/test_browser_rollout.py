@@ -10,8 +10,8 @@ import pytest
 
 from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry
-from cloud.release.service import ReleaseService
-from edge.updater.service import UpdaterService
+from cloud.release.server import ReleaseService
+from edge.updater.runner import UpdaterService
 from shared.broker import EmbeddedBroker
 from tests.browserutil import chromium, live_dashboard, page_for, shot, sign_in  # noqa: F401
 from tests.dashutil import make_cfg, seed_users

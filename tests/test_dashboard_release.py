@@ -9,7 +9,7 @@ import pytest
 
 from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from tests.dashutil import client_for, make_cfg, seed_users, sign_in
 from tests.fixtures_models import baseline_package  # noqa: F401  (session fixture)

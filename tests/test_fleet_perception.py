@@ -308,7 +308,7 @@ def _baseline() -> Any:
     """A cat/dog model's test-set baseline (no none class): confident, half cats, 97 % right."""
     import numpy as np
 
-    from cloud.analysis.baseline import from_samples
+    from cloud.analysis.drift_baseline import from_samples
 
     rng = np.random.default_rng(0)
     labels = ["cat" if i % 2 else "dog" for i in range(2000)]
@@ -434,9 +434,9 @@ def test_a_baseline_with_none_per_class_histograms_and_lighting_modes_is_read_an
     """The registry/evaluation format with ``none`` in the mix, per-class confidence histograms
     and an IR baseline (e.g. from greyscale scene copies): parsed, round-tripped, and an IR cohort
     is judged against the IR baseline, class mix included."""
-    from cloud.analysis.baseline import Baseline
     from cloud.analysis.config import AnalysisConfig
     from cloud.analysis.drift import Cohort, figures
+    from cloud.analysis.drift_baseline import Baseline
 
     def hist(lo: int) -> list[int]:
         return [0] * lo + [10] * (20 - lo)

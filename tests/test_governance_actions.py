@@ -25,7 +25,7 @@ from tests.simdevice import SimDevice
 
 def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker: EmbeddedBroker) -> None:
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
-    from cloud.release.service import ReleaseChannel
+    from cloud.release.channel import ReleaseChannel
 
     # The group comes from provisioning; what the box says about its group is never used.
     ch = ReleaseChannel(cfg)

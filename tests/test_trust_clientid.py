@@ -23,8 +23,8 @@ from paho.mqtt.properties import Properties
 from cloud.config import CloudConfig, install_id
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
+from cloud.release.channel import ReleaseChannel
 from cloud.release.errors import ProvisioningError
-from cloud.release.service import ReleaseChannel
 from shared.broker import EmbeddedBroker, device_listener_conf
 from shared.protocol import DeviceStatus, Kind, Topics, decode
 from tests.release_support import cloud_config, mqtt_cfg, wait_for

@@ -16,7 +16,7 @@ import pytest
 
 from cloud.config import CloudConfig
 from cloud.governance.actions import rollback_groups
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from cloud.release.store import read_membership
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, ModelState

@@ -87,7 +87,7 @@ def train(
 def evaluate(version: str, dataset_id: str | None, config_path: Path, as_json: bool) -> None:
     """Score a registered model on a test split; writes JSON + HTML under the reports folder."""
     from cloud.config import load
-    from cloud.evaluation.service import evaluate_version
+    from cloud.evaluation.reevaluate import evaluate_version
     from cloud.registry.store import Registry
 
     cfg = load(config_path)
@@ -262,7 +262,7 @@ def baseline(out: Path, version: str | None, as_json: bool) -> None:
     edge.example.toml's [model] initial points at the folder install-edge.sh --model installs;
     this builds that folder without any training (ImageNet classes grouped into cat and dog).
     """
-    from cloud.packaging.baseline import BASELINE_VERSION, build_baseline
+    from cloud.training.untrained import BASELINE_VERSION, build_baseline
 
     built = build_baseline(out, version or BASELINE_VERSION)
     result = {

@@ -199,7 +199,7 @@ class Demo:
                 self.logs / "cli.log",
             )
 
-        from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
+        from cloud.training.untrained import BASELINE_VERSION, build_baseline_package
 
         baseline = self.workdir / "baseline" / BASELINE_VERSION
         if not (baseline / "manifest.json").exists():

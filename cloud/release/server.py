@@ -1,10 +1,10 @@
-"""``cloud serve``'s release component, and the import path of the service layer.
+"""``cloud serve``'s release component.
 
 ``ReleaseService`` is the long-lived component: it answers update requests over MQTT, keeps
 snapshot/timestamp fresh, keeps retained release notices in step with the signed rollout
 metadata, records every device's model/state, and rolls a group back on its own when the
-watch rules in watch.py say so. ``ReleaseChannel`` (channel.py) is re-exported here: callers
-import ``cloud.release.service.ReleaseChannel``.
+watch rules in watch.py say so. The operations it and the CLI and dashboard share live in
+``ReleaseChannel`` (channel.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import paho.mqtt.client as mqtt
 from cloud.config import CloudConfig
 from cloud.release.channel import (
     ReleaseChannel,
-    key_store,
     notice_payload,
-    publish_once,
-    release_db,
 )
 from cloud.release.errors import ReleaseError
 from cloud.release.responder import Responder
@@ -33,7 +30,7 @@ from shared.protocol import ModelState, ProtocolError, Telemetry, Topics, decode
 
 log = logging.getLogger("parkwatch.cloud.release")
 
-__all__ = ["ReleaseChannel", "ReleaseService", "key_store", "notice_payload", "publish_once", "release_db"]
+__all__ = ["ReleaseService"]
 
 
 class ReleaseService:

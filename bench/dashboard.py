@@ -67,7 +67,7 @@ def main() -> int:
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="parkwatch-bench-dash-"))
     cfg = make_cfg(tmp)
     try:
-        if args.store == "postgresql" or not cfg.fleet_db.exists():
+        if args.store == "postgresql" or not cfg.paths.fleet_db.exists():
             t = time.perf_counter()
             names = seed_fleet(cfg, devices=args.devices, hours=args.hours, step_s=args.step)
             rows = len(names) * (int(args.hours * 3600 / args.step) + 1)

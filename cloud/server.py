@@ -78,9 +78,9 @@ class CloudServer:
                 )
             elif name == "release":
                 what = (
-                    f"release channel, repository {c.repo_dir}"
-                    if (c.repo_dir / "metadata" / "root.json").exists()
-                    else f"release channel: no repository in {c.repo_dir} yet; "
+                    f"release channel, repository {c.paths.repo_dir}"
+                    if (c.paths.repo_dir / "metadata" / "root.json").exists()
+                    else f"release channel: no repository in {c.paths.repo_dir} yet; "
                     "run 'parkwatch cloud keys init'"
                 )
             elif name == "analysis":

@@ -69,7 +69,7 @@ def register(
     gate_passed: bool = True,
     metrics: dict[str, Any] | None = None,
 ) -> None:
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version,

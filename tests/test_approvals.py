@@ -110,7 +110,7 @@ def test_cli_approve_and_audit_verify_detects_tampering(ch: ReleaseChannel, tmp_
     res = run.invoke(cloud, ["audit", "list", "--json", "--config", str(toml)])
     assert res.exit_code == 0 and "approve" in res.output
     # someone edits history behind the log's back
-    conn = sqlite3.connect(ch.cfg.registry_db)
+    conn = sqlite3.connect(ch.cfg.paths.registry_db)
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE action = 'approve'")
     conn.commit()

@@ -79,7 +79,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 page.get_by_role("button", name="Approve").click()
                 page.wait_for_selector("p.flash:has-text('Approved 2.0.0 for staging')")
                 assert "passed the bench test set" in page.inner_text("main")  # stage history
-            assert Registry(cfg.registry_db).get_model("2.0.0").stage == "staging"
+            assert Registry(cfg.paths.registry_db).get_model("2.0.0").stage == "staging"
 
             with page_for(chromium) as page:
                 sign_in(page, base, "engineer")
@@ -100,7 +100,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 )
                 shot(page, "13-rollout-complete")
         assert all(h.model_slot.current.version == "2.0.0" for h in hosts)
-        actions = [(e.actor, e.action) for e in AuditLog(cfg.registry_db).entries()]
+        actions = [(e.actor, e.action) for e in AuditLog(cfg.paths.registry_db).entries()]
         assert ("approver", "approve") in actions and ("engineer", "rollout") in actions
     finally:
         for u in updaters:

@@ -168,7 +168,7 @@ def test_approver_keys_can_live_apart_from_the_others(tmp_path: Path) -> None:
         "approver-1.pem",
         "approver-2.pem",
     ]
-    assert not list(cfg.keys_dir.glob("approver-*"))
+    assert not list(cfg.paths.keys_dir.glob("approver-*"))
     assert len(ch.keys_list()["approver"]) == 2
 
 

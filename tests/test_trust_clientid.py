@@ -128,7 +128,7 @@ def test_a_box_cannot_take_the_ingest_session(
         assert ing2.client_id == ing.client_id
         ing2.start()
         try:
-            store = FleetStore(cfg.fleet_db)
+            store = FleetStore(cfg.paths.fleet_db)
             wait_for(lambda: store.prediction_count() == 20, 30, "all 20 queued predictions stored")
         finally:
             ing2.stop()

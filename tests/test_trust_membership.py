@@ -135,7 +135,7 @@ def test_governance_rollback_reads_the_provisioned_group(
     production: tuple[ReleaseService, CloudConfig], broker: EmbeddedBroker
 ) -> None:
     _svc, cfg = production
-    assert read_membership(cfg.data_dir) == {"park1/prod1": "production", "park1/stg1": "staging"}
+    assert read_membership(cfg.paths) == {"park1/prod1": "production", "park1/stg1": "staging"}
     alert = {"id": "a1", "site": "park1", "device": "stg1", "details": {}}
     assert rollback_groups(cfg, alert) == ["staging"]  # whatever stg1 claims
     assert rollback_groups(cfg, {**alert, "device": "fake1"}) == []

@@ -237,7 +237,7 @@ class Responder:
         """What each group's rollout names, re-read whenever ``timestamp.json`` was replaced (every
         change of the repository re-signs it), so a rollout is served the moment it is published."""
         try:
-            st = (self.repo_dir / "metadata" / "timestamp.json").stat()
+            st = (self.repo_dir / METADATA_DIR / "timestamp.json").stat()
             key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             key = None

@@ -42,10 +42,10 @@ class ReleaseService:
         self.channel: ReleaseChannel | None = None
         rel = cfg.release
         self.responder = Responder(
-            cfg.repo_dir,
+            cfg.paths.repo_dir,
             rel.chunk_bytes,
             rel.responder_workers,
-            membership=lambda: read_membership(cfg.data_dir),  # provisioned groups, never claimed
+            membership=lambda: read_membership(cfg.paths),  # provisioned groups, never claimed
             rate_per_device=rel.responder_rate_per_device,
             burst=rel.responder_burst,
             queue_per_device=rel.responder_queue_per_device,
@@ -66,7 +66,7 @@ class ReleaseService:
         if not self.channel.repo.exists():
             log.warning(
                 "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
-                self.cfg.repo_dir,
+                self.cfg.paths.repo_dir,
             )
         c = make_client(self.cfg.mqtt, self.cfg.client_id("release"))
         c.max_inflight_messages_set(200)

@@ -81,7 +81,7 @@ def main() -> int:
     size_of = {"devices": args.devices, "hours": args.hours, "step_s": args.step}
     cfg = make_cfg(tmp)
     try:
-        if args.store == "postgresql" or not cfg.fleet_db.exists():
+        if args.store == "postgresql" or not cfg.paths.fleet_db.exists():
             # PostgreSQL: bench/ingest_fleet.py's private server keeps its data under TMPDIR.
             check_disk(Path(tempfile.gettempdir()) if args.store == "postgresql" else tmp, **size_of)
             t = time.perf_counter()

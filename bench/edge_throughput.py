@@ -53,7 +53,7 @@ TOKEN = "bench-token"
 
 
 def baseline_model() -> Path:
-    from cloud.packaging.baseline import build_baseline_package
+    from cloud.training.untrained import build_baseline_package
     from tests.fixtures_models import cached_package
 
     return cached_package("baseline", lambda out: build_baseline_package(out))

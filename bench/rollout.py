@@ -35,10 +35,12 @@ def main() -> int:
     ap.add_argument("--package", type=Path, help="a model package folder to use as the base")
     args = ap.parse_args()
 
-    from cloud.release.service import ReleaseChannel, ReleaseService
+    from cloud.release.channel import ReleaseChannel
+    from cloud.release.server import ReleaseService
     from edge.updater.fetcher import download_resumable
-    from edge.updater.service import start_updater
+    from edge.updater.runner import start_updater
     from shared.broker import EmbeddedBroker
+    from shared.protocol.targets import group_download_path
     from tests.release_support import (
         EdgeHost,
         cloud_config,
@@ -58,7 +60,7 @@ def main() -> int:
     try:
         base = args.package
         if base is None:
-            from cloud.packaging.baseline import build_baseline_package
+            from cloud.training.untrained import build_baseline_package
 
             print("building the baseline package once ...", flush=True)
             base = build_baseline_package(work / "base")
@@ -131,7 +133,7 @@ def main() -> int:
         channel = ups[0].updater.channel  # type: ignore[union-attr]
         part = work / "bench.part"
         t1 = time.perf_counter()
-        download_resumable(channel, f"targets/groups/staging/{sha}.model.tar", part, size, chunk, 30.0, 120.0)
+        download_resumable(channel, group_download_path("staging", sha), part, size, chunk, 30.0, 120.0)
         mqtt_s = time.perf_counter() - t1
         assert part.stat().st_size == size
         t2 = time.perf_counter()

@@ -117,7 +117,7 @@ def seed_bulk(
     t0 = now - steps * step_s
     pg = is_pg(cfg.fleet_store)
     writer: Any = (
-        open_writer(cfg.fleet_store) if pg else BatchWriter(connect(cfg.fleet_db, synchronous="OFF"))
+        open_writer(cfg.fleet_store) if pg else BatchWriter(connect(cfg.paths.fleet_db, synchronous="OFF"))
     )
     names = [f"box{i:04d}" for i in range(devices)]
 

@@ -22,6 +22,7 @@ from cloud.evaluation.config import EvaluationConfig, GateConfig
 from cloud.fleet.backends.target import FleetTarget, PgTarget
 from cloud.fleet.config import FleetConfig
 from cloud.governance.config import GovernanceConfig
+from cloud.paths import CloudPaths
 from cloud.release.config import ReleaseConfig
 from cloud.training.config import TrainConfig
 from shared.config import MqttConfig, Section, load_config
@@ -91,39 +92,16 @@ class CloudConfig(Section):
         return configured or f"parkwatch-cloud-{role}-{install_id(self.data_dir)}"
 
     @property
-    def registry_db(self) -> Path:
-        return self.data_dir / "registry.db"
-
-    @property
-    def fleet_db(self) -> Path:
-        return self.data_dir / "fleet.db"
+    def paths(self) -> CloudPaths:
+        """Every path under ``data_dir`` (with the config's overrides), from one place."""
+        return CloudPaths.of(self)
 
     @property
     def fleet_store(self) -> FleetTarget:
-        """The fleet store: PostgreSQL when ``fleet.database_url`` is set, else ``fleet_db``."""
+        """The fleet store: PostgreSQL when ``fleet.database_url`` is set, else ``paths.fleet_db``."""
         if self.fleet.database_url:
             return PgTarget(self.fleet.database_url, self.fleet.database_password)
-        return self.fleet_db
-
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def datasets_dir(self) -> Path:
-        return self.data_dir / "datasets"
-
-    @property
-    def keys_dir(self) -> Path:
-        return self.release.keys_dir or self.data_dir / "keys"
-
-    @property
-    def repo_dir(self) -> Path:
-        return self.data_dir / "tuf-repo"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.data_dir / "reports"
+        return self.paths.fleet_db
 
 
 def load(path: str | Path = DEFAULT_PATH) -> CloudConfig:

@@ -120,7 +120,7 @@ def model_lineage(
 
     out: dict[str, Any] = {"model_version": version, "missing": []}
     try:
-        reg = Registry(cfg.registry_db)
+        reg = Registry(cfg.paths.registry_db)
     except ParkwatchError as e:
         if must_exist:
             raise
@@ -196,4 +196,4 @@ def _provisioned_group(cfg: CloudConfig, site: str, device: str) -> str | None:
     """The device's group as provisioned (``devices add``): the one owner of membership."""
     from cloud.release.store import read_membership
 
-    return read_membership(cfg.data_dir).get(f"{site}/{device}")
+    return read_membership(cfg.paths).get(f"{site}/{device}")

@@ -24,9 +24,9 @@ log = logging.getLogger("parkwatch.cloud.server")
 # the release channel next, then analysis and the dashboard that read what ingest wrote.
 COMPONENTS: dict[str, str] = {
     "fleet-ingest": "cloud.fleet.service:FleetIngest",
-    "release": "cloud.release.service:ReleaseService",
+    "release": "cloud.release.server:ReleaseService",
     "analysis": "cloud.analysis.scheduler:AnalysisScheduler",
-    "dashboard": "cloud.dashboard.service:DashboardServer",
+    "dashboard": "cloud.dashboard.server:DashboardServer",
 }
 
 
@@ -78,9 +78,9 @@ class CloudServer:
                 )
             elif name == "release":
                 what = (
-                    f"release channel, repository {c.repo_dir}"
-                    if (c.repo_dir / "metadata" / "root.json").exists()
-                    else f"release channel: no repository in {c.repo_dir} yet; "
+                    f"release channel, repository {c.paths.repo_dir}"
+                    if (c.paths.repo_dir / "metadata" / "root.json").exists()
+                    else f"release channel: no repository in {c.paths.repo_dir} yet; "
                     "run 'parkwatch cloud keys init'"
                 )
             elif name == "analysis":

@@ -160,7 +160,7 @@ class Daemon:
             self._start_status_page()
         if cfg.updater.enabled and cfg.updater.trusted_root:
             try:
-                from edge.updater.service import start_updater
+                from edge.updater.runner import start_updater
 
                 self._updater = start_updater(self)
             except Exception as e:  # the daemon keeps classifying with the model it has

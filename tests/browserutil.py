@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cloud.config import CloudConfig
-from cloud.dashboard.service import DashboardServer
+from cloud.dashboard.server import DashboardServer
 from tests.dashutil import password_for
 
 CHROMIUM = Path("/usr/bin/chromium")

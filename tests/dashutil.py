@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from cloud.config import CloudConfig
 from cloud.dashboard.app import create_app
-from cloud.dashboard.deps import users_db_path
 from cloud.dashboard.users import UserStore
 
 ROLES = ("viewer", "engineer", "approver", "admin")
@@ -34,7 +33,7 @@ def make_cfg(tmp_path: Path, **sections: dict[str, Any]) -> CloudConfig:
 
 
 def seed_users(cfg: CloudConfig) -> None:
-    store = UserStore(users_db_path(cfg))
+    store = UserStore(cfg.paths.dashboard_db)
     for role in ROLES:
         if store.find(role) is None:
             store.add(role, role, password_for(role))
@@ -106,7 +105,7 @@ def seed_fleet(
     writer = (
         open_writer(cfg.fleet_store)
         if is_pg(cfg.fleet_store)
-        else BatchWriter(connect(cfg.fleet_db, synchronous="OFF"))
+        else BatchWriter(connect(cfg.paths.fleet_db, synchronous="OFF"))
     )
     db = writer.db
     names: list[str] = []

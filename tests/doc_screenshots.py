@@ -23,7 +23,7 @@ def main() -> None:
     cfg = make_cfg(tmp, fleet={"heartbeat_timeout_s": 600}, dashboard={"snapshot_sites": ["park1"]})
     seed_users(cfg)
     seed_fleet(cfg, devices=8, hours=6, step_s=120, predictions=30, offline=(5,), hot=(2,))
-    fs = FleetStore(cfg.fleet_db)
+    fs = FleetStore(cfg.paths.fleet_db)
     for d in fs.devices():
         fs.set_health(d["device"], "ok", [], time.time())
     fs.set_health("box0002", "critical", ["temperature 85 °C above the 80 °C limit"], time.time())
@@ -65,7 +65,7 @@ def main() -> None:
             }
         )
     fs.add_drift(rows)
-    al = AlertStore(cfg.fleet_db)
+    al = AlertStore(cfg.paths.fleet_db)
     al.raise_finding(
         Finding("overheating", "park1", "box0002 at 85 °C (limit 80 °C)", device="box0002"),
         "critical",

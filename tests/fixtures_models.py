@@ -21,6 +21,7 @@ CACHE_ENV = "PARKWATCH_TEST_CACHE"
 KEY_SOURCES = [
     *sorted((REPO / "cloud" / "packaging").glob("*.py")),
     REPO / "cloud" / "training" / "backbone.py",
+    REPO / "cloud" / "training" / "untrained.py",
     REPO / "shared" / "modelpkg.py",
     REPO / "edge" / "preprocess.py",
 ]
@@ -58,6 +59,6 @@ def baseline_package(pets_sample: Path) -> Path:
     Treat it as read-only: copy it (``shutil.copytree``) before changing anything.
     Its tarball sits beside it as ``<folder>.tar.gz``.
     """
-    from cloud.packaging.baseline import build_baseline_package
+    from cloud.training.untrained import build_baseline_package
 
     return cached_package("baseline", lambda out: build_baseline_package(out))

@@ -23,7 +23,7 @@ from cloud.registry.models import ModelRecord
 from cloud.registry.store import Registry
 from cloud.release.channel import ReleaseChannel
 from cloud.release.config import ReleaseConfig
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from edge.config import DeviceSection, EdgeConfig, InferenceConfig
 from edge.model import LoadedModel, ModelSlot, load_model
 from edge.mqttlink import MqttLink
@@ -70,7 +70,7 @@ def register(
     gate_passed: bool = True,
     metrics: dict[str, Any] | None = None,
 ) -> None:
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version,

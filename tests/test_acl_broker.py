@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.release.brokerauth import check_password, hash_password
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Topics
 from tests.release_support import cloud_config, mqtt_cfg, wait_for

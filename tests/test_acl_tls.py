@@ -9,7 +9,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from edge.mqttlink import MqttLink
 from shared.broker import EmbeddedBroker, free_port
 from shared.config import MqttConfig, SecretRef, TLSConfig

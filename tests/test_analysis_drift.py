@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.analysis import stats
-from cloud.analysis.baseline import resolve
+from cloud.analysis.drift_baseline import resolve
 from cloud.analysis.job import open_governor, run_analysis
 from cloud.analysis.scheduler import AnalysisScheduler
 from cloud.evaluation.metrics import evaluate
@@ -40,7 +40,7 @@ def register_model(cfg: Any, version: str = "m1") -> None:
     wrong = np.random.default_rng(0).random(len(y)) < 0.03
     y[wrong] = 1 - y[wrong]
     metrics = evaluate(y, probs, labels)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version,
@@ -134,9 +134,9 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
             lambda: any(m["rule"] == "class_mix_drift" and m["site"] == "north" for m in listener.msgs),
             what="alert published on MQTT",
         )
-        rep = json.loads((cfg.reports_dir / "analysis-latest.json").read_text())
+        rep = json.loads((cfg.paths.reports_dir / "analysis-latest.json").read_text())
         assert any(f["rule"] == "class_mix_drift" for f in rep["findings"])
-        html = (cfg.reports_dir / "analysis-latest.html").read_text()
+        html = (cfg.paths.reports_dir / "analysis-latest.html").read_text()
         assert "<svg" in html and "DRIFT" in html and "estimate" in html
     finally:
         sched.stop()
@@ -264,10 +264,10 @@ def test_baseline_is_read_from_the_registry_in_the_evaluation_format(
 ) -> None:
     cfg = cloud_cfg(tmp_path, broker)
     register_model(cfg, "m9")
-    b = resolve(cfg.registry_db, "m9", abstain_threshold=0.6)
+    b = resolve(cfg.paths.registry_db, "m9", abstain_threshold=0.6)
     assert b is not None and b.source == "registry:metrics.baseline"
     assert set(b.class_mix) == {"cat", "dog"} and abs(b.class_mix["cat"] - 0.5) < 0.05
     assert len(b.edges) == 21 and b.edges[0] == 0.0 and b.edges[-1] == 1.0
     assert b.accuracy is not None and abs(b.accuracy - 0.97) < 0.02
     assert 0.0 <= b.abstain_rate < 0.01  # the simulated camera almost never falls below 0.6
-    assert resolve(cfg.registry_db, "not-registered") is None
+    assert resolve(cfg.paths.registry_db, "not-registered") is None

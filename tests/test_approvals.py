@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cloud.cli import cloud
 from cloud.registry import approvals
 from cloud.registry.errors import StageError
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import cloud_config, make_version, mqtt_cfg, register, write_cloud_toml
 
@@ -110,7 +110,7 @@ def test_cli_approve_and_audit_verify_detects_tampering(ch: ReleaseChannel, tmp_
     res = run.invoke(cloud, ["audit", "list", "--json", "--config", str(toml)])
     assert res.exit_code == 0 and "approve" in res.output
     # someone edits history behind the log's back
-    conn = sqlite3.connect(ch.cfg.registry_db)
+    conn = sqlite3.connect(ch.cfg.paths.registry_db)
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE action = 'approve'")
     conn.commit()

@@ -18,10 +18,10 @@ from tuf.api.metadata import Metadata
 
 from cloud.cli import cloud
 from cloud.registry import approvals
+from cloud.release.channel import ReleaseChannel
 from cloud.release.errors import KeyError_, RepositoryError, RolloutError
 from cloud.release.keys import generate_key
 from cloud.release.repo import TOP
-from cloud.release.service import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import (
@@ -125,11 +125,11 @@ def test_keys_init_refuses_to_put_the_approver_key_on_the_server(tmp_path: Path)
     toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
     code, _, err = run("keys", "init", "--as", "ops", "--config", toml)
     assert code == 1 and "approver_keys_dir is not set" in err and "Nothing was created" in err
-    assert not list(cfg.keys_dir.glob("*.pem")) if cfg.keys_dir.exists() else True
-    assert not (cfg.repo_dir / "metadata" / "root.json").exists()
+    assert not list(cfg.paths.keys_dir.glob("*.pem")) if cfg.paths.keys_dir.exists() else True
+    assert not (cfg.paths.repo_dir / "metadata" / "root.json").exists()
     code, _, err = run("keys", "init", "--as", "ops", "--allow-approver-key-on-server", "--config", toml)
     assert code == 0 and "WARNING: the approver key is on this server" in err
-    assert (cfg.keys_dir / "approver-1.pem").exists()
+    assert (cfg.paths.keys_dir / "approver-1.pem").exists()
 
 
 def test_keys_init_makes_one_named_key_per_approver_in_their_folder(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_keys_init_makes_one_named_key_per_approver_in_their_folder(tmp_path: Pa
     assert code == 0, err
     assert "WARNING" not in err
     assert sorted(p.name for p in usb.glob("*.pem")) == ["approver-anna.pem", "approver-bob-b.pem"]
-    assert not list(cfg.keys_dir.glob("approver-*"))
+    assert not list(cfg.paths.keys_dir.glob("approver-*"))
     assert json.loads(out)["root_version"] == 1
     code, out, _ = run("keys", "list", "--json", "--config", toml)
     ids = {k["keyid"] for k in json.loads(out)["approver"]}

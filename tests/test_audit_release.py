@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cloud.cli import cloud
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from tests.release_support import cloud_config, mqtt_cfg, write_cloud_toml
 
 
@@ -27,7 +27,7 @@ def test_release_actions_are_chained_and_a_removed_entry_is_detected(tmp_path: P
     toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
     res = CliRunner().invoke(cloud, ["audit", "verify", "--config", toml])
     assert res.exit_code == 0 and "4 entries" in res.output
-    conn = sqlite3.connect(cfg.registry_db)
+    conn = sqlite3.connect(cfg.paths.registry_db)
     conn.execute("DROP TRIGGER audit_no_delete")
     conn.execute("DELETE FROM audit_log WHERE action = 'cloud-account'")
     conn.commit()
@@ -46,13 +46,13 @@ def test_deleting_the_newest_entries_is_caught_by_the_signed_checkpoint(tmp_path
     ch.keys_init("ops", allow_approver_key_on_server=True)
     for i in range(4):
         ch.provision_device("park1", f"box{i}", "staging", tmp_path / f"b{i}.secret", "ops")
-    cp = json.loads((cfg.repo_dir / "audit-checkpoint.json").read_text())
+    cp = json.loads((cfg.paths.repo_dir / "audit-checkpoint.json").read_text())
     assert cp["signed"]["entries"] == 5 and cp["signed"]["head_id"] == 5
     ch.registry.close()
     toml = str(write_cloud_toml(cfg, tmp_path / "cloud.toml"))
     res = CliRunner().invoke(cloud, ["audit", "verify", "--config", toml])
     assert res.exit_code == 0 and "head matches the checkpoint signed at" in res.output, res.output
-    conn = sqlite3.connect(cfg.registry_db)
+    conn = sqlite3.connect(cfg.paths.registry_db)
     conn.execute("DROP TRIGGER audit_no_delete")
     conn.execute("DELETE FROM audit_log WHERE id > 2")
     conn.commit()
@@ -62,7 +62,7 @@ def test_deleting_the_newest_entries_is_caught_by_the_signed_checkpoint(tmp_path
     assert res.exit_code == 1 and out["entries"] == 2 and out["reason"] is None  # the chain itself is fine
     assert out["anchor"]["status"] == "mismatch" and "newest 3 entries are missing" in out["anchor"]["reason"]
     # a forged checkpoint (the head moved back to match) does not verify
-    path = cfg.repo_dir / "audit-checkpoint.json"
+    path = cfg.paths.repo_dir / "audit-checkpoint.json"
     doc = json.loads(path.read_text())
     doc["signed"].update(entries=2, head_id=2)
     path.write_text(json.dumps(doc))

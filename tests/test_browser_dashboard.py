@@ -36,7 +36,7 @@ def fleet_cfg(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untype
 
 
 def test_sign_in_and_local_times(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    AuditLog(fleet_cfg.registry_db).append("pipeline", "register", "model:v1", {})
+    AuditLog(fleet_cfg.paths.registry_db).append("pipeline", "register", "model:v1", {})
     with live_dashboard(fleet_cfg) as base, page_for(chromium) as page:
         page.goto(base + "/audit")
         assert "/login" in page.url  # sent to sign in first
@@ -129,7 +129,7 @@ def test_device_turns_offline_within_heartbeat_timeout(chromium, fleet_cfg, brok
 
 def test_acknowledge_an_alert(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     seed_fleet(fleet_cfg, devices=2, hours=1, hot=(0,))
-    alerts = AlertStore(fleet_cfg.fleet_db)
+    alerts = AlertStore(fleet_cfg.paths.fleet_db)
     a, _ = alerts.raise_finding(
         Finding("overheating", "park1", "box0000 at 85 °C (limit 80 °C)", device="box0000"),
         "critical",
@@ -150,7 +150,7 @@ def test_acknowledge_an_alert(chromium, fleet_cfg) -> None:  # type: ignore[no-u
         shot(page, "07-alerts-acknowledged")
     stored = alerts.get(a["id"])
     assert (stored["state"], stored["acked_by"]) == ("acknowledged", "engineer")
-    assert AuditLog(fleet_cfg.registry_db).entries(subject=f"alert:{a['id']}")[0].actor == "engineer"
+    assert AuditLog(fleet_cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")[0].actor == "engineer"
 
 
 def test_label_a_snapshot_and_see_it_counted(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
@@ -177,7 +177,7 @@ def test_label_a_snapshot_and_see_it_counted(chromium, fleet_cfg) -> None:  # ty
 def test_role_checks_in_the_browser(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from cloud.registry.models import ModelRecord
 
-    with Registry(fleet_cfg.registry_db) as reg:
+    with Registry(fleet_cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version="v9",
@@ -216,8 +216,8 @@ def test_role_checks_in_the_browser(chromium, fleet_cfg) -> None:  # type: ignor
             }""")
             page.wait_for_selector("h1:has-text('Form refused')")
             shot(page, "10-forged-form-refused")
-    assert Registry(fleet_cfg.registry_db).get_model("v9").stage == "candidate"
-    assert not [e for e in AuditLog(fleet_cfg.registry_db).entries() if e.action == "approve"]
+    assert Registry(fleet_cfg.paths.registry_db).get_model("v9").stage == "candidate"
+    assert not [e for e in AuditLog(fleet_cfg.paths.registry_db).entries() if e.action == "approve"]
 
 
 def test_tablet_layout_and_keyboard(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

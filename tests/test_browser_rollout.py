@@ -10,8 +10,8 @@ import pytest
 
 from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry
-from cloud.release.service import ReleaseService
-from edge.updater.service import UpdaterService
+from cloud.release.server import ReleaseService
+from edge.updater.runner import UpdaterService
 from shared.broker import EmbeddedBroker
 from tests.browserutil import chromium, live_dashboard, page_for, shot, sign_in  # noqa: F401
 from tests.dashutil import make_cfg, seed_users
@@ -80,7 +80,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 page.get_by_role("button", name="Approve").click()
                 page.wait_for_selector("p.flash:has-text('Approved 2.0.0 for staging')")
                 assert "passed the bench test set" in page.inner_text("main")  # stage history
-            assert Registry(cfg.registry_db).get_model("2.0.0").stage == "staging"
+            assert Registry(cfg.paths.registry_db).get_model("2.0.0").stage == "staging"
 
             with page_for(chromium) as page:
                 sign_in(page, base, "engineer")
@@ -101,7 +101,7 @@ def test_approve_then_rollout_reaches_n_of_n(
                 )
                 shot(page, "13-rollout-complete")
         assert all(version_of(h.model_slot.current) == "2.0.0" for h in hosts)
-        actions = [(e.actor, e.action) for e in AuditLog(cfg.registry_db).entries()]
+        actions = [(e.actor, e.action) for e in AuditLog(cfg.paths.registry_db).entries()]
         assert ("approver", "approve") in actions and ("engineer", "rollout") in actions
     finally:
         for u in updaters:

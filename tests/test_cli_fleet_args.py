@@ -75,7 +75,7 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cameras={"cam1": {"state": "streaming", "fps": 4.0}},
     )
     rows.append((box1.topic(Kind.TELEMETRY), encode(tel), now, False))
-    inbox = Inbox(inbox_path(cfg.data_dir, "w1"))
+    inbox = Inbox(inbox_path(cfg.paths, "w1"))
     inbox.append(rows)
     inbox.close()
     m = Materializer(cfg, "w1")

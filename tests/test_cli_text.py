@@ -52,7 +52,7 @@ def registry_with_models(tmp_path: Path) -> str:
             "dog": {"precision": 0.99, "recall": 0.99, "f1": 0.99},
         },
     }
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         gate = {"passed": True, "failures": [], "thresholds": {"max_ece": 0.1, "min_accuracy": 0.9}}
         for version, m in (("1.0.0", metrics), ("1.1.0", {**metrics, "ece": 0.062})):
             reg.register_model(

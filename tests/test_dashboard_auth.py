@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from cloud.dashboard.deps import users_db_path
 from cloud.dashboard.errors import UserError
 from cloud.dashboard.security import COOKIE, Session, sign, unsign
 from cloud.dashboard.users import UserStore, allowed
@@ -63,7 +62,7 @@ def test_password_change_ends_sessions(cfg) -> None:  # type: ignore[no-untyped-
     c = client_for(cfg)
     sign_in(c, "viewer")
     assert c.get("/audit").status_code == 200
-    store = UserStore(users_db_path(cfg))
+    store = UserStore(cfg.paths.dashboard_db)
     store.set_password("viewer", "a-brand-new-password")
     assert c.get("/audit", follow_redirects=False).status_code == 303
 
@@ -212,7 +211,7 @@ def test_users_cli_and_demo_user(tmp_path: Path) -> None:
     c = client_for(cfg)
     sign_in(c, name, pw)
     assert c.get("/models").status_code == 200
-    actions = [e.action for e in AuditLog(cfg.registry_db).entries()]
+    actions = [e.action for e in AuditLog(cfg.paths.registry_db).entries()]
     assert actions.count("user.add") == 2 and "user.remove" in actions and "user.passwd" in actions
 
 
@@ -259,5 +258,5 @@ def test_admin_manages_users_in_the_dashboard(cfg) -> None:  # type: ignore[no-u
     assert "Removed carol" in r.text
     r = admin.post("/users/add", data={"name": "Bad Name", "role": "viewer", "csrf_token": ta})
     assert r.status_code == 400 and "lower-case" in r.text
-    entries = [(e.actor, e.action) for e in AuditLog(cfg.registry_db).entries(subject="user:carol")]
+    entries = [(e.actor, e.action) for e in AuditLog(cfg.paths.registry_db).entries(subject="user:carol")]
     assert entries == [("admin", "user.add"), ("admin", "user.role"), ("admin", "user.remove")]

@@ -184,7 +184,7 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # 
     assert (msg["id"], msg["state"]) == (a["id"], "acknowledged")
     sub.loop_stop()
     sub.disconnect()
-    entry = AuditLog(cfg.registry_db).entries(subject=f"alert:{a['id']}")[0]
+    entry = AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")[0]
     assert entry.actor == "engineer" and entry.details["comment"] == "fan replaced"
     r = c2.get("/alerts", params={"state": "acknowledged"})
     assert "fan replaced" in r.text and "Resolve" in r.text
@@ -194,7 +194,7 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # 
     assert r.status_code == 200 and f"Alert {a['id']} resolved" in r.text
     assert alerts.get(a["id"])["resolved_by"] == "engineer"
     assert c2.post(f"/alerts/{a['id']}/delete", data={"csrf_token": token}).status_code == 404
-    actions = [e.action for e in AuditLog(cfg.registry_db).entries(subject=f"alert:{a['id']}")]
+    actions = [e.action for e in AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")]
     assert actions == ["alert.acknowledge", "alert.resolve"]
 
 
@@ -220,7 +220,7 @@ def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Pat
     ]
     r = c.get("/quality")
     assert 'id="labels-total">1 labelled frame' in r.text
-    assert AuditLog(cfg.registry_db).entries(subject="prediction:box0000:1")[0].actor == "engineer"
+    assert AuditLog(cfg.paths.registry_db).entries(subject="prediction:box0000:1")[0].actor == "engineer"
     bad = c.post("/labelling/box0000-snap-6", data={"label": "horse", "csrf_token": token})
     assert bad.status_code == 400 and "not one of" in bad.text
 
@@ -232,7 +232,7 @@ def test_viewer_cannot_label(cfg) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-def]
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version="v1",
@@ -253,8 +253,8 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
                 gate={"failures": ["accuracy 0.80 < 0.90"]},
             )
         )
-    AuditLog(cfg.registry_db).append("pipeline", "register", "model:v1", {})
-    report = cfg.reports_dir / "v1" / "abcdef0123456789" / "evaluation.html"
+    AuditLog(cfg.paths.registry_db).append("pipeline", "register", "model:v1", {})
+    report = cfg.paths.reports_dir / "v1" / "abcdef0123456789" / "evaluation.html"
     report.parent.mkdir(parents=True)
     report.write_text("<html><body>confusion matrix here</body></html>")
     c = client_for(cfg)
@@ -276,7 +276,7 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
     # tamper with the file directly: the page must say the chain is broken
     import sqlite3
 
-    conn = sqlite3.connect(cfg.registry_db)
+    conn = sqlite3.connect(cfg.paths.registry_db)
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute("UPDATE audit_log SET actor='mallory' WHERE id=1")
     conn.commit()
@@ -288,7 +288,7 @@ def test_models_page_and_audit_chain(cfg) -> None:  # type: ignore[no-untyped-de
 
 
 def test_lineage_from_prediction_and_model(cfg) -> None:  # type: ignore[no-untyped-def]
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version="m1",
@@ -333,8 +333,8 @@ def test_lineage_page_is_sections_and_tables_and_audit_details_wrap(
     from tests.test_ingest import make_lake
 
     lake = make_lake(pets_sample, tmp_path / "lake")
-    with Registry(cfg.registry_db) as reg:
-        ds = ingest(lake, reg, cfg.datasets_dir, IngestConfig(), show_progress=False)
+    with Registry(cfg.paths.registry_db) as reg:
+        ds = ingest(lake, reg, cfg.paths.datasets_dir, IngestConfig(), show_progress=False)
         reg.register_model(
             ModelRecord(
                 version="m2",

@@ -9,7 +9,7 @@ import pytest
 
 from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry
-from cloud.release.service import ReleaseChannel
+from cloud.release.channel import ReleaseChannel
 from shared.broker import EmbeddedBroker
 from tests.dashutil import client_for, make_cfg, seed_users, sign_in
 from tests.fixtures_models import baseline_package  # noqa: F401  (session fixture)
@@ -38,13 +38,13 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
     assert approver.post("/models/v1/decide", data=form).status_code == 403
     # a token from another session is as good as none
     assert approver.post("/models/v1/decide", data={**form, "csrf_token": te}).status_code == 403
-    assert Registry(cfg.registry_db).get_model("v1").stage == "candidate"
+    assert Registry(cfg.paths.registry_db).get_model("v1").stage == "candidate"
 
     r = approver.post("/models/v1/decide", data={**form, "csrf_token": ta})
     assert r.status_code == 200 and "Approved v1 for staging" in r.text
-    assert Registry(cfg.registry_db).get_model("v1").stage == "staging"
+    assert Registry(cfg.paths.registry_db).get_model("v1").stage == "staging"
     assert ReleaseChannel(cfg).repo.approvals()["v1"] == ["staging"]  # signed into TUF
-    last = AuditLog(cfg.registry_db).entries(subject="model:v1")[-1]
+    last = AuditLog(cfg.paths.registry_db).entries(subject="model:v1")[-1]
     assert (last.actor, last.action, last.details["reason"]) == ("approver", "approve", "passed QA")
     assert "passed QA" in r.text  # stage history on the model page
 
@@ -73,7 +73,7 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
     r = engineer.post("/rollouts/start", data={**start, "csrf_token": te})
     assert r.status_code == 200 and "Rollout of v1 to group staging started" in r.text
     assert 'data-group="staging"' in r.text and "v1" in r.text
-    rollout = AuditLog(cfg.registry_db).entries(subject="group:staging")[-1]
+    rollout = AuditLog(cfg.paths.registry_db).entries(subject="group:staging")[-1]
     assert (rollout.actor, rollout.action, rollout.details["version"]) == ("engineer", "rollout", "v1")
     r = engineer.post("/rollouts/rollback", data={"group": "staging", "reason": "test", "csrf_token": te})
     assert r.status_code == 400 and "no earlier version" in r.text
@@ -83,5 +83,5 @@ def test_roles_and_rules_for_approval_and_rollout(cfg) -> None:  # type: ignore[
         "/models/v2/decide",
         data={"decision": "reject", "stage": "staging", "reason": "blurry", "csrf_token": ta},
     )
-    assert r.status_code == 200 and Registry(cfg.registry_db).get_model("v2").stage == "rejected"
-    assert AuditLog(cfg.registry_db).verify().ok
+    assert r.status_code == 200 and Registry(cfg.paths.registry_db).get_model("v2").stage == "rejected"
+    assert AuditLog(cfg.paths.registry_db).verify().ok

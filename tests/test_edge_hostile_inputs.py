@@ -392,7 +392,7 @@ def test_the_updater_refuses_a_signed_bomb_tarball_before_writing_it(
         tarball = _tar(tmp_path / "3.0.0.tar.gz", members)
         real = sum(p.stat().st_size for p in pkg.rglob("*") if p.is_file())
         assert tarball.stat().st_size < real + 2**20  # the padding adds well under 1 MB shipped
-        with Registry(s.cfg.registry_db) as reg:
+        with Registry(s.cfg.paths.registry_db) as reg:
             reg.register_model(
                 ModelRecord(
                     version="3.0.0",

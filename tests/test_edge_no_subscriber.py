@@ -116,7 +116,7 @@ def test_box_keeps_predictions_until_the_ingest_subscribes_then_delivers_each_on
     assert "broker has no subscriber for predictions" in page
     assert "waiting, retrying in" in page
     ing = ingest(tmp_path, broker)
-    store = FleetStore(cloud_cfg(tmp_path, broker).fleet_db)
+    store = FleetStore(cloud_cfg(tmp_path, broker).paths.fleet_db)
     try:
         last = drain_and_check(box, store)
         assert last >= 40
@@ -132,7 +132,7 @@ def test_broker_restart_that_lost_the_ingest_session_loses_nothing(
     tmp_path: Path, broker: EmbeddedBroker, box: Daemon
 ) -> None:
     ing = ingest(tmp_path, broker)
-    store = FleetStore(cloud_cfg(tmp_path, broker).fleet_db)
+    store = FleetStore(cloud_cfg(tmp_path, broker).paths.fleet_db)
     try:
         assert box.outbox is not None
         wait_for(lambda: store.prediction_count("box1") >= 20, 30, "first predictions stored")

@@ -56,7 +56,7 @@ def test_labelling_tool_authenticates_with_http_basic(cfg) -> None:  # type: ign
     assert "set-cookie" not in r.headers  # a machine client is not handed a browser session
     [fb] = FleetStore(cfg.fleet_store).feedback()
     assert (fb["seq"], fb["label"], fb["actor"]) == (3, "dog", "engineer")
-    last = AuditLog(cfg.registry_db).entries()[-1]
+    last = AuditLog(cfg.paths.registry_db).entries()[-1]
     assert (last.actor, last.action, last.subject) == ("engineer", "feedback.label", "prediction:box0000:3")
     # Basic wins over an ambient cookie of another user, and needs no CSRF token either way.
     sign_in(c, "approver")
@@ -128,7 +128,7 @@ def test_browser_session_still_needs_its_csrf_token(cfg) -> None:  # type: ignor
     assert_json_error(c.post("/api/feedback", json=BODY, headers={"X-CSRF-Token": "stale"}), 403, "CSRF")
     r = c.post("/api/feedback", json=BODY, headers={"X-CSRF-Token": token})
     assert r.status_code == 201 and r.json()["actor"] == "engineer"
-    assert AuditLog(cfg.registry_db).entries()[-1].actor == "engineer"
+    assert AuditLog(cfg.paths.registry_db).entries()[-1].actor == "engineer"
     v = client_for(cfg)
     token = sign_in(v, "viewer")
     assert_json_error(v.post("/api/feedback", json=BODY, headers={"X-CSRF-Token": token}), 403, "viewer")

@@ -42,7 +42,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     snap = next(p for p in preds if p.snapshot)
     app = FastAPI()
     # Registry's connection may be used from the server's worker threads (AuditLog(path)'s may not).
-    app.include_router(feedback_router(store, audit=Registry(cfg.registry_db).audit))
+    app.include_router(feedback_router(store, audit=Registry(cfg.paths.registry_db).audit))
     http = TestClient(app)
     r = http.post("/api/feedback", json={"prediction_id": "box1:3", "label": "neither", "actor": "ana"})
     assert r.status_code == 201, r.text
@@ -87,7 +87,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
     assert cr.exit_code == 1 and "exactly one" in cr.output
     fb = {f["seq"]: f["label"] for f in store.feedback()}
     assert fb == {3: "none", snap.seq: "cat", 5: "dog"}
-    assert [e.action for e in AuditLog(cfg.registry_db).entries()][-3:] == ["feedback.label"] * 3
+    assert [e.action for e in AuditLog(cfg.paths.registry_db).entries()][-3:] == ["feedback.label"] * 3
 
     cr = CliRunner().invoke(main, ["cloud", "lineage", "box1:5", "--json"], env=env)
     assert cr.exit_code == 0, cr.output

@@ -58,7 +58,7 @@ def test_a_crash_between_commit_and_trim_does_not_apply_rows_twice(
     worker = "w-crash"
     dev = SimDevice("127.0.0.1", broker.port, device="box-c")  # never connects: payloads only
     rows = _batches(dev, 4)
-    inbox = Inbox(inbox_path(cfg.data_dir, worker))
+    inbox = Inbox(inbox_path(cfg.paths, worker))
     inbox.append(rows)
     m = Materializer(cfg, worker)
     assert m.step() == 4 and m.step() == 0
@@ -77,7 +77,7 @@ def test_a_crash_between_commit_and_trim_does_not_apply_rows_twice(
     assert m2.step() == 1
     m2.close()
     inbox.close()
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.paths.fleet_db) as fs:
         assert fs.prediction_count() == 250
         assert fs.counters().get("duplicates.predictions", 0) == 0
         assert fs.gaps("box-c") == []
@@ -90,7 +90,7 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     worker = "w-dead"
     dev = SimDevice("127.0.0.1", broker.port, device="box-d")
     topic = dev.topic(Kind.PREDICTIONS)
-    inbox = Inbox(inbox_path(cfg.data_dir, worker))
+    inbox = Inbox(inbox_path(cfg.paths, worker))
     inbox.append(
         [
             (topic, b"\xff\xfe{not json", time.time(), False),
@@ -102,7 +102,7 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     assert m.step() == 3
     m.close()
     inbox.close()
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.paths.fleet_db) as fs:
         assert fs.prediction_count() == 5  # the valid one in between is not held up by its neighbours
         letters = fs.dead_letters()
         assert [d["kind"] for d in letters] == ["unsupported_schema", "malformed"]
@@ -115,7 +115,7 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     out = json.loads(res.output)
     assert out["dead_letters_total"] == 2
     assert out["workers"] == [
-        {"worker": worker, "backlog": 0, "oldest_age_s": None, "path": str(inbox_path(cfg.data_dir, worker))}
+        {"worker": worker, "backlog": 0, "oldest_age_s": None, "path": str(inbox_path(cfg.paths, worker))}
     ]
     res = CliRunner().invoke(cloud, ["inbox", "--config", str(toml)])
     assert res.exit_code == 0 and "unsupported_schema" in res.output and worker in res.output
@@ -133,7 +133,7 @@ def test_a_killed_materializer_is_restarted_and_nothing_is_lost_or_doubled(
     ing.start()
     assert ing.wait_connected(10)
     dev = SimDevice("127.0.0.1", broker.port, device="box-k").connect()
-    store = FleetStore(cfg.fleet_db)
+    store = FleetStore(cfg.paths.fleet_db)
     try:
         dev.predict(2_000, batch_size=50)
         wait_for(lambda: store.prediction_count() > 0, what="materializing")
@@ -165,21 +165,21 @@ def test_a_stalled_inbox_raises_an_ingest_backlog_alert_and_clears(
     cfg = cloud_cfg(tmp_path, broker, fleet={"inbox_lag_alert_s": 60})
     worker = "w-stall"
     dev = SimDevice("127.0.0.1", broker.port, device="box-s")
-    inbox = Inbox(inbox_path(cfg.data_dir, worker))
+    inbox = Inbox(inbox_path(cfg.paths, worker))
     inbox.append([(t, p, time.time() - 600, False) for t, p, _, _ in _batches(dev, 3)])  # waited 10 minutes
-    states = inbox_states(cfg.data_dir, time.time())
+    states = inbox_states(cfg.paths, time.time())
     assert states[0]["backlog"] == 3 and states[0]["oldest_age_s"] >= 599
     gov = open_governor(cfg, publish=False)
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.paths.fleet_db) as fs:
         run_health(cfg, fs, gov)
-        active = [a for a in AlertStore(cfg.fleet_db).list() if a["state"] == "open"]
+        active = [a for a in AlertStore(cfg.paths.fleet_db).list() if a["state"] == "open"]
         assert [a["rule"] for a in active] == ["ingest_backlog"]
         assert "w-stall" in active[0]["message"] and "parkwatch cloud inbox" in active[0]["message"]
         m = Materializer(cfg, worker)
         assert m.step() == 3
         m.close()
         run_health(cfg, fs, gov)
-        by_rule = {a["rule"]: a["state"] for a in AlertStore(cfg.fleet_db).list()}
+        by_rule = {a["rule"]: a["state"] for a in AlertStore(cfg.paths.fleet_db).list()}
         # Its rows arrived ten minutes late, so the box itself now reads as silent: that is right.
         assert by_rule == {"ingest_backlog": "resolved", "device_offline": "open"}
     inbox.close()
@@ -200,7 +200,7 @@ def test_a_recreated_inbox_is_applied_from_its_first_row(tmp_path: Path, broker:
     """The mark in fleet.db names its inbox: a new file's ids 1, 2, 3 are not taken for applied ones."""
     cfg = cloud_cfg(tmp_path, broker)
     dev = SimDevice("127.0.0.1", broker.port, device="box-r")
-    path = inbox_path(cfg.data_dir, "w-re")
+    path = inbox_path(cfg.paths, "w-re")
     for batches in (3, 2):
         for f in path.parent.glob(path.name + "*"):
             f.unlink()  # the second time round: lost, restored from an old backup, or deleted by hand
@@ -210,7 +210,7 @@ def test_a_recreated_inbox_is_applied_from_its_first_row(tmp_path: Path, broker:
         assert m.step() == batches
         m.close()
         inbox.close()
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.paths.fleet_db) as fs:
         assert fs.prediction_count() == 250
 
 
@@ -219,7 +219,7 @@ def test_drain_applies_a_left_behind_inbox_and_two_materializers_never_share_one
 ) -> None:
     cfg = cloud_cfg(tmp_path, broker)
     dev = SimDevice("127.0.0.1", broker.port, device="box-o")
-    inbox = Inbox(inbox_path(cfg.data_dir, "old-name"))
+    inbox = Inbox(inbox_path(cfg.paths, "old-name"))
     inbox.append(_batches(dev, 2, 10))
     inbox.close()
     toml = write_cloud_toml(cfg, tmp_path / "cloud.toml")
@@ -235,7 +235,7 @@ def test_drain_applies_a_left_behind_inbox_and_two_materializers_never_share_one
     res = CliRunner().invoke(cloud, ["inbox", "--drain", "old-name", "--json", "--config", str(toml)])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["workers"][0]["backlog"] == 0
-    with FleetStore(cfg.fleet_db) as fs:
+    with FleetStore(cfg.paths.fleet_db) as fs:
         assert fs.prediction_count() == 20
     res = CliRunner().invoke(cloud, ["inbox", "--drain", "typo", "--config", str(toml)])
     assert res.exit_code == 1 and "known workers: old-name" in res.output
@@ -301,8 +301,8 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
     ing.start()
     assert ing.wait_connected(10)
     dev = SimDevice("127.0.0.1", broker.port, device="box-r").connect()
-    store = FleetStore(cfg.fleet_db)
-    db = sqlite3.connect(cfg.fleet_db)
+    store = FleetStore(cfg.paths.fleet_db)
+    db = sqlite3.connect(cfg.paths.fleet_db)
 
     def events() -> int:
         return int(db.execute("SELECT count(*) FROM status_events WHERE device='box-r'").fetchone()[0])
@@ -335,13 +335,13 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         other = SimDevice("127.0.0.1", broker.port, device="box-new")
         offline = DeviceStatus(device="box-new", site="park1", state="offline", ts=time.time() - 3600)
         topic = other.topic(Kind.STATUS)
-        w = BatchWriter(connect(cfg.fleet_db))
+        w = BatchWriter(connect(cfg.paths.fleet_db))
         w.write([Incoming(parse_topic(topic), offline, time.time(), topic, encode(offline), retained=True)])
         w.db.close()
         assert store.device("box-new")["last_seen"] == pytest.approx(offline.ts)
         # The same state replayed, but the box was updated meanwhile: the news is kept, no new event.
         newer = offline.model_copy(update={"software": "9.9.9"})
-        w = BatchWriter(connect(cfg.fleet_db))
+        w = BatchWriter(connect(cfg.paths.fleet_db))
         w.write([Incoming(parse_topic(topic), newer, time.time(), topic, encode(newer), retained=True)])
         w.db.close()
         assert store.device("box-new")["software"] == "9.9.9"
@@ -381,7 +381,7 @@ def test_burst_mode_takes_small_steps_only_while_the_receiver_is_pushed(
 ) -> None:
     cfg = cloud_cfg(tmp_path, broker)
     dev = SimDevice("127.0.0.1", broker.port, device="box-b")
-    inbox = Inbox(inbox_path(cfg.data_dir, "w-burst"))
+    inbox = Inbox(inbox_path(cfg.paths, "w-burst"))
     inbox.append(_batches(dev, 120, 1))
     m = Materializer(cfg, "w-burst")
     assert not m.receiver_busy()  # nothing received yet

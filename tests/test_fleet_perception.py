@@ -201,8 +201,8 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
     tmp_path: Path, broker: EmbeddedBroker
 ) -> None:
     cfg = cloud_cfg(tmp_path, broker)
-    cfg.fleet_db.parent.mkdir(parents=True)
-    _old_fleet_db(cfg.fleet_db)
+    cfg.paths.fleet_db.parent.mkdir(parents=True)
+    _old_fleet_db(cfg.paths.fleet_db)
     ing = FleetIngest(cfg)
     ing.start()
     dev = SimDevice("127.0.0.1", broker.port, site="park1", device="box1").connect()
@@ -223,12 +223,12 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
             schema=2,
         )
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.paths.fleet_db)
         wait_for(lambda: store.prediction_count() == 2, what="the new row beside the old one")
     finally:
         dev.disconnect()
         ing.stop()
-    cols = [r[1] for r in sqlite3.connect(cfg.fleet_db).execute("PRAGMA table_info(predictions)")]
+    cols = [r[1] for r in sqlite3.connect(cfg.paths.fleet_db).execute("PRAGMA table_info(predictions)")]
     assert cols[-2:] == ["regions", "ir"]
     old = store.prediction("box1:1")
     assert old["label"] == "dog" and old["regions"] is None and old["ir"] is None
@@ -239,8 +239,8 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
     out = store.outcomes(device="box1")
     assert out["pets"] == {"cat": 1, "dog": 1} and out["ir"] == 1 and out["lighting_unknown"] == 1
     # Opening it again (another process, a restart) is harmless and counts nothing twice.
-    FleetStore(cfg.fleet_db).close()
-    assert FleetStore(cfg.fleet_db).outcomes(device="box1")["total"] == 2
+    FleetStore(cfg.paths.fleet_db).close()
+    assert FleetStore(cfg.paths.fleet_db).outcomes(device="box1")["total"] == 2
     # Retention drops whole hours of counts with the rows they counted.
     assert store.prune(T0 + 3600)["outcome_hours"] == 1
     assert store.outcomes(device="box1")["pets"] == {"cat": 1, "dog": 0}
@@ -308,7 +308,7 @@ def _baseline() -> Any:
     """A cat/dog model's test-set baseline (no none class): confident, half cats, 97 % right."""
     import numpy as np
 
-    from cloud.analysis.baseline import from_samples
+    from cloud.analysis.drift_baseline import from_samples
 
     rng = np.random.default_rng(0)
     labels = ["cat" if i % 2 else "dog" for i in range(2000)]
@@ -410,7 +410,7 @@ def test_analyze_report_and_cli_show_each_lighting_mode(tmp_path: Path, broker: 
     preds = _field(400, 150, (0.62, 0.72), none_share=0.4)
     _write(store, [p.model_copy(update={"ts": now - 600 + p.seq * 0.01}) for p in preds])
     rep = run_analysis(cfg, store, None, now=now)
-    html = (cfg.reports_dir / "analysis-latest.html").read_text()
+    html = (cfg.paths.reports_dir / "analysis-latest.html").read_text()
     assert "Per lighting mode" in html and "mode-ir" in html and "mode-day" in html
     assert "none share" in html and "abstain" in html
     site = next(d for d in rep["drift"] if not d["device"])
@@ -434,9 +434,9 @@ def test_a_baseline_with_none_per_class_histograms_and_lighting_modes_is_read_an
     """The registry/evaluation format with ``none`` in the mix, per-class confidence histograms
     and an IR baseline (e.g. from greyscale scene copies): parsed, round-tripped, and an IR cohort
     is judged against the IR baseline, class mix included."""
-    from cloud.analysis.baseline import Baseline
     from cloud.analysis.config import AnalysisConfig
     from cloud.analysis.drift import Cohort, figures
+    from cloud.analysis.drift_baseline import Baseline
 
     def hist(lo: int) -> list[int]:
         return [0] * lo + [10] * (20 - lo)

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 
 from cloud.fleet.service import FleetIngest
-from cloud.fleet.snapshots import snapshots_dir
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Snapshot
 from tests.fleetutil import cloud_cfg, wait_for
@@ -46,7 +45,7 @@ def test_snapshots_stored_only_for_allowed_sites(tmp_path: Path, broker: Embedde
         snap(closed, "cam1-2-bbbb", _jpeg(30))  # site not opted in: never kept
         snap(allowed, "cam1-3-cccc", base64.b64encode(b"not a jpeg").decode())
         wait_for(lambda: sum(ingest.stats()["snapshots"].values()) >= 4, 20, "four snapshots handled")
-        folder = snapshots_dir(cfg)
+        folder = cfg.paths.snapshots_dir
         assert sorted(p.name for p in folder.iterdir()) == ["cam1-1-aaaa.jpg"]
         assert (folder / "cam1-1-aaaa.jpg").read_bytes() == base64.b64decode(first)
         assert ingest.stats()["snapshots"] == {"stored": 1, "exists": 1, "site_not_allowed": 1, "not_jpeg": 1}

@@ -25,7 +25,7 @@ from tests.simdevice import SimDevice
 
 def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker: EmbeddedBroker) -> None:
     cfg = cloud_cfg(tmp_path, broker, governance={"rules": {"accuracy_drop": {"actions": ["rollback"]}}})
-    from cloud.release.service import ReleaseChannel
+    from cloud.release.channel import ReleaseChannel
 
     # The group comes from provisioning; what the box says about its group is never used.
     ch = ReleaseChannel(cfg)
@@ -57,7 +57,7 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
     # Nothing was ever rolled out to this group, so the release channel itself refuses, with its reason.
     assert act["action"] == "rollback" and act["ok"] is False
     assert "production" in act["error"] and "roll back" in act["error"]
-    entries = [e.action for e in Registry(cfg.registry_db).audit.entries(subject=f"alert:{a['id']}")]
+    entries = [e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a['id']}")]
     assert entries == ["alert.open", "alert.action.rollback"]
 
 
@@ -99,7 +99,9 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
         assert r is not None and r.version == "1.0.0"
         assert s.updater.check_once() == "active"  # the real updater installs the rolled-back version
         assert s.host.model_slot.current is not None and s.host.model_slot.current.version == "1.0.0"
-        entries = [e.action for e in Registry(cfg.registry_db).audit.entries(subject=f"alert:{a['id']}")]
+        entries = [
+            e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a['id']}")
+        ]
         assert entries == ["alert.open", "alert.action.rollback"]
     finally:
         ing.stop()
@@ -141,9 +143,9 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     from cloud.data.ingest import ingest
 
     _lake(pets_sample, tmp_path / "lake", per_label=25)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         base = ingest(
-            tmp_path / "lake", reg, cfg.datasets_dir, cfg.ingest, show_progress=False
+            tmp_path / "lake", reg, cfg.paths.datasets_dir, cfg.ingest, show_progress=False
         ).dataset_version
     # Six snapshots reached the cloud and were labelled by an operator.
     snap_dir = cfg.data_dir / "snapshots"
@@ -181,7 +183,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     assert act["base_dataset"] == base and act["dataset"] != base and act["feedback_frames"] == 6
 
     def registered() -> list[str]:
-        with Registry(cfg.registry_db) as reg:
+        with Registry(cfg.paths.registry_db) as reg:
             return [m.version for m in reg.list_models() if m.dataset_id == act["dataset"]]
 
     deadline = time.monotonic() + 900
@@ -189,7 +191,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
         time.sleep(2)
     log = Path(act["log"]).read_text()
     assert registered(), f"no model registered; training log:\n{log[-3000:]}"
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         m = reg.get_model(registered()[0])
         files = reg.dataset_files(act["dataset"])
         base_files = reg.dataset_files(base)
@@ -211,7 +213,7 @@ def test_retrain_without_a_dataset_version_says_what_to_do_and_leaves_nothing(
     from cloud.governance.errors import ActionUnavailable
 
     cfg = cloud_cfg(tmp_path, broker)
-    Registry(cfg.registry_db).close()
+    Registry(cfg.paths.registry_db).close()
     with pytest.raises(ActionUnavailable, match="cloud ingest LAKE"):
         actions.retrain(cfg, {"id": "a1"}, "parkwatch-analysis")
     assert not (cfg.data_dir / "retrain").exists()
@@ -226,4 +228,4 @@ def test_two_analyses_in_one_second_keep_both_reports(tmp_path: Path, broker: Em
         a = run_analysis(cfg, fs, None, now=now)
         b = run_analysis(cfg, fs, None, now=now + 0.2)
     assert a["run_id"] != b["run_id"]
-    assert len(list(cfg.reports_dir.glob("analysis-2*.json"))) == 2
+    assert len(list(cfg.paths.reports_dir.glob("analysis-2*.json"))) == 2

@@ -105,7 +105,7 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
             ),
             what="three transitions on MQTT",
         )
-        log = AuditLog(cfg.registry_db)
+        log = AuditLog(cfg.paths.registry_db)
         actions = [e.action for e in log.entries(subject=f"alert:{a['id']}")]
         assert actions == [
             "alert.open",

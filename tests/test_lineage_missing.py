@@ -33,7 +33,7 @@ def run(cfg: Any, tmp_path: Path, *args: str) -> Any:
 
 
 def register(cfg: Any, version: str, **kw: Any) -> None:
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version, gate_passed=True, package_dir="", tarball="", tarball_sha256="", **kw

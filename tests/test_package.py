@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from cloud.packaging import export
-from cloud.packaging.baseline import build_baseline, default_golden_images
 from cloud.packaging.errors import PackagingError
 from cloud.packaging.package import deterministic_tarball
+from cloud.training.untrained import build_baseline, default_golden_images
 from edge.preprocess import Preprocessor, load_image
 from shared.modelpkg import DigestMismatch, parse_metadata, read_golden, verify_package
 

@@ -196,7 +196,7 @@ def test_box_sends_schema2_only_after_the_cloud_advertised_it(tmp_path: Path, br
         outbox.append([_row(i) for i in range(10, 20)])
         pub.notify(10)
         wait_for(lambda: outbox.backlog == 0, what="the next 10 predictions acknowledged")
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.paths.fleet_db)
         wait_for(lambda: store.prediction_count() == 10, what="the new cloud to store the schema-2 batch")
         wait_for(
             lambda: sum(len(json.loads(b)["predictions"]) for b in listener.got) == 10, what="10 received"

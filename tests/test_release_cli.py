@@ -90,7 +90,7 @@ def test_keys_devices_rollout_rollback_commands(tmp_path: Path, baseline_package
 
 
 def test_a_second_rollback_goes_further_back_not_forward(tmp_path: Path, baseline_package: Path) -> None:  # noqa: F811
-    from cloud.release.service import ReleaseChannel
+    from cloud.release.channel import ReleaseChannel
 
     cfg = cloud_config(tmp_path / "cloud", mqtt_cfg(free_port()))
     ch = ReleaseChannel(cfg, notify=lambda *a: True)

@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from cloud.cli import cloud
-from cloud.release.service import ReleaseChannel, ReleaseService
-from edge.updater.service import UpdaterService, start_updater
+from cloud.release.channel import ReleaseChannel
+from cloud.release.server import ReleaseService
+from edge.updater.runner import UpdaterService, start_updater
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import (

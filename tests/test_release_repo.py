@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from tuf.api.exceptions import DownloadHTTPError
 
+from cloud.release.channel import ReleaseChannel
 from cloud.release.config import ReleaseConfig
 from cloud.release.errors import RepositoryError
 from cloud.release.keys import ROLES, KeyStore
 from cloud.release.repo import TufRepository
 from cloud.release.responder import Responder, answer, resolve
-from cloud.release.service import ReleaseChannel
 from edge.mqttlink import MqttLink
 from edge.updater.fetcher import METADATA_URL, MqttFetcher
 from edge.updater.transport import UpdateChannel
@@ -175,14 +175,14 @@ def test_approver_keys_can_live_apart_from_the_others(tmp_path: Path) -> None:
         "approver-1.pem",
         "approver-2.pem",
     ]
-    assert not list(cfg.keys_dir.glob("approver-*"))
+    assert not list(cfg.paths.keys_dir.glob("approver-*"))
     assert len(ch.keys_list()["approver"]) == 2
 
 
 def test_cloud_serve_keeps_the_timestamp_fresh(tmp_path: Path, broker: EmbeddedBroker) -> None:
     from datetime import UTC, datetime
 
-    from cloud.release.service import ReleaseService
+    from cloud.release.server import ReleaseService
     from tests.release_support import wait_for
 
     svc = ReleaseService(cloud_config(tmp_path / "cloud", mqtt_cfg(broker.port), refresh_check_s=0.2))

@@ -115,7 +115,7 @@ def test_models_list_show_and_evaluate_commands(env: dict) -> None:
 
 def test_same_seed_same_model(env: dict) -> None:
     cfg = load_cfg(env)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         again = trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="again"))
     first = json.loads((Path(env["trained"]["package"]) / "evaluation.json").read_text())["predictions"]
     second = json.loads((again.package / "evaluation.json").read_text())["predictions"]
@@ -125,7 +125,7 @@ def test_same_seed_same_model(env: dict) -> None:
 
 def test_a_model_below_the_gate_is_registered_as_failing_and_cannot_be_promoted(env: dict) -> None:
     cfg = load_cfg(env, max_ece=0.0, min_accuracy=1.0)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         res = trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="gated"))
         assert res.gate["passed"] is False and res.gate["failures"]
         assert reg.get_model("gated").gate_passed is False
@@ -145,7 +145,7 @@ def test_ctrl_c_leaves_nothing_half_made(env: dict, monkeypatch: pytest.MonkeyPa
         return real(*a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer, "train_head", flaky)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         before = {m.version for m in reg.list_models()}
         with pytest.raises(TrainingInterrupted, match="nothing was registered"):
             trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="stopped"))
@@ -153,7 +153,7 @@ def test_ctrl_c_leaves_nothing_half_made(env: dict, monkeypatch: pytest.MonkeyPa
         run = reg.list_runs(env["dataset"])[-1]
         assert run.status == "interrupted" and len(reg.list_trials(run.id)) == 1
     assert not any(
-        p.name.startswith(".staging") or p.name.startswith("stopped") for p in cfg.models_dir.iterdir()
+        p.name.startswith(".staging") or p.name.startswith("stopped") for p in cfg.paths.models_dir.iterdir()
     )
 
 
@@ -163,7 +163,10 @@ def test_a_changed_lake_is_refused(env: dict, tmp_path: Path) -> None:
     original = victim.read_bytes()
     try:
         victim.write_bytes(original + b"\x00")
-        with Registry(cfg.registry_db) as reg, pytest.raises(TrainingError, match="changed since ingest"):
+        with (
+            Registry(cfg.paths.registry_db) as reg,
+            pytest.raises(TrainingError, match="changed since ingest"),
+        ):
             trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="never"))
     finally:
         victim.write_bytes(original)
@@ -194,7 +197,7 @@ def test_torchrun_ranks_fill_the_feature_cache_between_them(
         monkeypatch.setenv("WORLD_SIZE", "2")
         assert distributed.main(["--dataset", env["dataset"], "--config", str(cfg_path)]) == 0
     cfg = load_cfg(env)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         data = load_run_data(reg, env["dataset"], cfg.train.val_fraction)
     store = FeatureStore(tmp_path / "fc", PREPROCESS, cfg.train.seed, engine=cfg.train.feature_engine)
     assert store.missing([(i.sha256, i.path) for i in data.train], 2) == []
@@ -206,7 +209,7 @@ def test_optional_finetune_changes_the_backbone_and_still_packages(env: dict) ->
     data = tomllib.loads(env["cfg_path"].read_text())
     data["train"].update(finetune_epochs=1, finetune_blocks=1, finetune_lr=1e-3, batch_size=16)
     cfg = validate_config(CloudConfig, data, str(env["cfg_path"]))
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         res = trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="tuned"))
     lineage = json.loads((res.package / "lineage.json").read_text())
     assert lineage["parameters"]["finetune"]["epochs"] == 1 and "finetune" in res.timings

@@ -23,8 +23,8 @@ from paho.mqtt.properties import Properties
 from cloud.config import CloudConfig, install_id
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
+from cloud.release.channel import ReleaseChannel
 from cloud.release.errors import ProvisioningError
-from cloud.release.service import ReleaseChannel
 from shared.broker import EmbeddedBroker, device_listener_conf
 from shared.protocol import DeviceStatus, Kind, Topics, decode
 from tests.release_support import cloud_config, mqtt_cfg, wait_for
@@ -128,7 +128,7 @@ def test_a_box_cannot_take_the_ingest_session(
         assert ing2.client_id == ing.client_id
         ing2.start()
         try:
-            store = FleetStore(cfg.fleet_db)
+            store = FleetStore(cfg.paths.fleet_db)
             wait_for(lambda: store.prediction_count() == 20, 30, "all 20 queued predictions stored")
         finally:
             ing2.stop()

@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from cloud.config import CloudConfig
-from cloud.dashboard.deps import users_db_path
 from cloud.dashboard.users import UserStore
 from cloud.dashboard.views import auth
 from cloud.fleet.store import FleetStore
@@ -112,11 +111,11 @@ def test_concurrent_wrong_basic_passwords_hit_the_lockout(server: str, cfg: Clou
     with httpx.Client(base_url=server, timeout=60) as c:
         r = c.post("/api/feedback", json=body, headers=_basic("engineer", password_for("engineer")))
         assert r.status_code == 429 and "Retry-After" in r.headers
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.paths.fleet_db).feedback() == []
 
 
 def test_a_removed_users_session_does_not_come_back(cfg: CloudConfig) -> None:
-    store = UserStore(users_db_path(cfg))
+    store = UserStore(cfg.paths.dashboard_db)
     store.add("alice", "admin", "alice-long-password")
     c = client_for(cfg)
     sign_in(c, "alice", "alice-long-password")
@@ -139,15 +138,17 @@ def test_feedback_api_refuses_a_snapshot_of_a_site_without_snapshots(cfg: CloudC
     assert hidden.json()["detail"].replace("snap-1", "snap-X") == absent.json()["detail"].replace(
         "snap-9", "snap-X"
     )
-    assert FleetStore(cfg.fleet_db).feedback() == []
+    assert FleetStore(cfg.paths.fleet_db).feedback() == []
     ok = c.post("/api/feedback", json={"snapshot": "box0000-snap-1", "label": "cat"}, headers=auth_hdr)
     assert ok.status_code == 201, ok.text
-    assert [(f["device"], f["label"]) for f in FleetStore(cfg.fleet_db).feedback()] == [("box0000", "cat")]
+    assert [(f["device"], f["label"]) for f in FleetStore(cfg.paths.fleet_db).feedback()] == [
+        ("box0000", "cat")
+    ]
 
 
 def test_seeded_layout(cfg: CloudConfig) -> None:
     """The fixture's assumption: box0001's snapshot exists, at a site outside snapshot_sites."""
-    pred = FleetStore(cfg.fleet_db).prediction_by_snapshot("box0001-snap-1")
+    pred = FleetStore(cfg.paths.fleet_db).prediction_by_snapshot("box0001-snap-1")
     assert pred["site"] not in cfg.dashboard.snapshot_sites
 
 

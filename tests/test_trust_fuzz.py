@@ -231,7 +231,7 @@ def test_fuzz_protocol_decoder() -> None:
 @pytest.mark.timeout(1800)  # 10,000 inbox appends and materializer steps: up to ~10 minutes here
 def test_fuzz_inbox_and_materializer(tmp_path: Path) -> None:
     cfg = CloudConfig.model_validate({"data_dir": str(tmp_path / "cloud"), "fleet": {"client_id": "fuzz"}})
-    inbox = Inbox(inbox_path(cfg.data_dir, "fuzz"), synchronous="OFF")
+    inbox = Inbox(inbox_path(cfg.paths, "fuzz"), synchronous="OFF")
     mat = Materializer(cfg, "fuzz", lock_wait_s=5)
     mat.writer.db.execute("PRAGMA synchronous=OFF")  # speed only: the fsyncs are not under test
     mat.inbox.conn.execute("PRAGMA synchronous=OFF") if hasattr(mat.inbox, "conn") else None
@@ -262,7 +262,7 @@ def test_fuzz_inbox_and_materializer(tmp_path: Path) -> None:
         # An unexpected exception inside decode is counted as "protocol": that is a crash too.
         assert "protocol" not in refused, refused
         assert set(refused) <= set(REJECT_KINDS), refused
-        with FleetStore(cfg.fleet_db) as store:
+        with FleetStore(cfg.paths.fleet_db) as store:
             letters = store.query("SELECT kind, count(*) AS n FROM dead_letters GROUP BY kind")
             by_kind = {r["kind"]: r["n"] for r in letters}
             assert by_kind == refused, (by_kind, refused)  # every refusal kept, by kind

@@ -16,7 +16,7 @@ import pytest
 
 from cloud.config import CloudConfig
 from cloud.governance.actions import rollback_groups
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from cloud.release.store import read_membership
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, ModelState
@@ -135,7 +135,7 @@ def test_governance_rollback_reads_the_provisioned_group(
     production: tuple[ReleaseService, CloudConfig], broker: EmbeddedBroker
 ) -> None:
     _svc, cfg = production
-    assert read_membership(cfg.data_dir) == {"park1/prod1": "production", "park1/stg1": "staging"}
+    assert read_membership(cfg.paths) == {"park1/prod1": "production", "park1/stg1": "staging"}
     alert = {"id": "a1", "site": "park1", "device": "stg1", "details": {}}
     assert rollback_groups(cfg, alert) == ["staging"]  # whatever stg1 claims
     assert rollback_groups(cfg, {**alert, "device": "fake1"}) == []

@@ -133,7 +133,7 @@ def test_hostile_messages_through_the_real_ingest_are_dead_lettered_and_pages_wo
         dev.publish_raw(TOPIC_T, _telemetry(ts=1e12))
         dev.publish_raw(TOPIC_P, _batch(_pred(3)))  # a sane one, last
         dev.flush()
-        store = FleetStore(cfg.fleet_db)
+        store = FleetStore(cfg.paths.fleet_db)
         wait_for(lambda: store.prediction_count() == 1, what="the sane prediction stored")
         wait_for(lambda: len(store.dead_letters()) == 3, what="three dead letters")
         assert {d["kind"] for d in store.dead_letters()} == {"invalid"}
@@ -155,7 +155,7 @@ def test_retraining_never_globs_a_device_chosen_snapshot_id(tmp_path: Path) -> N
     snaps.mkdir(parents=True)
     (cfg.data_dir / "registry.jpg").write_bytes(b"\xff\xd8 not a frame of ours")
     (snaps / "gate-1.jpg").write_bytes(b"\xff\xd8 a frame")
-    db = connect(cfg.fleet_db)
+    db = connect(cfg.paths.fleet_db)
     writer = BatchWriter(db)
     parsed = parse_topic(TOPIC_P)
     batch = PredictionBatch(
@@ -165,7 +165,7 @@ def test_retraining_never_globs_a_device_chosen_snapshot_id(tmp_path: Path) -> N
     )
     writer.write([Incoming(parsed, batch, NOW)])
     db.close()
-    with FleetStore(cfg.fleet_db) as store:
+    with FleetStore(cfg.paths.fleet_db) as store:
         for snap in ("../registry", "gate-1", "*"):
             label_prediction(store, "cat", "qa", snapshot=snap)
     assert feedback_frames(cfg, ["cat", "dog"]) == [(snaps / "gate-1.jpg", "cat")]
@@ -196,7 +196,7 @@ def test_rows_stored_before_the_bounds_do_not_break_readers(tmp_path: Path) -> N
     from cloud.cli import cloud
 
     cfg = CloudConfig.model_validate({"data_dir": str(tmp_path / "cloud")})
-    db = connect(cfg.fleet_db)
+    db = connect(cfg.paths.fleet_db)
     writer = BatchWriter(db)
     batch = PredictionBatch(device="box1", site="park1", predictions=[_pred(1, ts=1e300)])
     writer.write([Incoming(parse_topic(TOPIC_P), batch, NOW)])

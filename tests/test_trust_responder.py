@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.release.responder import authorise
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Topics, UpdateRequest, UpdateResponse, decode, encode
 from tests.fixtures_models import baseline_package  # noqa: F401

@@ -136,7 +136,7 @@ def test_unapproved_version_is_refused_even_with_valid_rollout_key(setup: Setup)
     v3 = make_version(setup.v1, setup.pkgs, "3.0.0")
     register(setup.cfg, v3, "3.0.0")
     setup.ch.publish_build("3.0.0")
-    from cloud.release.repo import group_path
+    from shared.protocol.targets import group_path
 
     build = setup.ch.repo.builds()["3.0.0"]
     from tuf.api.metadata import TargetFile

@@ -14,7 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from cloud.release.service import ReleaseService
+from cloud.release.server import ReleaseService
 from edge.config import EdgeConfig
 from edge.daemon import Daemon
 from shared.broker import EmbeddedBroker

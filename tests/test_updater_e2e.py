@@ -86,7 +86,7 @@ def test_the_pipelines_own_tarball_is_shipped_as_is(setup: Setup, baseline_packa
     version = read_manifest(baseline_package).model_version
     tarball = baseline_package.parent / f"{baseline_package.name}.tar.gz"
     assert tarball.is_file(), "the build pipeline writes <package>.tar.gz beside the folder"
-    with Registry(setup.cfg.registry_db) as reg:
+    with Registry(setup.cfg.paths.registry_db) as reg:
         reg.register_model(
             ModelRecord(
                 version=version,

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cloud.analysis.baseline import DEFAULT_EDGES, Baseline
 from cloud.analysis.config import AnalysisConfig
+from cloud.analysis.drift_baseline import DEFAULT_EDGES, Baseline
 from cloud.analysis.stats import (
     cbpe_accuracy,
     histogram,

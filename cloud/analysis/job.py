@@ -9,8 +9,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from cloud.analysis import baseline as baselines
-from cloud.analysis import drift, health, report
+from cloud.analysis import drift, drift_baseline, health, report
 from cloud.fleet.inbox import inbox_states
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import remote_inbox_states
@@ -27,14 +26,14 @@ def open_governor(cfg: CloudConfig, publish: bool = True, actor: str = "parkwatc
     from cloud.registry.audit import AuditLog
 
     publisher = AlertPublisher(cfg.mqtt, cfg.client_id("alerts")) if publish else None
-    return Governor(cfg, AlertStore(cfg.fleet_store), AuditLog(cfg.registry_db), publisher, actor=actor)
+    return Governor(cfg, AlertStore(cfg.fleet_store), AuditLog(cfg.paths.registry_db), publisher, actor=actor)
 
 
 def run_health(
     cfg: CloudConfig, fleet: FleetStore, governor: Governor | None, now: float | None = None
 ) -> list[health.DeviceHealth]:
     now = time.time() if now is None else now
-    inboxes = inbox_states(cfg.data_dir, now)
+    inboxes = inbox_states(cfg.paths, now)
     # Workers on other hosts (a shared PostgreSQL fleet store): their heartbeat rows.
     inboxes += remote_inbox_states(fleet, {str(s["worker"]) for s in inboxes}, cfg.fleet.worker_stale_s, now)
     # The fleet tables are current only up to the oldest message still waiting in an inbox; judge
@@ -89,14 +88,14 @@ def run_analysis(
     fleet: FleetStore,
     governor: Governor | None,
     now: float | None = None,
-    baseline_of: Callable[[str], baselines.Baseline | None] | None = None,
+    baseline_of: Callable[[str], drift_baseline.Baseline | None] | None = None,
     write_report: bool = True,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     # Milliseconds: two runs within one second (on demand beside the schedule) keep both reports.
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}Z"
     resolve = baseline_of or cache(
-        lambda v: baselines.resolve(cfg.registry_db, v, cfg.analysis.abstain_threshold)
+        lambda v: drift_baseline.resolve(cfg.paths.registry_db, v, cfg.analysis.abstain_threshold)
     )
     health_results = run_health(cfg, fleet, governor, now)
     rows, findings, covered = drift.analyze(fleet, cfg.analysis, now, run_id, resolve)
@@ -137,5 +136,5 @@ def run_analysis(
         "thresholds": cfg.analysis.model_dump(),
     }
     if write_report:
-        report.write(rep, cfg.reports_dir)
+        report.write(rep, cfg.paths.reports_dir)
     return rep

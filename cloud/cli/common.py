@@ -84,7 +84,7 @@ def require_data(cfg: CloudConfig, config_path: Path, need: Need | None = "fleet
     if need == "fleet" and cfg.fleet.database_url:
         need = None  # the fleet store is a PostgreSQL server, not a file here: connecting says more
     if need is not None:
-        db = cfg.fleet_db if need == "fleet" else cfg.registry_db
+        db = cfg.paths.fleet_db if need == "fleet" else cfg.paths.registry_db
         if not db.is_file():
             writer = (
                 "`parkwatch cloud serve` (fleet ingest)"

@@ -7,20 +7,20 @@ from pathlib import Path
 import click
 
 from cloud.config import DEFAULT_PATH, CloudConfig
-from cloud.dashboard.users import UserStore, cli_actor, users_db_path
+from cloud.dashboard.users import UserStore, cli_actor
 from shared.clitools import config_option, emit, handle_errors, json_option
 
 ROLES = ("viewer", "engineer", "approver", "admin")
 
 
 def _store(cfg: CloudConfig) -> UserStore:
-    return UserStore(users_db_path(cfg))
+    return UserStore(cfg.paths.dashboard_db)
 
 
 def _audit(cfg: CloudConfig, action: str, subject: str, details: dict[str, object]) -> None:
     from cloud.registry.audit import AuditLog
 
-    AuditLog(cfg.registry_db).append(cli_actor(), action, subject, details)
+    AuditLog(cfg.paths.registry_db).append(cli_actor(), action, subject, details)
 
 
 def _password(given: str | None, generate: bool) -> tuple[str, bool]:

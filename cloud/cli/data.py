@@ -49,8 +49,8 @@ def ingest(source: Path, config_path: Path, no_progress: bool, as_json: bool) ->
     from cloud.registry.store import Registry
 
     cfg = load(config_path)
-    with Registry(cfg.registry_db) as reg:
-        result = run_ingest(source, reg, cfg.datasets_dir, cfg.ingest, show_progress=not no_progress)
+    with Registry(cfg.paths.registry_db) as reg:
+        result = run_ingest(source, reg, cfg.paths.datasets_dir, cfg.ingest, show_progress=not no_progress)
     emit(result.to_json(), as_json, _human_ingest)
 
 
@@ -68,7 +68,7 @@ def datasets_list(config_path: Path, as_json: bool) -> None:
     from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load_existing(config_path, "registry").registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").paths.registry_db) as reg:
         rows = [d.model_dump() for d in reg.list_datasets()]
 
     def human(rows: list[dict[str, Any]]) -> str:
@@ -95,7 +95,7 @@ def datasets_show(dataset_id: str, config_path: Path, with_files: bool, as_json:
     from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load_existing(config_path, "registry").registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").paths.registry_db) as reg:
         d = reg.get_dataset(dataset_id)
         out: dict[str, Any] = d.model_dump()
         out["quarantine"] = [q.model_dump() for q in reg.dataset_quarantine(d.id)]

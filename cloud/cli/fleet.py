@@ -155,7 +155,7 @@ def label(
             prediction_id=prediction_id,
             snapshot=snapshot,
             comment=comment,
-            audit=AuditLog(cfg.registry_db),
+            audit=AuditLog(cfg.paths.registry_db),
         )
     emit(
         row,
@@ -348,7 +348,7 @@ def _transition(
     fn = ack_alert if which == "ack" else resolve_alert
     try:
         with AlertStore(cfg.fleet_store) as st:
-            a = fn(st, alert_id, actor, comment, audit=AuditLog(cfg.registry_db), publisher=pub)
+            a = fn(st, alert_id, actor, comment, audit=AuditLog(cfg.paths.registry_db), publisher=pub)
     finally:
         pub.close()
     emit(a, as_json, lambda x: f"{x['id']} {x['state']} by {actor}")
@@ -397,7 +397,7 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             d = fs.device(device)
             from cloud.release.store import read_membership
 
-            d["grp"] = read_membership(cfg.data_dir).get(f"{d['site']}/{d['device']}")  # provisioned
+            d["grp"] = read_membership(cfg.paths).get(f"{d['site']}/{d['device']}")  # provisioned
             d["gaps"] = fs.gaps(device)
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)
@@ -597,11 +597,11 @@ def inbox(
     retired: dict[str, object] | None = None
     for worker in (w for w in (drain, retire) if w is not None):
         # A worker that ran against this data_dir left its inbox here: a name without one is a typo.
-        if not inbox_path(cfg.data_dir, worker).exists():
-            known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.data_dir, time.time())) or "none"
+        if not inbox_path(cfg.paths, worker).exists():
+            known = ", ".join(str(s["worker"]) for s in inbox_states(cfg.paths, time.time())) or "none"
             raise NotFound(f"no inbox for worker {worker!r} under {cfg.data_dir}; known workers: {known}")
     if retire is not None:
-        if worker_running(cfg.data_dir, retire):
+        if worker_running(cfg.paths, retire):
             raise FleetError(
                 f"ingest worker {retire!r} is running here: stop it first (its `parkwatch cloud serve`), "
                 "then retire it; connecting with its client_id would take its session over"
@@ -612,7 +612,7 @@ def inbox(
             retired = ing.retire(timeout_s=timeout)
         finally:
             ing.stop()
-        remove_inbox(cfg.data_dir, retire)  # applied and its session ended: nothing left to list
+        remove_inbox(cfg.paths, retire)  # applied and its session ended: nothing left to list
     if drain is not None:
         m = Materializer(cfg, drain, lock_wait_s=5.0)
         try:
@@ -627,7 +627,7 @@ def inbox(
     from cloud.fleet.workers import worker_rows
 
     r = {
-        "workers": inbox_states(cfg.data_dir, time.time()),
+        "workers": inbox_states(cfg.paths, time.time()),
         # Every worker that writes to this fleet store, on any host (its heartbeat row).
         "fleet_workers": [w.to_dict() for w in worker_rows(cfg.fleet_store, cfg.fleet.worker_stale_s)],
         "dead_letters": letters,

@@ -68,7 +68,7 @@ def train(
     from cloud.training.trainer import train as run_train
 
     cfg = load(config_path)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         res = run_train(cfg, reg, TrainOptions(dataset_id, method, trials, seed, not no_progress))
     emit(res.to_json(), as_json, _human_train)
 
@@ -87,11 +87,11 @@ def train(
 def evaluate(version: str, dataset_id: str | None, config_path: Path, as_json: bool) -> None:
     """Score a registered model on a test split; writes JSON + HTML under the reports folder."""
     from cloud.config import load
-    from cloud.evaluation.service import evaluate_version
+    from cloud.evaluation.reevaluate import evaluate_version
     from cloud.registry.store import Registry
 
     cfg = load(config_path)
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         out = evaluate_version(cfg, reg, version, dataset_id)
 
     def human(o: dict[str, Any]) -> str:
@@ -132,7 +132,7 @@ def models_list(stage: str | None, config_path: Path, as_json: bool) -> None:
     from cloud.cli.common import load_existing
     from cloud.registry.store import Registry
 
-    with Registry(load_existing(config_path, "registry").registry_db) as reg:
+    with Registry(load_existing(config_path, "registry").paths.registry_db) as reg:
         rows = [m.model_dump() for m in reg.list_models(stage)]
 
     def human(rows: list[dict[str, Any]]) -> str:
@@ -160,7 +160,7 @@ def models_show(version: str, config_path: Path, as_json: bool) -> None:
     from cloud.registry.store import Registry
 
     cfg = load_existing(config_path, "registry")
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         m = reg.get_model(version)
         out: dict[str, Any] = m.model_dump()
         if m.run_id:
@@ -262,7 +262,7 @@ def baseline(out: Path, version: str | None, as_json: bool) -> None:
     edge.example.toml's [model] initial points at the folder install-edge.sh --model installs;
     this builds that folder without any training (ImageNet classes grouped into cat and dog).
     """
-    from cloud.packaging.baseline import BASELINE_VERSION, build_baseline
+    from cloud.training.untrained import BASELINE_VERSION, build_baseline
 
     built = build_baseline(out, version or BASELINE_VERSION)
     result = {

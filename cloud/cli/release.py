@@ -1,6 +1,6 @@
 """``parkwatch cloud keys|approve|reject|rollout|rollback|audit|devices``: the secure-delivery commands.
 
-Thin wrappers over cloud.release.service.ReleaseChannel (the same calls the dashboard makes).
+Thin wrappers over cloud.release.channel.ReleaseChannel (the same calls the dashboard makes).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from shared.textfmt import utc
 
 def _channel(config_path: Path) -> Any:
     from cloud.config import load
-    from cloud.release.service import ReleaseChannel
+    from cloud.release.channel import ReleaseChannel
 
     return ReleaseChannel(load(config_path))
 

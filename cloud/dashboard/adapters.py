@@ -49,7 +49,7 @@ def report_files(svc: Services, model: ModelRecord) -> list[tuple[str, Path]]:
     if model.package_dir and (Path(model.package_dir) / EVALUATION_HTML).is_file():
         found.append(("at packaging (test split)", Path(model.package_dir) / EVALUATION_HTML))
     again = sorted(
-        (svc.cfg.reports_dir / model.version).glob(f"*/{EVALUATION_HTML}"),
+        (svc.cfg.paths.reports_dir / model.version).glob(f"*/{EVALUATION_HTML}"),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cloud.config import CloudConfig
-from cloud.dashboard.users import UserStore, users_db_path
+from cloud.dashboard.users import UserStore
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
 from cloud.governance.notify import AlertPublisher
@@ -23,7 +23,7 @@ from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry
 from cloud.release.channel import ReleaseChannel
 
-__all__ = ["Services", "users_db_path"]
+__all__ = ["Services"]
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class Services:
             return value
 
     def get_users(self) -> UserStore:
-        return self._lazy("users", lambda: UserStore(users_db_path(self.cfg)))
+        return self._lazy("users", lambda: UserStore(self.cfg.paths.dashboard_db))
 
     def get_audit(self) -> AuditLog:
         # On the registry's own connection (opened for use from any thread), the way the
@@ -68,7 +68,7 @@ class Services:
         return self._lazy("audit", lambda: AuditLog(self.get_registry().db))
 
     def get_registry(self) -> Registry:
-        return self._lazy("registry", lambda: Registry(self.cfg.registry_db))
+        return self._lazy("registry", lambda: Registry(self.cfg.paths.registry_db))
 
     def get_fleet(self) -> FleetStore:
         return self._lazy("fleet", lambda: FleetStore(self.cfg.fleet_store))

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from cloud.config import CloudConfig
-from cloud.fleet.snapshots import snapshots_dir as snapshots_dir
 
 log = logging.getLogger("parkwatch.dashboard.snapshots")
 

@@ -218,10 +218,6 @@ class UserStore:
         self.db.close()
 
 
-def users_db_path(cfg: CloudConfig) -> Path:
-    return cfg.dashboard.users_db or cfg.data_dir / "dashboard.db"
-
-
 def cli_actor() -> str:
     """Who runs a command on this host, for the audit log (the sudo user, not root)."""
     return f"cli:{os.environ.get('SUDO_USER') or getpass.getuser()}"
@@ -233,12 +229,12 @@ def ensure_demo_user(cfg: CloudConfig) -> tuple[str, str]:
     The password is random each time so a demo box left running is not open to a known password.
     Lives with the user store (not the CLI) because the demo runner calls it as a library.
     """
-    store = UserStore(users_db_path(cfg))
+    store = UserStore(cfg.paths.dashboard_db)
     name, password = cfg.dashboard.demo_user, generate_password()
     try:
         if store.find(name) is None:
             store.add(name, Role.ADMIN, password)
-            AuditLog(cfg.registry_db).append(
+            AuditLog(cfg.paths.registry_db).append(
                 cli_actor(), "user.add", f"user:{name}", {"role": "admin", "demo": True}
             )
         else:

@@ -199,7 +199,7 @@ class Demo:
                 self.logs / "cli.log",
             )
 
-        from cloud.packaging.baseline import BASELINE_VERSION, build_baseline_package
+        from cloud.training.untrained import BASELINE_VERSION, build_baseline_package
 
         baseline = self.workdir / "baseline" / BASELINE_VERSION
         if not (baseline / "manifest.json").exists():
@@ -309,9 +309,10 @@ class Demo:
 
     # ---- watching --------------------------------------------------------------------------------
     def watch(self, duration: float | None, interval: float = 5.0) -> int:
+        from cloud.config import load
         from cloud.fleet.store import FleetStore
 
-        fleet_db = self.workdir / "cloud" / "fleet.db"
+        fleet_db = load(self.cloud_cfg).paths.fleet_db
         start, last_count, last_version = time.monotonic(), -1, None
         while not self.stop_event.wait(interval):
             for name, proc in self.procs.items():

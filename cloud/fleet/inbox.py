@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cloud.fleet.errors import FleetError
+from cloud.paths import CloudPaths
 from shared.sqlite import Migration, Schema, SchemaError, add_column, open_sqlite
 
 BUSY_TIMEOUT_S = 10.0
@@ -58,8 +59,8 @@ InboxRow = tuple[int, str, bytes, float, bool]  # id, topic, payload, received_t
 _SUFFIX = ".inbox.db"
 
 
-def inbox_path(data_dir: Path, client_id: str) -> Path:
-    return data_dir / "ingest" / f"{client_id}{_SUFFIX}"
+def inbox_path(paths: CloudPaths, client_id: str) -> Path:
+    return paths.inbox_dir / f"{client_id}{_SUFFIX}"
 
 
 def _backlog(conn: sqlite3.Connection) -> tuple[int, float | None]:
@@ -117,9 +118,9 @@ def hold_worker_lock(inbox: Path) -> IO[bytes]:
     return f
 
 
-def worker_running(data_dir: Path, client_id: str) -> bool:
+def worker_running(paths: CloudPaths, client_id: str) -> bool:
     """Whether an ingest worker with this client_id runs on this machine."""
-    path = _worker_lock_path(inbox_path(data_dir, client_id))
+    path = _worker_lock_path(inbox_path(paths, client_id))
     if not path.exists():
         return False
     f = try_flock(path)
@@ -129,9 +130,9 @@ def worker_running(data_dir: Path, client_id: str) -> bool:
     return False
 
 
-def remove_inbox(data_dir: Path, client_id: str) -> None:
+def remove_inbox(paths: CloudPaths, client_id: str) -> None:
     """Delete a retired worker's empty inbox and its lock files; refuses one still holding rows."""
-    path = inbox_path(data_dir, client_id)
+    path = inbox_path(paths, client_id)
     ib = Inbox(path)
     try:
         left = ib.backlog()
@@ -149,14 +150,14 @@ def remove_inbox(data_dir: Path, client_id: str) -> None:
         p.unlink(missing_ok=True)
 
 
-def inbox_states(data_dir: Path, now: float) -> list[dict[str, Any]]:
+def inbox_states(paths: CloudPaths, now: float) -> list[dict[str, Any]]:
     """Every worker's backlog, read-only (the health check and ``parkwatch cloud inbox`` use it).
 
     ``oldest_age_s`` is how long the oldest acknowledged message has waited for the materializer:
     the figure that says whether the fleet tables are current.
     """
     out: list[dict[str, Any]] = []
-    for f in sorted((data_dir / "ingest").glob(f"*{_SUFFIX}")):
+    for f in sorted(paths.inbox_dir.glob(f"*{_SUFFIX}")):
         state: dict[str, Any] = {"worker": f.name[: -len(_SUFFIX)], "path": str(f)}
         try:
             conn = open_sqlite(f, read_only=True, busy_timeout_s=BUSY_TIMEOUT_S)

@@ -114,7 +114,7 @@ class Materializer:
         self.rejects = RejectCounter()
         self._flushed: dict[str, int] = {}
         self._next_flush = 0.0
-        path = inbox_path(cfg.data_dir, worker)
+        path = inbox_path(cfg.paths, worker)
         self._lockfile = _lock(
             materializer_lock_path(path), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         )

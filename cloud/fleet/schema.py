@@ -1,4 +1,4 @@
-"""Fleet database tables. One SQLite file (``cfg.fleet_db``, WAL) for everything the fleet sends,
+"""Fleet database tables. One SQLite file (``cfg.paths.fleet_db``, WAL) for everything the fleet sends,
 what the analysis concludes about it, feedback labels and alerts.
 
 Keys carry the guarantees: ``predictions`` is keyed by (device, seq), so a redelivered batch is

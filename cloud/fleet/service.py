@@ -137,7 +137,7 @@ class FleetIngest:
     def _start(self) -> None:
         # Open (and create) both databases before taking messages, so a bad path fails fast.
         connect(self.cfg.fleet_store, synchronous="FULL").close()
-        path = inbox_path(self.cfg.data_dir, self.client_id)
+        path = inbox_path(self.cfg.paths, self.client_id)
         self._worker_lock = hold_worker_lock(path)
         self._inbox = Inbox(path)
         link = MqttLink(

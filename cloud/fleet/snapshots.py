@@ -15,7 +15,6 @@ import binascii
 import collections
 import threading
 import time
-from pathlib import Path
 from typing import Literal
 
 from cloud.config import CloudConfig
@@ -46,10 +45,6 @@ class SnapshotQuota:
             return True
 
 
-def snapshots_dir(cfg: CloudConfig) -> Path:
-    return cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
-
-
 def store_snapshot(
     cfg: CloudConfig, msg: Snapshot, quota: SnapshotQuota | None = None, now: float | None = None
 ) -> Outcome:
@@ -65,7 +60,7 @@ def store_snapshot(
         return "not_jpeg"
     if not data.startswith(b"\xff\xd8"):
         return "not_jpeg"
-    path = snapshots_dir(cfg) / f"{msg.id}.jpg"
+    path = cfg.paths.snapshots_dir / f"{msg.id}.jpg"
     if path.exists():
         return "exists"
     atomic_write_bytes(path, data)

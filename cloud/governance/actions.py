@@ -31,7 +31,7 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
     from cloud.fleet.store import FleetStore
     from cloud.release.store import read_membership
 
-    members = read_membership(cfg.data_dir)
+    members = read_membership(cfg.paths)
     with FleetStore(cfg.fleet_store) as fs:
         running = {d["device"]: d["model_version"] for d in fs.devices(site=alert["site"])}
     model = alert["details"].get("model_version")
@@ -68,7 +68,7 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
     from cloud.fleet.store import FleetStore
     from shared.protocol.bounds import SNAPSHOT_ID
 
-    snap_dir = cfg.fleet.snapshots_dir or cfg.data_dir / "snapshots"
+    snap_dir = cfg.paths.snapshots_dir
     out = []
     with FleetStore(cfg.fleet_store) as fs:
         for fb in fs.feedback():
@@ -98,8 +98,8 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
     from cloud.registry.store import Registry
 
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{alert['id']}"
-    work = cfg.data_dir / "retrain" / stamp
-    with Registry(cfg.registry_db) as reg:
+    work = cfg.paths.retrain_dir / stamp
+    with Registry(cfg.paths.registry_db) as reg:
         datasets = reg.list_datasets()
         if not datasets:
             raise ActionUnavailable(
@@ -121,7 +121,9 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
                 dst = lake / label / f"feedback-{src.name}"
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
-            dataset_id = ingest(lake, reg, cfg.datasets_dir, cfg.ingest, show_progress=False).dataset_version
+            dataset_id = ingest(
+                lake, reg, cfg.paths.datasets_dir, cfg.ingest, show_progress=False
+            ).dataset_version
     conf = work / "cloud.toml"
     conf.write_text(to_toml(cfg))
     cmd = [*cfg.governance.retrain_command, "--dataset", dataset_id, "--json", "--config", str(conf)]

@@ -1,6 +1,6 @@
 """``AlertStore``: alerts with a state (open → acknowledged → resolved) and who moved them.
 
-Alerts live in the fleet database (``cfg.fleet_db``) beside the data they are about. One active
+Alerts live in the fleet database (``cfg.paths.fleet_db``) beside the data they are about. One active
 alert per problem key: a condition that persists bumps ``count`` and ``last_seen_ts`` instead
 of opening a duplicate; once resolved, a recurrence opens a new alert.
 """

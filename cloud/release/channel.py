@@ -36,12 +36,8 @@ from shared.protocol.topics import check_segment
 log = logging.getLogger("parkwatch.cloud.release")
 
 
-def release_db(cfg: CloudConfig) -> Path:
-    return cfg.data_dir / "release.db"
-
-
 def key_store(cfg: CloudConfig) -> KeyStore:
-    return KeyStore(cfg.keys_dir, cfg.release.approver_keys_dir)
+    return KeyStore(cfg.paths.keys_dir, cfg.release.approver_keys_dir)
 
 
 def notice_payload(group: str, version: str | None, timestamp_version: int | None) -> bytes:
@@ -102,10 +98,10 @@ class ReleaseChannel:
     ) -> None:
         self.cfg = cfg
         self.lock = threading.RLock()
-        self.registry = registry or Registry(cfg.registry_db)
+        self.registry = registry or Registry(cfg.paths.registry_db)
         self.audit = audit or AuditLog(self.registry.db)
         self.keys = key_store(cfg)
-        self.repo = TufRepository(cfg.repo_dir, self.keys, cfg.release)
+        self.repo = TufRepository(cfg.paths.repo_dir, self.keys, cfg.release)
         self.rollouts = RolloutTable(self.registry)
         self._states: DeviceStates | None = None
         # notify(group, version, timestamp_version) -> bool; default: a short-lived MQTT client
@@ -114,7 +110,7 @@ class ReleaseChannel:
     @property
     def states(self) -> DeviceStates:
         if self._states is None:
-            self._states = DeviceStates(release_db(self.cfg))
+            self._states = DeviceStates(self.cfg.paths.release_db)
         return self._states
 
     def close(self) -> None:
@@ -300,7 +296,7 @@ class ReleaseChannel:
             if model.tarball and Path(model.tarball).is_file()
             else Path(model.package_dir)
         )
-        tf = self.repo.add_build(version, shippable_file(src, self.cfg.data_dir / "tmp"))
+        tf = self.repo.add_build(version, shippable_file(src, self.cfg.paths.tmp_dir))
         self.audit.append(
             actor,
             "publish-build",
@@ -462,7 +458,7 @@ class ReleaseChannel:
 
     # ---- broker credentials -------------------------------------------------------------------
     def broker_dir(self) -> Path:
-        return self.cfg.release.broker_dir or self.cfg.data_dir / "broker"
+        return self.cfg.paths.broker_dir
 
     @_serialised
     def provision_device(

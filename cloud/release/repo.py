@@ -7,8 +7,8 @@ Layout under ``repo_dir`` (what the MQTT responder serves, nothing secret)::
     metadata/N.snapshot.json, N.targets.json, N.pipeline.json, N.rollout.json
     targets/blobs/<sha256>                  package bytes, content-addressed
 
-Three target namespaces, each signed by a different key (see keys.py and
-docs/release-channel.md): ``builds/V.tar`` (pipeline), ``approved/V.tar`` with the approved
+Three target namespaces (named in shared/protocol/targets.py), each signed by a different key
+(see keys.py and docs/release-channel.md): ``builds/V.tar`` (pipeline), ``approved/V.tar`` with the approved
 stages (approver, the top-level targets role), ``groups/G/model.tar`` with the version group G
 should run (rollout). An edge installs a package only if all three agree on its hash, so
 neither a stolen pipeline key nor a stolen online rollout key can ship an unapproved model.
@@ -45,12 +45,22 @@ from cloud.release.config import ReleaseConfig
 from cloud.release.errors import RepositoryError
 from cloud.release.keys import KeyStore, RoleKey, is_named, untrusted
 from shared.atomic import atomic_write_bytes
-from shared.protocol.topics import check_segment
+from shared.protocol.targets import (
+    BLOBS_DIR,
+    BUILD_PATTERN,
+    CUSTOM,
+    GROUP_PATTERN,
+    METADATA_DIR,
+    TARGETS_DIR,
+    approved_path,
+    build_path,
+    group_of,
+    group_path,
+)
 
 PIPELINE = "pipeline"
 ROLLOUT = "rollout"
 TOP = "targets"
-CUSTOM = "parkwatch"
 STAGES = ("staging", "production")
 # Which key role signs which metadata role.
 SIGNER_ROLE = {
@@ -62,18 +72,6 @@ SIGNER_ROLE = {
     "timestamp": "timestamp",
 }
 _SERIALIZER = JSONSerializer(compact=False)
-
-
-def build_path(version: str) -> str:
-    return f"builds/{check_segment(version, 'version')}.tar"
-
-
-def approved_path(version: str) -> str:
-    return f"approved/{check_segment(version, 'version')}.tar"
-
-
-def group_path(group: str) -> str:
-    return f"groups/{check_segment(group, 'group')}/model.tar"
 
 
 def _expiry(seconds: float) -> datetime:
@@ -95,8 +93,8 @@ class TufRepository:
         self.dir = Path(repo_dir)
         self.keys = keys
         self.cfg = cfg
-        self.metadata_dir = self.dir / "metadata"
-        self.blobs_dir = self.dir / "targets" / "blobs"
+        self.metadata_dir = self.dir / METADATA_DIR
+        self.blobs_dir = self.dir / TARGETS_DIR / BLOBS_DIR
 
     # ---- reading --------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -159,7 +157,9 @@ class TufRepository:
     def groups(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for path, t in self.role(ROLLOUT).signed.targets.items():
-            out[path.split("/")[1]] = t.unrecognized_fields[CUSTOM]["version"]
+            group = group_of(path)
+            if group is not None:
+                out[group] = t.unrecognized_fields[CUSTOM]["version"]
         return out
 
     def status(self) -> dict[str, Any]:
@@ -282,8 +282,8 @@ class TufRepository:
             top = Targets(expires=_expiry(c.targets_expiry_s))
             top.delegations = Delegations(keys={}, roles={})
             for name, paths, threshold in (
-                (PIPELINE, ["builds/*"], c.pipeline_threshold),
-                (ROLLOUT, ["groups/*/*"], c.rollout_threshold),
+                (PIPELINE, [BUILD_PATTERN], c.pipeline_threshold),
+                (ROLLOUT, [GROUP_PATTERN], c.rollout_threshold),
             ):
                 delegated = DelegatedRole(name, [], threshold, terminating=True, paths=paths)
                 top.delegations.roles = {**(top.delegations.roles or {}), name: delegated}
@@ -543,4 +543,4 @@ class TufRepository:
         }
 
 
-__all__ = ["TufRepository", "TufRepositoryError", "approved_path", "build_path", "group_path"]
+__all__ = ["TufRepository", "TufRepositoryError"]

@@ -28,7 +28,6 @@ import heapq
 import itertools
 import json
 import logging
-import re
 import threading
 import time
 from collections import Counter
@@ -43,22 +42,28 @@ from paho.mqtt.properties import Properties
 
 from shared.protocol import Kind, ProtocolError, Topics, UpdateRequest, UpdateResponse, decode, encode
 from shared.protocol.counter import RejectCounter
+from shared.protocol.targets import (
+    BLOBS_DIR,
+    METADATA_DIR,
+    TARGETS_DIR,
+    group_download_path,
+    group_of,
+    hashed_sha,
+    is_metadata_name,
+)
 
 log = logging.getLogger("parkwatch.cloud.release")
-
-_META_NAME = re.compile(r"^(\d+\.)?[A-Za-z0-9_-]+\.json$")
-_TARGET_NAME = re.compile(r"^([0-9a-f]{64})\.[A-Za-z0-9_.-]+$")
 
 
 def resolve(repo_dir: Path, path: str) -> Path | None:
     """Pure mapping of a request path to a repository file; None for anything else."""
     parts = path.split("/")
-    if parts[0] == "metadata" and len(parts) == 2 and _META_NAME.match(parts[1]):
-        return repo_dir / "metadata" / parts[1]
-    if parts[0] == "targets" and len(parts) >= 2 and ".." not in parts:
-        m = _TARGET_NAME.match(parts[-1])
-        if m:
-            return repo_dir / "targets" / "blobs" / m.group(1)
+    if parts[0] == METADATA_DIR and len(parts) == 2 and is_metadata_name(parts[1]):
+        return repo_dir / METADATA_DIR / parts[1]
+    if parts[0] == TARGETS_DIR and len(parts) >= 2 and ".." not in parts:
+        sha = hashed_sha(parts[-1])
+        if sha:
+            return repo_dir / TARGETS_DIR / BLOBS_DIR / sha
     return None
 
 
@@ -67,16 +72,16 @@ def authorise(path: str, group: str | None, group_sha: str | None) -> str | None
 
     ``group_sha`` is the sha256 the group's rollout names (None: nothing rolled out to it)."""
     parts = path.split("/")
-    if parts[0] == "metadata":
+    if parts[0] == METADATA_DIR:
         return None  # every device verifies the same metadata chain; TUF needs all of it
     if group is None:
         return "not a provisioned device: 'parkwatch cloud devices add' it first"
-    if parts[0] != "targets":
+    if parts[0] != TARGETS_DIR:
         return None  # resolve() answers not_found for anything else
-    m = _TARGET_NAME.match(parts[-1])
-    if len(parts) != 4 or parts[1] != "groups" or parts[2] != group or m is None:
-        return f"a device of group {group} may fetch only targets/groups/{group}/<sha256>.model.tar"
-    if group_sha is None or m.group(1) != group_sha:
+    sha = hashed_sha(parts[-1])
+    if len(parts) != 4 or parts[1] != "groups" or parts[2] != group or sha is None:
+        return f"a device of group {group} may fetch only {group_download_path(group, '<sha256>')}"
+    if group_sha is None or sha != group_sha:
         return f"not the package group {group}'s rollout names"
     return None
 
@@ -84,7 +89,7 @@ def authorise(path: str, group: str | None, group_sha: str | None) -> str | None
 def group_blobs(repo_dir: Path) -> dict[str, str]:
     """``group -> sha256`` of what the signed rollout metadata names, read from the files as
     published (timestamp -> snapshot -> rollout). Empty if there is no repository yet."""
-    meta = repo_dir / "metadata"
+    meta = repo_dir / METADATA_DIR
     try:
         ts = json.loads((meta / "timestamp.json").read_bytes())
         snap_v = ts["signed"]["meta"]["snapshot.json"]["version"]
@@ -93,9 +98,9 @@ def group_blobs(repo_dir: Path) -> dict[str, str]:
         roll = json.loads((meta / f"{int(roll_v)}.rollout.json").read_bytes())
         out: dict[str, str] = {}
         for tpath, t in roll["signed"]["targets"].items():
-            parts = tpath.split("/")
-            if len(parts) == 3 and parts[0] == "groups" and parts[2] == "model.tar":
-                out[parts[1]] = str(t["hashes"]["sha256"])
+            group = group_of(tpath)
+            if group is not None:
+                out[group] = str(t["hashes"]["sha256"])
         return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -232,7 +237,7 @@ class Responder:
         """What each group's rollout names, re-read whenever ``timestamp.json`` was replaced (every
         change of the repository re-signs it), so a rollout is served the moment it is published."""
         try:
-            st = (self.repo_dir / "metadata" / "timestamp.json").stat()
+            st = (self.repo_dir / METADATA_DIR / "timestamp.json").stat()
             key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             key = None

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlite_utils
 
+from cloud.paths import CloudPaths
 from cloud.registry.approvals import ROLLOUTS
 from cloud.registry.schema import open_db
 from cloud.registry.store import Registry
@@ -266,9 +267,9 @@ class DeviceStates:
         self.db.close()
 
 
-def read_membership(data_dir: Path) -> dict[str, str]:
+def read_membership(paths: CloudPaths) -> dict[str, str]:
     """:meth:`DeviceStates.membership` for a reader outside the release channel (governance, fleet)."""
-    states = DeviceStates(Path(data_dir) / "release.db")
+    states = DeviceStates(paths.release_db)
     try:
         return states.membership()
     finally:

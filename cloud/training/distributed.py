@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cfg = load(args.config)
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    with Registry(cfg.registry_db) as reg:
+    with Registry(cfg.paths.registry_db) as reg:
         data = load_run_data(reg, args.dataset, cfg.train.val_fraction, verify=False)
     store = FeatureStore(
-        cfg.train.feature_cache_dir or cfg.data_dir / "feature-cache",
+        cfg.paths.feature_cache_dir,
         PREPROCESS,
         cfg.train.seed,
         cfg.train.batch_size,

@@ -310,7 +310,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     try:
         with _sigterm_as_interrupt():
             store = FeatureStore(
-                cfg.train.feature_cache_dir or cfg.data_dir / "feature-cache",
+                cfg.paths.feature_cache_dir,
                 PREPROCESS,
                 seed,
                 cfg.train.batch_size,
@@ -502,4 +502,4 @@ def _package(
         ),
         evaluate=evaluate,
     )
-    return build_package(spec, cfg.models_dir)
+    return build_package(spec, cfg.paths.models_dir)

@@ -19,10 +19,11 @@ from tuf.ngclient import FetcherInterface
 from edge.updater.errors import TransportError, UpdateError
 from edge.updater.transport import UpdateChannel
 from shared.backoff import Backoff
+from shared.protocol.targets import METADATA_DIR, TARGETS_DIR
 
 BASE = "mqtt://parkwatch/"
-METADATA_URL = BASE + "metadata/"
-TARGETS_URL = BASE + "targets/"
+METADATA_URL = f"{BASE}{METADATA_DIR}/"
+TARGETS_URL = f"{BASE}{TARGETS_DIR}/"
 
 
 class MqttFetcher(FetcherInterface):

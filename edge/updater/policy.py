@@ -3,6 +3,7 @@
 An edge installs version V for its group only if three differently keyed roles agree:
 ``groups/G/model.tar`` (rollout key) names V, ``approved/V.tar`` (approver key) lists the stage
 this box needs, and ``builds/V.tar`` (pipeline key) exists - all with the same length and hash.
+The names themselves live in ``shared/protocol/targets.py``, shared with the cloud that signs them.
 """
 
 from __future__ import annotations
@@ -13,21 +14,8 @@ from typing import Any
 from tuf.api import exceptions as tufx
 
 from edge.updater.errors import UpdateError
+from shared.protocol.targets import CUSTOM
 from shared.protocol.topics import check_segment
-
-CUSTOM = "parkwatch"
-
-
-def group_path(group: str) -> str:
-    return f"groups/{group}/model.tar"
-
-
-def approved_path(version: str) -> str:
-    return f"approved/{version}.tar"
-
-
-def build_path(version: str) -> str:
-    return f"builds/{version}.tar"
 
 
 def required_stage(group: str, override: str | None) -> str:

@@ -29,7 +29,7 @@ from edge.updater.transport import UpdateChannel
 from shared.atomic import atomic_write_json
 from shared.modelpkg import PackageError, verify_package
 from shared.pkgtar import extract_package
-from shared.protocol import ModelState
+from shared.protocol import ModelState, targets
 
 log = logging.getLogger("parkwatch.edge.updater")
 
@@ -174,7 +174,7 @@ class ModelUpdater:
         self._target_version = None
         tuf = self._tuf()
         tuf.refresh()
-        group_info = tuf.get_targetinfo(policy.group_path(self.device.group))
+        group_info = tuf.get_targetinfo(targets.group_path(self.device.group))
         if group_info is None:
             if self.last_state is None:
                 self.report("idle", None, f"no release for group {self.device.group} yet")
@@ -191,8 +191,8 @@ class ModelUpdater:
             return "current"
         choice = policy.choose(
             group_info,
-            tuf.get_targetinfo(policy.approved_path(version)),
-            tuf.get_targetinfo(policy.build_path(version)),
+            tuf.get_targetinfo(targets.approved_path(version)),
+            tuf.get_targetinfo(targets.build_path(version)),
             self.stage,
         )
         failed = self.state.get("failed", {}).get(choice.sha256)
@@ -225,7 +225,7 @@ class ModelUpdater:
 
             download_resumable(
                 self.channel,
-                f"targets/groups/{self.device.group}/{choice.sha256}.model.tar",
+                targets.group_download_path(self.device.group, choice.sha256),
                 part,
                 choice.length,
                 self.ucfg.chunk_bytes,

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response
 
 from cloud.dashboard.deps import Services
 from cloud.dashboard.regions import decorate, fits, jpeg_size, overlay
-from cloud.dashboard.snapshots import snapshots_dir, visible
+from cloud.dashboard.snapshots import visible
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
 from cloud.fleet.outcomes import FEEDBACK_LABELS
 
@@ -51,7 +51,7 @@ def labelling_page(request: Request) -> Response:
     require(request)
     svc = services(request)
     # Only frames whose image reached the cloud can be judged; the rest are counted.
-    folder = snapshots_dir(svc.cfg)
+    folder = svc.cfg.paths.snapshots_dir
     candidates = unlabelled(svc, SCAN_LIMIT)
     items = [it for it in candidates if (folder / f"{it['snapshot']}.jpg").is_file()]
     waiting = len(candidates) - len(items)
@@ -87,7 +87,7 @@ def snapshot_image(request: Request, snapshot: str) -> Response:
     require(request)
     svc = services(request)
     _pred_for(svc, snapshot)
-    path = snapshots_dir(svc.cfg) / f"{Path(snapshot).name}.jpg"
+    path = svc.cfg.paths.snapshots_dir / f"{Path(snapshot).name}.jpg"
     if not path.is_file():
         raise HTTPException(404, f"the image of snapshot {snapshot} has not arrived or was purged")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})

@@ -1,10 +1,10 @@
-"""``cloud serve``'s release component, and the import path of the service layer.
+"""``cloud serve``'s release component.
 
 ``ReleaseService`` is the long-lived component: it answers update requests over MQTT, keeps
 snapshot/timestamp fresh, keeps retained release notices in step with the signed rollout
 metadata, records every device's model/state, and rolls a group back on its own when the
-watch rules in watch.py say so. ``ReleaseChannel`` (channel.py) is re-exported here: callers
-import ``cloud.release.service.ReleaseChannel``.
+watch rules in watch.py say so. The operations it and the CLI and dashboard share live in
+``ReleaseChannel`` (channel.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import paho.mqtt.client as mqtt
 from cloud.config import CloudConfig
 from cloud.release.channel import (
     ReleaseChannel,
-    key_store,
     notice_payload,
-    publish_once,
-    release_db,
 )
 from cloud.release.errors import ReleaseError
 from cloud.release.responder import Responder
@@ -34,7 +31,7 @@ from shared.protocol import ModelState, ProtocolError, Telemetry, Topics, decode
 
 log = logging.getLogger("parkwatch.cloud.release")
 
-__all__ = ["ReleaseChannel", "ReleaseService", "key_store", "notice_payload", "publish_once", "release_db"]
+__all__ = ["ReleaseService"]
 
 
 class ReleaseService:
@@ -46,10 +43,10 @@ class ReleaseService:
         self.channel: ReleaseChannel | None = None
         rel = cfg.release
         self.responder = Responder(
-            cfg.repo_dir,
+            cfg.paths.repo_dir,
             rel.chunk_bytes,
             rel.responder_workers,
-            membership=lambda: read_membership(cfg.data_dir),  # provisioned groups, never claimed
+            membership=lambda: read_membership(cfg.paths),  # provisioned groups, never claimed
             rate_per_device=rel.responder_rate_per_device,
             burst=rel.responder_burst,
             queue_per_device=rel.responder_queue_per_device,
@@ -67,7 +64,7 @@ class ReleaseService:
         if not self.channel.repo.exists():
             log.warning(
                 "no TUF repository in %s yet: run 'parkwatch cloud keys init'; serving nothing until then",
-                self.cfg.repo_dir,
+                self.cfg.paths.repo_dir,
             )
         link = MqttLink(self.cfg.mqtt, self.cfg.client_id("release"), max_inflight=200, logger=log)
         self.responder.attach(link.client)

@@ -41,7 +41,7 @@ def evaluate_version(
         {"dataset_version": ds.id, "split": "test", "re_evaluation": True},
         eval_cfg=cfg.evaluation,
     )
-    out_dir = cfg.reports_dir / version / ds.id[:16]
+    out_dir = cfg.paths.reports_dir / version / ds.id[:16]
     out = {
         "model_version": version,
         "dataset_version": ds.id,

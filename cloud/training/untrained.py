@@ -4,6 +4,9 @@ Cat = ImageNet 281-285, dog = 151-268, combined inside the graph into 2-class pr
 It needs no training (about 20 s to build), so it is the first model the edge ever runs and the
 test model for edge and release tests. On the sample it scores about 0.95; trained models must
 beat it clearly.
+
+It lives in training/ because it is made from the training backbone; packaging only packages
+what training hands it, so packaging never imports training.
 """
 
 from __future__ import annotations

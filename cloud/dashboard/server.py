@@ -12,7 +12,7 @@ import uvicorn
 from cloud.config import CloudConfig
 from cloud.dashboard.app import create_app
 from cloud.dashboard.errors import DashboardError
-from cloud.dashboard.snapshots import purge_expired, snapshots_dir
+from cloud.dashboard.snapshots import purge_expired
 
 log = logging.getLogger("parkwatch.dashboard")
 PURGE_INTERVAL_S = 3600.0
@@ -67,7 +67,7 @@ class DashboardServer:
     def _purge_loop(self) -> None:
         while True:
             try:
-                purge_expired(snapshots_dir(self.cfg), self.cfg.dashboard.snapshot_keep_days)
+                purge_expired(self.cfg.paths.snapshots_dir, self.cfg.dashboard.snapshot_keep_days)
             except Exception:  # the sweep must never take the dashboard down
                 log.exception("snapshot purge failed")
             if self._stop.wait(PURGE_INTERVAL_S):

@@ -100,18 +100,28 @@ class PreprocessSpec(_Strict):
 class RejectionSpec(_Strict):
     """How a package says "no pet here" (``parkwatch.rejection``); absent in older packages.
 
-    A region's *pet evidence* is the geometric mean of the signals the package has: the
-    backbone's own ImageNet pet score (output ``score_output``) and the trained head's
-    ``1 - P(none_label)``. Requiring both to agree is what keeps a busy empty frame, tiled into
-    many regions, from producing a pet in one of them. ``threshold`` applies to a photo's
-    whole-frame view, ``region_threshold`` to the tiles/motion/zone regions of a wide frame (there
-    are many of them per frame, so it is stricter). Both are chosen on validation data only.
+    A region's *pet evidence* combines the signals the package has: the backbone's own ImageNet
+    pet score (output ``score_output``) and the trained head's ``1 - P(none_label)``.
+
+    - ``evidence = "geometric"`` (packages before ``pet-evidence-v2``): their geometric mean.
+    - ``evidence = "logit"``: a weighted sum of their log-odds, ``score_weight`` on the ImageNet
+      score, brought back to [0, 1]. Why: a head trained on ``none`` photos separates empty
+      tiles from pets far better than ImageNet's pet classes do, yet ImageNet's 1.2 M photos
+      know kinds of non-pet (people, cars) that a few hundred ``none`` photos may lack, so the
+      score keeps a weight chosen on validation frames. Log-odds keep a sure head's evidence
+      apart (0.999 vs 0.99), which a geometric mean of probabilities squashes together.
+
+    ``threshold`` applies to a photo's whole-frame view, ``region_threshold`` to the
+    tiles/motion/zone regions of a wide frame (there are many of them per frame, so it is
+    stricter). Both are chosen on validation data only.
     """
 
     none_label: str | None = Field(None, min_length=1, max_length=32)
     score_output: Literal["pet_score"] | None = None
     threshold: float | None = Field(None, ge=0, le=1)
     region_threshold: float | None = Field(None, ge=0, le=1)
+    evidence: Literal["geometric", "logit"] = "geometric"
+    score_weight: float = Field(0.5, ge=0, le=1, description="share of the ImageNet score (logit evidence)")
     method: str = Field("pet-evidence-v1", min_length=1, max_length=64)
     chosen_on: Literal["validation", "default"] = "default"
     figures: dict[str, float] = Field(default_factory=dict, max_length=MAX_FIGURES)

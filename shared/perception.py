@@ -3,13 +3,15 @@
 Shared by the box (every region of every frame), ``parkwatch edge classify`` and the cloud's
 evaluation, so the figures a build reports are the decisions a box makes.
 
-*Pet evidence* of a row is the geometric mean of the signals the package carries (see
+*Pet evidence* of a row combines the signals the package carries (see
 :class:`shared.modelpkg.RejectionSpec`): the backbone's ImageNet pet score, and the trained
-head's ``1 - P(none)``. A geometric mean needs both to agree: one signal alone fooled by a
-cat-shaped cushion cannot outvote the other. Below the threshold the row is ``none``; its
-confidence falls from 1 (no evidence at all) to 0.5 at the threshold, so a borderline row is
-abstained by the edge's confidence threshold rather than called ``none`` with conviction.
-Above it, the confidence is the head's certainty between the pet labels. ``none`` (sure there is
+head's ``1 - P(none)`` — their geometric mean in older packages, a weighted sum of their log-odds
+in newer ones. Below the threshold the row is ``none``; its confidence falls from 1 (no evidence
+at all) to 0.5 at the threshold, so a borderline row is abstained by the edge's confidence
+threshold rather than called ``none`` with conviction. (Older packages fall linearly in the
+evidence; newer ones with the log-odds distance to the threshold, which means the same thing
+whether the threshold is 0.3 or 0.999.) Above it, the confidence is the head's certainty
+between the pet labels. ``none`` (sure there is
 no pet) and ``abstain`` (unsure) stay distinct: the edge adds ``abstain`` on top.
 """
 
@@ -26,7 +28,7 @@ from shared.modelpkg import NONE_LABEL, RejectionSpec
 F32 = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating[Any]]
 
-__all__ = ["NONE_LABEL", "decide", "pet_evidence", "pet_probs"]
+__all__ = ["NONE_LABEL", "decide", "none_confidence", "pet_evidence", "pet_probs"]
 
 
 def _none_index(labels: Sequence[str], rejection: RejectionSpec | None) -> int | None:
@@ -61,8 +63,34 @@ def pet_evidence(
         signals.append(np.clip(1.0 - p[:, ni], 0.0, 1.0))
     if not signals:
         return None
+    if rejection.evidence == "logit":
+        if len(signals) == 1:
+            return signals[0].astype(np.float32)
+        w = rejection.score_weight
+        z = w * _logit(signals[0]) + (1 - w) * _logit(signals[1])
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
     e = np.exp(np.mean([np.log(np.maximum(s, 1e-12)) for s in signals], axis=0))
     return e.astype(np.float32)
+
+
+EPS = 1e-6  # evidence is kept inside (EPS, 1 - EPS): float32 keeps 0.999999 apart from 1
+
+
+def _logit(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    q = np.clip(p, EPS, 1 - EPS)
+    return np.asarray(np.log(q) - np.log1p(-q), dtype=np.float64)
+
+
+def none_confidence(
+    evidence: Floats, threshold: Floats | float, rejection: RejectionSpec
+) -> npt.NDArray[np.float64]:
+    """How sure a row below its threshold is that it holds no pet: 1 far below, 0.5 at the
+    threshold. Vectorised, shared by the box and the cloud's threshold choice."""
+    e = np.asarray(evidence, dtype=np.float64)
+    t = np.asarray(threshold, dtype=np.float64)
+    if rejection.evidence == "logit":
+        return np.asarray(1.0 / (1.0 + np.exp(_logit(e) - _logit(t))), dtype=np.float64)
+    return np.asarray(np.clip(1.0 - 0.5 * e / np.maximum(t, 1e-9), 0.5, 1.0), dtype=np.float64)
 
 
 def decide(
@@ -91,7 +119,9 @@ def decide(
     for k, b in enumerate(best):
         e = 1.0 if ev is None else float(ev[k])
         if t > 0 and e < t:
-            out.append((NONE_LABEL, float(np.clip(1.0 - 0.5 * e / t, 0.5, 1.0))))
+            out.append(
+                (NONE_LABEL, float(np.clip(none_confidence(np.array([e]), t, rejection)[0], 0.5, 1.0)))
+            )
         else:
             out.append((pets[b], float(q[k, b])))
     return out

@@ -209,15 +209,14 @@ def calibrate(
     w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
     sig = signals(feats, lambda f: predict_proba(head, f), lambda f: pet_score_np(w, b, f))
     abstain = InferenceConfig().confidence_threshold
-    t, tr, figs, how = choose_thresholds(sig, data.labels, base, abstain)
-    return RejectionSpec(
-        none_label=none,
-        score_output=PET_SCORE_OUTPUT,
-        threshold=t,
-        region_threshold=tr,
-        method=f"pet-evidence-v1: {how}"[:64],
-        chosen_on="validation",
-        figures={f"val_{k}": round(v, 4) for k, v in figs.items()} | {"val_frames": float(len(frames))},
+    spec, figs, how = choose_thresholds(sig, data.labels, base, abstain)
+    return spec.model_copy(
+        update={
+            "method": f"pet-evidence-v2: {how}"[:64],
+            "chosen_on": "validation",
+            "figures": {f"val_{k}": round(v, 4) for k, v in figs.items()}
+            | {"val_frames": float(len(frames))},
+        }
     )
 
 

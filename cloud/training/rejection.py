@@ -53,7 +53,7 @@ GRID = np.round(np.arange(0.02, 0.99, 0.02), 4)  # the prior's search space (no 
 # none class, trained on scene tiles, is the better judge (validation frames: empty scenes
 # rejected 0.87 at 0.5 against 0.95 at 0.15, close-up pets unchanged).
 WEIGHTS = (0.15, 0.3, 0.5)
-FULL_QUANTILES = np.linspace(0.0, 0.98, 50)  # of every frame's whole-view evidence
+FULL_QUANTILES = np.linspace(0.0, 1.0, 51)  # of every frame's whole-view evidence
 REGION_QUANTILES = np.linspace(0.5, 0.999, 70)  # of every region's evidence
 PRIOR_THRESHOLD = 0.5  # no none photos: ImageNet itself puts more mass on pets than on anything else
 
@@ -246,11 +246,11 @@ def choose_thresholds(
         spec = rejection.model_copy(update={"evidence": "logit", "score_weight": w})
         p = _pad(frames, labels, spec)
         full_c = np.unique(np.quantile(p.ev[p.full & p.valid], FULL_QUANTILES))
-        region_c = (
-            np.unique(np.quantile(p.ev[~p.full & p.valid], REGION_QUANTILES))
-            if (~p.full & p.valid).any()
-            else full_c
-        )
+        tiles = p.ev[~p.full & p.valid]
+        # Either threshold may sit anywhere the other's evidence does (tr >= t below).
+        if tiles.size:
+            full_c = np.unique(np.concatenate([np.quantile(tiles, REGION_QUANTILES), full_c]))
+        region_c = full_c
         for t in full_c:
             for tr in region_c:
                 if tr < t:

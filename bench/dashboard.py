@@ -91,8 +91,8 @@ def main() -> int:
             now = time.time()
             devs = store.devices()
             for d in devs[:size]:
-                store.latest_telemetry(d["device"])
-                store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
+                store.latest_telemetry(d.device)
+                store.telemetry(d.device, since=now - TREND_WINDOW_S, limit=120)
 
         def fleet_page_by_cpu() -> None:
             r = client.get("/", params={"sort": "cpu", "desc": "true"})
@@ -102,9 +102,9 @@ def main() -> int:
             now = time.time()
             devs = store.devices()
             for d in devs:
-                store.latest_telemetry(d["device"])
+                store.latest_telemetry(d.device)
             for d in devs[:size]:
-                store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
+                store.telemetry(d.device, since=now - TREND_WINDOW_S, limit=120)
 
         def device_page() -> None:
             r = client.get(f"/devices/{device}", params={"window": "24h"})

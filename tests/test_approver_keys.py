@@ -85,7 +85,7 @@ def test_an_approver_key_root_does_not_trust_is_refused_and_records_nothing(setu
     # with the key root trusts, the same approval goes through and names the key it used
     os.replace(kept, real)
     d = ch(s).approve("3.0.0", "staging", "qa-anna", "report ok")
-    assert d["signed_by"] == [trusted_id]
+    assert d.signed_by == [trusted_id]
     entry = ch(s).audit.entries("model:3.0.0")[-1]
     assert entry.action == "approve" and entry.details["signed_by"] == [trusted_id]
     assert entry.details["key_files"] == [real.name]
@@ -106,7 +106,7 @@ def test_each_approver_signs_with_their_own_key_and_the_box_follows(setup: Setup
         ch(s).approve("3.0.0", "staging", "qa-anna", "report ok")
     nothing_recorded(s, audit_before, targets_before)
     d = ch(s).approve("3.0.0", "staging", "Carla (QA)", "report ok")
-    assert d["signed_by"] == [out["keyid"]]
+    assert d.signed_by == [out["keyid"]]
     md = Metadata.from_bytes(
         (ch(s).repo.metadata_dir / f"{ch(s).repo.role(TOP).signed.version}.targets.json").read_bytes()
     )

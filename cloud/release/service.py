@@ -26,6 +26,7 @@ from cloud.release.channel import (
     release_db,
 )
 from cloud.release.errors import ReleaseError
+from cloud.release.records import RolledBack
 from cloud.release.responder import Responder
 from cloud.release.store import read_membership
 from cloud.release.watch import HealthSample, judge, progress
@@ -59,7 +60,7 @@ class ReleaseService:
         self._connected = threading.Event()
         self._published: dict[str, tuple[str | None, int]] = {}
         self._health: dict[str, deque[HealthSample]] = {}
-        self.rollbacks: list[dict[str, Any]] = []
+        self.rollbacks: list[RolledBack] = []
         self.errors = 0
 
     def start(self) -> None:

@@ -26,10 +26,11 @@ from cloud.registry.approvals import ROLLOUTS, ensure_schema
 from cloud.registry.store import Registry, open_db
 from cloud.registry.tx import transaction
 from shared.protocol import ModelState
+from shared.records import Record
 
 
-@dataclass(frozen=True)
-class Rollout:
+@dataclass(frozen=True, slots=True)
+class Rollout(Record):
     id: int
     version: str
     group: str

@@ -3,6 +3,7 @@ CPU and temperature trends, cameras and outbox backlog; filter, sort, page, live
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import Response
 from cloud.analysis.health import liveness
 from cloud.dashboard.charts import sparkline
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.records import Device, Outcomes, TelemetryRow
 from cloud.fleet.workers import workers_in
 
 router = APIRouter()
@@ -31,10 +33,35 @@ def health_class(state: str | None) -> str:
     return "bad"
 
 
-def _camera_states(latest: dict[str, Any] | None) -> dict[str, str]:
-    body = (latest or {}).get("body") or {}
+def _camera_states(latest: TelemetryRow | None) -> dict[str, str]:
+    body = latest.body if latest else {}
     cams = body.get("cameras") if isinstance(body, dict) else None
     return {name: str(c.get("state", "?")) for name, c in (cams or {}).items()}
+
+
+@dataclasses.dataclass(slots=True)
+class FleetRow:
+    """One line of the fleet table: the stored device, its liveness now, and (for the rows of
+    the page shown) its latest figures and trends."""
+
+    dev: Device
+    live: str
+    live_why: str | None
+    health_cls: str
+    cpu: float | None = None
+    temp: float | None = None
+    backlog: int | None = None
+    cameras: dict[str, str] = dataclasses.field(default_factory=dict)
+    outcomes: Outcomes | None = None
+    cpu_spark: str = ""
+    temp_spark: str = ""
+
+    def sort_value(self, col: str) -> Any:
+        if col == "live":
+            return self.live
+        if col in ("cpu", "temp", "backlog"):
+            return getattr(self, col)
+        return getattr(self.dev, col)
 
 
 def fleet_rows(
@@ -44,30 +71,30 @@ def fleet_rows(
     store = svc.get_fleet()
     now = time.time()
     timeout = svc.cfg.fleet.heartbeat_timeout_s
-    devices = store.devices()
-    for d in devices:
-        d["live"], d["live_why"] = liveness(d, now, timeout)
-        d["health_cls"] = health_class(d.get("health"))
-    sites = sorted({d["site"] for d in devices})
+    devices = []
+    for dev in store.devices():
+        live, why = liveness(dev, now, timeout)
+        devices.append(FleetRow(dev, live, why, health_class(dev.health)))
+    sites = sorted({d.dev.site for d in devices})
     counts = {
         "devices": len(devices),
-        "online": sum(d["live"] == "online" for d in devices),
-        "offline": sum(d["live"] == "offline" for d in devices),
-        "unhealthy": sum(d["health_cls"] in ("warn", "bad") for d in devices),
+        "online": sum(d.live == "online" for d in devices),
+        "offline": sum(d.live == "offline" for d in devices),
+        "unhealthy": sum(d.health_cls in ("warn", "bad") for d in devices),
         "updating": sum(
-            (d.get("update_state") or "") in ("downloading", "verifying", "self-testing") for d in devices
+            (d.dev.update_state or "") in ("downloading", "verifying", "self-testing") for d in devices
         ),
-        "failed": sum((d.get("update_state") or "") == "failed" for d in devices),
+        "failed": sum((d.dev.update_state or "") == "failed" for d in devices),
     }
     shown = [
         d
         for d in devices
-        if (not site or d["site"] == site)
-        and (not status or d["live"] == status)
-        and (not health or (d.get("health") or "unknown") == health)
-        and (not q or q.lower() in f"{d['device']} {d['site']} {d.get('model_version') or ''}".lower())
+        if (not site or d.dev.site == site)
+        and (not status or d.live == status)
+        and (not health or (d.dev.health or "unknown") == health)
+        and (not q or q.lower() in f"{d.dev.device} {d.dev.site} {d.dev.model_version or ''}".lower())
     ]
-    healths = sorted({d.get("health") or "unknown" for d in devices})
+    healths = sorted({d.dev.health or "unknown" for d in devices})
     size = svc.cfg.dashboard.page_size
     pages = max(1, (len(shown) + size - 1) // size)
     page = min(max(page, 1), pages)
@@ -76,21 +103,21 @@ def fleet_rows(
     live_sort = sort in ("cpu", "temp", "backlog")
     rows = shown if live_sort else _sorted(shown, sort, desc)[size * (page - 1) : size * page]
     for d in rows:
-        latest = store.latest_telemetry(d["device"])
-        d["cpu"] = latest.get("cpu_percent") if latest else None
-        d["temp"] = latest.get("temp_max") if latest else None
-        d["backlog"] = latest.get("outbox_backlog") if latest else None
-        d["cameras"] = _camera_states(latest)
+        latest = store.latest_telemetry(d.dev.device)
+        d.cpu = latest.cpu_percent if latest else None
+        d.temp = latest.temp_max if latest else None
+        d.backlog = latest.outbox_backlog if latest else None
+        d.cameras = _camera_states(latest)
     if live_sort:
         rows = _sorted(rows, sort, desc)[size * (page - 1) : size * page]
-    seen = store.outcomes_by_device([d["device"] for d in rows], since=now - TREND_WINDOW_S)
+    seen = store.outcomes_by_device([d.dev.device for d in rows], since=now - TREND_WINDOW_S)
     for d in rows:
-        d["outcomes"] = seen.get(d["device"])
-        trend = store.telemetry(d["device"], since=now - TREND_WINDOW_S, limit=120)
-        d["cpu_spark"] = sparkline([t["cpu_percent"] for t in trend], label=f"CPU % last hour, {d['device']}")
-        d["temp_spark"] = sparkline(
-            [t["temp_max"] for t in trend],
-            label=f"temperature last hour, {d['device']}",
+        d.outcomes = seen.get(d.dev.device)
+        trend = store.telemetry(d.dev.device, since=now - TREND_WINDOW_S, limit=120)
+        d.cpu_spark = sparkline([t.cpu_percent for t in trend], label=f"CPU % last hour, {d.dev.device}")
+        d.temp_spark = sparkline(
+            [t.temp_max for t in trend],
+            label=f"temperature last hour, {d.dev.device}",
             y_min=20.0,
             y_max=90.0,
         )
@@ -106,13 +133,13 @@ def fleet_rows(
     }
 
 
-def _sorted(rows: list[dict[str, Any]], sort: str, desc: bool) -> list[dict[str, Any]]:
+def _sorted(rows: list[FleetRow], sort: str, desc: bool) -> list[FleetRow]:
     key = sort if sort in SORTS else "site"
     col = "live" if key == "status" else key
 
-    def k(d: dict[str, Any]) -> tuple[int, Any, str]:
-        v = d.get(col)
-        return (v is None, v if v is not None else 0, d["device"])
+    def k(d: FleetRow) -> tuple[bool, Any, str]:
+        v = d.sort_value(col)
+        return (v is None, v if v is not None else 0, d.dev.device)
 
     return sorted(rows, key=k, reverse=desc)
 

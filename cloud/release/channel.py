@@ -29,8 +29,10 @@ from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
 from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
 from cloud.release.records import (
+    ApproverAdded,
     BuildPublished,
     CloudAccount,
+    KeyFile,
     Provisioned,
     Revoked,
     RolledBack,
@@ -234,7 +236,7 @@ class ReleaseChannel:
         }
 
     @_serialised
-    def keys_add_approver(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+    def keys_add_approver(self, name: str, actor: str, reason: str) -> ApproverAdded:
         """A key of approver ``name``'s own that root trusts (needs the root key files online)."""
         if not reason.strip():
             raise ReleaseError("give a reason (--reason); it is kept in the audit log")
@@ -247,14 +249,11 @@ class ReleaseChannel:
             {"keyid": key.keyid, "path": str(key.path), "root_version": root_version, "reason": reason},
         )
         self._checkpoint()
-        return {"approver": name, "keyid": key.keyid, "path": str(key.path), "root_version": root_version}
+        return ApproverAdded(name, key.keyid, str(key.path), root_version)
 
     @_serialised
-    def keys_list(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for role in ROLES:
-            out[role] = [{"path": str(p), "keyid": load_key(p).keyid} for p in self.keys.paths(role)]
-        return out
+    def keys_list(self) -> dict[str, list[KeyFile]]:
+        return {role: [KeyFile(str(p), load_key(p).keyid) for p in self.keys.paths(role)] for role in ROLES}
 
     @_serialised
     def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:

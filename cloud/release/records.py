@@ -96,3 +96,21 @@ class Revoked(BrokerFiles):
 
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site, "device": self.device, "revoked": True, **self.files()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyFile(Record):
+    """One signing key on disk and the key id the TUF metadata names it by."""
+
+    path: str
+    keyid: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApproverAdded(Record):
+    """``keys add-approver``: the approver's own key, trusted from root version ``root_version``."""
+
+    approver: str
+    keyid: str
+    path: str
+    root_version: int

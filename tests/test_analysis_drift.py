@@ -128,7 +128,8 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         assert drift_alerts(cfg, "south") == []
         rows = {(r.site, r.device): r for r in store.drift_results(model_version="m1")}
         assert rows[("north", "")].psi > cfg.analysis.psi_threshold
-        assert rows[("south", "")].psi < 0.05 and rows[("south", "")].drifted == 0
+        south_psi = rows[("south", "")].psi
+        assert south_psi is not None and south_psi < 0.05 and rows[("south", "")].drifted == 0
         latest = {(r.site, r.device) for r in store.latest_drift()}
         assert {("north", ""), ("north", "cam-n1"), ("south", ""), ("south", "cam-s1")} <= latest
         wait_for(
@@ -239,7 +240,7 @@ def test_labels_give_accuracy_and_the_recall_gap(env: Any, broker: EmbeddedBroke
         det = row.details
         assert det["recall"]["dog"] == 1.0 and det["recall"]["cat"] < 0.8
         assert row.recall_gap > cfg.analysis.recall_gap_max
-        assert row.accuracy < 0.9 and row.n_labels == 100
+        assert row.accuracy is not None and row.accuracy < 0.9 and row.n_labels == 100
         assert any("recall gap" in r for r in row.reasons) and any("accuracy" in r for r in row.reasons)
     finally:
         dev.disconnect()

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 import paho.mqtt.client as mqtt
 

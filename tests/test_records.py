@@ -22,16 +22,19 @@ from cloud.fleet.backends.target import FleetTarget, PgTarget
 from cloud.fleet.records import (
     DeadLetter,
     Device,
+    DeviceBrief,
     DriftResult,
     Feedback,
     Gap,
     Labelled,
+    LiveFigures,
     ModelState,
     Outcomes,
     Prediction,
     StatusEvent,
     TelemetryPoint,
     TelemetryRow,
+    TrendPoint,
 )
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import Incoming
@@ -122,12 +125,17 @@ def _reads(fs: FleetStore) -> dict[str, Any]:
     return {
         "devices": fs.devices(),
         "devices_site": fs.devices(site="park1"),
+        "devices_brief": fs.devices_brief(),
+        "devices_named": sorted(fs.devices_named(["b2", "b1", "nobody"]), key=lambda d: d.device),
         "device": fs.device("b1"),
         "status_events": fs.status_events("b1"),
         "model_states": fs.model_states("b1"),
         "telemetry": fs.telemetry("b1"),
         "telemetry_rows": fs.telemetry_rows("b1"),
         "latest_telemetry": fs.latest_telemetry("b1"),
+        "latest_telemetry_of": fs.latest_telemetry_of(["b1", "b2"]),
+        "latest_figures": fs.latest_figures(),
+        "telemetry_of": fs.telemetry_of(["b1", "b2"], since=T0 - 1),
         "predictions": fs.predictions(device="b1"),
         "prediction": fs.prediction("b1:6"),
         "outcomes": fs.outcomes(device="b1", since=T0),
@@ -142,7 +150,8 @@ def _reads(fs: FleetStore) -> dict[str, Any]:
 
 
 TYPES: dict[str, type] = {
-    "devices": Device, "devices_site": Device, "device": Device, "status_events": StatusEvent,
+    "devices": Device, "devices_site": Device, "devices_brief": DeviceBrief,
+    "devices_named": Device, "device": Device, "status_events": StatusEvent,
     "model_states": ModelState, "telemetry": TelemetryPoint, "telemetry_rows": TelemetryRow,
     "latest_telemetry": TelemetryRow, "predictions": Prediction, "prediction": Prediction,
     "outcomes": Outcomes, "gaps": Gap, "add_feedback": Labelled, "feedback": Feedback,
@@ -164,6 +173,19 @@ def test_both_fleet_backends_return_the_same_records(tmp_path: Path, pg_url: str
         assert pg[key] == got, key
     assert all(type(o) is Outcomes for o in lite["outcomes_by_device"].values())
     assert pg["outcomes_by_device"] == lite["outcomes_by_device"]
+    # The fleet page's reads of many devices at once (one query each): records too, keyed by device.
+    for key, want in (("latest_telemetry_of", TelemetryRow), ("latest_figures", LiveFigures)):
+        assert lite[key] and all(type(v) is want and v.device == k for k, v in lite[key].items()), key
+        assert pg[key] == lite[key], key
+    assert lite["latest_telemetry_of"]["b1"] == lite["latest_telemetry"]
+    assert lite["latest_figures"]["b1"].cpu_percent == lite["latest_telemetry"].cpu_percent
+    trend = lite["telemetry_of"]["b1"]
+    assert trend and all(type(t) is TrendPoint for t in trend) and pg["telemetry_of"] == lite["telemetry_of"]
+    assert [t.ts for t in trend] == [t.ts for t in lite["telemetry"]]
+    assert lite["devices_named"] == sorted(lite["devices"], key=lambda d: d.device)
+    assert [(b.device, b.health) for b in lite["devices_brief"]] == [
+        (d.device, d.health) for d in lite["devices"]
+    ]
     # What the data says, so equal answers are also right ones.
     assert [p.seq for p in lite["predictions"]] == [6, 3, 2, 1] and lite["prediction"].id == "b1:6"
     assert [(g.first_seq, g.last_seq, g.missing) for g in lite["gaps"]] == [(4, 5, 2)]

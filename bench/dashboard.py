@@ -129,7 +129,7 @@ def main() -> int:
             store.outcomes(since=now - TREND_WINDOW_S)
 
         def fleet_queries() -> None:
-            page_queries([d["device"] for d in store.devices_brief()[:size]])
+            page_queries([d.device for d in store.devices_brief()[:size]])
 
         def fleet_page_by_cpu() -> None:
             r = client.get("/", params={"sort": "cpu", "desc": "true"})
@@ -138,7 +138,7 @@ def main() -> int:
         def fleet_queries_all() -> None:
             store.devices_brief()
             figures = store.latest_figures()
-            top = sorted(figures, key=lambda d: figures[d]["cpu_percent"] or 0.0, reverse=True)
+            top = sorted(figures, key=lambda d: figures[d].cpu_percent or 0.0, reverse=True)
             page_queries(top[:size])
 
         def device_page() -> None:

@@ -53,7 +53,7 @@ def main() -> int:
         print(f"seeded {args.devices} devices in {time.perf_counter() - t:.0f} s", flush=True)
         now = time.time()
         with FleetStore(cfg.fleet_store) as fs:
-            page = [d["device"] for d in fs.devices_brief()[:100]]
+            page = [d.device for d in fs.devices_brief()[:100]]
         queries = [
             (
                 "fleet page: every device, the columns counted, filtered and sorted on",

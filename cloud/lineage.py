@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cloud.fleet.outcomes import mode_of, outcome
+from cloud.fleet.records import Device
 from cloud.fleet.store import FleetStore
+from cloud.packaging.lineage import ModelLineage
 from shared.errors import ParkwatchError
 
 if TYPE_CHECKING:
@@ -22,9 +24,6 @@ if TYPE_CHECKING:
     from cloud.registry.store import Registry
 
 MAX_FILES = 10_000
-# Keys of a model's recorded lineage that say which code built it: top level (older records)
-# or inside ``code`` (what ``cloud.packaging.lineage.base_lineage`` writes).
-_CODE_KEYS = ("code_commit", "commit", "dirty", "code_dirty", "repo", "packages", "package_versions")
 # What hangs off a model version's registry record, reported missing when the record is.
 _FROM_MODEL = ("training run", "parameters", "dataset", "code commit")
 
@@ -35,12 +34,6 @@ def _dump(x: Any) -> Any:
     if hasattr(x, "to_dict"):
         return x.to_dict()
     return x
-
-
-def _code(lin: dict[str, Any]) -> dict[str, Any]:
-    nested = lin.get("code")
-    merged = {**(nested if isinstance(nested, dict) else {}), **lin}
-    return {k: merged[k] for k in _CODE_KEYS if k in merged}
 
 
 def _model_record(reg: Registry, version: str, with_files: bool, out: dict[str, Any]) -> None:
@@ -58,10 +51,11 @@ def _model_record(reg: Registry, version: str, with_files: bool, out: dict[str, 
         "created_at": m.created_at,
     }
     lin = m.lineage or {}
-    out["code"] = _code(lin)
-    out["parameters"] = lin.get("parameters")
+    recorded = ModelLineage.read(lin)
+    out["code"] = recorded.code
+    out["parameters"] = recorded.parameters
     out["lineage"] = lin
-    run_id = m.run_id or lin.get("run_id")
+    run_id = m.run_id or recorded.run_id
     if run_id:
         try:
             out["training_run"] = _dump(reg.get_run(run_id))
@@ -72,7 +66,7 @@ def _model_record(reg: Registry, version: str, with_files: bool, out: dict[str, 
         missing.append(f"training run: model version {version} records none")
     if out["parameters"] is None:
         missing.append(f"parameters: model version {version} records none")
-    dataset_id = m.dataset_id or lin.get("dataset_version")
+    dataset_id = m.dataset_id or recorded.dataset_version
     if dataset_id:
         try:
             out["dataset"] = _dump(reg.get_dataset(dataset_id))
@@ -84,7 +78,7 @@ def _model_record(reg: Registry, version: str, with_files: bool, out: dict[str, 
             missing.append(f"dataset {dataset_id}: {e}")
     else:
         missing.append(f"dataset: model version {version} records none")
-    if not (out["code"].get("code_commit") or out["code"].get("commit")):
+    if not recorded.commit:
         missing.append(f"code commit: model version {version} records none")
 
 
@@ -146,19 +140,19 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
     missing: list[str] = []
     with FleetStore(cfg.fleet_store) as fs:
         p = fs.prediction(ref)
+        dev: Device | None
         try:
-            dev = fs.device(p["device"])
+            dev = fs.device(p.device)
         except ParkwatchError as e:
-            dev = {}
-            missing.append(f"device {p['device']}: {e}")
+            dev = None
+            missing.append(f"device {p.device}: {e}")
         fb = [
-            f
-            for f in fs.feedback(model_version=p["model_version"])
-            if f["device"] == p["device"] and f["seq"] == p["seq"]
+            f for f in fs.feedback(model_version=p.model_version) if f.device == p.device and f.seq == p.seq
         ]
+    pred = p.to_dict()
     out: dict[str, Any] = {
         "prediction": {
-            k: p.get(k)
+            k: pred[k]
             for k in (
                 "id",
                 "device",
@@ -179,14 +173,17 @@ def lineage(cfg: CloudConfig, ref: str, with_files: bool = True) -> dict[str, An
             )
         },
         "device": {
-            **{k: dev.get(k) for k in ("device", "site", "software", "model_version")},
-            "grp": _provisioned_group(cfg, p["site"], p["device"]),
+            "device": dev.device if dev else None,
+            "site": dev.site if dev else None,
+            "software": dev.software if dev else None,
+            "model_version": dev.model_version if dev else None,
+            "grp": _provisioned_group(cfg, p.site, p.device),
         },
-        "feedback": fb[0] if fb else None,
+        "feedback": fb[0].to_dict() if fb else None,
     }
-    out["prediction"]["outcome"] = outcome(str(p["label"]), p.get("abstain"))
-    out["prediction"]["lighting"] = mode_of(p.get("ir"))
-    model = model_lineage(cfg, p["model_version"], with_files, must_exist=False)
+    out["prediction"]["outcome"] = outcome(p.label, p.abstain)
+    out["prediction"]["lighting"] = mode_of(p.ir)
+    model = model_lineage(cfg, p.model_version, with_files, must_exist=False)
     model["missing"] = missing + model["missing"]
     out.update(model)
     return out

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from shared.errors import ConfigError, ParkwatchError
+from shared.records import jsonable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +37,9 @@ def config_option(default: Path) -> Callable[[F], F]:
 
 
 def emit(obj: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Print ``obj``; store records in it (shared/records.py) print as the dicts they stand for,
+    the same for ``--json`` and for the human renderer."""
+    obj = jsonable(obj)
     if as_json:
         click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
     elif human is not None:

@@ -25,7 +25,7 @@ def main() -> None:
     seed_fleet(cfg, devices=8, hours=6, step_s=120, predictions=30, offline=(5,), hot=(2,))
     fs = FleetStore(cfg.paths.fleet_db)
     for d in fs.devices():
-        fs.set_health(d["device"], "ok", [], time.time())
+        fs.set_health(d.device, "ok", [], time.time())
     fs.set_health("box0002", "critical", ["temperature 85 °C above the 80 °C limit"], time.time())
     fs.set_health("box0005", "offline", ["box0005 reported offline (last-will)"], time.time())
     fs.set_health("box0003", "degraded", ["camera cam2 stalled for 40 s"], time.time())

@@ -74,14 +74,15 @@ def acl_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, dict[str, str]]
     ch.provision_device("park1", "box1", "staging", secrets / "box1.secret", "ops")
     files = ch.provision_device("park1", "box2", "production", secrets / "box2.secret", "ops")
     pw = {n: (secrets / f"{n}.secret").read_text().strip() for n in ("cloud", "box1", "box2")}
-    assert oct(Path(files["passwd"]).stat().st_mode & 0o777) == "0o640"
+    assert files.passwd is not None
+    assert oct(Path(files.passwd).stat().st_mode & 0o777) == "0o640"
     assert oct((secrets / "box1.secret").stat().st_mode & 0o777) == "0o600"
     # EmbeddedBroker runs Mosquitto as the current user, so it can read these private files;
     # in production they are group-readable by mosquitto instead.
     b = EmbeddedBroker(
         tmp_path / "broker",
         allow_anonymous=False,
-        extra_conf=f"password_file {files['passwd']}\nacl_file {files['acl']}\n",
+        extra_conf=f"password_file {files.passwd}\nacl_file {files.acl}\n",
     )
     b.start()
     try:

@@ -39,7 +39,7 @@ def test_device_talks_to_the_broker_over_tls_with_its_credentials(tmp_path: Path
         tmp_path / "broker",
         allow_anonymous=False,
         extra_conf=(
-            f"password_file {files['passwd']}\nacl_file {files['acl']}\n"
+            f"password_file {files.passwd}\nacl_file {files.acl}\n"
             f"listener {tls_port} 127.0.0.1\ncafile {tls / 'ca.crt'}\n"
             f"certfile {tls / 'server.crt'}\nkeyfile {tls / 'server.key'}\ntls_version tlsv1.2\n"
         ),

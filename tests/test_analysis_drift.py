@@ -20,6 +20,7 @@ from cloud.evaluation.metrics import evaluate
 from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
+from cloud.governance.records import StoredAlert
 from cloud.registry.models import ModelRecord
 from cloud.registry.store import Registry
 from shared.broker import EmbeddedBroker
@@ -91,12 +92,12 @@ def env(tmp_path: Path, broker: EmbeddedBroker):  # type: ignore[no-untyped-def]
     ing.stop()
 
 
-def drift_alerts(cfg: Any, site: str) -> list[dict[str, Any]]:
+def drift_alerts(cfg: Any, site: str) -> list[StoredAlert]:
     with AlertStore(cfg.fleet_store) as st:
         return [
             a
             for a in st.list(site=site)
-            if a["rule"] in ("class_mix_drift", "confidence_drift", "abstain_rate", "integrity_rate")
+            if a.rule in ("class_mix_drift", "confidence_drift", "abstain_rate", "integrity_rate")
         ]
 
 
@@ -122,13 +123,14 @@ def test_shifted_class_mix_raises_a_drift_alert_within_one_window_and_unshifted_
         assert time.monotonic() - t0 < cfg.analysis.interval_s + 10
         wait_for(lambda: sched.analysis_runs >= 1, what="analysis finished")
         north = drift_alerts(cfg, "north")
-        assert [a["rule"] for a in north] == ["class_mix_drift"]
-        assert north[0]["state"] == "open" and north[0]["device"] is None and north[0]["subject"] == "m1"
+        assert [a.rule for a in north] == ["class_mix_drift"]
+        assert north[0].state == "open" and north[0].device is None and north[0].subject == "m1"
         assert drift_alerts(cfg, "south") == []
-        rows = {(r["site"], r["device"]): r for r in store.drift_results(model_version="m1")}
-        assert rows[("north", "")]["psi"] > cfg.analysis.psi_threshold
-        assert rows[("south", "")]["psi"] < 0.05 and rows[("south", "")]["drifted"] == 0
-        latest = {(r["site"], r["device"]) for r in store.latest_drift()}
+        rows = {(r.site, r.device): r for r in store.drift_results(model_version="m1")}
+        assert rows[("north", "")].psi > cfg.analysis.psi_threshold
+        south_psi = rows[("south", "")].psi
+        assert south_psi is not None and south_psi < 0.05 and rows[("south", "")].drifted == 0
+        latest = {(r.site, r.device) for r in store.latest_drift()}
         assert {("north", ""), ("north", "cam-n1"), ("south", ""), ("south", "cam-s1")} <= latest
         wait_for(
             lambda: any(m["rule"] == "class_mix_drift" and m["site"] == "north" for m in listener.msgs),
@@ -158,10 +160,10 @@ def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
         wait_for(lambda: store.prediction_count() == 600, what="stored")
         gov = open_governor(cfg)
         run_analysis(cfg, store, gov)
-        rules = sorted(a["rule"] for a in drift_alerts(cfg, "east"))
+        rules = sorted(a.rule for a in drift_alerts(cfg, "east"))
         assert rules == ["abstain_rate", "confidence_drift", "integrity_rate"]
         est = store.drift_results(site="east", device="")[0]
-        assert est["est_accuracy"] < 0.97 - cfg.analysis.est_accuracy_drop
+        assert est.est_accuracy < 0.97 - cfg.analysis.est_accuracy_drop
         # Frames get better again: the next analysis with enough clean data resolves the alerts.
         cfg2 = cfg.model_copy(update={"analysis": cfg.analysis.model_copy(update={"window_s": 5.0})})
         time.sleep(5.5)
@@ -170,7 +172,7 @@ def test_degraded_frames_raise_confidence_abstain_and_integrity_alerts(
         wait_for(lambda: store.prediction_count() == 1200, what="stored")
         run_analysis(cfg2, store, gov)
         with AlertStore(cfg.fleet_store) as st:
-            states = {a["rule"]: (a["state"], a["resolved_by"]) for a in st.list(site="east")}
+            states = {a.rule: (a.state, a.resolved_by) for a in st.list(site="east")}
         assert states["confidence_drift"] == ("resolved", "parkwatch-analysis")
         gov.publisher.close()  # type: ignore[union-attr]
     finally:
@@ -187,20 +189,20 @@ def test_a_silent_device_is_offline_within_the_heartbeat_timeout(env: Any, broke
         dev.flush()
         wait_for(lambda: store.latest_telemetry("cam-w1"), what="telemetry")
         sched.start()
-        wait_for(lambda: store.device("cam-w1")["health"] == "ok", what="healthy first")
+        wait_for(lambda: store.device("cam-w1").health == "ok", what="healthy first")
         silent_since = time.monotonic()  # still connected, but says nothing any more
-        wait_for(lambda: store.device("cam-w1")["health"] == "offline", timeout=10, what="offline")
+        wait_for(lambda: store.device("cam-w1").health == "offline", timeout=10, what="offline")
         took = time.monotonic() - silent_since
         # Within the timeout plus the health checks that notice it (slack for a loaded CI machine).
         assert took <= cfg.fleet.heartbeat_timeout_s + 2 * cfg.analysis.health_interval_s + 3.0
         with AlertStore(cfg.fleet_store) as st:
             # The alert is opened by the governor just after the health state is written.
             [a] = wait_for(lambda: st.list(rule="device_offline", device="cam-w1"), 10, "offline alert")
-        assert "silent" in a["message"]
+        assert "silent" in a.message
         dev.telemetry()  # back: the alert resolves itself
         dev.flush()
-        wait_for(lambda: store.device("cam-w1")["health"] == "ok", what="healthy again")
-        wait_for(lambda: AlertStore(cfg.fleet_store).get(a["id"])["state"] == "resolved", what="resolved")
+        wait_for(lambda: store.device("cam-w1").health == "ok", what="healthy again")
+        wait_for(lambda: AlertStore(cfg.fleet_store).get(a.id).state == "resolved", what="resolved")
     finally:
         sched.stop()
         dev.disconnect()
@@ -213,12 +215,12 @@ def test_last_will_marks_a_dead_device_offline(env: Any, broker: EmbeddedBroker)
     dev.flush()
     store = FleetStore(cfg.fleet_store)
     wait_for(
-        lambda: [d for d in store.devices() if d["device"] == "cam-w2" and d["status"] == "online"],
+        lambda: [d for d in store.devices() if d.device == "cam-w2" and d.status == "online"],
         what="online",
     )
     dev.kill()
-    wait_for(lambda: store.device("cam-w2")["status"] == "offline", timeout=60, what="last-will stored")
-    assert store.device("cam-w2")["status_reason"] == "last-will"
+    wait_for(lambda: store.device("cam-w2").status == "offline", timeout=60, what="last-will stored")
+    assert store.device("cam-w2").status_reason == "last-will"
 
 
 def test_labels_give_accuracy_and_the_recall_gap(env: Any, broker: EmbeddedBroker) -> None:
@@ -235,11 +237,11 @@ def test_labels_give_accuracy_and_the_recall_gap(env: Any, broker: EmbeddedBroke
             store.add_feedback(store.prediction(f"cam-z1:{p.seq}"), truth, actor="qa")
         run_analysis(cfg, store, None, write_report=False)
         row = store.drift_results(site="zoo", device="")[0]
-        det = row["details"]
+        det = row.details
         assert det["recall"]["dog"] == 1.0 and det["recall"]["cat"] < 0.8
-        assert row["recall_gap"] > cfg.analysis.recall_gap_max
-        assert row["accuracy"] < 0.9 and row["n_labels"] == 100
-        assert any("recall gap" in r for r in row["reasons"]) and any("accuracy" in r for r in row["reasons"])
+        assert row.recall_gap > cfg.analysis.recall_gap_max
+        assert row.accuracy is not None and row.accuracy < 0.9 and row.n_labels == 100
+        assert any("recall gap" in r for r in row.reasons) and any("accuracy" in r for r in row.reasons)
     finally:
         dev.disconnect()
 

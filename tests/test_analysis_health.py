@@ -5,14 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from cloud.analysis.config import AnalysisConfig
-from cloud.analysis.health import evaluate
+from cloud.analysis.health import DeviceHealth
+from cloud.analysis.health import evaluate as evaluate_records
+from cloud.fleet.records import Device
+from tests.fleetutil import device_record, gap_record, telemetry_record
 
 NOW = 1_800_000_000.0
 ACFG = AnalysisConfig()
 
 
-def dev(**kw: Any) -> dict[str, Any]:
-    return {"device": "b1", "site": "p", "status": "online", "last_seen": NOW - 5, **kw}
+def dev(**kw: Any) -> Device:
+    return device_record(**{"device": "b1", "site": "p", "status": "online", "last_seen": NOW - 5, **kw})
+
+
+def evaluate(
+    d: Device,
+    t: list[dict[str, Any]],
+    gaps: list[dict[str, Any]],
+    now: float,
+    acfg: AnalysisConfig,
+    hb: float,
+) -> DeviceHealth:
+    """The pure rules over records, from telemetry and gap rows written as dicts for brevity."""
+    return evaluate_records(
+        d, [telemetry_record(r) for r in t], [gap_record(**g) for g in gaps], now, acfg, hb
+    )
 
 
 def tel(n: int = 20, **last: Any) -> list[dict[str, Any]]:

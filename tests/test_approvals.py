@@ -45,12 +45,12 @@ def test_rules_history_signatures_and_audit(ch: ReleaseChannel) -> None:
     assert r is not None
     ch.rollouts.set_status(r.id, "succeeded", "1/1 active")
     d = ch.approve("1.0.0", "production", "qa-anna", "staging fine for a week")
-    assert d["forced"] is False and d["to_stage"] == "production"
+    assert d.forced is False and d.to_stage == "production"
     assert ch.repo.approvals()["1.0.0"] == ["production", "staging"]
     # forcing needs --force and is recorded as forced
     ch.approve("2.0.0", "staging", "qa-anna", "staging test")
     d = ch.approve("2.0.0", "production", "qa-anna", "hotfix for a broken camera", force=True)
-    assert d["forced"] is True
+    assert d.forced is True
     hist = approvals.history(ch.registry, "2.0.0")
     assert [(h.from_stage, h.to_stage, h.forced) for h in hist] == [
         ("candidate", "staging", False),
@@ -162,4 +162,4 @@ def test_approval_rechecks_the_gate_of_the_serving_config(ch: ReleaseChannel, tm
     assert len(ch.audit.entries()) == before and "1.5.0" not in ch.repo.approvals()
     d = ch.approve("1.0.0", "staging", "qa-anna", "report ok")
     entry = ch.audit.entries("model:1.0.0")[-1]
-    assert d["to_stage"] == "staging" and entry.details["gate_at_approval"]["max_ece"] == 0.05
+    assert d.to_stage == "staging" and entry.details["gate_at_approval"]["max_ece"] == 0.05

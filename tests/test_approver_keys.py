@@ -85,7 +85,7 @@ def test_an_approver_key_root_does_not_trust_is_refused_and_records_nothing(setu
     # with the key root trusts, the same approval goes through and names the key it used
     os.replace(kept, real)
     d = ch(s).approve("3.0.0", "staging", "qa-anna", "report ok")
-    assert d["signed_by"] == [trusted_id]
+    assert d.signed_by == [trusted_id]
     entry = ch(s).audit.entries("model:3.0.0")[-1]
     assert entry.action == "approve" and entry.details["signed_by"] == [trusted_id]
     assert entry.details["key_files"] == [real.name]
@@ -96,9 +96,9 @@ def test_each_approver_signs_with_their_own_key_and_the_box_follows(setup: Setup
     s = setup
     root_before = ch(s).repo.root().signed.version
     out = ch(s).keys_add_approver("Carla (QA)", "ops-maria", "new QA lead")
-    assert Path(out["path"]).name == "approver-carla-qa.pem"
+    assert Path(out.path).name == "approver-carla-qa.pem"
     assert ch(s).repo.root().signed.version == root_before + 1
-    assert out["keyid"] in ch(s).repo.trusted_keyids("targets")
+    assert out.keyid in ch(s).repo.trusted_keyids("targets")
     audit_before = len(ch(s).audit.entries())
     targets_before = ch(s).repo.role(TOP).signed.version
     # once approvers have keys of their own, a name without one cannot approve
@@ -106,12 +106,12 @@ def test_each_approver_signs_with_their_own_key_and_the_box_follows(setup: Setup
         ch(s).approve("3.0.0", "staging", "qa-anna", "report ok")
     nothing_recorded(s, audit_before, targets_before)
     d = ch(s).approve("3.0.0", "staging", "Carla (QA)", "report ok")
-    assert d["signed_by"] == [out["keyid"]]
+    assert d.signed_by == [out.keyid]
     md = Metadata.from_bytes(
         (ch(s).repo.metadata_dir / f"{ch(s).repo.role(TOP).signed.version}.targets.json").read_bytes()
     )
-    assert set(md.signatures) == {out["keyid"]}  # Carla's key alone, not every key in the folder
-    assert ch(s).audit.entries("model:3.0.0")[-1].details["signed_by"] == [out["keyid"]]
+    assert set(md.signatures) == {out.keyid}  # Carla's key alone, not every key in the folder
+    assert ch(s).audit.entries("model:3.0.0")[-1].details["signed_by"] == [out.keyid]
     box_installs_3(s)  # the box walked to the new root and trusts Carla's signature
 
 

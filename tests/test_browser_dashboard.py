@@ -138,19 +138,19 @@ def test_acknowledge_an_alert(chromium, fleet_cfg) -> None:  # type: ignore[no-u
     with live_dashboard(fleet_cfg) as base, page_for(chromium) as page:
         sign_in(page, base, "engineer")
         page.goto(base + "/alerts")
-        row = page.locator(f'tr[data-alert="{a["id"]}"]')
+        row = page.locator(f'tr[data-alert="{a.id}"]')
         assert "critical" in row.inner_text() and "✖" in row.inner_text()  # symbol + word, not colour alone
         shot(page, "06-alerts-open")
         row.get_by_label("Comment").fill("fan replaced, watching")
         row.get_by_role("button", name="Acknowledge").click()
         page.wait_for_selector("p.flash:has-text('acknowledged')")
-        assert page.locator(f'tr[data-alert="{a["id"]}"]').count() == 0  # gone from "open"
+        assert page.locator(f'tr[data-alert="{a.id}"]').count() == 0  # gone from "open"
         page.goto(base + "/alerts?state=acknowledged")
-        assert "fan replaced, watching" in page.locator(f'tr[data-alert="{a["id"]}"]').inner_text()
+        assert "fan replaced, watching" in page.locator(f'tr[data-alert="{a.id}"]').inner_text()
         shot(page, "07-alerts-acknowledged")
-    stored = alerts.get(a["id"])
-    assert (stored["state"], stored["acked_by"]) == ("acknowledged", "engineer")
-    assert AuditLog(fleet_cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")[0].actor == "engineer"
+    stored = alerts.get(a.id)
+    assert (stored.state, stored.acked_by) == ("acknowledged", "engineer")
+    assert AuditLog(fleet_cfg.paths.registry_db).entries(subject=f"alert:{a.id}")[0].actor == "engineer"
 
 
 def test_label_a_snapshot_and_see_it_counted(chromium, fleet_cfg) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

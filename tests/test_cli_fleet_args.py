@@ -86,7 +86,7 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
         m.close()
     with FleetStore(cfg.fleet_store) as fs:
         assert fs.prediction_count() == 620
-        assert [g["cause"] for g in fs.gaps("box1")] == [CAUSE_LOST]
+        assert [g.cause for g in fs.gaps("box1")] == [CAUSE_LOST]
     write_toml(root / "cloud.toml", cfg.data_dir)
     return root
 

@@ -171,30 +171,30 @@ def test_alerts_ack_by_engineer_not_viewer_and_audited(cfg, broker) -> None:  # 
     token = sign_in(c, "viewer")
     r = c.get("/alerts")
     assert "box0002 at 85 °C" in r.text and "engineers and approvers act on alerts" in r.text
-    r = c.post(f"/alerts/{a['id']}/ack", data={"comment": "x", "csrf_token": token})
+    r = c.post(f"/alerts/{a.id}/ack", data={"comment": "x", "csrf_token": token})
     assert r.status_code == 403
     c2 = client_for(cfg)
     token = sign_in(c2, "engineer")
-    r = c2.post(f"/alerts/{a['id']}/ack", data={"comment": "fan replaced"}, follow_redirects=False)
+    r = c2.post(f"/alerts/{a.id}/ack", data={"comment": "fan replaced"}, follow_redirects=False)
     assert r.status_code == 403  # no token
-    r = c2.post(f"/alerts/{a['id']}/ack", data={"comment": "fan replaced", "csrf_token": token})
+    r = c2.post(f"/alerts/{a.id}/ack", data={"comment": "fan replaced", "csrf_token": token})
     assert r.status_code == 200 and "acknowledged" in r.text
-    assert alerts.get(a["id"])["state"] == "acknowledged" and alerts.get(a["id"])["acked_by"] == "engineer"
+    assert alerts.get(a.id).state == "acknowledged" and alerts.get(a.id).acked_by == "engineer"
     msg = published.get(timeout=10)  # the new state went out on MQTT, as from the CLI
-    assert (msg["id"], msg["state"]) == (a["id"], "acknowledged")
+    assert (msg["id"], msg["state"]) == (a.id, "acknowledged")
     sub.loop_stop()
     sub.disconnect()
-    entry = AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")[0]
+    entry = AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a.id}")[0]
     assert entry.actor == "engineer" and entry.details["comment"] == "fan replaced"
     r = c2.get("/alerts", params={"state": "acknowledged"})
     assert "fan replaced" in r.text and "Resolve" in r.text
-    r = c2.post(f"/alerts/{a['id']}/ack", data={"comment": "again", "csrf_token": token})
+    r = c2.post(f"/alerts/{a.id}/ack", data={"comment": "again", "csrf_token": token})
     assert r.status_code == 400 and "already acknowledged" in r.text
-    r = c2.post(f"/alerts/{a['id']}/resolve", data={"comment": "temperature normal", "csrf_token": token})
-    assert r.status_code == 200 and f"Alert {a['id']} resolved" in r.text
-    assert alerts.get(a["id"])["resolved_by"] == "engineer"
-    assert c2.post(f"/alerts/{a['id']}/delete", data={"csrf_token": token}).status_code == 404
-    actions = [e.action for e in AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a['id']}")]
+    r = c2.post(f"/alerts/{a.id}/resolve", data={"comment": "temperature normal", "csrf_token": token})
+    assert r.status_code == 200 and f"Alert {a.id} resolved" in r.text
+    assert alerts.get(a.id).resolved_by == "engineer"
+    assert c2.post(f"/alerts/{a.id}/delete", data={"csrf_token": token}).status_code == 404
+    actions = [e.action for e in AuditLog(cfg.paths.registry_db).entries(subject=f"alert:{a.id}")]
     assert actions == ["alert.acknowledge", "alert.resolve"]
 
 
@@ -215,9 +215,7 @@ def test_labelling_respects_site_policy_and_counts_on_quality(cfg, tmp_path: Pat
     assert r.status_code == 200 and "Labelled box0000:1 as cat" in r.text
     assert 'data-snapshot="box0000-snap-1"' not in r.text
     fb = FleetStore(cfg.fleet_store).feedback()
-    assert [(f["device"], f["seq"], f["label"], f["actor"]) for f in fb] == [
-        ("box0000", 1, "cat", "engineer")
-    ]
+    assert [(f.device, f.seq, f.label, f.actor) for f in fb] == [("box0000", 1, "cat", "engineer")]
     r = c.get("/quality")
     assert 'id="labels-total">1 labelled frame' in r.text
     assert AuditLog(cfg.paths.registry_db).entries(subject="prediction:box0000:1")[0].actor == "engineer"
@@ -371,7 +369,9 @@ def test_fleet_page_sorts_every_device_by_a_live_figure_across_pages(tmp_path: P
     seed_users(cfg)
     seed_fleet(cfg, devices=25, hours=0.1, step_s=60, hot=(7,))
     with FleetStore(cfg.fleet_store) as fs:
-        cpu = {d["device"]: (fs.latest_telemetry(d["device"]) or {})["cpu_percent"] for d in fs.devices()}
+        latest = {d.device: fs.latest_telemetry(d.device) for d in fs.devices()}
+    cpu = {name: t.cpu_percent for name, t in latest.items() if t is not None}
+    assert len(cpu) == 25
     ranked = sorted(cpu, key=lambda d: (cpu[d], d), reverse=True)
     c = client_for(cfg)
     sign_in(c, "viewer")

@@ -124,7 +124,7 @@ def test_quality_page_shows_modes_none_share_and_the_cat_dog_none_confusion(cfg:
     r = c.post("/labelling/boxpet-snap-1", data={"label": "none", "csrf_token": token})
     c.post("/labelling/boxpet-snap-2", data={"label": "dog", "csrf_token": token})
     assert r.status_code == 200 and "Labelled boxpet:1 as none" in r.text
-    assert sorted(f["label"] for f in FleetStore(cfg.fleet_store).feedback()) == ["dog", "none"]
+    assert sorted(f.label for f in FleetStore(cfg.fleet_store).feedback()) == ["dog", "none"]
     html = c.get("/quality").text
     assert "1 labelled “none”" in html
     m = re.search(r'<tr data-label="none"><th scope="row">none</th>(.*?)</tr>', html)

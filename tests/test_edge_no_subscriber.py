@@ -101,7 +101,7 @@ def drain_and_check(d: Daemon, store: FleetStore) -> int:
         "the outbox to drain into the cloud store",
     )
     last = ob.last_seq
-    assert store.device("box1")["max_seq"] == last
+    assert store.device("box1").max_seq == last
     assert store.gaps() == [], "a seq never reached the cloud"
     return last
 

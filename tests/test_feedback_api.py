@@ -55,7 +55,7 @@ def test_labelling_tool_authenticates_with_http_basic(cfg) -> None:  # type: ign
     assert r.json()["actor"] == "engineer" and r.json()["label"] == "dog"
     assert "set-cookie" not in r.headers  # a machine client is not handed a browser session
     [fb] = FleetStore(cfg.fleet_store).feedback()
-    assert (fb["seq"], fb["label"], fb["actor"]) == (3, "dog", "engineer")
+    assert (fb.seq, fb.label, fb.actor) == (3, "dog", "engineer")
     last = AuditLog(cfg.paths.registry_db).entries()[-1]
     assert (last.actor, last.action, last.subject) == ("engineer", "feedback.label", "prediction:box0000:3")
     # Basic wins over an ambient cookie of another user, and needs no CSRF token either way.

@@ -35,7 +35,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
         store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 200, what="stored")
         dev.disconnect()  # says goodbye: the retained offline status
-        wait_for(lambda: store.device("box1")["status"] == "offline", what="goodbye stored")
+        wait_for(lambda: store.device("box1").status == "offline", what="goodbye stored")
     finally:
         dev.disconnect()
         ing.stop()
@@ -85,7 +85,7 @@ def test_feedback_over_http_and_cli_then_lineage(tmp_path: Path, broker: Embedde
         main, ["cloud", "label", "box1:5", "--snapshot", "s", "--as", "dog", "--actor", "b"], env=env
     )
     assert cr.exit_code == 1 and "exactly one" in cr.output
-    fb = {f["seq"]: f["label"] for f in store.feedback()}
+    fb = {f.seq: f.label for f in store.feedback()}
     assert fb == {3: "none", snap.seq: "cat", 5: "dog"}
     assert [e.action for e in AuditLog(cfg.paths.registry_db).entries()][-3:] == ["feedback.label"] * 3
 

@@ -105,9 +105,9 @@ def test_invalid_messages_become_dead_letters_and_the_cli_lists_them(
     with FleetStore(cfg.paths.fleet_db) as fs:
         assert fs.prediction_count() == 5  # the valid one in between is not held up by its neighbours
         letters = fs.dead_letters()
-        assert [d["kind"] for d in letters] == ["unsupported_schema", "malformed"]
+        assert [d.kind for d in letters] == ["unsupported_schema", "malformed"]
         # Not UTF-8, the usual reason a payload is refused: shown with replacement characters.
-        assert letters[1]["payload"] == "\ufffd\ufffd{not json" and "not JSON" in letters[1]["reason"]
+        assert letters[1].payload == "\ufffd\ufffd{not json" and "not JSON" in letters[1].reason
         assert fs.counters()["rejected.malformed"] == 1
     toml = write_cloud_toml(cfg, tmp_path / "cloud.toml")
     res = CliRunner().invoke(cloud, ["inbox", "--json", "--config", str(toml)])
@@ -172,14 +172,14 @@ def test_a_stalled_inbox_raises_an_ingest_backlog_alert_and_clears(
     gov = open_governor(cfg, publish=False)
     with FleetStore(cfg.paths.fleet_db) as fs:
         run_health(cfg, fs, gov)
-        active = [a for a in AlertStore(cfg.paths.fleet_db).list() if a["state"] == "open"]
-        assert [a["rule"] for a in active] == ["ingest_backlog"]
-        assert "w-stall" in active[0]["message"] and "parkwatch cloud inbox" in active[0]["message"]
+        active = [a for a in AlertStore(cfg.paths.fleet_db).list() if a.state == "open"]
+        assert [a.rule for a in active] == ["ingest_backlog"]
+        assert "w-stall" in active[0].message and "parkwatch cloud inbox" in active[0].message
         m = Materializer(cfg, worker)
         assert m.step() == 3
         m.close()
         run_health(cfg, fs, gov)
-        by_rule = {a["rule"]: a["state"] for a in AlertStore(cfg.paths.fleet_db).list()}
+        by_rule = {a.rule: a.state for a in AlertStore(cfg.paths.fleet_db).list()}
         # Its rows arrived ten minutes late, so the box itself now reads as silent: that is right.
         assert by_rule == {"ingest_backlog": "resolved", "device_offline": "open"}
     inbox.close()
@@ -287,7 +287,7 @@ def test_a_lagging_worker_does_not_put_back_an_older_status(tmp_path: Path) -> N
     w.write([Incoming(parsed, offline, 1060.0)])  # worker A, a minute later
     w.write([Incoming(parsed, online, 1000.5)])  # worker B catching up with its inbox
     with FleetStore(tmp_path / "fleet.db") as fs:
-        assert fs.device("box-s")["status"] == "offline"
+        assert fs.device("box-s").status == "offline"
     db.close()
 
 
@@ -329,7 +329,7 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         wait_for(lambda: ing.stats()["accepted"] >= 1, what="the retained status replayed")
         wait_for(lambda: ing.stats()["inbox_backlog"] == 0 and ing.stats()["batches"] >= 1, what="applied")
         after = store.device("box-r")
-        assert after["last_seen"] == before["last_seen"] and after["status_ts"] == before["status_ts"]
+        assert after.last_seen == before.last_seen and after.status_ts == before.status_ts
         assert events() == n_events  # no second "offline" event
         # A box first heard of through a replay is dated by what it said, not by the replay.
         other = SimDevice("127.0.0.1", broker.port, device="box-new")
@@ -338,13 +338,13 @@ def test_a_restarted_ingest_does_not_take_retained_replays_for_signs_of_life(
         w = BatchWriter(connect(cfg.paths.fleet_db))
         w.write([Incoming(parse_topic(topic), offline, time.time(), topic, encode(offline), retained=True)])
         w.db.close()
-        assert store.device("box-new")["last_seen"] == pytest.approx(offline.ts)
+        assert store.device("box-new").last_seen == pytest.approx(offline.ts)
         # The same state replayed, but the box was updated meanwhile: the news is kept, no new event.
         newer = offline.model_copy(update={"software": "9.9.9"})
         w = BatchWriter(connect(cfg.paths.fleet_db))
         w.write([Incoming(parse_topic(topic), newer, time.time(), topic, encode(newer), retained=True)])
         w.db.close()
-        assert store.device("box-new")["software"] == "9.9.9"
+        assert store.device("box-new").software == "9.9.9"
         assert db.execute("SELECT count(*) FROM status_events WHERE device='box-new'").fetchone()[0] == 1
     finally:
         ing.stop()
@@ -371,7 +371,7 @@ def test_a_gap_is_blamed_on_evictions_only_when_the_batch_after_it_reports_new_o
     lost = batch(5, 5)  # 26..30
     w.write([first, evicted, lost])  # one materializer step, as during a burst
     with FleetStore(tmp_path / "fleet.db") as fs:
-        causes = {(g["first_seq"], g["last_seq"]): g["cause"] for g in fs.gaps("box-e")}
+        causes = {(g.first_seq, g.last_seq): g.cause for g in fs.gaps("box-e")}
     assert causes == {(11, 15): CAUSE_EVICTED, (21, 25): CAUSE_LOST}
     db.close()
 

@@ -52,12 +52,13 @@ def test_stores_all_kinds_and_a_duplicate_once(cfg, broker: EmbeddedBroker) -> N
         wait_for(lambda: store.counters().get("duplicates.predictions") == 30, what="duplicates counted")
         assert store.prediction_count() == 300
         d = store.device("box1")
-        assert d["status"] == "online" and d["site"] == "park1" and d["max_seq"] == 300
-        assert d["update_state"] == "active" and d["model_version"] == "m1"
-        assert store.latest_telemetry("box1")["cpu_percent"] == 42.0  # type: ignore[index]
+        assert d.status == "online" and d.site == "park1" and d.max_seq == 300
+        assert d.update_state == "active" and d.model_version == "m1"
+        latest = store.latest_telemetry("box1")
+        assert latest is not None and latest.cpu_percent == 42.0
         assert store.gaps() == []
         p = store.prediction("box1:7")
-        assert p["seq"] == 7 and p["label"] == preds[6].label
+        assert p.seq == 7 and p.label == preds[6].label
     finally:
         dev.disconnect()
         ing.stop()
@@ -76,9 +77,7 @@ def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arri
         store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 200, what="200 stored")
         gaps = store.gaps("box2")
-        assert [(g["first_seq"], g["last_seq"], g["missing"], g["cause"]) for g in gaps] == [
-            (101, 120, 20, CAUSE_LOST)
-        ]
+        assert [(g.first_seq, g.last_seq, g.missing, g.cause) for g in gaps] == [(101, 120, 20, CAUSE_LOST)]
         # Health reports the gap only once it is older than fleet.gap_grace_s (late rows may fill it).
         acfg, now = cfg.analysis, time.time()
         fresh = check_fleet(store, acfg, 60, now, gap_grace_s=30)
@@ -89,7 +88,7 @@ def test_gap_recorded_when_predictions_are_really_lost_and_closed_when_they_arri
         dev.send([lost[0], lost[5]], batch_size=10)
         dev.flush()
         wait_for(lambda: len(store.gaps("box2")) == 2, what="gap split")
-        assert [(g["first_seq"], g["last_seq"]) for g in store.gaps("box2")] == [(102, 105), (107, 120)]
+        assert [(g.first_seq, g.last_seq) for g in store.gaps("box2")] == [(102, 105), (107, 120)]
         dev.send(lost[1:5] + lost[6:], batch_size=50)
         dev.flush()
         wait_for(lambda: store.gaps("box2") == [], what="gap closed")
@@ -149,7 +148,7 @@ def test_restart_in_the_middle_of_a_burst_loses_nothing(cfg, broker: EmbeddedBro
         ing = started(cfg)  # same client id: the persistent session resumes
         wait_for(lambda: store.prediction_count() == 40_000, timeout=120, what="all 40,000 stored")
         assert store.gaps() == []
-        assert store.device("box4")["max_seq"] == 40_000
+        assert store.device("box4").max_seq == 40_000
     finally:
         dev.disconnect()
         ing.stop()
@@ -192,8 +191,8 @@ def test_broker_defaults_really_drop_and_the_loss_shows_up_as_a_gap(tmp_path: Pa
             wait_for(lambda: store.gaps("box6"), what="a gap")
             stored = store.prediction_count()
             assert stored < 5_001
-            assert sum(g["missing"] for g in store.gaps("box6")) == 5_001 - stored
-            assert all(g["cause"] == CAUSE_LOST for g in store.gaps("box6"))
+            assert sum(g.missing for g in store.gaps("box6")) == 5_001 - stored
+            assert all(g.cause == CAUSE_LOST for g in store.gaps("box6"))
         finally:
             dev.disconnect()
             ing.stop()
@@ -220,7 +219,7 @@ def test_retention_prunes_old_rows_but_keeps_labelled_predictions(
         ing.stop()
         ing = started(cfg)  # the next prune (at start-up) applies the 1-day retention
         wait_for(lambda: store.prediction_count() == 11, what="old predictions pruned")
-        assert {p["seq"] for p in store.predictions(device="box7")} == {1, *range(51, 61)}
+        assert {p.seq for p in store.predictions(device="box7")} == {1, *range(51, 61)}
         assert len(store.telemetry("box7")) == 1
     finally:
         dev.disconnect()

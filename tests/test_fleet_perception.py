@@ -129,24 +129,24 @@ def test_ingest_stores_regions_and_ir_from_schema2_and_the_ir_flag_of_schema1(
         dev.disconnect()
         ing.stop()
     p1 = store.prediction("box1:1")
-    assert p1["regions"] == [
+    assert p1.regions == [
         {"box": [10, 20, 300, 200], "label": "cat", "confidence": 0.93},
         {"box": [900, 400, 256, 256], "label": "dog", "confidence": 0.81},
     ]
-    assert p1["ir"] == 0
-    assert [store.prediction(f"box1:{i}")["ir"] for i in range(2, 8)] == [1, 1, 1, 1, 1, None]
-    assert store.prediction("box1:2")["regions"] is None and store.prediction("box1:2")["label"] == "none"
+    assert p1.ir == 0
+    assert [store.prediction(f"box1:{i}").ir for i in range(2, 8)] == [1, 1, 1, 1, 1, None]
+    assert store.prediction("box1:2").regions is None and store.prediction("box1:2").label == "none"
     # The schema-1 ir flag is the lighting, not an integrity problem: it leaves the flags.
-    assert store.prediction("box1:5")["flags"] is None
-    assert store.prediction("box1:6")["flags"] == ["blurred"]
+    assert store.prediction("box1:5").flags is None
+    assert store.prediction("box1:6").flags == ["blurred"]
 
     out = store.outcomes(device="box1")
     # Seq 8 was counted twice on SQLite: stored, deleted by hand, stored again; the rest once each.
-    assert out["pets"] == {"cat": 2, "dog": 2} and out["pet_total"] == 4
-    assert out["none"] == 3 + again and out["abstain"] == 1 and out["total"] == 8 + again
-    assert out["ir"] == 5 and out["day"] == 2 + again and out["lighting_unknown"] == 1
-    assert out["ir_share"] == pytest.approx(5 / (7 + again))
-    assert store.outcomes_by_device(["box1", "ghost"], since=0)["ghost"]["total"] == 0
+    assert out.pets == {"cat": 2, "dog": 2} and out.pet_total == 4
+    assert out.none == 3 + again and out.abstain == 1 and out.total == 8 + again
+    assert out.ir == 5 and out.day == 2 + again and out.lighting_unknown == 1
+    assert out.ir_share == pytest.approx(5 / (7 + again))
+    assert store.outcomes_by_device(["box1", "ghost"], since=0)["ghost"].total == 0
 
     # The same counts and the regions on the command line.
     import json
@@ -231,19 +231,19 @@ def test_a_fleet_db_from_before_the_columns_is_upgraded_in_place_and_ingest_goes
     cols = [r[1] for r in sqlite3.connect(cfg.paths.fleet_db).execute("PRAGMA table_info(predictions)")]
     assert cols[-2:] == ["regions", "ir"]
     old = store.prediction("box1:1")
-    assert old["label"] == "dog" and old["regions"] is None and old["ir"] is None
+    assert old.label == "dog" and old.regions is None and old.ir is None
     new = store.prediction("box1:2")
-    assert new["ir"] == 1 and new["regions"][0]["box"] == [1, 2, 3, 4]
+    assert new.ir == 1 and new.regions is not None and new.regions[0]["box"] == [1, 2, 3, 4]
     assert store.gaps() == []
     # The hourly outcome counts were built from the rows already there, then kept by ingest.
     out = store.outcomes(device="box1")
-    assert out["pets"] == {"cat": 1, "dog": 1} and out["ir"] == 1 and out["lighting_unknown"] == 1
+    assert out.pets == {"cat": 1, "dog": 1} and out.ir == 1 and out.lighting_unknown == 1
     # Opening it again (another process, a restart) is harmless and counts nothing twice.
     FleetStore(cfg.paths.fleet_db).close()
-    assert FleetStore(cfg.paths.fleet_db).outcomes(device="box1")["total"] == 2
+    assert FleetStore(cfg.paths.fleet_db).outcomes(device="box1").total == 2
     # Retention drops whole hours of counts with the rows they counted.
     assert store.prune(T0 + 3600)["outcome_hours"] == 1
-    assert store.outcomes(device="box1")["pets"] == {"cat": 1, "dog": 0}
+    assert store.outcomes(device="box1").pets == {"cat": 1, "dog": 0}
 
 
 def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path) -> None:
@@ -288,7 +288,7 @@ def test_operators_label_none_and_performance_scores_cat_dog_none(tmp_path: Path
         == 422
     )
     fb = store.feedback()
-    assert [f["label"] for f in fb] == ["cat", "none", "none", "dog", "none"]
+    assert [f.label for f in fb] == ["cat", "none", "none", "dog", "none"]
     perf = performance(fb, ["cat", "dog", "none"])
     assert perf["n_labels"] == 4 and perf["accuracy"] == 0.5
     assert perf["recall"] == {"cat": 1.0, "dog": 0.0, "none": 0.5}

@@ -123,13 +123,13 @@ def test_concurrent_writers_store_every_seq_once_and_detect_gaps_exactly(pg_url:
         sent = sum(600 - len(h) for h in missing.values())
         assert fs.prediction_count() == sent
         for dev, holes in missing.items():
-            got = {(g["first_seq"], g["last_seq"]) for g in fs.gaps(dev)}
+            got = {(g.first_seq, g.last_seq) for g in fs.gaps(dev)}
             want = set()
             if holes:
                 want = {(min(holes), max(holes))}
             assert got == want, dev
-            assert fs.device(dev)["max_seq"] == 600
-            assert fs.device(dev)["predictions_total"] == 600 - len(holes)
+            assert fs.device(dev).max_seq == 600
+            assert fs.device(dev).predictions_total == 600 - len(holes)
         n_dup = (
             sum(len(ch.msg.predictions) for s in shares for ch in s if isinstance(ch.msg, PredictionBatch))
             - sent
@@ -172,7 +172,7 @@ def test_retention_drops_whole_days_by_arrival_and_keeps_labelled_predictions(pg
         out = fs.prune(now - 2 * DAY_S)
         assert out["predictions"] == 9 and out["telemetry"] == 1
         assert fs.prediction_count() == 11  # the labelled one kept, the skewed box's rows kept
-        assert fs.prediction("old:4")["label"] == "cat"
+        assert fs.prediction("old:4").label == "cat"
         assert fs.telemetry("old") == []
         assert len(fs.feedback()) == 1
         parts = fs.query("SELECT relname FROM pg_class WHERE relname LIKE 'predictions_d%' AND relkind='r'")
@@ -236,7 +236,7 @@ def test_two_worker_processes_share_the_store_and_a_killed_one_loses_nothing(
         assert rows[0]["n"] == rows[0]["d"] == 8_000
         assert store.gaps() == []
         for d in devs:
-            assert store.device(d.device)["max_seq"] == 2_000
+            assert store.device(d.device).max_seq == 2_000
         stats = store.counters()
         assert stats["stored.predictions"] == 8_000
         workers = {r.worker: r for r in worker_rows(cfg.fleet_store, cfg.fleet.worker_stale_s)}
@@ -305,7 +305,7 @@ def test_rows_already_stored_are_skipped_even_when_the_device_row_was_recreated(
     assert res.predictions_stored == 1 and res.duplicates == 5
     with FleetStore(target) as fs:
         assert fs.prediction_count("z") == 6
-        assert fs.device("z")["predictions_total"] == 1 and fs.device("z")["max_seq"] == 6
+        assert fs.device("z").predictions_total == 1 and fs.device("z").max_seq == 6
 
 
 def test_writer_and_store_reconnect_after_the_database_restarts(tmp_path: Path) -> None:
@@ -358,8 +358,8 @@ def test_a_backlog_on_another_host_raises_ingest_backlog_from_its_heartbeat_row(
         run_health(cfg, fs, gov)
     with AlertStore(cfg.fleet_store) as st:
         alerts = st.list(rule="ingest_backlog")
-    assert [a["subject"] for a in alerts] == ["inbox:host-b-ingest"]
-    assert "900 acknowledged messages" in alerts[0]["message"]
+    assert [a.subject for a in alerts] == ["inbox:host-b-ingest"]
+    assert "900 acknowledged messages" in alerts[0].message
 
 
 def test_hourly_outcomes_count_each_stored_prediction_once(pg_url: str) -> None:
@@ -371,7 +371,7 @@ def test_hourly_outcomes_count_each_stored_prediction_once(pg_url: str) -> None:
     w.db.close()
     with FleetStore(target) as fs:
         assert fs.prediction_count("o") == 30
-        assert fs.outcomes(device="o", since=now - 3600)["total"] == 30
+        assert fs.outcomes(device="o", since=now - 3600).total == 30
 
 
 def _raw_pred(c: psycopg.Connection, device: str, seq: int, ts: float, label: str, ir: int | None) -> None:
@@ -401,12 +401,12 @@ def test_an_older_store_counts_the_outcomes_of_the_predictions_it_already_holds(
         )
     with FleetStore(PgTarget(pg_url)) as fs:
         out = fs.outcomes(device="old", since=h0 - 1)
-        assert out["total"] == 7
-        assert out["pets"] == {"cat": 2, "dog": 1, "other pets": 1}, out
-        assert out["ir"] == 2 and out["day"] == 2 and out["lighting_unknown"] == 3
-        assert out["none"] == 2 and out["abstain"] == 1, out
+        assert out.total == 7
+        assert out.pets == {"cat": 2, "dog": 1, "other pets": 1}, out
+        assert out.ir == 2 and out.day == 2 and out.lighting_unknown == 3
+        assert out.none == 2 and out.abstain == 1, out
     with FleetStore(PgTarget(pg_url)) as fs:  # opened again: nothing counted twice
-        assert fs.outcomes(device="old", since=h0 - 1)["total"] == 7
+        assert fs.outcomes(device="old", since=h0 - 1).total == 7
 
 
 def test_late_rows_fill_a_gap_with_a_fixed_number_of_gap_writes(pg_url: str) -> None:
@@ -448,5 +448,5 @@ def test_dead_letters_and_the_inbox_mark_are_stored_with_the_batch(pg_url: str) 
     w.db.close()
     with FleetStore(target) as fs:
         (got,) = fs.dead_letters()
-        assert (got["worker"], got["kind"], got["reason"], got["bytes"]) == ("w1", "malformed", "not JSON", 2)
+        assert (got.worker, got.kind, got.reason, got.bytes) == ("w1", "malformed", "not JSON", 2)
         assert fs.prediction_count("x") == 2

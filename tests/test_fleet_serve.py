@@ -23,10 +23,9 @@ def test_serve_runs_ingest_and_health_checks(tmp_path: Path, broker: EmbeddedBro
         dev.flush()
         store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 20, what="stored")
-        wait_for(
-            lambda: store.device("box1")["health"] == "critical", what="overheating seen by the scheduler"
-        )
-        assert "°C" in store.device("box1")["health_reasons"][0]
+        wait_for(lambda: store.device("box1").health == "critical", what="overheating seen by the scheduler")
+        reasons = store.device("box1").health_reasons
+        assert reasons and "°C" in reasons[0]
     finally:
         dev.disconnect()
         srv.stop()

@@ -18,7 +18,7 @@ from cloud.governance.rules import Finding
 from cloud.registry.store import Registry
 from shared.broker import EmbeddedBroker
 from tests.fixtures_models import baseline_package  # noqa: F401
-from tests.fleetutil import cloud_cfg, wait_for
+from tests.fleetutil import alert_record, cloud_cfg, wait_for
 from tests.release_support import Setup
 from tests.simdevice import SimDevice
 
@@ -40,7 +40,7 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
         dev.flush()
         store = FleetStore(cfg.fleet_store)
         wait_for(lambda: store.prediction_count() == 5, what="stored")
-        wait_for(lambda: store.device("box1")["model_version"] == "m1", what="model known from status")
+        wait_for(lambda: store.device("box1").model_version == "m1", what="model known from status")
     finally:
         dev.disconnect()
         ing.stop()
@@ -53,11 +53,11 @@ def test_rollback_action_goes_through_the_release_channel(tmp_path: Path, broker
         details={"model_version": "m1"},
     )
     [a] = gov.apply([f], "drift")["opened"]
-    [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
+    [act] = AlertStore(cfg.fleet_store).get(a.id).actions
     # Nothing was ever rolled out to this group, so the release channel itself refuses, with its reason.
     assert act["action"] == "rollback" and act["ok"] is False
     assert "production" in act["error"] and "roll back" in act["error"]
-    entries = [e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a['id']}")]
+    entries = [e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a.id}")]
     assert entries == ["alert.open", "alert.action.rollback"]
 
 
@@ -80,10 +80,10 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
         store = FleetStore(cfg.fleet_store)
         # The group is not configured in governance: the action takes box1's provisioned group.
         wait_for(
-            lambda: (d := store.devices()) and d[0]["model_version"] == "2.0.0",
+            lambda: (d := store.devices()) and d[0].model_version == "2.0.0",
             what="box1 known in group staging on 2.0.0",
         )
-        site = store.devices()[0]["site"]
+        site = store.devices()[0].site
         f = Finding(
             "accuracy_drop",
             site,
@@ -92,16 +92,14 @@ def test_rollback_action_rolls_the_alerted_group_back_and_the_box_follows(
             details={"model_version": "2.0.0"},
         )
         [a] = open_governor(cfg, publish=False).apply([f], "drift")["opened"]
-        [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
+        [act] = AlertStore(cfg.fleet_store).get(a.id).actions
         assert act["action"] == "rollback" and act["ok"] is True, act
         assert s.ch.repo.groups()["staging"] == "1.0.0"
         r = s.ch.latest_rollout("staging")
         assert r is not None and r.version == "1.0.0"
         assert s.updater.check_once() == "active"  # the real updater installs the rolled-back version
         assert s.host.model_slot.current is not None and s.host.model_slot.current.version == "1.0.0"
-        entries = [
-            e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a['id']}")
-        ]
+        entries = [e.action for e in Registry(cfg.paths.registry_db).audit.entries(subject=f"alert:{a.id}")]
         assert entries == ["alert.open", "alert.action.rollback"]
     finally:
         ing.stop()
@@ -178,7 +176,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     gov = open_governor(cfg, publish=False)
     f = Finding("accuracy_drop", "park1", "accuracy 80% vs baseline 97%", subject="m1")
     [a] = gov.apply([f], "drift")["opened"]
-    [act] = AlertStore(cfg.fleet_store).get(a["id"])["actions"]
+    [act] = AlertStore(cfg.fleet_store).get(a.id).actions
     assert act["ok"] is True, act
     assert act["base_dataset"] == base and act["dataset"] != base and act["feedback_frames"] == 6
 
@@ -202,7 +200,7 @@ def test_retrain_action_trains_a_candidate_on_the_newest_dataset_plus_labelled_f
     assert all(old_side[f.sha256] == f.split for f in files if f.sha256 in old_side)
     # A second alert inside the cooldown does not start another run.
     [b] = gov.apply([Finding("accuracy_drop", "park2", "again", subject="m1")], "drift")["opened"]
-    [act2] = AlertStore(cfg.fleet_store).get(b["id"])["actions"]
+    [act2] = AlertStore(cfg.fleet_store).get(b.id).actions
     assert act2["ok"] is False and "cooldown" in act2["error"]
 
 
@@ -215,7 +213,7 @@ def test_retrain_without_a_dataset_version_says_what_to_do_and_leaves_nothing(
     cfg = cloud_cfg(tmp_path, broker)
     Registry(cfg.paths.registry_db).close()
     with pytest.raises(ActionUnavailable, match="cloud ingest LAKE"):
-        actions.retrain(cfg, {"id": "a1"}, "parkwatch-analysis")
+        actions.retrain(cfg, alert_record(id="a1"), "parkwatch-analysis")
     assert not (cfg.data_dir / "retrain").exists()
 
 

@@ -68,45 +68,44 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
         )
         out = gov.apply([hot], "health")
         [a] = out["opened"]
-        assert a["severity"] == "critical" and a["state"] == "open"
+        assert a.severity == "critical" and a.state == "open"
         # Same condition next check: one alert, counted, no second webhook.
-        assert gov.apply([hot], "health")["refreshed"][0]["count"] == 2
+        assert gov.apply([hot], "health")["refreshed"][0].count == 2
         assert len(Hook.received) == 1
         headers, body = Hook.received[0]
         assert headers[SIGNATURE_HEADER] == sign("s3cret", body)
         assert json.loads(body)["rule"] == "overheating"
         # Rollback asked for: no group is known for this site, so it is recorded as failed, not raised.
-        acts = {x["action"]: x for x in AlertStore(cfg.fleet_store).get(a["id"])["actions"]}
+        acts = {x["action"]: x for x in AlertStore(cfg.fleet_store).get(a.id).actions}
         assert acts["notify"]["ok"] is True
         assert acts["rollback"]["ok"] is False and acts["rollback"]["error"]
 
         env = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}
         r = CliRunner().invoke(
             main,
-            ["cloud", "alerts", "ack", a["id"], "--actor", "olga", "--comment", "fan replaced", "--json"],
+            ["cloud", "alerts", "ack", a.id, "--actor", "olga", "--comment", "fan replaced", "--json"],
             env=env,
         )
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["acked_by"] == "olga"
-        r = CliRunner().invoke(main, ["cloud", "alerts", "ack", a["id"], "--actor", "olga"], env=env)
+        r = CliRunner().invoke(main, ["cloud", "alerts", "ack", a.id, "--actor", "olga"], env=env)
         assert r.exit_code == 1 and "already acknowledged" in r.output
         r = CliRunner().invoke(
             main, ["cloud", "alerts", "list", "--state", "acknowledged", "--json"], env=env
         )
-        assert [x["id"] for x in json.loads(r.output)] == [a["id"]]
+        assert [x["id"] for x in json.loads(r.output)] == [a.id]
         # Condition gone at the next check: the governor resolves it itself.
-        assert gov.apply([], "health")["resolved"][0]["resolved_by"] == "parkwatch-analysis"
+        assert gov.apply([], "health")["resolved"][0].resolved_by == "parkwatch-analysis"
         with pytest.raises(AlertStateError):
-            AlertStore(cfg.fleet_store).resolve(a["id"], "olga")
+            AlertStore(cfg.fleet_store).resolve(a.id, "olga")
         wait_for(
             lambda: (
-                [m["state"] for m in listener.msgs if m["id"] == a["id"]]
-                == ["open", "acknowledged", "resolved"]
+                [m["state"] for m in listener.msgs if m["id"] == a.id] == ["open", "acknowledged", "resolved"]
             ),
             what="three transitions on MQTT",
         )
         log = AuditLog(cfg.paths.registry_db)
-        actions = [e.action for e in log.entries(subject=f"alert:{a['id']}")]
+        actions = [e.action for e in log.entries(subject=f"alert:{a.id}")]
         assert actions == [
             "alert.open",
             "alert.action.notify",
@@ -115,8 +114,8 @@ def test_alert_lifecycle_webhook_mqtt_and_audit(
             "alert.resolve",
         ]
         assert log.verify().ok
-        events = AlertStore(cfg.fleet_store).events(a["id"])
-        assert [(e["actor"], e["event"]) for e in events][3] == ("olga", "ack")
+        events = AlertStore(cfg.fleet_store).events(a.id)
+        assert [(e.actor, e.event) for e in events][3] == ("olga", "ack")
     finally:
         listener.close()
         gov.publisher.close()  # type: ignore[union-attr]
@@ -151,8 +150,8 @@ def test_a_state_change_the_broker_missed_is_published_by_the_next_run(tmp_path:
     hot = Finding("overheating", "park1", "box1: 91 °C > 80 °C", device="box1")
     try:
         [a] = gov.apply([hot], "health")["opened"]
-        ack_alert(store, a["id"], "olga", "fan replaced", publisher=gov.publisher)
-        assert store.unpublished() == [a["id"]]  # remembered, once, with its latest state to come
+        ack_alert(store, a.id, "olga", "fan replaced", publisher=gov.publisher)
+        assert store.unpublished() == [a.id]  # remembered, once, with its latest state to come
         broker.start()
         listener = AlertListener(broker.port)
         try:

@@ -15,13 +15,12 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from cloud.analysis.config import AnalysisConfig
-from cloud.analysis.health import TELEMETRY_RULES, evaluate, judged
+from cloud.analysis.health import TELEMETRY_RULES, judged
 from cloud.analysis.job import open_governor, run_health
 from cloud.config import CloudConfig
 from cloud.fleet.service import FleetIngest
@@ -29,12 +28,13 @@ from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_BEFORE, CAUSE_LOST
 from cloud.governance.alerts import AlertStore
 from cloud.governance.engine import Governor
+from cloud.governance.records import StoredAlert
 from cloud.governance.rules import RULES
 from shared.broker import EmbeddedBroker
 from shared.cli import main
-from tests.fleetutil import cloud_cfg, wait_for
+from tests.fleetutil import alert_record, cloud_cfg, wait_for
 from tests.simdevice import SimDevice
-from tests.test_analysis_health import NOW, dev, tel
+from tests.test_analysis_health import NOW, dev, evaluate, tel
 from tests.test_governance_alerts import _write_cfg
 
 HEARTBEAT_S = 60.0  # the default; silence is simulated by judging at a later ``now``
@@ -56,12 +56,12 @@ def env(tmp_path: Path, broker: EmbeddedBroker) -> Iterator[tuple[CloudConfig, F
         gov.alerts.close()
 
 
-def alerts(cfg: CloudConfig, device: str) -> dict[str, dict[str, Any]]:
+def alerts(cfg: CloudConfig, device: str) -> dict[str, StoredAlert]:
     """Newest alert per rule (and subject) of ``device``."""
     with AlertStore(cfg.fleet_store) as st:
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, StoredAlert] = {}
         for a in reversed(st.list(device=device)):  # oldest first, so the newest wins
-            out[a["rule"] + (f":{a['subject']}" if a["subject"] else "")] = a
+            out[a.rule + (f":{a.subject}" if a.subject else "")] = a
         return out
 
 
@@ -83,17 +83,17 @@ def test_overheating_alert_stays_open_while_the_box_is_dead_and_clears_on_cool_t
     [h] = run_health(cfg, store, gov)
     assert h.state == "critical"
     hot = alerts(cfg, "hot1")["overheating"]
-    assert hot["state"] == "open"
+    assert hot.state == "open"
 
     box.kill()  # dies without a goodbye: the broker publishes its last-will
-    wait_for(lambda: store.device("hot1")["status"] == "offline", what="last-will stored")
+    wait_for(lambda: store.device("hot1").status == "offline", what="last-will stored")
     [h] = run_health(cfg, store, gov)
     assert h.state == "offline" and not h.telemetry_judged
     now = alerts(cfg, "hot1")
-    assert now["device_offline"]["state"] == "open"
+    assert now["device_offline"].state == "open"
     # The bug: this was resolved "condition cleared" although nothing reports a temperature.
-    assert now["overheating"]["id"] == hot["id"] and now["overheating"]["state"] == "open"
-    assert now["overheating"]["count"] == 1  # not re-raised from the stale reading either
+    assert now["overheating"].id == hot.id and now["overheating"].state == "open"
+    assert now["overheating"].count == 1  # not re-raised from the stale reading either
 
     # Back, cool: the next check sees the condition gone and resolves it.
     back = SimDevice("127.0.0.1", broker.port, device="hot1").connect()
@@ -101,16 +101,16 @@ def test_overheating_alert_stays_open_while_the_box_is_dead_and_clears_on_cool_t
         back.telemetry()  # ~50 °C
         back.flush()
         wait_for(
-            lambda: store.device("hot1")["status"] == "online" and telemetry_count(store, "hot1") == 2,
+            lambda: store.device("hot1").status == "online" and telemetry_count(store, "hot1") == 2,
             what="online again with fresh telemetry",
         )
         [h] = run_health(cfg, store, gov)
         assert h.state == "ok" and h.telemetry_judged
         now = alerts(cfg, "hot1")
-        assert now["overheating"]["state"] == "resolved"
-        assert now["overheating"]["resolved_by"] == "parkwatch-analysis"
-        assert now["overheating"]["resolve_comment"] == "condition cleared"
-        assert now["device_offline"]["state"] == "resolved"
+        assert now["overheating"].state == "resolved"
+        assert now["overheating"].resolved_by == "parkwatch-analysis"
+        assert now["overheating"].resolve_comment == "condition cleared"
+        assert now["device_offline"].state == "resolved"
     finally:
         back.disconnect()
 
@@ -128,25 +128,25 @@ def test_silent_box_keeps_its_anomaly_and_acknowledged_alerts_until_it_reports_a
         wait_for(lambda: telemetry_count(store, "quiet1") == 13, what="telemetry stored")
         run_health(cfg, store, gov)
         first = alerts(cfg, "quiet1")
-        assert first["overheating"]["state"] == "open"
-        assert first["telemetry_anomaly:temp_max"]["state"] == "open"
-        gov.alerts.ack(first["overheating"]["id"], "ops", "on my way")
+        assert first["overheating"].state == "open"
+        assert first["telemetry_anomaly:temp_max"].state == "open"
+        gov.alerts.ack(first["overheating"].id, "ops", "on my way")
 
         # Still connected, but says nothing past the heartbeat timeout (judged from a later now).
         [h] = run_health(cfg, store, gov, now=time.time() + HEARTBEAT_S + 5)
         assert h.state == "offline" and "silent for" in h.reasons[0]
         later = alerts(cfg, "quiet1")
-        assert later["device_offline"]["state"] == "open"
-        assert later["overheating"]["state"] == "acknowledged"  # kept as the operator left it
-        assert later["telemetry_anomaly:temp_max"]["state"] == "open"
-        assert later["telemetry_anomaly:temp_max"]["count"] == 1
+        assert later["device_offline"].state == "open"
+        assert later["overheating"].state == "acknowledged"  # kept as the operator left it
+        assert later["telemetry_anomaly:temp_max"].state == "open"
+        assert later["telemetry_anomaly:temp_max"].count == 1
 
         box.telemetry()  # reports again, back to normal
         box.flush()
         wait_for(lambda: telemetry_count(store, "quiet1") == 14, what="fresh telemetry stored")
         run_health(cfg, store, gov)
         final = alerts(cfg, "quiet1")
-        assert {k: a["state"] for k, a in final.items()} == {
+        assert {k: a.state for k, a in final.items()} == {
             "overheating": "resolved",
             "telemetry_anomaly:temp_max": "resolved",
             "device_offline": "resolved",
@@ -181,8 +181,8 @@ def test_the_covered_predicate_spares_only_telemetry_alerts_of_unjudged_devices(
     alive = evaluate(dev(device="alive"), tel(), [], NOW, acfg, HEARTBEAT_S)
     covered = judged([dead, alive])
 
-    def a(rule: str, device: str | None) -> dict[str, Any]:
-        return {"rule": rule, "device": device, "site": "p", "subject": ""}
+    def a(rule: str, device: str | None) -> StoredAlert:
+        return alert_record(rule=rule, device=device)
 
     for rule in TELEMETRY_RULES:
         assert not covered(a(rule, "dead")) and covered(a(rule, "alive"))
@@ -219,18 +219,14 @@ def test_gaps_before_first_contact_are_listed_but_do_not_degrade_or_alert(
             d.flush()
         wait_for(lambda: store.prediction_count() == 30, what="predictions stored")
         wait_for(lambda: telemetry_count(store, "lossy1") == 1, what="telemetry stored")
-        assert [(g["first_seq"], g["last_seq"], g["cause"]) for g in store.gaps("late1")] == [
-            (1, 40, CAUSE_BEFORE)
-        ]
-        assert [(g["first_seq"], g["last_seq"], g["cause"]) for g in store.gaps("lossy1")] == [
-            (11, 15, CAUSE_LOST)
-        ]
+        assert [(g.first_seq, g.last_seq, g.cause) for g in store.gaps("late1")] == [(1, 40, CAUSE_BEFORE)]
+        assert [(g.first_seq, g.last_seq, g.cause) for g in store.gaps("lossy1")] == [(11, 15, CAUSE_LOST)]
         states = {h.device: h for h in run_health(cfg, store, gov)}
         assert states["late1"].state == "ok" and states["late1"].findings == []
         assert states["lossy1"].state == "degraded"
         assert [f.rule for f in states["lossy1"].findings] == ["ingest_gap"]
         assert "ingest_gap" not in alerts(cfg, "late1")
-        assert alerts(cfg, "lossy1")["ingest_gap"]["state"] == "open"
+        assert alerts(cfg, "lossy1")["ingest_gap"].state == "open"
 
         # Still visible where the docs send the operator.
         env_vars = {"PARKWATCH_CONFIG": str(_write_cfg(tmp_path, cfg))}

@@ -100,8 +100,8 @@ def test_a_second_rollback_goes_further_back_not_forward(tmp_path: Path, baselin
         register(cfg, make_version(baseline_package, tmp_path / "pkgs", v), v)
         ch.approve(v, "staging", "qa", "ok")
         ch.rollout(v, "staging", "eng", "next")
-    assert ch.rollback("staging", "eng", "3 is bad")["version"] == "2.0.0"
-    assert ch.rollback("staging", "eng", "2 is bad too")["version"] == "1.0.0"
+    assert ch.rollback("staging", "eng", "3 is bad").version == "2.0.0"
+    assert ch.rollback("staging", "eng", "2 is bad too").version == "1.0.0"
     import pytest
 
     from cloud.release.errors import RolloutError

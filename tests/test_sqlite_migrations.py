@@ -226,7 +226,7 @@ def test_a_fleet_db_from_before_numbered_migrations_is_brought_up_to_date_withou
     )
     assert [tuple(r) for r in hours] == [(int(T0 // 3600), 2, 1, 1, 0), (int(T0 // 3600) + 1, 1, 0, 0, 1)]
     with AlertStore(path) as st:
-        assert st.get("a1")["state"] == "open"
+        assert st.get("a1").state == "open"
     connect(path).close()  # opened again: nothing runs, nothing counted twice
     assert _one(path, "SELECT sum(n) FROM outcome_hours")[0] == 3
 

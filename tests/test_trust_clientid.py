@@ -81,7 +81,7 @@ def bound_broker(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, CloudConfig, 
     b = EmbeddedBroker(
         tmp_path / "broker",
         allow_anonymous=False,
-        extra_conf=f"password_file {files['passwd']}\nacl_file {files['acl']}\n",
+        extra_conf=f"password_file {files.passwd}\nacl_file {files.acl}\n",
         device_listener=True,
     )
     b.start()

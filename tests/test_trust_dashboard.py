@@ -141,15 +141,13 @@ def test_feedback_api_refuses_a_snapshot_of_a_site_without_snapshots(cfg: CloudC
     assert FleetStore(cfg.paths.fleet_db).feedback() == []
     ok = c.post("/api/feedback", json={"snapshot": "box0000-snap-1", "label": "cat"}, headers=auth_hdr)
     assert ok.status_code == 201, ok.text
-    assert [(f["device"], f["label"]) for f in FleetStore(cfg.paths.fleet_db).feedback()] == [
-        ("box0000", "cat")
-    ]
+    assert [(f.device, f.label) for f in FleetStore(cfg.paths.fleet_db).feedback()] == [("box0000", "cat")]
 
 
 def test_seeded_layout(cfg: CloudConfig) -> None:
     """The fixture's assumption: box0001's snapshot exists, at a site outside snapshot_sites."""
     pred = FleetStore(cfg.paths.fleet_db).prediction_by_snapshot("box0001-snap-1")
-    assert pred["site"] not in cfg.dashboard.snapshot_sites
+    assert pred.site not in cfg.dashboard.snapshot_sites
 
 
 def test_lineage_page_does_not_name_a_hidden_snapshot(cfg: CloudConfig) -> None:

@@ -9,6 +9,7 @@ ever succeeding.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cloud.release.store import read_membership
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, ModelState
 from tests.fixtures_models import baseline_package  # noqa: F401
+from tests.fleetutil import alert_record
 from tests.release_support import cloud_config, make_version, mqtt_cfg, register, wait_for
 from tests.simdevice import SimDevice
 
@@ -136,6 +138,6 @@ def test_governance_rollback_reads_the_provisioned_group(
 ) -> None:
     _svc, cfg = production
     assert read_membership(cfg.paths) == {"park1/prod1": "production", "park1/stg1": "staging"}
-    alert = {"id": "a1", "site": "park1", "device": "stg1", "details": {}}
+    alert = alert_record(id="a1", site="park1", device="stg1")
     assert rollback_groups(cfg, alert) == ["staging"]  # whatever stg1 claims
-    assert rollback_groups(cfg, {**alert, "device": "fake1"}) == []
+    assert rollback_groups(cfg, dataclasses.replace(alert, device="fake1")) == []

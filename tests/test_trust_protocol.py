@@ -136,8 +136,8 @@ def test_hostile_messages_through_the_real_ingest_are_dead_lettered_and_pages_wo
         store = FleetStore(cfg.paths.fleet_db)
         wait_for(lambda: store.prediction_count() == 1, what="the sane prediction stored")
         wait_for(lambda: len(store.dead_letters()) == 3, what="three dead letters")
-        assert {d["kind"] for d in store.dead_letters()} == {"invalid"}
-        assert [p["seq"] for p in store.predictions()] == [3]
+        assert {d.kind for d in store.dead_letters()} == {"invalid"}
+        assert [p.seq for p in store.predictions()] == [3]
     finally:
         dev.disconnect()
         ing.stop()

@@ -48,7 +48,7 @@ def test_rollback_reinstalls_the_previous_version(setup: Setup) -> None:
     setup.ch.rollout("2.0.0", "staging", "eng-bob", "new model")
     assert setup.updater.check_once() == "active"
     result = setup.ch.rollback("staging", "eng-bob", "customer complaint")
-    assert result["version"] == "1.0.0" and result["rolled_back"] == "2.0.0"
+    assert result.version == "1.0.0" and result.rolled_back == "2.0.0"
     assert setup.updater.check_once() == "active"
     assert version_of(setup.host.model_slot.current) == "1.0.0"
     assert version_of(setup.host.model_slot.previous) == "2.0.0"

@@ -28,6 +28,7 @@ from cloud.analysis.stats import (
     wasserstein_hist,
 )
 from cloud.fleet.outcomes import ABSTAIN, LEGACY_NONE, MODES, NONE, canonical_label, mode_of, outcome
+from cloud.fleet.records import Feedback
 from cloud.fleet.store import FleetStore
 from cloud.governance.rules import Finding
 
@@ -59,7 +60,7 @@ class Cohort:
         return sub
 
 
-def performance(feedback: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+def performance(feedback: list[Feedback], classes: list[str]) -> dict[str, Any]:
     """Accuracy, per-class precision and recall, the recall gap and the confusion matrix from
     operator labels, over the model's classes and ``none``.
 
@@ -67,7 +68,7 @@ def performance(feedback: list[dict[str, Any]], classes: list[str]) -> dict[str,
     the model said ``none``, and counts against any cat/dog call (a false alarm); a pet the model
     called ``none`` is a miss. An abstention is not scored (the model declined) but is shown in the
     confusion matrix's ``abstain`` column. The recall gap is between the pet classes."""
-    rows = [(canonical_label(f["label"]), outcome(f["predicted"])) for f in feedback]
+    rows = [(canonical_label(f.label), outcome(f.predicted)) for f in feedback]
     scored = [(t, p) for t, p in rows if p != ABSTAIN]
     n = len(scored)
     seen = {t for t, _ in rows} | {p for _, p in rows if p != ABSTAIN}
@@ -130,7 +131,7 @@ def _live_confidences(c: Cohort, base: Baseline) -> tuple[np.ndarray, np.ndarray
 def figures(
     c: Cohort,
     base: Baseline | None,
-    fb: list[dict[str, Any]],
+    fb: list[Feedback],
     acfg: AnalysisConfig,
     fb_ir: dict[tuple[str, int], bool | None] | None = None,
 ) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def figures(
         if not sub.labels:
             continue
         mb = base.modes.get(m) if base else None
-        mfb = [f for f in fb if mode_of((fb_ir or {}).get((f["device"], f["seq"]))) == m]
+        mfb = [f for f in fb if mode_of((fb_ir or {}).get((f.device, f.seq))) == m]
         fig = _figures(sub, mb or base, mfb, acfg, judge_mix=mb is not None)
         fig["baseline_for_mode"] = mb is not None
         fig.pop("baseline", None)
@@ -158,7 +159,7 @@ def figures(
 
 
 def _figures(
-    c: Cohort, base: Baseline | None, fb: list[dict[str, Any]], acfg: AnalysisConfig, judge_mix: bool
+    c: Cohort, base: Baseline | None, fb: list[Feedback], acfg: AnalysisConfig, judge_mix: bool
 ) -> dict[str, Any]:
     n = len(c.labels)
     conf = np.asarray(c.conf, dtype=float)
@@ -351,7 +352,7 @@ def analyze(
     since = now - acfg.window_s
     cohorts: dict[tuple[str, str, str], Cohort] = {}
     feedback = store.feedback(since=since, until=now)
-    labelled = {(f["device"], f["seq"]) for f in feedback}
+    labelled = {(f.device, f.seq) for f in feedback}
     fb_ir: dict[tuple[str, int], bool | None] = {}  # the lighting of each labelled frame
     cur = store.db.conn.execute(
         "SELECT model_version, site, device, seq, label, confidence, abstain, flags, ir FROM predictions "
@@ -373,9 +374,7 @@ def analyze(
     for key in sorted(cohorts, key=lambda k: (k[0], k[1], k[2] != "", k[2])):
         mv, site, dev = key
         fb = [
-            f
-            for f in feedback
-            if f["model_version"] == mv and f["site"] == site and (not dev or f["device"] == dev)
+            f for f in feedback if f.model_version == mv and f.site == site and (not dev or f.device == dev)
         ]
         fig = figures(cohorts[key], baselines[mv], fb, acfg, fb_ir)
         rules = [r for r, _ in fig["verdict"]]

@@ -8,15 +8,16 @@ was in a position to judge (only those may be resolved as "condition cleared").
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.analysis.config import AnalysisConfig
 from cloud.analysis.stats import robust_z
+from cloud.fleet.records import Device, DeviceBrief, Gap, TelemetryRow
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_BEFORE
+from cloud.governance.records import StoredAlert
 from cloud.governance.rules import RULES, Finding
 
 ANOMALY_METRICS = ("cpu_percent", "temp_max", "latency_p95", "inference_fps", "memory_percent")
@@ -56,17 +57,16 @@ class DeviceHealth:
         }
 
 
-def _body(row: dict[str, Any]) -> dict[str, Any]:
-    b = row.get("body")
-    return b if isinstance(b, dict) else json.loads(b) if isinstance(b, str) else {}
+def _body(row: TelemetryRow) -> dict[str, Any]:
+    return row.body if isinstance(row.body, dict) else {}
 
 
-def liveness(dev: dict[str, Any], now: float, timeout_s: float) -> tuple[str, str | None]:
+def liveness(dev: Device | DeviceBrief, now: float, timeout_s: float) -> tuple[str, str | None]:
     """Pure: ("online"|"offline"|"unknown", why). Online needs a recent message, not just a
     retained "online" status, so a box that lost power without its last-will still turns offline."""
-    last = dev.get("last_seen")
-    if dev.get("status") == "offline":
-        return "offline", dev.get("status_reason") or "reported offline"
+    last = dev.last_seen
+    if dev.status == "offline":
+        return "offline", dev.status_reason or "reported offline"
     if last is None:
         return "unknown", "no message yet"
     silent = now - float(last)
@@ -76,55 +76,55 @@ def liveness(dev: dict[str, Any], now: float, timeout_s: float) -> tuple[str, st
 
 
 def evaluate(
-    device: dict[str, Any],
-    telemetry: list[dict[str, Any]],
-    gaps: list[dict[str, Any]],
+    device: Device,
+    telemetry: list[TelemetryRow],
+    gaps: list[Gap],
     now: float,
     acfg: AnalysisConfig,
     heartbeat_timeout_s: float,
 ) -> DeviceHealth:
-    dev, site = device["device"], device["site"]
+    dev, site = device.device, device.site
     found: list[Finding] = []
 
     def add(rule: str, message: str, subject: str = "", **details: Any) -> None:
         found.append(Finding(rule, site, message, device=dev, subject=subject, details=details))
 
-    silent_for = now - (device.get("last_seen") or 0)
+    silent_for = now - (device.last_seen or 0)
     live, why = liveness(device, now, heartbeat_timeout_s)
     offline = live != "online"
-    if device.get("status") == "offline":
+    if device.status == "offline":
         add(
             "device_offline",
-            f"{dev} reported offline ({device.get('status_reason') or 'no reason'})",
-            reason=device.get("status_reason"),
-            since=device.get("status_ts"),
+            f"{dev} reported offline ({device.status_reason or 'no reason'})",
+            reason=device.status_reason,
+            since=device.status_ts,
         )
     elif offline:
         add(
             "device_offline",
             f"{dev} {why}",
             silent_s=round(silent_for, 1),
-            last_seen=device.get("last_seen"),
+            last_seen=device.last_seen,
         )
-    lost = [g for g in gaps if g.get("cause") not in HARMLESS_GAP_CAUSES]
+    lost = [g for g in gaps if g.cause not in HARMLESS_GAP_CAUSES]
     if lost:
-        missing = sum(g["missing"] for g in lost)
+        missing = sum(g.missing for g in lost)
         add(
             "ingest_gap",
             f"{dev}: {missing} prediction(s) missing in {len(lost)} gap(s)",
             missing=missing,
-            gaps=[{k: g[k] for k in ("first_seq", "last_seq", "cause")} for g in lost[:20]],
+            gaps=[{"first_seq": g.first_seq, "last_seq": g.last_seq, "cause": g.cause} for g in lost[:20]],
         )
-    if device.get("update_state") == "failed":
+    if device.update_state == "failed":
         # A refused update (a TUF refusal, a failed self-test) leaves the box on its old model:
         # not an outage, but the fleet is not running what was rolled out, and nothing else says so.
-        target = device.get("update_version")
+        target = device.update_version
         add(
             "update_failed",
             f"{dev}: model update{' to ' + target if target else ''} failed: "
-            f"{device.get('update_reason') or 'no reason given'}",
+            f"{device.update_reason or 'no reason given'}",
             version=target,
-            reason=device.get("update_reason"),
+            reason=device.update_reason,
         )
     tel_age = _telemetry_age(telemetry, now)
     stale = tel_age is not None and tel_age > heartbeat_timeout_s
@@ -158,53 +158,59 @@ def evaluate(
     return DeviceHealth(dev, site, state, reasons, found, telemetry_judged=judged)
 
 
-def _telemetry_age(telemetry: list[dict[str, Any]], now: float) -> float | None:
+def _telemetry_age(telemetry: list[TelemetryRow], now: float) -> float | None:
     """Seconds since the newest telemetry arrived (the cloud's clock when known, so a box's clock
     does not matter), or None without telemetry."""
     # The latest arrival, not the row with the latest device timestamp: one row stamped by a clock
     # that ran ahead would otherwise stay "newest" and make every later report look stale.
-    arrivals = [t.get("received_ts") or t.get("ts") for t in telemetry]
+    arrivals = [t.received_ts or t.ts for t in telemetry]
     known = [float(x) for x in arrivals if x is not None]
     return max(0.0, now - max(known)) if known else None
 
 
-def judged(results: list[DeviceHealth]) -> Callable[[dict[str, Any]], bool]:
+def judged(results: list[DeviceHealth]) -> Callable[[StoredAlert], bool]:
     """The governor's ``covered`` for a health run: which active health alerts this run was in a
     position to judge. Not the telemetry alerts of a device whose telemetry it could not judge
     (offline or stale), so those are neither resolved nor re-raised; everything else (device_offline,
     ingest_gap, ingest_backlog, telemetry alerts of devices judged now) is, as before."""
     blind = {h.device for h in results if not h.telemetry_judged}
-    return lambda a: not (a["rule"] in TELEMETRY_RULES and a.get("device") in blind)
+    return lambda a: not (a.rule in TELEMETRY_RULES and a.device in blind)
 
 
-def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisConfig, add: Any) -> None:
+def _metric(row: TelemetryRow, name: str) -> float | None:
+    """One of ANOMALY_METRICS by name (they are all numeric columns of a telemetry row)."""
+    v = getattr(row, name)
+    return None if v is None else float(v)
+
+
+def _telemetry_checks(dev: str, telemetry: list[TelemetryRow], acfg: AnalysisConfig, add: Any) -> None:
     last = telemetry[-1]
-    if last.get("temp_max") is not None and last["temp_max"] > acfg.max_temperature_c:
+    if last.temp_max is not None and last.temp_max > acfg.max_temperature_c:
         add(
             "overheating",
-            f"{dev}: {last['temp_max']:.0f} °C > {acfg.max_temperature_c:.0f} °C",
-            temperature_c=last["temp_max"],
+            f"{dev}: {last.temp_max:.0f} °C > {acfg.max_temperature_c:.0f} °C",
+            temperature_c=last.temp_max,
         )
     recent = telemetry[-acfg.saturation_samples :]
     if len(recent) >= acfg.saturation_samples and all(
-        (r.get("cpu_percent") or 0) > acfg.max_cpu_percent for r in recent
+        (r.cpu_percent or 0) > acfg.max_cpu_percent for r in recent
     ):
         add(
             "cpu_saturation",
             f"{dev}: CPU above {acfg.max_cpu_percent:.0f} % for {len(recent)} samples",
-            cpu_percent=last["cpu_percent"],
+            cpu_percent=last.cpu_percent,
         )
-    if (last.get("memory_percent") or 0) > acfg.max_memory_percent:
+    if last.memory_percent is not None and last.memory_percent > acfg.max_memory_percent:
         add(
             "memory_high",
-            f"{dev}: memory {last['memory_percent']:.0f} % > {acfg.max_memory_percent:.0f} %",
-            memory_percent=last["memory_percent"],
+            f"{dev}: memory {last.memory_percent:.0f} % > {acfg.max_memory_percent:.0f} %",
+            memory_percent=last.memory_percent,
         )
-    if (last.get("disk_percent") or 0) > acfg.max_disk_percent:
+    if last.disk_percent is not None and last.disk_percent > acfg.max_disk_percent:
         add(
             "disk_high",
-            f"{dev}: disk {last['disk_percent']:.0f} % > {acfg.max_disk_percent:.0f} %",
-            disk_percent=last["disk_percent"],
+            f"{dev}: disk {last.disk_percent:.0f} % > {acfg.max_disk_percent:.0f} %",
+            disk_percent=last.disk_percent,
         )
     body = _body(last)
     # Predictions that never got a sequence number (the outbox could not write them) leave no
@@ -253,17 +259,18 @@ def _telemetry_checks(dev: str, telemetry: list[dict[str, Any]], acfg: AnalysisC
             )
     history = telemetry[-(acfg.anomaly_history + 1) : -1]
     for m in ANOMALY_METRICS:
-        if last.get(m) is None or len(history) < 10:
+        now_v = _metric(last, m)
+        if now_v is None or len(history) < 10:
             continue
-        z = robust_z([float(r[m]) for r in history if r.get(m) is not None], float(last[m]))
+        z = robust_z([v for r in history if (v := _metric(r, m)) is not None], now_v)
         bad_side = z < 0 if m in LOW_IS_BAD else z > 0
         if abs(z) > acfg.anomaly_z and bad_side:
             add(
                 "telemetry_anomaly",
-                f"{dev}: {m} = {last[m]:.1f} is {z:+.1f} robust SDs from its recent median",
+                f"{dev}: {m} = {now_v:.1f} is {z:+.1f} robust SDs from its recent median",
                 subject=m,
                 metric=m,
-                value=last[m],
+                value=now_v,
                 z=round(z, 2),
             )
 
@@ -306,9 +313,9 @@ def check_fleet(
     """``lag_s``: how far behind the fleet tables are (ingest backlog); judged from ``now - lag_s``."""
     out = []
     for d in store.devices():
-        tel = store.telemetry(d["device"], limit=acfg.anomaly_history + 1, full=True)
-        gaps = [g for g in store.gaps(d["device"]) if now - g["detected_ts"] >= gap_grace_s]
+        tel = store.telemetry_rows(d.device, limit=acfg.anomaly_history + 1)
+        gaps = [g for g in store.gaps(d.device) if now - g.detected_ts >= gap_grace_s]
         h = evaluate(d, tel, gaps, now - lag_s, acfg, heartbeat_timeout_s)
-        store.set_health(d["device"], h.state, h.reasons, now)
+        store.set_health(d.device, h.state, h.reasons, now)
         out.append(h)
     return out

@@ -16,6 +16,7 @@ from cloud.fleet.workers import remote_inbox_states
 from cloud.governance.alerts import AlertStore
 from cloud.governance.engine import Governor
 from cloud.governance.notify import AlertPublisher
+from cloud.governance.records import StoredAlert
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
@@ -57,10 +58,10 @@ def run_health(
 def accuracy_over_time(fleet: FleetStore, bucket_s: float = 86400) -> dict[str, list[dict[str, Any]]]:
     buckets: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for f in fleet.feedback():
-        if f["predicted"] == "abstain":
+        if f.predicted == "abstain":
             continue
-        b = buckets[f["model_version"]][int(f["pred_ts"] // bucket_s)]
-        b[0] += int(f["predicted"] == f["label"])
+        b = buckets[f.model_version][int(f.pred_ts // bucket_s)]
+        b[0] += int(f.predicted == f.label)
         b[1] += 1
     return {
         mv: [{"ts": k * bucket_s, "accuracy": ok / n, "n": n} for k, (ok, n) in sorted(bs.items())]
@@ -100,9 +101,9 @@ def run_analysis(
     health_results = run_health(cfg, fleet, governor, now)
     rows, findings, covered = drift.analyze(fleet, cfg.analysis, now, run_id, resolve)
     fleet.add_drift(rows)
-    alerts: dict[str, list[dict[str, Any]]] = {"opened": [], "refreshed": [], "resolved": []}
+    alerts: dict[str, list[StoredAlert]] = {"opened": [], "refreshed": [], "resolved": []}
     if governor is not None:
-        alerts = governor.apply(findings, "drift", covered=lambda a: (a["site"], a["subject"]) in covered)
+        alerts = governor.apply(findings, "drift", covered=lambda a: (a.site, a.subject) in covered)
     rep: dict[str, Any] = {
         "run_id": run_id,
         "ts": now,
@@ -121,12 +122,12 @@ def run_analysis(
         "alerts": {
             k: [
                 {
-                    "id": a["id"],
-                    "rule": a["rule"],
-                    "severity": a["severity"],
-                    "message": a["message"],
-                    "state": a["state"],
-                    "actions": a["actions"],
+                    "id": a.id,
+                    "rule": a.rule,
+                    "severity": a.severity,
+                    "message": a.message,
+                    "state": a.state,
+                    "actions": a.actions,
                 }
                 for a in v
             ]

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from cloud.analysis import svg
+from cloud.fleet.records import DriftResult
 from shared.atomic import atomic_write_json, atomic_write_text
 
 
-def drift_state(d: dict[str, Any]) -> tuple[str, str]:
-    """One site-level drift row as "drift", "no drift" or "not judged" with why. A row without a
-    baseline (the untrained baseline model) or with too few predictions was never compared: it
-    must not read as "no drift"."""
-    det = d.get("details") or {}
-    if d.get("drifted"):
-        return "drift", "; ".join(d.get("reasons") or []) or "over a threshold"
+def drift_state(d: DriftResult | Mapping[str, Any]) -> tuple[str, str]:
+    """One site-level drift row (stored, or fresh from the analysis) as "drift", "no drift" or
+    "not judged" with why. A row without a baseline (the untrained baseline model) or with too few
+    predictions was never compared: it must not read as "no drift"."""
+    if isinstance(d, DriftResult):
+        drifted, reasons, det = bool(d.drifted), d.reasons, d.details
+    else:
+        drifted, reasons, det = bool(d.get("drifted")), d.get("reasons") or [], d.get("details") or {}
+    if drifted:
+        return "drift", "; ".join(reasons) or "over a threshold"
     if det.get("baseline") is None:
         return "not judged", "no baseline"
     if det.get("enough_samples") is False:

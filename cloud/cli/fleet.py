@@ -210,10 +210,12 @@ def _human_lineage(r: dict[str, Any]) -> str:
         lines.append(f"  package    {m.get('package_dir') or '-'}")
     code = r.get("code") or {}
     if code:
-        commit = code.get("commit") or code.get("code_commit") or "-"
-        dirty = code.get("dirty", code.get("code_dirty"))
-        lines.append(f"  code       {commit}" + (" (uncommitted changes)" if dirty else ""))
-        pk = code.get("packages") or code.get("package_versions")
+        # The lineage document names the code keys one way (cloud.packaging.lineage.ModelLineage).
+        lines.append(
+            f"  code       {code.get('commit') or '-'}"
+            + (" (uncommitted changes)" if code.get("dirty") else "")
+        )
+        pk = code.get("packages")
         if pk:
             lines.append(f"  libraries  {pairs(pk)}")
     run = r.get("training_run")
@@ -394,10 +396,11 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
         if check:
             run_health(cfg, fs, None)
         if device:
-            d = fs.device(device)
+            dev = fs.device(device)
             from cloud.release.store import read_membership
 
-            d["grp"] = read_membership(cfg.paths).get(f"{d['site']}/{d['device']}")  # provisioned
+            d = dev.to_dict()
+            d["grp"] = read_membership(cfg.paths).get(f"{dev.site}/{dev.device}")  # provisioned
             d["gaps"] = fs.gaps(device)
             d["status_events"] = fs.status_events(device, limit=10)
             latest = fs.telemetry(device, limit=1)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cloud.config import DEFAULT_PATH
+from cloud.packaging.lineage import ModelLineage
 from shared.clitools import config_option, emit, handle_errors, json_option
 from shared.textfmt import block, num, pairs, table, utc
 
@@ -182,8 +183,8 @@ def _gate_line(verdict: dict[str, Any]) -> str:
 def model_text(o: dict[str, Any]) -> str:
     """``models show`` for people: sections, aligned figures, UTC times, no Python reprs."""
     lin = o.get("lineage") or {}
+    recorded = ModelLineage.read(lin)
     met = o.get("metrics") or {}
-    code = lin.get("code") or {}
     lines = [
         f"model {o['version']}",
         f"  stage          {o['stage']}"
@@ -210,23 +211,22 @@ def model_text(o: dict[str, Any]) -> str:
         )
     lines += [
         "  lineage",
-        f"    dataset      {lin.get('dataset_version') or o.get('dataset_id') or '-'}",
-        f"    run          {o.get('run_id') or lin.get('run_id') or '-'}",
-        f"    code         {code.get('commit') or '-'}"
-        + (" (uncommitted changes)" if code.get("dirty") else ""),
+        f"    dataset      {recorded.dataset_version or o.get('dataset_id') or '-'}",
+        f"    run          {o.get('run_id') or recorded.run_id or '-'}",
+        f"    code         {recorded.commit or '-'}" + (" (uncommitted changes)" if recorded.dirty else ""),
         f"    package      {o['package_dir']}",
         f"    tarball      {o['tarball'] or '-'}"
         + (f" (sha256 {o['tarball_sha256']})" if o.get("tarball_sha256") else ""),
     ]
-    if lin.get("parameters"):
+    if recorded.parameters:
         lines.append("  parameters")
-        lines += block(lin["parameters"])
-    if lin.get("parity"):
-        lines.append(f"  parity         {pairs(lin['parity'])}")
-    if lin.get("packages"):
-        lines.append(f"  packages       {pairs(lin['packages'])}")
-    if lin.get("host"):
-        lines.append(f"  host           {pairs(lin['host'])}")
+        lines += block(recorded.parameters)
+    if recorded.parity:
+        lines.append(f"  parity         {pairs(recorded.parity)}")
+    if recorded.packages:
+        lines.append(f"  packages       {pairs(recorded.packages)}")
+    if recorded.host:
+        lines.append(f"  host           {pairs(recorded.host)}")
     trials = o.get("trials") or []
     if trials:
         lines.append("  trials")

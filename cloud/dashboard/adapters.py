@@ -18,6 +18,7 @@ from cloud.dashboard.snapshots import visible
 from cloud.registry import approvals
 from cloud.registry.models import ModelRecord
 from cloud.release.channel import ReleaseChannel
+from cloud.release.records import RolledBack, RolloutStarted, Signed
 
 
 def release_channel(svc: Services) -> ReleaseChannel:
@@ -26,13 +27,11 @@ def release_channel(svc: Services) -> ReleaseChannel:
 
 
 # --- approvals ------------------------------------------------------------------------------
-def approve(
-    svc: Services, *, version: str, stage: str, actor: str, reason: str, force: bool
-) -> dict[str, Any]:
+def approve(svc: Services, *, version: str, stage: str, actor: str, reason: str, force: bool) -> Signed:
     return release_channel(svc).approve(version, stage, actor, reason, force)
 
 
-def reject(svc: Services, *, version: str, actor: str, reason: str) -> dict[str, Any]:
+def reject(svc: Services, *, version: str, actor: str, reason: str) -> Signed:
     return release_channel(svc).reject(version, actor, reason)
 
 
@@ -79,7 +78,7 @@ def rollout_status(svc: Services) -> list[dict[str, Any]]:
 
 def start_rollout(
     svc: Services, *, version: str, group: str, actor: str, reason: str, allow_empty_group: bool = False
-) -> dict[str, Any]:
+) -> RolloutStarted:
     return release_channel(svc).rollout(version, group, actor, reason, allow_empty_group=allow_empty_group)
 
 
@@ -87,7 +86,7 @@ def known_groups(svc: Services) -> list[str]:
     return release_channel(svc).known_groups()
 
 
-def rollback(svc: Services, *, group: str, actor: str, reason: str) -> dict[str, Any]:
+def rollback(svc: Services, *, group: str, actor: str, reason: str) -> RolledBack:
     return release_channel(svc).rollback(group, actor, reason)
 
 

@@ -32,6 +32,7 @@ from cloud.dashboard.security import CSRF_HEADER, csrf_ok
 from cloud.dashboard.snapshots import visible
 from cloud.dashboard.users import User
 from cloud.dashboard.web import require, session
+from cloud.fleet.records import Prediction
 
 API_PREFIX = "/api/"
 REALM = 'Basic realm="parkwatch dashboard", charset="UTF-8"'
@@ -137,7 +138,7 @@ def mount_feedback_api(app: FastAPI, svc: Services) -> None:
         u = request.state.user
         return u.name if u is not None else None
 
-    def snapshot_visible(pred: dict[str, Any]) -> bool:
+    def snapshot_visible(pred: Prediction) -> bool:
         # The labelling page's privacy gate: only sites in [dashboard] snapshot_sites, within
         # snapshot_keep_days; anything else is answered as if it did not exist.
         return visible(svc.cfg, pred, time.time())

@@ -12,6 +12,7 @@ nothing is drawn (the regions stay listed as text) rather than boxes in the wron
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from markupsafe import Markup
 
 from cloud.fleet.outcomes import mode_of, outcome, regions_text
+from cloud.fleet.records import Prediction
 
 # JPEG start-of-frame markers that carry the image size (baseline, progressive, lossless...).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -54,8 +56,10 @@ def jpeg_size(path: Path, limit: int = 1 << 20) -> tuple[int, int] | None:
     return None
 
 
-def decorate(p: dict[str, Any]) -> dict[str, Any]:
-    """Adds ``outcome`` (a pet label, ``none`` or ``abstain``), ``lighting`` and ``regions_text``."""
+def decorate(pred: Prediction | Mapping[str, Any]) -> dict[str, Any]:
+    """The prediction as the pages show it: its fields, and ``outcome`` (a pet label, ``none`` or
+    ``abstain``), ``lighting`` and ``regions_text``."""
+    p = pred.to_dict() if isinstance(pred, Prediction) else dict(pred)
     p["outcome"] = outcome(str(p.get("label")), p.get("abstain"))
     p["lighting"] = mode_of(p.get("ir")) or "—"
     p["regions_text"] = regions_text(p.get("regions"), limit=TEXT_LIMIT)

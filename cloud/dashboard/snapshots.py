@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cloud.config import CloudConfig
+from cloud.fleet.records import Prediction
 
 log = logging.getLogger("parkwatch.dashboard.snapshots")
 
 
-def visible(cfg: CloudConfig, pred: dict[str, Any], now: float) -> bool:
-    """Pure policy: may this prediction's snapshot be shown (site opted in, not past retention)?"""
+def visible(cfg: CloudConfig, pred: Prediction | Mapping[str, Any], now: float) -> bool:
+    """Pure policy: may this prediction's snapshot be shown (site opted in, not past retention)?
+    ``pred`` is the store's record or the lineage document's prediction."""
+    site, ts = (pred.site, pred.ts) if isinstance(pred, Prediction) else (pred.get("site"), pred["ts"])
     return (
-        pred.get("site") in cfg.dashboard.snapshot_sites
-        and now - float(pred["ts"]) <= cfg.dashboard.snapshot_keep_days * 86400
+        site in cfg.dashboard.snapshot_sites and now - float(ts) <= cfg.dashboard.snapshot_keep_days * 86400
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cloud.fleet.errors import BadRequest, NotFound
+from cloud.fleet.records import Labelled, Prediction
 from cloud.fleet.store import FleetStore
 
 
@@ -17,8 +18,8 @@ def label_prediction(
     snapshot: str | None = None,
     comment: str | None = None,
     audit: Any | None = None,
-    snapshot_visible: Callable[[dict[str, Any]], bool] | None = None,
-) -> dict[str, Any]:
+    snapshot_visible: Callable[[Prediction], bool] | None = None,
+) -> Labelled:
     """Record what a frame really showed; exactly one of ``prediction_id`` and ``snapshot``.
 
     ``snapshot_visible`` is the privacy gate of a caller that must not label (nor confirm the
@@ -34,12 +35,12 @@ def label_prediction(
         audit.append(
             actor,
             "feedback.label",
-            f"prediction:{row['prediction_id']}",
+            f"prediction:{row.prediction_id}",
             {
                 "label": label,
-                "predicted": row["predicted"],
-                "model_version": row["model_version"],
-                "snapshot": row["snapshot"],
+                "predicted": row.predicted,
+                "model_version": row.model_version,
+                "snapshot": row.snapshot,
                 "comment": comment,
             },
         )

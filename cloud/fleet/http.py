@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud.fleet.errors import BadRequest, NotFound
 from cloud.fleet.feedback import label_prediction
+from cloud.fleet.records import Prediction
 from cloud.fleet.store import FleetStore
 
 
@@ -39,7 +40,7 @@ def feedback_router(
     store: FleetStore | Callable[[], FleetStore],
     audit: Any | None = None,
     actor_of: Callable[[Request], str | None] | None = None,
-    snapshot_visible: Callable[[dict[str, Any]], bool] | None = None,
+    snapshot_visible: Callable[[Prediction], bool] | None = None,
 ) -> APIRouter:
     """``snapshot_visible``: the mounting app's snapshot privacy gate (see ``label_prediction``)."""
     router = APIRouter()
@@ -53,7 +54,7 @@ def feedback_router(
         if not actor:
             raise HTTPException(422, 'say who labels: send "actor" or log in')
         try:
-            return label_prediction(
+            row = label_prediction(
                 get_store(),
                 body.label,
                 actor,
@@ -67,5 +68,6 @@ def feedback_router(
             raise HTTPException(404, str(e)) from e
         except BadRequest as e:
             raise HTTPException(422, str(e)) from e
+        return row.to_dict()
 
     return router

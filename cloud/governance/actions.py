@@ -18,12 +18,13 @@ from typing import Any
 
 from cloud.config import CloudConfig, to_toml
 from cloud.governance.errors import ActionUnavailable
+from cloud.governance.records import StoredAlert
 from cloud.release.channel import ReleaseChannel
 
 log = logging.getLogger("parkwatch.cloud.governance")
 
 
-def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
+def rollback_groups(cfg: CloudConfig, alert: StoredAlert) -> list[str]:
     """Which device groups an alert is about: configured, or the provisioned groups of the alerted
     devices (``devices add``), never the group a device names in its own messages."""
     if cfg.governance.rollback_group:
@@ -33,12 +34,12 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
 
     members = read_membership(cfg.paths)
     with FleetStore(cfg.fleet_store) as fs:
-        running = {d["device"]: d["model_version"] for d in fs.devices(site=alert["site"])}
-    model = alert["details"].get("model_version")
+        running = {d.device: d.model_version for d in fs.devices(site=alert.site)}
+    model = alert.details.get("model_version")
     groups = set()
     for key, group in members.items():
         site, device = key.split("/", 1)
-        if site != alert["site"] or (alert["device"] is not None and device != alert["device"]):
+        if site != alert.site or (alert.device is not None and device != alert.device):
             continue
         if model is not None and running.get(device) != model:
             continue
@@ -46,21 +47,21 @@ def rollback_groups(cfg: CloudConfig, alert: dict[str, Any]) -> list[str]:
     return sorted(groups)
 
 
-def rollback(cfg: CloudConfig, alert: dict[str, Any], actor: str) -> dict[str, Any]:
+def rollback(cfg: CloudConfig, alert: StoredAlert, actor: str) -> dict[str, Any]:
     """Roll the alerted devices' group(s) back to their previous version through the release channel."""
     groups = rollback_groups(cfg, alert)
     if not groups:
         raise ActionUnavailable(
-            f"alert {alert['id']}: no device group known for site {alert['site']}; set "
+            f"alert {alert.id}: no device group known for site {alert.site}; set "
             "governance.rollback_group, or provision the devices ('parkwatch cloud devices add')"
         )
     channel = ReleaseChannel(cfg)
-    reason = f"alert {alert['id']} ({alert['rule']}): {alert['message']}"
+    reason = f"alert {alert.id} ({alert.rule}): {alert.message}"
     try:
         results = [channel.rollback(g, actor, reason, automatic=True) for g in groups]
     finally:
         channel.close()
-    return {"action": "rollback", "groups": groups, "results": results}
+    return {"action": "rollback", "groups": groups, "results": [r.to_dict() for r in results]}
 
 
 def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str]]:
@@ -72,22 +73,22 @@ def feedback_frames(cfg: CloudConfig, labels: list[str]) -> list[tuple[Path, str
     out = []
     with FleetStore(cfg.fleet_store) as fs:
         for fb in fs.feedback():
-            if fb["label"] not in labels or not fb["snapshot"]:
+            if fb.label not in labels or not fb.snapshot:
                 continue
             # The id came from a device: it names one file, never a pattern or a path (an id
             # like '../registry' used to be globbed here). Ingest stores '<id>.jpg' only.
-            if not SNAPSHOT_ID.match(fb["snapshot"]):
+            if not SNAPSHOT_ID.match(fb.snapshot):
                 log.warning(
-                    "feedback names snapshot %r, which is not a snapshot id; skipped", fb["snapshot"][:80]
+                    "feedback names snapshot %r, which is not a snapshot id; skipped", fb.snapshot[:80]
                 )
                 continue
-            path = snap_dir / f"{fb['snapshot']}.jpg"
+            path = snap_dir / f"{fb.snapshot}.jpg"
             if path.is_file() and path.resolve().parent == snap_dir.resolve():
-                out.append((path, fb["label"]))
+                out.append((path, fb.label))
     return out
 
 
-def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = False) -> dict[str, Any]:
+def retrain(cfg: CloudConfig, alert: StoredAlert, actor: str, wait: bool = False) -> dict[str, Any]:
     """Start ``parkwatch cloud train`` on the newest dataset plus the feedback-labelled frames.
 
     When labelled frames exist, a new dataset version is ingested first: the newest version's
@@ -97,7 +98,7 @@ def retrain(cfg: CloudConfig, alert: dict[str, Any], actor: str, wait: bool = Fa
     """
     from cloud.registry.store import Registry
 
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{alert['id']}"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{alert.id}"
     work = cfg.paths.retrain_dir / stamp
     with Registry(cfg.paths.registry_db) as reg:
         datasets = reg.list_datasets()

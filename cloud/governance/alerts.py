@@ -19,33 +19,32 @@ from typing import Any
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.schema import connect
 from cloud.governance.errors import AlertNotFound, AlertStateError, GovernanceError
+from cloud.governance.records import AlertEvent, StoredAlert
 from cloud.governance.rules import Finding, Severity
 from shared.protocol import Alert
 
 STATES = ("open", "acknowledged", "resolved")
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    row["details"] = json.loads(row["details"])
-    row["actions"] = json.loads(row["actions"])
-    return row
+def _decode(row: dict[str, Any]) -> StoredAlert:
+    return StoredAlert.from_row(row, details=json.loads(row["details"]), actions=json.loads(row["actions"]))
 
 
-def to_message(row: dict[str, Any]) -> Alert:
+def to_message(row: StoredAlert) -> Alert:
     """The wire form published on ``parkwatch/v1/alerts/{site}``."""
-    details = dict(row["details"])
-    details.update({"key": row["key"], "count": row["count"], "opened_ts": row["opened_ts"]})
-    if row["actions"]:
-        details["actions"] = row["actions"]
+    details = dict(row.details)
+    details.update({"key": row.key, "count": row.count, "opened_ts": row.opened_ts})
+    if row.actions:
+        details["actions"] = row.actions
     return Alert(
-        id=row["id"],
-        site=row["site"],
-        device=row["device"],
-        rule=row["rule"],
-        severity=row["severity"],
-        state=row["state"],
-        message=row["message"],
-        ts=row["updated_ts"],
+        id=row.id,
+        site=row.site,
+        device=row.device,
+        rule=row.rule,
+        severity=row.severity,
+        state=row.state,
+        message=row.message,
+        ts=row.updated_ts,
         details=details,
     )
 
@@ -71,7 +70,7 @@ class AlertStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[StoredAlert]:
         with self._lock:
             cur = self.db.conn.execute(sql, params)
             cols = [d[0] for d in cur.description]
@@ -84,7 +83,7 @@ class AlertStore:
         )
 
     # reads ---------------------------------------------------------------------------------
-    def get(self, alert_id: str) -> dict[str, Any]:
+    def get(self, alert_id: str) -> StoredAlert:
         rows = self._rows("SELECT * FROM alerts WHERE id=?", (alert_id,))
         if not rows:
             raise AlertNotFound(f"no alert {alert_id!r}; list them with `parkwatch cloud alerts list`")
@@ -98,7 +97,7 @@ class AlertStore:
         device: str | None = None,
         active_only: bool = False,
         limit: int = 200,
-    ) -> list[dict[str, Any]]:
+    ) -> list[StoredAlert]:
         """Newest first. ``active_only`` = open or acknowledged."""
         where: list[str] = ["1=1"]
         params: list[Any] = []
@@ -118,19 +117,19 @@ class AlertStore:
             [*params, limit],
         )
 
-    def events(self, alert_id: str) -> builtins.list[dict[str, Any]]:
+    def events(self, alert_id: str) -> builtins.list[AlertEvent]:
         with self._lock:
             cur = self.db.conn.execute(
                 "SELECT ts, actor, event, comment FROM alert_events WHERE alert_id=? ORDER BY id", (alert_id,)
             )
-            return [dict(zip(("ts", "actor", "event", "comment"), r, strict=True)) for r in cur.fetchall()]
+            return [AlertEvent(*r) for r in cur.fetchall()]
 
-    def active_by_key(self, rules: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    def active_by_key(self, rules: set[str] | None = None) -> dict[str, StoredAlert]:
         rows = self.list(active_only=True, limit=1_000_000)
-        return {r["key"]: r for r in rows if rules is None or r["rule"] in rules}
+        return {r.key: r for r in rows if rules is None or r.rule in rules}
 
     # transitions ---------------------------------------------------------------------------
-    def raise_finding(self, f: Finding, severity: Severity, actor: str) -> tuple[dict[str, Any], bool]:
+    def raise_finding(self, f: Finding, severity: Severity, actor: str) -> tuple[StoredAlert, bool]:
         """Open an alert for ``f``, or refresh the active one with the same key; returns (alert, is_new)."""
         now = time.time()
         try:
@@ -172,17 +171,16 @@ class AlertStore:
             raise GovernanceError(f"cannot store alert in {self.path}: {e}") from e
         return self.get(alert_id), True
 
-    def _move(self, alert_id: str, actor: str, comment: str | None, to: str) -> dict[str, Any]:
+    def _move(self, alert_id: str, actor: str, comment: str | None, to: str) -> StoredAlert:
         if not actor.strip():
             raise GovernanceError("say who you are (--actor NAME): every alert change is attributed")
         cur = self.get(alert_id)
-        if cur["state"] == "resolved":
+        if cur.state == "resolved":
             raise AlertStateError(
-                f"alert {alert_id} is already resolved (by {cur['resolved_by']}); "
-                "a recurrence opens a new alert"
+                f"alert {alert_id} is already resolved (by {cur.resolved_by}); a recurrence opens a new alert"
             )
-        if to == "acknowledged" and cur["state"] == "acknowledged":
-            raise AlertStateError(f"alert {alert_id} was already acknowledged by {cur['acked_by']}")
+        if to == "acknowledged" and cur.state == "acknowledged":
+            raise AlertStateError(f"alert {alert_id} was already acknowledged by {cur.acked_by}")
         now = time.time()
         col = "acked" if to == "acknowledged" else "resolved"
         comment_col = "ack_comment" if to == "acknowledged" else "resolve_comment"
@@ -196,10 +194,10 @@ class AlertStore:
             self._to_announce(alert_id, now)
         return self.get(alert_id)
 
-    def ack(self, alert_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
+    def ack(self, alert_id: str, actor: str, comment: str | None = None) -> StoredAlert:
         return self._move(alert_id, actor, comment, "acknowledged")
 
-    def resolve(self, alert_id: str, actor: str, comment: str | None = None) -> dict[str, Any]:
+    def resolve(self, alert_id: str, actor: str, comment: str | None = None) -> StoredAlert:
         return self._move(alert_id, actor, comment, "resolved")
 
     def _to_announce(self, alert_id: str, ts: float) -> None:
@@ -217,7 +215,7 @@ class AlertStore:
             cur = self.db.conn.execute("SELECT alert_id FROM alerts_unpublished ORDER BY since_ts")
             return [str(r[0]) for r in cur]
 
-    def record_action(self, alert_id: str, action: dict[str, Any], actor: str) -> dict[str, Any]:
+    def record_action(self, alert_id: str, action: dict[str, Any], actor: str) -> StoredAlert:
         with self._lock, self.db.conn:
             row = self.db.conn.execute("SELECT actions FROM alerts WHERE id=?", (alert_id,)).fetchone()
             actions = [*json.loads(row[0]), action] if row else [action]

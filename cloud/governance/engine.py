@@ -16,6 +16,7 @@ from cloud.governance import actions
 from cloud.governance.alerts import AlertStore
 from cloud.governance.errors import ActionUnavailable, AlertNotFound
 from cloud.governance.notify import AlertPublisher, post_webhook
+from cloud.governance.records import StoredAlert
 from cloud.governance.rules import RULES, Finding, Scope
 from shared.errors import ParkwatchError
 
@@ -29,26 +30,26 @@ SYSTEM_ACTOR = "parkwatch-analysis"
 
 
 def _audit(
-    audit: AuditLog | None, actor: str, action: str, alert: dict[str, Any], extra: dict[str, Any]
+    audit: AuditLog | None, actor: str, action: str, alert: StoredAlert, extra: dict[str, Any]
 ) -> None:
     if audit is None:
         return
     audit.append(
         actor,
         action,
-        f"alert:{alert['id']}",
+        f"alert:{alert.id}",
         {
-            "rule": alert["rule"],
-            "site": alert["site"],
-            "device": alert["device"],
-            "severity": alert["severity"],
-            "state": alert["state"],
+            "rule": alert.rule,
+            "site": alert.site,
+            "device": alert.device,
+            "severity": alert.severity,
+            "state": alert.state,
             **extra,
         },
     )
 
 
-def publish_alert(store: AlertStore, publisher: AlertPublisher | None, alert: dict[str, Any]) -> bool:
+def publish_alert(store: AlertStore, publisher: AlertPublisher | None, alert: StoredAlert) -> bool:
     """Publish the alert's current state. The state change marked it to announce; only a publish
     the broker took clears the mark, so the next governor run (``Governor.apply``) retries the
     rest and no state change stays unannounced."""
@@ -56,20 +57,20 @@ def publish_alert(store: AlertStore, publisher: AlertPublisher | None, alert: di
         return False
     ok = publisher.publish(alert)
     if ok:
-        store.published(alert["id"])  # the state change marked it to announce
+        store.published(alert.id)  # the state change marked it to announce
     return ok
 
 
 def _change(
     store: AlertStore,
-    change: Callable[[str, str, str | None], dict[str, Any]],
+    change: Callable[[str, str, str | None], StoredAlert],
     action: str,
     alert_id: str,
     actor: str,
     comment: str | None,
     audit: AuditLog | None,
     publisher: AlertPublisher | None,
-) -> dict[str, Any]:
+) -> StoredAlert:
     a = change(alert_id, actor, comment)
     _audit(audit, actor, action, a, {"comment": comment})
     publish_alert(store, publisher, a)
@@ -83,7 +84,7 @@ def ack_alert(
     comment: str | None = None,
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
-) -> dict[str, Any]:
+) -> StoredAlert:
     return _change(store, store.ack, "alert.acknowledge", alert_id, actor, comment, audit, publisher)
 
 
@@ -94,7 +95,7 @@ def resolve_alert(
     comment: str | None = None,
     audit: AuditLog | None = None,
     publisher: AlertPublisher | None = None,
-) -> dict[str, Any]:
+) -> StoredAlert:
     return _change(store, store.resolve, "alert.resolve", alert_id, actor, comment, audit, publisher)
 
 
@@ -118,11 +119,11 @@ class Governor:
         self,
         findings: list[Finding],
         scope: Scope,
-        covered: Callable[[dict[str, Any]], bool] = lambda a: True,
-    ) -> dict[str, list[dict[str, Any]]]:
+        covered: Callable[[StoredAlert], bool] = lambda a: True,
+    ) -> dict[str, list[StoredAlert]]:
         """Raise/refresh alerts for ``findings``; resolve active ``scope`` alerts that ``covered`` says
         were re-examined and are no longer found."""
-        out: dict[str, list[dict[str, Any]]] = {"opened": [], "refreshed": [], "resolved": []}
+        out: dict[str, list[StoredAlert]] = {"opened": [], "refreshed": [], "resolved": []}
         self._publish_pending()
         seen = set()
         for f in findings:
@@ -135,7 +136,7 @@ class Governor:
             if not new:
                 out["refreshed"].append(alert)
                 continue
-            _audit(self.audit, self.actor, "alert.open", alert, {"message": alert["message"]})
+            _audit(self.audit, self.actor, "alert.open", alert, {"message": alert.message})
             self._publish(alert)
             for action in rc.actions:
                 alert = self._act(alert, action)
@@ -143,13 +144,13 @@ class Governor:
         scope_rules = {name for name, r in RULES.items() if r.scope == scope}
         for key, alert in self.alerts.active_by_key(scope_rules).items():
             if key not in seen and covered(alert):
-                a = self.alerts.resolve(alert["id"], self.actor, "condition cleared")
+                a = self.alerts.resolve(alert.id, self.actor, "condition cleared")
                 _audit(self.audit, self.actor, "alert.resolve", a, {"comment": "condition cleared"})
                 self._publish(a)
                 out["resolved"].append(a)
         return out
 
-    def _publish(self, alert: dict[str, Any]) -> None:
+    def _publish(self, alert: StoredAlert) -> None:
         publish_alert(self.alerts, self.publisher, alert)
 
     def _publish_pending(self) -> None:
@@ -165,7 +166,7 @@ class Governor:
             if not publish_alert(self.alerts, self.publisher, alert):
                 return  # still unreachable: try again next run
 
-    def _act(self, alert: dict[str, Any], action: str) -> dict[str, Any]:
+    def _act(self, alert: StoredAlert, action: str) -> StoredAlert:
         started = time.time()
         result: dict[str, Any]
         try:
@@ -198,13 +199,13 @@ class Governor:
                 raise ActionUnavailable(f"unknown action {action!r}")
         except ParkwatchError as e:
             result = {"action": action, "ok": False, "error": str(e)}
-            log.warning("alert %s: action %s failed: %s", alert["id"], action, e)
+            log.warning("alert %s: action %s failed: %s", alert.id, action, e)
         except Exception as e:  # an action's back end failing must not stop the analysis
-            log.exception("alert %s: action %s crashed", alert["id"], action)
+            log.exception("alert %s: action %s crashed", alert.id, action)
             result = {"action": action, "ok": False, "error": f"{type(e).__name__}: {e}"}
         result["ts"] = started
         _audit(self.audit, self.actor, f"alert.action.{action}", alert, {"result": result})
-        return self.alerts.record_action(alert["id"], result, self.actor)
+        return self.alerts.record_action(alert.id, result, self.actor)
 
     def _last_retrain_ts(self) -> float | None:
         row = self.alerts.db.conn.execute(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from cloud.governance.alerts import to_message
+from cloud.governance.records import StoredAlert
 from shared.config import MqttConfig
 from shared.mqttlink import MqttLink
 from shared.protocol import Topics, encode
@@ -42,23 +43,23 @@ class AlertPublisher:
             self._link = link
         return self._link
 
-    def publish(self, alert: dict[str, Any]) -> bool:
+    def publish(self, alert: StoredAlert) -> bool:
         with self._lock:
             try:
                 c = self._ensure()
                 if not c.wait_connected(self.timeout_s):
                     log.warning(
                         "alert %s not published: broker %s:%d unreachable",
-                        alert["id"],
+                        alert.id,
                         self.cfg.host,
                         self.cfg.port,
                     )
                     return False
-                info = c.publish(Topics.alerts(alert["site"]), encode(to_message(alert)), qos=1)
+                info = c.publish(Topics.alerts(alert.site), encode(to_message(alert)), qos=1)
                 info.wait_for_publish(self.timeout_s)
                 return info.is_published()
             except (OSError, ValueError, RuntimeError) as e:
-                log.warning("alert %s not published: %s", alert["id"], e)
+                log.warning("alert %s not published: %s", alert.id, e)
                 return False
 
     def close(self) -> None:
@@ -73,7 +74,7 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def post_webhook(url: str, alert: dict[str, Any], secret: str | None, timeout_s: float) -> dict[str, Any]:
+def post_webhook(url: str, alert: StoredAlert, secret: str | None, timeout_s: float) -> dict[str, Any]:
     body = json.dumps(to_message(alert).to_wire(), sort_keys=True).encode()
     headers = {"Content-Type": "application/json"}
     if secret:
@@ -82,5 +83,5 @@ def post_webhook(url: str, alert: dict[str, Any], secret: str | None, timeout_s:
         r = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
         return {"ok": r.is_success, "status": r.status_code}
     except httpx.HTTPError as e:
-        log.warning("webhook %s failed for alert %s: %s", url, alert["id"], e)
+        log.warning("webhook %s failed for alert %s: %s", url, alert.id, e)
         return {"ok": False, "error": str(e)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cloud.packaging.lineage import ModelLineage
 from shared.modelpkg import ModelMetadata
 
 
@@ -19,7 +20,7 @@ def model_card(
     gate: dict[str, Any] | None,
     description: str,
 ) -> str:
-    code = lineage.get("code", {})
+    recorded = ModelLineage.read(lineage)
     lines = [
         f"# Model card: {meta.model_version}",
         "",
@@ -38,10 +39,10 @@ def model_card(
         f"- Output `probabilities`: softmax over labels {json.dumps(list(meta.labels))}.",
         "",
         "## Data",
-        f"- Dataset version: `{lineage.get('dataset_version')}`",
+        f"- Dataset version: `{recorded.dataset_version}`",
     ]
-    if lineage.get("dataset_counts"):
-        lines.append(f"- Counts: `{json.dumps(lineage['dataset_counts'], sort_keys=True)}`")
+    if recorded.dataset_counts:
+        lines.append(f"- Counts: `{json.dumps(recorded.dataset_counts, sort_keys=True)}`")
     lines += ["", "## Evaluation (held-out test split)"]
     if metrics:
         lines.append("| metric | value |")
@@ -67,11 +68,11 @@ def model_card(
     lines += [
         "",
         "## Lineage",
-        f"- Code commit: `{code.get('commit')}` (dirty: {code.get('dirty')})",
-        f"- Parameters: `{json.dumps(lineage.get('parameters', {}), sort_keys=True)}`",
-        f"- Export parity (max abs diff vs torch): {lineage.get('parity', {}).get('max_abs_diff')}",
-        f"- Packages: `{json.dumps(lineage.get('packages', {}), sort_keys=True)}`",
-        f"- Host: `{json.dumps(lineage.get('host', {}), sort_keys=True)}`",
+        f"- Code commit: `{recorded.commit}` (dirty: {recorded.dirty})",
+        f"- Parameters: `{json.dumps(recorded.parameters or {}, sort_keys=True)}`",
+        f"- Export parity (max abs diff vs torch): {(recorded.parity or {}).get('max_abs_diff')}",
+        f"- Packages: `{json.dumps(recorded.packages, sort_keys=True)}`",
+        f"- Host: `{json.dumps(recorded.host or {}, sort_keys=True)}`",
         "",
         "## Limitations",
         "Trained on a small park sample; accuracy drops on night IR frames, heavy occlusion and other "

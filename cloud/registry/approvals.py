@@ -31,6 +31,7 @@ from cloud.registry.errors import RegistryError, StageError
 from cloud.registry.models import check_stage_change
 from cloud.registry.store import Registry
 from cloud.registry.tx import transaction
+from shared.records import Record
 
 APPROVABLE = ("staging", "production")
 HISTORY = "stage_history"
@@ -46,8 +47,8 @@ class ApprovalError(RegistryError):
     """An approval or rejection breaks a rule; the message names the rule and the way forward."""
 
 
-@dataclass(frozen=True)
-class Decision:
+@dataclass(frozen=True, slots=True)
+class Decision(Record):
     id: int
     version: str
     decision: str  # approve | reject

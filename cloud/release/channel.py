@@ -8,6 +8,7 @@ its error.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -20,12 +21,24 @@ from typing import Any, TypeVar
 
 from cloud.config import CloudConfig
 from cloud.registry import approvals
+from cloud.registry.approvals import Decision
 from cloud.registry.audit import AuditEntry, AuditLog
 from cloud.registry.store import Registry
 from cloud.release import brokerauth, checkpoint
 from cloud.release.errors import ProvisioningError, ReleaseError, RolloutError
 from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
+from cloud.release.records import (
+    ApproverAdded,
+    BuildPublished,
+    CloudAccount,
+    KeyFile,
+    Provisioned,
+    Revoked,
+    RolledBack,
+    RolloutStarted,
+    Signed,
+)
 from cloud.release.repo import TufRepository
 from cloud.release.store import DeviceStates, Rollout, RolloutTable
 from cloud.release.watch import progress
@@ -69,6 +82,16 @@ def publish_once(cfg: CloudConfig, messages: list[tuple[str, bytes, bool]], time
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fields(r: Rollout | Decision) -> dict[str, Any]:
+    """A stored row's fields, to extend into a result record."""
+    return {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+
+
+def _files(files: dict[str, str]) -> dict[str, str | None]:
+    """The broker files ``render_broker`` wrote (none before the cloud account exists)."""
+    return {"passwd": files.get("passwd"), "acl": files.get("acl")}
 
 
 def _serialised(f: F) -> F:
@@ -207,7 +230,7 @@ class ReleaseChannel:
         }
 
     @_serialised
-    def keys_add_approver(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+    def keys_add_approver(self, name: str, actor: str, reason: str) -> ApproverAdded:
         """A key of approver ``name``'s own that root trusts (needs the root key files online)."""
         if not reason.strip():
             raise ReleaseError("give a reason (--reason); it is kept in the audit log")
@@ -220,14 +243,11 @@ class ReleaseChannel:
             {"keyid": key.keyid, "path": str(key.path), "root_version": root_version, "reason": reason},
         )
         self._checkpoint()
-        return {"approver": name, "keyid": key.keyid, "path": str(key.path), "root_version": root_version}
+        return ApproverAdded(name, key.keyid, str(key.path), root_version)
 
     @_serialised
-    def keys_list(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for role in ROLES:
-            out[role] = [{"path": str(p), "keyid": load_key(p).keyid} for p in self.keys.paths(role)]
-        return out
+    def keys_list(self) -> dict[str, list[KeyFile]]:
+        return {role: [KeyFile(str(p), load_key(p).keyid) for p in self.keys.paths(role)] for role in ROLES}
 
     @_serialised
     def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:
@@ -288,7 +308,7 @@ class ReleaseChannel:
 
     # ---- builds and approvals -----------------------------------------------------------------
     @_serialised
-    def publish_build(self, version: str, actor: str = "pipeline") -> dict[str, Any]:
+    def publish_build(self, version: str, actor: str = "pipeline") -> BuildPublished:
         """Pipeline key: make a registered package available as ``builds/V.tar``."""
         model = self.registry.get_model(version)
         src = (
@@ -303,7 +323,7 @@ class ReleaseChannel:
             f"model:{version}",
             {"sha256": tf.hashes["sha256"], "length": tf.length, "source": str(src)},
         )
-        return {"version": version, "sha256": tf.hashes["sha256"], "length": tf.length}
+        return BuildPublished(version, tf.hashes["sha256"], tf.length)
 
     def approver_keys(self, actor: str) -> list[RoleKey]:
         """``actor``'s approver key(s), checked against the key ids root trusts for approvals
@@ -322,9 +342,7 @@ class ReleaseChannel:
         return sign
 
     @_serialised
-    def approve(
-        self, version: str, stage: str, actor: str, reason: str, force: bool = False
-    ) -> dict[str, Any]:
+    def approve(self, version: str, stage: str, actor: str, reason: str, force: bool = False) -> Signed:
         keys = self.approver_keys(actor)
         d = approvals.approve(
             self.registry,
@@ -339,10 +357,10 @@ class ReleaseChannel:
             gate=self.cfg.gate,
         )
         self._checkpoint()
-        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
+        return Signed(**_fields(d), signed_by=[k.keyid for k in keys])
 
     @_serialised
-    def reject(self, version: str, actor: str, reason: str) -> dict[str, Any]:
+    def reject(self, version: str, actor: str, reason: str) -> Signed:
         groups = [g for g, v in self.repo.groups().items() if v == version] if self.repo.exists() else []
         keys = self.approver_keys(actor) if self.repo.exists() and version in self.repo.approvals() else []
         signer = self._signer(keys) if keys else None
@@ -350,13 +368,13 @@ class ReleaseChannel:
             self.registry, self.audit, version, actor, reason, signer=signer, deployed_groups=groups
         )
         self._checkpoint()
-        return {**d.to_dict(), "signed_by": [k.keyid for k in keys]}
+        return Signed(**_fields(d), signed_by=[k.keyid for k in keys])
 
     # ---- rollout and rollback ----------------------------------------------------------------
     @_serialised
     def rollout(
         self, version: str, group: str, actor: str, reason: str = "", *, allow_empty_group: bool = False
-    ) -> dict[str, Any]:
+    ) -> RolloutStarted:
         stage = self.stage_for_group(group)
         if not allow_empty_group and not self.states.provisioned(group):
             # A typo ('stagign') would otherwise say "devices notified" and wait at 0/0 for ever.
@@ -384,10 +402,10 @@ class ReleaseChannel:
         )
         self._checkpoint()
         notified = self._notify_group(group, version)
-        return {**r.to_dict(), "notified": notified}
+        return RolloutStarted(**_fields(r), notified=notified)
 
     @_serialised
-    def rollback(self, group: str, actor: str, reason: str, automatic: bool = False) -> dict[str, Any]:
+    def rollback(self, group: str, actor: str, reason: str, automatic: bool = False) -> RolledBack:
         if not reason.strip():
             raise RolloutError("give a reason for the rollback (--reason)")
         latest = self.rollouts.latest(group)
@@ -425,7 +443,7 @@ class ReleaseChannel:
         )
         self._checkpoint()
         notified = self._notify_group(group, target)
-        return {**r.to_dict(), "rolled_back": latest.version, "notified": notified}
+        return RolledBack(**_fields(r), rolled_back=latest.version, notified=notified)
 
     def rolled_back_from(self, r: Rollout) -> str | None:
         """For a rollback row, the version it withdrew: the group's rollout just before it.
@@ -463,7 +481,7 @@ class ReleaseChannel:
     @_serialised
     def provision_device(
         self, site: str, device: str, group: str, secret_out: Path, actor: str
-    ) -> dict[str, Any]:
+    ) -> Provisioned:
         """New MQTT credential for a box: password to ``secret_out`` (0600), hash to the broker files."""
         for value, what in ((site, "site"), (device, "device"), (group, "group")):
             try:
@@ -485,17 +503,17 @@ class ReleaseChannel:
         files = self.render_broker()
         self.audit.append(actor, "device-provision", f"device:{site}/{device}", {"group": group})
         self._checkpoint()
-        return {
-            "site": site,
-            "device": device,
-            "group": group,
-            "username": device,
-            "secret_file": str(secret_out),
-            **files,
-        }
+        return Provisioned(
+            **_files(files),
+            site=site,
+            device=device,
+            group=group,
+            username=device,
+            secret_file=str(secret_out),
+        )
 
     @_serialised
-    def cloud_account(self, secret_out: Path, actor: str) -> dict[str, Any]:
+    def cloud_account(self, secret_out: Path, actor: str) -> CloudAccount:
         password = brokerauth.new_password()
         brokerauth.write_secret(secret_out, password)
         user = self.cfg.release.cloud_username
@@ -503,16 +521,16 @@ class ReleaseChannel:
         self.audit.append(actor, "cloud-account", f"account:{user}", {})
         self._checkpoint()
         files = self.render_broker()
-        return {"username": user, "secret_file": str(secret_out), **files}
+        return CloudAccount(**_files(files), username=user, secret_file=str(secret_out))
 
     @_serialised
-    def revoke_device(self, site: str, device: str, actor: str, reason: str) -> dict[str, Any]:
+    def revoke_device(self, site: str, device: str, actor: str, reason: str) -> Revoked:
         if not self.states.revoke_device(site, device):
             raise ProvisioningError(f"no provisioned device {site}/{device}")
         files = self.render_broker()
         self.audit.append(actor, "device-revoke", f"device:{site}/{device}", {"reason": reason})
         self._checkpoint()
-        return {"site": site, "device": device, "revoked": True, **files}
+        return Revoked(**_files(files), site=site, device=device)
 
     @_serialised
     def render_broker(self) -> dict[str, str]:

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -23,6 +22,7 @@ from cloud.release.channel import (
     notice_payload,
 )
 from cloud.release.errors import ReleaseError
+from cloud.release.records import RolledBack
 from cloud.release.responder import Responder
 from cloud.release.store import read_membership
 from cloud.release.watch import HealthSample, judge, progress
@@ -56,7 +56,7 @@ class ReleaseService:
         self._thread: threading.Thread | None = None
         self._published: dict[str, tuple[str | None, int]] = {}
         self._health: dict[str, deque[HealthSample]] = {}
-        self.rollbacks: list[dict[str, Any]] = []
+        self.rollbacks: list[RolledBack] = []
         self.errors = 0
 
     def start(self) -> None:

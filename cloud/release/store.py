@@ -28,6 +28,7 @@ from cloud.registry.schema import open_db
 from cloud.registry.store import Registry
 from cloud.registry.tx import transaction
 from shared.protocol import ModelState
+from shared.records import Record
 from shared.sqlite import Migration, Schema
 
 # release.db's tables, as numbered migrations (shared/sqlite.py). 1: as they shipped before
@@ -70,8 +71,8 @@ RELEASE_SCHEMA = Schema(
 )
 
 
-@dataclass(frozen=True)
-class Rollout:
+@dataclass(frozen=True, slots=True)
+class Rollout(Record):
     id: int
     version: str
     group: str

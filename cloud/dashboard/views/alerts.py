@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from cloud.dashboard.deps import Services
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
+from cloud.governance.records import StoredAlert
 
 router = APIRouter()
 STATES = ("open", "acknowledged", "resolved")
 
 
-def _plain(a: Any) -> dict[str, Any]:
-    if isinstance(a, dict):
-        return a
-    if hasattr(a, "model_dump"):
-        d: dict[str, Any] = a.model_dump()
-        return d
-    return dict(vars(a))
-
-
-def list_alerts(svc: Services, state: str | None, device: str | None = None) -> list[dict[str, Any]]:
-    store = svc.get_alerts()
-    return [_plain(a) for a in store.list(state=state or None, device=device, limit=500)]
+def list_alerts(svc: Services, state: str | None, device: str | None = None) -> list[StoredAlert]:
+    return svc.get_alerts().list(state=state or None, device=device, limit=500)
 
 
 @router.get("/alerts")

@@ -15,6 +15,9 @@ from cloud.dashboard.charts import Series, line_chart
 from cloud.dashboard.regions import decorate
 from cloud.dashboard.views.fleet import health_class
 from cloud.dashboard.web import render, require, services
+from cloud.fleet.records import DriftResult
+from cloud.fleet.store import FleetStore
+from cloud.governance.records import StoredAlert
 
 router = APIRouter()
 
@@ -140,8 +143,7 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
     dev = store.device(device)
     now = time.time()
     span = WINDOWS.get(window, WINDOWS["6h"])
-    dev["live"], dev["live_why"] = liveness(dev, now, svc.cfg.fleet.heartbeat_timeout_s)
-    dev["health_cls"] = health_class(dev.get("health"))
+    live, live_why = liveness(dev, now, svc.cfg.fleet.heartbeat_timeout_s)
     rows = telemetry_series(store, device, now - span, span)
     latest = store.latest_telemetry(device)
     alerts = _alerts_for(svc, device)
@@ -151,6 +153,9 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
         "device.html.j2",
         title=f"Device {device}",
         d=dev,
+        live=live,
+        live_why=live_why,
+        health_cls=health_class(dev.health),
         window=window,
         windows=list(WINDOWS),
         charts=device_charts(rows, svc.cfg.analysis, svc.cfg.release.max_latency_p99_ms),
@@ -167,13 +172,13 @@ def device_page(request: Request, device: str, window: str = "6h") -> Response:
     )
 
 
-def _latest_drift(store: Any, device: str) -> dict[str, Any] | None:
+def _latest_drift(store: FleetStore, device: str) -> DriftResult | None:
     """The newest analysis figures of this device (per lighting mode in ``details.modes``)."""
     rows = store.drift_results(device=device, limit=1)
     return rows[0] if rows else None
 
 
-def _alerts_for(svc: Any, device: str) -> list[dict[str, Any]]:
+def _alerts_for(svc: Any, device: str) -> list[StoredAlert]:
     from cloud.dashboard.views.alerts import list_alerts
 
     return list_alerts(svc, None, device=device)

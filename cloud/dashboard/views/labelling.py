@@ -22,6 +22,7 @@ from cloud.dashboard.regions import decorate, fits, jpeg_size, overlay
 from cloud.dashboard.snapshots import visible
 from cloud.dashboard.web import form, redirect, render, require, run_change, services
 from cloud.fleet.outcomes import FEEDBACK_LABELS
+from cloud.fleet.records import Prediction
 
 router = APIRouter()
 LABELS = FEEDBACK_LABELS
@@ -53,11 +54,10 @@ def labelling_page(request: Request) -> Response:
     # Only frames whose image reached the cloud can be judged; the rest are counted.
     folder = svc.cfg.paths.snapshots_dir
     candidates = unlabelled(svc, SCAN_LIMIT)
-    items = [it for it in candidates if (folder / f"{it['snapshot']}.jpg").is_file()]
-    waiting = len(candidates) - len(items)
-    items = items[: svc.cfg.dashboard.page_size]
+    found = [it for it in candidates if (folder / f"{it['snapshot']}.jpg").is_file()]
+    waiting = len(candidates) - len(found)
+    items = [decorate(it) for it in found[: svc.cfg.dashboard.page_size]]
     for it in items:
-        decorate(it)
         # The regions that held a pet, drawn over the frame (boxes are in its pixels).
         size = jpeg_size(folder / f"{it['snapshot']}.jpg")
         it["overlay"] = overlay(it.get("regions"), size)
@@ -74,8 +74,8 @@ def labelling_page(request: Request) -> Response:
     )
 
 
-def _pred_for(svc: Services, snapshot: str) -> dict[str, Any]:
-    pred: dict[str, Any] = svc.get_fleet().prediction_by_snapshot(snapshot)
+def _pred_for(svc: Services, snapshot: str) -> Prediction:
+    pred = svc.get_fleet().prediction_by_snapshot(snapshot)
     if not visible(svc.cfg, pred, time.time()):
         # Same answer as "absent": whether a hidden snapshot exists is itself not shown.
         raise HTTPException(404, f"snapshot {snapshot} is not available for labelling")
@@ -108,8 +108,8 @@ async def label(request: Request, snapshot: str) -> Response:
         svc.get_fleet(),
         value,
         u.name,
-        snapshot=pred["snapshot"],
+        snapshot=pred.snapshot,
         comment=f.get("comment") or None,
         audit=svc.get_audit(),
     )
-    return redirect("/labelling", request, f"Labelled {row['prediction_id']} as {value}.")
+    return redirect("/labelling", request, f"Labelled {row.prediction_id} as {value}.")

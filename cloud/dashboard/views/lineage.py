@@ -28,7 +28,7 @@ def lineage_page(request: Request, q: str = "") -> Response:
             result = adapters.lineage_of(svc, q)
             if isinstance(result.get("prediction"), dict):
                 # Lighting and the pet's regions as the device and labelling pages word them.
-                decorate(result["prediction"])
+                result["prediction"] = decorate(result["prediction"])
         except ParkwatchError as e:
             error = str(e)
     if not q:

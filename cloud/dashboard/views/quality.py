@@ -18,6 +18,7 @@ from cloud.analysis.report import drift_state
 from cloud.dashboard.charts import Series, bar_chart, line_chart
 from cloud.dashboard.web import render, require, services
 from cloud.fleet.outcomes import ABSTAIN, LEGACY_NONE, NONE, PETS
+from cloud.fleet.records import DriftResult, Feedback
 
 router = APIRouter()
 DAY = 86400.0
@@ -38,17 +39,17 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
     store = svc.get_fleet()
     a = svc.cfg.analysis
     results = store.drift_results(model_version=model or None, site=site or None, limit=2000)
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    latest: dict[tuple[str, str], DriftResult] = {}
+    history: dict[tuple[str, str], list[DriftResult]] = defaultdict(list)
     for r in results:
-        if r.get("device"):
+        if r.device:
             continue
-        key = (r["model_version"], r["site"])
+        key = (r.model_version, r.site)
         latest.setdefault(key, r)
         history[key].append(r)
     panels = []
     for key, r in sorted(latest.items()):
-        det = r.get("details") or {}
+        det = r.details or {}
         observed = _mix(det, "class_mix")
         baseline = _mix(det.get("baseline") or {}, "class_mix")
         cats = sorted(set(observed or {}) | set(baseline or {}))
@@ -66,8 +67,8 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
         )
         trend = line_chart(
             [
-                Series("PSI", [(h["ts"], h["psi"]) for h in history[key] if h.get("psi") is not None]),
-                Series("JS distance", [(h["ts"], h["js"]) for h in history[key] if h.get("js") is not None]),
+                Series("PSI", [(h.ts, h.psi) for h in history[key] if h.psi is not None]),
+                Series("JS distance", [(h.ts, h.js) for h in history[key] if h.js is not None]),
             ],
             title=f"drift over time {key[0]} at {key[1]}",
             y_min=0,
@@ -89,21 +90,21 @@ def quality_page(request: Request, model: str = "", site: str = "") -> Response:
     from cloud.analysis.job import accuracy_over_time
 
     fb_rows = store.feedback(model_version=model or None, site=site or None)
-    per_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    per_model: dict[str, list[Feedback]] = defaultdict(list)
     for row in fb_rows:
-        per_model[row["model_version"]].append(row)
+        per_model[row.model_version].append(row)
     over_time = accuracy_over_time(store, bucket_s=DAY)
     feedback = []
     for mv, rows in sorted(per_model.items()):
         # Pets first, then none: the confusion matrix reads cat / dog / none like the labelling buttons.
-        seen = {r["label"] for r in rows} | {r["predicted"] for r in rows}
+        seen = {r.label for r in rows} | {r.predicted for r in rows}
         classes = [*sorted((seen | set(PETS)) - {ABSTAIN, NONE, LEGACY_NONE}), NONE]
         s = performance(rows, classes)
         s.update(
             model=mv,
             n=len(rows),
-            none=sum(r["label"] == NONE for r in rows),
-            abstained=sum(r["predicted"] == ABSTAIN for r in rows),
+            none=sum(r.label == NONE for r in rows),
+            abstained=sum(r.predicted == ABSTAIN for r in rows),
         )
         s["chart"] = line_chart(
             [Series("labelled accuracy", [(b["ts"], b["accuracy"] * 100) for b in over_time.get(mv, [])])],

@@ -1,5 +1,6 @@
-"""The fleet store's read side on PostgreSQL: ``FleetStore`` with the few methods whose SQL or
-mechanics differ (upserts written with sqlite-utils, retention by partition).
+"""The fleet store's read side on PostgreSQL: ``FleetStore`` with what differs here, the
+connection and retention by partition. Every query, and the conversion of rows to records
+(cloud/fleet/records.py), is ``FleetStore``'s own, so both backends return the same records.
 
 ``FleetStore(cfg.fleet_store)`` returns one of these when ``fleet.database_url`` is set.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import json
 import re
 import time
 from pathlib import Path
@@ -16,10 +16,9 @@ from typing import Any
 
 from cloud.fleet.backends.pg_writer import DAY_S
 from cloud.fleet.backends.target import PgTarget
-from cloud.fleet.errors import BadRequest, FleetError
-from cloud.fleet.outcomes import FEEDBACK_INPUT, LEGACY_NONE, NONE, canonical_label
+from cloud.fleet.errors import FleetError
 from cloud.fleet.schema import connect
-from cloud.fleet.store import LABELS, FleetStore, prediction_id
+from cloud.fleet.store import FleetStore
 
 PRUNE_LOCK_KEY = 0x70727565  # the advisory lock one pruning worker holds
 _PART = re.compile(r"^(predictions|telemetry)_d(\d{8})$")
@@ -36,52 +35,6 @@ class PgFleetStore(FleetStore):
         import threading
 
         self._lock = threading.RLock()
-
-    def add_feedback(
-        self, pred: dict[str, Any], label: str, actor: str, comment: str | None = None
-    ) -> dict[str, Any]:
-        if label not in FEEDBACK_INPUT:
-            raise BadRequest(
-                f"label {label!r} is not one of {', '.join(LABELS)} "
-                f"(none: no cat or dog in the frame; {LEGACY_NONE!r} is accepted for {NONE!r})"
-            )
-        label = canonical_label(label)
-        if not actor:
-            raise BadRequest("a label needs an actor (who says so)")
-        row = {
-            "device": pred["device"],
-            "seq": pred["seq"],
-            "site": pred["site"],
-            "snapshot": pred.get("snapshot"),
-            "label": label,
-            "predicted": pred["label"],
-            "model_version": pred["model_version"],
-            "pred_ts": pred["ts"],
-            "actor": actor,
-            "comment": comment,
-            "ts": time.time(),
-        }
-        cols = list(row)
-        sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in ("device", "seq"))
-        self.execute(
-            f"INSERT INTO feedback({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-            f"ON CONFLICT(device, seq) DO UPDATE SET {sets}",
-            [row[c] for c in cols],
-        )
-        row["prediction_id"] = prediction_id(pred["device"], pred["seq"])
-        return row
-
-    def add_drift(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        with self._lock, self.db.conn:
-            for r in rows:
-                enc = {k: (json.dumps(v) if k in ("reasons", "details") else v) for k, v in r.items()}
-                cols = list(enc)
-                self.db.conn.execute(
-                    f"INSERT INTO drift({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
-                    [enc[c] for c in cols],
-                )
 
     def prune(self, before_ts: float) -> dict[str, int]:
         """Drop whole day partitions received before ``before_ts``'s day; labelled predictions are

@@ -191,7 +191,9 @@ def ingest_rate(
     # Measure the steady state, not the materializer processes' start-up (imports, connecting
     # and migrating the store): wait for their first heartbeat.
     deadline = time.monotonic() + 120
-    while any(i.mstats.get("heartbeat_ts") == 0 for i in ings) and time.monotonic() < deadline:
+    while (
+        any(i.stats()["materializer_heartbeat_age_s"] is None for i in ings) and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     time.sleep(0.3)
     total = devices * batches * batch_size

@@ -53,14 +53,14 @@ def test_migrations_are_numbered_and_applied_once_on_both_backends(tmp_path: Pat
         parts = c.execute("SELECT relname FROM pg_class WHERE relname LIKE 'predictions%'").fetchall()
         assert ("predictions_kept",) in parts
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
     # A fleet.db from before numbered migrations (user_version 0, tables present) is adopted.
     raw = sqlite3.connect(tmp_path / "fleet.db")
     raw.execute("PRAGMA user_version = 0")
     raw.close()
     db = connect(tmp_path / "fleet.db")
-    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.conn.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 

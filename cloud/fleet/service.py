@@ -1,506 +1,93 @@
-"""``FleetIngest``: the component of ``parkwatch cloud serve`` that stores what the fleet sends.
+"""One whole ingest worker in one object, for programs that embed one (tests, bench/ingest_fleet.py,
+a script of your own): its receiver (:class:`cloud.fleet.receiver.Receiver`) in this process and
+its materializer as a child process (:class:`cloud.fleet.materialize.MaterializerProcess`).
 
-Loss-free by construction, not by luck:
-
-* a persistent MQTT 5 session (``clean_start=False`` plus a session expiry), so the broker
-  queues for us while ingest restarts;
-* manual acknowledgements: a message is PUBACKed only after it is committed (``synchronous=FULL``)
-  to this worker's inbox (:mod:`cloud.fleet.inbox`); anything not yet acknowledged is resent;
-* the inbox is turned into fleet rows by a materializer process (:mod:`cloud.fleet.materialize`)
-  that validates, keys predictions by (device, seq) so a resend is stored once, and records seq
-  jumps as gaps (:mod:`cloud.fleet.writer`).
-
-Two stages because receiving is cheap and row-writing is not: acknowledging after the rows were
-written held the broker's queue at a fraction of its delivery rate during a burst. The receiver
-here only routes by topic and appends; see the inbox module for the numbers.
-
-Predictions and telemetry come through a shared subscription so several workers (each with
-its own ``client_id``) split the stream. Status and model state are subscribed without sharing:
-they are retained, and MQTT 5 never sends retained messages to a shared subscription, so a fresh
-worker would otherwise not know the fleet's current state. They are idempotent upserts, so every
-worker storing them is harmless. Update request/response topics are left to the release channel.
+``parkwatch cloud serve`` runs the same two as separate parts (``fleet-ingest`` and
+``materializer``, cloud/server.py); under systemd the materializer is a unit of its own.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
-import logging
-import multiprocessing as mp
-import os
-import threading
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from cloud.fleet.errors import FleetError
-from cloud.fleet.inbox import Inbox, hold_worker_lock, inbox_path
-from cloud.fleet.materialize import SharedStats, process_main, reject_kind
-from cloud.fleet.schema import connect
-from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
-from shared.mqtt import make_client
-from shared.protocol import (
-    PREDICTION_SCHEMAS,
-    TELEMETRY_SCHEMAS,
-    CloudCapabilities,
-    Kind,
-    PayloadTooLarge,
-    ProtocolError,
-    Snapshot,
-    Topics,
-    decode,
-    encode,
-    parse_topic,
-)
-from shared.protocol.counter import RejectCounter
+from cloud.fleet.materialize import MaterializerProcess
+from cloud.fleet.materializer_stats import stats_in
+from cloud.fleet.receiver import Receiver
+from cloud.fleet.store import FleetStore
 
 if TYPE_CHECKING:
     from cloud.config import CloudConfig
 
-log = logging.getLogger("parkwatch.cloud.ingest")
-
-STORED_KINDS = {Kind.PREDICTIONS, Kind.TELEMETRY, Kind.STATUS, Kind.MODEL_STATE}
-_RESTART_BACKOFF_S = 2.0
-_HEALTHY_RUN_S = 60.0
-
-Received = tuple[str, bytes, float, bool, int, int]  # topic, payload, received_ts, retained, mid, qos
-
-
-@functools.lru_cache(maxsize=65_536)
-def _kind_of(topic: str) -> Kind:
-    """parse_topic, cached: a fleet uses a few topics per box, and this runs for every message.
-    (A refused topic raises, and exceptions are not cached, so it is refused every time.)"""
-    return parse_topic(topic).kind
-
-
-def subscriptions(share_group: str) -> list[tuple[str, int]]:
-    return [
-        (Topics.shared(share_group, Topics.ALL_PREDICTIONS), 1),
-        (Topics.shared(share_group, Topics.ALL_TELEMETRY), 1),
-        (Topics.ALL_STATUS, 1),
-        (Topics.ALL_MODEL_STATE, 1),
-        (Topics.shared(share_group, Topics.ALL_SNAPSHOTS), 1),
-    ]
-
 
 class FleetIngest:
-    def __init__(self, cfg: CloudConfig, client_id: str | None = None, retiring: bool = False) -> None:
+    def __init__(self, cfg: CloudConfig, client_id: str | None = None) -> None:
         self.cfg = cfg
-        self.fcfg = cfg.fleet
-        self.client_id = client_id or cfg.client_id("ingest")
-        # Retiring: resume the session only to take what the broker queued for it, subscribed to
-        # nothing new, then end it (see retire()).
-        self.retiring = retiring
-        self._end_session = False
-        self.session_ended = False
-        self._batch_pending = False  # a batch taken from the queue and not yet acknowledged
-        self._worker_lock: IO[bytes] | None = None
-        self.rejects = RejectCounter()  # refused before the inbox (unknown topic, too large)
-        self.mstats = SharedStats()  # the materializer's figures
-        # A deque and an Event rather than queue.Queue: two C-level operations per message instead
-        # of a lock dance (a few percent of the receiver at full rate). The broker's receive_maximum
-        # bounds how many unacknowledged messages can be waiting here.
-        self._q: collections.deque[Received] = collections.deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._connected = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client: mqtt.Client | None = None
-        self._inbox: Inbox | None = None
-        self._mp = mp.get_context("spawn")
-        self._proc: mp.process.BaseProcess | None = None
-        self._next_restart = 0.0
-        self._next_check = 0.0
-        self._proc_started = 0.0
-        self._backoff = _RESTART_BACKOFF_S / 2
-        self._lock = threading.Lock()
-        self.received = 0
-        self.accepted = 0
-        self.ignored = 0
-        self.snapshots: dict[str, int] = {}
-        self._snapshot_quota = SnapshotQuota(cfg.fleet.snapshot_quota_per_day)
-        self.inbox_errors = 0
-        self.materializer_restarts = 0
-        self.last_error: str | None = None
+        self.receiver = Receiver(cfg, client_id)
+        self.client_id = self.receiver.client_id
+        self.materializer = MaterializerProcess(cfg, self.client_id)
+        self._store: FleetStore | None = None
 
-    # lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None:
-            return
+        self.materializer.start()
         try:
-            self._start()
+            self.receiver.start()
         except BaseException:
-            self.stop()  # nothing half-started is left running (materializer, inbox thread)
+            self.materializer.stop()
             raise
 
-    def _start(self) -> None:
-        # Open (and create) both databases before taking messages, so a bad path fails fast.
-        connect(self.cfg.fleet_store, synchronous="FULL").close()
-        path = inbox_path(self.cfg.data_dir, self.client_id)
-        self._worker_lock = hold_worker_lock(path)
-        self._inbox = Inbox(path)
-        c = make_client(self.cfg.mqtt, self.client_id, manual_ack=True)
-        self._stop.clear()
-        self.mstats.set("stop", 0)
-        self._start_materializer()
-        self._thread = threading.Thread(target=self._writer_loop, name="fleet-ingest-inbox", daemon=True)
-        self._thread.start()
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        c.on_unsubscribe = self._on_unsubscribe
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.fcfg.session_expiry_s
-        props.ReceiveMaximum = self.fcfg.receive_maximum
-        self._client = c
-        try:
-            c.connect_async(
-                self.cfg.mqtt.host,
-                self.cfg.mqtt.port,
-                keepalive=self.cfg.mqtt.keepalive,
-                clean_start=False,
-                properties=props,
-            )
-        except (OSError, ValueError) as e:
-            raise FleetError(
-                f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {e}"
-            ) from e
-        c.loop_start()
-
     def stop(self) -> None:
-        """Stop taking messages, make what is queued durable and acknowledge it, then disconnect.
-
-        The materializer gets a few seconds to drain the inbox; what it leaves is applied when
-        this worker (same ``client_id``) starts again.
-        """
-        c = self._client
-        if c is not None:
-            c.on_message = lambda *a: None
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        if c is not None:
-            # Only with nothing unacknowledged here: ending the session discards what the broker
-            # still holds for it, and a batch not yet acknowledged is exactly that.
-            end = self._end_session and not self._batch_pending and not self._q
-            c.disconnect()
-            c.loop_stop()
-            self._client = None
-            if end:
-                self.session_ended = self._discard_session()
-        self._connected.clear()
-        self.mstats.set("stop", 1)
-        if self._proc is not None:
-            self._proc.join(timeout=60)
-            if self._proc.is_alive():
-                log.error("materializer did not stop in time; terminating it (the inbox keeps its rows)")
-                self._proc.terminate()
-                self._proc.join(timeout=10)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(timeout=10)
-            self._proc = None
-        if self._inbox is not None:
-            self._inbox.close()
-            self._inbox = None
-        if self._worker_lock is not None:
-            self._worker_lock.close()  # releases the lock
-            self._worker_lock = None
-
-    def _discard_session(self) -> bool:
-        """End this client_id's broker session: a clean start throws it away, and an expiry of 0
-        keeps none after. Confirmed by the CONNACK, not assumed from a DISCONNECT that a closing
-        socket may not have carried."""
-        done = threading.Event()
-        ok: list[bool] = []
-        c = make_client(self.cfg.mqtt, self.client_id)
-
-        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-            ok.append(not rc.is_failure)
-            done.set()
-
-        c.on_connect = on_connect
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
+        """The receiver first (its last commit and acknowledgements), then the materializer's drain."""
         try:
-            c.connect(self.cfg.mqtt.host, self.cfg.mqtt.port, clean_start=True, properties=props)
-        except (OSError, ValueError):
-            return False
-        c.loop_start()
-        try:
-            return done.wait(10) and ok == [True]
+            self.receiver.stop()
         finally:
-            c.disconnect()
-            c.loop_stop()
-
-    def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
-        """Take in what the broker still holds for this worker, apply it, and end its session.
-
-        A stopped worker's persistent session keeps its share of the shared subscription queued
-        in the broker (for ``fleet.session_expiry_s``), where no other worker and no ``--drain``
-        can reach it. Retiring hands that share back: start with ``retiring=True``, then call this.
-        Returns the figures; raises :class:`FleetError` if the broker or the backlog did not
-        settle in ``timeout_s`` (the session is then kept, so nothing is lost).
-        """
-        if not self.retiring:
-            raise FleetError("retire() needs FleetIngest(..., retiring=True)")
-        deadline = time.monotonic() + timeout_s
-        if not self.wait_connected(min(30.0, timeout_s)):
-            raise FleetError(
-                f"cannot retire {self.client_id}: no connection to the broker at "
-                f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
-            )
-        last, quiet_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            busy = self._q or self._batch_pending or not self.connected
-            if self.received != last or busy:
-                last, quiet_since = self.received, time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet_s and self.inbox_backlog() == 0:
-                self._end_session = True
-                received = self.received
-                self.stop()
-                if not self.session_ended:
-                    raise FleetError(
-                        f"cannot retire {self.client_id}: the broker connection dropped at the last "
-                        "step; its session is kept (nothing lost), run it again"
-                    )
-                return {"worker": self.client_id, "received": received, "session": "ended"}
-            time.sleep(0.1)
-        self.stop()
-        raise FleetError(
-            f"cannot retire {self.client_id}: messages still arriving or waiting in its inbox after "
-            f"{timeout_s:.0f} s; its session is kept, run it again"
-        )
+            self.materializer.stop()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Until connected and subscribed (SUBACK received)."""
-        return self._connected.wait(timeout)
+        return self.receiver.wait_connected(timeout)
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self.receiver.connected
+
+    @property
+    def accepted(self) -> int:
+        return self.receiver.accepted
 
     def inbox_backlog(self) -> int:
-        """Messages acknowledged to the broker but not yet in the fleet tables."""
-        inbox = self._inbox
-        return inbox.backlog() if inbox is not None else 0
+        return self.receiver.inbox_backlog()
 
     def stats(self) -> dict[str, Any]:
-        m = self.mstats
-        rejected = m.counts("rx")
-        for k, v in m.counts("rejected").items():
-            rejected[k] = rejected.get(k, 0) + v
-        last_write = m.get("last_write_ts")
-        beat = m.get("heartbeat_ts")
-        return {
-            "connected": self.connected,
-            "client_id": self.client_id,
-            "received": self.received,
-            "accepted": self.accepted,
-            "ignored": self.ignored,
-            "rejected": rejected,
-            "inbox_backlog": self.inbox_backlog(),
-            "stored_predictions": int(m.get("stored_predictions")),
-            "duplicates": int(m.get("duplicates")),
-            "snapshots": dict(self.snapshots),
-            "batches": int(m.get("batches")),
-            "queue": len(self._q),
-            "write_errors": self.inbox_errors + int(m.get("write_errors")),
-            "materializer_alive": self._proc is not None and self._proc.is_alive(),
-            "materializer_restarts": self.materializer_restarts,
-            # A live process whose heartbeat is old is stuck (a long lock wait, a bug): see its log.
-            "materializer_heartbeat_age_s": round(time.time() - beat, 1) if beat else None,
-            "last_error": self.last_error,
-            "last_write_ts": last_write or None,
-        }
-
-    # materializer process ------------------------------------------------------------------
-    def _start_materializer(self) -> None:
-        p = self._mp.Process(
-            target=process_main,
-            args=(
-                self.cfg,
-                self.client_id,
-                self.mstats.arr,
-                logging.getLogger().getEffectiveLevel(),
-                os.getpid(),
-            ),
-            name=f"parkwatch-materialize-{self.client_id}",
-            daemon=True,
+        """The receiver's figures since it started, and the materializer's from the fleet store
+        (``rejected``: the refusals counted there, all workers')."""
+        if self._store is None:
+            self._store = FleetStore(self.cfg.fleet_store)
+        fs = self._store
+        out = self.receiver.stats()
+        m = stats_in(fs).get(self.client_id)
+        beat = fs.query(
+            "SELECT heartbeat_ts, write_errors FROM ingest_workers WHERE worker=?", (self.client_id,)
         )
-        p.start()
-        self._proc = p
-        self._proc_started = time.monotonic()
-
-    def _supervise(self) -> None:
-        now = time.monotonic()
-        if now < self._next_check:
-            return  # called after every batch: a waitpid a few times a second is enough
-        self._next_check = now + 0.25
-        p = self._proc
-        if p is None or p.is_alive() or self._stop.is_set() or self.mstats.get("stop"):
-            return  # while stopping, an exit is expected (systemd signals the whole group)
-        now = time.monotonic()
-        if now < self._next_restart:
-            return
-        # Back off while it keeps dying at start-up (fleet.db unreadable, say); a crash after a long
-        # healthy run is restarted at once.
-        lived = now - self._proc_started
-        self._backoff = _RESTART_BACKOFF_S if lived > _HEALTHY_RUN_S else min(self._backoff * 2, 60.0)
-        self.materializer_restarts += 1
-        self.last_error = (
-            f"materializer exited with status {p.exitcode} after {lived:.0f} s; restarted (the inbox kept "
-            "its rows; its own error is in the log above)"
+        counters = fs.counters()
+        out.update(
+            rejected={
+                k.split(".", 1)[1]: int(v) for k, v in counters.items() if k.startswith("rejected.") and v
+            },
+            stored_predictions=m.stored_predictions if m else 0,
+            duplicates=m.duplicates if m else 0,
+            materialized=m.materialized if m else 0,
+            batches=m.batches if m else 0,
+            last_write_ts=m.last_batch_ts if m else None,
+            lag_s=m.lag_s if m else None,
+            write_errors=out["write_errors"] + (int(beat[0]["write_errors"]) if beat else 0),
+            materializer_alive=self.materializer.alive,
+            materializer_restarts=self.materializer.restarts,
+            materializer_heartbeat_age_s=round(time.time() - float(beat[0]["heartbeat_ts"]), 1)
+            if beat
+            else None,
+            last_error=self.materializer.last_error or out["last_error"],
         )
-        log.error("%s", self.last_error)
-        self._next_restart = now + self._backoff
-        self._start_materializer()
-
-    # MQTT callbacks (paho's network thread) ------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            self.last_error = f"broker refused the connection: {rc}"
-            log.error("%s", self.last_error)
-            return
-        if self.retiring:
-            # The queued messages come anyway (they belong to the session); unsubscribing first
-            # means no new ones are routed here, so the other workers of the group take them.
-            client.unsubscribe([t for t, _ in subscriptions(self.fcfg.share_group)])
-        else:
-            client.subscribe(subscriptions(self.fcfg.share_group))
-            # Retained, so every box (now or later) learns which prediction schemas this cloud
-            # stores; a box that never sees it sends schema 1, which every cloud accepts.
-            caps = CloudCapabilities(predictions=list(PREDICTION_SCHEMAS), telemetry=list(TELEMETRY_SCHEMAS))
-            client.publish(Topics.CAPABILITIES, encode(caps), qos=1, retain=True)
-        log.info("ingest connected as %s (session present: %s)", self.client_id, flags.session_present)
-
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
-    ) -> None:
-        bad = [rc for rc in rcs if rc.is_failure]
-        if bad:
-            self.last_error = (
-                f"broker refused a subscription: {bad}; check the broker ACL for the ingest account"
-            )
-            log.error("%s", self.last_error)
-        self._connected.set()  # connected *and* subscribed: nothing published from now on is missed
-
-    def _on_unsubscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
-    ) -> None:
-        self._connected.set()  # retiring: from now on only what was queued for this session arrives
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
-    ) -> None:
-        self._connected.clear()
-        if not self._stop.is_set():
-            log.warning("ingest lost the broker (%s); paho reconnects, the broker keeps our queue", rc)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Route by topic only; everything that needs the payload parsed is the materializer's."""
-        self.received += 1
-        topic = msg.topic
-        payload = bytes(msg.payload)  # already bytes from paho (bytes() returns it as is); typed for mypy
-        try:
-            kind = _kind_of(topic)
-            if len(payload) > self.cfg.mqtt.max_payload_bytes:
-                raise PayloadTooLarge(
-                    f"{topic}: payload of {len(payload)} bytes exceeds {self.cfg.mqtt.max_payload_bytes}"
-                )
-        except ProtocolError as e:
-            self._reject(e)
-            client.ack(msg.mid, msg.qos)  # rejected for good: a resend would be rejected again
-            return
-        if kind in STORED_KINDS:
-            self._q.append((topic, payload, time.time(), msg.retain, msg.mid, msg.qos))
-            if not self._wake.is_set():
-                self._wake.set()
-        elif kind is Kind.SNAPSHOT:
-            self._snapshot(topic, payload)
-            client.ack(msg.mid, msg.qos)
-        else:
-            self.ignored += 1
-            client.ack(msg.mid, msg.qos)
-
-    def _reject(self, e: ProtocolError) -> None:
-        self.rejects.reject(e)  # logs the first of each kind
-        self.mstats.add(f"rx.{reject_kind(e.kind)}")  # the materializer persists the count
-
-    def _snapshot(self, topic: str, payload: bytes) -> None:
-        """Snapshots are rare and go to files, not rows: handled here, whole."""
-        outcome: str
-        try:
-            _, snap = decode(topic, payload, self.cfg.mqtt.max_payload_bytes)
-            assert isinstance(snap, Snapshot)
-            outcome = store_snapshot(self.cfg, snap, self._snapshot_quota)
-        except ProtocolError as e:
-            self._reject(e)
-            return
-        except OSError as e:
-            outcome = "write_error"
-            self.last_error = f"cannot keep a snapshot from {topic}: {e}"
-            log.error("%s", self.last_error)
-        with self._lock:
-            self.snapshots[outcome] = self.snapshots.get(outcome, 0) + 1
-
-    # inbox thread --------------------------------------------------------------------------
-    def _collect(self) -> list[Received]:
-        """Group commit: whatever arrived while the last commit was being fsynced, without waiting
-        for more. Under load the fsync itself makes the batches; when quiet, each message is
-        committed and acknowledged at once."""
-        q = self._q
-        batch: list[Received] = []
-        self._wake.clear()  # before draining: an append after this sets it again, none is missed
-        if q:
-            self._batch_pending = True  # before taking: _q and this flag never both look idle
-        while len(batch) < self.fcfg.batch_max:
-            try:
-                batch.append(q.popleft())
-            except IndexError:
-                break
-        if not batch:
-            self._wake.wait(0.25)
-        return batch
-
-    def _writer_loop(self) -> None:
-        while True:
-            batch = self._collect()
-            if not batch:
-                self._supervise()
-                if self._stop.is_set() and not self._q:
-                    break
-                continue
-            self._append_until_done(batch)
-            self._supervise()
-
-    def _append_until_done(self, batch: list[Received]) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        delay = 0.5
-        rows = [(t, p, ts, r) for t, p, ts, r, _, _ in batch]
-        while True:
-            try:
-                inbox.append(rows)
-                break
-            except FleetError as e:
-                # Keep the batch unacknowledged and retry: the broker holds everything behind it.
-                self.inbox_errors += 1
-                self.last_error = str(e)
-                log.error("%s; retrying in %.1f s", e, delay)
-                if self._stop.wait(delay):
-                    return  # stopping: unacknowledged, so the broker resends it to the next run
-                delay = min(delay * 2, 30.0)
-        c = self._client
-        if c is not None:
-            for *_, mid, qos in batch:
-                c.ack(mid, qos)
-        self.accepted += len(batch)
-        self._batch_pending = False
-        self.mstats.set("rx_batch", len(batch))  # the materializer yields while these are large
-        self.mstats.set("rx_ts", time.time())
+        return out

@@ -20,6 +20,7 @@ from json.encoder import encode_basestring as _esc
 import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
+from cloud.fleet.materializer_stats import BatchFacts, add_batch
 from shared.protocol import (
     IR_FLAG,
     NONE_LABEL,
@@ -235,9 +236,11 @@ class BatchWriter:
         progress: tuple[str, str, int] | None = None,
         dead_letters: list[DeadLetter] | None = None,
         isolate: bool = False,
+        facts: BatchFacts | None = None,
     ) -> WriteResult:
-        """Store ``items``, ``dead_letters``, ``counters`` and the inbox ``progress`` mark
-        (worker, inbox id, last row id) in one transaction: all or nothing, so a batch is applied once.
+        """Store ``items``, ``dead_letters``, ``counters``, the inbox ``progress`` mark (worker,
+        inbox id, last row id) and the worker's counters (``facts``, with ``progress``) in one
+        transaction: all or nothing, so a batch is applied and counted once.
 
         ``isolate`` writes each item under its own savepoint and turns an item the database refuses
         into a dead letter (``WriteResult.refused``) instead of failing the batch; the caller uses
@@ -260,6 +263,16 @@ class BatchWriter:
                         "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
                         progress,
                     )
+                    if facts is not None:
+                        add_batch(
+                            self.conn,
+                            False,
+                            progress[0],
+                            facts,
+                            res.predictions_stored,
+                            res.duplicates,
+                            len(letters),
+                        )
                 deltas = dict(counters or {})
                 deltas["stored.predictions"] = res.predictions_stored
                 deltas["duplicates.predictions"] = res.duplicates

@@ -41,15 +41,37 @@ CREATE TABLE IF NOT EXISTS ingest_workers (
 );
 """
 
+# Each materializer's counters, added in the transaction of every batch (cloud/fleet/materializer_stats.py).
+SQLITE_MATERIALIZER_STATS = """
+CREATE TABLE IF NOT EXISTS materializer_stats (
+    worker TEXT PRIMARY KEY,
+    materialized INTEGER NOT NULL DEFAULT 0,
+    stored_predictions INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    dead_letters INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    batches INTEGER NOT NULL DEFAULT 0,
+    last_batch_ts REAL,
+    last_batch_rows INTEGER NOT NULL DEFAULT 0,
+    lag_s REAL
+);
+"""
+
 PG_LOCK_KEY = 0x7061726B  # 'park': the advisory lock migrations take
 
 
 def sqlite_migrations(base_ddl: str) -> list[Migration]:
-    return [(1, base_ddl), (2, SQLITE_WORKERS)]
+    return [(1, base_ddl), (2, SQLITE_WORKERS), (3, SQLITE_MATERIALIZER_STATS)]
 
 
 def pg_migrations() -> list[Migration]:
-    return [(1, pg_ddl.V1), (2, pg_ddl.V2_WORKERS), (3, pg_ddl.V3_OUTCOMES), (4, pg_ddl.V4_OUTCOMES_BACKFILL)]
+    return [
+        (1, pg_ddl.V1),
+        (2, pg_ddl.V2_WORKERS),
+        (3, pg_ddl.V3_OUTCOMES),
+        (4, pg_ddl.V4_OUTCOMES_BACKFILL),
+        (5, pg_ddl.V5_MATERIALIZER_STATS),
+    ]
 
 
 def _statements(script: str) -> list[str]:

@@ -25,6 +25,7 @@ import psycopg
 from cloud.fleet.backends.pg import raw_connect
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRecord, FleetError
+from cloud.fleet.materializer_stats import BatchFacts, add_batch
 from cloud.fleet.writer import (
     _UPSERT_OUTCOMES,
     CAUSE_BEFORE,
@@ -133,6 +134,7 @@ class PgBatchWriter:
         progress: tuple[str, str, int] | None = None,
         dead_letters: list[DeadLetter] | None = None,
         isolate: bool = False,
+        facts: BatchFacts | None = None,
     ) -> WriteResult:
         res = WriteResult(messages=len(items))
         self._reconnect_if_broken()
@@ -172,6 +174,16 @@ class PgBatchWriter:
                         "ON CONFLICT(worker) DO UPDATE SET inbox_id=excluded.inbox_id, upto=excluded.upto",
                         progress,
                     )
+                    if facts is not None:
+                        add_batch(
+                            self.conn,
+                            True,
+                            progress[0],
+                            facts,
+                            res.predictions_stored,
+                            res.duplicates,
+                            len(letters),
+                        )
                 deltas = dict(counters or {})
                 deltas["stored.predictions"] = res.predictions_stored
                 deltas["duplicates.predictions"] = res.duplicates

@@ -54,7 +54,10 @@ class CloudServer:
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
         self.cfg = cfg
-        self.names = [n for n in COMPONENTS if (only is None or n in only) and n not in (skip or [])]
+        wanted = set(only or COMPONENTS)
+        if "fleet-ingest" in wanted:
+            wanted.add("materializer")  # a receiver alone would only fill its inbox: --skip says so
+        self.names = [n for n in COMPONENTS if n in wanted and n not in (skip or [])]
         self.components: dict[str, Component] = {}
         self._stopped = threading.Event()
 

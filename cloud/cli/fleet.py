@@ -416,8 +416,8 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
 def _human_applied(stats: list[Any]) -> str:
     """How current the fleet tables are: each materializer's last batch (from the fleet store)."""
     if not stats:
-        return "\ningest: no materializer has applied a batch yet"
-    lines = ["", "ingest (materialized into the fleet store):"]
+        return "\n\ningest: no materializer has applied a batch yet"
+    lines = ["\n\ningest (materialized into the fleet store):"]
     for m in stats:
         lag = "-" if m.lag_s is None else f"{m.lag_s:.1f} s"
         lines.append(

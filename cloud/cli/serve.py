@@ -13,7 +13,8 @@ from shared.clitools import config_option, handle_errors
 @click.option(
     "--only",
     multiple=True,
-    help="Run only these components (materializer, fleet-ingest, release, analysis, dashboard); repeatable.",
+    help="Run only these components (fleet-ingest, materializer, release, analysis, dashboard); "
+    "repeatable. fleet-ingest brings its materializer along unless --skip materializer.",
 )
 @click.option(
     "--skip",

@@ -1,14 +1,18 @@
-"""The materializer: turns one worker's inbox rows into fleet rows, in its own process.
+"""The materializer: turns one worker's inbox rows into fleet rows, in a process of its own.
 
 Validation happens here, not in the receiver: a message is refused (counted, logged once per
 kind, and kept as a dead letter with its reason) when its rows would be written, which loses
 nothing already accepted and keeps the receiver's per-message work to a queue append. Each
-batch goes into ``fleet.db`` in one transaction together with the inbox progress mark, then the
-inbox rows are deleted; a crash between the two only leaves rows that the mark says to skip.
+batch goes into the fleet store in one transaction together with the inbox progress mark and
+this worker's counters (:mod:`cloud.fleet.materializer_stats`), then the inbox rows are deleted;
+a crash between the two only leaves rows that the mark says to skip.
 
 Why a process rather than a thread: decoding and row-writing are Python work that would take the
 GIL from the MQTT receiver; in its own process it runs on another core and the receiver keeps
-draining the broker.
+draining the broker. It is ``parkwatch cloud materialize``: under systemd a unit of its own,
+in ``parkwatch cloud serve`` a child process (:class:`MaterializerProcess`). It shares nothing
+with the receiver but the inbox file: even how hard the broker is pushing (for burst mode) is
+read from the inbox, where the receiver notes the size of each commit.
 """
 
 from __future__ import annotations

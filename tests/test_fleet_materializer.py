@@ -3,8 +3,10 @@ counters in the fleet store, on both fleet backends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,3 +170,52 @@ def test_cloud_inbox_health_and_the_worker_view_read_the_counters_from_the_fleet
         assert row.materialized == 4 and row.stored_predictions == 5 and row.dead_letters == 1
         counters = fs.counters()
     assert counters["rejected.too_large"] == 1 and counters["rejected.malformed"] == 1
+
+
+def test_the_materializer_child_of_a_killed_serve_exits_and_frees_the_inbox(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """`cloud serve` SIGKILLed: its materializer child must not live on holding the inbox's lock,
+    or the next serve's materializer could never start."""
+    from cloud.fleet.inbox import materializer_lock_path, try_flock
+
+    cfg = cloud_cfg(tmp_path, broker)
+    worker = str(cfg.fleet.client_id)
+    script = (
+        "import sys, time\n"
+        "from cloud.config import CloudConfig\n"
+        "from cloud.fleet.materialize import MaterializerProcess\n"
+        "p = MaterializerProcess(CloudConfig.model_validate_json(sys.stdin.read()))\n"
+        "p.start()\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert serve.stdin is not None and serve.stdout is not None
+    serve.stdin.write(cfg.model_dump_json())
+    serve.stdin.close()
+    child = int(serve.stdout.readline())
+    lock = materializer_lock_path(inbox_path(cfg.data_dir, worker))
+    store = FleetStore(cfg.fleet_store)
+    try:
+        wait_for(lambda: workers_in(store, 60.0), timeout=60, what="the child's first heartbeat")
+        assert try_flock(lock) is None  # held by the child
+        serve.kill()
+        serve.wait(30)
+        held = wait_for(lambda: try_flock(lock), timeout=30, what="the orphaned child to let go of the inbox")
+        held.close()
+        # It says why it stopped: its worker went away, not a clean stop.
+        assert workers_in(store, 60.0)[0].state == "down"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        store.close()

@@ -40,6 +40,7 @@ from cloud.fleet.inbox import (
     try_flock,
 )
 from cloud.fleet.materializer_stats import BatchFacts
+from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import Beat, write_beat
 from cloud.fleet.writer import DeadLetter, Incoming, WriteResult
@@ -332,9 +333,16 @@ class MaterializerProcess(ChildProcess):
     unit of its own instead (parkwatch-cloud-materialize.service, with ``serve --skip materializer``)."""
 
     def __init__(self, cfg: CloudConfig, worker: str | None = None) -> None:
+        self.cfg = cfg
         self.worker = worker or cfg.client_id("ingest")
         super().__init__(
             f"materializer {self.worker}",
             ["cloud", "materialize", "--worker", self.worker],
             cfg.model_dump_json(),
         )
+
+    def start(self) -> None:
+        # Open (create, migrate) the fleet store here first: a bad path or an unreachable server
+        # stops `serve` at once with its message, instead of a child that keeps failing.
+        connect(self.cfg.fleet_store, synchronous="FULL").close()
+        super().start()

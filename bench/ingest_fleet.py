@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from cloud.config import CloudConfig  # noqa: E402
-from cloud.fleet.service import FleetIngest  # noqa: E402
+from cloud.fleet.ingest_worker import FleetIngest  # noqa: E402
 from shared.broker import EmbeddedBroker  # noqa: E402
 from shared.protocol import Kind, PredictionBatch, Topics, encode  # noqa: E402
 from tests.simdevice import SimDevice  # noqa: E402

@@ -17,9 +17,9 @@ from cloud.cli import cloud
 from cloud.fleet import materialize
 from cloud.fleet.errors import BadRecord, FleetError
 from cloud.fleet.inbox import Inbox, inbox_path, inbox_states
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.materialize import Materializer
 from cloud.fleet.schema import connect
-from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_EVICTED, CAUSE_LOST, BatchWriter, Incoming
 from cloud.governance.alerts import AlertStore

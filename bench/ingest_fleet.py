@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from cloud.config import CloudConfig  # noqa: E402
-from cloud.fleet.service import FleetIngest  # noqa: E402
+from cloud.fleet.ingest_worker import FleetIngest  # noqa: E402
 from shared.broker import EmbeddedBroker  # noqa: E402
 from shared.protocol import Kind, PredictionBatch, Topics, encode  # noqa: E402
 from tests.simdevice import SimDevice  # noqa: E402
@@ -192,7 +192,9 @@ def ingest_rate(
     # Measure the steady state, not the materializer processes' start-up (imports, connecting
     # and migrating the store): wait for their first heartbeat.
     deadline = time.monotonic() + 120
-    while any(i.mstats.get("heartbeat_ts") == 0 for i in ings) and time.monotonic() < deadline:
+    while (
+        any(i.stats()["materializer_heartbeat_age_s"] is None for i in ings) and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     time.sleep(0.3)
     total = devices * batches * batch_size

@@ -3,7 +3,9 @@
 Each component is a class constructed as ``Component(cfg)`` with ``start()`` and ``stop()``;
 it owns its own MQTT client and store handles, so one failing does not wedge the others and
 each can be tested alone. Components are named by import path so that ``serve`` imports only
-what it runs.
+what it runs. The materializer is a child process (``parkwatch cloud materialize``, started and
+restarted by cloud/children.py); under systemd it runs as a unit of its own instead, and the
+cloud unit runs ``serve --skip materializer``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from cloud.config import CloudConfig
 
 log = logging.getLogger("parkwatch.cloud.server")
 
-# Order matters: storage-facing ingest first so nothing published later is missed,
-# the release channel next, then analysis and the dashboard that read what ingest wrote.
+# Order matters: storage-facing ingest first so nothing published later is missed (its
+# materializer before its receiver, so it is stopped after it and drains its last commit), the
+# release channel next, then analysis and the dashboard that read what ingest wrote.
 COMPONENTS: dict[str, str] = {
-    "fleet-ingest": "cloud.fleet.service:FleetIngest",
+    "materializer": "cloud.fleet.materialize:MaterializerProcess",
+    "fleet-ingest": "cloud.fleet.receiver:Receiver",
     "release": "cloud.release.server:ReleaseService",
     "analysis": "cloud.analysis.scheduler:AnalysisScheduler",
     "dashboard": "cloud.dashboard.server:DashboardServer",
@@ -43,12 +47,17 @@ def load_component(path: str) -> type[Component]:
 
 
 class CloudServer:
-    def __init__(self, cfg: CloudConfig, only: list[str] | None = None) -> None:
-        unknown = set(only or []) - set(COMPONENTS)
+    def __init__(
+        self, cfg: CloudConfig, only: list[str] | None = None, skip: list[str] | None = None
+    ) -> None:
+        unknown = (set(only or []) | set(skip or [])) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown component(s) {sorted(unknown)}; choose from {sorted(COMPONENTS)}")
         self.cfg = cfg
-        self.names = [n for n in COMPONENTS if only is None or n in only]
+        wanted = set(only or COMPONENTS)
+        if "fleet-ingest" in wanted:
+            wanted.add("materializer")  # a receiver alone would only fill its inbox: --skip says so
+        self.names = [n for n in COMPONENTS if n in wanted and n not in (skip or [])]
         self.components: dict[str, Component] = {}
         self._stopped = threading.Event()
 
@@ -71,7 +80,11 @@ class CloudServer:
         lines = [f"parkwatch cloud serve: data in {c.data_dir}"]
         for name in self.names:
             comp = self.components.get(name)
-            if name == "fleet-ingest":
+            if name == "materializer":
+                what = f"child process applying the inbox of {c.client_id('ingest')} to " + (
+                    "PostgreSQL" if c.fleet.database_url else str(c.paths.fleet_db)
+                )
+            elif name == "fleet-ingest":
                 what = (
                     f"broker {c.mqtt.host}:{c.mqtt.port} as {c.client_id('ingest')}, persistent shared "
                     f"subscription $share/{c.fleet.share_group}/... (boxes may send now)"

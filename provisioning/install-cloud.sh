@@ -16,7 +16,9 @@
 #     release channel until then.
 #  5. Mosquitto: the tuning file and the password/ACL config in /etc/mosquitto/conf.d/ (from
 #     provisioning/mosquitto/); the TLS listener stays commented out until its certificates exist
-#  6. systemd/parkwatch-cloud.service ('parkwatch cloud serve'), enabled and started with mosquitto
+#  6. systemd/parkwatch-cloud.service ('parkwatch cloud serve --skip materializer') and
+#     systemd/parkwatch-cloud-materialize.service ('parkwatch cloud materialize', the ingest
+#     worker's materializer as a unit of its own), enabled and started with mosquitto
 # Afterwards: move the root key offline (docs/release-channel.md, "First setup").
 #
 # Environment overrides (defaults in brackets):
@@ -183,18 +185,24 @@ fi
 
 # 6. services
 systemd_up=0; [[ -d /run/systemd/system ]] && systemd_up=1
-sed -e "s#@VENV@#$venv#g" -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@DATA@#$data#g" \
-  "$here/systemd/parkwatch-cloud.service" > /etc/systemd/system/parkwatch-cloud.service.tmp
-chmod 0644 /etc/systemd/system/parkwatch-cloud.service.tmp
-mv /etc/systemd/system/parkwatch-cloud.service.tmp /etc/systemd/system/parkwatch-cloud.service
+for unit in parkwatch-cloud.service parkwatch-cloud-materialize.service; do
+  sed -e "s#@VENV@#$venv#g" -e "s#@PREFIX@#$prefix#g" -e "s#@ETC@#$etc#g" -e "s#@DATA@#$data#g" \
+    "$here/systemd/$unit" > "/etc/systemd/system/$unit.tmp"
+  chmod 0644 "/etc/systemd/system/$unit.tmp"
+  mv "/etc/systemd/system/$unit.tmp" "/etc/systemd/system/$unit"
+done
 if [[ $systemd_up == 1 ]]; then
   systemctl daemon-reload
-  systemctl enable mosquitto.service parkwatch-cloud.service
+  systemctl enable mosquitto.service parkwatch-cloud.service parkwatch-cloud-materialize.service
   systemctl restart mosquitto.service || die "mosquitto does not start: journalctl -u mosquitto; /var/log/mosquitto/mosquitto.log"
+  systemctl restart parkwatch-cloud-materialize.service \
+    || die "parkwatch-cloud-materialize does not start: journalctl -u parkwatch-cloud-materialize"
   systemctl restart parkwatch-cloud.service || die "parkwatch-cloud does not start: journalctl -u parkwatch-cloud"
-  say "mosquitto and parkwatch-cloud enabled and (re)started: systemctl status parkwatch-cloud"
+  say "mosquitto, parkwatch-cloud and parkwatch-cloud-materialize enabled and (re)started: systemctl status 'parkwatch-cloud*'"
 else
   say "systemd is not running here: start mosquitto and '$pw cloud serve --config $etc/cloud.toml' yourself"
+  say "  (it runs the materializer as its child; or run '$pw cloud serve --skip materializer' and"
+  say "  '$pw cloud materialize' each under your service manager, as the systemd units do)"
 fi
 [[ $fresh_config == 0 ]] || say "review $etc/cloud.toml ([gate], [release], [dashboard]) and restart: systemctl restart parkwatch-cloud"
 if [[ -e $data/tuf-repo/metadata/root.json ]]; then

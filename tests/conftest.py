@@ -49,6 +49,7 @@ def pets_sample() -> Path:
 # a second or two), one fresh database per test.
 BOTH_BACKENDS = {
     "tests.test_fleet_ingest",
+    "tests.test_fleet_materializer",
     "tests.test_fleet_feedback",
     "tests.test_fleet_serve",
     "tests.test_fleet_snapshots",

@@ -9,7 +9,7 @@ import sys
 import threading
 
 from cloud.config import CloudConfig
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 
 
 def main() -> None:

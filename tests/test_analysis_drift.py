@@ -17,7 +17,7 @@ from cloud.analysis.drift_baseline import resolve
 from cloud.analysis.job import open_governor, run_analysis
 from cloud.analysis.scheduler import AnalysisScheduler
 from cloud.evaluation.metrics import evaluate
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
 from cloud.governance.records import StoredAlert

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.governance.alerts import AlertStore
 from cloud.governance.rules import Finding
 from cloud.registry.audit import AuditLog

@@ -45,6 +45,7 @@ REPORTING_WITHOUT_JSON_OK = {
     # long-running services and interactive actions that report nothing structured
     ("edge", "run"),
     ("cloud", "serve"),
+    ("cloud", "materialize"),
     ("cloud", "demo"),
 }
 

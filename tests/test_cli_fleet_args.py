@@ -181,9 +181,13 @@ def test_health_of_one_device_is_text_and_the_listing_has_a_header(install: Path
 
     res = run("cloud", "health", "--check", *cfg_arg(install))
     assert res.exit_code == 0, res.output
-    header, *rows = res.output.splitlines()
+    table, applied = res.output.split("\n\n", 1)
+    header, *rows = table.splitlines()
     assert header.split()[:4] == ["DEVICE", "SITE", "HEALTH", "LAST"]
     assert [r.split()[0] for r in rows] == ["box1", "box2"]
+    # Below the table, how current it is: each materializer's counters, from the fleet store.
+    assert applied.startswith("ingest (materialized into the fleet store):"), applied
+    assert "w1 " in applied and "620 predictions" in applied, applied
 
 
 # 4 ------------------------------------------------------------------------------------------------

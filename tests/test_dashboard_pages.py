@@ -85,6 +85,16 @@ def test_fleet_page_lists_ingest_workers_of_every_host_from_their_heartbeat_rows
         ),
         (time.time() - 3600,),
     )
+    # ingest-a's materializer applied one batch: its counters, as its writer keeps them.
+    from cloud.fleet.materializer_stats import BatchFacts, add_batch
+
+    pg = bool(cfg.fleet.database_url)
+    if pg:
+        with w.conn.transaction():
+            add_batch(w.conn, True, "ingest-a", BatchFacts(4321, 0, time.time() - 2), 777, 0, 3)
+    else:
+        with w.conn:
+            add_batch(w.conn, False, "ingest-a", BatchFacts(4321, 0, time.time() - 2), 777, 0, 3)
     if not cfg.fleet.database_url:
         w.conn.commit()
     w.db.close()
@@ -96,6 +106,9 @@ def test_fleet_page_lists_ingest_workers_of_every_host_from_their_heartbeat_rows
     assert "down" in row_c[: row_c.index("</tr>")]
     row_a = html[html.index('data-worker="ingest-a"') :]
     assert "running" in row_a[: row_a.index("</tr>")] and ">12<" in row_a[: row_a.index("</tr>")]
+    # Materialized messages, stored predictions and dead letters from the fleet store's counters.
+    cells = row_a[: row_a.index("</tr>")]
+    assert ">4321<" in cells and ">777<" in cells and ">3<" in cells and "(waited 2" in cells, cells
 
 
 def test_device_page_has_charts_and_history(cfg) -> None:  # type: ignore[no-untyped-def]

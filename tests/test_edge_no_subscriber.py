@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from edge.daemon import Daemon
 from shared.broker import EmbeddedBroker

@@ -219,7 +219,7 @@ def test_zone_names_are_unique_per_camera() -> None:
 
 
 def test_daemon_publishes_regions_ir_and_none_to_a_new_cloud(tmp_path: Path, broker: EmbeddedBroker) -> None:
-    from cloud.fleet.service import FleetIngest
+    from cloud.fleet.ingest_worker import FleetIngest
     from tests.fleetutil import cloud_cfg
     from tests.test_edge_daemon import Collector
 

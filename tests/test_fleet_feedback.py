@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cloud.fleet.http import feedback_router
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.registry.audit import AuditLog
 from cloud.registry.store import Registry

@@ -17,9 +17,9 @@ from cloud.cli import cloud
 from cloud.fleet import materialize
 from cloud.fleet.errors import BadRecord, FleetError
 from cloud.fleet.inbox import Inbox, inbox_path, inbox_states
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.materialize import Materializer
 from cloud.fleet.schema import connect
-from cloud.fleet.service import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_EVICTED, CAUSE_LOST, BatchWriter, Incoming
 from cloud.governance.alerts import AlertStore
@@ -137,7 +137,7 @@ def test_a_killed_materializer_is_restarted_and_nothing_is_lost_or_doubled(
     try:
         dev.predict(2_000, batch_size=50)
         wait_for(lambda: store.prediction_count() > 0, what="materializing")
-        pid = ing._proc.pid if ing._proc is not None else None
+        pid = ing.materializer.pid  # the `parkwatch cloud materialize` child process
         assert pid is not None
         os.kill(pid, signal.SIGKILL)  # while it works through the burst, as hard as a crash gets
         dev.predict(2_000, batch_size=50)
@@ -384,13 +384,14 @@ def test_burst_mode_takes_small_steps_only_while_the_receiver_is_pushed(
     inbox = Inbox(inbox_path(cfg.paths, "w-burst"))
     inbox.append(_batches(dev, 120, 1))
     m = Materializer(cfg, "w-burst")
-    assert not m.receiver_busy()  # nothing received yet
-    m.stats.set("rx_batch", 200)
-    m.stats.set("rx_ts", time.time())
+    # The receiver just committed 120 messages at once (the broker pushing hard): said in the inbox.
     assert m.receiver_busy()
     assert m.step(materialize.BURST_STEP if m.receiver_busy() else None) == materialize.BURST_STEP
-    m.stats.set("rx_ts", time.time() - 5)  # the burst is over
+    with inbox.conn:  # the burst is over
+        inbox.conn.execute("UPDATE meta SET value=? WHERE key='rx_ts'", (repr(time.time() - 5),))
     assert not m.receiver_busy() and m.step() == 70
+    inbox.append(_batches(dev, 1, 1))  # quiet: one message at a time
+    assert not m.receiver_busy() and m.step() == 1
     m.close()
     inbox.close()
 

@@ -13,7 +13,7 @@ from cloud.analysis.health import check_fleet
 from cloud.cli import cloud
 from cloud.config import CloudConfig
 from cloud.fleet.errors import FleetError
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_LOST
 from shared.broker import EmbeddedBroker

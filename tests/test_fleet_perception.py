@@ -18,7 +18,7 @@ from cloud.fleet import schema
 from cloud.fleet.backends import PgTarget, open_writer
 from cloud.fleet.errors import BadRequest
 from cloud.fleet.feedback import label_prediction
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from shared.broker import EmbeddedBroker
 from shared.protocol import IR_FLAG, Kind, Prediction, PredictionBatch, PredRegion

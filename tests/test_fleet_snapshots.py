@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Snapshot
 from tests.fleetutil import cloud_cfg, wait_for

@@ -11,7 +11,7 @@ import pytest
 from cloud.analysis.job import open_governor
 from cloud.config import CloudConfig
 from cloud.fleet.feedback import label_prediction
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.governance.alerts import AlertStore
 from cloud.governance.rules import Finding

@@ -23,7 +23,7 @@ from cloud.analysis.config import AnalysisConfig
 from cloud.analysis.health import TELEMETRY_RULES, judged
 from cloud.analysis.job import open_governor, run_health
 from cloud.config import CloudConfig
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import CAUSE_BEFORE, CAUSE_LOST
 from cloud.governance.alerts import AlertStore

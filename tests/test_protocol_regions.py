@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from pydantic import ValidationError
 
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from edge.mqttlink import MqttLink
 from edge.outbox import Outbox

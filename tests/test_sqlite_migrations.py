@@ -231,6 +231,23 @@ def test_a_fleet_db_from_before_numbered_migrations_is_brought_up_to_date_withou
     assert _one(path, "SELECT sum(n) FROM outcome_hours")[0] == 3
 
 
+def test_a_fleet_db_at_version_5_gets_the_materializer_counters_as_migration_6(tmp_path: Path) -> None:
+    """The materializers' counters came after the alert tables: appended as 6, never folded into a
+    shipped migration, so a fleet.db main already wrote (version 5) gains the table and keeps its rows."""
+    assert [m.number for m in FLEET_SCHEMA.migrations] == [1, 2, 3, 4, 5, 6]
+    path = tmp_path / "fleet.db"
+    _raw(path, _fleet_971a6de() + _FLEET_ROWS)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate_sqlite(conn, Schema(FLEET_SCHEMA.name, FLEET_SCHEMA.migrations[:5])) == 5
+    conn.close()
+    assert "materializer_stats" not in _tables(path)
+    with FleetStore(path) as fs:
+        assert fs.prediction_count() == 3
+    assert _one(path, "PRAGMA user_version")[0] == 6
+    assert "materializer_stats" in _tables(path)
+    assert _one(path, "SELECT sum(n) FROM outcome_hours")[0] == 3  # migration 4 did not run again
+
+
 def test_a_fleet_db_of_the_ad_hoc_era_with_columns_and_counts_present_is_adopted_without_double_counting(
     tmp_path: Path,
 ) -> None:

@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.config import CloudConfig, install_id
-from cloud.fleet.service import FleetIngest
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.store import FleetStore
 from cloud.release.channel import ReleaseChannel
 from cloud.release.errors import ProvisioningError

@@ -18,8 +18,8 @@ import pytest
 
 from cloud.config import CloudConfig
 from cloud.fleet.feedback import label_prediction
+from cloud.fleet.ingest_worker import FleetIngest
 from cloud.fleet.schema import connect
-from cloud.fleet.service import FleetIngest
 from cloud.fleet.snapshots import SnapshotQuota, store_snapshot
 from cloud.fleet.store import FleetStore
 from cloud.fleet.writer import BatchWriter, Incoming

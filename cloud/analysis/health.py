@@ -289,10 +289,17 @@ def ingest_findings(states: list[dict[str, Any]], lag_alert_s: float) -> list[Fi
                 "is not reaching the fleet tables. Check the file and its permissions"
             )
         elif age is not None and age >= lag_alert_s:
+            last = s.get("last_batch_age_s")
+            applied = (
+                f"its materializer last applied a batch {last:.0f} s ago"
+                if last is not None
+                else "its materializer has not applied a batch yet"
+            )
             why = (
                 f"{s['backlog']} acknowledged messages wait in the inbox of ingest worker {s['worker']}, "
-                f"the oldest for {age:.0f} s: the fleet tables are behind. Check that 'parkwatch cloud "
-                "serve' runs and its log for materializer errors; 'parkwatch cloud inbox' shows the backlog"
+                f"the oldest for {age:.0f} s, and {applied}: the fleet tables are behind. Check that its "
+                "materializer runs ('parkwatch cloud serve', or parkwatch-cloud-materialize.service) and "
+                "its log for errors; 'parkwatch cloud inbox' shows the backlog"
             )
         else:
             continue

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud.analysis import drift, drift_baseline, health, report
 from cloud.fleet.inbox import inbox_states
+from cloud.fleet.materializer_stats import stats_in
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import remote_inbox_states
 from cloud.governance.alerts import AlertStore
@@ -37,6 +38,11 @@ def run_health(
     inboxes = inbox_states(cfg.paths, now)
     # Workers on other hosts (a shared PostgreSQL fleet store): their heartbeat rows.
     inboxes += remote_inbox_states(fleet, {str(s["worker"]) for s in inboxes}, cfg.fleet.worker_stale_s, now)
+    # When each worker's materializer last applied a batch: its counters in the fleet store.
+    applied = stats_in(fleet, now)
+    for s in inboxes:
+        m = applied.get(str(s["worker"]))
+        s["last_batch_age_s"] = m.last_batch_age_s if m else None
     # The fleet tables are current only up to the oldest message still waiting in an inbox; judge
     # silence from there, or an ingest backlog would read as a fleet of offline boxes. Only up to
     # the backlog alert's limit: past it, ingest_backlog is open and explains any offline alerts,

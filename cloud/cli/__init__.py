@@ -33,6 +33,7 @@ COMMANDS = {
     "alerts": "cloud.cli.fleet:alerts",
     "health": "cloud.cli.fleet:health",
     "inbox": "cloud.cli.fleet:inbox",
+    "materialize": "cloud.cli.fleet:materialize",
     # dashboard
     "users": "cloud.cli.dashboard:users",
 }

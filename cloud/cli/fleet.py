@@ -410,7 +410,24 @@ def health(device: str | None, check: bool, config_path: Path, as_json: bool) ->
             emit(d, as_json, _human_device)
             return
         rows = fs.devices()
-    emit(rows, as_json, _human_health)
+        from cloud.fleet.materializer_stats import stats_in
+
+        applied = list(stats_in(fs).values())
+    emit(rows, as_json, lambda r: _human_health(r) + _human_applied(applied))
+
+
+def _human_applied(stats: list[Any]) -> str:
+    """How current the fleet tables are: each materializer's last batch (from the fleet store)."""
+    if not stats:
+        return "\n\ningest: no materializer has applied a batch yet"
+    lines = ["\n\ningest (materialized into the fleet store):"]
+    for m in stats:
+        lag = "-" if m.lag_s is None else f"{m.lag_s:.1f} s"
+        lines.append(
+            f"  {m.worker:<24} {m.materialized} messages, {m.stored_predictions} predictions, "
+            f"{m.dead_letters} dead letters; last batch {_ago(m.last_batch_ts)} (waited {lag})"
+        )
+    return "\n".join(lines)
 
 
 HEALTH_HEADER = f"{'DEVICE':<20} {'SITE':<12} {'HEALTH':<9} {'LAST SEEN':<17} {'MODEL / UPDATE':<28} REASONS"
@@ -538,6 +555,15 @@ def _human_inbox(r: dict[str, Any]) -> str:
                 f"heartbeat {w['heartbeat_age_s']:.0f} s ago"
                 + (f"  errors {w['write_errors']}" if w["write_errors"] else "")
             )
+    if r.get("materializers"):
+        lines.append("materialized into the fleet store (all workers, counted with each batch):")
+        for m in r["materializers"]:
+            lag = "-" if m["lag_s"] is None else f"{m['lag_s']:.1f} s"
+            lines.append(
+                f"  {m['worker']:<24} {m['materialized']:>9} messages  stored {m['stored_predictions']}  "
+                f"duplicates {m['duplicates']}  dead letters {m['dead_letters']}  refused {m['rejected']}  "
+                f"last batch {_ago(m['last_batch_ts'])} ({m['last_batch_rows']} rows, waited {lag})"
+            )
     lines.append(f"refused by validation (dead letters, newest first; {r['dead_letters_total']} kept):")
     for d in r["dead_letters"]:
         lines.append(f"  #{d['id']} {_ago(d['received_ts'])} {d['kind']:<18} {d['reason']}")
@@ -590,7 +616,8 @@ def inbox(
     from cloud.fleet.errors import FleetError, NotFound
     from cloud.fleet.inbox import inbox_path, inbox_states, remove_inbox, worker_running
     from cloud.fleet.materialize import Materializer
-    from cloud.fleet.service import FleetIngest
+    from cloud.fleet.materializer_stats import stats_in
+    from cloud.fleet.retire import retire_worker
     from cloud.fleet.store import FleetStore
 
     if drain is not None and retire is not None:
@@ -609,33 +636,57 @@ def inbox(
                 f"ingest worker {retire!r} is running here: stop it first (its `parkwatch cloud serve`), "
                 "then retire it; connecting with its client_id would take its session over"
             )
-        ing = FleetIngest(cfg, client_id=retire, retiring=True)
-        ing.start()
-        try:
-            retired = ing.retire(timeout_s=timeout)
-        finally:
-            ing.stop()
+        retired = retire_worker(cfg, retire, timeout_s=timeout)
         remove_inbox(cfg.paths, retire)  # applied and its session ended: nothing left to list
     if drain is not None:
         m = Materializer(cfg, drain, lock_wait_s=5.0)
         try:
-            while m.step():
-                pass
-            m.flush_counters()
+            m.drain()
         finally:
             m.close()
+    from cloud.fleet.workers import workers_in
+
     with FleetStore(cfg.fleet_store) as fs:
         letters = fs.dead_letters(limit)
         total = int(fs.query("SELECT count(*) AS n FROM dead_letters")[0]["n"])
-    from cloud.fleet.workers import worker_rows
+        # Every worker that writes to this fleet store, on any host (its heartbeat row), and every
+        # materializer's counters, kept in the fleet store with each batch.
+        fleet_workers = [w.to_dict() for w in workers_in(fs, cfg.fleet.worker_stale_s)]
+        materializers = [m.to_dict() for m in stats_in(fs).values()]
 
     r = {
         "workers": inbox_states(cfg.paths, time.time()),
-        # Every worker that writes to this fleet store, on any host (its heartbeat row).
-        "fleet_workers": [w.to_dict() for w in worker_rows(cfg.fleet_store, cfg.fleet.worker_stale_s)],
+        "fleet_workers": fleet_workers,
+        "materializers": materializers,
         "dead_letters": letters,
         "dead_letters_total": total,
     }
     if retired is not None:
         r["retired"] = retired
     emit(r, as_json, _human_inbox)
+
+
+@click.command()
+@click.option(
+    "--worker",
+    default=None,
+    metavar="WORKER",
+    help="The ingest worker (its fleet.client_id) whose inbox to apply; default this config's.",
+)
+@config_option(DEFAULT_PATH)
+@click.option("--config-stdin", is_flag=True, hidden=True, help="Read the config as JSON from stdin.")
+@click.option("--watch-parent", type=int, default=None, hidden=True, help="Exit when this process does.")
+@handle_errors
+def materialize(worker: str | None, config_path: Path, config_stdin: bool, watch_parent: int | None) -> None:
+    """Apply an ingest worker's inbox to the fleet store until stopped (SIGTERM or Ctrl-C).
+
+    The materializer of 'parkwatch cloud serve' (which starts this as a child process), or a
+    service of its own beside 'serve --skip materializer' (parkwatch-cloud-materialize.service).
+    """
+    import sys
+
+    from cloud.config import CloudConfig, load
+    from cloud.fleet.materialize import materialize_until_stopped
+
+    cfg = CloudConfig.model_validate_json(sys.stdin.read()) if config_stdin else load(config_path)
+    materialize_until_stopped(cfg, worker or cfg.client_id("ingest"), parent_pid=watch_parent)

@@ -39,7 +39,8 @@ class FleetConfig(Section):
         ge=0,
         le=19,
         description="how much the materializer process yields the CPU to the MQTT receiver (nice "
-        "increment): during a burst, emptying the broker's queue comes first",
+        "increment): during a burst, emptying the broker's queue comes first (under systemd the "
+        "unit's Nice= sets it, as its system call filter refuses the process's own change)",
     )
     inbox_lag_alert_s: float = Field(
         300.0,

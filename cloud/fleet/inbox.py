@@ -55,6 +55,23 @@ INBOX_SCHEMA = Schema(
 
 InboxRow = tuple[int, str, bytes, float, bool]  # id, topic, payload, received_ts, retained
 
+# A message the receiver refused (unknown topic, too large) is acknowledged like any other, after
+# a row of this topic (``!rejected/<kind>``, the reason as payload, never the message itself) is
+# committed: the materializer then counts it in the fleet store in the transaction of its batch,
+# so the receiver never writes to the fleet store and no refusal is counted twice or lost.
+REJECTED_PREFIX = "!rejected/"
+_REASON_MAX = 1000
+# The kinds of refusal counted (``rejected.<kind>`` in the fleet store's counters).
+REJECT_KINDS = ("malformed", "unsupported_schema", "invalid", "too_large", "unknown_topic", "protocol")
+
+
+def reject_kind(kind: str) -> str:
+    return kind if kind in REJECT_KINDS else "protocol"
+
+
+def rejection_row(kind: str, reason: str, received_ts: float) -> tuple[str, bytes, float, bool]:
+    return (f"{REJECTED_PREFIX}{kind}", reason.encode("utf-8", "replace")[:_REASON_MAX], received_ts, False)
+
 
 _SUFFIX = ".inbox.db"
 
@@ -213,11 +230,27 @@ class Inbox:
                 self.conn.executemany(
                     "INSERT INTO inbox(topic, payload, received_ts, retained) VALUES (?,?,?,?)", rows
                 )
+                # How hard the broker is pushing, for the materializer's burst mode (same commit).
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (("rx_batch", str(len(rows))), ("rx_ts", repr(time.time()))),
+                )
         except sqlite3.Error as e:
             raise FleetError(
                 f"ingest inbox write failed ({e}); nothing of this batch was acknowledged, the broker "
                 "will resend it"
             ) from e
+
+    def receiver_pressure(self) -> tuple[int, float]:
+        """The size of the receiver's last commit, and when it was made (0, 0.0 before any)."""
+        try:
+            with self._lock:
+                got = dict(
+                    self.conn.execute("SELECT key, value FROM meta WHERE key IN ('rx_batch', 'rx_ts')")
+                )
+        except sqlite3.Error as e:
+            raise FleetError(f"cannot read the ingest inbox {self.path}: {e}") from e
+        return int(got.get("rx_batch", 0)), float(got.get("rx_ts", 0.0))
 
     def take(self, after_id: int, limit: int) -> list[InboxRow]:
         try:

@@ -1,31 +1,46 @@
-"""The materializer: turns one worker's inbox rows into fleet rows, in its own process.
+"""The materializer: turns one worker's inbox rows into fleet rows, in a process of its own.
 
 Validation happens here, not in the receiver: a message is refused (counted, logged once per
 kind, and kept as a dead letter with its reason) when its rows would be written, which loses
 nothing already accepted and keeps the receiver's per-message work to a queue append. Each
-batch goes into ``fleet.db`` in one transaction together with the inbox progress mark, then the
-inbox rows are deleted; a crash between the two only leaves rows that the mark says to skip.
+batch goes into the fleet store in one transaction together with the inbox progress mark and
+this worker's counters (:mod:`cloud.fleet.materializer_stats`), then the inbox rows are deleted;
+a crash between the two only leaves rows that the mark says to skip.
 
 Why a process rather than a thread: decoding and row-writing are Python work that would take the
 GIL from the MQTT receiver; in its own process it runs on another core and the receiver keeps
-draining the broker.
+draining the broker. It is ``parkwatch cloud materialize``: under systemd a unit of its own,
+in ``parkwatch cloud serve`` a child process (:class:`MaterializerProcess`). It shares nothing
+with the receiver but the inbox file: even how hard the broker is pushing (for burst mode) is
+read from the inbox, where the receiver notes the size of each commit.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
-from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
+from cloud.children import ChildProcess
 from cloud.fleet.backends import open_writer
 from cloud.fleet.errors import BadRecord, FleetError
-from cloud.fleet.inbox import Inbox, InboxRow, inbox_path, materializer_lock_path, try_flock
+from cloud.fleet.inbox import (
+    REJECT_KINDS,
+    REJECTED_PREFIX,
+    Inbox,
+    InboxRow,
+    inbox_path,
+    materializer_lock_path,
+    reject_kind,
+    try_flock,
+)
+from cloud.fleet.materializer_stats import BatchFacts
+from cloud.fleet.schema import connect
 from cloud.fleet.store import FleetStore
 from cloud.fleet.workers import Beat, write_beat
 from cloud.fleet.writer import DeadLetter, Incoming, WriteResult
@@ -38,31 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parkwatch.cloud.materialize")
 
+__all__ = ["REJECT_KINDS", "Materializer", "MaterializerProcess", "materialize_until_stopped", "reject_kind"]
+
 _IDLE_S = 0.05  # poll interval when the inbox is empty
 STOP_DRAIN_S = 5.0  # on stop, keep materializing this long; the rest stays in the inbox for next time
 
-# Figures the materializer process shares with its ingest worker (a lock-free array of doubles;
-# each slot has one writer). ``rx.*`` are refusals counted by the receiver, which the materializer
-# persists (``rx_done.*`` is how much of them it has), so the receiver never writes fleet.db.
-STAT_FIELDS = (
-    "stored_predictions",
-    "duplicates",
-    "batches",
-    "write_errors",
-    "last_write_ts",
-    "heartbeat_ts",
-    "stop",  # set to 1 by the worker: a flag, not an Event, whose lock a killed child could leave held
-    "rx_batch",  # size of the receiver's last inbox commit, and when: how hard the broker is pushing
-    "rx_ts",
-)
-REJECT_KINDS = ("malformed", "unsupported_schema", "invalid", "too_large", "unknown_topic", "protocol")
-_SLOTS = (
-    STAT_FIELDS
-    + tuple(f"rejected.{k}" for k in REJECT_KINDS)
-    + tuple(f"rx.{k}" for k in REJECT_KINDS)
-    + tuple(f"rx_done.{k}" for k in REJECT_KINDS)
-)
-_IX = {name: i for i, name in enumerate(_SLOTS)}
 LOCK_WAIT_S = 30.0
 HEARTBEAT_S = 2.0  # how often the worker's row in the shared store is refreshed
 # Burst mode: while the receiver commits this many messages at a time (the broker is pushing as
@@ -73,29 +68,6 @@ BURST_STEP = 50
 BURST_PAUSE_S = 0.2
 
 
-def reject_kind(kind: str) -> str:
-    return kind if kind in REJECT_KINDS else "protocol"
-
-
-class SharedStats:
-    """Counters written by the materializer process and read by the ingest worker's ``stats()``."""
-
-    def __init__(self, arr: SynchronizedArray[Any] | None = None) -> None:
-        self.arr = arr if arr is not None else mp.get_context("spawn").Array("d", len(_SLOTS), lock=False)
-
-    def add(self, name: str, n: float = 1) -> None:
-        self.arr[_IX[name]] += n
-
-    def set(self, name: str, v: float) -> None:
-        self.arr[_IX[name]] = v
-
-    def get(self, name: str) -> float:
-        return float(self.arr[_IX[name]])
-
-    def counts(self, prefix: str) -> dict[str, int]:
-        return {k: int(self.get(f"{prefix}.{k}")) for k in REJECT_KINDS if self.get(f"{prefix}.{k}")}
-
-
 class Materializer:
     """Applies one worker's inbox. Holds an exclusive lock on it, so two never apply the same rows."""
 
@@ -103,23 +75,26 @@ class Materializer:
         self,
         cfg: CloudConfig,
         worker: str,
-        stats: SharedStats | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         lock_wait_s: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.worker = worker
-        self.stats = stats or SharedStats()
         self.should_stop = should_stop
         self.rejects = RejectCounter()
-        self._flushed: dict[str, int] = {}
-        self._next_flush = 0.0
+        # This run's figures, for the heartbeat row; the lasting ones are in materializer_stats.
+        self.stored_predictions = 0
+        self.write_errors = 0
         path = inbox_path(cfg.paths, worker)
         self._lockfile = _lock(
             materializer_lock_path(path), LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         )
-        self.inbox = Inbox(path, synchronous="NORMAL")
-        self.writer = open_writer(cfg.fleet_store)
+        try:
+            self.inbox = Inbox(path, synchronous="NORMAL")
+            self.writer = open_writer(cfg.fleet_store)
+        except BaseException:
+            self._lockfile.close()
+            raise
         inbox_id, upto = self.writer.progress(worker)
         if inbox_id != self.inbox.id:
             if upto:
@@ -141,29 +116,25 @@ class Materializer:
         self._lockfile.close()  # releases the lock
 
     def receiver_busy(self) -> bool:
-        return self.stats.get("rx_batch") >= BURST_BATCH and time.time() - self.stats.get("rx_ts") < 1.0
+        n, ts = self.inbox.receiver_pressure()
+        return n >= BURST_BATCH and time.time() - ts < 1.0
 
     def step(self, limit: int | None = None) -> int:
         """Materialize one batch; returns how many inbox rows it consumed (0: none, or stopping)."""
         rows = self.inbox.take(self.upto, limit or self.cfg.fleet.batch_max)
         if not rows:
             return 0
-        items, letters = self._decode(rows)
-        deltas, rx = self._counter_deltas()
+        items, letters, deltas, rx = self._decode(rows)
         progress = (self.worker, self.inbox.id, rows[-1][0])
-        res = self._write(items, deltas, progress, letters)
+        facts = BatchFacts(rows=len(rows), rejected=rx, oldest_received_ts=min(r[3] for r in rows))
+        res = self._write(items, deltas, progress, letters, facts)
         if res is None:
             return 0  # asked to stop while the database was unavailable: the rows stay in the inbox
-        self._counters_written(rx)
         self.upto = rows[-1][0]
         self.inbox.delete_upto(self.upto)
         for d in res.refused:
             log.error("stored as a dead letter, the database refused it: %s (%s)", d.reason, d.topic)
-            self.stats.add("rejected.invalid")
-        self.stats.add("stored_predictions", res.predictions_stored)
-        self.stats.add("duplicates", res.duplicates)
-        self.stats.add("batches")
-        self.stats.set("last_write_ts", time.time())
+        self.stored_predictions += res.predictions_stored
         for device, first, last in res.gaps_opened:
             # INFO, not WARNING: with several workers or a resending outbox most gaps close within
             # moments; the health check reports the ones that last (fleet.gap_grace_s).
@@ -176,13 +147,14 @@ class Materializer:
         deltas: dict[str, int],
         progress: tuple[str, str, int],
         letters: list[DeadLetter],
+        facts: BatchFacts,
     ) -> WriteResult | None:
         backoff = Backoff(0.5, 30.0)
         isolate = False
         while True:
             try:
                 done: WriteResult | None = self.writer.write(
-                    items, deltas, progress, letters, isolate=isolate
+                    items, deltas, progress, letters, isolate=isolate, facts=facts
                 )
                 return done
             except BadRecord as e:
@@ -196,7 +168,7 @@ class Materializer:
             except FleetError as e:
                 err = e
             # Locked, full or broken database: the rows stay in the inbox, ingest keeps accepting.
-            self.stats.add("write_errors")
+            self.write_errors += 1
             delay = backoff.next()
             log.error("%s; retrying in %.1f s", err, delay)
             deadline = time.monotonic() + delay
@@ -205,11 +177,21 @@ class Materializer:
                     return None
                 time.sleep(0.1)
 
-    def _decode(self, rows: list[InboxRow]) -> tuple[list[Incoming], list[DeadLetter]]:
+    def _decode(self, rows: list[InboxRow]) -> tuple[list[Incoming], list[DeadLetter], dict[str, int], int]:
+        """Decoded items, dead letters, this batch's refusal counts (``rejected.<kind>``), and how
+        many of the rows are the receiver's refusals (:data:`REJECTED_PREFIX`)."""
         items: list[Incoming] = []
         letters: list[DeadLetter] = []
+        deltas: dict[str, int] = {}
+        rx = 0
         max_bytes = self.cfg.mqtt.max_payload_bytes
         for _, topic, payload, received, retained in rows:
+            if topic.startswith(REJECTED_PREFIX):
+                # Refused by the receiver, which logged it: counted here, in this batch's transaction.
+                kind = reject_kind(topic[len(REJECTED_PREFIX) :])
+                deltas[f"rejected.{kind}"] = deltas.get(f"rejected.{kind}", 0) + 1
+                rx += 1
+                continue
             try:
                 parsed, msg = decode(topic, payload, max_bytes)
             except ProtocolError as e:
@@ -220,39 +202,18 @@ class Materializer:
             else:
                 items.append(Incoming(parsed, msg, received, topic, payload, retained))
                 continue
-            self.rejects.reject(err)
-            self.stats.add(f"rejected.{reject_kind(err.kind)}")
+            self.rejects.reject(err)  # logs the first of each kind
+            kind = reject_kind(err.kind)
+            deltas[f"rejected.{kind}"] = deltas.get(f"rejected.{kind}", 0) + 1
             letters.append(DeadLetter(topic, err.kind, str(err), received, payload))
-        return items, letters
+        return items, letters, deltas, rx
 
-    def _counter_deltas(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Refusal counts not yet in fleet.db: ours, and the receiver's (``rx``, returned as read)."""
-        snap = self.rejects.snapshot()
-        deltas = {f"rejected.{k}": v - self._flushed.get(k, 0) for k, v in snap.items()}
-        rx = self.stats.counts("rx")
-        for k, v in rx.items():
-            deltas[f"rejected.{k}"] = deltas.get(f"rejected.{k}", 0) + v - int(self.stats.get(f"rx_done.{k}"))
-        return deltas, rx
-
-    def _counters_written(self, rx: dict[str, int]) -> None:
-        self._flushed = self.rejects.snapshot()
-        for k, v in rx.items():
-            self.stats.set(f"rx_done.{k}", v)
-
-    def flush_counters(self) -> None:
-        """Persist refusal counts when no rows are flowing (a box sending only garbage)."""
-        if time.monotonic() < self._next_flush:
-            return
-        self._next_flush = time.monotonic() + 1.0
-        deltas, rx = self._counter_deltas()
-        if not any(deltas.values()):
-            return
-        try:
-            self.writer.write([], deltas)
-        except FleetError as e:
-            log.error("%s", e)
-            return
-        self._counters_written(rx)
+    def drain(self) -> int:
+        """Apply everything the inbox holds now; returns how many rows."""
+        n = 0
+        while k := self.step():
+            n += k
+        return n
 
     def run(self, orphaned: Callable[[], bool] = lambda: False) -> None:
         """Until ``should_stop``: then drain for up to STOP_DRAIN_S. An orphan stops at once."""
@@ -280,8 +241,8 @@ class Materializer:
                     state=state,
                     backlog=n,
                     oldest_age_s=None if oldest is None else round(max(0.0, time.time() - oldest), 1),
-                    stored_predictions=int(self.stats.get("stored_predictions")),
-                    write_errors=int(self.stats.get("write_errors")),
+                    stored_predictions=self.stored_predictions,
+                    write_errors=self.write_errors,
                 ),
             )
         except Exception as e:  # the heartbeat is a report: never let it stop materializing
@@ -291,7 +252,6 @@ class Materializer:
         stopping_since: float | None = None
         while not orphaned():
             self.beat()
-            self.stats.set("heartbeat_ts", time.time())
             if stopping_since is None and self.should_stop():
                 stopping_since = time.monotonic()
             busy = stopping_since is None and self.receiver_busy()
@@ -302,7 +262,6 @@ class Materializer:
                     log.info("stopping with %d messages left in the inbox", self.inbox.backlog())
                     return
                 continue
-            self.flush_counters()
             if stopping_since is not None:
                 return
             if time.monotonic() >= next_prune:
@@ -325,42 +284,66 @@ def _lock(path: Path, wait_s: float) -> IO[bytes]:
     f = try_flock(path, wait_s)
     if f is None:
         raise FleetError(
-            f"another materializer holds {path}: the ingest worker with this client_id is running "
-            "(or still stopping) and applies this inbox itself, so there is nothing to do by hand. "
-            "If no such worker should be running, two share one client_id: give each its own "
-            "fleet.client_id"
+            f"another materializer holds {path}: the materializer of this worker is running (or still "
+            "stopping: its `parkwatch cloud materialize`, or the one `parkwatch cloud serve` starts) and "
+            "applies this inbox itself, so there is nothing to do by hand. If none should be running, two "
+            "workers share one client_id: give each its own fleet.client_id"
         )
     return f
 
 
-def process_main(cfg: CloudConfig, worker: str, arr: Any, log_level: int, parent_pid: int) -> None:
-    """Entry point of the materializer process (spawned by :class:`FleetIngest`)."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def materialize_until_stopped(cfg: CloudConfig, worker: str, parent_pid: int | None = None) -> None:
+    """``parkwatch cloud materialize``: apply ``worker``'s inbox until SIGTERM or SIGINT (then drain
+    for up to STOP_DRAIN_S), or at once if ``parent_pid`` is given and that process goes away."""
     # Yield the CPU to the receiver during a burst: what is acknowledged is safe in the inbox, and
     # rows can wait a few seconds; a broker queue that overflows cannot. Nice is a weight, not a
     # ban: under sustained load this process still gets its share and the backlog is alerted on.
     if cfg.fleet.materializer_nice:
-        os.nice(cfg.fleet.materializer_nice)
-    stats = SharedStats(arr)
-    terminated = False
+        try:
+            os.nice(cfg.fleet.materializer_nice)
+        except OSError as e:  # a seccomp filter refusing setpriority: the unit's Nice= applies instead
+            log.info("cannot lower this process's CPU priority (%s); set it in the service manager", e)
+    stopping = threading.Event()
 
-    def _term(*_: object) -> None:
-        nonlocal terminated
-        terminated = True
+    def _term(signum: int, _frame: object) -> None:
+        log.info("signal %d: materializing for up to %.0f s more, then stopping", signum, STOP_DRAIN_S)
+        stopping.set()
 
-    # The worker's stop flag (or SIGTERM, which systemd sends the whole group) ends us after a short
-    # drain; a Ctrl-C sent to the process group is left to the worker, which then sets the flag.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
 
     def orphaned() -> bool:
-        return os.getppid() != parent_pid
+        # Started by `cloud serve`, which died without stopping us: the next one starts its own.
+        return parent_pid is not None and os.getppid() != parent_pid
 
-    m = Materializer(
-        cfg, worker, stats, should_stop=lambda: terminated or stats.get("stop") > 0 or orphaned()
-    )
+    m = Materializer(cfg, worker, should_stop=lambda: stopping.is_set() or orphaned())
+    log.info("materializing the inbox of ingest worker %s into %s", worker, _where(cfg))
     try:
-        # An orphan (its worker was killed) stops at once: the next worker resumes the inbox.
         m.run(orphaned=orphaned)
     finally:
         m.close()
+
+
+def _where(cfg: CloudConfig) -> str:
+    return "PostgreSQL" if cfg.fleet.database_url else str(cfg.paths.fleet_db)
+
+
+class MaterializerProcess(ChildProcess):
+    """The ``materializer`` part of ``parkwatch cloud serve``: ``parkwatch cloud materialize`` for
+    this config's ingest worker, as a child process (restarted if it dies). Under systemd it is a
+    unit of its own instead (parkwatch-cloud-materialize.service, with ``serve --skip materializer``)."""
+
+    def __init__(self, cfg: CloudConfig, worker: str | None = None) -> None:
+        self.cfg = cfg
+        self.worker = worker or cfg.client_id("ingest")
+        super().__init__(
+            f"materializer {self.worker}",
+            ["cloud", "materialize", "--worker", self.worker],
+            cfg.model_dump_json(),
+        )
+
+    def start(self) -> None:
+        # Open (create, migrate) the fleet store here first: a bad path or an unreachable server
+        # stops `serve` at once with its message, instead of a child that keeps failing.
+        connect(self.cfg.fleet_store, synchronous="FULL").close()
+        super().start()

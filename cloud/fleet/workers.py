@@ -5,6 +5,9 @@ read the others'. Every materializer therefore writes a small row about itself (
 oldest waiting message, rows stored, errors) to the fleet store every few seconds; any host (and
 the dashboard) lists all workers from there. A row whose heartbeat is older than
 ``fleet.worker_stale_s`` is shown as ``down`` (crashed, host gone, or cut off from the store).
+The counters of what each worker materialized are not in the heartbeat but in the
+``materializer_stats`` row its batches update (cloud/fleet/materializer_stats.py); the view here
+joins them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cloud.fleet.backends.target import FleetTarget
+from cloud.fleet.materializer_stats import stats_in
 
 _UPSERT = (
     "INSERT INTO ingest_workers(worker, host, pid, started_ts, heartbeat_ts, state, backlog, oldest_age_s, "
@@ -42,6 +46,12 @@ class WorkerRow:
     write_errors: int
     last_error: str | None
     heartbeat_age_s: float
+    # From materializer_stats (exact, kept across restarts); None before the worker's first batch.
+    materialized: int | None = None
+    dead_letters: int | None = None
+    last_batch_ts: float | None = None
+    last_batch_age_s: float | None = None
+    lag_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,8 +102,10 @@ def workers_in(store: Any, stale_s: float, now: float | None = None) -> list[Wor
     """Every worker's row from an open ``FleetStore`` (the dashboard's)."""
     now = time.time() if now is None else now
     rows = store.query("SELECT * FROM ingest_workers ORDER BY worker")
+    mstats = stats_in(store, now)
     out = []
     for r in rows:
+        m = mstats.get(str(r["worker"]))
         age = max(0.0, now - float(r["heartbeat_ts"]))
         state = str(r["state"])
         if state == "running" and age > stale_s:
@@ -108,10 +120,15 @@ def workers_in(store: Any, stale_s: float, now: float | None = None) -> list[Wor
                 state=state,
                 backlog=None if r["backlog"] is None else int(r["backlog"]),
                 oldest_age_s=None if r["oldest_age_s"] is None else float(r["oldest_age_s"]),
-                stored_predictions=int(r["stored_predictions"]),
+                stored_predictions=m.stored_predictions if m else int(r["stored_predictions"]),
                 write_errors=int(r["write_errors"]),
                 last_error=r["last_error"],
                 heartbeat_age_s=round(age, 1),
+                materialized=m.materialized if m else None,
+                dead_letters=m.dead_letters if m else None,
+                last_batch_ts=m.last_batch_ts if m else None,
+                last_batch_age_s=m.last_batch_age_s if m else None,
+                lag_s=m.lag_s if m else None,
             )
         )
     return out

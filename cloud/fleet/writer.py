@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from cloud.fleet.errors import BadRecord, FleetError
+from cloud.fleet.materializer_stats import BatchFacts, add_batch
 from cloud.fleet.rows import (
     CAUSE_BEFORE,
     CAUSE_EVICTED,
@@ -167,9 +168,11 @@ class BatchWriter:
         progress: tuple[str, str, int] | None = None,
         dead_letters: list[DeadLetter] | None = None,
         isolate: bool = False,
+        facts: BatchFacts | None = None,
     ) -> WriteResult:
-        """Store ``items``, ``dead_letters``, ``counters`` and the inbox ``progress`` mark
-        (worker, inbox id, last row id) in one transaction: all or nothing, so a batch is applied once.
+        """Store ``items``, ``dead_letters``, ``counters``, the inbox ``progress`` mark (worker,
+        inbox id, last row id) and the worker's counters (``facts``, with ``progress``) in one
+        transaction: all or nothing, so a batch is applied and counted once.
 
         ``isolate`` writes each item under its own savepoint and turns an item the database refuses
         into a dead letter (``WriteResult.refused``) instead of failing the batch; the caller uses
@@ -188,6 +191,16 @@ class BatchWriter:
                     self._dead_letters(progress[0] if progress else "", letters)
                 if progress is not None:
                     self.conn.execute(UPSERT_PROGRESS, progress)
+                    if facts is not None:
+                        add_batch(
+                            self.conn,
+                            False,
+                            progress[0],
+                            facts,
+                            res.predictions_stored,
+                            res.duplicates,
+                            len(letters),
+                        )
                 self._add_counters(res.counter_deltas(counters))
         except _RECORD_ERRORS as e:
             raise BadRecord(f"the fleet database refused a record of this batch: {e}") from e

@@ -10,7 +10,7 @@ from typing import Any
 from common import PARAMS, http_ok, run_checks, sh, show, wait_for
 
 SRC = "/src/parkwatch"
-UNITS = ("mosquitto.service", "parkwatch-cloud.service")
+UNITS = ("mosquitto.service", "parkwatch-cloud.service", "parkwatch-cloud-materialize.service")
 
 
 def install_env() -> dict[str, str]:
@@ -24,7 +24,18 @@ def install_env() -> dict[str, str]:
 
 
 def diagnostics() -> str:
-    journal = sh("journalctl", "-u", "parkwatch-cloud", "-u", "mosquitto", "--no-pager", "-n", "80")[1]
+    journal = sh(
+        "journalctl",
+        "-u",
+        "parkwatch-cloud",
+        "-u",
+        "parkwatch-cloud-materialize",
+        "-u",
+        "mosquitto",
+        "--no-pager",
+        "-n",
+        "80",
+    )[1]
     log = Path("/var/log/mosquitto/mosquitto.log")
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
     return f"{journal}\n--- mosquitto.log ---\n{tail}"

@@ -37,6 +37,7 @@ SQLITE_SCHEMA = Schema(
         Migration(3, sqlite_ddl.v3_columns_and_outcome_hours, "predictions.regions/ir, outcome_hours"),
         Migration(4, sqlite_ddl.V4_OUTCOMES_BACKFILL, "count the outcomes of rows stored before"),
         Migration(5, sqlite_ddl.V5_ALERTS, "alerts (the alert store created them on the fly before)"),
+        Migration(6, sqlite_ddl.V6_MATERIALIZER_STATS, "each materializer's counters"),
     ),
 )
 
@@ -47,6 +48,7 @@ PG_SCHEMA = Schema(
         Migration(2, pg_ddl.V2_WORKERS, "ingest worker heartbeats"),
         Migration(3, pg_ddl.V3_OUTCOMES, "predictions.regions/ir, outcome_hours"),
         Migration(4, pg_ddl.V4_OUTCOMES_BACKFILL, "count the outcomes of rows stored before"),
+        Migration(5, pg_ddl.V5_MATERIALIZER_STATS, "each materializer's counters"),
     ),
 )
 

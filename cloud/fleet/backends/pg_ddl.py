@@ -311,3 +311,19 @@ FROM (
 GROUP BY device, h
 ON CONFLICT (device, hour) DO NOTHING;
 """
+
+# Each materializer's counters, added in the transaction of every batch (cloud/fleet/materializer_stats.py).
+V5_MATERIALIZER_STATS = """
+CREATE TABLE materializer_stats (
+    worker text PRIMARY KEY,
+    materialized bigint NOT NULL DEFAULT 0,
+    stored_predictions bigint NOT NULL DEFAULT 0,
+    duplicates bigint NOT NULL DEFAULT 0,
+    dead_letters bigint NOT NULL DEFAULT 0,
+    rejected bigint NOT NULL DEFAULT 0,
+    batches bigint NOT NULL DEFAULT 0,
+    last_batch_ts double precision,
+    last_batch_rows bigint NOT NULL DEFAULT 0,
+    lag_s double precision
+);
+"""

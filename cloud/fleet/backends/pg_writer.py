@@ -25,6 +25,7 @@ import psycopg
 from cloud.fleet.backends.pg import raw_connect, translate
 from cloud.fleet.backends.target import PgTarget
 from cloud.fleet.errors import BadRecord, FleetError
+from cloud.fleet.materializer_stats import BatchFacts, add_batch
 from cloud.fleet.rows import (
     INSERT_MODEL_STATE,
     INSERT_STATUS_EVENT,
@@ -142,6 +143,7 @@ class PgBatchWriter:
         progress: tuple[str, str, int] | None = None,
         dead_letters: list[DeadLetter] | None = None,
         isolate: bool = False,
+        facts: BatchFacts | None = None,
     ) -> WriteResult:
         res = WriteResult(messages=len(items))
         self._reconnect_if_broken()
@@ -178,6 +180,16 @@ class PgBatchWriter:
                         )
                 if progress is not None:
                     self.conn.execute(translate(UPSERT_PROGRESS, True), progress)
+                    if facts is not None:
+                        add_batch(
+                            self.conn,
+                            True,
+                            progress[0],
+                            facts,
+                            res.predictions_stored,
+                            res.duplicates,
+                            len(letters),
+                        )
                 rows = sorted((k, v) for k, v in res.counter_deltas(counters).items() if v)
                 if rows:
                     with self.conn.cursor() as cur:

@@ -286,3 +286,21 @@ CREATE TABLE IF NOT EXISTS alerts_unpublished (
     since_ts REAL NOT NULL
 );
 """
+
+
+# Each materializer's counters, added in the transaction of every batch
+# (cloud/fleet/materializer_stats.py). Same table as PostgreSQL's V5_MATERIALIZER_STATS.
+V6_MATERIALIZER_STATS = """
+CREATE TABLE IF NOT EXISTS materializer_stats (
+    worker TEXT PRIMARY KEY,
+    materialized INTEGER NOT NULL DEFAULT 0,
+    stored_predictions INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    dead_letters INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    batches INTEGER NOT NULL DEFAULT 0,
+    last_batch_ts REAL,
+    last_batch_rows INTEGER NOT NULL DEFAULT 0,
+    lag_s REAL
+);
+"""

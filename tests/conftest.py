@@ -11,7 +11,7 @@ import pytest
 from shared.broker import EmbeddedBroker, mosquitto_binary
 from shared.paths import DATASETS_ENV, sample_lake
 
-pytest_plugins = ["tests.fixtures_models"]
+pytest_plugins = ["tests.fixtures_models", "tests.parallel"]
 
 
 @pytest.fixture(scope="session")

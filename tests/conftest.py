@@ -124,6 +124,7 @@ _LIVE_MARKS = (
     "systemd-nspawn",
     "cloud.training",  # trains or extracts features with torch: tens of seconds per test
     "cloud.packaging",
+    '"train", "--dataset"',  # trains through the CLI (cloud train), which imports cloud.training
 )
 _module_is_live: dict[str, bool] = {}
 

@@ -10,8 +10,10 @@ decides only *where* and *in which order* tests run, never what they do.
   compete for the cores, and the second finds the backbone features of the cat/dog images in
   the feature cache the first one filled.
 - ``@pytest.mark.xdist_group(name)`` still puts tests on one worker.
-- The longest work goes first, so no worker is left alone with a long test at the end: slow
-  tests before the rest, the slow ones by their timeout mark (the longest bound first).
+- The longest work goes first, so no worker is left alone with a long test at the end: the
+  ``training`` group (the longest unit: two full-sample trainings), then the other slow tests
+  by their timeout mark (the longest bound first), then the modules grouped for a module
+  fixture (the bigger units: test_train.py trains in one), then the rest in file order.
 
 Why not xdist's own ``loadgroup``: it groups by a suffix it writes into ``item._nodeid``, which
 pytest 9 no longer reads (node ids live in ``item._id``), so its groups are silently ignored.
@@ -33,6 +35,9 @@ SHARED_WORKER = {
     "test_train_full.py": "training",
     "test_perception_full.py": "training",
 }
+# Scopes that start before everything else: measured the longest (about 19 of the slow tests'
+# 48 minutes in a serial run on the loaded 2-core machine).
+FIRST = ("training",)
 SCOPES_KEY = "parkwatch_scopes_dir"  # workerinput: the folder the workers write their grouping to
 
 
@@ -80,7 +85,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for i, item in enumerate(items):
         s = scope[id(item)]
         first.setdefault(s, i)
-        w = (0, -_timeout(item, default_timeout)) if item.get_closest_marker("slow") else (1, 0.0)
+        if s in FIRST:
+            w = (0, float(FIRST.index(s)))
+        elif item.get_closest_marker("slow"):
+            w = (1, -_timeout(item, default_timeout))
+        elif s != item.nodeid:  # a group
+            w = (2, 0.0)
+        else:
+            w = (3, 0.0)
         weight[s] = min(weight.get(s, w), w)
     items.sort(key=lambda it: (weight[scope[id(it)]], first[scope[id(it)]]))
 

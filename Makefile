@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parkwatch-installed
 PYTEST_ARGS ?=
+# make test spreads the suite over this many pytest-xdist workers (auto: one per core);
+# tests/parallel.py keeps module fixtures and the trainings together and starts the longest first.
+TEST_WORKERS ?= auto
 BENCHES ?= bench/ingest.py bench/train.py bench/edge_throughput.py bench/rollout.py bench/dashboard.py
 
 .PHONY: help venv demo test test-fast lint bench lock clean
@@ -32,11 +35,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@provisioning/system-deps.sh broker camera browser postgres container
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	@provisioning/system-deps.sh broker camera browser postgres
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared edge cloud tests bench tools

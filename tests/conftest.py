@@ -11,7 +11,7 @@ import pytest
 from shared.broker import EmbeddedBroker, mosquitto_binary
 from shared.paths import DATASETS_ENV, sample_lake
 
-pytest_plugins = ["tests.fixtures_models"]
+pytest_plugins = ["tests.fixtures_models", "tests.parallel"]
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +125,7 @@ _LIVE_MARKS = (
     "systemd-nspawn",
     "cloud.training",  # trains or extracts features with torch: tens of seconds per test
     "cloud.packaging",
+    '"train", "--dataset"',  # trains through the CLI (cloud train), which imports cloud.training
 )
 _module_is_live: dict[str, bool] = {}
 

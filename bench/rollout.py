@@ -123,7 +123,7 @@ def main() -> int:
             "N/N active",
             step=0.02,
         )
-        wait_for(lambda: ch.status("staging")["groups"]["staging"]["active"] == n, 60, "cloud sees N/N")
+        wait_for(lambda: ch.status("staging").groups["staging"].active == n, 60, "cloud sees N/N")
         elapsed = time.monotonic() - t0
 
         # transfer: one box, the whole package over MQTT, against the disk

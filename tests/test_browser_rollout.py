@@ -67,7 +67,7 @@ def test_approve_then_rollout_reaches_n_of_n(
             ecfg = edge_config(tmp_path / f"edge{i}", mqtt_cfg(broker.port), root, f"box{i}", group="staging")
             hosts.append(EdgeHost(ecfg, initial_model(v1)).start())
             updaters.append(UpdaterService(hosts[-1]).start())
-        wait_for(lambda: ch.status("staging")["groups"]["staging"]["active"] == N, 60, "boxes on 1.0.0")
+        wait_for(lambda: ch.status("staging").groups["staging"].active == N, 60, "boxes on 1.0.0")
 
         with live_dashboard(cfg) as base:
             with page_for(chromium) as page:

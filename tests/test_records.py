@@ -297,3 +297,75 @@ def test_release_results_print_as_the_dicts_they_replaced() -> None:
     row |= dict(started_ts=1.0, finished_ts=None)
     rb = RolledBack(**row, devices_total=2, devices_active=0, rolled_back="2.0.0", notified=True)
     assert list(jsonable(rb))[-3:] == ["devices_active", "rolled_back", "notified"]
+
+
+def test_release_channel_reads_print_as_the_dicts_they_replaced(tmp_path: Path) -> None:
+    """``keys init``/``rotate``, the audit checkpoint, ``rollout status`` and the release store's
+    device lists return records now; their JSON is the dict each returned before, built here the
+    old way from the same repository and rows."""
+    from cloud.release import checkpoint
+    from cloud.release.channel import ReleaseChannel
+    from cloud.release.records import AuditCheckpoint, KeysInitialised, KeysRotated, ReleaseStatus
+    from cloud.release.store import DeviceState, ProvisionedDevice
+    from shared.broker import free_port
+    from shared.protocol import ModelState as BoxModelState
+    from tests.release_support import cloud_config, mqtt_cfg
+
+    ch = ReleaseChannel(cloud_config(tmp_path / "cloud", mqtt_cfg(free_port())), notify=lambda *a: True)
+    try:
+        init = ch.keys_init("ops", allow_approver_key_on_server=True)
+        assert isinstance(init, KeysInitialised)
+        assert jsonable(init) == {
+            "warnings": init.warnings,
+            "created": init.created,
+            "keys_dir": str(ch.keys.keys_dir),
+            "approver_keys_dir": str(ch.keys.approver_keys_dir),
+            "trusted_root": str(ch.repo.metadata_dir / "root.json"),
+            **ch.repo.status(),
+        }
+        assert len(init.created) == 6 and init.warnings[0].startswith("WARNING: the approver key")
+
+        ch.provision_device("park1", "box1", "staging", tmp_path / "box1.secret", "ops")
+        ch.states.record(BoxModelState(site="park1", device="box1", group="staging", state="failed", ts=5.0))
+        devices = ch.states.provisioned()
+        assert all(isinstance(d, ProvisionedDevice) for d in devices)
+        rows = list(ch.states.db.table("devices").rows_where("revoked = 0", order_by="site, device"))
+        assert [jsonable(d) for d in devices] == rows and list(jsonable(devices[0])) == list(rows[0])
+        assert devices[0].public() == {k: v for k, v in rows[0].items() if k != "pw_hash"}
+        states = ch.states.states()
+        assert all(isinstance(s, DeviceState) for s in states)
+        state_rows = list(ch.states.db.table("device_models").rows_where(order_by="site, device"))
+        assert [jsonable(s) for s in states] == state_rows and list(jsonable(states[0])) == list(
+            state_rows[0]
+        )
+
+        rotated = ch.keys_rotate("timestamp", "ops", "drill")
+        assert isinstance(rotated, KeysRotated)
+        assert list(jsonable(rotated)) == ["role", "retired", "new", "root_version"]
+        assert rotated.role == "timestamp" and rotated.root_version == ch.repo.root().signed.version
+
+        cp = ch.checkpoint_audit(force=True)
+        assert isinstance(cp, AuditCheckpoint)
+        signed = json.loads((ch.repo.dir / checkpoint.FILE).read_text())["signed"]
+        assert jsonable(cp) == {k: signed[k] for k in ("entries", "head_id", "head_hash", "ts")}
+        assert ch.checkpoint_audit() is None  # the head did not move
+
+        status = ch.status("staging")
+        assert isinstance(status, ReleaseStatus)
+        assert jsonable(status) == {
+            "groups": {
+                "staging": {
+                    "target_version": None,
+                    "devices": 1,
+                    "active": 0,
+                    "by_version": {"none": 1},
+                    "by_state": {"failed": 1},
+                    "failed": [{"device": "park1/box1", "reason": None, "ts": 5.0, "version": None}],
+                    "rollout": None,
+                    "device_states": state_rows,
+                }
+            },
+            "repository": ch.repo.status(),
+        }
+    finally:
+        ch.close()

@@ -79,7 +79,7 @@ def test_timestamp_is_re_signed_before_it_expires(tmp_path: Path) -> None:
 def test_keys_init_refuses_to_overwrite(tmp_path: Path) -> None:
     ch = ReleaseChannel(cloud_config(tmp_path / "cloud", mqtt_cfg(1)), notify=lambda *a: True)
     out = ch.keys_init("ops", allow_approver_key_on_server=True)
-    assert len(out["created"]) == 6 and Path(out["trusted_root"]).exists()
+    assert len(out.created) == 6 and Path(out.trusted_root).exists()
     with pytest.raises(RepositoryError, match="refusing to overwrite"):
         ch.keys_init("ops", allow_approver_key_on_server=True)
 

@@ -8,6 +8,7 @@ from cloud.release.config import ReleaseConfig
 from cloud.release.watch import HealthSample, Progress, judge
 from shared.broker import EmbeddedBroker
 from shared.protocol import Kind, Telemetry, Topics, encode
+from shared.records import jsonable
 from tests.fixtures_models import baseline_package  # noqa: F401
 from tests.release_support import Setup, make_version, register, version_of, wait_for
 
@@ -157,9 +158,10 @@ def test_a_refused_release_is_counted_shown_and_rolled_back_as_a_rollback(
         withdrawn = ch.rollouts.history("staging")[1]
         assert withdrawn.version == "2.0.0" and withdrawn.status == "rolled_back"
         assert "untrusted signature" in (withdrawn.status_reason or "")
-        g = ch.status("staging")["groups"]["staging"]
-        assert g["rollout"]["kind"] == "auto-rollback" and g["rollout"]["rolled_back_from"] == "2.0.0"
-        text = _status_text(ch.status("staging"))
+        g = ch.status("staging").groups["staging"]
+        assert g.rollout is not None
+        assert g.rollout["kind"] == "auto-rollback" and g.rollout["rolled_back_from"] == "2.0.0"
+        text = _status_text(jsonable(ch.status("staging")))
         assert "auto-rollback 2.0.0 -> 1.0.0 by" in text and "untrusted signature" in text
         # the repository is repaired (targets re-signed with the approver key): the box settles
         # on 1.0.0 and the rollback is reported as a rollback

@@ -87,7 +87,7 @@ def _recorded(svc: ReleaseService, device: str, state: str) -> bool:
     assert svc.channel is not None
     with svc.channel.lock:
         rows = svc.channel.states.states()
-    return any(r["device"] == device and r["state"] == state for r in rows)
+    return any(r.device == device and r.state == state for r in rows)
 
 
 def test_forged_self_test_failure_from_a_staging_box_does_not_roll_production_back(
@@ -128,8 +128,8 @@ def test_a_fake_member_cannot_block_a_rollout(
         svc.tick()
     r = ch.latest_rollout("production")
     assert r is not None and r.status == "succeeded" and (r.devices_total, r.devices_active) == (1, 1)
-    status = ch.status("production")["groups"]["production"]
-    assert status["devices"] == 1 and [d["device"] for d in status["device_states"]] == ["prod1"]
+    status = ch.status("production").groups["production"]
+    assert status.devices == 1 and [d.device for d in status.device_states] == ["prod1"]
     assert ch.members("staging") == ["park1/stg1"]
 
 

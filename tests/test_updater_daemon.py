@@ -95,7 +95,7 @@ def test_daemon_swaps_model_between_inferences_without_losing_frames(
         switch = versions.index("2.0.0")
         assert set(versions[:switch]) == {"1.0.0"} and set(versions[switch:]) == {"2.0.0"}
         assert daemon.model_state is not None and daemon.model_state.state == "active"
-        wait_for(lambda: ch.status("staging")["groups"]["staging"]["active"] == 1, 20, "cloud sees it active")
+        wait_for(lambda: ch.status("staging").groups["staging"].active == 1, 20, "cloud sees it active")
     finally:
         if daemon is not None:
             daemon.stop()

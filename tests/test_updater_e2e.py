@@ -41,7 +41,7 @@ def test_good_model_is_verified_self_tested_and_swapped_while_classifying(setup:
     assert names[-4:] == ["downloading", "verifying", "self-testing", "active"]
     assert active_package(setup.ecfg) == setup.ecfg.state_dir / "updater" / "models" / "2.0.0"
     # the cloud saw the retained state
-    wait_for(lambda: setup.ch.status("staging")["groups"]["staging"]["active"] == 1, 10, "cloud status")
+    wait_for(lambda: setup.ch.status("staging").groups["staging"].active == 1, 10, "cloud status")
 
 
 def test_rollback_reinstalls_the_previous_version(setup: Setup) -> None:

@@ -69,7 +69,7 @@ def keys_init(
         allow_approver_key_on_server=allow_approver_key_on_server,
         approvers=list(approvers),
     )
-    for w in out["warnings"]:
+    for w in out.warnings:
         click.secho(w, err=True, fg="red", bold=True)
     emit(
         out,
@@ -432,10 +432,7 @@ def devices_revoke(
 @handle_errors
 def devices_list(group: str | None, config_path: Path, as_json: bool) -> None:
     """Provisioned devices (no secrets)."""
-    rows = [
-        {k: v for k, v in d.items() if k != "pw_hash"}
-        for d in _channel(config_path).states.provisioned(group)
-    ]
+    rows = [d.public() for d in _channel(config_path).states.provisioned(group)]
     emit(
         rows,
         as_json,

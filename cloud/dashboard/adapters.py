@@ -60,17 +60,17 @@ def report_files(svc: Services, model: ModelRecord) -> list[tuple[str, Path]]:
 def rollout_status(svc: Services) -> list[dict[str, Any]]:
     status = release_channel(svc).status()
     out = []
-    for name, g in sorted(status.get("groups", {}).items()):
+    for name, g in sorted(status.groups.items()):
         out.append(
             {
                 "group": name,
-                "target": g.get("target_version"),
-                "total": g.get("devices", 0),
-                "done": g.get("active", 0),
-                "states": g.get("by_state", {}),
-                "versions": g.get("by_version", {}),
-                "failed": g.get("failed", []),
-                "rollout": g.get("rollout"),
+                "target": g.target_version,
+                "total": g.devices,
+                "done": g.active,
+                "states": g.by_state,
+                "versions": g.by_version,
+                "failed": g.failed,
+                "rollout": g.rollout,
             }
         )
     return out

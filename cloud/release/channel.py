@@ -30,10 +30,15 @@ from cloud.release.keys import ROLES, KeyStore, RoleKey, load_key
 from cloud.release.package import shippable_file
 from cloud.release.records import (
     ApproverAdded,
+    AuditCheckpoint,
     BuildPublished,
     CloudAccount,
+    GroupStatus,
     KeyFile,
+    KeysInitialised,
+    KeysRotated,
     Provisioned,
+    ReleaseStatus,
     Revoked,
     RolledBack,
     RolloutStarted,
@@ -154,7 +159,7 @@ class ReleaseChannel:
         *,
         allow_approver_key_on_server: bool = False,
         approvers: list[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> KeysInitialised:
         """Create missing keys (as many per role as its threshold) and version 1 of the repository.
 
         Refuses while ``release.approver_keys_dir`` is unset: the approver's key would then sit on
@@ -220,14 +225,14 @@ class ReleaseChannel:
             },
         )
         self.checkpoint_audit(force=True)
-        return {
-            "warnings": warnings,
-            "created": created,
-            "keys_dir": str(self.keys.keys_dir),
-            "approver_keys_dir": str(self.keys.approver_keys_dir),
-            "trusted_root": str(self.repo.metadata_dir / "root.json"),
-            **status,
-        }
+        return KeysInitialised.from_row(
+            status,
+            warnings=warnings,
+            created=created,
+            keys_dir=str(self.keys.keys_dir),
+            approver_keys_dir=str(self.keys.approver_keys_dir),
+            trusted_root=str(self.repo.metadata_dir / "root.json"),
+        )
 
     @_serialised
     def keys_add_approver(self, name: str, actor: str, reason: str) -> ApproverAdded:
@@ -250,18 +255,18 @@ class ReleaseChannel:
         return {role: [KeyFile(str(p), load_key(p).keyid) for p in self.keys.paths(role)] for role in ROLES}
 
     @_serialised
-    def keys_rotate(self, role: str, actor: str, reason: str) -> dict[str, Any]:
+    def keys_rotate(self, role: str, actor: str, reason: str) -> KeysRotated:
         if not reason.strip():
             raise ReleaseError("give a reason for the rotation (--reason)")
         result = self.repo.rotate(role)
         self.audit.append(actor, "keys-rotate", f"release:key:{role}", {**result, "reason": reason})
         self._checkpoint()
         self._notify_all()
-        return result
+        return KeysRotated.from_row(result)
 
     # ---- audit anchor -------------------------------------------------------------------------
     @_serialised
-    def checkpoint_audit(self, force: bool = False) -> dict[str, Any] | None:
+    def checkpoint_audit(self, force: bool = False) -> AuditCheckpoint | None:
         """Sign the audit log's head with the online timestamp key into the release repository,
         if it moved since the last checkpoint. None without a repository or a usable key."""
         if not self.repo.exists():
@@ -281,7 +286,7 @@ class ReleaseChannel:
             return None
         head = checkpoint.Head(entries, last_id, last_hash, time.time())
         checkpoint.write(self.repo.dir, head, keys[0])
-        return head.to_dict()
+        return AuditCheckpoint.from_row(head.to_dict())
 
     def _checkpoint(self) -> None:
         """After an action: its audit entry is anchored at once, not at cloud serve's next tick.
@@ -488,7 +493,7 @@ class ReleaseChannel:
                 check_segment(value, what)
             except ValueError as e:
                 raise ProvisioningError(str(e)) from e
-        taken = [d for d in self.states.provisioned() if d["username"] == device and d["site"] != site]
+        taken = [d for d in self.states.provisioned() if d.username == device and d.site != site]
         if taken or device == self.cfg.release.cloud_username:
             raise ProvisioningError(f"username {device!r} is already used; device ids must be unique")
         if device.startswith(brokerauth.CLOUD_PREFIX):
@@ -535,7 +540,7 @@ class ReleaseChannel:
     @_serialised
     def render_broker(self) -> dict[str, str]:
         accounts = [
-            brokerauth.DeviceAccount(d["site"], d["device"], d["grp"], d["username"], d["pw_hash"])
+            brokerauth.DeviceAccount(d.site, d.device, d.grp, d.username, d.pw_hash)
             for d in self.states.provisioned()
         ]
         cloud = self.states.account(self.cfg.release.cloud_username)
@@ -561,19 +566,19 @@ class ReleaseChannel:
     def known_groups(self) -> list[str]:
         """Groups a rollout can sensibly target: those with provisioned devices, those that already
         have a release, and the configured staging groups (the dashboard's select list)."""
-        groups = {d["grp"] for d in self.states.provisioned()}
+        groups = {d.grp for d in self.states.provisioned()}
         if self.repo.exists():
             groups |= set(self.repo.groups())
         return sorted(groups | set(self.cfg.release.staging_groups))
 
     @_serialised
-    def status(self, group: str | None = None) -> dict[str, Any]:
+    def status(self, group: str | None = None) -> ReleaseStatus:
         assignments = self.repo.groups() if self.repo.exists() else {}
-        states = {f"{s['site']}/{s['device']}": s for s in self.states.states()}
+        states = {s.key: s for s in self.states.states()}
         groups = sorted({*assignments, *self.states.membership().values()})
         if group is not None:
             groups = [group]
-        out: dict[str, Any] = {"groups": {}, "repository": self.repo.status() if self.repo.exists() else None}
+        out: dict[str, GroupStatus] = {}
         for g in groups:
             target = assignments.get(g)
             members = self.members(g)
@@ -582,14 +587,14 @@ class ReleaseChannel:
             rollout = latest.to_dict() if latest else None
             if latest is not None and rollout is not None:
                 rollout["rolled_back_from"] = self.rolled_back_from(latest)
-            out["groups"][g] = {
-                "target_version": target,
-                "devices": prog.total,
-                "active": prog.active,
-                "by_version": prog.by_version,
-                "by_state": prog.by_state,
-                "failed": prog.failed,
-                "rollout": rollout,
-                "device_states": [states[k] for k in members if k in states],
-            }
-        return out
+            out[g] = GroupStatus(
+                target_version=target,
+                devices=prog.total,
+                active=prog.active,
+                by_version=prog.by_version,
+                by_state=prog.by_state,
+                failed=prog.failed,
+                rollout=rollout,
+                device_states=[states[k] for k in members if k in states],
+            )
+        return ReleaseStatus(out, self.repo.status() if self.repo.exists() else None)

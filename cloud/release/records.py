@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from cloud.registry.approvals import Decision
-from cloud.release.store import Rollout
+from cloud.release.store import DeviceState, Rollout
 from shared.records import Record
 
 
@@ -114,3 +114,67 @@ class ApproverAdded(Record):
     keyid: str
     path: str
     root_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysInitialised(Record):
+    """``keys init``: what it warned about, the key files it made, where keys live, and the
+    repository's state afterwards (the fields of ``TufRepository.status``, printed flat)."""
+
+    warnings: list[str]
+    created: list[str]
+    keys_dir: str
+    approver_keys_dir: str
+    trusted_root: str
+    repo: str
+    root_version: int
+    timestamp_version: int
+    timestamp_expires: str
+    snapshot_version: int
+    builds: list[str]
+    approvals: dict[str, list[str]]
+    groups: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysRotated(Record):
+    """``keys rotate``: the role whose keys were replaced, the retired and new key files, and the
+    root version that trusts the new ones."""
+
+    role: str
+    retired: list[str]
+    new: list[str]
+    root_version: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditCheckpoint(Record):
+    """The audit log's head as just signed into the release repository."""
+
+    entries: int
+    head_id: int
+    head_hash: str
+    ts: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupStatus(Record):
+    """One group in ``rollout status``: what it should run, how far it got, its latest rollout
+    (the row plus ``rolled_back_from``) and each member's latest model state."""
+
+    target_version: str | None
+    devices: int
+    active: int
+    by_version: dict[str, int]
+    by_state: dict[str, int]
+    failed: list[dict[str, Any]]
+    rollout: dict[str, Any] | None
+    device_states: list[DeviceState]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseStatus(Record):
+    """``rollout status``: per group, and the repository's state (None before ``keys init``)."""
+
+    groups: dict[str, GroupStatus]
+    repository: dict[str, Any] | None

@@ -172,7 +172,7 @@ class ReleaseService:
     def _judge(self, now: float) -> None:
         ch = self.channel
         assert ch is not None
-        states = {f"{s['site']}/{s['device']}": s for s in ch.states.states()}
+        states = {s.key: s for s in ch.states.states()}
         for group in ch.repo.groups():
             r = ch.rollouts.latest(group)
             if r is None or r.status not in ("in_progress", "succeeded"):

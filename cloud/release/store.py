@@ -92,6 +92,45 @@ class Rollout(Record):
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceState(Record):
+    """A box's latest ``model/state`` (a ``device_models`` row); it prints as that row did."""
+
+    site: str
+    device: str
+    grp: str | None
+    state: str
+    version: str | None
+    active_version: str | None
+    previous_version: str | None
+    reason: str | None
+    progress: float | None
+    ts: float | None
+    received_ts: float | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedDevice(Record):
+    """A provisioned, unrevoked box (a ``devices`` row). ``pw_hash`` is its broker password's
+    hash: never print it (``devices list`` leaves it out)."""
+
+    site: str
+    device: str
+    grp: str
+    username: str
+    pw_hash: str
+    created_ts: float
+    revoked: int
+
+    def public(self) -> dict[str, Any]:
+        """The row as ``devices list`` prints it: everything but the password hash."""
+        return {k: v for k, v in self.to_dict().items() if k != "pw_hash"}
+
+
 def _rollout(r: dict[str, Any]) -> Rollout:
     return Rollout(
         r["id"],
@@ -215,14 +254,16 @@ class DeviceStates:
                 ),
             )
 
-    def states(self, group: str | None = None) -> list[dict[str, Any]]:
+    def states(self, group: str | None = None) -> list[DeviceState]:
         where, args = ("grp = ?", [group]) if group else (None, [])
-        return list(self.db.table("device_models").rows_where(where, args, order_by="site, device"))
+        rows = self.db.table("device_models").rows_where(where, args, order_by="site, device")
+        return [DeviceState.from_row(r) for r in rows]
 
-    def provisioned(self, group: str | None = None) -> list[dict[str, Any]]:
+    def provisioned(self, group: str | None = None) -> list[ProvisionedDevice]:
         where = "revoked = 0" + (" AND grp = ?" if group else "")
         args = [group] if group else []
-        return list(self.db.table("devices").rows_where(where, args, order_by="site, device"))
+        rows = self.db.table("devices").rows_where(where, args, order_by="site, device")
+        return [ProvisionedDevice.from_row(r) for r in rows]
 
     def membership(self) -> dict[str, str]:
         """THE device-to-group map: ``"site/device" -> group`` of every provisioned, unrevoked device."""

@@ -20,9 +20,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud.release.config import ReleaseConfig
+
+if TYPE_CHECKING:  # pure module: the store (sqlite) is only named, never imported
+    from cloud.release.store import DeviceState
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def counts_against(f: Mapping[str, Any]) -> bool:
 def progress(
     version: str,
     members: Iterable[str],
-    states: Mapping[str, Mapping[str, Any]],
+    states: Mapping[str, DeviceState],
     *,
     since_ts: float | None = None,
 ) -> Progress:
@@ -77,23 +80,21 @@ def progress(
     for key in members:
         total += 1
         st = states.get(key)
-        name = st["state"] if st else "unknown"
+        name = st.state if st else "unknown"
         by_state[name] = by_state.get(name, 0) + 1
-        running = (st or {}).get("active_version") or "none"
+        running = (st.active_version if st else None) or "none"
         by_version[running] = by_version.get(running, 0) + 1
-        if st and st["state"] == "active" and st.get("active_version") == version:
+        if st and st.state == "active" and st.active_version == version:
             active += 1
-        elif st and st["state"] == "failed" and _about(st, version, since_ts):
-            failed.append(
-                {"device": key, "reason": st.get("reason"), "ts": st.get("ts"), "version": st.get("version")}
-            )
+        elif st and st.state == "failed" and _about(st, version, since_ts):
+            failed.append({"device": key, "reason": st.reason, "ts": st.ts, "version": st.version})
     return Progress(total, active, failed, by_state, by_version)
 
 
-def _about(st: Mapping[str, Any], version: str, since_ts: float | None) -> bool:
-    if st.get("version") == version:
+def _about(st: DeviceState, version: str, since_ts: float | None) -> bool:
+    if st.version == version:
         return True
-    return not st.get("version") and (since_ts is None or float(st.get("ts") or 0) >= since_ts)
+    return not st.version and (since_ts is None or float(st.ts or 0) >= since_ts)
 
 
 def health_breach(

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 
+from shared.backoff import Backoff
+
 log = logging.getLogger("parkwatch.cloud.children")
 
 RESTART_BACKOFF_S = 2.0
@@ -43,7 +45,7 @@ class ChildProcess:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
-        self._backoff = RESTART_BACKOFF_S / 2
+        self._backoff = Backoff(RESTART_BACKOFF_S, 60.0)
         self.restarts = 0
         self.last_error: str | None = None
 
@@ -94,13 +96,15 @@ class ChildProcess:
             lived = time.monotonic() - self._started
             # Back off while it keeps dying at start-up (fleet store unreachable, say); a crash after a
             # long healthy run is restarted at once.
-            self._backoff = RESTART_BACKOFF_S if lived > HEALTHY_RUN_S else min(self._backoff * 2, 60.0)
+            if lived > HEALTHY_RUN_S:
+                self._backoff.reset()
+            delay = self._backoff.next()
             self.last_error = (
                 f"{self.name} exited with status {code} after {lived:.0f} s; restarting it in "
-                f"{self._backoff:.0f} s (its own error is in the log above)"
+                f"{delay:.0f} s (its own error is in the log above)"
             )
             log.error("%s", self.last_error)
-            if self._stopping.wait(self._backoff):
+            if self._stopping.wait(delay):
                 return
             with self._lock:
                 if self._stopping.is_set():

@@ -39,7 +39,7 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	@provisioning/system-deps.sh broker camera browser postgres
-	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not integration" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared edge cloud tests bench tools

@@ -156,7 +156,10 @@ def _session(onnx_path: Path, threads: int, providers: list[str]) -> tuple[ort.I
         if providers != ["CPUExecutionProvider"]:
             log.warning("session with %s failed (%s); retrying on CPU only", providers, e)
             return _session(onnx_path, threads, ["CPUExecutionProvider"])
-        raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load this model: {e}") from e
+        raise ModelLoadError(
+            f"{onnx_path}: ONNX Runtime cannot load this model ({e}); pass a model package folder "
+            "(or its model.onnx) as built by parkwatch cloud train"
+        ) from e
     return sess, list(sess.get_providers())
 
 

@@ -26,6 +26,7 @@ losing a row. A file whose version is newer than this release knows is refused u
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,33 @@ def migrate_sqlite(conn: sqlite3.Connection, schema: Schema, where: str = "") ->
     return version
 
 
+def enable_wal(conn: sqlite3.Connection, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Switch the file to WAL, waiting up to ``wait_s`` for other openers.
+
+    Why not a plain ``PRAGMA journal_mode = WAL``: the switch needs the file to itself, and SQLite
+    does not run the busy handler for it, so two processes creating a new file at once failed
+    with "database is locked" at once, whatever the busy timeout. WAL is a property of the file
+    and persists, so a file already in WAL skips the switch (and the lock) entirely.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
+            return
+        try:
+            if str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal":
+                return
+            if time.monotonic() + delay > deadline:  # the switch was declined without an error
+                raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def open_sqlite(
     path: str | Path,
     schema: Schema | None = None,
@@ -188,7 +216,7 @@ def open_sqlite(
         if schema is not None and not read_only:
             schema.pending(user_version(conn), str(p))  # refuse a newer file before touching it
         if wal and not read_only:
-            conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(conn, busy_timeout_s)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         if foreign_keys:
             conn.execute("PRAGMA foreign_keys = ON")
@@ -206,6 +234,7 @@ __all__ = [
     "SchemaError",
     "SchemaTooNewError",
     "add_column",
+    "enable_wal",
     "migrate_sqlite",
     "open_sqlite",
     "sql_statements",

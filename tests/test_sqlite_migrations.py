@@ -141,6 +141,39 @@ def test_processes_opening_a_new_fleet_db_at_once_migrate_it_once(tmp_path: Path
     assert _one(path, "PRAGMA user_version")[0] == FLEET_SCHEMA.latest
 
 
+def test_switching_a_busy_file_to_wal_waits_for_the_other_opener(tmp_path: Path) -> None:
+    """SQLite runs no busy handler for the WAL switch: before the fix, an opener that met another
+    process's write lock failed at once with "database is locked", whatever the busy timeout."""
+    path = tmp_path / "old.db"
+    holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("INSERT INTO t VALUES (1)")
+    holder.execute("BEGIN IMMEDIATE")  # a write lock on a rollback-journal file: another opener migrating
+    release = threading.Timer(0.4, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        conn = open_sqlite(path, busy_timeout_s=10)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+        conn.close()
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_a_file_held_past_the_busy_timeout_still_fails_with_the_lock_error(tmp_path: Path) -> None:
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            open_sqlite(path, busy_timeout_s=0.3)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+
+
 # A newer release's file is refused, untouched --------------------------------------------------
 
 Opener = Callable[[Path], Any]

@@ -9,7 +9,7 @@ import pytest
 
 from cloud.evaluation.config import GateConfig
 from cloud.evaluation.gate import check_gate
-from cloud.evaluation.metrics import auc, ece, evaluate, roc_curve
+from cloud.evaluation.metrics import auc, decision_metrics, ece, evaluate, roc_curve
 from cloud.evaluation.report import render_html
 
 LABELS = ["cat", "dog"]
@@ -70,3 +70,52 @@ def test_html_report_has_three_inline_svg_plots() -> None:
     assert len(re.findall(r"<svg ", page)) == 3
     assert "Confusion matrix" in page and "ROC curve" in page and "Reliability" in page
     assert "v&lt;1&gt;" in page and "<script" not in page
+
+
+def test_decision_metrics_count_abstains_as_wrong_and_none_as_a_class() -> None:
+    labels = ["cat", "dog", "none"]
+    truth = ["cat", "cat", "dog", "dog", "none", "none", "none", "none"]
+    said = ["cat", "abstain", "dog", "none", "none", "none", "dog", "abstain"]
+    d = decision_metrics(truth, said, labels)
+    assert d["columns"] == ["cat", "dog", "none", "abstain"]
+    assert d["confusion_matrix"] == [[1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 2, 1]]
+    assert d["accuracy"] == pytest.approx(4 / 8)
+    assert d["abstained"] == pytest.approx(2 / 8)
+    assert d["per_class"]["none"]["recall"] == pytest.approx(0.5)
+    assert d["per_class"]["none"]["precision"] == pytest.approx(2 / 3)
+    assert d["per_class"]["dog"]["precision"] == pytest.approx(0.5)
+    assert d["recall_gap"] == pytest.approx(0.0)
+    # a cat/dog model that rejects: the box's "none" is a column of its own, never right
+    d2 = decision_metrics(["cat", "dog"], ["none", "dog"], ["cat", "dog"])
+    assert d2["columns"] == ["cat", "dog", "none", "abstain"] and d2["accuracy"] == 0.5
+    with pytest.raises(ValueError, match="one decision per test image"):
+        decision_metrics(["cat"], [], ["cat", "dog"])
+
+
+def test_the_gate_judges_a_rejecting_model_on_the_box_decisions_not_the_argmax() -> None:
+    """The head's argmax calls 2 of 10 none photos "dog" (recall 0.8, gate fails on it), but the
+    box's pet evidence rejects them: the gate must judge what the box publishes, both ways."""
+    labels = ["cat", "dog", "none"]
+    y = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    probs = np.array(
+        [[0.98, 0.01, 0.01]] * 10
+        + [[0.01, 0.98, 0.01]] * 10
+        + [[0.01, 0.98, 0.01]] * 2
+        + [[0.01, 0.01, 0.98]] * 8
+    )
+    m = evaluate(y, probs, labels)
+    loose_ece = GateConfig(max_ece=1.0)
+    assert not check_gate(m, loose_ece)["passed"]
+    truth = [labels[i] for i in y]
+    m["decisions"] = decision_metrics(truth, truth, labels)
+    g = check_gate(m, loose_ece)
+    assert g["passed"] and g["basis"] == "box decisions"
+    # and the other way: the argmax is perfect on cats, the box abstains on 3 of them
+    m2 = evaluate(y, np.eye(3)[y] * 0.97 + 0.01, labels)
+    assert check_gate(m2, loose_ece)["passed"]
+    m2["decisions"] = decision_metrics(truth, ["abstain"] * 3 + truth[3:], labels)
+    g2 = check_gate(m2, loose_ece)
+    assert not g2["passed"]
+    assert "recall of cat (box decisions) 0.7000 < 0.95" in g2["failures"]
+    page = render_html("v1", m2, g2, {})
+    assert "What the box says about the test images" in page and "<th>abstain</th>" in page

@@ -122,6 +122,52 @@ def evaluate(y: Sequence[int] | I64, probs: F32, labels: Sequence[str]) -> dict[
     }
 
 
+ABSTAIN = "abstain"
+
+
+def decision_metrics(truth: Sequence[str], decided: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall and recall gap of what a box *says* (one outcome per
+    test image: a label, ``none`` or ``abstain``), not of the probabilities' argmax.
+
+    Why both: with rejection the box does not take the head's argmax. A ``none`` photo the head
+    calls "dog" by a little is still ``none`` on the box when its pet evidence is below the
+    threshold, and a pet the head is sure of may be abstained. The gate judges a rejecting model
+    on these outcomes, because they are what the fleet will publish. An abstain is never right.
+    """
+    if len(truth) != len(decided):
+        raise ValueError("one decision per test image is needed")
+    if not truth:
+        raise ValueError("no test samples to evaluate")
+    columns = list(labels) + [c for c in sorted(set(decided) - set(labels)) if c != ABSTAIN] + [ABSTAIN]
+    col = {c: i for i, c in enumerate(columns)}
+    cm = np.zeros((len(labels), len(columns)), dtype=np.int64)
+    for t, d in zip(truth, decided, strict=True):
+        cm[labels.index(t), col[d]] += 1
+    per_class: dict[str, dict[str, float]] = {}
+    for i, lab in enumerate(labels):
+        tp, support, called = cm[i, i], cm[i, :].sum(), cm[:, i].sum()
+        prec = tp / called if called else 0.0
+        rec = tp / support if support else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[lab] = {
+            "precision": float(prec),
+            "recall": float(rec),
+            "f1": float(f1),
+            "support": int(support),
+        }
+    recalls = [pc["recall"] for pc in per_class.values() if pc["support"]]
+    n = len(truth)
+    return {
+        "n": n,
+        "accuracy": float(np.trace(cm[:, : len(labels)]) / n),
+        "per_class": per_class,
+        "recall_gap": float(max(recalls) - min(recalls)) if recalls else 0.0,
+        "abstained": float(cm[:, col[ABSTAIN]].sum() / n),
+        "confusion_matrix": cm.tolist(),
+        "columns": columns,
+    }
+
+
 def summary(m: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers stored in the registry row (the full report lives in the package)."""
     return {
@@ -133,6 +179,7 @@ def summary(m: dict[str, Any]) -> dict[str, Any]:
         "per_class": m["per_class"],
         "confusion_matrix": m["confusion_matrix"],
         **({"perception": m["perception"]} if m.get("perception") else {}),
+        **({"decisions": m["decisions"]} if m.get("decisions") else {}),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,24 @@ def _classify(
     return out
 
 
+@dataclass(frozen=True)
+class Perception:
+    """The perception figures, and the box's outcome for each test image in order (a model
+    label, the dataset's ``none`` label, or ``abstain``): the gate judges a rejecting model on
+    those outcomes (``cloud.evaluation.metrics.decision_metrics``)."""
+
+    figures: dict[str, Any]
+    decisions: list[str]
+
+
 def evaluate_perception(
     onnx_path: Path,
     items: Sequence[tuple[Path, str]],
     cfg: EvaluationConfig,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, Any] | None:
-    """The perception figures, or None for a model that cannot reject (old packages)."""
+) -> Perception | None:
+    """What a box says about the test split and the test scenes, or None for a model that cannot
+    reject (old packages)."""
     infer = InferenceConfig(threads=min(os.cpu_count() or 1, 64))
     model = load_model(onnx_path, infer, verification="evaluation")
     rej = model.metadata.rejection
@@ -66,6 +78,7 @@ def evaluate_perception(
     res = _classify(pipe, [partial(load_image, p) for p, _ in items], BATCH_IMAGES, progress)
     pet_hits = [r.label == lab for r, (_, lab) in zip(res, items, strict=True) if lab != none]
     none_hits = [r.label == NONE_LABEL for r, (_, lab) in zip(res, items, strict=True) if lab == none]
+    decisions = [none if r.label == NONE_LABEL else r.label for r in res]
     out: dict[str, Any] = {
         "closeup_pets_right": _rate(pet_hits),
         "closeup_none_rejected": _rate(none_hits),
@@ -107,4 +120,4 @@ def evaluate_perception(
         out["scene_height"] = [cfg.scene_min_height, cfg.scene_max_height]
     else:
         out["scene_pets_right"] = out["grey_scene_pets_right"] = out["empty_scenes_rejected"] = None
-    return out
+    return Perception(out, decisions)

@@ -149,6 +149,23 @@ def _perception_html(p: dict[str, Any] | None) -> str:
     )
 
 
+def _decisions_html(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in d["columns"])
+    body = "".join(
+        f"<tr><th>{_esc(lab)}</th>{''.join(f'<td>{v}</td>' for v in row)}"
+        f"<td>{d['per_class'][lab]['recall']:.4f}</td></tr>"
+        for lab, row in zip(d["per_class"], d["confusion_matrix"], strict=True)
+    )
+    return (
+        "<h2>What the box says about the test images (the gate judges these)</h2>"
+        f"<p>Accuracy <b>{d['accuracy']:.4f}</b>; recall gap {d['recall_gap']:.4f}; "
+        f"abstained {d['abstained']:.4f}. Rows: true label; columns: the box's outcome.</p>"
+        f"<table><tr><th>true / said</th>{head}<th>recall</th></tr>{body}</table>"
+    )
+
+
 def render_html(version: str, metrics: dict[str, Any], gate: dict[str, Any], context: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{_esc(lab)}</td><td>{pc['precision']:.4f}</td><td>{pc['recall']:.4f}</td>"
@@ -171,6 +188,7 @@ ECE {metrics["ece"]:.4f}; recall gap {metrics["recall_gap"]:.4f}.</p>
 <table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>
 <div class="plots">{confusion_svg(metrics["confusion_matrix"], metrics["labels"])}
 {roc_svg(metrics["roc"], auc)}{reliability_svg(metrics["reliability"], metrics["ece"])}</div>
+{_decisions_html(metrics.get("decisions"))}
 {_perception_html(metrics.get("perception"))}
 <h2>Context</h2><pre>{_esc(json.dumps(context, indent=2, sort_keys=True, default=str))}</pre>
 </body></html>

@@ -19,7 +19,7 @@ import onnx
 
 from cloud.evaluation.config import EvaluationConfig, GateConfig
 from cloud.evaluation.gate import check_gate
-from cloud.evaluation.metrics import evaluate
+from cloud.evaluation.metrics import decision_metrics, evaluate
 from cloud.evaluation.report import render_html
 from edge.preprocess import Preprocessor, load_image
 from shared.errors import ParkwatchError
@@ -102,7 +102,8 @@ def evaluate_onnx(
 
         perception = evaluate_perception(onnx_path, items, eval_cfg)
         if perception is not None:
-            metrics["perception"] = perception
+            metrics["perception"] = perception.figures
+            metrics["decisions"] = decision_metrics([lab for _, lab in items], perception.decisions, labels)
     gate = check_gate(metrics, gate_cfg)
     html = render_html(meta.model_version, metrics, gate, context)
     preds = [

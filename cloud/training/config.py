@@ -34,12 +34,12 @@ class TrainConfig(Section):
     finetune_lr: float = Field(1e-4, gt=0)
     finetune_blocks: int = Field(3, ge=0, description="last MBConv blocks unfrozen when fine-tuning")
     scene_tiles: int = Field(
-        250,
+        1000,
         ge=0,
         le=20000,
         description="training scenes (plus greyscale copies) whose tiles train the head; needs none/",
     )
-    scene_tiles_empty: int = Field(120, ge=0, le=20000, description="empty training scenes (none tiles)")
+    scene_tiles_empty: int = Field(500, ge=0, le=20000, description="empty training scenes (none tiles)")
     calibration_scenes: int = Field(
         100,
         ge=0,

@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud.config import CloudConfig
 from cloud.fleet.feedback import label_prediction
@@ -38,7 +40,13 @@ from shared.protocol import (
     encode,
     parse_topic,
 )
-from shared.protocol.bounds import MAX_KEYS
+from shared.protocol.bounds import (
+    EARLIEST_TS,
+    MAX_FUTURE_SKEW_S,
+    MAX_KEYS,
+    prediction_problem,
+    prediction_within,
+)
 from tests.dashutil import client_for, seed_users, sign_in
 from tests.fleetutil import cloud_cfg, wait_for
 from tests.simdevice import SimDevice
@@ -112,6 +120,61 @@ def test_prediction_bounds_are_refused_at_decode(payload: bytes, words: str) -> 
 def test_telemetry_bounds_are_refused_at_decode(payload: bytes, words: str) -> None:
     with pytest.raises(InvalidPayload, match=words):
         decode(TOPIC_T, payload)
+
+
+_names = st.one_of(
+    st.sampled_from(["gate", "a", "cam_2.b-c", "x" * 64, "x" * 65, "", "../etc", "bad name", "-lead"]),
+    st.text(max_size=70),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ts=st.one_of(
+        st.sampled_from([NOW, EARLIEST_TS, EARLIEST_TS - 1, NOW + MAX_FUTURE_SKEW_S - 5, 1e300, -5.0])
+    ),
+    frame_ts=st.one_of(st.none(), st.sampled_from([NOW, 1e12, EARLIEST_TS - 0.5])),
+    camera=_names,
+    label=st.sampled_from(["cat", "none", "l" * 64, "l" * 65]),
+    n_probs=st.sampled_from([0, 2, MAX_KEYS, MAX_KEYS + 1]),
+    long_key=st.booleans(),
+    flags=st.lists(st.sampled_from(["blur", "f" * 65]), max_size=3),
+    many_flags=st.booleans(),
+    model_version=st.sampled_from(["m1", "m" * 64, "m" * 65]),
+    snapshot=st.one_of(st.none(), _names),
+)
+def test_the_fast_prediction_bounds_agree_with_the_spelled_out_ones(
+    ts: float,
+    frame_ts: float | None,
+    camera: str,
+    label: str,
+    n_probs: int,
+    long_key: bool,
+    flags: list[str],
+    many_flags: bool,
+    model_version: str,
+    snapshot: str | None,
+) -> None:
+    """The materializer's hot path takes the predicate; a refusal is spelled out by the long
+    check. The two must never disagree, or a prediction would be refused with no reason, or let
+    through against the rule."""
+    probs = {f"k{i}": 0.0 for i in range(n_probs)}
+    if long_key:
+        probs["k" * 65] = 0.1
+    p = Prediction.model_construct(
+        seq=1,
+        ts=ts,
+        frame_ts=frame_ts,
+        camera=camera,
+        label=label,
+        confidence=0.5,
+        probs=probs,
+        flags=flags * 100 if many_flags else flags,
+        model_version=model_version,
+        snapshot=snapshot,
+    )
+    within = prediction_within(p, EARLIEST_TS, NOW + MAX_FUTURE_SKEW_S)
+    assert within == (prediction_problem(p, "p", NOW) is None)
 
 
 def test_sane_messages_still_decode() -> None:

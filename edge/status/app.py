@@ -150,8 +150,9 @@ def create_app(source: StatusSource, token: str) -> FastAPI:
         if got is None or not hmac.compare_digest(got.encode(), token.encode()):
             msg = (
                 "missing or wrong token: open /?token=<token> once, or send 'Authorization: Bearer "
-                "<token>'; the token is in the file named by [status_page] token "
-                "(by default /etc/parkwatch/status-token)"
+                "<token>'; the token is in the file named by [status_page] token in the edge config "
+                "(install-edge.sh writes /etc/parkwatch/status-token), or, when the config names "
+                "none, in status-token under the box's state_dir"
             )
             if "text/html" in request.headers.get("accept", ""):
                 body = (

@@ -79,30 +79,68 @@ def _texts(msg: Any, where: str) -> str | None:
     return None
 
 
-def problem(msg: Any, now: float) -> str | None:
-    """Why a device-sent message is out of bounds (None: within). Works on any v1 model."""
-    checks: list[str | None] = []
-    for name in _TS_FIELDS:
-        if hasattr(msg, name):
-            checks.append(check_ts(getattr(msg, name), name, now))
-    checks.append(_texts(msg, type(msg).__name__))
-    for i, p in enumerate(getattr(msg, "predictions", None) or []):
-        w = f"predictions[{i}]"
-        checks += [
-            check_ts(p.ts, f"{w}.ts", now),
-            check_ts(p.frame_ts, f"{w}.frame_ts", now),
-            None if ID.match(p.camera) else f"{w}.camera: {p.camera[:80]!r} is not an id",
-            None if len(p.label) <= MAX_NAME else f"{w}.label: longer than {MAX_NAME}",
-            _keys(p.probs, f"{w}.probs"),
-            _list(p.flags, f"{w}.flags"),
-            None if all(len(f) <= MAX_NAME for f in p.flags) else f"{w}.flags: a flag over {MAX_NAME}",
-            None if len(p.model_version) <= MAX_NAME else f"{w}.model_version: longer than {MAX_NAME}",
+def prediction_problem(p: Any, where: str, now: float) -> str | None:
+    """Why one prediction is out of bounds, spelled out (None: within)."""
+    checks = (
+        lambda: check_ts(p.ts, f"{where}.ts", now),
+        lambda: check_ts(p.frame_ts, f"{where}.frame_ts", now),
+        lambda: None if ID.match(p.camera) else f"{where}.camera: {p.camera[:80]!r} is not an id",
+        lambda: None if len(p.label) <= MAX_NAME else f"{where}.label: longer than {MAX_NAME}",
+        lambda: _keys(p.probs, f"{where}.probs"),
+        lambda: _list(p.flags, f"{where}.flags"),
+        lambda: (
+            None if all(len(f) <= MAX_NAME for f in p.flags) else f"{where}.flags: a flag over {MAX_NAME}"
+        ),
+        lambda: (
+            None if len(p.model_version) <= MAX_NAME else f"{where}.model_version: longer than {MAX_NAME}"
+        ),
+        lambda: (
             None
             if p.snapshot is None or SNAPSHOT_ID.match(p.snapshot)
-            else f"{w}.snapshot: {p.snapshot[:80]!r} is not a snapshot id",
-        ]
-        if any(checks):
-            break
+            else f"{where}.snapshot: {p.snapshot[:80]!r} is not a snapshot id"
+        ),
+    )
+    return next((c for c in (check() for check in checks) if c), None)
+
+
+def prediction_within(p: Any, lo: float, hi: float) -> bool:
+    """The same bounds as :func:`prediction_problem` as one predicate, without building any text.
+
+    Why two spellings of one rule: the materializer decodes every prediction the fleet sends, and
+    building nine messages per prediction only to find them all empty was three quarters of its
+    decoding time. The predicate is the hot path; the spelled-out check runs only for a
+    prediction the predicate refuses, to say why (a test holds the two to the same answers).
+    """
+    ts, fts, snap = p.ts, p.frame_ts, p.snapshot
+    return (
+        lo <= ts <= hi
+        and (fts is None or lo <= fts <= hi)
+        and ID.match(p.camera) is not None
+        and len(p.label) <= MAX_NAME
+        and len(p.probs) <= MAX_KEYS
+        and all(1 <= len(k) <= MAX_NAME for k in p.probs)
+        and len(p.flags) <= MAX_LIST
+        and all(len(f) <= MAX_NAME for f in p.flags)
+        and len(p.model_version) <= MAX_NAME
+        and (snap is None or SNAPSHOT_ID.match(snap) is not None)
+    )
+
+
+def problem(msg: Any, now: float) -> str | None:
+    """Why a device-sent message is out of bounds (None: within). Works on any v1 model.
+
+    The first problem in a fixed order: the message's own timestamps and texts, then each
+    prediction in order, then cameras, maps and lists."""
+    for name in _TS_FIELDS:
+        if hasattr(msg, name) and (c := check_ts(getattr(msg, name), name, now)):
+            return c
+    if c := _texts(msg, type(msg).__name__):
+        return c
+    lo, hi = EARLIEST_TS, now + MAX_FUTURE_SKEW_S
+    for i, p in enumerate(getattr(msg, "predictions", None) or []):
+        if not prediction_within(p, lo, hi):
+            return prediction_problem(p, f"predictions[{i}]", now) or f"predictions[{i}]: out of bounds"
+    checks: list[str | None] = []
     cameras = getattr(msg, "cameras", None)
     if isinstance(cameras, Mapping):
         checks.append(_keys(cameras, "cameras", id_keys=True))

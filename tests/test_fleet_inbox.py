@@ -411,3 +411,42 @@ def test_an_inbox_written_before_the_retained_column_is_migrated_and_read(tmp_pa
     ib.append([("t", b"b", 2.0, True)])
     assert ib.take(0, 10) == [(1, "t", b"a", 1.0, False), (2, "t", b"b", 2.0, True)]
     ib.close()
+
+
+def test_the_backlog_is_read_safely_while_another_process_trims_the_inbox(tmp_path: Path) -> None:
+    """The receiver reads the backlog while the materializer (another connection) deletes the
+    rows it applied. Two statements read the oldest id and then its row, and the row could be
+    gone between them: ``cloud inbox``/stats crashed with TypeError mid-benchmark."""
+    import threading
+
+    path = tmp_path / "w.inbox.db"
+    reader = Inbox(path)
+    trimmer = Inbox(path, synchronous="NORMAL")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def trim() -> None:
+        last = 0
+        try:
+            while not stop.is_set():
+                trimmer.append([("t", b"x", 1.0, False)] * 5)
+                last += 5
+                trimmer.delete_upto(last - 1)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=trim)
+    t.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        reads = 0
+        while time.monotonic() < deadline and not errors:
+            n, oldest = reader.backlog_and_oldest()
+            assert n >= 0 and (oldest is None or oldest == 1.0)
+            reads += 1
+    finally:
+        stop.set()
+        t.join()
+        reader.close()
+        trimmer.close()
+    assert errors == [] and reads > 100

@@ -81,12 +81,17 @@ def inbox_path(paths: CloudPaths, client_id: str) -> Path:
 
 
 def _backlog(conn: sqlite3.Connection) -> tuple[int, float | None]:
-    """Rows waiting and the oldest one's arrival, from two index lookups, not a scan: ids are
-    contiguous, because rows are only ever deleted from the front."""
-    lo, hi = conn.execute("SELECT min(id), max(id) FROM inbox").fetchone()
-    if lo is None:
+    """Rows waiting and the oldest one's arrival, from index lookups, not a scan: ids are
+    contiguous, because rows are only ever deleted from the front.
+
+    One statement, so one snapshot: the materializer trims the front from another connection,
+    and an oldest id read by one statement could be gone by the next."""
+    row = conn.execute(
+        "SELECT id, received_ts, (SELECT max(id) FROM inbox) FROM inbox ORDER BY id LIMIT 1"
+    ).fetchone()
+    if row is None:
         return 0, None
-    oldest = conn.execute("SELECT received_ts FROM inbox WHERE id=?", (lo,)).fetchone()[0]
+    lo, oldest, hi = row
     return int(hi) - int(lo) + 1, float(oldest)
 
 

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,23 @@ def region_scenes(tmp: Path, n_scenes: int) -> dict[str, tuple[Path, bool]]:
         cv2.imwrite(str(busy / f"{i:04d}.jpg"), render(spec))
     out["new scene every frame"] = (busy, False)
     return out
+
+
+def discarding_subscriber(port: int) -> Any:
+    """A QoS 1 subscriber to every box's predictions and telemetry that drops what it gets."""
+    import paho.mqtt.client as mqtt
+
+    from shared.protocol import Topics
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sink", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    c.on_connect = lambda cl, *_: cl.subscribe([(Topics.ALL_PREDICTIONS, 1), (Topics.ALL_TELEMETRY, 1)])
+    c.on_subscribe = lambda *_: subscribed.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    if not subscribed.wait(10):
+        raise SystemExit("the discarding subscriber could not subscribe to the bench broker")
+    return c
 
 
 def daemon_config(
@@ -205,6 +223,10 @@ def main() -> None:
         )
         clip = make_clip(photos, tmp / "clip.mp4", seconds_per_image=1.0, fps=15)
         broker = EmbeddedBroker(tmp / "broker").start()
+        # A subscriber that discards, standing in for the cloud's ingest: with nobody subscribed
+        # the broker answers PUBACK reason 16 ("no matching subscribers"), which the box rightly
+        # treats as not delivered (issue 15 A1), so it would keep every row and back off.
+        sink = discarding_subscriber(broker.port)
         try:
             # Other load on the box drifts; so raw and daemon windows alternate (the daemon is
             # frozen with SIGSTOP while raw runs) and the ratio is taken over the sums.
@@ -266,6 +288,8 @@ def main() -> None:
             )
             out["regions"] = regions_figures(tmp, broker, model, a, bench_model)
         finally:
+            sink.loop_stop()
+            sink.disconnect()
             broker.stop()
 
     if a.json:

@@ -130,3 +130,30 @@ def test_the_exit_codes_the_docs_give_are_the_ones_the_cli_uses(tmp_path: Path) 
     bad.write_text("[mqtt]\nhots = 1\n")
     res = CliRunner().invoke(main, ["cloud", "models", "list", "--config", str(bad)])
     assert res.exit_code == EXIT_CONFIG
+
+
+def test_train_text_shows_what_the_gate_judges_for_a_rejecting_model() -> None:
+    from cloud.cli.models import _human_train
+
+    metrics: dict[str, object] = {
+        "accuracy": 0.9633,
+        "roc_auc": 0.99,
+        "ece": 0.02,
+        "recall_gap": 0.14,
+        "n": 409,
+    }
+    r = {
+        "package": "/models/v1",
+        "tarball": "/models/v1.tar.gz",
+        "model_version": "v1",
+        "gate_passed": True,
+        "gate": {"failures": []},
+        "metrics": metrics,
+        "best_params": {"lr": 0.001},
+        "trials": [],
+    }
+    assert "on the box" not in _human_train(r)  # no rejection: the argmax is what the box says
+    metrics["decisions"] = {"accuracy": 0.9853, "recall_gap": 0.038, "abstained": 0.0073}
+    text = _human_train(r)
+    readable(text)
+    assert "on the box (what the gate judges): accuracy 0.9853  recall_gap 0.0380  abstained 0.0073" in text

@@ -13,6 +13,17 @@ from shared.clitools import config_option, emit, handle_errors, json_option
 from shared.textfmt import block, num, pairs, table, utc
 
 
+def _box_line(m: dict[str, Any]) -> list[str]:
+    """What the box says about the test images, for a model with rejection: the gate judges this."""
+    d = m.get("decisions")
+    if not d:
+        return []
+    return [
+        f"  on the box (what the gate judges): accuracy {d['accuracy']:.4f}  "
+        f"recall_gap {d['recall_gap']:.4f}  abstained {d['abstained']:.4f}"
+    ]
+
+
 def _human_train(r: dict[str, Any]) -> str:
     m = r["metrics"]
     lines = [
@@ -20,6 +31,7 @@ def _human_train(r: dict[str, Any]) -> str:
         f"(gate {'passed' if r['gate_passed'] else 'FAILED'})",
         f"  accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']:.4f}  ece {m['ece']:.4f}  "
         f"recall_gap {m['recall_gap']:.4f}  (test n={m['n']})",
+        *_box_line(m),
     ]
     lines += [f"  gate: {f}" for f in r["gate"]["failures"]]
     lines.append(f"  best params {pairs(r['best_params'])}")
@@ -101,6 +113,7 @@ def evaluate(version: str, dataset_id: str | None, config_path: Path, as_json: b
             f"model {o['model_version']} on dataset {o['dataset_version'][:16]} ({o['split']}, n={m['n']})",
             f"  accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']}  ece {m['ece']:.4f}  "
             f"recall_gap {m['recall_gap']:.4f}",
+            *_box_line(m),
         ]
         for lab, pc in m["per_class"].items():
             lines.append(

@@ -269,7 +269,10 @@ class Demo:
                     timeout=3600,
                 )
                 version = out["model_version"]
-                self.say(f"build       trained {version}: test accuracy {out['metrics']['accuracy']:.4f}")
+                m = out["metrics"]
+                box = m.get("decisions")
+                said = f"; on the box {box['accuracy']:.4f}, what the gate judges" if box else ""
+                self.say(f"build       trained {version}: test accuracy {m['accuracy']:.4f}{said}")
             _run_json(
                 [
                     "cloud",

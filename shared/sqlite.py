@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from shared.backoff import Backoff
 from shared.errors import ParkwatchError
 
 DEFAULT_BUSY_TIMEOUT_S = 10.0
@@ -153,31 +154,30 @@ def migrate_sqlite(conn: sqlite3.Connection, schema: Schema, where: str = "") ->
     return version
 
 
-def enable_wal(conn: sqlite3.Connection, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+def enable_wal(conn: sqlite3.Connection, wait_s: float) -> None:
     """Switch the file to WAL, waiting up to ``wait_s`` for other openers.
 
     Why not a plain ``PRAGMA journal_mode = WAL``: the switch needs the file to itself, and SQLite
     does not run the busy handler for it, so two processes creating a new file at once failed
-    with "database is locked" at once, whatever the busy timeout. WAL is a property of the file
-    and persists, so a file already in WAL skips the switch (and the lock) entirely.
+    with "database is locked" at once, whatever the busy timeout. On a file already in WAL (every
+    file after its first open: the mode persists) the pragma takes no lock and returns at once.
     """
     deadline = time.monotonic() + wait_s
-    delay = 0.005
+    backoff = Backoff(0.005, 0.2)
     while True:
-        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
-            return
         try:
-            if str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal":
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            if mode in ("wal", "memory"):
                 return
-            if time.monotonic() + delay > deadline:  # the switch was declined without an error
-                raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
+            err = sqlite3.OperationalError(f"database is locked: it stayed in {mode} mode, not WAL")
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
-            if time.monotonic() + delay > deadline:
-                raise
-        sleep(delay)
-        delay = min(delay * 2, 0.2)
+            err = e
+        delay = backoff.next()
+        if time.monotonic() + delay > deadline:
+            raise err
+        time.sleep(delay)
 
 
 def open_sqlite(

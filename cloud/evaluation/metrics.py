@@ -65,6 +65,20 @@ def ece(
     return float(total), table
 
 
+def per_class_figures(cm: I64, labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per label from a confusion matrix whose rows are the
+    labels and whose first columns are the same labels (more columns: outcomes that are never
+    right, such as ``abstain``)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, lab in enumerate(labels):
+        tp, support, called = cm[i, i], cm[i, :].sum(), cm[:, i].sum()
+        prec = tp / called if called else 0.0
+        rec = tp / support if support else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        out[lab] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(support)}
+    return out
+
+
 def evaluate(y: Sequence[int] | I64, probs: F32, labels: Sequence[str]) -> dict[str, Any]:
     """Everything the report, the gate and drift analysis need, JSON-ready."""
     y = np.asarray(y, dtype=np.int64)
@@ -74,18 +88,7 @@ def evaluate(y: Sequence[int] | I64, probs: F32, labels: Sequence[str]) -> dict[
         raise ValueError("no test samples to evaluate")
     pred = probs.argmax(axis=1)
     cm = confusion(y, pred, n)
-    per_class: dict[str, dict[str, float]] = {}
-    for i, lab in enumerate(labels):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[lab] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(cm[i, :].sum()),
-        }
+    per_class = per_class_figures(cm, labels)
     rocs: dict[str, dict[str, list[float]]] = {}
     aucs = []
     for i, lab in enumerate(labels):
@@ -143,18 +146,7 @@ def decision_metrics(truth: Sequence[str], decided: Sequence[str], labels: Seque
     cm = np.zeros((len(labels), len(columns)), dtype=np.int64)
     for t, d in zip(truth, decided, strict=True):
         cm[labels.index(t), col[d]] += 1
-    per_class: dict[str, dict[str, float]] = {}
-    for i, lab in enumerate(labels):
-        tp, support, called = cm[i, i], cm[i, :].sum(), cm[:, i].sum()
-        prec = tp / called if called else 0.0
-        rec = tp / support if support else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[lab] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(support),
-        }
+    per_class = per_class_figures(cm, labels)
     recalls = [pc["recall"] for pc in per_class.values() if pc["support"]]
     n = len(truth)
     return {

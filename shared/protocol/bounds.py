@@ -81,26 +81,20 @@ def _texts(msg: Any, where: str) -> str | None:
 
 def prediction_problem(p: Any, where: str, now: float) -> str | None:
     """Why one prediction is out of bounds, spelled out (None: within)."""
-    checks = (
-        lambda: check_ts(p.ts, f"{where}.ts", now),
-        lambda: check_ts(p.frame_ts, f"{where}.frame_ts", now),
-        lambda: None if ID.match(p.camera) else f"{where}.camera: {p.camera[:80]!r} is not an id",
-        lambda: None if len(p.label) <= MAX_NAME else f"{where}.label: longer than {MAX_NAME}",
-        lambda: _keys(p.probs, f"{where}.probs"),
-        lambda: _list(p.flags, f"{where}.flags"),
-        lambda: (
-            None if all(len(f) <= MAX_NAME for f in p.flags) else f"{where}.flags: a flag over {MAX_NAME}"
-        ),
-        lambda: (
-            None if len(p.model_version) <= MAX_NAME else f"{where}.model_version: longer than {MAX_NAME}"
-        ),
-        lambda: (
-            None
-            if p.snapshot is None or SNAPSHOT_ID.match(p.snapshot)
-            else f"{where}.snapshot: {p.snapshot[:80]!r} is not a snapshot id"
-        ),
-    )
-    return next((c for c in (check() for check in checks) if c), None)
+    checks = [
+        check_ts(p.ts, f"{where}.ts", now),
+        check_ts(p.frame_ts, f"{where}.frame_ts", now),
+        None if ID.match(p.camera) else f"{where}.camera: {p.camera[:80]!r} is not an id",
+        None if len(p.label) <= MAX_NAME else f"{where}.label: longer than {MAX_NAME}",
+        _keys(p.probs, f"{where}.probs"),
+        _list(p.flags, f"{where}.flags"),
+        None if all(len(f) <= MAX_NAME for f in p.flags) else f"{where}.flags: a flag over {MAX_NAME}",
+        None if len(p.model_version) <= MAX_NAME else f"{where}.model_version: longer than {MAX_NAME}",
+        None
+        if p.snapshot is None or SNAPSHOT_ID.match(p.snapshot)
+        else f"{where}.snapshot: {p.snapshot[:80]!r} is not a snapshot id",
+    ]
+    return next((c for c in checks if c), None)
 
 
 def prediction_within(p: Any, lo: float, hi: float) -> bool:

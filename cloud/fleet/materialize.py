@@ -134,6 +134,7 @@ class Materializer:
         self.inbox.delete_upto(self.upto)
         for d in res.refused:
             log.error("stored as a dead letter, the database refused it: %s (%s)", d.reason, d.topic)
+            self.rejects.count(d.kind)
         self.stored_predictions += res.predictions_stored
         for device, first, last in res.gaps_opened:
             # INFO, not WARNING: with several workers or a resending outbox most gaps close within

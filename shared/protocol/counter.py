@@ -25,6 +25,12 @@ class RejectCounter:
                 "dropping invalid message (%s; later ones of this kind are only counted): %s", err.kind, err
             )
 
+    def count(self, kind: str) -> None:
+        """One more refusal of ``kind`` that its caller has logged already (a record the
+        database refused after the protocol accepted it), so the counts match the dead letters."""
+        with self._lock:
+            self._counts[kind] += 1
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)

@@ -19,7 +19,7 @@ The winner is not the single best pair. A few hundred validation frames (50 of t
 close-ups) put each figure's noise at one or two frames, so the best pair is usually one edge of
 a broad region of pairs that are equally good within that noise, and an edge is where one more
 frame tips a figure: on the issue-11 data the best pair's whole-frame threshold sat at the low
-end of its region and lost a tenth of the test split's no-pet photos. So: every pair within
+end of its region and let 2-4 more of the test split's 91 no-pet photos through. So: every pair within
 ``TOLERANCE`` of the best worst margin counts as equally good; for each blend weight, the pair
 nearest the middle of its equally good pairs (median log-odds of each threshold) is that
 weight's candidate; and of those, the one whose neighbourhood (``NEIGHBOURS`` candidate steps

@@ -36,7 +36,7 @@ from edge.integrity import Box, FrameCheck, IntegrityChecker, motion_boxes
 from edge.model import LoadedModel, ModelOutput, ModelSlot
 from edge.outbox import Outbox
 from edge.perception.ir import is_ir
-from edge.perception.pipeline import FramePipeline, FrameResult, aggregate, join, reported, split
+from edge.perception.pipeline import FramePipeline, FrameResult, aggregate, reported, split
 from edge.perception.regions import Region, Zone
 from edge.snapshots import SnapshotStore
 from edge.writer import OutboxWriter
@@ -246,16 +246,15 @@ class InferenceEngine:
                 self._plan(pipe, model, job)
             batch = np.concatenate([job.rows for job in run])
             parts = split(self._run_model(model, batch), [len(job.regions) for job in run])
-            looks = [pipe.second_look(job.regions, part) for job, part in zip(run, parts, strict=True)]
-            if any(looks):  # the closer squares of every camera's frames: one more batched run
-                rows = [pipe.tensors(job.frame.image, z) for job, z in zip(run, looks, strict=True) if z]
-                more = split(self._run_model(model, np.concatenate(rows)), [len(z) for z in looks])
-                for job, z in zip(run, looks, strict=True):
-                    job.regions = job.regions + z
-                parts = [join(a, b) for a, b in zip(parts, more, strict=True)]
-                regions_run, passes = len(batch) + sum(len(r) for r in rows), 2
-            else:
-                regions_run, passes = len(batch), 1
+            # the closer squares of every camera's frames: one more batched run
+            plans, parts, closer_rows = pipe.look_closer(
+                [job.frame.image for job in run],
+                [job.regions for job in run],
+                parts,
+                lambda rows: self._run_model(model, rows),
+            )
+            for job, plan in zip(run, plans, strict=True):
+                job.regions = plan
         except Exception as e:
             self.inference_errors += 1
             self.errors.add("inference", f"model {model.version}: {type(e).__name__}: {e}")
@@ -284,8 +283,8 @@ class InferenceEngine:
             self.latency_ms.append(pred["latency_ms"])
             self._done_ts.append(now_mono)
         self.classified += len(preds)
-        self.regions_run += regions_run
-        self.batches += passes  # model passes: the second look is one more
+        self.regions_run += len(batch) + closer_rows
+        self.batches += 2 if closer_rows else 1  # model passes: a second look is one more
         return preds
 
     def _plan(self, pipe: FramePipeline, model: LoadedModel, job: _Job) -> None:

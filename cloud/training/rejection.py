@@ -162,8 +162,10 @@ def second_look_features(
     """``feats`` with the rows of the box's second look appended (source ``zoom``): the closer
     squares of the regions this head finds strongest, exactly as
     ``FramePipeline.second_look`` picks them."""
-    pre = Preprocessor(spec)
     out = list(feats)
+    if not cfg.enabled or cfg.second_look <= 0:
+        return out
+    pre = Preprocessor(spec)
     batches = BackboneBatches(backbone, batch)
 
     def done(i: int, path: Path) -> Callable[[F32], None]:
@@ -174,8 +176,6 @@ def second_look_features(
         return store
 
     for i, ((key, _, _, load), f) in enumerate(zip(frames, feats, strict=True)):
-        if not cfg.enabled or cfg.second_look <= 0:
-            break
         score = None if pet_score is None else pet_score(f.feats)
         eligible = [s in CLOSER_FROM for s in f.sources]
         picks = closer_candidates(head_probs(f.feats), score, labels, rejection, eligible, cfg.second_look)

@@ -41,7 +41,7 @@ class RegionsConfig(Section):
     motion_margin: float = Field(0.25, ge=0, le=2, description="margin added around a motion box")
     max_motion_regions: int = Field(4, ge=0, le=32)
     tiles_with_motion: bool = False
-    second_look: int = Field(1, ge=0, le=4, description="strongest regions looked at again, closer (0 = off)")
+    second_look: int = Field(1, ge=0, le=4, description="strongest tiles looked at again, closer (0 = off)")
     second_look_scale: float = Field(0.67, ge=0.3, le=0.9, description="closer square side / region side")
     second_look_grid: int = Field(2, ge=1, le=3, description="closer squares per side of a region")
     threshold: float | None = Field(

@@ -1,8 +1,8 @@
 """From a frame to a :class:`FrameResult`: plan regions, batch them, look closer, decide, aggregate.
 
 Two passes: the planned regions, then the second look (``RegionsConfig.second_look``): the
-strongest tiles or motion squares cut into smaller squares, so a small pet is seen at a useful
-resolution. Both passes' regions are decided and aggregated together.
+strongest tiles cut into smaller squares, so a small pet is seen at a useful resolution. Both
+passes' regions are decided and aggregated together.
 
 Aggregation: a frame holds a pet when at least one region is a confident pet (its decision is
 a pet label and its confidence reaches the abstain threshold); the frame's label is the pet of
@@ -15,7 +15,7 @@ and both were chosen on validation frames, not per region.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -229,12 +229,28 @@ class FramePipeline:
             return []
         plans = [self.plan(img) for img in images]
         outs = split(self.model.run_full(self._batch(images, plans)), [len(p) for p in plans])
-        looks = [self.second_look(p, o) for p, o in zip(plans, outs, strict=True)]
-        if any(looks):
-            more = split(self.model.run_full(self._batch(images, looks)), [len(z) for z in looks])
-            plans = [p + z for p, z in zip(plans, looks, strict=True)]
-            outs = [join(o, m) for o, m in zip(outs, more, strict=True)]
+        plans, outs, _ = self.look_closer(images, plans, outs, self.model.run_full)
         return [self.finish(img, p, o) for img, p, o in zip(images, plans, outs, strict=True)]
+
+    def look_closer(
+        self,
+        images: Sequence[U8],
+        plans: Sequence[list[Region]],
+        outs: Sequence[ModelOutput],
+        run: Callable[[F32], ModelOutput],
+    ) -> tuple[list[list[Region]], list[ModelOutput], int]:
+        """The second pass of a batch of frames: every frame's closer squares in one ``run``.
+        Each frame's regions and outputs come back with its squares appended, with the number
+        of rows that second run took (0: nothing worth a second look)."""
+        looks = [self.second_look(p, o) for p, o in zip(plans, outs, strict=True)]
+        if not any(looks):
+            return list(plans), list(outs), 0
+        more = split(run(self._batch(images, looks)), [len(z) for z in looks])
+        return (
+            [p + z for p, z in zip(plans, looks, strict=True)],
+            [join(o, m) for o, m in zip(outs, more, strict=True)],
+            sum(len(z) for z in looks),
+        )
 
     def _batch(self, images: Sequence[U8], plans: Sequence[Sequence[Region]]) -> F32:
         return np.concatenate([self.tensors(img, p) for img, p in zip(images, plans, strict=True) if p])

@@ -28,7 +28,7 @@ from shared.modelpkg import NONE_LABEL, RejectionSpec
 F32 = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating[Any]]
 
-__all__ = ["NONE_LABEL", "closer_candidates", "decide", "none_confidence", "pet_evidence", "pet_probs"]
+__all__ = ["NONE_LABEL", "decide", "none_confidence", "pet_evidence", "pet_probs"]
 
 
 def _none_index(labels: Sequence[str], rejection: RejectionSpec | None) -> int | None:
@@ -125,29 +125,3 @@ def decide(
         else:
             out.append((pets[b], float(q[k, b])))
     return out
-
-
-# The second look ranks regions by one fixed blend of the two signals, whatever blend the
-# package decides with: so the cloud can choose the package's thresholds on validation frames
-# whose second-look regions are already known (and cached), instead of one set per blend tried.
-RANK_SCORE_WEIGHT = 0.3
-
-
-def closer_candidates(
-    probs: Floats,
-    pet_score: Floats | None,
-    labels: Sequence[str],
-    rejection: RejectionSpec | None,
-    eligible: Sequence[bool],
-    k: int,
-) -> list[int]:
-    """Rows worth a second, closer look: the ``k`` eligible rows with the most pet evidence.
-    None for a model that cannot say "none" (it gets no tiles either)."""
-    if k <= 0 or rejection is None or not rejection.active:
-        return []
-    spec = rejection.model_copy(update={"evidence": "logit", "score_weight": RANK_SCORE_WEIGHT})
-    ev = pet_evidence(probs, pet_score, labels, spec)
-    if ev is None:
-        return []
-    rows = [i for i in np.argsort(-ev, kind="stable") if eligible[int(i)]]
-    return [int(i) for i in rows[:k]]

@@ -1,27 +1,13 @@
-"""Pet evidence v2 (log-odds blend) and how the cloud chooses its weight and thresholds, with the
-box's second look on validation frames. Pure but for one cache folder."""
+"""Pet evidence v2 (log-odds blend) and how the cloud chooses its weight and thresholds. Pure."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cloud.training.rejection import (
-    WEIGHTS,
-    FrameSignals,
-    centre,
-    choose_thresholds,
-    figures,
-    frame_features,
-    second_look_features,
-    smoothed,
-)
+from cloud.training.rejection import WEIGHTS, FrameSignals, choose_thresholds, figures
 from cloud.training.rejection import _pad as pad
-from edge.perception.config import RegionsConfig
-from edge.perception.regions import plan_regions
-from shared.modelpkg import PreprocessSpec, RejectionSpec
+from shared.modelpkg import RejectionSpec
 from shared.perception import decide, none_confidence, pet_evidence
 
 LABELS = ("cat", "dog", "none")
@@ -95,62 +81,3 @@ def test_thresholds_are_found_where_a_sure_head_separates_pets_from_empty_frames
     )
     assert best_old < 1.0
     assert "validation" in how
-
-
-def test_a_plateau_of_good_thresholds_beats_a_lucky_spike() -> None:
-    """One pair whose margin a single validation frame lifted, among bad neighbours, against a
-    broad region of pairs that are all nearly as good: the broad region is chosen."""
-    grid = {(i, j): (-0.05, 0.9) for i in range(12) for j in range(i, 12)}
-    grid[(1, 2)] = (0.02, 0.95)  # the spike: best alone
-    for i in range(6, 11):
-        for j in range(max(i, 7), 12):
-            grid[(i, j)] = (0.01, 0.93)  # the plateau
-    ranked = smoothed(grid)
-    best = max(ranked, key=lambda k: ranked[k])
-    assert best[0] >= 6 and best[1] >= 7, best
-    assert max(grid, key=lambda k: grid[k]) == (1, 2)  # what the single best pair would have been
-    assert smoothed(grid, reach=0) == grid  # no reach: the pairs' own margins
-
-
-def test_the_middle_of_equally_good_thresholds_is_chosen_not_an_edge() -> None:
-    # equally good pairs: whole-frame threshold 0.3-0.9, region threshold 0.95-0.99
-    pairs = [(0.0, 0.0, 0.97, 0.3, t, tr) for t in (0.3, 0.5, 0.7, 0.8, 0.9) for tr in (0.95, 0.97, 0.99)]
-    _, _, _, _, t, tr = centre(pairs)  # type: ignore[misc]
-    assert (t, tr) == (0.7, 0.97)
-    assert centre([]) is None
-
-
-def test_validation_frames_get_the_second_look_the_box_would_take(tmp_path: Path) -> None:
-    """The closer squares of the tile the head finds strongest, as ``FramePipeline`` picks them,
-    appended to each frame's rows; cached, so a second call runs no backbone."""
-    cfg, spec = RegionsConfig(), PreprocessSpec()
-    img = np.zeros((720, 1280, 3), np.uint8)
-    img[450:650, 1000:1200] = 255  # something bright at the bottom right
-    calls: list[int] = []
-
-    def backbone(x: np.ndarray) -> np.ndarray:  # brightness as the "feature": deterministic
-        calls.append(len(x))
-        return np.repeat(x.mean(axis=(1, 2, 3))[:, None], 1280, axis=1).astype(np.float32)
-
-    def head(f: np.ndarray) -> np.ndarray:  # brighter regions look more like a pet
-        pet = 1 / (1 + np.exp(-10 * f[:, 0]))
-        return np.stack([pet * 0.9, pet * 0.1, 1 - pet], axis=1).astype(np.float32)
-
-    frames = [("scene-1", "pet", "cat", lambda: img)]
-    first = frame_features(frames, cfg, spec, backbone, "b", tmp_path)
-    base = RejectionSpec(none_label="none", score_output=None, threshold=0.5)
-    args = (head, None, list(LABELS), base, cfg, spec, backbone, "b", tmp_path)
-    looked = second_look_features(frames, first, *args)
-    n = len(first[0].sources)
-    assert looked[0].sources == first[0].sources + ["zoom"] * 4 and looked[0].feats.shape == (n + 4, 1280)
-    regions = plan_regions(1280, 720, cfg, spec)
-    strongest = max(range(1, n), key=lambda k: head(first[0].feats[k : k + 1])[0, 0])
-    assert (
-        regions[strongest].x + regions[strongest].w >= 1200
-        and regions[strongest].y + regions[strongest].h >= 650
-    )
-    calls.clear()
-    again = second_look_features(frames, first, *args)
-    assert calls == [] and np.array_equal(again[0].feats, looked[0].feats)
-    off = second_look_features(frames, first, *args[:4], RegionsConfig(second_look=0), *args[5:])
-    assert off[0].sources == first[0].sources

@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.evaluation.scenes import SceneSpec, render
-from cloud.training.batches import BackboneBatches, save_npz
 from edge.perception.config import RegionsConfig
 from edge.perception.pipeline import region_tensors
 from edge.perception.regions import Region, plan_regions
@@ -73,15 +72,26 @@ def scene_rows(
     pre = Preprocessor(spec)
     feats: list[F32] = []
     labels: list[str] = []
-    batches = BackboneBatches(backbone, batch, progress)
+    todo: list[tuple[Path, list[str], F32]] = []
 
-    def done(path: Path, labs: list[str]) -> Callable[[F32], None]:
-        def store(f: F32) -> None:
-            save_npz(path, feats=f, labels=np.array(labs))
+    def run() -> None:
+        if not todo:
+            return
+        out = backbone(np.concatenate([t for _, _, t in todo]))
+        start = 0
+        for path, labs, t in todo:
+            f = out[start : start + len(t)]
+            start += len(t)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tmp.open("wb") as fh:
+                np.savez(fh, feats=f, labels=np.array(labs))
+            tmp.replace(path)
             feats.append(f)
             labels.extend(labs)
-
-        return store
+        if progress:
+            progress(len(todo))
+        todo.clear()
 
     for i, s in enumerate(specs):
         key = json.dumps(
@@ -112,11 +122,15 @@ def scene_rows(
         regions = plan_regions(s.size[0], s.size[1], cfg, spec)
         rows = tile_rows(s, regions, np.random.default_rng([seed, i]))
         if not rows:
-            save_npz(path, feats=np.zeros((0, 1), np.float32), labels=np.array([], dtype=str))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as fh:
+                np.savez(fh, feats=np.zeros((0, 1), np.float32), labels=np.array([], dtype=str))
             continue
         t = region_tensors(img, [regions[k] for k, _ in rows], pre)
-        batches.add(t, done(path, [lab for _, lab in rows]))
-    batches.flush()
+        todo.append((path, [lab for _, lab in rows], t))
+        if sum(len(t) for _, _, t in todo) >= batch:
+            run()
+    run()
     if not feats:
         return np.zeros((0, 0), np.float32), []
     return np.concatenate(feats).astype(np.float32), labels

@@ -134,10 +134,11 @@ def run(config_path: Path) -> None:
 def classify(model_path: Path, batch: int, as_json: bool, files: tuple[Path, ...]) -> None:
     """Classify still images FILES the way the box classifies a frame.
 
-    Same preprocessing, regions (whole-frame view and tiles), rejection and thresholds as the
-    daemon, from the package and the edge defaults. Prints per file its label (a pet label,
-    none or abstain), confidence and the regions that held a pet. A file that cannot be read is
-    reported in its entry and the others still go through; the exit status is 1 if any failed.
+    Same preprocessing, regions (whole-frame view, tiles, and a closer look at the strongest
+    tile), rejection and thresholds as the daemon, from the package and the edge defaults.
+    Prints per file its label (a pet label, none or abstain), confidence and the regions that
+    held a pet. A file that cannot be read is reported in its entry and the others still go
+    through; the exit status is 1 if any failed.
     """
     from edge.config import InferenceConfig
     from edge.model import load_model

@@ -36,7 +36,7 @@ from edge.integrity import Box, FrameCheck, IntegrityChecker, motion_boxes
 from edge.model import LoadedModel, ModelOutput, ModelSlot
 from edge.outbox import Outbox
 from edge.perception.ir import is_ir
-from edge.perception.pipeline import FramePipeline, FrameResult, aggregate, reported
+from edge.perception.pipeline import FramePipeline, FrameResult, aggregate, reported, split
 from edge.perception.regions import Region, Zone
 from edge.snapshots import SnapshotStore
 from edge.writer import OutboxWriter
@@ -245,7 +245,16 @@ class InferenceEngine:
             for job in run:
                 self._plan(pipe, model, job)
             batch = np.concatenate([job.rows for job in run])
-            out = self._run_model(model, batch)
+            parts = split(self._run_model(model, batch), [len(job.regions) for job in run])
+            # the closer squares of every camera's frames: one more batched run
+            plans, parts, closer_rows = pipe.look_closer(
+                [job.frame.image for job in run],
+                [job.regions for job in run],
+                parts,
+                lambda rows: self._run_model(model, rows),
+            )
+            for job, plan in zip(run, plans, strict=True):
+                job.regions = plan
         except Exception as e:
             self.inference_errors += 1
             self.errors.add("inference", f"model {model.version}: {type(e).__name__}: {e}")
@@ -254,13 +263,7 @@ class InferenceEngine:
         done = time.time()
         preds: list[dict[str, Any]] = []
         done_jobs: list[_Job] = []
-        first = 0
-        for job in run:
-            last_row = first + len(job.regions)
-            part = ModelOutput(
-                out.probs[first:last_row], None if out.pet_score is None else out.pet_score[first:last_row]
-            )
-            first = last_row
+        for job, part in zip(run, parts, strict=True):
             try:  # one frame's failure must not cost the other frames of the batch; it is counted
                 res = self._finish(pipe, model, job, part)
                 preds.append(self._prediction(model, job, res, done))
@@ -280,8 +283,8 @@ class InferenceEngine:
             self.latency_ms.append(pred["latency_ms"])
             self._done_ts.append(now_mono)
         self.classified += len(preds)
-        self.regions_run += len(batch)
-        self.batches += 1
+        self.regions_run += len(batch) + closer_rows
+        self.batches += 2 if closer_rows else 1  # model passes: a second look is one more
         return preds
 
     def _plan(self, pipe: FramePipeline, model: LoadedModel, job: _Job) -> None:

@@ -110,6 +110,12 @@ class RejectionSpec(_Strict):
       know kinds of non-pet (people, cars) that a few hundred ``none`` photos may lack, so the
       score keeps a weight chosen on validation frames. Log-odds keep a sure head's evidence
       apart (0.999 vs 0.99), which a geometric mean of probabilities squashes together.
+    - ``full_score_weight``: the ImageNet share for the whole-frame view alone (``score_weight``
+      when absent, as in packages before it). Why apart: ImageNet's classes were learnt on whole
+      photos, so on a whole view they are the surer judge of "no pet" (a jeep or a hammer that a
+      head trained on a few hundred ``none`` photos calls a pet at 0.99 scores 0.0002-0.06 as a
+      pet in ImageNet), while on the small tiles of a wide frame the head trained on scene tiles
+      is the better one.
 
     ``threshold`` applies to a photo's whole-frame view, ``region_threshold`` to the
     tiles/motion/zone regions of a wide frame (there are many of them per frame, so it is
@@ -122,6 +128,9 @@ class RejectionSpec(_Strict):
     region_threshold: float | None = Field(None, ge=0, le=1)
     evidence: Literal["geometric", "logit"] = "geometric"
     score_weight: float = Field(0.5, ge=0, le=1, description="share of the ImageNet score (logit evidence)")
+    full_score_weight: float | None = Field(
+        None, ge=0, le=1, description="the same for the whole-frame view; score_weight when absent"
+    )
     method: str = Field("pet-evidence-v1", min_length=1, max_length=64)
     chosen_on: Literal["validation", "default"] = "default"
     figures: dict[str, float] = Field(default_factory=dict, max_length=MAX_FIGURES)
@@ -133,6 +142,12 @@ class RejectionSpec(_Strict):
             if len(k) > 64 or not math.isfinite(x):
                 raise ValueError(f"figure {k[:64]!r}: names up to 64 characters, finite values only")
         return v
+
+    def weight(self, full: bool) -> float:
+        """The ImageNet score's share in the evidence of a whole-frame view or of a region."""
+        if full and self.full_score_weight is not None:
+            return self.full_score_weight
+        return self.score_weight
 
     @property
     def active(self) -> bool:

@@ -28,7 +28,7 @@ from shared.modelpkg import NONE_LABEL, RejectionSpec
 F32 = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating[Any]]
 
-__all__ = ["NONE_LABEL", "decide", "none_confidence", "pet_evidence", "pet_probs"]
+__all__ = ["NONE_LABEL", "closer_candidates", "decide", "none_confidence", "pet_evidence", "pet_probs"]
 
 
 def _none_index(labels: Sequence[str], rejection: RejectionSpec | None) -> int | None:
@@ -49,9 +49,17 @@ def pet_probs(probs: Floats, labels: Sequence[str], rejection: RejectionSpec | N
 
 
 def pet_evidence(
-    probs: Floats, pet_score: Floats | None, labels: Sequence[str], rejection: RejectionSpec | None
+    probs: Floats,
+    pet_score: Floats | None,
+    labels: Sequence[str],
+    rejection: RejectionSpec | None,
+    *,
+    full: bool | Sequence[bool],
 ) -> F32 | None:
-    """Per-row evidence in [0, 1] that a pet is present, or None when the package has no signal."""
+    """Per-row evidence in [0, 1] that a pet is present, or None when the package has no signal.
+
+    ``full`` says which rows are whole-frame views (one flag for all rows, or one per row): the
+    package may weigh the ImageNet score differently there (``RejectionSpec.weight``)."""
     if rejection is None:
         return None
     p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
@@ -66,7 +74,8 @@ def pet_evidence(
     if rejection.evidence == "logit":
         if len(signals) == 1:
             return signals[0].astype(np.float32)
-        w = rejection.score_weight
+        flags = np.broadcast_to(np.asarray(full, dtype=bool), (len(p),))
+        w = np.where(flags, rejection.weight(True), rejection.weight(False))
         z = w * _logit(signals[0]) + (1 - w) * _logit(signals[1])
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
     e = np.exp(np.mean([np.log(np.maximum(s, 1e-12)) for s in signals], axis=0))
@@ -99,12 +108,14 @@ def decide(
     labels: Sequence[str],
     rejection: RejectionSpec | None,
     threshold: float | None = None,
+    *,
+    full: bool,
 ) -> list[tuple[str, float]]:
     """One ``(label, confidence)`` per row: a pet label or ``"none"``.
 
     ``threshold`` overrides ``rejection.threshold`` (the frame pipeline passes the stricter
-    ``region_threshold`` for tiles). A package without rejection behaves as before: the argmax
-    label and its probability.
+    ``region_threshold`` for tiles, with ``full=False``). A package without rejection behaves as
+    before: the argmax label and its probability.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
     if rejection is None or not rejection.active:
@@ -112,7 +123,7 @@ def decide(
         return [(labels[i], float(p[k, i])) for k, i in enumerate(idx)]
     pets, q = pet_probs(p, labels, rejection)
     best = q.argmax(axis=1)
-    ev = pet_evidence(p, pet_score, labels, rejection)
+    ev = pet_evidence(p, pet_score, labels, rejection, full=full)
     t = rejection.threshold if threshold is None else threshold
     assert t is not None  # rejection.active
     out: list[tuple[str, float]] = []
@@ -125,3 +136,31 @@ def decide(
         else:
             out.append((pets[b], float(q[k, b])))
     return out
+
+
+# The second look ranks regions by one fixed blend of the two signals, whatever blend the
+# package decides with: so the cloud can choose the package's thresholds on validation frames
+# whose second-look regions are already known (and cached), instead of one set per blend tried.
+RANK_SCORE_WEIGHT = 0.3
+
+
+def closer_candidates(
+    probs: Floats,
+    pet_score: Floats | None,
+    labels: Sequence[str],
+    rejection: RejectionSpec | None,
+    eligible: Sequence[bool],
+    k: int,
+) -> list[int]:
+    """Rows worth a second, closer look: the ``k`` eligible rows with the most pet evidence.
+    None for a model that cannot say "none" (it gets no tiles either)."""
+    if k <= 0 or rejection is None or not rejection.active:
+        return []
+    spec = rejection.model_copy(
+        update={"evidence": "logit", "score_weight": RANK_SCORE_WEIGHT, "full_score_weight": None}
+    )
+    ev = pet_evidence(probs, pet_score, labels, spec, full=False)
+    if ev is None:
+        return []
+    rows = [i for i in np.argsort(-ev, kind="stable") if eligible[int(i)]]
+    return [int(i) for i in rows[:k]]

@@ -98,7 +98,9 @@ def test_pets_anywhere_in_wide_frames_batched_across_cameras_in_one_run(
     preds = engine.process(frames)
     engine.writer.stop()
     by = {p["camera"]: p for p in preds}
-    assert len(rows) == 1 and rows[0] == engine.regions_run > 4  # every region of every camera, one run
+    # every region of every camera in one run, then every camera's second look in one more
+    assert len(rows) == 2 and sum(rows) == engine.regions_run and rows[0] > 4
+    assert rows[1] == 4 * len(frames)  # the strongest tile of each frame, cut into 2 x 2
     assert by["a"]["label"] == "cat" and not by["a"]["abstain"]
     assert [r["label"] for r in by["a"]["regions"]] == ["cat"] and covers(
         by["a"]["regions"][0]["box"], 10, 510
@@ -115,7 +117,7 @@ def test_pets_anywhere_in_wide_frames_batched_across_cameras_in_one_run(
     small, rows20 = engine_for(tmp_path, colour_model, ["a", "b", "c", "d"], max_batch_regions=20)
     again = small.process([frame(f.camera, f.image) for f in frames])
     small.writer.stop()
-    assert max(rows20) <= 20 and sum(rows20) == rows[0] and len(rows20) > 1
+    assert max(rows20) <= 20 and sum(rows20) == rows[0] + rows[1] and len(rows20) > 2
     assert [p["label"] for p in again] == [p["label"] for p in preds]
 
 

@@ -17,17 +17,18 @@ from edge.model import load_model
 from edge.perception.config import RegionsConfig
 from edge.perception.ir import is_ir
 from edge.perception.pipeline import FramePipeline
-from edge.perception.regions import Zone, plan_regions
+from edge.perception.regions import Region, Zone, closer, plan_regions
 from edge.preprocess import load_image
 from shared.modelpkg import (
     META_REJECTION,
+    PET_SCORE_OUTPUT,
     MissingMetadata,
     ModelMetadata,
     PreprocessSpec,
     RejectionSpec,
     parse_metadata,
 )
-from shared.perception import decide, pet_evidence
+from shared.perception import closer_candidates, decide, pet_evidence
 
 REPO = Path(__file__).resolve().parent.parent
 PARKWATCH = str(Path(sys.executable).parent / "parkwatch")
@@ -80,7 +81,7 @@ def test_bad_rejection_metadata_is_refused(bad: dict) -> None:
 
 def test_decide_without_rejection_is_the_old_argmax() -> None:
     probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
-    assert decide(probs, None, ("cat", "dog", "none"), None) == [
+    assert decide(probs, None, ("cat", "dog", "none"), None, full=True) == [
         ("dog", pytest.approx(0.7)),
         ("none", pytest.approx(0.8)),
     ]
@@ -97,20 +98,20 @@ def test_decide_needs_both_signals_to_agree() -> None:
         ]
     )
     score = np.array([0.95, 0.01, 0.95])
-    ev = pet_evidence(probs, score, labels, rej)
+    ev = pet_evidence(probs, score, labels, rej, full=True)
     assert ev is not None and ev[0] > 0.9 and ev[1] < 0.2 and ev[2] < 0.4
-    out = decide(probs, score, labels, rej)
+    out = decide(probs, score, labels, rej, full=True)
     assert out[0][0] == "cat" and out[0][1] == pytest.approx(0.9 / 0.95, abs=1e-6)
     assert [lab for lab, _ in out[1:]] == ["none", "none"]
     assert all(0.5 <= c <= 1 for _, c in out)
     # a stricter threshold turns the borderline into none, and none's confidence nears 0.5
-    assert decide(probs[:1], score[:1], labels, rej, threshold=0.99)[0][0] == "none"
-    assert decide(probs[:1], score[:1], labels, rej, threshold=0.99)[0][1] < 0.55
+    assert decide(probs[:1], score[:1], labels, rej, threshold=0.99, full=False)[0][0] == "none"
+    assert decide(probs[:1], score[:1], labels, rej, threshold=0.99, full=False)[0][1] < 0.55
 
 
 def test_decide_with_pet_score_only_rejects_a_cat_dog_model() -> None:
     rej = RejectionSpec(score_output="pet_score", threshold=0.3)
-    out = decide(np.array([[0.6, 0.4], [0.2, 0.8]]), np.array([0.05, 0.9]), ("cat", "dog"), rej)
+    out = decide(np.array([[0.6, 0.4], [0.2, 0.8]]), np.array([0.05, 0.9]), ("cat", "dog"), rej, full=True)
     assert out[0][0] == "none" and out[1] == ("dog", pytest.approx(0.8))
 
 
@@ -285,3 +286,52 @@ def test_classify_cli_json_reports_each_file_and_an_unreadable_one(
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert text.returncode == 0 and text.stdout.startswith(f"{cat}: cat ")
+
+
+def test_a_second_look_cuts_a_region_into_smaller_squares_inside_it() -> None:
+    cfg = RegionsConfig()
+    tile = Region(956, 396, 324, 324, source="tile")
+    looks = closer(tile, cfg)
+    assert len(looks) == cfg.second_look_grid**2 == 4
+    side = round(324 * cfg.second_look_scale)
+    assert all(z.source == "zoom" and z.w == z.h == side for z in looks)
+    assert all(tile.x <= z.x and z.x + z.w <= 1280 and tile.y <= z.y and z.y + z.h <= 720 for z in looks)
+    covered = np.zeros((720, 1280), bool)
+    for z in looks:
+        covered[z.y : z.y + z.h, z.x : z.x + z.w] = True
+    assert covered[396:720, 956:1280].all()  # together they see all of the region
+    # Squares below the smallest useful size add no detail: a close-up photo's tiles get none.
+    assert closer(Region(0, 0, 262, 262, source="tile"), cfg) == []
+    assert len(closer(Region(0, 0, 288, 288, source="tile"), cfg)) == 4
+    assert (
+        len(closer(Region(0, 0, 504, 504, "tile"), RegionsConfig(second_look_grid=3, second_look_scale=0.5)))
+        == 9
+    )
+
+
+def test_the_second_look_goes_to_the_strongest_tiles_never_the_whole_view() -> None:
+    labels = ["cat", "dog", "none"]
+    rej = RejectionSpec(none_label="none", score_output=PET_SCORE_OUTPUT, threshold=0.5, evidence="logit")
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3], [0.01, 0.01, 0.98]], np.float32)
+    score = np.array([0.99, 0.2, 0.6, 0.01], np.float32)
+    eligible = [False, True, True, True]  # row 0 is the whole-frame view
+    assert closer_candidates(probs, score, labels, rej, eligible, 1) == [2]
+    assert closer_candidates(probs, score, labels, rej, eligible, 2) == [2, 1]
+    assert closer_candidates(probs, score, labels, rej, eligible, 0) == []
+    assert closer_candidates(probs, score, labels, None, eligible, 2) == []  # cannot reject: no tiles
+
+
+def test_pipeline_takes_a_second_look_at_a_small_pet(
+    baseline_package: Path, pets_sample: Path, nopet: Path
+) -> None:
+    model = load_model(baseline_package)
+    dog = load_image(sorted((pets_sample / "dog").glob("*.jpg"))[10])
+    bg = load_image(sorted(nopet.glob("*.JPEG"))[300])
+    scene = _scene(dog, bg, 700, 300, 216)  # 30 % of the frame height
+    planned = len(plan_regions(1280, 720, RegionsConfig(), model.spec))
+    off = FramePipeline(model, RegionsConfig(second_look=0), 0.6).classify([scene])[0]
+    on = FramePipeline(model, RegionsConfig(), 0.6).classify([scene])[0]
+    assert off.evaluated == planned and on.evaluated == planned + 4
+    assert on.label == "dog", on
+    two = FramePipeline(model, RegionsConfig(second_look=2), 0.6).classify([scene, scene])
+    assert [r.evaluated for r in two] == [planned + 8] * 2  # batched: both frames, one more run

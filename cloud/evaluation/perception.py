@@ -95,7 +95,7 @@ def evaluate_perception(
         paths = [p for p, _ in items]
         for i in range(0, len(paths), 32):
             o = model.run_full(model.preprocessor([load_image(p) for p in paths[i : i + 32]]))
-            e = pet_evidence(o.probs, o.pet_score, model.labels, rej)
+            e = pet_evidence(o.probs, o.pet_score, model.labels, rej, full=True)
             assert e is not None  # rejection is active
             ev.append(e)
         evid = np.concatenate(ev)

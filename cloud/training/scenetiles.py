@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.evaluation.scenes import SceneSpec, render
+from cloud.training.batches import BackboneBatches, save_npz
 from edge.perception.config import RegionsConfig
 from edge.perception.pipeline import region_tensors
 from edge.perception.regions import Region, plan_regions
@@ -72,26 +73,15 @@ def scene_rows(
     pre = Preprocessor(spec)
     feats: list[F32] = []
     labels: list[str] = []
-    todo: list[tuple[Path, list[str], F32]] = []
+    batches = BackboneBatches(backbone, batch, progress)
 
-    def run() -> None:
-        if not todo:
-            return
-        out = backbone(np.concatenate([t for _, _, t in todo]))
-        start = 0
-        for path, labs, t in todo:
-            f = out[start : start + len(t)]
-            start += len(t)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tmp.open("wb") as fh:
-                np.savez(fh, feats=f, labels=np.array(labs))
-            tmp.replace(path)
+    def done(path: Path, labs: list[str]) -> Callable[[F32], None]:
+        def store(f: F32) -> None:
+            save_npz(path, feats=f, labels=np.array(labs))
             feats.append(f)
             labels.extend(labs)
-        if progress:
-            progress(len(todo))
-        todo.clear()
+
+        return store
 
     for i, s in enumerate(specs):
         key = json.dumps(
@@ -122,15 +112,11 @@ def scene_rows(
         regions = plan_regions(s.size[0], s.size[1], cfg, spec)
         rows = tile_rows(s, regions, np.random.default_rng([seed, i]))
         if not rows:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("wb") as fh:
-                np.savez(fh, feats=np.zeros((0, 1), np.float32), labels=np.array([], dtype=str))
+            save_npz(path, feats=np.zeros((0, 1), np.float32), labels=np.array([], dtype=str))
             continue
         t = region_tensors(img, [regions[k] for k, _ in rows], pre)
-        todo.append((path, [lab for _, lab in rows], t))
-        if sum(len(t) for _, _, t in todo) >= batch:
-            run()
-    run()
+        batches.add(t, done(path, [lab for _, lab in rows]))
+    batches.flush()
     if not feats:
         return np.zeros((0, 0), np.float32), []
     return np.concatenate(feats).astype(np.float32), labels

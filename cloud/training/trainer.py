@@ -42,7 +42,7 @@ from cloud.training.head import (
     predict_proba,
     train_head,
 )
-from cloud.training.rejection import choose_thresholds, frame_features, signals
+from cloud.training.rejection import choose_thresholds, frame_features, second_look_features, signals
 from cloud.training.scenetiles import scene_rows
 from edge.config import InferenceConfig
 from edge.perception.config import RegionsConfig
@@ -207,7 +207,18 @@ def calibrate(
         )
     fc: Any = load_backbone()._fc
     w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
-    sig = signals(feats, lambda f: predict_proba(head, f), lambda f: pet_score_np(w, b, f))
+
+    def probs(f: Any) -> Any:
+        return predict_proba(head, f)
+
+    def score(f: Any) -> Any:
+        return pet_score_np(w, b, f)
+
+    feats = second_look_features(
+        frames, feats, probs, score, data.labels, base, RegionsConfig(), PREPROCESS, store.forward,
+        store.dir.name, store.dir / "regions",
+    )  # fmt: skip
+    sig = signals(feats, probs, score)
     abstain = InferenceConfig().confidence_threshold
     spec, figs, how = choose_thresholds(sig, data.labels, base, abstain)
     return spec.model_copy(

@@ -1,4 +1,8 @@
-"""From a frame to a :class:`FrameResult`: plan regions, batch them, decide, aggregate.
+"""From a frame to a :class:`FrameResult`: plan regions, batch them, look closer, decide, aggregate.
+
+Two passes: the planned regions, then the second look (``RegionsConfig.second_look``): the
+strongest tiles cut into smaller squares, so a small pet is seen at a useful resolution. Both
+passes' regions are decided and aggregated together.
 
 Aggregation: a frame holds a pet when at least one region is a confident pet (its decision is
 a pet label and its confidence reaches the abstain threshold); the frame's label is the pet of
@@ -11,7 +15,7 @@ and both were chosen on validation frames, not per region.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -21,10 +25,10 @@ import numpy.typing as npt
 from edge.model import LoadedModel, ModelOutput
 from edge.perception.config import RegionsConfig
 from edge.perception.ir import is_ir
-from edge.perception.regions import Box, Region, Zone, plan_regions
+from edge.perception.regions import CLOSER_FROM, Box, Region, Zone, closer, plan_regions
 from edge.preprocess import Preprocessor, _as_bgr
 from shared.modelpkg import ABSTAIN, NONE_LABEL, RejectionSpec
-from shared.perception import decide, pet_evidence
+from shared.perception import closer_candidates, decide, pet_evidence
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -76,16 +80,25 @@ def _box(r: Region) -> Box:
     return (r.x, r.y, r.w, r.h)
 
 
+def same_find(a: Region, b: Region) -> bool:
+    """Two regions that see the same pet: one mostly inside the other, or a second look's
+    squares and the region they were cut from (siblings overlap, but not 70 %)."""
+    if nested(_box(a), _box(b)):
+        return True
+    return (a.parent is not None and a.parent in (b.parent, _box(b))) or b.parent == _box(a)
+
+
 def reported(regions: Sequence[Region], agg: Aggregate) -> list[RegionResult]:
     """The frame's pet regions as sent: strongest first, one per find. Multi-scale tiling sees a
-    pet in a small tile and again in the larger tile around it; listing both would draw two boxes
-    for one pet. A weaker region nested in a kept one with the same label is dropped, unless it is
-    a named zone (people asked about that area by name)."""
+    pet in a small tile and again in the larger tile around it, and a second look sees it again
+    in the squares cut from that tile; listing them all would draw several boxes for one pet. A
+    weaker region that is the same find as a kept one with the same label is dropped, unless it
+    is a named zone (people asked about that area by name)."""
     kept: list[RegionResult] = []
     for k in agg.pets:
         r = RegionResult(regions[k], *agg.decisions[k])
         dup = r.region.source != "zone" and any(
-            q.label == r.label and nested(_box(q.region), _box(r.region)) for q in kept
+            q.label == r.label and same_find(q.region, r.region) for q in kept
         )
         if not dup:
             kept.append(r)
@@ -111,8 +124,8 @@ def aggregate(
     for k, src in enumerate(sources):
         t = threshold if src == "full" else region_threshold
         score = None if pet_score is None else pet_score[k : k + 1]
-        decisions += decide(probs[k : k + 1], score, labels, rejection, t)
-    ev = pet_evidence(probs, pet_score, labels, rejection)
+        decisions += decide(probs[k : k + 1], score, labels, rejection, t, full=src == "full")
+    ev = pet_evidence(probs, pet_score, labels, rejection, full=[src == "full" for src in sources])
     strength = np.ones(n, dtype=np.float64) if ev is None else ev.astype(np.float64)
     pets = [k for k, (lab, _) in enumerate(decisions) if lab != NONE_LABEL]
     sure = [k for k in pets if decisions[k][1] >= abstain]
@@ -173,6 +186,16 @@ class FramePipeline:
     def tensors(self, image: U8, regions: Sequence[Region]) -> F32:
         return region_tensors(image, regions, self.model.preprocessor)
 
+    def second_look(self, regions: Sequence[Region], out: ModelOutput) -> list[Region]:
+        """The closer squares of the first pass's strongest regions (none when switched off)."""
+        if not self.cfg.enabled or self.cfg.second_look <= 0:
+            return []
+        eligible = [r.source in CLOSER_FROM for r in regions]
+        picks = closer_candidates(
+            out.probs, out.pet_score, self.model.labels, self.rejection, eligible, self.cfg.second_look
+        )
+        return [z for k in picks for z in closer(regions[k], self.cfg)]
+
     def finish(self, image: U8, regions: Sequence[Region], out: ModelOutput) -> FrameResult:
         n = len(regions)
         if out.probs.shape[0] != n:
@@ -200,19 +223,51 @@ class FramePipeline:
         )
 
     def classify(self, images: list[U8]) -> list[FrameResult]:
-        """Stills: plan (tiles, no motion), one batched run over every region, finish each."""
+        """Stills: plan (tiles, no motion), one batched run over every region, one more over
+        every frame's second look, finish each."""
         if not images:
             return []
         plans = [self.plan(img) for img in images]
-        batch = np.concatenate([self.tensors(img, p) for img, p in zip(images, plans, strict=True)])
-        out = self.model.run_full(batch)
-        results: list[FrameResult] = []
-        start = 0
-        for img, p in zip(images, plans, strict=True):
-            end = start + len(p)
-            part = ModelOutput(
-                out.probs[start:end], None if out.pet_score is None else out.pet_score[start:end]
-            )
-            results.append(self.finish(img, p, part))
-            start = end
-        return results
+        outs = split(self.model.run_full(self._batch(images, plans)), [len(p) for p in plans])
+        plans, outs, _ = self.look_closer(images, plans, outs, self.model.run_full)
+        return [self.finish(img, p, o) for img, p, o in zip(images, plans, outs, strict=True)]
+
+    def look_closer(
+        self,
+        images: Sequence[U8],
+        plans: Sequence[list[Region]],
+        outs: Sequence[ModelOutput],
+        run: Callable[[F32], ModelOutput],
+    ) -> tuple[list[list[Region]], list[ModelOutput], int]:
+        """The second pass of a batch of frames: every frame's closer squares in one ``run``.
+        Each frame's regions and outputs come back with its squares appended, with the number
+        of rows that second run took (0: nothing worth a second look)."""
+        looks = [self.second_look(p, o) for p, o in zip(plans, outs, strict=True)]
+        if not any(looks):
+            return list(plans), list(outs), 0
+        more = split(run(self._batch(images, looks)), [len(z) for z in looks])
+        return (
+            [p + z for p, z in zip(plans, looks, strict=True)],
+            [join(o, m) for o, m in zip(outs, more, strict=True)],
+            sum(len(z) for z in looks),
+        )
+
+    def _batch(self, images: Sequence[U8], plans: Sequence[Sequence[Region]]) -> F32:
+        return np.concatenate([self.tensors(img, p) for img, p in zip(images, plans, strict=True) if p])
+
+
+def split(out: ModelOutput, sizes: Sequence[int]) -> list[ModelOutput]:
+    """One batched output cut back into each frame's rows."""
+    parts: list[ModelOutput] = []
+    start = 0
+    for n in sizes:
+        score = None if out.pet_score is None else out.pet_score[start : start + n]
+        parts.append(ModelOutput(out.probs[start : start + n], score))
+        start += n
+    return parts
+
+
+def join(a: ModelOutput, b: ModelOutput) -> ModelOutput:
+    """A frame's first-pass rows followed by its second look's."""
+    score = None if a.pet_score is None or b.pet_score is None else np.concatenate([a.pet_score, b.pet_score])
+    return ModelOutput(np.concatenate([a.probs, b.probs]), score)

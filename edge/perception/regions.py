@@ -1,4 +1,5 @@
-"""Regions of a frame to classify: the whole-frame view, tiles, motion boxes and zones. Pure.
+"""Regions of a frame to classify: the whole-frame view, tiles, motion boxes, zones, and the
+closer squares of a second look. Pure.
 
 Every region except the whole-frame view is a square (enlarged around its centre and shifted to
 lie inside the frame when needed): the model takes square inputs, and stretching a wide box
@@ -15,7 +16,8 @@ from typing import Literal
 from edge.perception.config import RegionsConfig
 from shared.modelpkg import PreprocessSpec
 
-Source = Literal["full", "tile", "motion", "zone"]
+Source = Literal["full", "tile", "motion", "zone", "zoom"]
+CLOSER_FROM: tuple[Source, ...] = ("tile",)  # motion squares are already drawn around the pet
 Box = tuple[int, int, int, int]
 
 # A tile nearly the same as the whole-frame view adds cost, not information.
@@ -32,6 +34,7 @@ class Region:
     h: int
     source: Source
     zone: str | None = None
+    parent: Box | None = None  # a second look's square: the region it was cut from
 
     @property
     def box(self) -> list[int]:
@@ -154,3 +157,26 @@ def plan_regions(
     if not taken:
         taken = [Region(*full, source="full")]
     return taken[: cfg.max_regions]
+
+
+def closer(region: Region, cfg: RegionsConfig) -> list[Region]:
+    """The second look's squares inside ``region``: a ``second_look_grid`` x ``second_look_grid``
+    of squares of ``second_look_scale`` of its side, spread evenly so together they cover it.
+    None when they would be smaller than ``min_region``: they would add no detail (the tiles of a
+    close-up photo, say, which the whole-frame view already sees up close)."""
+    side = round(min(region.w, region.h) * cfg.second_look_scale)
+    if side < cfg.min_region:
+        return []
+    n = cfg.second_look_grid
+    xs = (
+        [region.x + round(i * (region.w - side) / (n - 1)) for i in range(n)]
+        if n > 1
+        else [region.x + (region.w - side) // 2]
+    )
+    ys = (
+        [region.y + round(i * (region.h - side) / (n - 1)) for i in range(n)]
+        if n > 1
+        else [region.y + (region.h - side) // 2]
+    )
+    parent = (region.x, region.y, region.w, region.h)
+    return [Region(x, y, side, side, source="zoom", parent=parent) for y in ys for x in xs]

@@ -9,6 +9,7 @@ camera names and ``probs`` keys were unbounded; no per-device snapshot quota exi
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -120,6 +121,34 @@ def test_prediction_bounds_are_refused_at_decode(payload: bytes, words: str) -> 
 def test_telemetry_bounds_are_refused_at_decode(payload: bytes, words: str) -> None:
     with pytest.raises(InvalidPayload, match=words):
         decode(TOPIC_T, payload)
+
+
+def _raw(payload: bytes, **kw: object) -> bytes:
+    return json.dumps({**json.loads(payload), **kw}).encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        (TOPIC_T, _raw(_telemetry(), outbox_backlog=2**64)),
+        (TOPIC_T, _raw(_telemetry(), lost_predictions=2**63)),
+        (TOPIC_T, _raw(_telemetry(), invalid_messages={"json": 2**70})),
+        (TOPIC_T, _raw(_telemetry(), cameras={"gate": {"state": "streaming", "frames": 2**64}})),
+        (TOPIC_P, _raw(_batch(_pred()), evicted_total=2**64)),
+    ],
+)
+def test_counts_beyond_64_bits_are_refused_at_decode(topic: str, payload: bytes) -> None:
+    """The stores keep counts as 64-bit integers: a larger one must be refused here, counted as
+    invalid, not accepted and then refused by the database."""
+    with pytest.raises(InvalidPayload, match="less than or equal"):
+        decode(topic, payload)
+    # The largest count the stores hold still passes.
+    ok = (
+        _raw(_telemetry(), outbox_backlog=2**63 - 1)
+        if topic == TOPIC_T
+        else _raw(_batch(_pred()), evicted_total=2**63 - 1)
+    )
+    decode(topic, ok)
 
 
 _names = st.one_of(

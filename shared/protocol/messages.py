@@ -29,6 +29,10 @@ SNAPSHOT_B64_MAX = 1_500_000  # characters of base64: a JPEG of at most 1,125,00
 
 Label = str
 SEQ_MAX = 2**63 - 1  # stored as SQLite INTEGER on both sides
+# Every count a device sends. Why the upper bound: the stores keep counts as 64-bit integers,
+# and an unbounded one (2**64 in a telemetry backlog) passed validation, then failed the insert
+# and ended as a dead letter the refusal counts did not know of. No real counter gets near it.
+Count = Annotated[int, Field(ge=0, le=SEQ_MAX)]
 Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -122,7 +126,7 @@ class PredictionBatch(Message):
     site: str
     predictions: list[Prediction] = Field(min_length=1, max_length=10_000)
     sent_ts: float = Field(default_factory=now)
-    evicted_total: int = Field(0, ge=0, description="outbox rows ever evicted by the bound")
+    evicted_total: Count = Field(0, description="outbox rows ever evicted by the bound")
 
     @field_validator("predictions")
     @classmethod
@@ -182,15 +186,15 @@ class CameraTelemetry(BaseModel):
 
     state: Literal["streaming", "stalled", "reconnecting", "offline"]
     fps: float = Field(0.0, ge=0)
-    frames: int = Field(0, ge=0)
-    dropped: int = Field(0, ge=0)
-    reconnects: int = Field(0, ge=0)
+    frames: Count = 0
+    dropped: Count = 0
+    reconnects: Count = 0
     last_frame_ts: float | None = None
     error: str | None = None
-    integrity: dict[str, int] = Field(default_factory=dict)
+    integrity: dict[str, Count] = Field(default_factory=dict)
     # Added after schema 1 shipped: optional, and left out of the wire form while empty (see
     # Telemetry.to_wire), so an older cloud keeps accepting a box with nothing to report here.
-    refused: dict[str, int] = Field(default_factory=dict, description="frames refused undecoded, by kind")
+    refused: dict[str, Count] = Field(default_factory=dict, description="frames refused undecoded, by kind")
 
 
 class Telemetry(Message):
@@ -213,19 +217,19 @@ class Telemetry(Message):
     uptime_system_s: float = Field(ge=0)
     latency_ms: dict[str, float] = Field(default_factory=dict, description="p50/p95/p99")
     inference_fps: float = Field(0.0, ge=0)
-    inference_errors: int = Field(0, ge=0)
+    inference_errors: Count = 0
     abstain_rate: float | None = Field(None, ge=0, le=1)
     none_rate: float | None = Field(
         None, ge=0, le=1, description="schema 2: share of classified frames that were 'none'"
     )
     cameras: dict[str, CameraTelemetry] = Field(default_factory=dict)
-    outbox_backlog: int = Field(0, ge=0)
-    outbox_evicted: int = Field(0, ge=0)
-    outbox_errors: int = Field(0, ge=0)
+    outbox_backlog: Count = 0
+    outbox_evicted: Count = 0
+    outbox_errors: Count = 0
     model_version: str | None = None
-    invalid_messages: dict[str, int] = Field(default_factory=dict)
-    lost_predictions: int = Field(
-        0, ge=0, description="predictions lost before the outbox (disk full, write errors); added later"
+    invalid_messages: dict[str, Count] = Field(default_factory=dict)
+    lost_predictions: Count = Field(
+        0, description="predictions lost before the outbox (disk full, write errors); added later"
     )
 
     @model_validator(mode="after")
@@ -295,7 +299,7 @@ class ReleaseNotice(Message):
 
     group: str
     version: str | None = None
-    timestamp_version: int | None = Field(None, ge=0)
+    timestamp_version: Count | None = None
     ts: float = Field(default_factory=now)
 
 
@@ -316,14 +320,14 @@ class UpdateRequest(Message):
     response topic with the same correlation data."""
 
     path: str = Field(min_length=1, max_length=512)
-    offset: int = Field(0, ge=0)
+    offset: Count = 0
     length: int = Field(256 * 1024, ge=1, le=1024 * 1024)
 
 
 class UpdateResponse(Message):
     path: str
     status: Literal["ok", "not_found", "error"]
-    offset: int = Field(0, ge=0)
-    total: int | None = Field(None, ge=0)
+    offset: Count = 0
+    total: Count | None = None
     data: str = Field("", description="base64 of the chunk")
     error: str | None = None

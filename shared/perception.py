@@ -28,7 +28,15 @@ from shared.modelpkg import NONE_LABEL, RejectionSpec
 F32 = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.floating[Any]]
 
-__all__ = ["NONE_LABEL", "closer_candidates", "decide", "none_confidence", "pet_evidence", "pet_probs"]
+__all__ = [
+    "NONE_LABEL",
+    "closer_candidates",
+    "decide",
+    "logit",
+    "none_confidence",
+    "pet_evidence",
+    "pet_probs",
+]
 
 
 def _none_index(labels: Sequence[str], rejection: RejectionSpec | None) -> int | None:
@@ -76,7 +84,7 @@ def pet_evidence(
             return signals[0].astype(np.float32)
         flags = np.broadcast_to(np.asarray(full, dtype=bool), (len(p),))
         w = np.where(flags, rejection.weight(True), rejection.weight(False))
-        z = w * _logit(signals[0]) + (1 - w) * _logit(signals[1])
+        z = w * logit(signals[0]) + (1 - w) * logit(signals[1])
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
     e = np.exp(np.mean([np.log(np.maximum(s, 1e-12)) for s in signals], axis=0))
     return e.astype(np.float32)
@@ -85,8 +93,9 @@ def pet_evidence(
 EPS = 1e-6  # evidence is kept inside (EPS, 1 - EPS): float32 keeps 0.999999 apart from 1
 
 
-def _logit(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    q = np.clip(p, EPS, 1 - EPS)
+def logit(p: Floats | float) -> npt.NDArray[np.float64]:
+    """Log-odds, with ``p`` kept inside (EPS, 1 - EPS) so a sure 0 or 1 stays finite."""
+    q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     return np.asarray(np.log(q) - np.log1p(-q), dtype=np.float64)
 
 
@@ -98,7 +107,7 @@ def none_confidence(
     e = np.asarray(evidence, dtype=np.float64)
     t = np.asarray(threshold, dtype=np.float64)
     if rejection.evidence == "logit":
-        return np.asarray(1.0 / (1.0 + np.exp(_logit(e) - _logit(t))), dtype=np.float64)
+        return np.asarray(1.0 / (1.0 + np.exp(logit(e) - logit(t))), dtype=np.float64)
     return np.asarray(np.clip(1.0 - 0.5 * e / np.maximum(t, 1e-9), 0.5, 1.0), dtype=np.float64)
 
 
@@ -107,15 +116,15 @@ def decide(
     pet_score: Floats | None,
     labels: Sequence[str],
     rejection: RejectionSpec | None,
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
     *,
-    full: bool,
+    full: bool | Sequence[bool],
 ) -> list[tuple[str, float]]:
     """One ``(label, confidence)`` per row: a pet label or ``"none"``.
 
-    ``threshold`` overrides ``rejection.threshold`` (the frame pipeline passes the stricter
-    ``region_threshold`` for tiles, with ``full=False``). A package without rejection behaves as
-    before: the argmax label and its probability.
+    ``threshold`` (one, or one per row) overrides ``rejection.threshold``: the frame pipeline
+    passes the stricter ``region_threshold`` for its regions, whose ``full`` flags are False. A
+    package without rejection behaves as before: the argmax label and its probability.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
     if rejection is None or not rejection.active:
@@ -124,18 +133,16 @@ def decide(
     pets, q = pet_probs(p, labels, rejection)
     best = q.argmax(axis=1)
     ev = pet_evidence(p, pet_score, labels, rejection, full=full)
-    t = rejection.threshold if threshold is None else threshold
-    assert t is not None  # rejection.active
-    out: list[tuple[str, float]] = []
-    for k, b in enumerate(best):
-        e = 1.0 if ev is None else float(ev[k])
-        if t > 0 and e < t:
-            out.append(
-                (NONE_LABEL, float(np.clip(none_confidence(np.array([e]), t, rejection)[0], 0.5, 1.0)))
-            )
-        else:
-            out.append((pets[b], float(q[k, b])))
-    return out
+    t = np.broadcast_to(
+        np.asarray(rejection.threshold if threshold is None else threshold, dtype=np.float64), (len(p),)
+    )
+    e = np.ones(len(p)) if ev is None else ev.astype(np.float64)
+    below = (t > 0) & (e < t)
+    none_conf = np.clip(none_confidence(e, t, rejection), 0.5, 1.0)
+    return [
+        (NONE_LABEL, float(none_conf[k])) if below[k] else (pets[b], float(q[k, b]))
+        for k, b in enumerate(best)
+    ]
 
 
 # The second look ranks regions by one fixed blend of the two signals, whatever blend the

@@ -3,6 +3,7 @@ box's second look on validation frames. Pure but for one cache folder."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from cloud.training.rejection import (
     FULL_WEIGHTS,
     WEIGHTS,
     FrameSignals,
+    RegionSource,
     centre,
     choose_thresholds,
     figures,
@@ -212,10 +214,11 @@ def test_validation_frames_get_the_second_look_the_box_would_take(tmp_path: Path
         return np.stack([pet * 0.9, pet * 0.1, 1 - pet], axis=1).astype(np.float32)
 
     frames = [("scene-1", "pet", "cat", lambda: img)]
-    first = frame_features(frames, cfg, spec, backbone, "b", tmp_path)
+    src = RegionSource(cfg, spec, backbone, "b", tmp_path)
+    first = frame_features(frames, src)
     base = RejectionSpec(none_label="none", score_output=None, threshold=0.5)
-    args = (head, None, list(LABELS), base, cfg, spec, backbone, "b", tmp_path)
-    looked = second_look_features(frames, first, *args)
+    args = (head, None, list(LABELS), base)
+    looked = second_look_features(frames, first, *args, src)
     n = len(first[0].sources)
     assert looked[0].sources == first[0].sources + ["zoom"] * 4 and looked[0].feats.shape == (n + 4, 1280)
     regions = plan_regions(1280, 720, cfg, spec)
@@ -225,7 +228,7 @@ def test_validation_frames_get_the_second_look_the_box_would_take(tmp_path: Path
         and regions[strongest].y + regions[strongest].h >= 650
     )
     calls.clear()
-    again = second_look_features(frames, first, *args)
+    again = second_look_features(frames, first, *args, src)
     assert calls == [] and np.array_equal(again[0].feats, looked[0].feats)
-    off = second_look_features(frames, first, *args[:4], RegionsConfig(second_look=0), *args[5:])
+    off = second_look_features(frames, first, *args, replace(src, cfg=RegionsConfig(second_look=0)))
     assert off[0].sources == first[0].sources

@@ -48,10 +48,10 @@ import numpy.typing as npt
 from cloud.training.batches import BackboneBatches, save_npz
 from edge.perception.config import RegionsConfig
 from edge.perception.pipeline import region_tensors
-from edge.perception.regions import CLOSER_FROM, closer, plan_regions
+from edge.perception.regions import CLOSER_FROM, Region, closer, plan_regions
 from edge.preprocess import Preprocessor
 from shared.modelpkg import PreprocessSpec, RejectionSpec
-from shared.perception import closer_candidates, none_confidence, pet_evidence, pet_probs
+from shared.perception import closer_candidates, logit, none_confidence, pet_evidence, pet_probs
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -102,30 +102,48 @@ class FrameSignals:
     pet_score: F32 | None
 
 
-def _cache_path(root: Path, key: str, cfg: RegionsConfig, spec: PreprocessSpec, backbone_id: str) -> Path:
-    blob = json.dumps(
-        [REGION_CACHE_VERSION, key, cfg.model_dump(mode="json"), spec.model_dump(mode="json"), backbone_id],
-        sort_keys=True,
-    )
-    h = hashlib.sha256(blob.encode()).hexdigest()[:32]
-    return root / h[:2] / f"{h}.npz"
+@dataclass(frozen=True)
+class RegionSource:
+    """Where the features of a frame's regions come from, and where they are cached: the
+    region settings and preprocessing the box uses, the backbone, its id (part of every cache
+    key), the cache folder and the rows per backbone run."""
+
+    cfg: RegionsConfig
+    spec: PreprocessSpec
+    backbone: Callable[[F32], F32]
+    backbone_id: str
+    cache_dir: Path
+    batch: int = 48
+
+    def path(self, key: str) -> Path:
+        blob = json.dumps(
+            [
+                REGION_CACHE_VERSION,
+                key,
+                self.cfg.model_dump(mode="json"),
+                self.spec.model_dump(mode="json"),
+                self.backbone_id,
+            ],
+            sort_keys=True,
+        )
+        h = hashlib.sha256(blob.encode()).hexdigest()[:32]
+        return self.cache_dir / h[:2] / f"{h}.npz"
+
+    def regions(self, img: U8) -> list[Region]:
+        h, w = img.shape[:2]
+        return plan_regions(w, h, self.cfg, self.spec)
 
 
 def frame_features(
     frames: Sequence[tuple[str, str, str, Callable[[], U8]]],
-    cfg: RegionsConfig,
-    spec: PreprocessSpec,
-    backbone: Callable[[F32], F32],
-    backbone_id: str,
-    cache_dir: Path,
-    batch: int = 48,
+    src: RegionSource,
     progress: Callable[[int], None] | None = None,
 ) -> list[FrameFeatures]:
     """Backbone features of every region of every frame ``(key, kind, truth, load)``, cached on
     disk by frame key, region settings, preprocessing and backbone."""
-    pre = Preprocessor(spec)
+    pre = Preprocessor(src.spec)
     out: list[FrameFeatures | None] = [None] * len(frames)
-    batches = BackboneBatches(backbone, batch, progress)
+    batches = BackboneBatches(src.backbone, src.batch, progress)
 
     def done(i: int, sources: list[str], path: Path) -> Callable[[F32], None]:
         def store(f: F32) -> None:
@@ -136,7 +154,7 @@ def frame_features(
         return store
 
     for i, (key, kind, truth, load) in enumerate(frames):
-        path = _cache_path(cache_dir, key, cfg, spec, backbone_id)
+        path = src.path(key)
         try:
             with np.load(path, allow_pickle=False) as z:
                 out[i] = FrameFeatures(kind, truth, [str(s) for s in z["sources"]], z["feats"])
@@ -146,8 +164,7 @@ def frame_features(
         except (OSError, ValueError, KeyError, EOFError):
             pass
         img = load()
-        h, w = img.shape[:2]
-        regions = plan_regions(w, h, cfg, spec)
+        regions = src.regions(img)
         batches.add(region_tensors(img, regions, pre), done(i, [r.source for r in regions], path))
     batches.flush()
     return [f for f in out if f is not None]
@@ -160,21 +177,17 @@ def second_look_features(
     pet_score: Callable[[F32], F32] | None,
     labels: Sequence[str],
     rejection: RejectionSpec,
-    cfg: RegionsConfig,
-    spec: PreprocessSpec,
-    backbone: Callable[[F32], F32],
-    backbone_id: str,
-    cache_dir: Path,
-    batch: int = 48,
+    src: RegionSource,
 ) -> list[FrameFeatures]:
     """``feats`` with the rows of the box's second look appended (source ``zoom``): the closer
     squares of the regions this head finds strongest, exactly as
     ``FramePipeline.second_look`` picks them."""
     out = list(feats)
+    cfg = src.cfg
     if not cfg.enabled or cfg.second_look <= 0:
         return out
-    pre = Preprocessor(spec)
-    batches = BackboneBatches(backbone, batch)
+    pre = Preprocessor(src.spec)
+    batches = BackboneBatches(src.backbone, src.batch)
 
     def done(i: int, path: Path) -> Callable[[F32], None]:
         def store(z: F32) -> None:
@@ -189,7 +202,7 @@ def second_look_features(
         picks = closer_candidates(head_probs(f.feats), score, labels, rejection, eligible, cfg.second_look)
         if not picks:
             continue
-        path = _cache_path(cache_dir, json.dumps(["second-look", key, picks]), cfg, spec, backbone_id)
+        path = src.path(json.dumps(["second-look", key, picks]))
         try:
             with np.load(path, allow_pickle=False) as z:
                 out[i] = _joined(f, z["feats"])
@@ -197,8 +210,7 @@ def second_look_features(
         except (OSError, ValueError, KeyError, EOFError):
             pass
         img = load()
-        h, w = img.shape[:2]
-        regions = plan_regions(w, h, cfg, spec)
+        regions = src.regions(img)
         if [r.source for r in regions] != f.sources:
             raise ValueError(f"frame {key}: its regions changed since its features were cached")
         looks = [z for k in picks for z in closer(regions[k], cfg)]
@@ -323,14 +335,9 @@ def centre(pairs: Sequence[Pair]) -> Pair | None:
     pairs: the thresholds furthest from the edges where one more frame would tip a figure."""
     if not pairs:
         return None
-    lo = np.array([[_logodds(p[4]), _logodds(p[5])] for p in pairs])
+    lo = logit(np.array([[p[4], p[5]] for p in pairs]))
     mid = np.median(lo, axis=0)
     return pairs[int(np.abs(lo - mid).sum(axis=1).argmin())]
-
-
-def _logodds(p: float) -> float:
-    q = min(max(p, 1e-6), 1 - 1e-6)
-    return float(np.log(q / (1 - q)))
 
 
 def with_gaps(cands: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -338,7 +345,7 @@ def with_gaps(cands: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     fall where the evidence is, so where a clean gap parts empty tiles from pets no candidate
     falls inside it, and a threshold at either edge leaves the frames beside it abstained."""
     c = np.unique(np.asarray(cands, dtype=np.float64))
-    lo = np.array([_logodds(float(x)) for x in c])
+    lo = logit(c)
     wide = np.flatnonzero(np.diff(lo) > GAP)
     mids = 1.0 / (1.0 + np.exp(-(lo[wide] + lo[wide + 1]) / 2))
     return np.unique(np.concatenate([c, mids]))
@@ -362,25 +369,24 @@ def whole_view_weight(
     neg = np.array([f.truth not in labels or f.truth == rejection.none_label for f in close])
     if not close or neg.all() or not neg.any():
         return None
-    best: tuple[float, float, float] | None = None
+    rows = [(f, f.sources.index("full")) for f in close]  # each close-up's whole-frame view
+    probs = np.stack([f.probs[k] for f, k in rows])
+    scores = [f.pet_score[k] for f, k in rows if f.pet_score is not None]
+    score = np.array(scores) if len(scores) == len(rows) else None
+    best: tuple[tuple[float, float], float] | None = None
     for wf in FULL_WEIGHTS:
-        spec = rejection.model_copy(update={"evidence": "logit", "score_weight": wf, "full_score_weight": wf})
-        ev = np.array([_full_evidence(f, labels, spec) for f in close])
-        lo = np.log(np.clip(ev, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(ev, 1e-6, 1 - 1e-6))
+        spec = rejection.model_copy(update={"evidence": "logit", "full_score_weight": wf})
+        ev = pet_evidence(probs, score, labels, spec, full=True)
+        if ev is None:
+            return None
+        lo = logit(ev)
         pos, bad = lo[~neg], lo[neg]
         auroc = float((pos[:, None] > bad[None, :]).mean() + 0.5 * (pos[:, None] == bad[None, :]).mean())
         k = min(NEAREST, len(pos), len(bad))
-        margin = float(np.sort(pos)[:k].mean() - np.sort(bad)[-k:].mean())
-        if best is None or (round(auroc, 4), margin) > (round(best[1], 4), best[2]):
-            best = (wf, auroc, margin)
-    return None if best is None else best[0]
-
-
-def _full_evidence(f: FrameSignals, labels: Sequence[str], spec: RejectionSpec) -> float:
-    k = f.sources.index("full")
-    score = None if f.pet_score is None else f.pet_score[k : k + 1]
-    e = pet_evidence(f.probs[k : k + 1], score, labels, spec, full=True)
-    return 1.0 if e is None else float(e[0])
+        key = (round(auroc, 4), float(np.sort(pos)[:k].mean() - np.sort(bad)[-k:].mean()))
+        if best is None or key > best[0]:
+            best = (key, wf)
+    return None if best is None else best[1]
 
 
 def choose_thresholds(
@@ -446,6 +452,7 @@ __all__ = [
     "WEIGHTS",
     "FrameFeatures",
     "FrameSignals",
+    "RegionSource",
     "centre",
     "choose_thresholds",
     "figures",

@@ -42,7 +42,13 @@ from cloud.training.head import (
     predict_proba,
     train_head,
 )
-from cloud.training.rejection import choose_thresholds, frame_features, second_look_features, signals
+from cloud.training.rejection import (
+    RegionSource,
+    choose_thresholds,
+    frame_features,
+    second_look_features,
+    signals,
+)
 from cloud.training.scenetiles import scene_rows
 from edge.config import InferenceConfig
 from edge.perception.config import RegionsConfig
@@ -195,16 +201,9 @@ def calibrate(
             pets, bgs, cfg.train.calibration_scenes, cfg.train.calibration_empty_scenes, seed + 1
         )
         frames += [(repr(s), s.kind, s.label, lambda s=s: render(s)) for s in specs]
+    src = RegionSource(RegionsConfig(), PREPROCESS, store.forward, store.dir.name, store.dir / "regions")
     with _bar(len(frames), "calibrate", show_progress) as bar:
-        feats = frame_features(
-            frames,
-            RegionsConfig(),
-            PREPROCESS,
-            store.forward,
-            store.dir.name,
-            store.dir / "regions",
-            progress=bar.update,
-        )
+        feats = frame_features(frames, src, progress=bar.update)
     fc: Any = load_backbone()._fc
     w, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
 
@@ -214,10 +213,7 @@ def calibrate(
     def score(f: Any) -> Any:
         return pet_score_np(w, b, f)
 
-    feats = second_look_features(
-        frames, feats, probs, score, data.labels, base, RegionsConfig(), PREPROCESS, store.forward,
-        store.dir.name, store.dir / "regions",
-    )  # fmt: skip
+    feats = second_look_features(frames, feats, probs, score, data.labels, base, src)
     sig = signals(feats, probs, score)
     abstain = InferenceConfig().confidence_threshold
     spec, figs, how = choose_thresholds(sig, data.labels, base, abstain)

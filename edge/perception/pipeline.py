@@ -120,12 +120,12 @@ def aggregate(
     """The frame's outcome from its regions' outputs. Pure, so the cloud picks thresholds with
     exactly the rule the box applies."""
     n = len(sources)
-    decisions: list[tuple[str, float]] = []
-    for k, src in enumerate(sources):
-        t = threshold if src == "full" else region_threshold
-        score = None if pet_score is None else pet_score[k : k + 1]
-        decisions += decide(probs[k : k + 1], score, labels, rejection, t, full=src == "full")
-    ev = pet_evidence(probs, pet_score, labels, rejection, full=[src == "full" for src in sources])
+    full = [src == "full" for src in sources]
+    base = None if rejection is None else rejection.threshold  # what an absent override means
+    t, tr = (base if x is None else x for x in (threshold, region_threshold))
+    per_row = None if t is None or tr is None else [t if f else tr for f in full]
+    decisions = decide(probs, pet_score, labels, rejection, per_row, full=full)
+    ev = pet_evidence(probs, pet_score, labels, rejection, full=full)
     strength = np.ones(n, dtype=np.float64) if ev is None else ev.astype(np.float64)
     pets = [k for k, (lab, _) in enumerate(decisions) if lab != NONE_LABEL]
     sure = [k for k in pets if decisions[k][1] >= abstain]

@@ -167,16 +167,15 @@ def closer(region: Region, cfg: RegionsConfig) -> list[Region]:
     side = round(min(region.w, region.h) * cfg.second_look_scale)
     if side < cfg.min_region:
         return []
-    n = cfg.second_look_grid
-    xs = (
-        [region.x + round(i * (region.w - side) / (n - 1)) for i in range(n)]
-        if n > 1
-        else [region.x + (region.w - side) // 2]
-    )
-    ys = (
-        [region.y + round(i * (region.h - side) / (n - 1)) for i in range(n)]
-        if n > 1
-        else [region.y + (region.h - side) // 2]
-    )
+    xs = _spread(region.x, region.w, side, cfg.second_look_grid)
+    ys = _spread(region.y, region.h, side, cfg.second_look_grid)
     parent = (region.x, region.y, region.w, region.h)
     return [Region(x, y, side, side, source="zoom", parent=parent) for y in ys for x in xs]
+
+
+def _spread(start: int, length: int, side: int, n: int) -> list[int]:
+    """``n`` starts of ``side``-long pieces spread evenly over ``length`` from ``start``, the
+    first at its start and the last at its end (one piece: centred)."""
+    if n == 1:
+        return [start + (length - side) // 2]
+    return [start + round(i * (length - side) / (n - 1)) for i in range(n)]

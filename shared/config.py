@@ -76,7 +76,7 @@ class MqttConfig(Section):
     max_payload_bytes: int = Field(2 * 1024 * 1024, ge=1024)
 
 
-def _dotted(loc: tuple[Any, ...]) -> str:
+def dotted(loc: tuple[Any, ...]) -> str:
     """``cameras[1].url`` for the first ``[[cameras]]`` block: positions count from 1, as a
     person counts the blocks in the file."""
     parts: list[str] = []
@@ -116,9 +116,9 @@ def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
     except ValidationError as e:
         errors = e.errors()
         first = errors[0]
-        problems = "; ".join(f"{_dotted(err['loc'])}: {_explain(err)}" for err in errors[1:])
+        problems = "; ".join(f"{dotted(err['loc'])}: {_explain(err)}" for err in errors[1:])
         msg = _explain(first) + (f" (also: {problems})" if problems else "")
-        raise ConfigError(source, _dotted(first["loc"]), msg) from e
+        raise ConfigError(source, dotted(first["loc"]), msg) from e
 
 
 def _explain(err: Any) -> str:

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.config import dotted
 from shared.errors import ParkwatchError
 
 FORMAT_VERSION: Literal[1] = 1
@@ -204,8 +205,17 @@ def parse_metadata(props: Mapping[str, str], source: str = "model") -> ModelMeta
         return ModelMetadata(
             labels=labels, preprocess=preprocess, model_version=props[META_VERSION], rejection=rejection
         )
-    except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as e:
-        raise MissingMetadata(f"{source}: invalid parkwatch metadata: {e}") from e
+    except ValidationError as e:
+        problems = "; ".join(f"{dotted(err['loc'])}: {err['msg']}" for err in e.errors())
+        if any(err["type"] == "extra_forbidden" for err in e.errors()):
+            hint = "the package was built by newer parkwatch code than this runs: update this side first"
+        else:
+            hint = "use a package built by 'parkwatch cloud train'"
+        raise MissingMetadata(f"{source}: invalid parkwatch metadata ({problems}); {hint}") from e
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise MissingMetadata(
+            f"{source}: invalid parkwatch metadata: {e}; use a package built by 'parkwatch cloud train'"
+        ) from e
 
 
 class FileEntry(_Strict):

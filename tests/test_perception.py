@@ -59,20 +59,23 @@ def test_rejection_round_trips_through_onnx_props_and_old_props_have_none() -> N
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "words"),
     [
-        {"threshold": 1.5},
-        {"none_label": "nothing"},  # not one of the labels
-        {"score_output": "logits"},
-        {"surprise": 1},  # strict: unknown keys refused
-        {"figures": {"auroc": float("nan")}},
-        {"figures": {f"k{i}": 0.5 for i in range(40)}},  # bounded
+        ({"threshold": 1.5}, r"rejection\.threshold: .*less than or equal to 1.*cloud train"),
+        ({"full_score_weight": 2.0}, r"rejection\.full_score_weight: .*less than or equal to 1"),
+        ({"none_label": "nothing"}, "nothing"),  # not one of the labels
+        ({"score_output": "logits"}, r"rejection\.score_output"),
+        ({"surprise": 1}, r"rejection\.surprise: .*newer parkwatch code.*update this side first"),
+        ({"figures": {"auroc": float("nan")}}, "finite"),
+        ({"figures": {f"k{i}": 0.5 for i in range(40)}}, r"rejection\.figures"),  # bounded
     ],
 )
-def test_bad_rejection_metadata_is_refused(bad: dict) -> None:
+def test_bad_rejection_metadata_is_refused_naming_the_key(bad: dict, words: str) -> None:
+    """A strict parser refuses what it does not know; the message names the key and says what
+    to do (an unknown key: the package is newer than this box's software)."""
     props = _meta(None).to_props()
     props[META_REJECTION] = json.dumps({"none_label": "none", "threshold": 0.5, **bad})
-    with pytest.raises(MissingMetadata):
+    with pytest.raises(MissingMetadata, match=words):
         parse_metadata(props)
 
 

@@ -164,7 +164,10 @@ def test_label_a_snapshot_and_see_it_counted(chromium, fleet_cfg) -> None:  # ty
         assert page.inner_text("#labels-total").startswith("0 labelled frames")
         page.goto(base + "/labelling")
         card = page.locator('article[data-snapshot="box0000-snap-1"]')
-        assert card.locator("img").evaluate("i => i.naturalWidth") > 0  # the image really loads
+        # the image really loads: it is lazy, so the page's load event does not wait for it;
+        # decode() settles once it has loaded (or failed, which counts as width 0)
+        width = card.locator("img").evaluate("i => i.decode().then(() => i.naturalWidth, () => 0)")
+        assert width > 0
         assert page.locator('article[data-snapshot^="box0001"]').count() == 0  # park2 does not allow it
         shot(page, "08-labelling")
         card.get_by_role("button", name="dog").click()

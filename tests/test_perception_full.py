@@ -31,15 +31,6 @@ TARGETS = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # training (<= 10 min idle, cold) + 1,000 frames, beside another worker
-@pytest.mark.xfail(
-    reason="issue 11 is open: the last full run (second look at the strongest tile; the whole-frame "
-    "view's own ImageNet weight, chosen on validation by AUROC; cold cache, idle, 9 min 19 s in all) "
-    "measured close-ups 0.997, no-pet 0.967, scenes 0.96, greyscale 0.953 and empty scenes 0.94 on "
-    "the test split at 30 % height: empty scenes 1.5 frames short of 0.95 (9 of 150, all on 4 of the "
-    "91 backgrounds: a necklace, a hammer, a mask and a marmoset; 6 abstained near a threshold, 3 "
-    "called pets); run with --runxfail to see this run's figures in the assertion message",
-    strict=False,
-)
 def test_trained_model_meets_the_issue_11_targets_on_held_out_data(
     tmp_path: Path, pets_sample: Path, record_property: Callable[[str, object], None]
 ) -> None:

@@ -197,6 +197,16 @@ def test_the_middle_of_equally_good_thresholds_is_chosen_not_an_edge() -> None:
     assert centre([]) is None
 
 
+def test_the_middle_is_of_the_range_not_of_where_candidates_crowd() -> None:
+    """Quantile candidates crowd where the evidence is: five equally good whole-frame thresholds
+    between 0.2 and 0.24, four more up to 0.9. Their median (0.24) sits at the crowded edge; the
+    middle of the range in log-odds (about 0.6) is nearest 0.5."""
+    ts = (0.2, 0.21, 0.22, 0.23, 0.24, 0.3, 0.5, 0.7, 0.9)
+    pairs = [(0.0, 0.0, 0.97, (0.3, 0.7), t, tr) for t in ts for tr in (0.95, 0.97, 0.99)]
+    _, _, _, _, t, tr = centre(pairs)  # type: ignore[misc]
+    assert (t, tr) == (0.5, 0.97)
+
+
 def test_validation_frames_get_the_second_look_the_box_would_take(tmp_path: Path) -> None:
     """The closer squares of the tile the head finds strongest, as ``FramePipeline`` picks them,
     appended to each frame's rows; cached, so a second call runs no backbone."""

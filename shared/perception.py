@@ -32,6 +32,7 @@ __all__ = [
     "NONE_LABEL",
     "closer_candidates",
     "decide",
+    "decide_on_evidence",
     "logit",
     "none_confidence",
     "pet_evidence",
@@ -126,17 +127,29 @@ def decide(
     passes the stricter ``region_threshold`` for its regions, whose ``full`` flags are False. A
     package without rejection behaves as before: the argmax label and its probability.
     """
+    ev = pet_evidence(probs, pet_score, labels, rejection, full=full)
+    return decide_on_evidence(probs, ev, labels, rejection, threshold)
+
+
+def decide_on_evidence(
+    probs: Floats,
+    evidence: Floats | None,
+    labels: Sequence[str],
+    rejection: RejectionSpec | None,
+    threshold: float | Sequence[float] | None = None,
+) -> list[tuple[str, float]]:
+    """:func:`decide` with the rows' :func:`pet_evidence` already computed: the frame pipeline
+    needs the evidence itself too (to rank pets), and computes it once per frame."""
     p = np.asarray(probs, dtype=np.float64).reshape(len(probs), len(labels))
     if rejection is None or not rejection.active:
         idx = p.argmax(axis=1)
         return [(labels[i], float(p[k, i])) for k, i in enumerate(idx)]
     pets, q = pet_probs(p, labels, rejection)
     best = q.argmax(axis=1)
-    ev = pet_evidence(p, pet_score, labels, rejection, full=full)
     t = np.broadcast_to(
         np.asarray(rejection.threshold if threshold is None else threshold, dtype=np.float64), (len(p),)
     )
-    e = np.ones(len(p)) if ev is None else ev.astype(np.float64)
+    e = np.ones(len(p)) if evidence is None else np.asarray(evidence, dtype=np.float64)
     below = (t > 0) & (e < t)
     none_conf = np.clip(none_confidence(e, t, rejection), 0.5, 1.0)
     return [

@@ -28,7 +28,7 @@ from edge.perception.ir import is_ir
 from edge.perception.regions import CLOSER_FROM, Box, Region, Zone, closer, plan_regions
 from edge.preprocess import Preprocessor, _as_bgr
 from shared.modelpkg import ABSTAIN, NONE_LABEL, RejectionSpec
-from shared.perception import closer_candidates, decide, pet_evidence
+from shared.perception import closer_candidates, decide_on_evidence, pet_evidence
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -124,8 +124,8 @@ def aggregate(
     base = None if rejection is None else rejection.threshold  # what an absent override means
     t, tr = (base if x is None else x for x in (threshold, region_threshold))
     per_row = None if t is None or tr is None else [t if f else tr for f in full]
-    decisions = decide(probs, pet_score, labels, rejection, per_row, full=full)
     ev = pet_evidence(probs, pet_score, labels, rejection, full=full)
+    decisions = decide_on_evidence(probs, ev, labels, rejection, per_row)
     strength = np.ones(n, dtype=np.float64) if ev is None else ev.astype(np.float64)
     pets = [k for k, (lab, _) in enumerate(decisions) if lab != NONE_LABEL]
     sure = [k for k in pets if decisions[k][1] >= abstain]

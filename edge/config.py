@@ -206,6 +206,13 @@ class OutboxConfig(Section):
     max_rows: int = Field(1_000_000, ge=100)
     batch_size: int = Field(200, ge=1, le=10_000)
     flush_interval_s: float = Field(0.5, gt=0)
+    commit_linger_s: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a commit waits this long for more predictions to join it (one fsync per group); "
+        "0 commits each batch at once",
+    )
     max_db_mb: float | None = Field(
         None, gt=0, description="cap on the database size; beyond it writes fail as 'full' (counted)"
     )

@@ -146,6 +146,7 @@ class Daemon:
             snapshots,
             on_commit=self.publisher.notify,
             zones={c.id: [Zone(z.name, z.points()) for z in c.zones] for c in cfg.cameras},
+            commit_linger_s=cfg.outbox.commit_linger_s,
         )
         self.mqtt.on_connection_change(self._on_connection)
         self.mqtt.start()

@@ -94,6 +94,7 @@ class InferenceEngine:
         snapshots: SnapshotStore | None = None,
         on_commit: Any = None,
         zones: dict[str, Sequence[Zone]] | None = None,
+        commit_linger_s: float = 0.0,
     ) -> None:
         self.cameras = cameras
         self.slot = slot
@@ -123,7 +124,7 @@ class InferenceEngine:
         self.skipped_static = 0
         self.skipped_no_model = 0
         self.inference_errors = 0
-        self.writer = OutboxWriter(outbox, errors, on_commit)
+        self.writer = OutboxWriter(outbox, errors, on_commit, linger_s=commit_linger_s)
         self.batches = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -244,7 +245,7 @@ class InferenceEngine:
             pipe = self.pipeline(model)
             for job in run:
                 self._plan(pipe, model, job)
-            batch = np.concatenate([job.rows for job in run])
+            batch = run[0].rows if len(run) == 1 else np.concatenate([job.rows for job in run])
             parts = split(self._run_model(model, batch), [len(job.regions) for job in run])
             # the closer squares of every camera's frames: one more batched run
             plans, parts, closer_rows = pipe.look_closer(

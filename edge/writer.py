@@ -5,6 +5,14 @@ Why not on the inference thread: a commit with ``synchronous = full`` waits for 
 Here, everything queued while one commit runs goes into the next, so a busy box pays one fsync
 per group instead of per frame.
 
+Why a commit lingers (``[outbox] commit_linger_s``): without it a box classifying 130 frames/s
+commits 130 times a second, one frame each, and every commit's Python (rows to JSON, the insert)
+takes the GIL just as ``session.run`` returns on the inference thread, which then waits for it:
+about 5 % of the model's throughput on a 2-core box (``bench/edge_throughput.py``). Waiting a few
+tens of ms after the first prediction of a group lets the following frames join it. It adds
+nothing a user sees (results leave the box in batches every ``flush_interval_s`` anyway), and
+bounds what a power cut can take to what was classified in that wait: never accepted, as before.
+
 The contract is unchanged: a prediction counts as accepted once committed, and only committed
 rows are published. What is queued but not committed when the process is killed was never
 accepted (it has no seq); a graceful stop commits everything queued first.
@@ -34,17 +42,20 @@ class OutboxWriter:
         errors: RecentErrors,
         on_commit: Callable[[int], None] | None = None,
         max_group: int = 1000,
+        linger_s: float = 0.0,
     ) -> None:
         self.outbox = outbox
         self.errors = errors
         self.on_commit = on_commit
         self.max_group = max_group
+        self.linger_s = linger_s
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.lost = 0
         self.commits = 0
         self._pending = 0
         self._idle = threading.Condition()
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
@@ -64,6 +75,7 @@ class OutboxWriter:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Commit everything queued, then stop."""
+        self._stopping.set()  # a lingering commit goes now
         self._q.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -75,6 +87,9 @@ class OutboxWriter:
             stop = item is _STOP
             if not stop:
                 group.append(item)
+                if self.linger_s > 0:
+                    # a sleep, not a get with a timeout: each put would wake this thread again
+                    self._stopping.wait(self.linger_s)
             while not stop and sum(len(g) for g in group) < self.max_group:
                 try:
                     item = self._q.get_nowait()

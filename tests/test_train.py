@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -123,11 +124,19 @@ def test_same_seed_same_model(env: dict) -> None:
     assert again.best_params == env["trained"]["best_params"]
 
 
-def test_a_model_below_the_gate_is_registered_as_failing_and_cannot_be_promoted(env: dict) -> None:
+def test_a_model_below_the_gate_is_registered_as_failing_and_cannot_be_promoted(
+    env: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = load_cfg(env, max_ece=0.0, min_accuracy=1.0)
+    caplog.set_level(logging.INFO, logger="parkwatch.cloud.train")
     with Registry(cfg.paths.registry_db) as reg:
         res = trainer.train(cfg, reg, TrainOptions(env["dataset"], show_progress=False, version="gated"))
         assert res.gate["passed"] is False and res.gate["failures"]
+        # without a terminal there are no progress bars: the log says each stage and the verdict
+        said = [r.getMessage() for r in caplog.records if r.name == "parkwatch.cloud.train"]
+        assert said[0].startswith(f"train: run {res.run_id} on dataset {env['dataset']}")
+        assert any(m.startswith("train: features and search done in") for m in said)
+        assert said[-1].startswith("train: registered gated in") and said[-1].endswith("gate failed")
         assert reg.get_model("gated").gate_passed is False
         with pytest.raises(StageError, match="promotion gate"):
             reg.set_stage("gated", "staging")

@@ -47,9 +47,16 @@ def _parkwatch() -> list[str]:
 
 
 def _run_json(args: list[str], log: Path, timeout: float = 1800) -> Any:
+    # INFO: the log is a file, where progress bars do not draw; the stages' lines are what it shows
+    env = {**os.environ, "PARKWATCH_LOG_LEVEL": os.environ.get("PARKWATCH_LOG_LEVEL", "INFO")}
     with log.open("ab") as err:
         res = subprocess.run(
-            [*_parkwatch(), *args, "--json"], stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
+            [*_parkwatch(), *args, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=timeout,
+            check=False,
+            env=env,
         )
     try:
         out = json.loads(res.stdout or b"{}")

@@ -6,6 +6,7 @@ is recorded as such (with every finished trial), and its half-built package fold
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -55,6 +56,8 @@ from edge.perception.config import RegionsConfig
 from edge.preprocess import load_image
 from shared.modelpkg import NONE_LABEL, PET_SCORE_OUTPUT, ModelMetadata, RejectionSpec
 
+log = logging.getLogger("parkwatch.cloud.train")
+
 GOLDEN_PER_LABEL = 4
 PARITY_IMAGES = 16
 
@@ -94,6 +97,14 @@ class TrainResult:
             "trials": self.trials,
             "timings_s": self.timings,
         }
+
+
+def _stage(timings: dict[str, float], name: str, t0: float) -> None:
+    """Records a stage's duration for the result, and says it in the log: progress bars show only
+    on a terminal, so a run whose stderr goes to a file (``cloud demo``'s build.log, a CI job,
+    a systemd unit) would otherwise say nothing for minutes."""
+    timings[name] = round(time.monotonic() - t0, 2)
+    log.info("train: %s done in %.1f s", name.replace("_", " "), timings[name])
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -311,6 +322,16 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
         "model_version": version,
     }
     reg.start_run(run_id, data.dataset.id, method, seed, run_cfg)
+    log.info(
+        "train: run %s on dataset %s (%d train, %d test images; labels %s; seed %d; %d threads)",
+        run_id,
+        data.dataset.id,
+        len(data.train),
+        len(data.test),
+        ", ".join(data.labels),
+        seed,
+        threads,
+    )
     timings: dict[str, float] = {}
     t_start = time.monotonic()
     try:
@@ -324,10 +345,10 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
             )
             t0 = time.monotonic()
             extra = scene_training_rows(data, store, cfg, seed, opts.show_progress)
-            timings["scene_tiles"] = round(time.monotonic() - t0, 2)
+            _stage(timings, "scene_tiles", t0)
             t0 = time.monotonic()
             best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed, extra)
-            timings["features_and_search"] = round(time.monotonic() - t0, 2)
+            _stage(timings, "features_and_search", t0)
             t0 = time.monotonic()
             views = 1 + cfg.train.augment_copies
             index = {i.sha256: k for k, i in enumerate(data.train)}
@@ -346,7 +367,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
             temperature = fit_temperature(logits(fit_head, x_val), y_val)
             apply_temperature(fit_head, temperature)
             rejection = calibrate(data, store, cfg, fit_head, seed, opts.show_progress)
-            timings["calibrate"] = round(time.monotonic() - t0, 2)
+            _stage(timings, "calibrate", t0)
             t0 = time.monotonic()
             x_all, y_all = _xy(feats, data.train, data.labels, views)
             head = train_head(
@@ -357,15 +378,15 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 len(data.labels),
             )
             apply_temperature(head, temperature)
-            timings["final_fit"] = round(time.monotonic() - t0, 2)
+            _stage(timings, "final_fit", t0)
             model = Classifier(load_backbone(), head, pet_score=True).eval()
             if cfg.train.finetune_epochs:
                 t0 = time.monotonic()
                 model = _finetune(cfg, data, model, seed, opts)
-                timings["finetune"] = round(time.monotonic() - t0, 2)
+                _stage(timings, "finetune", t0)
             t0 = time.monotonic()
             built = _package(cfg, data, model, version, seed, best, trials, run_id, opts, rejection)
-            timings["export_evaluate_package"] = round(time.monotonic() - t0, 2)
+            _stage(timings, "export_evaluate_package", t0)
     except KeyboardInterrupt as e:
         reg.finish_run(run_id, "interrupted", error="interrupted (Ctrl-C or SIGTERM)")
         raise TrainingInterrupted(
@@ -405,6 +426,13 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
         },
     )
     timings["total"] = round(time.monotonic() - t_start, 2)
+    log.info(
+        "train: registered %s in %.1f s: test accuracy %.4f, gate %s",
+        version,
+        timings["total"],
+        metrics["accuracy"],
+        "passed" if gate["passed"] else "failed",
+    )
     return TrainResult(
         version, run_id, built.directory, built.tarball, metrics, gate, best.to_dict(), trials, timings
     )

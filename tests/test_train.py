@@ -134,9 +134,9 @@ def test_a_model_below_the_gate_is_registered_as_failing_and_cannot_be_promoted(
         assert res.gate["passed"] is False and res.gate["failures"]
         # without a terminal there are no progress bars: the log says each stage and the verdict
         said = [r.getMessage() for r in caplog.records if r.name == "parkwatch.cloud.train"]
-        assert said[0].startswith(f"train: run {res.run_id} on dataset {env['dataset']}")
-        assert any(m.startswith("train: features and search done in") for m in said)
-        assert said[-1].startswith("train: registered gated in") and said[-1].endswith("gate failed")
+        assert said[0].startswith(f"run {res.run_id} on dataset {env['dataset']}")
+        assert any(m.startswith("features and search done in") for m in said)
+        assert said[-1].startswith("registered gated in") and said[-1].endswith("gate failed")
         assert reg.get_model("gated").gate_passed is False
         with pytest.raises(StageError, match="promotion gate"):
             reg.set_stage("gated", "staging")

@@ -46,9 +46,13 @@ def _parkwatch() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "shared.cli"]
 
 
+def _child_env() -> dict[str, str]:
+    """The demo's children log at INFO unless told otherwise: their logs are files, where
+    progress bars do not draw, so a training run's stage lines are what build.log shows."""
+    return {**os.environ, "PARKWATCH_LOG_LEVEL": os.environ.get("PARKWATCH_LOG_LEVEL", "INFO")}
+
+
 def _run_json(args: list[str], log: Path, timeout: float = 1800) -> Any:
-    # INFO: the log is a file, where progress bars do not draw; the stages' lines are what it shows
-    env = {**os.environ, "PARKWATCH_LOG_LEVEL": os.environ.get("PARKWATCH_LOG_LEVEL", "INFO")}
     with log.open("ab") as err:
         res = subprocess.run(
             [*_parkwatch(), *args, "--json"],
@@ -56,7 +60,7 @@ def _run_json(args: list[str], log: Path, timeout: float = 1800) -> Any:
             stderr=err,
             timeout=timeout,
             check=False,
-            env=env,
+            env=_child_env(),
         )
     try:
         out = json.loads(res.stdout or b"{}")
@@ -233,7 +237,7 @@ class Demo:
         )
 
     def start_services(self) -> None:
-        env = {**os.environ, "PARKWATCH_LOG_LEVEL": os.environ.get("PARKWATCH_LOG_LEVEL", "INFO")}
+        env = _child_env()
         for name, args in (
             ("cloud", ["cloud", "serve", "--config", str(self.cloud_cfg)]),
             ("edge", ["edge", "run", "--config", str(self.edge_cfg)]),

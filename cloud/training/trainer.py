@@ -99,12 +99,14 @@ class TrainResult:
         }
 
 
-def _stage(timings: dict[str, float], name: str, t0: float) -> None:
-    """Records a stage's duration for the result, and says it in the log: progress bars show only
-    on a terminal, so a run whose stderr goes to a file (``cloud demo``'s build.log, a CI job,
-    a systemd unit) would otherwise say nothing for minutes."""
-    timings[name] = round(time.monotonic() - t0, 2)
-    log.info("train: %s done in %.1f s", name.replace("_", " "), timings[name])
+def _stage(timings: dict[str, float], name: str, t0: float) -> float:
+    """Records a stage's duration for the result, says it in the log, and returns when the next
+    stage starts. Progress bars show only on a terminal, so a run whose stderr goes to a file
+    (``cloud demo``'s build.log, a CI job, a systemd unit) would otherwise say nothing for minutes."""
+    now = time.monotonic()
+    timings[name] = round(now - t0, 2)
+    log.info("%s done in %.1f s", name.replace("_", " "), timings[name])
+    return now
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -323,7 +325,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     }
     reg.start_run(run_id, data.dataset.id, method, seed, run_cfg)
     log.info(
-        "train: run %s on dataset %s (%d train, %d test images; labels %s; seed %d; %d threads)",
+        "run %s on dataset %s (%d train, %d test images; labels %s; seed %d; %d threads)",
         run_id,
         data.dataset.id,
         len(data.train),
@@ -345,11 +347,9 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
             )
             t0 = time.monotonic()
             extra = scene_training_rows(data, store, cfg, seed, opts.show_progress)
-            _stage(timings, "scene_tiles", t0)
-            t0 = time.monotonic()
+            t0 = _stage(timings, "scene_tiles", t0)
             best, trials, feats = run_search(data, store, cfg, opts, reg, run_id, seed, extra)
-            _stage(timings, "features_and_search", t0)
-            t0 = time.monotonic()
+            t0 = _stage(timings, "features_and_search", t0)
             views = 1 + cfg.train.augment_copies
             index = {i.sha256: k for k, i in enumerate(data.train)}
             x_fit, y_fit = _xy(feats[[index[i.sha256] for i in data.fit]], data.fit, data.labels, views)
@@ -367,8 +367,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
             temperature = fit_temperature(logits(fit_head, x_val), y_val)
             apply_temperature(fit_head, temperature)
             rejection = calibrate(data, store, cfg, fit_head, seed, opts.show_progress)
-            _stage(timings, "calibrate", t0)
-            t0 = time.monotonic()
+            t0 = _stage(timings, "calibrate", t0)
             x_all, y_all = _xy(feats, data.train, data.labels, views)
             head = train_head(
                 np.concatenate([x_all, extra[0]]),
@@ -378,13 +377,11 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
                 len(data.labels),
             )
             apply_temperature(head, temperature)
-            _stage(timings, "final_fit", t0)
+            t0 = _stage(timings, "final_fit", t0)
             model = Classifier(load_backbone(), head, pet_score=True).eval()
             if cfg.train.finetune_epochs:
-                t0 = time.monotonic()
                 model = _finetune(cfg, data, model, seed, opts)
-                _stage(timings, "finetune", t0)
-            t0 = time.monotonic()
+                t0 = _stage(timings, "finetune", t0)
             built = _package(cfg, data, model, version, seed, best, trials, run_id, opts, rejection)
             _stage(timings, "export_evaluate_package", t0)
     except KeyboardInterrupt as e:
@@ -427,7 +424,7 @@ def train(cfg: CloudConfig, reg: Registry, opts: TrainOptions) -> TrainResult:
     )
     timings["total"] = round(time.monotonic() - t_start, 2)
     log.info(
-        "train: registered %s in %.1f s: test accuracy %.4f, gate %s",
+        "registered %s in %.1f s: test accuracy %.4f, gate %s",
         version,
         timings["total"],
         metrics["accuracy"],
